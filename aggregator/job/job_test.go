@@ -1,0 +1,131 @@
+package job
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fdxkafka/fdxkafka/function"
+	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
+	"github.com/fdxkafka/fdxkafka/shared/dataset"
+)
+
+// runFederation runs a job and drives its clients through the function's
+// real HTTP handler, each invocation taking part in every round.
+func runFederation(t *testing.T, o Options, clients int, data *dataset.Catalog) *Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	fn := httptest.NewServer(function.NewServer(function.Config{Data: data}))
+	defer fn.Close()
+	channel := "kafka"
+	if o.GRPC {
+		channel = "grpc"
+	}
+	var wg sync.WaitGroup
+	invokeErrs := make(chan error, clients)
+	o.Ready = func(addr string) {
+		for i := range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				body := fmt.Sprintf(`{"broker": %q, "client_id": "%d", "channel": %q, "job": %q, "rounds": %d, "timeout_s": 240}`,
+					addr, i, channel, o.Job, o.NumRounds)
+				resp, err := http.Post(fn.URL, "application/json", strings.NewReader(body))
+				if err != nil {
+					invokeErrs <- err
+					return
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				if resp.StatusCode != http.StatusOK {
+					invokeErrs <- fmt.Errorf("client %d: HTTP %d: %s", i, resp.StatusCode, b)
+					return
+				}
+				var r function.Response
+				if err := json.Unmarshal(b, &r); err != nil {
+					invokeErrs <- fmt.Errorf("client %d: %v in %s", i, err, b)
+					return
+				}
+				if len(r.Rounds) != o.NumRounds || r.BytesReceived == 0 || r.BytesSent == 0 {
+					invokeErrs <- fmt.Errorf("client %d: summary %s: want %d rounds and nonzero bytes", i, b, o.NumRounds)
+				}
+			}()
+		}
+	}
+	o.Data = data
+	res, err := Run(ctx, o, nil)
+	if err != nil {
+		t.Fatalf("%s job: %v", channel, err)
+	}
+	wg.Wait()
+	close(invokeErrs)
+	for err := range invokeErrs {
+		t.Error(err)
+	}
+	return res
+}
+
+// TestEndToEndKafkaAndGRPC is the core acceptance test: 10 clients, 3
+// rounds of MNIST logistic regression over each channel; both reach 0.85
+// test accuracy and produce the bit-identical final model.
+func TestEndToEndKafkaAndGRPC(t *testing.T) {
+	data := dataset.NewCatalog()
+	base := Options{MinClients: 10, NumRounds: 3, Model: "logreg", Partition: "iid", Partitions: 10, Seed: 7}
+
+	ko := base
+	ko.Broker, ko.Job = kafkatest.Brokers(t), kafkatest.Job(t)
+	kres := runFederation(t, ko, 10, data)
+
+	gopt := base
+	gopt.GRPC, gopt.Broker, gopt.Job = true, "127.0.0.1:0", ko.Job
+	gres := runFederation(t, gopt, 10, data)
+
+	for _, res := range []*Result{kres, gres} {
+		if len(res.Rounds) != 3 {
+			t.Fatalf("%s: %d rounds, want 3", res.Channel, len(res.Rounds))
+		}
+		for _, r := range res.Rounds {
+			if r.Clients != 10 || len(r.Contributors) != 10 {
+				t.Errorf("%s round %d: %d clients %v, want 10", res.Channel, r.Round, r.Clients, r.Contributors)
+			}
+		}
+		last := res.Rounds[len(res.Rounds)-1]
+		t.Logf("%s: final accuracy %.4f loss %.4f, total %.0f ms, rounds %v", res.Channel, last.Accuracy, last.Loss, res.Duration, durations(res))
+		if last.Accuracy < 0.85 {
+			t.Errorf("%s: final accuracy %.4f < 0.85", res.Channel, last.Accuracy)
+		}
+		if !res.Final.GetFinal() || res.Final.GetRound() != 4 {
+			t.Errorf("%s: final model round %d final=%v, want round 4 final", res.Channel, res.Final.GetRound(), res.Final.GetFinal())
+		}
+		if len(res.Rejected) != 0 {
+			t.Errorf("%s: rejections %v, want none", res.Channel, res.Rejected)
+		}
+	}
+	kd, gd := Digest(kres.Final), Digest(gres.Final)
+	if kd != gd {
+		t.Errorf("final models differ: kafka %s, grpc %s", kd, gd)
+	}
+	// The Kafka aggregator writes each model once; gRPC sends it per client.
+	if kres.Stats.MessagesSent != 4 {
+		t.Errorf("kafka aggregator sent %d records, want 4 models", kres.Stats.MessagesSent)
+	}
+	if gres.Stats.MessagesSent < 30 {
+		t.Errorf("grpc aggregator sent %d messages, want at least 30 model downloads", gres.Stats.MessagesSent)
+	}
+}
+
+func durations(res *Result) []string {
+	var out []string
+	for _, r := range res.Rounds {
+		out = append(out, fmt.Sprintf("%.0fms", r.DurationMs))
+	}
+	return out
+}

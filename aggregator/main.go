@@ -1,0 +1,193 @@
+// Command aggregator runs a federated job: the long-running service on a GCE
+// VM that publishes global models and aggregates the clients' updates, over
+// Kafka (default) or gRPC (--grpc).
+//
+//	aggregator --broker 127.0.0.1:9092 --minclients 10 --numrounds 5
+//	aggregator --grpc --broker "[::]:8080" --minclients 10 --numrounds 5
+//	aggregator --embedded --clients 10 --numrounds 3   # whole federation in one process
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
+	"github.com/fdxkafka/fdxkafka/aggregator/job"
+	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "aggregator:", err)
+		os.Exit(1)
+	}
+}
+
+// config is what the command line says.
+type config struct {
+	job.Options
+	clients   int
+	out       string
+	kafkaConf string
+	logLevel  string
+}
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("aggregator", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o := &c.Options
+	fs.StringVar(&o.Broker, "broker", "127.0.0.1:9092", "Kafka bootstrap servers; with --grpc the address to listen on (e.g. \"[::]:8080\"); with --embedded the address the embedded broker listens on")
+	fs.IntVar(&o.MinClients, "minclients", 2, "valid updates needed to close a round")
+	fs.IntVar(&o.NumRounds, "numrounds", 5, "training rounds before the final model")
+	fs.BoolVar(&o.GRPC, "grpc", false, "serve the gRPC channel instead of using Kafka")
+	fs.BoolVar(&o.Embedded, "embedded", false, "start an in-memory Kafka broker (franz-go kfake) on --broker")
+	fs.StringVar(&o.Job, "job", "mnist", "job id; names the topics fdx.<job>.model and fdx.<job>.updates")
+	fs.IntVar(&o.TargetClients, "target-clients", 0, "close a round at once with this many updates (default minclients); fewer, down to minclients, close it at its deadline")
+	fs.DurationVar(&o.RoundTimeout, "round-timeout", 0, "round deadline (0: none)")
+	short := fs.String("on-short", "wait", "when a deadline passes with fewer than minclients updates: wait or fail")
+	fs.StringVar(&o.Model, "model", "logreg", "logreg or 2nn")
+	fs.StringVar(&o.Dataset, "dataset", "mnist", "mnist or synthetic")
+	fs.StringVar(&o.Partition, "partition", "iid", "iid, shards or dirichlet")
+	fs.IntVar(&o.Partitions, "partitions", 0, "number of data shards (default: max(minclients, target-clients))")
+	fs.Float64Var(&o.Alpha, "alpha", 0.5, "Dirichlet concentration for --partition dirichlet")
+	fs.IntVar(&o.ShardsPer, "shards-per-client", 2, "label shards per client for --partition shards")
+	fs.IntVar(&o.MaxExamples, "max-examples", 0, "cap on each client's shard (0: whole shard)")
+	fs.Float64Var(&o.LearningRate, "lr", 0.05, "client learning rate")
+	fs.IntVar(&o.BatchSize, "batch", 10, "client minibatch size")
+	fs.IntVar(&o.LocalEpochs, "epochs", 1, "client local epochs per round")
+	fs.Float64Var(&o.ProximalMu, "prox-mu", 0, "FedProx proximal term (0: off)")
+	fs.Uint64Var(&o.Seed, "seed", 1, "job seed: initial model, partition, client shuffles")
+	fs.StringVar(&o.Strategy.Name, "strategy", "fedavg", "fedavg, fedavgm, fedadam, fedyogi, fedadagrad, median, trimmedmean, krum, multikrum")
+	fs.Float64Var(&o.Strategy.ServerLR, "server-lr", 0, "server learning rate for fedavgm/fedadam/fedyogi/fedadagrad (0: strategy default)")
+	fs.Float64Var(&o.Strategy.Momentum, "server-momentum", 0, "fedavgm momentum (0: default)")
+	fs.Float64Var(&o.Strategy.TrimFraction, "trim", 0, "trimmedmean fraction cut at each end (0: 0.2)")
+	fs.IntVar(&o.Strategy.ByzantineF, "byzantine", 0, "krum: assumed number of Byzantine clients")
+	fs.Float64Var(&o.MaxNorm, "max-norm", 0, "reject updates with ||local-global|| above this (0: no bound)")
+	fs.IntVar(&o.UpdatePartitions, "update-partitions", 4, "partitions of the updates topic")
+	fs.IntVar(&o.EvalExamples, "eval-examples", 0, "test examples evaluated per round (0: whole test set)")
+	fs.StringVar(&o.StateFile, "state-file", "", "gRPC: file holding the newest model so a restart resumes")
+	fs.StringVar(&c.kafkaConf, "kafka-config", "", "librdkafka properties file (SASL/TLS settings)")
+	fs.IntVar(&c.clients, "clients", 0, "also run this many local clients in-process (a self-contained demo)")
+	fs.StringVar(&c.out, "out", "", "write the final model and per-round history as JSON to this file")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	o.OnShort = coordinator.ShortRound(*short)
+	if o.OnShort != coordinator.Wait && o.OnShort != coordinator.Fail {
+		return nil, fmt.Errorf("--on-short %q: want wait or fail", *short)
+	}
+	if c.clients < 0 {
+		return nil, fmt.Errorf("--clients %d: want 0 or more", c.clients)
+	}
+	if c.clients > 0 && c.clients < o.MinClients {
+		return nil, fmt.Errorf("--clients %d is below --minclients %d: the rounds would never close", c.clients, o.MinClients)
+	}
+	if c.kafkaConf != "" {
+		props, err := kafkachan.LoadProperties(c.kafkaConf)
+		if err != nil {
+			return nil, err
+		}
+		o.KafkaProperties = props
+	}
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	clientsDone := make(chan error, 1)
+	if c.clients > 0 {
+		c.Ready = func(addr string) {
+			go func() { clientsDone <- runLocalClients(ctx, c, addr, log) }()
+		}
+	} else {
+		close(clientsDone)
+	}
+	res, err := job.Run(ctx, c.Options, log)
+	if err != nil {
+		return err
+	}
+	if c.clients > 0 {
+		if cerr := <-clientsDone; cerr != nil {
+			log.Warn("local clients", "err", cerr)
+		}
+	}
+	printSummary(stdout, res)
+	if c.out != "" {
+		if err := writeResult(c.out, res); err != nil {
+			return err
+		}
+		log.Info("result written", "file", c.out)
+	}
+	return nil
+}
+
+func printSummary(w io.Writer, res *job.Result) {
+	fmt.Fprintf(w, "\nFDxKafka job %q over %s: %d rounds, model %s\n", res.Job, res.Channel, len(res.Rounds), res.Model)
+	fmt.Fprintf(w, "%-6s %-8s %-9s %-8s %-10s\n", "round", "clients", "accuracy", "loss", "time")
+	for _, r := range res.Rounds {
+		fmt.Fprintf(w, "%-6d %-8d %-9.4f %-8.4f %-10s\n", r.Round, r.Clients, r.Accuracy, r.Loss, time.Duration(r.DurationMs*float64(time.Millisecond)).Round(time.Millisecond))
+	}
+	var rej []string
+	for k, v := range res.Rejected {
+		rej = append(rej, fmt.Sprintf("%s=%d", k, v))
+	}
+	fmt.Fprintf(w, "total %s; aggregator sent %d messages (%d bytes), received %d (%d bytes); rejected: %s\n",
+		time.Duration(res.Duration*float64(time.Millisecond)).Round(time.Millisecond),
+		res.Stats.MessagesSent, res.Stats.BytesSent, res.Stats.MessagesReceived, res.Stats.BytesReceived,
+		orNone(strings.Join(rej, " ")))
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func writeResult(path string, res *job.Result) error {
+	out, err := job.Export(res)
+	if err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode result: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write result: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,253 @@
+package strategy
+
+import (
+	"cmp"
+	"fmt"
+	"math"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+)
+
+type robustKind uint8
+
+const (
+	kindMedian robustKind = iota + 1
+	kindTrimmedMean
+	kindKrum
+)
+
+// robust implements the Byzantine-robust rules, which need every update of
+// the round at once and so hold a copy of each (O(clients × model) memory).
+// Order independence comes from sorting: updates by client id before
+// anything is computed, values per coordinate by a total order. The
+// coordinate-wise rules ignore NumExamples, as Flower's do: weighting would
+// let one client claiming many examples move the median at will.
+type robust struct {
+	name string
+	kind robustKind
+	trim float64 // trimmed mean: fraction cut from each end
+	f    int     // Krum: tolerated Byzantine clients
+	m    int     // Krum: updates averaged; 1 for Krum, 0 for n − f
+}
+
+func (r *robust) Name() string { return r.name }
+
+func (r *robust) Begin(global [][]float32) (Round, error) {
+	sizes, err := checkGlobal(r.name, global)
+	if err != nil {
+		return nil, err
+	}
+	return newRound(r.name, sizes, &holdRound{cfg: r, sizes: sizes, total: sum(sizes)}), nil
+}
+
+func (r *robust) State() ([]byte, error) { return nil, nil }
+
+func (r *robust) Restore(state []byte) error { return restoreStateless(r.name, state) }
+
+type heldUpdate struct {
+	id string
+	n  int64
+	x  []float32 // all tensors, flattened
+}
+
+// holdRound keeps a copy of every update until Finish.
+type holdRound struct {
+	cfg   *robust
+	sizes []int
+	total int
+	ups   []heldUpdate
+}
+
+func (h *holdRound) add(u Update) error {
+	maxAbs, err := maxAbsBits(u.Params)
+	if err != nil {
+		return err
+	}
+	// Multi-Krum averages with the exact accumulator at Finish; check its
+	// range now, for every rule alike, so that an update is accepted by all
+	// strategies or by none and never fails a round after being accepted.
+	if !termFits(uint64(u.NumExamples), maxAbs) {
+		return fmt.Errorf("%w: |%d × %g| is not below 2^%d", ErrOverflow, u.NumExamples, math.Float32frombits(maxAbs), MaxTermLog2)
+	}
+	h.ups = append(h.ups, heldUpdate{id: u.ClientID, n: u.NumExamples, x: flatten(u.Params, h.total)})
+	return nil
+}
+
+func (h *holdRound) finish() ([][]float32, error) {
+	slices.SortFunc(h.ups, func(a, b heldUpdate) int { return cmp.Compare(a.id, b.id) })
+	var flat []float32
+	switch h.cfg.kind {
+	case kindMedian:
+		flat = coordinatewise(h.ups, h.total, median)
+	case kindTrimmedMean:
+		k := int(h.cfg.trim * float64(len(h.ups))) // as Flower and scipy.stats.trim_mean
+		flat = coordinatewise(h.ups, h.total, func(keys []uint32) float32 { return trimmedMean(keys, k) })
+	case kindKrum:
+		var err error
+		if flat, err = krum(h.ups, h.sizes, h.cfg.f, h.cfg.m); err != nil {
+			return nil, err
+		}
+	}
+	return splitTensors(flat, h.sizes), nil
+}
+
+// orderKey maps float32 bits to a uint32 that sorts like the values, with
+// −0 before +0: a total order, so ties cannot leave the outcome to the sort.
+func orderKey(x float32) uint32 {
+	b := math.Float32bits(x)
+	return b ^ (uint32(int32(b)>>31) | 1<<31)
+}
+
+func fromOrderKey(k uint32) float32 {
+	if k&(1<<31) != 0 {
+		return math.Float32frombits(k ^ 1<<31)
+	}
+	return math.Float32frombits(^k)
+}
+
+// coordinatewise applies agg to the sorted values of each coordinate.
+func coordinatewise(ups []heldUpdate, total int, agg func(sorted []uint32) float32) []float32 {
+	out := make([]float32, total)
+	keys := make([]uint32, len(ups))
+	for j := range out {
+		for i := range ups {
+			keys[i] = orderKey(ups[i].x[j])
+		}
+		slices.Sort(keys)
+		out[j] = agg(keys)
+	}
+	return out
+}
+
+// median of sorted keys; for an even count the mean of the middle two,
+// computed in float64 (exact unless their exponents differ by more than 29)
+// and rounded once to float32.
+func median(keys []uint32) float32 {
+	n := len(keys)
+	if n%2 == 1 {
+		return fromOrderKey(keys[n/2])
+	}
+	a, b := float64(fromOrderKey(keys[n/2-1])), float64(fromOrderKey(keys[n/2]))
+	return float32((a + b) / 2)
+}
+
+// trimmedMean drops k values from each end of sorted keys (len > 2k, which
+// a fraction below 0.5 guarantees) and averages the rest in float64, summed
+// in sorted order so the result does not depend on arrival order.
+func trimmedMean(keys []uint32, k int) float32 {
+	kept := keys[k : len(keys)-k]
+	var s float64
+	for _, key := range kept {
+		s += float64(fromOrderKey(key))
+	}
+	return float32(s / float64(len(kept)))
+}
+
+// krum implements Krum and Multi-Krum (Blanchard et al. 2017, "Machine
+// Learning with Adversaries: Byzantine Tolerant Gradient Descent"). Each
+// update is scored by the sum of squared distances to its n − f − 2 nearest
+// neighbours; with m = 1 the lowest-scoring update is returned as is,
+// otherwise the m lowest are averaged by example count (as Flower does) with
+// the exact accumulator. Equal scores are broken by client id (ups is sorted
+// by id and the selection sort is stable).
+func krum(ups []heldUpdate, sizes []int, f, m int) ([]float32, error) {
+	n := len(ups)
+	if n <= 2*f+2 {
+		return nil, fmt.Errorf("%w: Krum with f=%d needs more than %d updates, has %d", ErrTooFewUpdates, f, 2*f+2, n)
+	}
+	if m == 0 {
+		m = n - f
+	}
+	if m > n-f {
+		return nil, fmt.Errorf("%w: Multi-Krum averaging m=%d needs m ≤ n − f, has n=%d, f=%d", ErrTooFewUpdates, m, n, f)
+	}
+	dist := squaredDistances(ups)
+	k := n - f - 2
+	scores := make([]float64, n)
+	row := make([]float64, 0, n-1)
+	for i := range ups {
+		row = row[:0]
+		for j := range ups {
+			if j != i {
+				row = append(row, dist[i*n+j])
+			}
+		}
+		slices.Sort(row)
+		var s float64
+		for _, d := range row[:k] {
+			s += d
+		}
+		scores[i] = s
+	}
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(scores[a], scores[b]) })
+	if m == 1 {
+		return ups[order[0]].x, nil
+	}
+	acc, err := NewAccumulator(sizes)
+	if err != nil {
+		return nil, err
+	}
+	for _, i := range order[:m] {
+		if err := acc.Add(ups[i].n, splitTensors(ups[i].x, sizes)); err != nil {
+			return nil, fmt.Errorf("client %q: %w", ups[i].id, err)
+		}
+	}
+	return acc.meanFlat()
+}
+
+// squaredDistances returns the n × n matrix of squared Euclidean distances
+// between the updates. Krum costs O(n² × model), so rows are spread over
+// the available CPUs; every entry is computed by the same sequential code
+// whichever goroutine runs it, so the result does not depend on scheduling.
+func squaredDistances(ups []heldUpdate) []float64 {
+	n := len(ups)
+	dist := make([]float64, n*n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), n) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				for j := i + 1; j < n; j++ {
+					d := squaredDistance(ups[i].x, ups[j].x)
+					dist[i*n+j], dist[j*n+i] = d, d
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return dist
+}
+
+// squaredDistance sums in float64 over four fixed interleaved partial sums
+// (for instruction-level parallelism); the order is fixed, so the result is
+// deterministic. Products are rounded explicitly to keep FMA out.
+func squaredDistance(a, b []float32) float64 {
+	b = b[:len(a)]
+	var s0, s1, s2, s3 float64
+	i := 0
+	for ; i+4 <= len(a); i += 4 {
+		d0 := float64(a[i]) - float64(b[i])
+		d1 := float64(a[i+1]) - float64(b[i+1])
+		d2 := float64(a[i+2]) - float64(b[i+2])
+		d3 := float64(a[i+3]) - float64(b[i+3])
+		s0 += float64(d0 * d0)
+		s1 += float64(d1 * d1)
+		s2 += float64(d2 * d2)
+		s3 += float64(d3 * d3)
+	}
+	for ; i < len(a); i++ {
+		d := float64(a[i]) - float64(b[i])
+		s0 += float64(d * d)
+	}
+	return (s0 + s1) + (s2 + s3)
+}

@@ -1,0 +1,402 @@
+// Package strategy implements the server-side aggregation strategies of a
+// federated round, modelled on Flower's Strategy abstraction: FedAvg, the
+// server optimizers FedAvgM, FedAdam, FedYogi and FedAdagrad, and the robust
+// rules coordinate-wise median, trimmed mean, Krum and Multi-Krum.
+//
+// Every strategy returns a bit-identical model whatever order the updates of
+// a round arrive in, because the Kafka and the gRPC channel deliver clients
+// in different, random orders and must yield the same model. The averaging
+// strategies stream: they fold each update into an exact fixed-point
+// accumulator (see Accumulator) and hold O(model) memory however many
+// clients report. The robust strategies must see all updates at once; they
+// hold copies and sort them by client id, or per coordinate by value, before
+// computing anything.
+//
+// Server optimizer state (momentum, Adam moments) survives a restart through
+// Strategy.State and Strategy.Restore, so an aggregator resumed from its
+// checkpoint continues bit-identically.
+package strategy
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"sync"
+)
+
+// Errors a Round or an Accumulator wraps, so that a caller can count
+// rejections by reason. Every error from Round.Add concerns only the update
+// passed (the round is left as it was) except ErrRoundClosed.
+var (
+	// ErrShape: an update's tensors differ in number or size from the round's.
+	ErrShape = errors.New("shape mismatch")
+	// ErrDuplicate: the client already contributed to this round.
+	ErrDuplicate = errors.New("duplicate client")
+	// ErrClientID: the update carries no client id.
+	ErrClientID = errors.New("missing client id")
+	// ErrNumExamples: the example count is below 1 or above MaxWeight.
+	ErrNumExamples = errors.New("invalid number of examples")
+	// ErrNonFinite: a parameter is NaN or infinite.
+	ErrNonFinite = errors.New("non-finite parameter")
+	// ErrOverflow: a value times its example count leaves the exact
+	// accumulator's range (see MaxTermLog2).
+	ErrOverflow = errors.New("outside the accumulator's range")
+	// ErrNoUpdates: Finish was called on a round without updates.
+	ErrNoUpdates = errors.New("no updates")
+	// ErrTooFewUpdates: a robust strategy needs more updates than it has
+	// (Krum needs more than 2f+2); the round stays open for more.
+	ErrTooFewUpdates = errors.New("too few updates")
+	// ErrRoundClosed: the round was already finished.
+	ErrRoundClosed = errors.New("round already finished")
+	// ErrStaleRound: the strategy's optimizer state moved on (another round
+	// finished, or state was restored) after this round began; finishing it
+	// would apply a step to the wrong state.
+	ErrStaleRound = errors.New("optimizer state changed since the round began")
+)
+
+// Update is one client's contribution to a round: its full local weights
+// (not a delta from the global model) and the number of examples it trained
+// on, which weighs it in the averaging strategies.
+type Update struct {
+	ClientID    string
+	NumExamples int64
+	Params      [][]float32
+}
+
+// Strategy turns the updates of a round into the next global model.
+// Implementations are safe for concurrent use, but rounds are meant to run
+// one at a time: a stateful strategy refuses to finish a round begun before
+// another round finished (ErrStaleRound).
+type Strategy interface {
+	// Name returns the name New knows the strategy by.
+	Name() string
+	// Begin starts a round from the current global parameters, which fix
+	// the shapes every update must have. The strategy keeps its own copy
+	// where it needs the values.
+	Begin(global [][]float32) (Round, error)
+	// State serializes the server-side optimizer state (momentum, Adam
+	// moments, round counter) so that an aggregator restarted from a
+	// checkpoint continues bit-identically. Stateless strategies return nil.
+	State() ([]byte, error)
+	// Restore replaces the optimizer state with one State returned. A
+	// stateless strategy accepts only an empty state.
+	Restore(state []byte) error
+}
+
+// Round collects the updates of one round. It is safe for concurrent use,
+// so a Kafka consumer and a gRPC handler may add to the same round.
+type Round interface {
+	// Add adds an update. It rejects a missing client id, a client that
+	// already contributed, NumExamples outside [1, MaxWeight], tensors of
+	// the wrong number or size, and non-finite values; a rejected update
+	// leaves the round unchanged. Streaming strategies fold the parameters
+	// in at once, the others copy them: the caller may reuse u.Params.
+	Add(u Update) error
+	// Count returns the number of updates accepted so far.
+	Count() int
+	// Finish returns the new global parameters and commits the optimizer
+	// state. It fails with ErrNoUpdates if no update was added; on any
+	// error the round stays open (except ErrStaleRound, which is final).
+	// After a successful Finish the round accepts nothing more.
+	Finish() ([][]float32, error)
+}
+
+// Config selects and parameterizes a strategy. A zero field means the
+// strategy's default; fields a strategy does not use are ignored, so one
+// Config can carry every flag of a command line.
+type Config struct {
+	// Name is one of Names(); empty means "fedavg".
+	Name string
+	// ServerLR is the server learning rate: η in FedAdam, FedYogi and
+	// FedAdagrad, the SGD step of FedAvgM.
+	ServerLR float64
+	// Momentum is FedAvgM's server momentum β, in [0, 1).
+	Momentum float64
+	// Beta1 and Beta2 are the first and second moment decays of FedAdam and
+	// FedYogi (FedAdagrad uses Beta1 only), in [0, 1).
+	Beta1, Beta2 float64
+	// Tau is the adaptivity constant τ added to √v, > 0.
+	Tau float64
+	// TrimFraction is the fraction cut from each end per coordinate by
+	// "trimmedmean" (Flower's beta), in [0, 0.5).
+	TrimFraction float64
+	// ByzantineF is the number f of Byzantine clients Krum tolerates, ≥ 0.
+	ByzantineF int
+	// MultiKrumM is the number of updates "multikrum" averages; 0 means
+	// n − f, the most its guarantee allows.
+	MultiKrumM int
+}
+
+// Defaults, chosen to match Flower's (flwr.server.strategy) where Flower
+// has a sensible one, so that results compare with the tool most users know.
+const (
+	defaultAvgMLR       = 1.0
+	defaultAvgMMomentum = 0.9 // Hsu et al.; Flower's 0.0 would make FedAvgM plain FedAvg
+	defaultAdamLR       = 1e-1
+	defaultAdamTau      = 1e-9
+	defaultYogiLR       = 1e-2
+	defaultYogiTau      = 1e-3
+	defaultAdagradLR    = 1e-1
+	defaultAdagradTau   = 1e-9
+	defaultBeta1        = 0.9
+	defaultBeta2        = 0.99
+	defaultTrimFraction = 0.2
+	defaultStrategyName = "fedavg"
+)
+
+// Names returns the strategy names New accepts, in a fixed order.
+func Names() []string {
+	return []string{
+		"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad",
+		"median", "trimmedmean", "krum", "multikrum",
+	}
+}
+
+// New returns the strategy cfg names, with cfg's zero fields replaced by
+// defaults. Names are matched case-insensitively.
+func New(cfg Config) (Strategy, error) {
+	name := strings.ToLower(strings.TrimSpace(cfg.Name))
+	if name == "" {
+		name = defaultStrategyName
+	}
+	switch name {
+	case "fedavg":
+		return fedAvg{}, nil
+	case "fedavgm":
+		lr, err := positive("ServerLR", cfg.ServerLR, defaultAvgMLR)
+		if err != nil {
+			return nil, wrapConfig(name, err)
+		}
+		mom, err := unitInterval("Momentum", cfg.Momentum, defaultAvgMMomentum)
+		if err != nil {
+			return nil, wrapConfig(name, err)
+		}
+		return newFedOpt(name, kindAvgM, optParams{lr: lr, momentum: mom}), nil
+	case "fedadam", "fedyogi", "fedadagrad":
+		return newAdaptive(name, cfg)
+	case "median":
+		return &robust{name: name, kind: kindMedian}, nil
+	case "trimmedmean":
+		trim := cfg.TrimFraction
+		if trim == 0 {
+			trim = defaultTrimFraction
+		}
+		if !(trim > 0 && trim < 0.5) {
+			return nil, wrapConfig(name, fmt.Errorf("TrimFraction %v outside (0, 0.5)", cfg.TrimFraction))
+		}
+		return &robust{name: name, kind: kindTrimmedMean, trim: trim}, nil
+	case "krum", "multikrum":
+		if cfg.ByzantineF < 0 {
+			return nil, wrapConfig(name, fmt.Errorf("ByzantineF %d is negative", cfg.ByzantineF))
+		}
+		r := &robust{name: name, kind: kindKrum, f: cfg.ByzantineF, m: 1}
+		if name == "multikrum" {
+			if cfg.MultiKrumM < 0 {
+				return nil, wrapConfig(name, fmt.Errorf("MultiKrumM %d is negative", cfg.MultiKrumM))
+			}
+			r.m = cfg.MultiKrumM
+		}
+		return r, nil
+	default:
+		return nil, fmt.Errorf("strategy: unknown strategy %q (valid: %s)", cfg.Name, strings.Join(Names(), ", "))
+	}
+}
+
+func newAdaptive(name string, cfg Config) (Strategy, error) {
+	kind, lr, tau, beta1 := kindAdam, defaultAdamLR, defaultAdamTau, defaultBeta1
+	switch name {
+	case "fedyogi":
+		kind, lr, tau = kindYogi, defaultYogiLR, defaultYogiTau
+	case "fedadagrad":
+		// Flower's FedAdagrad has no momentum (beta_1 = 0); Beta1 > 0 adds it
+		// as in Reddi et al.'s Algorithm 2.
+		kind, lr, tau, beta1 = kindAdagrad, defaultAdagradLR, defaultAdagradTau, 0
+	}
+	var p optParams
+	var err error
+	if p.lr, err = positive("ServerLR", cfg.ServerLR, lr); err != nil {
+		return nil, wrapConfig(name, err)
+	}
+	if p.tau, err = positive("Tau", cfg.Tau, tau); err != nil {
+		return nil, wrapConfig(name, err)
+	}
+	if p.beta1, err = unitInterval("Beta1", cfg.Beta1, beta1); err != nil {
+		return nil, wrapConfig(name, err)
+	}
+	if kind != kindAdagrad {
+		if p.beta2, err = unitInterval("Beta2", cfg.Beta2, defaultBeta2); err != nil {
+			return nil, wrapConfig(name, err)
+		}
+	}
+	return newFedOpt(name, kind, p), nil
+}
+
+func wrapConfig(name string, err error) error {
+	return fmt.Errorf("strategy %s: config: %w", name, err)
+}
+
+// positive returns v, or def if v is zero, and requires a finite v > 0.
+func positive(field string, v, def float64) (float64, error) {
+	if v == 0 {
+		return def, nil
+	}
+	if !(v > 0) || math.IsInf(v, 0) {
+		return 0, fmt.Errorf("%s %v must be positive and finite", field, v)
+	}
+	return v, nil
+}
+
+// unitInterval returns v, or def if v is zero, and requires v in [0, 1).
+func unitInterval(field string, v, def float64) (float64, error) {
+	if v == 0 {
+		return def, nil
+	}
+	if !(v > 0 && v < 1) {
+		return 0, fmt.Errorf("%s %v outside [0, 1)", field, v)
+	}
+	return v, nil
+}
+
+// roundImpl is what a strategy adds to the bookkeeping every round shares.
+type roundImpl interface {
+	// add takes an update whose id, example count and shapes were checked.
+	add(u Update) error
+	// finish aggregates; it is called with at least one update.
+	finish() ([][]float32, error)
+}
+
+// round does the checks and bookkeeping common to all strategies.
+type round struct {
+	mu    sync.Mutex
+	name  string
+	sizes []int
+	seen  map[string]struct{}
+	done  bool
+	impl  roundImpl
+}
+
+func newRound(name string, sizes []int, impl roundImpl) *round {
+	return &round{name: name, sizes: sizes, seen: map[string]struct{}{}, impl: impl}
+}
+
+func (r *round) Add(u Update) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.check(u); err != nil {
+		return fmt.Errorf("strategy %s: update from %q: %w", r.name, u.ClientID, err)
+	}
+	r.seen[u.ClientID] = struct{}{}
+	return nil
+}
+
+func (r *round) check(u Update) error {
+	switch {
+	case r.done:
+		return ErrRoundClosed
+	case u.ClientID == "":
+		return ErrClientID
+	case u.NumExamples < 1 || u.NumExamples > MaxWeight:
+		return fmt.Errorf("%w: %d outside [1, %d]", ErrNumExamples, u.NumExamples, MaxWeight)
+	}
+	if _, dup := r.seen[u.ClientID]; dup {
+		return ErrDuplicate
+	}
+	if err := checkShapes(r.sizes, u.Params); err != nil {
+		return err
+	}
+	return r.impl.add(u)
+}
+
+func (r *round) Count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.seen)
+}
+
+func (r *round) Finish() ([][]float32, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.done {
+		return nil, fmt.Errorf("strategy %s: finish: %w", r.name, ErrRoundClosed)
+	}
+	if len(r.seen) == 0 {
+		return nil, fmt.Errorf("strategy %s: finish: %w", r.name, ErrNoUpdates)
+	}
+	out, err := r.impl.finish()
+	if err != nil {
+		return nil, fmt.Errorf("strategy %s: finish with %d updates: %w", r.name, len(r.seen), err)
+	}
+	r.done = true
+	r.impl = nil // release what the round held
+	return out, nil
+}
+
+// checkGlobal validates the parameters a round begins from and returns
+// their tensor sizes.
+func checkGlobal(name string, global [][]float32) ([]int, error) {
+	if len(global) == 0 {
+		return nil, fmt.Errorf("strategy %s: begin: global model has no tensors", name)
+	}
+	if _, err := maxAbsBits(global); err != nil {
+		return nil, fmt.Errorf("strategy %s: begin: global model: %w", name, err)
+	}
+	sizes := make([]int, len(global))
+	for i, t := range global {
+		sizes[i] = len(t)
+	}
+	return sizes, nil
+}
+
+// flatten copies params, whose shapes were checked, into one slice.
+func flatten(params [][]float32, total int) []float32 {
+	out := make([]float32, 0, total)
+	for _, t := range params {
+		out = append(out, t...)
+	}
+	return out
+}
+
+func sum(sizes []int) int {
+	n := 0
+	for _, s := range sizes {
+		n += s
+	}
+	return n
+}
+
+// fedAvg is FedAvg (McMahan et al. 2017): the example-weighted mean of the
+// clients' weights, computed exactly by an Accumulator.
+type fedAvg struct{}
+
+func (fedAvg) Name() string { return "fedavg" }
+
+func (fedAvg) Begin(global [][]float32) (Round, error) {
+	sizes, err := checkGlobal("fedavg", global)
+	if err != nil {
+		return nil, err
+	}
+	acc, err := NewAccumulator(sizes)
+	if err != nil {
+		return nil, fmt.Errorf("strategy fedavg: begin: %w", err)
+	}
+	return newRound("fedavg", sizes, meanRound{acc}), nil
+}
+
+func (fedAvg) State() ([]byte, error) { return nil, nil }
+
+func (fedAvg) Restore(state []byte) error { return restoreStateless("fedavg", state) }
+
+func restoreStateless(name string, state []byte) error {
+	if len(state) != 0 {
+		return fmt.Errorf("strategy %s: restore: stateless strategy given %d bytes of state", name, len(state))
+	}
+	return nil
+}
+
+// meanRound streams updates into an Accumulator and returns their mean.
+type meanRound struct{ acc *Accumulator }
+
+func (m meanRound) add(u Update) error { return m.acc.Add(u.NumExamples, u.Params) }
+
+func (m meanRound) finish() ([][]float32, error) { return m.acc.Mean() }

@@ -1,0 +1,523 @@
+#!/usr/bin/env bash
+# deploy/kafka/kafka.sh: a real, single-node Apache Kafka broker (KRaft,
+# combined broker+controller) from Maven Central jars. No Docker and no
+# release tarball: Maven resolves the broker's jars into a cache directory once,
+# and `java` runs them.
+#
+#   kafka.sh fetch                  download the jars into the cache (once)
+#   kafka.sh start [--keep-data]    start the broker and wait until it answers
+#   kafka.sh stop                   stop it (SIGTERM, then SIGKILL after a deadline)
+#   kafka.sh restart [--keep-data]  stop, then start
+#   kafka.sh status                 exit 0 when running, 3 when not
+#   kafka.sh logs [-f] [N]          the last N lines of the server log (-f: follow)
+#   kafka.sh version                the pinned versions
+#
+# `start` formats a FRESH data directory every time (a test run starts from an
+# empty broker). `start --keep-data` (or FDX_KAFKA_KEEP_DATA=1) reuses the data
+# directory when it is already formatted: for restarting a broker mid-job and
+# for a VM's broker (deploy/kafka/kafka.service), whose topics must survive.
+#
+# Environment (defaults in brackets):
+#   FDX_KAFKA_PORT             client (PLAINTEXT) port [9092]
+#   FDX_KAFKA_CONTROLLER_PORT  KRaft controller port, always on 127.0.0.1 [9093]
+#   FDX_KAFKA_HOST             advertised host that clients connect to [127.0.0.1]
+#                              (on a VM: its internal IP)
+#   FDX_KAFKA_BIND             address the client listener binds [127.0.0.1 when
+#                              FDX_KAFKA_HOST is loopback, else 0.0.0.0]
+#   FDX_KAFKA_DIR              state dir: data/, logs/, config/, kafka.pid
+#                              [/tmp/fdxkafka-broker-$FDX_KAFKA_PORT]
+#   FDX_KAFKA_CACHE            jar cache [$HOME/.cache/fdxkafka/kafka-$KAFKA_VERSION]
+#   FDX_KAFKA_KEEP_DATA        1 = as --keep-data [0]
+#   FDX_KAFKA_CLUSTER_ID       cluster id for a fresh format [random]
+#   FDX_KAFKA_MAX_MESSAGE_BYTES  broker message.max.bytes and
+#                              replica.fetch.max.bytes [16777216 = 16 MiB]
+#   FDX_KAFKA_HEAP_OPTS        [-Xms256m -Xmx512m]
+#   FDX_KAFKA_JVM_OPTS         extra JVM options []
+#   FDX_KAFKA_EXTRA_CONFIG     a file of server properties appended to the
+#                              generated server.properties []
+#   FDX_KAFKA_START_TIMEOUT    seconds to wait for the broker to answer [120]
+#   FDX_KAFKA_STOP_TIMEOUT     seconds to wait after SIGTERM before SIGKILL [60]
+#   FDX_KAFKA_JAVA             java binary [$JAVA_HOME/bin/java, else java]
+#   FDX_MVN                    maven binary [mvn]
+set -euo pipefail
+
+# ---- the pins: change versions here and only here --------------------------
+# (deploy/kafka/docker-compose.yml uses the apache/kafka image of the same
+# version: keep its tag equal to KAFKA_VERSION; `kafka.sh version` checks it.)
+KAFKA_VERSION=4.1.1
+# The log4j2 version of that Kafka release (its gradle/dependencies.gradle;
+# kafka-server's POM brings log4j-api/log4j-core at this version). 4.0.x and
+# 4.1.x use 2.24.3; 4.2.0 uses 2.25.3.
+LOG4J_VERSION=2.24.3
+# Kafka 4.x resolves slf4j-api 1.7.x, whose log4j2 binding is log4j-slf4j-impl
+# (slf4j 2.x would need log4j-slf4j2-impl). `fetch` checks the slf4j-api jar.
+LOG4J_SLF4J_BINDING=log4j-slf4j-impl
+SCALA_BINARY=2.13
+MAVEN_DEPENDENCY_PLUGIN_VERSION=3.8.1
+# -----------------------------------------------------------------------------
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+PORT=${FDX_KAFKA_PORT:-9092}
+CTRL_PORT=${FDX_KAFKA_CONTROLLER_PORT:-9093}
+HOST=${FDX_KAFKA_HOST:-127.0.0.1}
+case $HOST in
+  127.*|localhost|::1) DEFAULT_BIND=127.0.0.1 ;;
+  *) DEFAULT_BIND=0.0.0.0 ;;
+esac
+BIND=${FDX_KAFKA_BIND:-$DEFAULT_BIND}
+STATE_DIR=${FDX_KAFKA_DIR:-/tmp/fdxkafka-broker-$PORT}
+CACHE_DIR=${FDX_KAFKA_CACHE:-${HOME:-/root}/.cache/fdxkafka/kafka-$KAFKA_VERSION}
+KEEP_DATA=${FDX_KAFKA_KEEP_DATA:-0}
+MAX_MESSAGE_BYTES=${FDX_KAFKA_MAX_MESSAGE_BYTES:-16777216}
+HEAP_OPTS=${FDX_KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}
+EXTRA_JVM_OPTS=${FDX_KAFKA_JVM_OPTS:-}
+EXTRA_CONFIG=${FDX_KAFKA_EXTRA_CONFIG:-}
+START_TIMEOUT=${FDX_KAFKA_START_TIMEOUT:-120}
+STOP_TIMEOUT=${FDX_KAFKA_STOP_TIMEOUT:-60}
+if [[ -n ${FDX_KAFKA_JAVA:-} ]]; then
+  JAVA=$FDX_KAFKA_JAVA
+elif [[ -n ${JAVA_HOME:-} && -x ${JAVA_HOME}/bin/java ]]; then
+  JAVA=$JAVA_HOME/bin/java
+else
+  JAVA=java
+fi
+MVN=${FDX_MVN:-mvn}
+
+LIB_DIR=$CACHE_DIR/libs
+CACHE_STAMP=$CACHE_DIR/.complete
+STAMP="kafka_$SCALA_BINARY-$KAFKA_VERSION log4j-$LOG4J_VERSION $LOG4J_SLF4J_BINDING"
+DATA_DIR=$STATE_DIR/data
+LOG_DIR=$STATE_DIR/logs
+CONF_DIR=$STATE_DIR/config
+PID_FILE=$STATE_DIR/kafka.pid
+SERVER_PROPS=$CONF_DIR/server.properties
+LOG4J_CONF=$CONF_DIR/log4j2.properties
+TOOLS_LOG4J_CONF=$CONF_DIR/tools-log4j2.properties
+SERVER_LOG=$LOG_DIR/server.log
+OUT_LOG=$LOG_DIR/kafka.out
+STARTED_MESSAGE="Kafka Server started"
+# The host to probe for readiness: where the client listener can be reached.
+if [[ $BIND == 0.0.0.0 ]]; then PROBE_HOST=127.0.0.1; else PROBE_HOST=$BIND; fi
+
+log() { printf 'kafka.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found (${2:-install it first})"; }
+
+now() {
+  if [[ -n ${EPOCHREALTIME:-} ]]; then printf '%s\n' "${EPOCHREALTIME/,/.}"; else date +%s.%N; fi
+}
+# seconds since $1, one decimal
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+usage() {
+  sed -n '2,/^set -euo pipefail/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+}
+
+# ---- fetch -------------------------------------------------------------------
+
+write_pom() {
+  cat >"$1" <<EOF
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- generated by deploy/kafka/kafka.sh: the jars of an Apache Kafka broker -->
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>fdxkafka.local</groupId>
+  <artifactId>kafka-broker-jars</artifactId>
+  <version>$KAFKA_VERSION</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_$SCALA_BINARY</artifactId>
+      <version>$KAFKA_VERSION</version>
+    </dependency>
+    <!-- the release tarball adds the logging backend outside the POM -->
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-api</artifactId>
+      <version>$LOG4J_VERSION</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-core</artifactId>
+      <version>$LOG4J_VERSION</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>$LOG4J_SLF4J_BINDING</artifactId>
+      <version>$LOG4J_VERSION</version>
+    </dependency>
+  </dependencies>
+  <build>
+    <pluginManagement>
+      <plugins>
+        <plugin>
+          <groupId>org.apache.maven.plugins</groupId>
+          <artifactId>maven-dependency-plugin</artifactId>
+          <version>$MAVEN_DEPENDENCY_PLUGIN_VERSION</version>
+        </plugin>
+      </plugins>
+    </pluginManagement>
+  </build>
+</project>
+EOF
+}
+
+cache_ok() { [[ -f $CACHE_STAMP && $(<"$CACHE_STAMP") == "$STAMP" ]]; }
+
+fetch() {
+  if cache_ok; then
+    return 0
+  fi
+  need "$MVN" "Maven 3, e.g. apt-get install maven"
+  need "$JAVA" "Java 17+, e.g. apt-get install openjdk-17-jre-headless"
+  local parent t0 tmp n
+  parent=$(dirname "$CACHE_DIR")
+  mkdir -p "$parent"
+  tmp=$(mktemp -d "$parent/.fetch-kafka-$KAFKA_VERSION.XXXXXX")
+  # shellcheck disable=SC2064  # expand $tmp now
+  trap "rm -rf '$tmp'" EXIT
+  log "fetching Kafka $KAFKA_VERSION (Scala $SCALA_BINARY) + log4j $LOG4J_VERSION jars with Maven into $CACHE_DIR ..."
+  t0=$(now)
+  write_pom "$tmp/pom.xml"
+  if ! "$MVN" -B -q -f "$tmp/pom.xml" \
+      dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$tmp/libs" >"$tmp/mvn.log" 2>&1; then
+    cat "$tmp/mvn.log" >&2
+    die "maven could not resolve the Kafka jars"
+  fi
+  # The logging binding must match the slf4j-api that Kafka resolved, or the
+  # broker starts without a single log line (and readiness can't be seen).
+  local f slf4j=""
+  for f in "$tmp"/libs/slf4j-api-*.jar; do [[ -e $f ]] && slf4j=${f##*/}; done
+  case "$LOG4J_SLF4J_BINDING:$slf4j" in
+    log4j-slf4j-impl:slf4j-api-1.*.jar | log4j-slf4j2-impl:slf4j-api-2.*.jar) ;;
+    *) die "resolved '${slf4j:-no slf4j-api}' does not fit $LOG4J_SLF4J_BINDING: fix LOG4J_SLF4J_BINDING in $0" ;;
+  esac
+  [[ -f $tmp/libs/log4j-core-$LOG4J_VERSION.jar ]] ||
+    die "log4j-core-$LOG4J_VERSION.jar missing from the resolved jars in $tmp/libs"
+  [[ -f $tmp/libs/kafka_$SCALA_BINARY-$KAFKA_VERSION.jar ]] || die "kafka_$SCALA_BINARY-$KAFKA_VERSION.jar was not resolved"
+  rm -f "$tmp/mvn.log"
+  printf '%s\n' "$STAMP" >"$tmp/.complete"
+  chmod 755 "$tmp"
+  # Publish the finished cache in one rename; a concurrent fetch that lost the
+  # race just drops its copy.
+  if [[ -d $CACHE_DIR ]] && ! cache_ok; then rm -rf "${CACHE_DIR:?}"; fi
+  if ! mv -T "$tmp" "$CACHE_DIR" 2>/dev/null; then
+    cache_ok || die "could not move the jars into $CACHE_DIR"
+  fi
+  trap - EXIT
+  rm -rf "$tmp"
+  n=$(find "$LIB_DIR" -name '*.jar' | wc -l)
+  log "fetched $n jars ($(du -sh "$LIB_DIR" | cut -f1)) in $(elapsed "$t0") s"
+}
+
+# ---- process helpers ---------------------------------------------------------
+
+read_pid() { [[ -f $PID_FILE ]] && tr -dc '0-9' <"$PID_FILE"; }
+
+# Our broker is running: the pid file names a live java running kafka.Kafka with
+# this state dir's server.properties.
+running_pid() {
+  local pid
+  pid=$(read_pid) || return 1
+  [[ -n $pid ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "kafka.Kafka $SERVER_PROPS" || return 1
+  printf '%s\n' "$pid"
+}
+
+port_open() {
+  # shellcheck disable=SC2016  # $1/$2 are the inner bash's arguments
+  timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null
+}
+
+# The server log from byte offset $1 on (what this start wrote).
+log_since() {
+  local off=$1 size
+  [[ -f $SERVER_LOG ]] || return 0
+  size=$(stat -c %s "$SERVER_LOG")
+  if ((size < off)); then off=0; fi # the log rolled over
+  tail -c +"$((off + 1))" "$SERVER_LOG"
+}
+
+# "Kafka Server started" logged since byte offset $1 of the server log.
+started_since() { log_since "$1" | grep -q "$STARTED_MESSAGE"; }
+
+broker_answers() {
+  port_open "$PROBE_HOST" "$PORT" || return 1
+  # kcat is optional; when present it proves the broker serves metadata.
+  if command -v kcat >/dev/null 2>&1; then
+    kcat -b "$PROBE_HOST:$PORT" -L -m 5 >/dev/null 2>&1 || return 1
+  fi
+}
+
+# Wait until the broker (pid $1) logged its start since offset $2 and answers.
+wait_ready() {
+  local pid=$1 off=$2 deadline=$((SECONDS + START_TIMEOUT))
+  while ((SECONDS < deadline)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "the broker (pid $pid) exited during start-up; last log lines:"
+      tail -n 20 "$OUT_LOG" >&2 2>/dev/null || true
+      log_since "$off" | grep -v '^[[:space:]]' | tail -n 20 >&2 || true
+      rm -f "$PID_FILE"
+      return 1
+    fi
+    if started_since "$off" && broker_answers; then
+      return 0
+    fi
+    sleep 0.25
+  done
+  log "the broker (pid $pid) did not answer on $PROBE_HOST:$PORT within ${START_TIMEOUT}s; stopping it. Last log lines ($SERVER_LOG):"
+  log_since "$off" | grep -v '^[[:space:]]' | tail -n 20 >&2 || true
+  cmd_stop >&2 || true
+  return 1
+}
+
+java_cp() { printf '%s\n' "$LIB_DIR/*"; }
+
+# A short-lived JVM for kafka.tools.StorageTool.
+storage_tool() {
+  "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$TOOLS_LOG4J_CONF" \
+    -cp "$(java_cp)" kafka.tools.StorageTool "$@"
+}
+
+# ---- configuration -------------------------------------------------------------
+
+write_config() {
+  mkdir -p "$CONF_DIR" "$LOG_DIR"
+  cat >"$SERVER_PROPS" <<EOF
+# Generated by deploy/kafka/kafka.sh at every start: edits here are lost.
+# Single-node KRaft: one process is broker and controller.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$CTRL_PORT
+controller.listener.names=CONTROLLER
+listeners=PLAINTEXT://$BIND:$PORT,CONTROLLER://127.0.0.1:$CTRL_PORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$DATA_DIR
+
+# One node: every internal topic has one replica and an ISR of one, or
+# consumer groups, transactions and share groups fail.
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+
+num.partitions=1
+auto.create.topics.enable=true
+group.initial.rebalance.delay.ms=0
+
+# Large model records: the broker-wide cap; a topic may raise its own
+# max.message.bytes up to this (clients need matching settings).
+message.max.bytes=$MAX_MESSAGE_BYTES
+replica.fetch.max.bytes=$MAX_MESSAGE_BYTES
+EOF
+  if [[ -n $EXTRA_CONFIG ]]; then
+    [[ -f $EXTRA_CONFIG ]] || die "FDX_KAFKA_EXTRA_CONFIG=$EXTRA_CONFIG: no such file"
+    printf '\n# from %s\n' "$EXTRA_CONFIG" >>"$SERVER_PROPS"
+    cat "$EXTRA_CONFIG" >>"$SERVER_PROPS"
+  fi
+
+  cat >"$LOG4J_CONF" <<'EOF'
+# Generated by deploy/kafka/kafka.sh. ${sys:kafka.logs.dir} is set by the script.
+status = warn
+name = fdxkafka
+
+appender.server.type = RollingFile
+appender.server.name = server
+appender.server.fileName = ${sys:kafka.logs.dir}/server.log
+appender.server.filePattern = ${sys:kafka.logs.dir}/server.log.%i
+appender.server.layout.type = PatternLayout
+appender.server.layout.pattern = [%d] %p %m (%c)%n
+appender.server.policies.type = Policies
+appender.server.policies.size.type = SizeBasedTriggeringPolicy
+appender.server.policies.size.size = 64MB
+appender.server.strategy.type = DefaultRolloverStrategy
+appender.server.strategy.max = 4
+
+rootLogger.level = info
+rootLogger.appenderRef.server.ref = server
+
+logger.request.name = kafka.request.logger
+logger.request.level = warn
+logger.statechange.name = state.change.logger
+logger.statechange.level = warn
+EOF
+
+  cat >"$TOOLS_LOG4J_CONF" <<'EOF'
+# Generated by deploy/kafka/kafka.sh: kafka.tools.StorageTool logs warnings to stderr.
+status = warn
+name = fdxkafka-tools
+appender.stderr.type = Console
+appender.stderr.name = stderr
+appender.stderr.target = SYSTEM_ERR
+appender.stderr.layout.type = PatternLayout
+appender.stderr.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.stderr.ref = stderr
+EOF
+}
+
+# ---- subcommands -----------------------------------------------------------------
+
+report_running() {
+  local pid=$1
+  echo "Kafka $KAFKA_VERSION broker running at $HOST:$PORT (pid $pid, state dir $STATE_DIR)"
+  echo "FDX_KAFKA_BROKERS=$HOST:$PORT"
+}
+
+cmd_start() {
+  local keep=$KEEP_DATA arg
+  for arg in "$@"; do
+    case $arg in
+      --keep-data) keep=1 ;;
+      --fresh) keep=0 ;;
+      *) die "start: unknown option $arg (use --keep-data or --fresh)" ;;
+    esac
+  done
+  local pid
+  if pid=$(running_pid); then
+    # Already ours: make sure it answers (it may be starting), then report.
+    if ! broker_answers; then
+      log "broker pid $pid is running but not answering yet; waiting"
+      wait_ready "$pid" 0 || exit 1
+    fi
+    report_running "$pid"
+    return 0
+  fi
+  rm -f "$PID_FILE"
+  if port_open "$PROBE_HOST" "$PORT"; then
+    die "$PROBE_HOST:$PORT is already taken by another process (not the broker of $STATE_DIR)"
+  fi
+  if port_open 127.0.0.1 "$CTRL_PORT"; then
+    die "controller port 127.0.0.1:$CTRL_PORT is already taken (set FDX_KAFKA_CONTROLLER_PORT)"
+  fi
+  need "$JAVA" "Java 17+, e.g. apt-get install openjdk-17-jre-headless"
+  fetch
+
+  local t0 data_note cluster_id
+  t0=$(now)
+  write_config
+  if [[ $keep == 1 && -f $DATA_DIR/meta.properties ]]; then
+    cluster_id=$(sed -n 's/^cluster.id=//p' "$DATA_DIR/meta.properties")
+    data_note="kept data in $DATA_DIR (cluster $cluster_id)"
+  else
+    rm -rf "${DATA_DIR:?}"
+    mkdir -p "$DATA_DIR"
+    cluster_id=${FDX_KAFKA_CLUSTER_ID:-}
+    if [[ -z $cluster_id ]]; then
+      cluster_id=$(storage_tool random-uuid 2>>"$LOG_DIR/format.log" | tail -n 1)
+    fi
+    [[ -n $cluster_id ]] || die "kafka.tools.StorageTool random-uuid gave no id; see $LOG_DIR/format.log"
+    if ! storage_tool format -t "$cluster_id" -c "$SERVER_PROPS" >>"$LOG_DIR/format.log" 2>&1; then
+      tail -n 20 "$LOG_DIR/format.log" >&2
+      die "formatting $DATA_DIR failed"
+    fi
+    data_note="fresh data in $DATA_DIR (cluster $cluster_id)"
+  fi
+
+  local off=0
+  [[ -f $SERVER_LOG ]] && off=$(stat -c %s "$SERVER_LOG")
+  : >"$OUT_LOG"
+  # shellcheck disable=SC2086  # HEAP_OPTS / EXTRA_JVM_OPTS are word lists
+  nohup "$JAVA" $HEAP_OPTS \
+    -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+    -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$LOG4J_CONF" -Dkafka.logs.dir="$LOG_DIR" \
+    $EXTRA_JVM_OPTS \
+    -cp "$(java_cp)" kafka.Kafka "$SERVER_PROPS" \
+    </dev/null >>"$OUT_LOG" 2>&1 &
+  pid=$!
+  printf '%s\n' "$pid" >"$PID_FILE"
+  log "started java (pid $pid); $data_note; waiting up to ${START_TIMEOUT}s for $PROBE_HOST:$PORT"
+  wait_ready "$pid" "$off" || exit 1
+  echo "Kafka $KAFKA_VERSION broker ready at $HOST:$PORT in $(elapsed "$t0") s (pid $pid, state dir $STATE_DIR)"
+  echo "FDX_KAFKA_BROKERS=$HOST:$PORT"
+}
+
+cmd_stop() {
+  local pid t0
+  if ! pid=$(running_pid); then
+    rm -f "$PID_FILE"
+    echo "Kafka broker of $STATE_DIR is not running"
+    return 0
+  fi
+  t0=$(now)
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + STOP_TIMEOUT))
+  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "pid $pid still alive after ${STOP_TIMEOUT}s: SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + 10))
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+  fi
+  kill -0 "$pid" 2>/dev/null && die "pid $pid would not die"
+  rm -f "$PID_FILE"
+  echo "Kafka broker (pid $pid) stopped in $(elapsed "$t0") s"
+}
+
+cmd_status() {
+  local pid
+  if pid=$(running_pid); then
+    if broker_answers; then
+      report_running "$pid"
+    else
+      echo "Kafka $KAFKA_VERSION broker pid $pid is running but not answering on $PROBE_HOST:$PORT (starting or stuck)"
+    fi
+    return 0
+  fi
+  echo "Kafka broker of $STATE_DIR is not running"
+  return 3
+}
+
+cmd_logs() {
+  local follow=0 lines=100 arg file=$SERVER_LOG
+  for arg in "$@"; do
+    case $arg in
+      -f|--follow) follow=1 ;;
+      ''|*[!0-9]*) die "logs: unknown argument $arg (use -f and/or a line count)" ;;
+      *) lines=$arg ;;
+    esac
+  done
+  [[ -f $file ]] || file=$OUT_LOG
+  [[ -f $file ]] || die "no log yet in $LOG_DIR"
+  if ((follow)); then exec tail -n "$lines" -F "$file"; fi
+  tail -n "$lines" "$file"
+}
+
+cmd_version() {
+  echo "kafka_$SCALA_BINARY $KAFKA_VERSION, log4j $LOG4J_VERSION ($LOG4J_SLF4J_BINDING)"
+  echo "jar cache: $CACHE_DIR ($(cache_ok && echo complete || echo not fetched))"
+  local compose=$SCRIPT_DIR/docker-compose.yml
+  if [[ -f $compose ]] && ! grep -q "image: apache/kafka:$KAFKA_VERSION\$" "$compose"; then
+    log "warning: $compose does not use apache/kafka:$KAFKA_VERSION"
+    return 1
+  fi
+}
+
+main() {
+  local cmd=${1:-}
+  [[ $# -gt 0 ]] && shift
+  case $cmd in
+    fetch) fetch; echo "jars in $LIB_DIR ($(find "$LIB_DIR" -name '*.jar' | wc -l) jars, $(du -sh "$LIB_DIR" | cut -f1))" ;;
+    start) cmd_start "$@" ;;
+    stop) cmd_stop ;;
+    restart) cmd_stop; cmd_start "$@" ;;
+    status) cmd_status ;;
+    logs) cmd_logs "$@" ;;
+    version) cmd_version ;;
+    -h|--help|help) usage ;;
+    *) usage >&2; exit 2 ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,161 @@
+// Package function is FDxKafka's HTTP Cloud Function: one invocation is one
+// client taking part in one or more rounds. POST it
+//
+//	{"broker": "10.0.0.5:9092", "client_id": "7", "channel": "kafka"}
+//
+// and it fetches the global model, trains on client 7's shard, sends the
+// update and answers with a JSON summary. Importing the package registers
+// the entry point "Handler" with functions-framework-go.
+package function
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"sync"
+
+	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
+
+	"github.com/fdxkafka/fdxkafka/shared/channel"
+	"github.com/fdxkafka/fdxkafka/shared/dataset"
+	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
+	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+	"github.com/fdxkafka/fdxkafka/shared/participant"
+)
+
+// The Functions runtime calls a registered func; one process-wide Server is
+// the only state, built on first use so that importing stays cheap.
+var instance = sync.OnceValue(func() *Server {
+	return NewServer(Config{
+		Defaults: Defaults{Broker: os.Getenv("FDX_BROKER"), Job: os.Getenv("FDX_JOB"), Channel: os.Getenv("FDX_CHANNEL")},
+		Logger:   slog.Default(),
+	})
+})
+
+func init() {
+	functions.HTTP("Handler", Handler)
+}
+
+// Handler is the Cloud Function entry point.
+func Handler(w http.ResponseWriter, r *http.Request) { instance().ServeHTTP(w, r) }
+
+// Config configures a Server.
+type Config struct {
+	Defaults Defaults
+	Logger   *slog.Logger
+	// Data caches the data sets across invocations of a warm instance;
+	// nil makes a new catalog.
+	Data *dataset.Catalog
+	// KafkaProperties are extra librdkafka settings (SASL, TLS).
+	KafkaProperties map[string]string
+}
+
+// Server handles invocations.
+type Server struct {
+	cfg  Config
+	part *participant.Participant
+	log  *slog.Logger
+}
+
+// NewServer returns a Server.
+func NewServer(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Data == nil {
+		cfg.Data = dataset.NewCatalog()
+	}
+	return &Server{cfg: cfg, part: &participant.Participant{Data: cfg.Data, Log: cfg.Logger}, log: cfg.Logger}
+}
+
+// Response is the JSON answer of a successful invocation.
+type Response struct {
+	participant.Summary
+	Channel string `json:"channel"`
+}
+
+type errorResponse struct {
+	Error string `json:"error"`
+	Field string `json:"field,omitempty"`
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeJSON(w, http.StatusMethodNotAllowed, errorResponse{Error: "method " + r.Method + " not allowed; POST a JSON request"})
+		return
+	}
+	req, err := ParseRequest(r.Body, s.cfg.Defaults)
+	if err != nil {
+		var fe *FieldError
+		resp := errorResponse{Error: err.Error()}
+		if errors.As(err, &fe) {
+			resp.Field = fe.Field
+		}
+		s.log.WarnContext(r.Context(), "bad request", "err", err)
+		writeJSON(w, http.StatusBadRequest, resp)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), req.Timeout)
+	defer cancel()
+	sum, err := s.Run(ctx, req)
+	if err != nil {
+		code := statusFor(err)
+		s.log.ErrorContext(ctx, "invocation failed", "client_id", req.ClientID, "channel", req.Channel, "status", code, "err", err)
+		writeJSON(w, code, errorResponse{Error: err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, Response{Summary: sum, Channel: req.Channel})
+}
+
+// Run dials the request's channel and takes part in its rounds.
+func (s *Server) Run(ctx context.Context, req Request) (participant.Summary, error) {
+	ch, err := s.dial(ctx, req)
+	if err != nil {
+		return participant.Summary{}, err
+	}
+	defer ch.Close()
+	return s.part.Run(ctx, ch, participant.Options{Job: req.Job, ClientID: req.ClientID, Round: req.Round, Exact: req.Round > 0, Rounds: req.Rounds})
+}
+
+func (s *Server) dial(ctx context.Context, req Request) (channel.Client, error) {
+	switch req.Channel {
+	case "grpc":
+		return grpcchan.Dial(ctx, grpcchan.ClientOptions{Addr: req.Broker, Job: req.Job, ClientID: req.ClientID})
+	default:
+		return kafkachan.Dial(ctx, kafkachan.ClientOptions{Options: kafkachan.Options{
+			Brokers: req.Broker, Job: req.Job, Properties: s.cfg.KafkaProperties, Logger: s.log,
+		}})
+	}
+}
+
+// statusFor maps a failure onto an HTTP status an invoker can act on:
+// 502/504 are worth retrying, 409 means the round moved on.
+func statusFor(err error) int {
+	switch {
+	case errors.Is(err, participant.ErrRoundClosed):
+		return http.StatusConflict
+	case errors.Is(err, channel.ErrRejected):
+		return http.StatusUnprocessableEntity
+	case errors.Is(err, channel.ErrUnreachable):
+		return http.StatusBadGateway
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout
+	}
+	return http.StatusInternalServerError
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		code, b = http.StatusInternalServerError, []byte(fmt.Sprintf(`{"error":%q}`, err.Error()))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	w.Write(append(b, '\n'))
+}

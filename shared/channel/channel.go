@@ -1,0 +1,126 @@
+// Package channel defines the two sides of a federation transport, so that the
+// round logic and the client logic are written once and run over Kafka
+// (package kafkachan) or gRPC (package grpcchan) unchanged.
+package channel
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+
+	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+)
+
+// ErrUnreachable wraps errors that mean the transport could not be reached at
+// all (nothing listens, DNS fails), as opposed to a timeout while waiting.
+var ErrUnreachable = errors.New("transport unreachable")
+
+// ErrRejected wraps an update that the aggregator refused synchronously
+// (gRPC only: Kafka is fire-and-forget, rejections show in the aggregator).
+var ErrRejected = errors.New("update rejected")
+
+// Client is a participant's view of a channel.
+type Client interface {
+	// Model returns the newest global model of the job whose round is at
+	// least minRound, waiting for it until ctx is done. A final model is
+	// returned whatever its round, so that waiting clients learn the job
+	// ended.
+	Model(ctx context.Context, minRound int64) (*fdxv1.GlobalModel, error)
+	// Submit delivers an update; it returns once the transport has it
+	// (Kafka: acknowledged by the broker; gRPC: answered by the aggregator).
+	Submit(ctx context.Context, u *fdxv1.Update) error
+	// Stats reports what this client moved so far.
+	Stats() Stats
+	Close() error
+}
+
+// Delivery is one update as the aggregator receives it.
+type Delivery struct {
+	// Update is nil when the record could not be decoded; Err says why.
+	Update *fdxv1.Update
+	Err    error
+	// Key is the Kafka record key or the gRPC peer's client id (may be empty).
+	Key string
+	// Size is the encoded size in bytes.
+	Size int
+	// reply, when set, answers a synchronous caller (gRPC).
+	reply func(accepted bool, reason string)
+}
+
+// NewDelivery returns a delivery whose verdict is passed to reply.
+func NewDelivery(u *fdxv1.Update, size int, reply func(accepted bool, reason string)) Delivery {
+	return Delivery{Update: u, Size: size, reply: reply}
+}
+
+// Reply tells a waiting sender whether its update was accepted. It is a
+// no-op for asynchronous transports.
+func (d Delivery) Reply(accepted bool, reason string) {
+	if d.reply != nil {
+		d.reply(accepted, reason)
+	}
+}
+
+// Server is the aggregator's side of a channel. It is used by one goroutine,
+// the round loop, which owns all round state; that keeps aggregation
+// deterministic and the transports simple.
+type Server interface {
+	// Latest returns the newest published model, or nil if the job has none
+	// yet. It is the aggregator's checkpoint on restart.
+	Latest(ctx context.Context) (*fdxv1.GlobalModel, error)
+	// Next returns the next received update, waiting until ctx is done.
+	Next(ctx context.Context) (Delivery, error)
+	// Publish makes m the current global model. On Kafka it also commits,
+	// in the same transaction, the consumption of every update Next has
+	// returned so far, so that a crash can neither lose nor double-count one.
+	Publish(ctx context.Context, m *fdxv1.GlobalModel) error
+	// Stats reports what the server moved so far.
+	Stats() Stats
+	Close() error
+}
+
+// Stats counts transport messages and payload bytes. For Kafka a message is
+// a record produced or fetched; for gRPC a message sent or received on a
+// stream (a unary call is one of each).
+type Stats struct {
+	MessagesSent     int64 `json:"messages_sent"`
+	MessagesReceived int64 `json:"messages_received"`
+	BytesSent        int64 `json:"bytes_sent"`
+	BytesReceived    int64 `json:"bytes_received"`
+}
+
+// Add returns the sum of s and o.
+func (s Stats) Add(o Stats) Stats {
+	return Stats{
+		MessagesSent:     s.MessagesSent + o.MessagesSent,
+		MessagesReceived: s.MessagesReceived + o.MessagesReceived,
+		BytesSent:        s.BytesSent + o.BytesSent,
+		BytesReceived:    s.BytesReceived + o.BytesReceived,
+	}
+}
+
+// Counter accumulates Stats from concurrent goroutines.
+type Counter struct {
+	msgSent, msgRecv, bytesSent, bytesRecv atomic.Int64
+}
+
+// Sent records one message of n bytes sent.
+func (c *Counter) Sent(n int) {
+	c.msgSent.Add(1)
+	c.bytesSent.Add(int64(n))
+}
+
+// Received records one message of n bytes received.
+func (c *Counter) Received(n int) {
+	c.msgRecv.Add(1)
+	c.bytesRecv.Add(int64(n))
+}
+
+// Stats returns a snapshot.
+func (c *Counter) Stats() Stats {
+	return Stats{
+		MessagesSent:     c.msgSent.Load(),
+		MessagesReceived: c.msgRecv.Load(),
+		BytesSent:        c.bytesSent.Load(),
+		BytesReceived:    c.bytesRecv.Load(),
+	}
+}

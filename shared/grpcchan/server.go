@@ -1,0 +1,360 @@
+// Package grpcchan is the gRPC channel, the baseline the evaluation compares
+// Kafka against: the aggregator serves fdx.v1.Aggregator and sends the model
+// to every client separately. The messages are the same as on Kafka.
+package grpcchan
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/channel"
+)
+
+// ServerOptions configure the aggregator's gRPC side.
+type ServerOptions struct {
+	// Addr to listen on, e.g. "[::]:8080" or "127.0.0.1:0".
+	Addr string
+	Job  string
+	// MaxMessageBytes bounds every message; 0 means 64 MiB.
+	MaxMessageBytes int
+	// StateFile, when set, holds the newest published model so that a
+	// restarted aggregator resumes (the gRPC channel has no log to replay).
+	StateFile string
+	// TLS enables transport security; nil serves plaintext.
+	TLS *tls.Config
+	// Tokens, when non-empty, maps client id to its bearer token; calls
+	// without a matching "authorization: Bearer <token>" are refused.
+	Tokens map[string]string
+	Logger *slog.Logger
+}
+
+// Server serves the Aggregator service and implements channel.Server.
+type Server struct {
+	fdxv1.UnimplementedAggregatorServer
+	opt     ServerOptions
+	lis     net.Listener
+	gs      *grpc.Server
+	health  *health.Server
+	count   channel.Counter
+	updates chan channel.Delivery
+	done    chan struct{}
+
+	mu      sync.Mutex
+	current *fdxv1.GlobalModel
+	changed chan struct{} // closed and replaced on every publish
+}
+
+var _ channel.Server = (*Server)(nil)
+
+// NewServer listens on opt.Addr and starts serving.
+func NewServer(opt ServerOptions) (*Server, error) {
+	if opt.Job == "" {
+		return nil, errors.New("grpc server: no job id")
+	}
+	if opt.MaxMessageBytes <= 0 {
+		opt.MaxMessageBytes = 64 << 20
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	lis, err := net.Listen("tcp", opt.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("grpc listen %s: %w", opt.Addr, err)
+	}
+	s := &Server{
+		opt:     opt,
+		lis:     lis,
+		updates: make(chan channel.Delivery),
+		done:    make(chan struct{}),
+		changed: make(chan struct{}),
+	}
+	sopts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(opt.MaxMessageBytes),
+		grpc.MaxSendMsgSize(opt.MaxMessageBytes),
+		grpc.StatsHandler(counter{&s.count}),
+	}
+	if opt.TLS != nil {
+		sopts = append(sopts, grpc.Creds(credentials.NewTLS(opt.TLS)))
+	}
+	if len(opt.Tokens) > 0 {
+		sopts = append(sopts, grpc.UnaryInterceptor(s.authUnary), grpc.StreamInterceptor(s.authStream))
+	}
+	s.gs = grpc.NewServer(sopts...)
+	fdxv1.RegisterAggregatorServer(s.gs, s)
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.gs, s.health)
+	s.health.SetServingStatus(fdxv1.Aggregator_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+	go func() {
+		if err := s.gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			opt.Logger.Error("grpc serve", "err", err)
+		}
+	}()
+	return s, nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// Latest implements channel.Server: the in-memory model, or the state file's.
+func (s *Server) Latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
+	s.mu.Lock()
+	cur := s.current
+	s.mu.Unlock()
+	if cur != nil || s.opt.StateFile == "" {
+		return cur, nil
+	}
+	b, err := os.ReadFile(s.opt.StateFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state %s: %w", s.opt.StateFile, err)
+	}
+	m := &fdxv1.GlobalModel{}
+	if err := proto.Unmarshal(b, m); err != nil {
+		return nil, fmt.Errorf("decode state %s: %w", s.opt.StateFile, err)
+	}
+	if m.GetJob() != s.opt.Job {
+		return nil, fmt.Errorf("state %s belongs to job %q, not %q", s.opt.StateFile, m.GetJob(), s.opt.Job)
+	}
+	return m, nil
+}
+
+// Publish implements channel.Server. With a state file the model is made
+// durable (write, fsync, rename) before any client can see it.
+func (s *Server) Publish(ctx context.Context, m *fdxv1.GlobalModel) error {
+	if s.opt.StateFile != "" {
+		if err := writeFileAtomic(s.opt.StateFile, m); err != nil {
+			return fmt.Errorf("publish model round %d: %w", m.GetRound(), err)
+		}
+	}
+	s.mu.Lock()
+	s.current = m
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+	s.health.SetServingStatus(fdxv1.Aggregator_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	return nil
+}
+
+func writeFileAtomic(path string, m *fdxv1.GlobalModel) error {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+// Next implements channel.Server.
+func (s *Server) Next(ctx context.Context) (channel.Delivery, error) {
+	select {
+	case d := <-s.updates:
+		return d, nil
+	case <-ctx.Done():
+		return channel.Delivery{}, ctx.Err()
+	}
+}
+
+// Stats implements channel.Server.
+func (s *Server) Stats() channel.Stats { return s.count.Stats() }
+
+// Close stops serving; waiting calls end with Unavailable.
+func (s *Server) Close() error {
+	select {
+	case <-s.done:
+		return nil
+	default:
+	}
+	close(s.done)
+	s.health.Shutdown()
+	stopped := make(chan struct{})
+	go func() { s.gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(2 * time.Second):
+		s.gs.Stop()
+	}
+	return nil
+}
+
+func (s *Server) snapshot() (*fdxv1.GlobalModel, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.current, s.changed
+}
+
+func (s *Server) checkJob(job string) error {
+	if job != s.opt.Job {
+		return status.Errorf(codes.NotFound, "unknown job %q (this aggregator runs %q)", job, s.opt.Job)
+	}
+	return nil
+}
+
+// GetModel implements fdxv1.AggregatorServer.
+func (s *Server) GetModel(ctx context.Context, req *fdxv1.GetModelRequest) (*fdxv1.GlobalModel, error) {
+	if err := s.checkJob(req.GetJob()); err != nil {
+		return nil, err
+	}
+	for {
+		m, changed := s.snapshot()
+		if m != nil && (m.GetRound() >= req.GetMinRound() || m.GetFinal()) {
+			return m, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		case <-s.done:
+			return nil, status.Error(codes.Unavailable, "aggregator shutting down")
+		}
+	}
+}
+
+// WatchModels implements fdxv1.AggregatorServer.
+func (s *Server) WatchModels(req *fdxv1.WatchModelsRequest, stream fdxv1.Aggregator_WatchModelsServer) error {
+	if err := s.checkJob(req.GetJob()); err != nil {
+		return err
+	}
+	next := req.GetFromRound()
+	for {
+		m, changed := s.snapshot()
+		if m != nil && m.GetRound() >= next {
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+			if m.GetFinal() {
+				return nil
+			}
+			next = m.GetRound() + 1
+		}
+		select {
+		case <-changed:
+		case <-stream.Context().Done():
+			return status.FromContextError(stream.Context().Err()).Err()
+		case <-s.done:
+			return status.Error(codes.Unavailable, "aggregator shutting down")
+		}
+	}
+}
+
+type verdict struct {
+	accepted bool
+	reason   string
+}
+
+// SubmitUpdate implements fdxv1.AggregatorServer: the update goes to the
+// round loop, and the caller gets its verdict.
+func (s *Server) SubmitUpdate(ctx context.Context, u *fdxv1.Update) (*fdxv1.SubmitUpdateResponse, error) {
+	if err := s.checkJob(u.GetJob()); err != nil {
+		return nil, err
+	}
+	if err := s.checkClient(ctx, u.GetClientId()); err != nil {
+		return nil, err
+	}
+	reply := make(chan verdict, 1)
+	d := channel.NewDelivery(u, proto.Size(u), func(ok bool, reason string) { reply <- verdict{ok, reason} })
+	d.Key = u.GetClientId()
+	select {
+	case s.updates <- d:
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	case <-s.done:
+		return nil, status.Error(codes.Unavailable, "aggregator shutting down")
+	}
+	select {
+	case v := <-reply:
+		cur, _ := s.snapshot()
+		return &fdxv1.SubmitUpdateResponse{Accepted: v.accepted, Reason: v.reason, Round: cur.GetRound()}, nil
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	case <-s.done:
+		return nil, status.Error(codes.Unavailable, "aggregator shutting down")
+	}
+}
+
+// checkClient enforces per-client bearer tokens on SubmitUpdate, where the
+// client id is known.
+func (s *Server) checkClient(ctx context.Context, clientID string) error {
+	if len(s.opt.Tokens) == 0 {
+		return nil
+	}
+	want, ok := s.opt.Tokens[clientID]
+	if !ok || bearer(ctx) != want {
+		return status.Errorf(codes.Unauthenticated, "client %q: missing or wrong bearer token", clientID)
+	}
+	return nil
+}
+
+// authUnary and authStream admit only callers holding one of the tokens.
+// Health checks stay open so that load balancers and probes need no token.
+func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := s.anyToken(ctx, info.FullMethod); err != nil {
+		return nil, err
+	}
+	return h(ctx, req)
+}
+
+func (s *Server) authStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if err := s.anyToken(ss.Context(), info.FullMethod); err != nil {
+		return err
+	}
+	return h(srv, ss)
+}
+
+func (s *Server) anyToken(ctx context.Context, method string) error {
+	if strings.HasPrefix(method, "/grpc.health.v1.Health/") {
+		return nil
+	}
+	tok := bearer(ctx)
+	for _, t := range s.opt.Tokens {
+		if tok != "" && tok == t {
+			return nil
+		}
+	}
+	return status.Error(codes.Unauthenticated, "missing or unknown bearer token")
+}
+
+func bearer(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		if len(v) > 7 && (v[:7] == "Bearer " || v[:7] == "bearer ") {
+			return v[7:]
+		}
+	}
+	return ""
+}

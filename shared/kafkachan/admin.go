@@ -1,0 +1,121 @@
+package kafkachan
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/fdxkafka/fdxkafka/shared/channel"
+)
+
+// TopicOptions size the job's topics.
+type TopicOptions struct {
+	// UpdatePartitions is the partition count of the updates topic.
+	UpdatePartitions int
+	// MaxMessageBytes is the topics' max.message.bytes.
+	MaxMessageBytes int
+	// ReplicationFactor; -1 takes the broker's default.
+	ReplicationFactor int
+}
+
+// EnsureTopics creates the job's topics, or raises max.message.bytes on
+// existing ones that are too small for the model, so that a model record is
+// never refused mid-job.
+func EnsureTopics(ctx context.Context, o Options, to TopicOptions) error {
+	if err := o.validate(); err != nil {
+		return err
+	}
+	if to.UpdatePartitions < 1 {
+		to.UpdatePartitions = 1
+	}
+	if to.MaxMessageBytes < MinMessageBytes {
+		to.MaxMessageBytes = MinMessageBytes
+	}
+	if to.ReplicationFactor == 0 {
+		to.ReplicationFactor = -1
+	}
+	// An admin client made from a producer shares its log channel, so
+	// librdkafka's lines go to slog rather than stderr.
+	cm := o.configMap(nil)
+	p, err := kafka.NewProducer(&cm)
+	if err != nil {
+		return fmt.Errorf("admin client: %w", err)
+	}
+	go forwardLogs(p.Logs(), o.logger())
+	go drainEvents(p)
+	defer p.Close()
+	ac, err := kafka.NewAdminClientFromProducer(p)
+	if err != nil {
+		return fmt.Errorf("admin client: %w", err)
+	}
+	defer ac.Close()
+	maxBytes := strconv.Itoa(to.MaxMessageBytes)
+	specs := []kafka.TopicSpecification{
+		{Topic: ModelTopic(o.Job), NumPartitions: 1, ReplicationFactor: to.ReplicationFactor,
+			Config: map[string]string{"max.message.bytes": maxBytes}},
+		{Topic: UpdatesTopic(o.Job), NumPartitions: to.UpdatePartitions, ReplicationFactor: to.ReplicationFactor,
+			Config: map[string]string{"max.message.bytes": maxBytes}},
+	}
+	res, err := ac.CreateTopics(ctx, specs)
+	if err != nil {
+		return fmt.Errorf("create topics: %w", unreachable(err))
+	}
+	for _, r := range res {
+		switch r.Error.Code() {
+		case kafka.ErrNoError:
+		case kafka.ErrTopicAlreadyExists:
+			if err := raiseMaxBytes(ctx, ac, r.Topic, to.MaxMessageBytes); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("create topic %s: %w", r.Topic, r.Error)
+		}
+	}
+	return nil
+}
+
+func raiseMaxBytes(ctx context.Context, ac *kafka.AdminClient, topic string, want int) error {
+	res, err := ac.DescribeConfigs(ctx, []kafka.ConfigResource{{Type: kafka.ResourceTopic, Name: topic}})
+	if err != nil {
+		return fmt.Errorf("describe topic %s: %w", topic, err)
+	}
+	if len(res) != 1 {
+		return fmt.Errorf("describe topic %s: %d results", topic, len(res))
+	}
+	if res[0].Error.Code() != kafka.ErrNoError {
+		return fmt.Errorf("describe topic %s: %w", topic, res[0].Error)
+	}
+	cur, err := strconv.Atoi(res[0].Config["max.message.bytes"].Value)
+	if err == nil && cur >= want {
+		return nil
+	}
+	alt, err := ac.IncrementalAlterConfigs(ctx, []kafka.ConfigResource{{
+		Type: kafka.ResourceTopic, Name: topic,
+		Config: []kafka.ConfigEntry{{Name: "max.message.bytes", Value: strconv.Itoa(want), IncrementalOperation: kafka.AlterConfigOpTypeSet}},
+	}})
+	if err != nil {
+		return fmt.Errorf("raise max.message.bytes of %s to %d: %w", topic, want, err)
+	}
+	for _, r := range alt {
+		if r.Error.Code() != kafka.ErrNoError {
+			return fmt.Errorf("raise max.message.bytes of %s to %d: %w", topic, want, r.Error)
+		}
+	}
+	return nil
+}
+
+// unreachable marks transport failures so callers can tell "nothing there"
+// from other errors.
+func unreachable(err error) error {
+	var ke kafka.Error
+	if errors.As(err, &ke) {
+		switch ke.Code() {
+		case kafka.ErrTransport, kafka.ErrAllBrokersDown, kafka.ErrResolve, kafka.ErrTimedOut:
+			return fmt.Errorf("%w: %w", channel.ErrUnreachable, err)
+		}
+	}
+	return err
+}

@@ -1,0 +1,147 @@
+// Package kafkachan is the Kafka channel: the aggregator publishes each global
+// model once to fdx.<job>.model and consumes updates from fdx.<job>.updates as
+// the consumer group fdx.<job>.aggregator, closing every round in one
+// transaction; clients read the newest committed model and produce updates
+// keyed by client id. Every value is a serialized fdx.v1 message, the same
+// bytes the gRPC channel carries.
+package kafkachan
+
+import (
+	"bufio"
+	"fmt"
+	"log/slog"
+	"os"
+	"regexp"
+	"strings"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+)
+
+// Limits on sizes. Records above the broker's limit are refused by the broker;
+// these are our own defaults for topics we create.
+const (
+	// MinMessageBytes is the floor for a topic's max.message.bytes.
+	MinMessageBytes = 1 << 20
+	// recordOverhead covers the protobuf envelope, train config and batch
+	// headers on top of the raw tensor bytes.
+	recordOverhead = 64 << 10
+)
+
+var jobPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
+
+// ValidateJob checks that job can name Kafka topics.
+func ValidateJob(job string) error {
+	if !jobPattern.MatchString(job) {
+		return fmt.Errorf("job id %q: want 1-128 characters of [A-Za-z0-9._-]", job)
+	}
+	return nil
+}
+
+// ModelTopic is the single-partition topic holding the job's global models.
+func ModelTopic(job string) string { return "fdx." + job + ".model" }
+
+// UpdatesTopic is the topic clients send their updates to.
+func UpdatesTopic(job string) string { return "fdx." + job + ".updates" }
+
+// GroupID is the aggregator's consumer group for the updates topic.
+func GroupID(job string) string { return "fdx." + job + ".aggregator" }
+
+// TransactionalID is stable per job so that a restarted aggregator fences the
+// instance it replaces.
+func TransactionalID(job string) string { return "fdx." + job + ".aggregator" }
+
+// MessageBytesFor returns the max.message.bytes a topic needs for a model of
+// numParams float32 parameters.
+func MessageBytesFor(numParams int) int {
+	n := 4*numParams + recordOverhead
+	if n < MinMessageBytes {
+		n = MinMessageBytes
+	}
+	return n
+}
+
+// Options are what both sides need to reach the brokers.
+type Options struct {
+	// Brokers is a comma-separated bootstrap list.
+	Brokers string
+	Job     string
+	// Properties are extra librdkafka settings (security.protocol,
+	// sasl.mechanisms, ssl.ca.location, ...), applied last.
+	Properties map[string]string
+	Logger     *slog.Logger
+}
+
+func (o Options) validate() error {
+	if strings.TrimSpace(o.Brokers) == "" {
+		return fmt.Errorf("kafka: no brokers given")
+	}
+	return ValidateJob(o.Job)
+}
+
+func (o Options) logger() *slog.Logger {
+	if o.Logger != nil {
+		return o.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// configMap builds a librdkafka configuration from base settings plus the
+// user's properties, which win so that operators can tune anything.
+func (o Options) configMap(base kafka.ConfigMap) kafka.ConfigMap {
+	cm := kafka.ConfigMap{
+		"bootstrap.servers":       o.Brokers,
+		"go.logs.channel.enable":  true,
+		"socket.keepalive.enable": true,
+	}
+	for k, v := range base {
+		cm[k] = v
+	}
+	for k, v := range o.Properties {
+		cm[k] = v
+	}
+	return cm
+}
+
+// LoadProperties reads a librdkafka properties file (key=value lines, '#'
+// comments), the usual way to pass SASL and TLS settings.
+func LoadProperties(path string) (map[string]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("kafka properties: %w", err)
+	}
+	defer f.Close()
+	props := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return nil, fmt.Errorf("kafka properties %s:%d: want key=value, got %q", path, n, line)
+		}
+		props[strings.TrimSpace(k)] = strings.TrimSpace(v)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("kafka properties %s: %w", path, err)
+	}
+	return props, nil
+}
+
+// forwardLogs moves librdkafka's log lines into slog until the handle closes
+// its channel, so a Cloud Function's log stays structured.
+func forwardLogs(ch chan kafka.LogEvent, log *slog.Logger) {
+	for ev := range ch {
+		lvl := slog.LevelDebug
+		switch {
+		case ev.Level <= 3:
+			lvl = slog.LevelError
+		case ev.Level == 4:
+			lvl = slog.LevelWarn
+		case ev.Level <= 6:
+			lvl = slog.LevelInfo
+		}
+		log.Log(nil, lvl, "librdkafka", "client", ev.Name, "tag", ev.Tag, "msg", ev.Message) //nolint:staticcheck // no request context in a log pump
+	}
+}

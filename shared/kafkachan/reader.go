@@ -1,0 +1,199 @@
+package kafkachan
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"google.golang.org/protobuf/proto"
+
+	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/channel"
+)
+
+// pollInterval bounds how long a Poll blocks, so ctx cancellation is seen
+// promptly.
+const pollInterval = 100 * time.Millisecond
+
+// modelReader reads the model topic's single partition with read_committed,
+// so a model whose transaction aborted (an aggregator crash) is never seen.
+type modelReader struct {
+	c       *kafka.Consumer
+	topic   string
+	count   *channel.Counter
+	log     *slog.Logger
+	newest  *fdxv1.GlobalModel
+	started bool
+}
+
+func newModelReader(o Options, count *channel.Counter, maxBytes int) (*modelReader, error) {
+	cm := o.configMap(kafka.ConfigMap{
+		// Assigned, never subscribed: the group is never joined, but the
+		// client requires an id.
+		"group.id":                  "fdx." + o.Job + ".reader",
+		"enable.auto.commit":        false,
+		"isolation.level":           "read_committed",
+		"enable.partition.eof":      true,
+		"fetch.wait.max.ms":         50,
+		"max.partition.fetch.bytes": maxBytes,
+		"fetch.max.bytes":           maxBytes * 2,
+		"receive.message.max.bytes": maxBytes*2 + 1<<20,
+	})
+	c, err := kafka.NewConsumer(&cm)
+	if err != nil {
+		return nil, fmt.Errorf("model consumer: %w", err)
+	}
+	go forwardLogs(c.Logs(), o.logger())
+	return &modelReader{c: c, topic: ModelTopic(o.Job), count: count, log: o.logger()}, nil
+}
+
+func (r *modelReader) close() error { return r.c.Close() }
+
+// latest returns the newest committed model, or nil when the topic is empty.
+// It seeks close to the end and widens the window backwards until it finds a
+// committed record: transaction markers and aborted records occupy offsets
+// that read_committed skips.
+func (r *modelReader) latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
+	low, high, err := r.watermarks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if high <= low {
+		r.started = true
+		return r.assign(ctx, high)
+	}
+	for back := int64(2); ; back *= 4 {
+		start := max(low, high-back)
+		m, err := r.readToEnd(ctx, start)
+		if err != nil {
+			return nil, err
+		}
+		if m != nil || start == low {
+			return m, nil
+		}
+	}
+}
+
+func (r *modelReader) watermarks(ctx context.Context) (low, high int64, err error) {
+	for {
+		low, high, err = r.c.QueryWatermarkOffsets(r.topic, 0, timeoutMs(ctx, 5*time.Second))
+		if err == nil {
+			return low, high, nil
+		}
+		var ke kafka.Error
+		if errors.As(err, &ke) && ke.Code() == kafka.ErrUnknownTopicOrPart {
+			// The aggregator has not created the job yet: no model.
+			return 0, 0, nil
+		}
+		if ctx.Err() != nil {
+			return 0, 0, fmt.Errorf("read %s watermarks: %w", r.topic, unreachable(err))
+		}
+		if errors.As(err, &ke) && (ke.Code() == kafka.ErrTransport || ke.Code() == kafka.ErrAllBrokersDown) {
+			return 0, 0, fmt.Errorf("read %s watermarks: %w", r.topic, unreachable(err))
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+func (r *modelReader) assign(ctx context.Context, offset int64) (*fdxv1.GlobalModel, error) {
+	tp := kafka.TopicPartition{Topic: &r.topic, Partition: 0, Offset: kafka.Offset(offset)}
+	if err := r.c.Assign([]kafka.TopicPartition{tp}); err != nil {
+		return nil, fmt.Errorf("assign %s: %w", r.topic, err)
+	}
+	return nil, nil
+}
+
+// readToEnd reads from offset up to the partition end and returns the last
+// model found (nil if none), leaving the consumer positioned at the end.
+func (r *modelReader) readToEnd(ctx context.Context, offset int64) (*fdxv1.GlobalModel, error) {
+	if _, err := r.assign(ctx, offset); err != nil {
+		return nil, err
+	}
+	r.started = true
+	var last *fdxv1.GlobalModel
+	for {
+		m, eof, err := r.poll(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if m != nil {
+			last = m
+		}
+		if eof {
+			return last, nil
+		}
+	}
+}
+
+// poll returns one decoded model, or eof at the partition end.
+func (r *modelReader) poll(ctx context.Context) (*fdxv1.GlobalModel, bool, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, false, err
+		}
+		switch ev := r.c.Poll(int(pollInterval / time.Millisecond)).(type) {
+		case *kafka.Message:
+			if ev.TopicPartition.Error != nil {
+				return nil, false, fmt.Errorf("read %s: %w", r.topic, ev.TopicPartition.Error)
+			}
+			r.count.Received(len(ev.Value) + len(ev.Key))
+			m := &fdxv1.GlobalModel{}
+			if err := proto.Unmarshal(ev.Value, m); err != nil {
+				// Only the aggregator writes here; skip rather than wedge a
+				// client on one bad record.
+				r.log.Warn("undecodable model record skipped", "topic", r.topic, "offset", int64(ev.TopicPartition.Offset), "err", err)
+				continue
+			}
+			if r.newest == nil || m.GetRound() >= r.newest.GetRound() {
+				r.newest = m
+			}
+			return m, false, nil
+		case kafka.PartitionEOF:
+			return nil, true, nil
+		case kafka.Error:
+			if ev.IsFatal() {
+				return nil, false, fmt.Errorf("read %s: %w", r.topic, ev)
+			}
+			r.log.Debug("kafka consumer error", "topic", r.topic, "err", ev)
+		}
+	}
+}
+
+// await returns the newest model with round >= minRound (or a final one),
+// reading new records as the aggregator publishes them.
+func (r *modelReader) await(ctx context.Context, minRound int64) (*fdxv1.GlobalModel, error) {
+	if !r.started {
+		if _, err := r.latest(ctx); err != nil {
+			return nil, err
+		}
+	}
+	for {
+		if m := r.newest; m != nil && (m.GetRound() >= minRound || m.GetFinal()) {
+			return m, nil
+		}
+		if _, _, err := r.poll(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("wait for model round %d on %s: %w", minRound, r.topic, ctx.Err())
+			}
+			return nil, err
+		}
+	}
+}
+
+// timeoutMs converts the time left on ctx to a librdkafka timeout.
+func timeoutMs(ctx context.Context, def time.Duration) int {
+	d := def
+	if dl, ok := ctx.Deadline(); ok {
+		d = min(d, time.Until(dl))
+	}
+	if d < time.Millisecond {
+		d = time.Millisecond
+	}
+	return int(d / time.Millisecond)
+}

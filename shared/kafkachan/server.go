@@ -1,0 +1,263 @@
+package kafkachan
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"google.golang.org/protobuf/proto"
+
+	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/channel"
+)
+
+// ServerOptions configure the aggregator's side.
+type ServerOptions struct {
+	Options
+	TopicOptions
+	// TransactionTimeout bounds one round-closing transaction.
+	TransactionTimeout time.Duration
+}
+
+// Server is the aggregator's Kafka channel: a transactional producer for
+// models and a read_committed group consumer for updates. Not safe for
+// concurrent use; the round loop owns it.
+type Server struct {
+	opt      ServerOptions
+	p        *kafka.Producer
+	c        *kafka.Consumer
+	reader   *modelReader
+	count    channel.Counter
+	consumed map[int32]kafka.Offset // next offset per partition, not yet committed
+	maxBytes int
+}
+
+var _ channel.Server = (*Server)(nil)
+
+// NewServer creates the job's topics and opens the transactional producer.
+// InitTransactions fences any older aggregator of the same job and aborts
+// its open transaction, so at most one instance ever closes a round.
+func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
+	if err := opt.validate(); err != nil {
+		return nil, err
+	}
+	if opt.TransactionTimeout <= 0 {
+		opt.TransactionTimeout = 60 * time.Second
+	}
+	if err := EnsureTopics(ctx, opt.Options, opt.TopicOptions); err != nil {
+		return nil, err
+	}
+	maxBytes := max(opt.MaxMessageBytes, MinMessageBytes)
+	pcm := opt.configMap(kafka.ConfigMap{
+		"transactional.id":       TransactionalID(opt.Job),
+		"transaction.timeout.ms": int(opt.TransactionTimeout / time.Millisecond),
+		"enable.idempotence":     true,
+		"acks":                   "all",
+		"linger.ms":              0,
+		"message.max.bytes":      maxBytes,
+	})
+	p, err := kafka.NewProducer(&pcm)
+	if err != nil {
+		return nil, fmt.Errorf("kafka transactional producer: %w", err)
+	}
+	go forwardLogs(p.Logs(), opt.logger())
+	go drainEvents(p)
+	s := &Server{opt: opt, p: p, consumed: map[int32]kafka.Offset{}, maxBytes: maxBytes}
+	if err := p.InitTransactions(ctx); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("init transactions for job %s: %w", opt.Job, unreachable(err))
+	}
+	ccm := opt.configMap(kafka.ConfigMap{
+		"group.id":                  GroupID(opt.Job),
+		"enable.auto.commit":        false,
+		"auto.offset.reset":         "earliest",
+		"isolation.level":           "read_committed",
+		"fetch.wait.max.ms":         50,
+		"max.partition.fetch.bytes": maxBytes,
+		"fetch.max.bytes":           maxBytes * 2,
+		"receive.message.max.bytes": maxBytes*2 + 1<<20,
+		"session.timeout.ms":        10000,
+		"heartbeat.interval.ms":     1000,
+	})
+	s.c, err = kafka.NewConsumer(&ccm)
+	if err != nil {
+		p.Close()
+		return nil, fmt.Errorf("kafka updates consumer: %w", err)
+	}
+	go forwardLogs(s.c.Logs(), opt.logger())
+	if err := s.c.Subscribe(UpdatesTopic(opt.Job), s.rebalanced); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("subscribe %s: %w", UpdatesTopic(opt.Job), err)
+	}
+	s.reader, err = newModelReader(opt.Options, &s.count, maxBytes)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// rebalanced forgets uncommitted positions of partitions taken away from us:
+// their records will be re-delivered to whoever owns them next.
+func (s *Server) rebalanced(c *kafka.Consumer, ev kafka.Event) error {
+	if rev, ok := ev.(kafka.RevokedPartitions); ok {
+		for _, tp := range rev.Partitions {
+			delete(s.consumed, tp.Partition)
+		}
+	}
+	return nil
+}
+
+// Latest implements channel.Server.
+func (s *Server) Latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
+	m, err := s.reader.latest(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("restore from %s: %w", ModelTopic(s.opt.Job), err)
+	}
+	return m, nil
+}
+
+// Next implements channel.Server.
+func (s *Server) Next(ctx context.Context) (channel.Delivery, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return channel.Delivery{}, err
+		}
+		switch ev := s.c.Poll(int(pollInterval / time.Millisecond)).(type) {
+		case *kafka.Message:
+			tp := ev.TopicPartition
+			if tp.Error != nil {
+				return channel.Delivery{}, fmt.Errorf("consume %s: %w", UpdatesTopic(s.opt.Job), tp.Error)
+			}
+			s.consumed[tp.Partition] = tp.Offset + 1
+			size := len(ev.Value) + len(ev.Key)
+			s.count.Received(size)
+			d := channel.Delivery{Key: string(ev.Key), Size: size}
+			u := &fdxv1.Update{}
+			if err := proto.Unmarshal(ev.Value, u); err != nil {
+				d.Err = fmt.Errorf("decode update at %s[%d]@%d: %w", *tp.Topic, tp.Partition, tp.Offset, err)
+			} else {
+				d.Update = u
+			}
+			return d, nil
+		case kafka.Error:
+			if ev.IsFatal() {
+				return channel.Delivery{}, fmt.Errorf("consume %s: %w", UpdatesTopic(s.opt.Job), ev)
+			}
+			s.opt.logger().Debug("kafka consumer error", "err", ev)
+		}
+	}
+}
+
+// Publish implements channel.Server: one transaction produces the model and
+// commits the offsets of every update consumed since the last publish.
+func (s *Server) Publish(ctx context.Context, m *fdxv1.GlobalModel) error {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode model round %d: %w", m.GetRound(), err)
+	}
+	if len(b) > s.maxBytes {
+		return fmt.Errorf("model round %d is %d bytes, over the topic's max.message.bytes %d", m.GetRound(), len(b), s.maxBytes)
+	}
+	for attempt := 0; ; attempt++ {
+		err := s.transact(ctx, m.GetRound(), b)
+		if err == nil {
+			s.consumed = map[int32]kafka.Offset{}
+			s.count.Sent(len(b) + len(strconv.FormatInt(m.GetRound(), 10)))
+			return nil
+		}
+		var ke kafka.Error
+		if attempt < 5 && ctx.Err() == nil && errors.As(err, &ke) && (ke.IsRetriable() || ke.TxnRequiresAbort()) {
+			s.opt.logger().Warn("round transaction failed, retrying", "round", m.GetRound(), "attempt", attempt+1, "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Duration(attempt+1) * 200 * time.Millisecond):
+			}
+			continue
+		}
+		return fmt.Errorf("publish model round %d: %w", m.GetRound(), err)
+	}
+}
+
+func (s *Server) transact(ctx context.Context, round int64, value []byte) error {
+	if err := s.p.BeginTransaction(); err != nil {
+		return err
+	}
+	abort := func(err error) error {
+		var ke kafka.Error
+		if errors.As(err, &ke) && ke.IsFatal() {
+			return err
+		}
+		if aerr := s.p.AbortTransaction(ctx); aerr != nil {
+			return fmt.Errorf("%w (abort: %v)", err, aerr)
+		}
+		return err
+	}
+	topic := ModelTopic(s.opt.Job)
+	done := make(chan kafka.Event, 1)
+	err := s.p.Produce(&kafka.Message{
+		TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: 0},
+		Key:            []byte(strconv.FormatInt(round, 10)),
+		Value:          value,
+	}, done)
+	if err != nil {
+		return abort(err)
+	}
+	select {
+	case ev := <-done:
+		if m, ok := ev.(*kafka.Message); ok && m.TopicPartition.Error != nil {
+			return abort(m.TopicPartition.Error)
+		}
+	case <-ctx.Done():
+		return abort(ctx.Err())
+	}
+	if len(s.consumed) > 0 {
+		offsets := make([]kafka.TopicPartition, 0, len(s.consumed))
+		updates := UpdatesTopic(s.opt.Job)
+		for part, off := range s.consumed {
+			offsets = append(offsets, kafka.TopicPartition{Topic: &updates, Partition: part, Offset: off})
+		}
+		meta, err := s.c.GetConsumerGroupMetadata()
+		if err != nil {
+			return abort(err)
+		}
+		if err := s.p.SendOffsetsToTransaction(ctx, offsets, meta); err != nil {
+			return abort(err)
+		}
+	}
+	for {
+		err := s.p.CommitTransaction(ctx)
+		if err == nil {
+			return nil
+		}
+		var ke kafka.Error
+		if errors.As(err, &ke) && ke.IsRetriable() && ctx.Err() == nil {
+			continue
+		}
+		if errors.As(err, &ke) && ke.TxnRequiresAbort() {
+			return abort(err)
+		}
+		return err
+	}
+}
+
+// Stats implements channel.Server.
+func (s *Server) Stats() channel.Stats { return s.count.Stats() }
+
+// Close leaves the consumer group and closes the producer. An open
+// transaction is aborted by the broker when the producer goes away or is
+// fenced by the next instance.
+func (s *Server) Close() error {
+	var errs []error
+	if s.reader != nil {
+		errs = append(errs, s.reader.close())
+	}
+	if s.c != nil {
+		errs = append(errs, s.c.Close())
+	}
+	s.p.Close()
+	return errors.Join(errs...)
+}
