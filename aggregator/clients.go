@@ -19,19 +19,19 @@ func runLocalClients(ctx context.Context, c *config, addr string, log *slog.Logg
 	if c.GRPC {
 		channel = "grpc"
 	}
-	srv := function.NewServer(function.Config{Logger: log.With("component", "client"), Data: c.Data})
+	srv := function.NewServer(function.Config{Logger: log, Data: c.Data})
 	var wg sync.WaitGroup
 	errs := make([]error, c.clients)
 	for i := range c.clients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, err := function.ParseRequest(function.RequestJSON(addr, strconv.Itoa(i), channel, c.Job, (10 * time.Minute).Seconds()), function.Defaults{})
+			req, err := function.ParseRequest(function.RequestJSON(addr, strconv.Itoa(i), channel, c.Job, (10*time.Minute).Seconds()), function.Defaults{})
 			if err != nil {
 				errs[i] = err
 				return
 			}
-			errs[i] = function.Follow(ctx, srv, req, log.With("client_id", i))
+			errs[i] = function.Follow(ctx, srv, req, log)
 		}()
 	}
 	wg.Wait()

@@ -17,20 +17,34 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
 	"github.com/fdxkafka/fdxkafka/aggregator/job"
+	"github.com/fdxkafka/fdxkafka/aggregator/metrics"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		// After the first signal the default action is back: a second
+		// SIGTERM or Ctrl-C ends the process at once.
+		<-ctx.Done()
+		stop()
+	}()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			// Every closed round is committed; a restart resumes the
+			// open one from the checkpoint.
+			fmt.Fprintln(os.Stderr, "aggregator: stopped by signal; restart with the same --job to resume")
 			os.Exit(0)
 		}
 		fmt.Fprintln(os.Stderr, "aggregator:", err)
@@ -41,10 +55,11 @@ func main() {
 // config is what the command line says.
 type config struct {
 	job.Options
-	clients   int
-	out       string
-	kafkaConf string
-	logLevel  string
+	clients     int
+	out         string
+	kafkaConf   string
+	logLevel    string
+	metricsAddr string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
@@ -86,6 +101,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.clients, "clients", 0, "also run this many local clients in-process (a self-contained demo)")
 	fs.StringVar(&c.out, "out", "", "write the final model and per-round history as JSON to this file")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this address (e.g. :9100)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -112,7 +128,37 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
+	if v := os.Getenv(envFaultBeforeCommit); v != "" {
+		hook, err := killBeforeCommit(v)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", envFaultBeforeCommit, err)
+		}
+		o.BeforeCommit = hook
+	}
 	return c, nil
+}
+
+// envFaultBeforeCommit names a fault-injection switch for crash tests: "any"
+// or a round number makes the process SIGKILL itself inside that round's
+// transaction, after the model and offsets are sent and before the commit.
+const envFaultBeforeCommit = "FDX_FAULT_KILL_BEFORE_COMMIT"
+
+func killBeforeCommit(v string) (func(int64), error) {
+	want := int64(-1)
+	if v != "any" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("want \"any\" or a round number, got %q", v)
+		}
+		want = n
+	}
+	return func(round int64) {
+		if want < 0 || round == want {
+			fmt.Fprintf(os.Stderr, "aggregator: fault injection: SIGKILL before committing round %d\n", round)
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // the signal is on its way
+		}
+	}, nil
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -127,10 +173,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if c.metricsAddr != "" {
+		channelName := "kafka"
+		if c.GRPC {
+			channelName = "grpc"
+		}
+		c.Metrics = metrics.New(c.Job, channelName)
+		addr, err := metrics.Serve(ctx, c.metricsAddr, c.Metrics.Handler(), log)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr: %w", err)
+		}
+		log.Info("metrics listening", "addr", addr)
+	}
 	clientsDone := make(chan error, 1)
 	if c.clients > 0 {
 		c.Ready = func(addr string) {
-			go func() { clientsDone <- runLocalClients(ctx, c, addr, log) }()
+			// Per-round client lines would drown the aggregator's; the
+			// clients log warnings only unless asked for debug.
+			clog := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: max(lvl, slog.LevelWarn)}))
+			if lvl <= slog.LevelDebug {
+				clog = log
+			}
+			go func() { clientsDone <- runLocalClients(ctx, c, addr, clog.With("component", "client")) }()
 		}
 	} else {
 		close(clientsDone)

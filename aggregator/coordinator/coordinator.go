@@ -210,7 +210,7 @@ func (c *Coordinator) start(ctx context.Context, res *Result) (*fdxv1.GlobalMode
 		return nil, nil, fmt.Errorf("strategy state: %w", err)
 	}
 	m := c.model(1, params, nil, metrics, state)
-	if err := c.ch.Publish(ctx, m); err != nil {
+	if err := c.publish(ctx, m); err != nil {
 		return nil, nil, err
 	}
 	c.log.Info("job started", "model", c.cfg.Train.GetModel(), "params", net.NumParams(),
@@ -340,7 +340,7 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 		return nil, nil, rec, fmt.Errorf("round %d: strategy state: %w", r, err)
 	}
 	nm := c.model(r+1, next, rec.Contributors, metrics, state)
-	if err := c.ch.Publish(ctx, nm); err != nil {
+	if err := c.publish(ctx, nm); err != nil {
 		return nil, nil, rec, fmt.Errorf("round %d: %w", r, err)
 	}
 	rec.DurationMs = float64(time.Since(published).Microseconds()) / 1000
@@ -351,6 +351,18 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 		c.obs.RoundClosed(rec)
 	}
 	return nm, next, rec, nil
+}
+
+// publishTimeout bounds closing a round once it has begun.
+const publishTimeout = 2 * time.Minute
+
+// publish closes a round. It ignores ctx's cancellation: a shutdown signal
+// that arrives mid-transaction lets the transaction finish (bounded by
+// publishTimeout) rather than leave it to the broker's timeout.
+func (c *Coordinator) publish(ctx context.Context, m *fdxv1.GlobalModel) error {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
+	defer cancel()
+	return c.ch.Publish(pctx, m)
 }
 
 // check validates a delivery against the open round.

@@ -5,8 +5,8 @@ import (
 	"encoding/hex"
 	"fmt"
 
-	"github.com/fdxkafka/fdxkafka/shared/tensor"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
 
 // Output is the --out file: the run's history and its final model.

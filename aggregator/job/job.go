@@ -13,14 +13,15 @@ import (
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
+	"github.com/fdxkafka/fdxkafka/aggregator/metrics"
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
+	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/model"
-	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 )
 
 // Options are the aggregator's settings; the binary's flags map onto them.
@@ -55,12 +56,17 @@ type Options struct {
 	// UpdatePartitions of the Kafka updates topic.
 	UpdatePartitions int
 	KafkaProperties  map[string]string
+	// BeforeCommit is the Kafka channel's fault-injection point (see
+	// kafkachan.ServerOptions.BeforeCommit).
+	BeforeCommit func(round int64)
 	// StateFile makes the gRPC channel durable.
 	StateFile string
 	// EvalExamples caps the test set used per round (0 = all).
 	EvalExamples int
 	Data         *dataset.Catalog
-	Observer     coordinator.Observer
+	// Metrics, when set, observes the rounds and exports the channel's
+	// traffic; it turns ready once clients may connect.
+	Metrics *metrics.Metrics
 	// Ready, when set, receives the channel's address once clients may
 	// connect (for the embedded broker and gRPC port 0).
 	Ready func(addr string)
@@ -208,6 +214,16 @@ func Run(ctx context.Context, o Options, log *slog.Logger) (*Result, error) {
 		return nil, err
 	}
 	defer cleanup()
+	var obs coordinator.Observer
+	if o.Metrics != nil {
+		obs = o.Metrics
+		o.Metrics.TrafficFunc(func() (int64, int64, int64, int64) {
+			st := srv.Stats()
+			return st.MessagesSent, st.MessagesReceived, st.BytesSent, st.BytesReceived
+		})
+		o.Metrics.SetReady(true)
+		defer o.Metrics.SetReady(false)
+	}
 	if o.Ready != nil {
 		o.Ready(addr)
 	}
@@ -230,7 +246,7 @@ func Run(ctx context.Context, o Options, log *slog.Logger) (*Result, error) {
 		RoundTimeout: o.RoundTimeout, OnShort: o.OnShort, Train: o.TrainConfig(),
 		InDim: train.Dim, Classes: train.Classes, MaxNorm: o.MaxNorm,
 		MaxExamples: int64(train.Len()), MaxUpdateBytes: maxBytes,
-	}, srv, strat, eval, o.Observer, log)
+	}, srv, strat, eval, obs, log)
 	if err != nil {
 		return nil, err
 	}
@@ -275,6 +291,7 @@ func (o *Options) open(ctx context.Context, maxBytes int, log *slog.Logger) (cha
 		TopicOptions: kafkachan.TopicOptions{
 			UpdatePartitions: o.UpdatePartitions, MaxMessageBytes: maxBytes,
 		},
+		BeforeCommit: o.BeforeCommit,
 	})
 	if err != nil {
 		stopBroker()

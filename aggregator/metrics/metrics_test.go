@@ -125,7 +125,7 @@ func value(t *testing.T, fams map[string]*dto.MetricFamily, name string, labels 
 func checkValue(t *testing.T, fams map[string]*dto.MetricFamily, name string, labels map[string]string, want float64) {
 	t.Helper()
 	if got := value(t, fams, name, labels); math.Abs(got-want) > 1e-9 {
-		t.Errorf("%s%v = %v, want %v", name, labels, got, want)
+		t.Errorf("%s %v = %v, want %v", name, labels, got, want)
 	}
 }
 

@@ -73,13 +73,29 @@ func TestFedYogiAndFedAdagradByHand(t *testing.T) {
 	if math.Abs(float64(got[0][0]-want)) > 1e-7 || math.Abs(float64(got[0][0])-1.0098020) > 1e-6 {
 		t.Errorf("fedyogi = %v, want %v ≈ 1.0098020", got[0][0], want)
 	}
+	// Round 2 with Δ = 0.01: Δ² = 1e-4 < v, so Yogi lowers v additively:
+	// v = 0.002501 − 0.01·1e-4; m = 0.9·0.05 + 0.1·Δ.
+	w := float64(got[0][0])
+	mean := float64(float32(w + 0.01))
+	d := mean - w
+	v := 0.002501 - 0.01*d*d
+	m := 0.9*0.05 + 0.1*d
+	got = runRound(t, s, got, oneClient(float32(mean)))
+	want = float32(w + 0.01*m/(math.Sqrt(v)+0.001))
+	if math.Abs(float64(got[0][0]-want)) > 1e-7 {
+		t.Errorf("fedyogi round 2 = %v, want %v", got[0][0], want)
+	}
+	if up := float32(w + 0.01*m/(math.Sqrt(0.002501+0.01*d*d)+0.001)); up == want {
+		t.Fatal("test cannot tell Yogi's decrease from an increase")
+	}
+
 	// FedAdagrad, η = 0.1, β1 = 0, τ = 1e-9: m = Δ, v = τ² + Δ², step η·sign(Δ).
 	s = mustNew(t, Config{Name: "fedadagrad"})
 	got = runRound(t, s, [][]float32{{1, 2}}, oneClient(1.5, 1))
 	assertBitEqual(t, "fedadagrad round 1", got, [][]float32{{1.1, 1.9}})
 	// Round 2 with Δ = [0.5, 0]: v = [0.5, 1] → w = 1.1 + 0.1·0.5/√0.5.
 	got = runRound(t, s, got, oneClient(1.6, 1.9))
-	d := float64(float32(1.6)) - float64(float32(1.1))
+	d = float64(float32(1.6)) - float64(float32(1.1))
 	want = float32(float64(float32(1.1)) + 0.1*d/(math.Sqrt(1e-18+0.25+d*d)+1e-9))
 	if math.Abs(float64(got[0][0]-want)) > 1e-7 || got[0][1] != float32(1.9) {
 		t.Errorf("fedadagrad round 2 = %v, want [%v 1.9]", got[0], want)
@@ -131,6 +147,27 @@ func TestStateRestoreContinuesBitIdentically(t *testing.T) {
 				t.Error("state after resumed rounds differs from the straight run's")
 			}
 		})
+	}
+}
+
+func TestStateCountsRounds(t *testing.T) {
+	for _, name := range stateful() {
+		s := mustNew(t, Config{Name: name})
+		w := [][]float32{{1, 2}}
+		for round := range 4 {
+			b, err := s.State()
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := decodeState(b, name, s.(*fedOpt).vectors())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.step != uint64(round) {
+				t.Errorf("%s: state after %d rounds says %d", name, round, st.step)
+			}
+			w = runRound(t, s, w, oneClient(0, 3))
+		}
 	}
 }
 

@@ -100,28 +100,39 @@ func TestKrumPicksHonestUpdate(t *testing.T) {
 }
 
 func TestKrumBreaksTiesByClientID(t *testing.T) {
-	// Three identical updates score alike; the smallest id wins whatever
-	// the order. Identical params cannot tell them apart, so tag the
-	// candidates in a coordinate too small to change the ranking.
-	p := func(tag float32) [][]float32 { return [][]float32{{1, 1, tag}} }
+	// Squared distances: a–b 4, a–c 101, b–c 101. With f = 0, k = n−f−2 = 1
+	// neighbour: scores a 4, b 4, c 101. a and b tie; "a" < "b" wins, in
+	// every arrival order.
 	ups := []Update{
-		{ClientID: "b", NumExamples: 1, Params: p(0)},
-		{ClientID: "a", NumExamples: 1, Params: p(0)},
-		{ClientID: "c", NumExamples: 1, Params: p(0)},
-	}
-	s := mustNew(t, Config{Name: "krum"})
-	got := runRound(t, s, p(0), ups)
-	assertBitEqual(t, "ties", got, p(0))
-	// Distinguishable but equidistant: a=[0,0], b=[2,0], c=[1,0] … c is
-	// closest to both others; with a and b symmetric, a wins over b.
-	ups = []Update{
 		{ClientID: "b", NumExamples: 1, Params: [][]float32{{2, 0}}},
 		{ClientID: "a", NumExamples: 1, Params: [][]float32{{0, 0}}},
 		{ClientID: "c", NumExamples: 1, Params: [][]float32{{1, 10}}},
 	}
-	// Distances²: a–b 4, a–c 101, b–c 101; k = n−f−2 = 1: a 4, b 4, c 101.
-	got = runRound(t, mustNew(t, Config{Name: "krum"}), [][]float32{{0, 0}}, ups)
-	assertBitEqual(t, "equal scores", got, [][]float32{{0, 0}})
+	for _, order := range [][]int{{0, 1, 2}, {0, 2, 1}, {1, 0, 2}, {1, 2, 0}, {2, 0, 1}, {2, 1, 0}} {
+		in := []Update{ups[order[0]], ups[order[1]], ups[order[2]]}
+		got := runRound(t, mustNew(t, Config{Name: "krum"}), [][]float32{{0, 0}}, in)
+		assertBitEqual(t, fmt.Sprint("order ", order), got, [][]float32{{0, 0}})
+	}
+}
+
+// TestKrumScoresNearestNeighboursOnly pins the score to the n − f − 2
+// nearest neighbours, not all of them. In 1-D with f = 1 and n = 5 (k = 2):
+// points 0, 5, 10 and a coincident pair at 16. Scores: 0 → 25+100 = 125,
+// 5 → 25+25 = 50, 10 → 25+36 = 61, 16 → 0+36 = 36 (twice). Krum picks 16
+// (the pair; "d" before "e"), where summing all distances would pick 5.
+func TestKrumScoresNearestNeighboursOnly(t *testing.T) {
+	ups := []Update{
+		{ClientID: "a", NumExamples: 1, Params: [][]float32{{0}}},
+		{ClientID: "b", NumExamples: 1, Params: [][]float32{{5}}},
+		{ClientID: "c", NumExamples: 1, Params: [][]float32{{10}}},
+		{ClientID: "d", NumExamples: 1, Params: [][]float32{{16}}},
+		{ClientID: "e", NumExamples: 1, Params: [][]float32{{16}}},
+	}
+	got := runRound(t, mustNew(t, Config{Name: "krum", ByzantineF: 1}), [][]float32{{0}}, ups)
+	assertBitEqual(t, "krum", got, [][]float32{{16}})
+	// Multi-Krum with m = 3 averages 16, 16 and 5 (score 50): 37/3.
+	got = runRound(t, mustNew(t, Config{Name: "multikrum", ByzantineF: 1, MultiKrumM: 3}), [][]float32{{0}}, ups)
+	assertBitEqual(t, "multikrum", got, [][]float32{{float32(37.0 / 3)}})
 }
 
 func TestMultiKrumAveragesHonestUpdates(t *testing.T) {

@@ -104,22 +104,34 @@ type Round interface {
 
 // Config selects and parameterizes a strategy. A zero field means the
 // strategy's default; fields a strategy does not use are ignored, so one
-// Config can carry every flag of a command line.
+// Config can carry every flag of a command line. The defaults are Flower's:
+//
+//	fedavgm     ServerLR 1, Momentum 0.9 (Flower's 0 would be plain FedAvg)
+//	fedadam     ServerLR 0.1,  Beta1 0.9, Beta2 0.99, Tau 1e-9
+//	fedyogi     ServerLR 0.01, Beta1 0.9, Beta2 0.99, Tau 1e-3
+//	fedadagrad  ServerLR 0.1,  Beta1 0 (no momentum), Tau 1e-9
+//	trimmedmean TrimFraction 0.2
+//	krum        ByzantineF 0
+//	multikrum   ByzantineF 0, MultiKrumM n − f
+//
+// Since zero means default, a zero Momentum, Beta1 (for FedAdam and FedYogi)
+// or Beta2 cannot be requested; FedAvgM without momentum and with a server
+// rate of 1 is FedAvg.
 type Config struct {
 	// Name is one of Names(); empty means "fedavg".
 	Name string
 	// ServerLR is the server learning rate: η in FedAdam, FedYogi and
 	// FedAdagrad, the SGD step of FedAvgM.
 	ServerLR float64
-	// Momentum is FedAvgM's server momentum β, in [0, 1).
+	// Momentum is FedAvgM's server momentum β, in (0, 1).
 	Momentum float64
 	// Beta1 and Beta2 are the first and second moment decays of FedAdam and
-	// FedYogi (FedAdagrad uses Beta1 only), in [0, 1).
+	// FedYogi (FedAdagrad uses Beta1 only), in (0, 1).
 	Beta1, Beta2 float64
 	// Tau is the adaptivity constant τ added to √v, > 0.
 	Tau float64
 	// TrimFraction is the fraction cut from each end per coordinate by
-	// "trimmedmean" (Flower's beta), in [0, 0.5).
+	// "trimmedmean" (Flower's beta), in (0, 0.5).
 	TrimFraction float64
 	// ByzantineF is the number f of Byzantine clients Krum tolerates, ≥ 0.
 	ByzantineF int
@@ -247,13 +259,13 @@ func positive(field string, v, def float64) (float64, error) {
 	return v, nil
 }
 
-// unitInterval returns v, or def if v is zero, and requires v in [0, 1).
+// unitInterval returns v, or def if v is zero, and requires v in (0, 1).
 func unitInterval(field string, v, def float64) (float64, error) {
 	if v == 0 {
 		return def, nil
 	}
 	if !(v > 0 && v < 1) {
-		return 0, fmt.Errorf("%s %v outside [0, 1)", field, v)
+		return 0, fmt.Errorf("%s %v outside (0, 1)", field, v)
 	}
 	return v, nil
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
@@ -29,12 +30,15 @@ const (
 	NonFinite      Reason = "non_finite"
 	NormBound      Reason = "norm_bound"
 	Oversize       Reason = "oversize"
+	// OutOfRange: a value times the example count is too large for the
+	// aggregator's exact accumulator (strategy.MaxTermLog2).
+	OutOfRange Reason = "out_of_range"
 )
 
 // Reasons lists every reason, for metrics initialisation.
 func Reasons() []Reason {
 	return []Reason{Undecodable, WrongJob, BadClientID, UnknownClient, StaleRound, FutureRound,
-		Duplicate, BadNumExamples, WrongShape, NonFinite, NormBound, Oversize}
+		Duplicate, BadNumExamples, WrongShape, NonFinite, NormBound, Oversize, OutOfRange}
 }
 
 // Error is a rejection.
@@ -59,7 +63,8 @@ type Expect struct {
 	// MaxNorm bounds ||local - global||_2; 0 disables the check.
 	MaxNorm float64
 	// MaxExamples bounds num_examples: a client claiming more would
-	// dominate the weighted mean.
+	// dominate the weighted mean. The bound is never above
+	// strategy.MaxWeight, which 0 means.
 	MaxExamples int64
 	// MaxBytes bounds the encoded update; 0 disables the check.
 	MaxBytes int
@@ -71,7 +76,9 @@ type Expect struct {
 const MaxClientIDLen = 128
 
 // Update checks u (of encoded size size) and returns the client's full
-// local weights. It does not check duplicates: that is round state.
+// local weights. It does not check duplicates: that is round state. An
+// accepted update is one every strategy's Round.Add accepts, bar a
+// duplicate client id.
 func Update(u *fdxv1.Update, size int, e Expect) ([][]float32, *Error) {
 	if e.MaxBytes > 0 && size > e.MaxBytes {
 		return nil, reject(Oversize, "%d bytes over the limit %d", size, e.MaxBytes)
@@ -91,8 +98,12 @@ func Update(u *fdxv1.Update, size int, e Expect) ([][]float32, *Error) {
 	case r > e.Round:
 		return nil, reject(FutureRound, "claims round %d, the open round is %d", r, e.Round)
 	}
-	if n := u.GetNumExamples(); n < 1 || (e.MaxExamples > 0 && n > e.MaxExamples) {
-		return nil, reject(BadNumExamples, "num_examples %d, want 1 to %d", n, e.MaxExamples)
+	maxExamples := int64(strategy.MaxWeight)
+	if e.MaxExamples > 0 {
+		maxExamples = min(maxExamples, e.MaxExamples)
+	}
+	if n := u.GetNumExamples(); n < 1 || n > maxExamples {
+		return nil, reject(BadNumExamples, "num_examples %d, want 1 to %d", n, maxExamples)
 	}
 	vals, err := tensor.Decode(u.GetParams(), e.Specs)
 	if err != nil {
@@ -122,6 +133,19 @@ func Update(u *fdxv1.Update, size int, e Expect) ([][]float32, *Error) {
 		if n := math.Sqrt(s); n > e.MaxNorm {
 			return nil, reject(NormBound, "update norm %.4g over the bound %.4g", n, e.MaxNorm)
 		}
+	}
+	// The strategies sum num_examples × value exactly in a fixed range and
+	// refuse a term outside it. The float64 product may round, but never
+	// below 2^MaxTermLog2 when the exact one is not: this errs only towards
+	// rejecting.
+	var maxAbs float64
+	for _, v := range vals {
+		for _, x := range v {
+			maxAbs = max(maxAbs, math.Abs(float64(x)))
+		}
+	}
+	if t := float64(u.GetNumExamples()) * maxAbs; t >= math.Ldexp(1, strategy.MaxTermLog2) {
+		return nil, reject(OutOfRange, "num_examples %d times |value| %.4g is not below 2^%d", u.GetNumExamples(), maxAbs, strategy.MaxTermLog2)
 	}
 	return vals, nil
 }

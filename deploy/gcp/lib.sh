@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# The settings are read by the scripts that source this file.
+# shellcheck disable=SC2034
 # deploy/gcp/lib.sh: settings, flag parsing and command execution shared by
 # the deploy/gcp scripts. Sourced, never run.
 #
@@ -36,6 +38,7 @@
 #   --vpc-connector NAME   VPC_CONNECTOR  [] use a Serverless VPC Access
 #                          connector instead of direct VPC egress
 #   --allow-unauthenticated ALLOW_UNAUTHENTICATED=1 [0] public function
+#   --clients N            CLIENTS        [$MINCLIENTS] function.sh invoke
 #   --broker HOST:PORT     BROKER         [the VM's internal IP, port 9092
 #                          (kafka) or 8080 (grpc)]
 #   --source-ranges CIDRS  SOURCE_RANGES  [the subnet's primary range]
@@ -118,6 +121,7 @@ parse_args() {
       --timeout) TIMEOUT=$val ;;
       --function-service-account) FUNCTION_SERVICE_ACCOUNT=$val ;;
       --vpc-connector) VPC_CONNECTOR=$val ;;
+      --clients) CLIENTS=$val ;;
       --broker) BROKER=$val ;;
       --source-ranges) SOURCE_RANGES=$val ;;
       --metrics-cidr) METRICS_CIDR=$val ;;
@@ -169,6 +173,7 @@ apply_defaults() {
   FUNCTION_SERVICE_ACCOUNT=${FUNCTION_SERVICE_ACCOUNT:-}
   VPC_CONNECTOR=${VPC_CONNECTOR:-}
   ALLOW_UNAUTHENTICATED=${ALLOW_UNAUTHENTICATED:-0}
+  CLIENTS=${CLIENTS:-$MINCLIENTS}
   BROKER=${BROKER:-}
   SOURCE_RANGES=${SOURCE_RANGES:-}
   METRICS_CIDR=${METRICS_CIDR:-}
@@ -180,9 +185,10 @@ apply_defaults() {
     *) die "--channel $CHANNEL: want kafka or grpc" ;;
   esac
   local n
-  for n in MINCLIENTS NUMROUNDS MAX_INSTANCES; do
+  for n in MINCLIENTS NUMROUNDS MAX_INSTANCES CLIENTS; do
     [[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "$n=${!n}: want a positive integer"
   done
+  [[ $TIMEOUT =~ ^[1-9][0-9]*s?$ ]] || die "TIMEOUT=$TIMEOUT: want seconds, e.g. 540s"
   [[ $JOB =~ ^[A-Za-z0-9._-]+$ ]] || die "JOB=$JOB: use letters, digits, '.', '_' and '-' (it names Kafka topics)"
   [[ $GO_VERSION =~ ^[0-9]+\.[0-9]+(\.[0-9]+)?$ ]] || die "GO_VERSION=$GO_VERSION: want e.g. 1.26.8"
   case $RUNTIME in
@@ -223,9 +229,11 @@ check_cidrs() {
 # when it holds a ${VAR} placeholder from capture, else in single quotes.
 quote_arg() {
   local a=$1
+  # shellcheck disable=SC2016  # a literal ${
+  local placeholder='${'
   if [[ $a =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
     printf '%s' "$a"
-  elif [[ $a == *'${'* && $a != *[\"\`\\]* ]]; then
+  elif [[ $a == *"$placeholder"* && $a != *[\"\`\\]* ]]; then
     printf '"%s"' "$a"
   else
     printf "'%s'" "${a//\'/\'\\\'\'}"
@@ -270,11 +278,13 @@ capture() {
   local var=$1 out
   shift
   if ((DRY_RUN)); then
+    # shellcheck disable=SC2016  # prints a command substitution
     printf '%s=$(%s)\n' "$var" "$(quote_cmd "$@")"
     # shellcheck disable=SC2016  # a literal ${VAR} placeholder
     printf -v "$var" '${%s}' "$var"
     return 0
   fi
+  # shellcheck disable=SC2016  # prints a command substitution
   printf '+ %s=$(%s)\n' "$var" "$(quote_cmd "$@")" >&2
   out=$("$@") || die "command failed: $(quote_cmd "$@")"
   [[ -n $out ]] || die "no output from: $(quote_cmd "$@")"
@@ -328,25 +338,36 @@ vm_internal_ip() {
     "${GCLOUD_PROJECT[@]}" --zone "$ZONE" --format 'value(networkInterfaces[0].networkIP)'
 }
 
-# repo_files DIR FIND-PREDICATE... prints, NUL-separated and relative to
+# abs_path prints PATH made absolute; PATH's parent directory must exist.
+abs_path() {
+  local dir base
+  dir=$(dirname "$1")
+  base=$(basename "$1")
+  dir=$(cd "$dir" && pwd) || die "no directory $(dirname "$1")"
+  if [[ $base == . ]]; then
+    printf '%s\n' "$dir"
+  else
+    printf '%s\n' "${dir%/}/$base"
+  fi
+}
+
+# repo_files DST FIND-PREDICATE... prints, NUL-separated and relative to
 # the repo (./-prefixed), the repo's files except those under paths that
-# match the predicates (find syntax: -path ./x -o -name y), and never the
-# version control, tool and output directories or DIR itself when DIR lies
-# inside the repo. It uses find and tar only, no rsync, so it runs on a
-# bare Cloud Shell as on a laptop.
+# match the predicates (find syntax: -path ./x -o -name y). It never lists
+# the version control, tool and output directories, evaluations/, or DST
+# (the stage directory or bundle file being written) when DST lies inside
+# the repo. find and tar only, no rsync, so it runs on a bare Cloud Shell.
 repo_files() {
-  local dst=$1 rel
+  local dst rel
+  dst=$(abs_path "$1")
   shift
   local prune=(-path ./.git -o -path ./.tools -o -path ./bin -o -path ./out -o -path ./evaluations)
   if (($# > 0)); then
     prune+=(-o "$@")
   fi
-  if [[ -d $dst ]]; then
-    dst=$(cd "$dst" && pwd)
-    if [[ $dst == "$FDX_REPO"/* ]]; then
-      rel=./${dst#"$FDX_REPO"/}
-      prune+=(-o -path "$rel")
-    fi
+  if [[ $dst == "$FDX_REPO"/* ]]; then
+    rel=./${dst#"$FDX_REPO"/}
+    prune+=(-o -path "$rel")
   fi
   (cd "$FDX_REPO" && find . \( "${prune[@]}" \) -prune -o \( -type f -o -type l \) -print0)
 }

@@ -26,7 +26,7 @@
 #             network access to the Go module proxy)
 set -euo pipefail
 
-# shellcheck source=deploy/gcp/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MODULE=github.com/fdxkafka/fdxkafka

@@ -139,8 +139,6 @@ func forwardLogs(ch chan kafka.LogEvent, log *slog.Logger) {
 			lvl = slog.LevelError
 		case ev.Level == 4:
 			lvl = slog.LevelWarn
-		case ev.Level <= 6:
-			lvl = slog.LevelInfo
 		}
 		log.Log(nil, lvl, "librdkafka", "client", ev.Name, "tag", ev.Tag, "msg", ev.Message) //nolint:staticcheck // no request context in a log pump
 	}

@@ -197,3 +197,37 @@ func timeoutMs(ctx context.Context, def time.Duration) int {
 	}
 	return int(d / time.Millisecond)
 }
+
+// History reads every committed model of a job, oldest first: the job's
+// audit trail (each model names its contributors).
+func History(ctx context.Context, o Options) ([]*fdxv1.GlobalModel, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	var count channel.Counter
+	r, err := newModelReader(o, &count, 64<<20)
+	if err != nil {
+		return nil, err
+	}
+	defer r.close()
+	low, high, err := r.watermarks(ctx)
+	if err != nil || high <= low {
+		return nil, err
+	}
+	if _, err := r.assign(ctx, low); err != nil {
+		return nil, err
+	}
+	var out []*fdxv1.GlobalModel
+	for {
+		m, eof, err := r.poll(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if m != nil {
+			out = append(out, m)
+		}
+		if eof {
+			return out, nil
+		}
+	}
+}

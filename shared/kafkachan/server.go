@@ -20,6 +20,10 @@ type ServerOptions struct {
 	TopicOptions
 	// TransactionTimeout bounds one round-closing transaction.
 	TransactionTimeout time.Duration
+	// BeforeCommit, when set, runs inside every round transaction after
+	// the model and offsets are sent and before the commit: the place where
+	// fault-injection tests kill the process.
+	BeforeCommit func(round int64)
 }
 
 // Server is the aggregator's Kafka channel: a transactional producer for
@@ -79,8 +83,12 @@ func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
 		"max.partition.fetch.bytes": maxBytes,
 		"fetch.max.bytes":           maxBytes * 2,
 		"receive.message.max.bytes": maxBytes*2 + 1<<20,
-		"session.timeout.ms":        10000,
-		"heartbeat.interval.ms":     1000,
+		// Static membership: a restarted aggregator takes over its
+		// partitions at once instead of waiting out the dead instance's
+		// session.
+		"group.instance.id":     GroupID(opt.Job),
+		"session.timeout.ms":    10000,
+		"heartbeat.interval.ms": 1000,
 	})
 	s.c, err = kafka.NewConsumer(&ccm)
 	if err != nil {
@@ -227,6 +235,9 @@ func (s *Server) transact(ctx context.Context, round int64, value []byte) error 
 		if err := s.p.SendOffsetsToTransaction(ctx, offsets, meta); err != nil {
 			return abort(err)
 		}
+	}
+	if s.opt.BeforeCommit != nil {
+		s.opt.BeforeCommit(round)
 	}
 	for {
 		err := s.p.CommitTransaction(ctx)

@@ -12,7 +12,9 @@
 // is. That matters because experiments must be reproducible and because a
 // client retrying a round must send the same update it sent before. (gonum
 // parallelizes a matrix product by output blocks, each summed in a fixed
-// order by one goroutine, so the thread count never changes a result.)
+// order by one goroutine, so the thread count never changes a result.
+// Different CPU architectures may differ in the last bits, since Go may
+// fuse multiply-adds on some and not on others.)
 //
 // Between calls every weight is exactly representable as a float32, the
 // precision of the wire format: a Net and a copy rebuilt from its Tensors
@@ -24,6 +26,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"strings"
+
+	"gonum.org/v1/gonum/blas/blas64"
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
@@ -119,21 +123,46 @@ type Net struct {
 	kind  string
 	sizes []int // layer widths, input first, classes last
 	// params holds every parameter, layer by layer in Specs order (the
-	// weights transposed, see layer), so that SGD updates, copies and
+	// weights possibly transposed, see layer), so that SGD updates, copies and
 	// finiteness checks are single loops over one slice.
 	params []float64
 	layers []layer // views into params
 }
 
-// layer is one fully connected layer: out = in·wt + b. The weights are held
-// transposed, row-major [in][out], unlike their wire shape [out, in]: then
-// the forward pass and the weight gradient are row-wise axpys over the
-// outputs that gonum skips for zero inputs, which most MNIST pixels and
-// about half of the ReLU activations are. The layout is invisible outside
-// this package.
+// layer is one fully connected layer: out = in·Wᵀ + b, with W of shape
+// [out, in] as on the wire.
 type layer struct {
 	in, out int
-	wt, b   []float64
+	// inMajor stores W transposed, row-major [in][out]; otherwise it is
+	// row-major [out][in]. Wide layers are stored in-major: the forward pass
+	// and the weight gradient then become axpys along the outputs, which
+	// gonum skips for zero inputs (most MNIST pixels, about half of the ReLU
+	// activations). For narrow layers such as logistic regression's ten
+	// classes those axpys would be too short to pay for their calls, and
+	// dot products along the long input dimension are faster.
+	inMajor bool
+	w, b    []float64
+}
+
+// wideLayer is the output width from which a layer is stored in-major:
+// gonum's matrix block size, so that every axpy spans at least a block.
+const wideLayer = 64
+
+// at returns the index in w of the weight from input i to output o.
+func (ly layer) at(o, i int) int {
+	if ly.inMajor {
+		return i*ly.out + o
+	}
+	return o*ly.in + i
+}
+
+// weights returns w, or a gradient laid out like it, as a BLAS matrix in
+// its storage layout.
+func (ly layer) weights(w []float64) blas64.General {
+	if ly.inMajor {
+		return general(w, ly.in, ly.out)
+	}
+	return general(w, ly.out, ly.in)
 }
 
 // layerViews slices flat into the weights and biases of the layers given by
@@ -144,10 +173,11 @@ func layerViews(flat []float64, sizes []int) []layer {
 	for l := range layers {
 		in, out := sizes[l], sizes[l+1]
 		layers[l] = layer{
-			in:  in,
-			out: out,
-			wt:  flat[off : off+in*out : off+in*out],
-			b:   flat[off+in*out : off+in*out+out : off+in*out+out],
+			in:      in,
+			out:     out,
+			inMajor: out >= wideLayer,
+			w:       flat[off : off+in*out : off+in*out],
+			b:       flat[off+in*out : off+in*out+out : off+in*out+out],
 		}
 		off += in*out + out
 	}
@@ -200,7 +230,7 @@ func newNet(kind string, sizes []int, randomInit bool, seed uint64) *Net {
 			// matches what Params reports.
 			for o := range ly.out {
 				for i := range ly.in {
-					ly.wt[i*ly.out+o] = roundToFloat32(draw())
+					ly.w[ly.at(o, i)] = roundToFloat32(draw())
 				}
 			}
 		}
@@ -244,9 +274,9 @@ func (n *Net) Params() [][]float32 {
 	out := make([][]float32, 0, 2*len(n.layers))
 	for _, ly := range n.layers {
 		w := make([]float32, ly.out*ly.in)
-		for i := range ly.in {
-			for o, v := range ly.wt[i*ly.out : (i+1)*ly.out] {
-				w[o*ly.in+i] = float32(v)
+		for o := range ly.out {
+			for i := range ly.in {
+				w[o*ly.in+i] = float32(ly.w[ly.at(o, i)])
 			}
 		}
 		b := make([]float32, ly.out)
@@ -279,7 +309,7 @@ func (n *Net) SetParams(p [][]float32) error {
 		w, b := p[2*l], p[2*l+1]
 		for o := range ly.out {
 			for i, v := range w[o*ly.in : (o+1)*ly.in] {
-				ly.wt[i*ly.out+o] = float64(v)
+				ly.w[ly.at(o, i)] = float64(v)
 			}
 		}
 		for o, v := range b {

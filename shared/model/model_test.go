@@ -134,10 +134,10 @@ func TestNewInit(t *testing.T) {
 	}
 	// He init: the first layer's weights have variance 2/784.
 	var ss float64
-	for _, w := range a.layers[0].wt {
+	for _, w := range a.layers[0].w {
 		ss += w * w
 	}
-	if v := ss / float64(len(a.layers[0].wt)); math.Abs(v-2.0/784)/(2.0/784) > 0.05 {
+	if v := ss / float64(len(a.layers[0].w)); math.Abs(v-2.0/784)/(2.0/784) > 0.05 {
 		t.Errorf("fc0.weight variance %v, want about %v", v, 2.0/784)
 	}
 	for i, w := range a.params {
@@ -194,10 +194,20 @@ func TestGradientCheck(t *testing.T) {
 		{"logreg-prox", []int{6, 3}, 0.3},
 		{"mlp", []int{6, 5, 4, 3}, 0},
 		{"mlp-prox", []int{6, 5, 4, 3}, 0.3},
+		// Hidden layers at least wideLayer wide are stored in-major.
+		{"wide", []int{5, wideLayer + 6, wideLayer, 3}, 0},
+		{"wide-prox", []int{5, wideLayer + 6, wideLayer, 3}, 0.3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const rows = 7
 			n := newNet("test", tc.sizes, true, 3)
+			wide := 0
+			for _, ly := range n.layers {
+				if ly.inMajor {
+					wide++
+				}
+			}
+			t.Logf("%d of %d layers stored in-major", wide, len(n.layers))
 			// Random biases too, so that their gradients are exercised
 			// away from zero, and an anchor away from the weights so the
 			// proximal gradient is nonzero.
@@ -205,7 +215,7 @@ func TestGradientCheck(t *testing.T) {
 			anchor := make([]float64, len(n.params))
 			for i := range n.params {
 				n.params[i] += 0.3 * rng.NormFloat64()
-				anchor[i] = n.params[i] + 0.5*rng.NormFloat64()
+				anchor[i] = n.params[i] + 0.05*rng.NormFloat64()
 			}
 			set := randomSet(5, rows, tc.sizes[0], tc.sizes[len(tc.sizes)-1])
 			ws := n.newWorkspace(rows, true)

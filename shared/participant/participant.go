@@ -62,9 +62,13 @@ type Summary struct {
 	// Final is true when the job's final model was seen: nothing left to do.
 	Final bool `json:"final"`
 	// LastRound is the round of the last model fetched.
-	LastRound     int64 `json:"last_round"`
-	BytesSent     int64 `json:"bytes_sent"`
-	BytesReceived int64 `json:"bytes_received"`
+	LastRound int64 `json:"last_round"`
+	// Traffic of this invocation's channel client (see channel.Stats for
+	// what counts as a message on each channel).
+	MessagesSent     int64 `json:"messages_sent"`
+	MessagesReceived int64 `json:"messages_received"`
+	BytesSent        int64 `json:"bytes_sent"`
+	BytesReceived    int64 `json:"bytes_received"`
 }
 
 // Run takes part in opt.Rounds rounds through ch.
@@ -80,6 +84,7 @@ func (p *Participant) Run(ctx context.Context, ch channel.Client, opt Options) (
 	sum = Summary{Job: opt.Job, ClientID: opt.ClientID}
 	defer func() {
 		st := ch.Stats()
+		sum.MessagesSent, sum.MessagesReceived = st.MessagesSent, st.MessagesReceived
 		sum.BytesSent, sum.BytesReceived = st.BytesSent, st.BytesReceived
 	}()
 	want := opt.Round

@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# deploy/gcp/vm-startup.sh: the startup script of the FDxKafka VM. vm.sh
+# passes it as the instance's `startup-script` metadata; GCE runs it as root
+# at every boot (google-startup-scripts.service), and `vm.sh push` runs it
+# again after uploading a new bundle. Every step is idempotent.
+#
+#  1. Installs Java 17, Maven (deploy/kafka/kafka.sh fetches the broker jars
+#     with it), gcc (cgo) and Go $fdx-go-version from go.dev.
+#  2. Waits for the repo bundle at /var/lib/fdx/bundle.tar.gz, which vm.sh
+#     uploads with `gcloud compute scp` (the VM needs no access to the Git
+#     host), and when it is new unpacks it to /opt/fdxkafka and builds
+#     /opt/fdxkafka/bin/aggregator.
+#  3. Installs and starts two systemd units:
+#     - fdxkafka-broker: deploy/kafka/kafka.service as that file documents
+#       (kafka.sh start --keep-data as user fdxkafka), with FDX_KAFKA_HOST =
+#       the VM's internal IP from the metadata server, in
+#       /etc/default/fdxkafka-broker;
+#     - fdx-aggregator: aggregator --broker 127.0.0.1:9092 --minclients N
+#       --numrounds R --job JOB --log-to cloud --metrics-addr :9100.
+#
+# Settings come from instance metadata (vm.sh sets them): fdx-job,
+# fdx-channel (kafka|grpc), fdx-minclients, fdx-numrounds, fdx-go-version,
+# fdx-aggregator-args. Its output goes to the journal:
+#   sudo journalctl -u google-startup-scripts.service
+set -euo pipefail
+
+readonly MD=http://metadata.google.internal/computeMetadata/v1
+readonly ROOT=/opt/fdxkafka
+readonly STATE=/var/lib/fdx
+readonly BUNDLE=$STATE/bundle.tar.gz
+readonly INSTALLED=$STATE/installed.sha256
+readonly BUNDLE_WAIT=${FDX_BUNDLE_WAIT:-3600}
+readonly KAFKA_UNIT=fdxkafka-broker
+readonly KAFKA_USER=fdxkafka
+readonly KAFKA_HOME=/var/lib/fdxkafka
+readonly AGG_UNIT=fdx-aggregator
+
+export HOME=/root
+export GOPATH=/var/cache/fdx/go
+export GOCACHE=/var/cache/fdx/go-build
+export PATH=/usr/local/go/bin:$PATH
+export DEBIAN_FRONTEND=noninteractive
+
+log() { echo "fdx-startup: $*"; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+md() { curl -fsS --retry 10 --retry-connrefused --max-time 10 -H 'Metadata-Flavor: Google' "$MD/$1"; }
+
+# attr KEY DEFAULT prints the instance attribute KEY, or DEFAULT when unset.
+attr() {
+  local v
+  if v=$(curl -fsS --max-time 10 -H 'Metadata-Flavor: Google' "$MD/instance/attributes/$1" 2>/dev/null); then
+    printf '%s' "$v"
+  else
+    printf '%s' "$2"
+  fi
+}
+
+install_packages() {
+  local pkgs=(openjdk-17-jre-headless maven gcc libc6-dev ca-certificates curl) missing=() p
+  for p in "${pkgs[@]}"; do
+    # shellcheck disable=SC2016  # ${Status} is dpkg-query's field, not ours
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if ((${#missing[@]} == 0)); then
+    log "packages present"
+    return 0
+  fi
+  log "installing ${missing[*]}"
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# write_if_changed FILE writes stdin to FILE when that changes it, and then
+# sets UNITS_CHANGED so that main restarts the services.
+write_if_changed() {
+  local file=$1 tmp
+  tmp=$(mktemp)
+  cat >"$tmp"
+  if [[ -f $file ]] && cmp -s "$tmp" "$file"; then
+    rm -f "$tmp"
+    return 0
+  fi
+  install -m 0644 "$tmp" "$file"
+  rm -f "$tmp"
+  UNITS_CHANGED=1
+}
+
+install_go() {
+  local version=$1 arch url tmp sum
+  if [[ -x /usr/local/go/bin/go ]] && [[ $(/usr/local/go/bin/go env GOVERSION) == "go$version" ]]; then
+    log "Go $version present"
+    return 0
+  fi
+  arch=$(dpkg --print-architecture)
+  url=https://dl.google.com/go/go$version.linux-$arch.tar.gz
+  log "installing Go $version from $url"
+  tmp=$(mktemp)
+  curl -fsSL --retry 5 -o "$tmp" "$url"
+  sum=$(curl -fsSL --retry 5 "$url.sha256")
+  echo "$sum  $tmp" | sha256sum -c --quiet - || die "checksum mismatch for $url"
+  rm -rf /usr/local/go
+  tar -C /usr/local -xzf "$tmp"
+  rm -f "$tmp"
+}
+
+wait_for_bundle() {
+  local deadline=$((SECONDS + BUNDLE_WAIT))
+  if [[ ! -f $BUNDLE ]]; then
+    log "waiting up to ${BUNDLE_WAIT}s for $BUNDLE (vm.sh create/push uploads it)"
+  fi
+  while [[ ! -f $BUNDLE ]]; do
+    ((SECONDS < deadline)) || die "no bundle at $BUNDLE after ${BUNDLE_WAIT}s: run deploy/gcp/vm.sh push"
+    sleep 5
+  done
+}
+
+# install_bundle unpacks and builds a bundle that differs from the installed
+# one. It builds beside the live tree and swaps the directories, so a failed
+# build leaves the running version alone.
+install_bundle() {
+  local sum next=$ROOT.next
+  sum=$(sha256sum "$BUNDLE" | cut -d' ' -f1)
+  if [[ -f $INSTALLED && $(<"$INSTALLED") == "$sum" && -x $ROOT/bin/aggregator ]]; then
+    log "bundle $sum already installed"
+    return 0
+  fi
+  log "unpacking bundle $sum"
+  rm -rf "$next"
+  mkdir -p "$next" "$GOPATH" "$GOCACHE"
+  tar -C "$next" --no-same-owner -xzf "$BUNDLE"
+  [[ -f $next/deploy/kafka/kafka.service && -x $next/deploy/kafka/kafka.sh ]] ||
+    die "the bundle lacks deploy/kafka/kafka.service or kafka.sh"
+  log "building the aggregator with $(go version)"
+  (cd "$next" && go build -trimpath -o bin/aggregator ./aggregator) || die "building the aggregator failed"
+  chmod -R a+rX "$next"
+  rm -rf "$ROOT.old"
+  if [[ -d $ROOT ]]; then mv "$ROOT" "$ROOT.old"; fi
+  mv "$next" "$ROOT"
+  rm -rf "$ROOT.old"
+  echo "$sum" >"$INSTALLED"
+  UNITS_CHANGED=1
+}
+
+install_kafka_unit() {
+  local ip=$1
+  if ! id -u "$KAFKA_USER" >/dev/null 2>&1; then
+    useradd --system --home-dir "$KAFKA_HOME" --shell /usr/sbin/nologin "$KAFKA_USER"
+  fi
+  install -d -o "$KAFKA_USER" -g "$KAFKA_USER" -m 0750 "$KAFKA_HOME"
+  write_if_changed "/etc/systemd/system/$KAFKA_UNIT.service" <"$ROOT/deploy/kafka/kafka.service"
+  # The broker advertises this address to the functions, so it must be the
+  # internal IP they reach through the VPC, never 127.0.0.1.
+  printf 'FDX_KAFKA_HOST=%s\n' "$ip" | write_if_changed "/etc/default/$KAFKA_UNIT"
+  # Fetch the jars outside the unit's start timeout (a no-op once cached).
+  runuser -u "$KAFKA_USER" -- env HOME="$KAFKA_HOME" "$ROOT/deploy/kafka/kafka.sh" fetch
+}
+
+install_aggregator_unit() {
+  local project=$1 job=$2 channel=$3 minclients=$4 numrounds=$5 extra=$6 listen
+  case $channel in
+    kafka) listen="--broker 127.0.0.1:9092" ;;
+    grpc) listen="--grpc --broker [::]:8080" ;;
+    *) die "fdx-channel=$channel: want kafka or grpc" ;;
+  esac
+  write_if_changed "/etc/systemd/system/$AGG_UNIT.service" <<EOF
+# Written by deploy/gcp/vm-startup.sh at every boot: edits here are lost;
+# change the instance metadata (fdx-*) and rerun the startup script instead.
+[Unit]
+Description=FDxKafka aggregator (job $job, $channel channel)
+Requires=$KAFKA_UNIT.service
+After=$KAFKA_UNIT.service network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+DynamicUser=yes
+StateDirectory=$AGG_UNIT
+WorkingDirectory=/var/lib/$AGG_UNIT
+Environment=GOOGLE_CLOUD_PROJECT=$project
+ExecStart=$ROOT/bin/aggregator $listen --minclients $minclients --numrounds $numrounds --job $job --log-to cloud --metrics-addr :9100 $extra
+# A finished job exits 0 and stays down; a crash restarts and resumes from
+# the newest model in fdx.$job.model.
+Restart=on-failure
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+EOF
+}
+
+main() {
+  local ip project job channel minclients numrounds go_version extra
+  ip=$(md instance/network-interfaces/0/ip) || die "no internal IP from the metadata server"
+  project=$(md project/project-id) || die "no project id from the metadata server"
+  job=$(attr fdx-job mnist)
+  channel=$(attr fdx-channel kafka)
+  minclients=$(attr fdx-minclients 2)
+  numrounds=$(attr fdx-numrounds 5)
+  go_version=$(attr fdx-go-version "")
+  extra=$(attr fdx-aggregator-args "")
+  [[ $job =~ ^[A-Za-z0-9._-]+$ ]] || die "fdx-job=$job: not a job id"
+  [[ $minclients =~ ^[1-9][0-9]*$ && $numrounds =~ ^[1-9][0-9]*$ ]] ||
+    die "fdx-minclients=$minclients fdx-numrounds=$numrounds: want positive integers"
+  [[ -n $go_version ]] || die "no fdx-go-version metadata"
+
+  install_packages
+  install_go "$go_version"
+  mkdir -p "$STATE"
+  wait_for_bundle
+  UNITS_CHANGED=0
+  install_bundle
+  install_kafka_unit "$ip"
+  install_aggregator_unit "$project" "$job" "$channel" "$minclients" "$numrounds" "$extra"
+  systemctl daemon-reload
+  systemctl enable "$KAFKA_UNIT.service" "$AGG_UNIT.service"
+  if ((UNITS_CHANGED)); then
+    # Restarting the broker restarts the aggregator too (Requires=); it
+    # resumes from the newest committed model.
+    systemctl restart "$KAFKA_UNIT.service" "$AGG_UNIT.service"
+  else
+    systemctl start "$KAFKA_UNIT.service" "$AGG_UNIT.service"
+  fi
+  log "broker at $ip:9092, aggregator job $job ($channel, minclients $minclients, numrounds $numrounds) started"
+}
+
+main "$@"

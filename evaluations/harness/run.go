@@ -1,0 +1,368 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
+	"github.com/fdxkafka/fdxkafka/aggregator/job"
+	"github.com/fdxkafka/fdxkafka/aggregator/validate"
+	"github.com/fdxkafka/fdxkafka/function"
+	"github.com/fdxkafka/fdxkafka/shared/channel"
+	"github.com/fdxkafka/fdxkafka/shared/embedded"
+	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
+	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+	"github.com/fdxkafka/fdxkafka/shared/participant"
+)
+
+// session is one channel's run: the job, its clients and what they report.
+// Its state lives here, not in package variables, so runs never share it.
+type session struct {
+	cfg     Config
+	channel string
+	job     string
+	fnURL   string
+	http    *http.Client
+	part    *participant.Participant
+	log     *slog.Logger
+	cancel  context.CancelCauseFunc
+	clients sync.WaitGroup
+
+	mu          sync.Mutex
+	invocations []invocation
+	progress    progress
+}
+
+// invocation is what one client connection reported: an HTTP invocation of
+// the function or a long-running client's whole run.
+type invocation struct {
+	ClientID string
+	HTTP     bool
+	Summary  participant.Summary
+	// Dials is how many channel connections it opened (one per invocation).
+	Dials int
+	Ms    float64
+}
+
+// progress counts what the aggregator reports, for progress lines.
+type progress struct {
+	round    atomic.Int64
+	accepted atomic.Int64
+	rejected atomic.Int64
+	done     atomic.Int64
+}
+
+// observer adapts the session to coordinator.Observer. Its methods only
+// count, log and signal a buffered channel: the round loop must not block.
+type observer struct {
+	s       *session
+	started chan int64
+}
+
+func (o *observer) RoundStarted(round int64) {
+	o.s.progress.round.Store(round)
+	o.s.progress.accepted.Store(0)
+	select {
+	case o.started <- round:
+	default:
+		o.s.fail(fmt.Errorf("round %d started but the dispatcher is not keeping up", round))
+	}
+}
+
+func (o *observer) UpdateAccepted(string, int) { o.s.progress.accepted.Add(1) }
+
+func (o *observer) UpdateRejected(reason validate.Reason, clientID string, _ int) {
+	o.s.progress.rejected.Add(1)
+	o.s.log.Warn("update rejected", "client_id", clientID, "reason", reason)
+}
+
+func (o *observer) RoundClosed(r coordinator.RoundRecord) {
+	o.s.log.Info("round closed", "channel", o.s.channel, "round", r.Round, "clients", r.Clients,
+		"accuracy", fmt.Sprintf("%.4f", r.Accuracy), "round_ms", int64(r.DurationMs), "propagation_ms", int64(r.PropagationMs))
+}
+
+// runChannel runs one job over ch and measures it.
+func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelReport, error) {
+	ctx, cancelTimeout := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancelTimeout()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	s := &session{
+		cfg:     cfg,
+		channel: ch,
+		job:     fmt.Sprintf("stress-%s-%d-%d", ch, cfg.Clients, time.Now().UnixNano()),
+		fnURL:   fnURL,
+		// Invocations last as long as the job; the request's timeout_s,
+		// enforced by the function, is what bounds them.
+		http:   &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
+		part:   &participant.Participant{Data: cfg.Data, Log: cfg.Log.With("component", "client")},
+		log:    cfg.Log.With("channel", ch),
+		cancel: cancel,
+	}
+	defer s.http.CloseIdleConnections()
+
+	o := job.Options{
+		Job:          s.job,
+		MinClients:   cfg.Clients,
+		NumRounds:    cfg.Rounds,
+		Model:        cfg.Model,
+		Dataset:      cfg.Dataset,
+		Partition:    cfg.Partition,
+		Partitions:   cfg.Clients,
+		MaxExamples:  cfg.MaxExamples,
+		EvalExamples: cfg.EvalExamples,
+		Seed:         cfg.Seed,
+		Data:         cfg.Data,
+	}
+	brokerName := "grpc://127.0.0.1 (in process)"
+	switch ch {
+	case GRPC:
+		o.GRPC, o.Broker = true, "127.0.0.1:0"
+	case Kafka:
+		o.Broker, o.KafkaProperties = cfg.Broker, cfg.KafkaProperties
+		brokerName = cfg.Broker
+		if cfg.Broker == "" {
+			// The harness, not job.Run, owns the embedded broker, so that
+			// it outlives the aggregator exactly as a real broker would
+			// and clients close against a live broker.
+			b, err := embedded.Start(embedded.Options{Addr: "127.0.0.1:0"})
+			if err != nil {
+				return nil, err
+			}
+			defer b.Close()
+			o.Broker, brokerName = b.Addr(), "embedded (kfake, in process)"
+		}
+	}
+	obs := &observer{s: s, started: make(chan int64, cfg.Rounds+1)}
+	o.Observer = obs
+	var addr string
+	o.Ready = func(a string) {
+		addr = a
+		s.startClients(ctx, a, obs.started)
+	}
+	stopProgress := s.reportProgress(ctx)
+	defer stopProgress()
+
+	s.log.Info("run starting", "job", s.job, "clients", cfg.Clients, "http_clients", cfg.HTTPClients(),
+		"rounds", cfg.Rounds, "model", cfg.Model, "dataset", cfg.Dataset, "broker", brokerName)
+	start := time.Now()
+	res, err := job.Run(ctx, o, s.log.With("component", "aggregator"))
+	jobMs := msSince(start)
+	if err != nil {
+		cancel(err)
+	}
+	// Clients have submitted their last update when the job ends; waiting
+	// for them collects their summaries and closes their connections.
+	s.clients.Wait()
+	wallMs := msSince(start)
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) && err == nil {
+		err = cause
+	}
+	if err != nil {
+		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
+			err = fmt.Errorf("%w (first failure: %v)", err, cause)
+		}
+		return nil, fmt.Errorf("job %s: %w", s.job, err)
+	}
+	s.log.Info("run finished", "job", s.job, "wall_ms", int64(wallMs))
+	return s.report(res, addr, brokerName, jobMs, wallMs), nil
+}
+
+// fail ends the run: a federation whose every round waits for all clients
+// cannot finish once one client is lost.
+func (s *session) fail(err error) {
+	s.log.Error("run failed", "err", err)
+	s.cancel(err)
+}
+
+// startClients launches every client; it is called once the aggregator
+// accepts connections.
+func (s *session) startClients(ctx context.Context, addr string, started <-chan int64) {
+	nHTTP := s.cfg.HTTPClients()
+	for i := nHTTP; i < s.cfg.Clients; i++ {
+		s.clients.Add(1)
+		go func() {
+			defer s.clients.Done()
+			s.runLocal(ctx, addr, strconv.Itoa(i))
+		}()
+	}
+	if nHTTP == 0 {
+		return
+	}
+	if s.cfg.Invocation == PerRound {
+		s.clients.Add(1)
+		go func() {
+			defer s.clients.Done()
+			s.dispatchRounds(ctx, addr, nHTTP, started)
+		}()
+		return
+	}
+	for i := range nHTTP {
+		s.clients.Add(1)
+		go func() {
+			defer s.clients.Done()
+			s.invoke(ctx, addr, strconv.Itoa(i), 0, s.cfg.Rounds)
+		}()
+	}
+}
+
+// dispatchRounds invokes every HTTP client once per round, as soon as the
+// round's model is published, with at most MaxInFlight invocations at once.
+func (s *session) dispatchRounds(ctx context.Context, addr string, nHTTP int, started <-chan int64) {
+	limit := s.cfg.MaxInFlight
+	if limit <= 0 {
+		limit = nHTTP
+	}
+	sem := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for range s.cfg.Rounds {
+		var round int64
+		select {
+		case round = <-started:
+		case <-ctx.Done():
+			return
+		}
+		for i := range nHTTP {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				s.invoke(ctx, addr, strconv.Itoa(i), round, 1)
+			}()
+		}
+	}
+}
+
+// invoke POSTs the PoC's JSON payload (plus job, rounds and timeout) to the
+// function and records its summary.
+func (s *session) invoke(ctx context.Context, addr, id string, round int64, rounds int) {
+	req := map[string]any{
+		"broker": addr, "client_id": id, "channel": s.channel, "job": s.job,
+		"rounds": rounds, "timeout_s": min(s.cfg.Timeout, time.Hour).Seconds(),
+	}
+	if round > 0 {
+		req["round"] = round
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		s.fail(fmt.Errorf("client %s: encode request: %w", id, err))
+		return
+	}
+	start := time.Now()
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, s.fnURL, bytes.NewReader(body))
+	if err != nil {
+		s.fail(fmt.Errorf("client %s: %w", id, err))
+		return
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := s.http.Do(hreq)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.fail(fmt.Errorf("client %s: invoke function: %w", id, err))
+		}
+		return
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		s.fail(fmt.Errorf("client %s: read function response: %w", id, err))
+		return
+	}
+	if resp.StatusCode != http.StatusOK {
+		if ctx.Err() == nil {
+			s.fail(fmt.Errorf("client %s round %d: function answered HTTP %d: %s", id, round, resp.StatusCode, bytes.TrimSpace(b)))
+		}
+		return
+	}
+	var r function.Response
+	if err := json.Unmarshal(b, &r); err != nil {
+		s.fail(fmt.Errorf("client %s: decode function response %q: %w", id, b, err))
+		return
+	}
+	s.record(invocation{ClientID: id, HTTP: true, Summary: r.Summary, Dials: 1, Ms: msSince(start)})
+}
+
+// runLocal is a long-running local client: one connection kept open for all
+// rounds, the PoC's "local clients". It reads its channel's counters
+// directly, which the function's Follow loop does not expose.
+func (s *session) runLocal(ctx context.Context, addr, id string) {
+	start := time.Now()
+	ch, err := s.dial(ctx, addr, id)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.fail(fmt.Errorf("client %s: %w", id, err))
+		}
+		return
+	}
+	defer ch.Close()
+	sum, err := s.part.Run(ctx, ch, participant.Options{Job: s.job, ClientID: id, Rounds: s.cfg.Rounds})
+	if err != nil {
+		if ctx.Err() == nil {
+			s.fail(fmt.Errorf("client %s: %w", id, err))
+		}
+		return
+	}
+	s.record(invocation{ClientID: id, Summary: sum, Dials: 1, Ms: msSince(start)})
+}
+
+func (s *session) dial(ctx context.Context, addr, id string) (channel.Client, error) {
+	if s.channel == GRPC {
+		return grpcchan.Dial(ctx, grpcchan.ClientOptions{Addr: addr, Job: s.job, ClientID: id})
+	}
+	return kafkachan.Dial(ctx, kafkachan.ClientOptions{Options: kafkachan.Options{
+		Brokers: addr, Job: s.job, Properties: s.cfg.KafkaProperties, Logger: s.log.With("component", "client"),
+	}})
+}
+
+func (s *session) record(inv invocation) {
+	s.progress.done.Add(1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.invocations = append(s.invocations, inv)
+}
+
+// reportProgress logs a progress line every ProgressEvery until stopped.
+func (s *session) reportProgress(ctx context.Context) (stop func()) {
+	if s.cfg.ProgressEvery < 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(s.cfg.ProgressEvery)
+		defer t.Stop()
+		start := time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				s.log.Info("progress", "round", s.progress.round.Load(), "of", s.cfg.Rounds,
+					"updates_in_round", s.progress.accepted.Load(), "clients", s.cfg.Clients,
+					"clients_finished", s.progress.done.Load(), "elapsed", time.Since(start).Round(time.Second))
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
