@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +24,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/aggregator/job"
 	"github.com/fdxkafka/fdxkafka/function"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
+	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 )
@@ -45,27 +48,40 @@ var buildAggregator = sync.OnceValues(func() (string, error) {
 type killJob struct {
 	brokers, job, out string
 	clients, rounds   int
+	// stateFile, when set, runs the gRPC channel listening on brokers.
+	stateFile string
+}
+
+func (k killJob) channel() string {
+	if k.stateFile != "" {
+		return "grpc"
+	}
+	return "kafka"
 }
 
 func (k killJob) args() []string {
-	return []string{
+	var extra []string
+	if k.stateFile != "" {
+		extra = []string{"--grpc", "--state-file", k.stateFile}
+	}
+	return append(extra, []string{
 		"--broker", k.brokers, "--job", k.job,
 		"--minclients", strconv.Itoa(k.clients), "--numrounds", strconv.Itoa(k.rounds),
 		"--dataset", "synthetic", "--max-examples", "60", "--eval-examples", "200",
 		"--strategy", "fedavgm", "--seed", "11", "--update-partitions", "3",
 		"--out", k.out, "--log-level", "info",
-	}
+	}...)
 }
 
 // startClients runs long-running participants until the job's final model.
-func startClients(ctx context.Context, t *testing.T, brokers, jobID string, n int) func() {
+func startClients(ctx context.Context, t *testing.T, k killJob) func() {
 	t.Helper()
 	srv := function.NewServer(function.Config{Data: dataset.NewCatalog()})
 	log := slog.New(slog.DiscardHandler)
 	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for i := range n {
-		req, err := function.ParseRequest(function.RequestJSON(brokers, strconv.Itoa(i), "kafka", jobID, 60), function.Defaults{})
+	errs := make(chan error, k.clients)
+	for i := range k.clients {
+		req, err := function.ParseRequest(function.RequestJSON(k.brokers, strconv.Itoa(i), k.channel(), k.job, 60), function.Defaults{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -148,19 +164,48 @@ func readOut(t *testing.T, path string) *job.Output {
 // that the committed history has every round exactly once with exactly the
 // expected contributors.
 func TestKillAndResume(t *testing.T) {
+	brokers := kafkatest.Brokers(t)
+	dir := t.TempDir()
+	hist := killAndResume(t, killJob{brokers: brokers, job: kafkatest.Job(t), out: filepath.Join(dir, "out.json")})
+	if err := checkHistory(hist, killClients, killRounds); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestKillAndResumeGRPC does the same over the gRPC channel, whose durable
+// state is the --state-file (newest model) and its update log.
+func TestKillAndResumeGRPC(t *testing.T) {
+	dir := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	killAndResume(t, killJob{brokers: addr, job: kafkatest.Job(t), out: filepath.Join(dir, "out.json"), stateFile: filepath.Join(dir, "state.pb")})
+}
+
+const killClients, killRounds, minKills = 3, 60, 24
+
+// killAndResume runs k once without interruption and once with kills, and
+// returns the interrupted job's committed model history (Kafka only).
+func killAndResume(t *testing.T, k killJob) []*fdxv1.GlobalModel {
+	t.Helper()
 	bin, err := buildAggregator()
 	if err != nil {
 		t.Fatal(err)
 	}
-	brokers := kafkatest.Brokers(t)
-	const clients, rounds, minKills = 3, 60, 24
+	k.clients, k.rounds = killClients, killRounds
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
 
 	// The reference: the same job, never interrupted.
-	ref := killJob{brokers: brokers, job: kafkatest.Job(t) + "-ref", out: filepath.Join(dir, "ref.json"), clients: clients, rounds: rounds}
-	wait := startClients(ctx, t, brokers, ref.job, clients)
+	ref := k
+	ref.job, ref.out = k.job+"-ref", k.out+".ref"
+	if k.stateFile != "" {
+		ref.stateFile = k.stateFile + ".ref"
+	}
+	wait := startClients(ctx, t, ref)
 	r := startAggregator(t, bin, ref)
 	if err := <-r.exited; err != nil {
 		t.Fatalf("reference run: %v", err)
@@ -168,13 +213,12 @@ func TestKillAndResume(t *testing.T) {
 	wait()
 	want := readOut(t, ref.out).Final.SHA256
 
-	k := killJob{brokers: brokers, job: kafkatest.Job(t) + "-kill", out: filepath.Join(dir, "kill.json"), clients: clients, rounds: rounds}
-	wait = startClients(ctx, t, brokers, k.job, clients)
+	wait = startClients(ctx, t, k)
 	rng := rand.New(rand.NewPCG(2026, 11))
 	kills, midTxn := 0, 0
 	for done := false; !done; {
 		var env []string
-		inject := kills < minKills && kills%4 == 3
+		inject := kills < minKills && kills%4 == 3 && k.stateFile == ""
 		if inject {
 			env = append(env, envFaultBeforeCommit+"=any")
 		}
@@ -218,32 +262,42 @@ func TestKillAndResume(t *testing.T) {
 	}
 	wait()
 	got := readOut(t, k.out)
-	t.Logf("survived %d SIGKILLs (%d inside a round transaction before commit); final model round %d sha256 %s", kills, midTxn, got.Final.Round, got.Final.SHA256)
+	t.Logf("%s: survived %d SIGKILLs (%d inside a round transaction before commit); final model round %d sha256 %s", k.channel(), kills, midTxn, got.Final.Round, got.Final.SHA256)
 	if got.Final.SHA256 != want {
 		t.Errorf("final model after kills %s differs from the uninterrupted run's %s", got.Final.SHA256, want)
 	}
-
-	hist, err := kafkachan.History(ctx, kafkachan.Options{Brokers: brokers, Job: k.job})
+	if got.Final.Round != int64(k.rounds+1) {
+		t.Errorf("final model round %d, want %d", got.Final.Round, k.rounds+1)
+	}
+	if k.stateFile != "" {
+		return nil
+	}
+	hist, err := kafkachan.History(ctx, kafkachan.Options{Brokers: k.brokers, Job: k.job})
 	if err != nil {
 		t.Fatalf("read history: %v", err)
 	}
+	return hist
+}
+
+// checkHistory checks that every round was committed exactly once, in
+// order, with exactly the expected contributors.
+func checkHistory(hist []*fdxv1.GlobalModel, clients, rounds int) error {
 	wantIDs := make([]string, clients)
 	for i := range wantIDs {
 		wantIDs[i] = strconv.Itoa(i)
 	}
 	slices.Sort(wantIDs)
+	var errs []error
 	if len(hist) != rounds+1 {
-		t.Errorf("history has %d committed models, want %d (one per round plus the initial)", len(hist), rounds+1)
+		errs = append(errs, fmt.Errorf("history has %d committed models, want %d (one per round plus the initial)", len(hist), rounds+1))
 	}
 	for i, m := range hist {
 		if m.GetRound() != int64(i+1) {
-			t.Fatalf("committed model %d has round %d, want %d: a round was committed twice or skipped", i, m.GetRound(), i+1)
+			return errors.Join(append(errs, fmt.Errorf("committed model %d has round %d, want %d: a round was committed twice or skipped", i, m.GetRound(), i+1))...)
 		}
-		if i == 0 {
-			continue
-		}
-		if !slices.Equal(m.GetContributors(), wantIDs) {
-			t.Errorf("round %d contributors %v, want %v", m.GetRound()-1, m.GetContributors(), wantIDs)
+		if i > 0 && !slices.Equal(m.GetContributors(), wantIDs) {
+			errs = append(errs, fmt.Errorf("round %d contributors %v, want %v", m.GetRound()-1, m.GetContributors(), wantIDs))
 		}
 	}
+	return errors.Join(errs...)
 }

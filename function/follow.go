@@ -22,10 +22,15 @@ func Follow(ctx context.Context, s *Server, req Request, log *slog.Logger) error
 	for {
 		ch, err := s.dial(ctx, req)
 		if err == nil {
+			before := next
 			next, err = s.follow(ctx, ch, req, next, log)
 			ch.Close()
 			if err == nil {
 				return nil
+			}
+			if next != before {
+				// It worked for a while: a fresh failure starts a fresh backoff.
+				backoff = 200 * time.Millisecond
 			}
 		}
 		if ctx.Err() != nil {

@@ -262,61 +262,84 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 		deadline = published.Add(c.cfg.RoundTimeout)
 	}
 	var propagation time.Duration
-	for len(seen) < c.cfg.TargetClients {
-		wait := ctx
-		cancel := context.CancelFunc(func() {})
-		if !deadline.IsZero() {
-			wait, cancel = context.WithDeadline(ctx, deadline)
-		}
-		d, err := c.ch.Next(wait)
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, nil, rec, fmt.Errorf("round %d: %w", r, ctx.Err())
+	target := c.cfg.TargetClients
+	var next [][]float32
+	var aggStart time.Time
+	for {
+		for len(seen) < target {
+			wait := ctx
+			cancel := context.CancelFunc(func() {})
+			if !deadline.IsZero() {
+				wait, cancel = context.WithDeadline(ctx, deadline)
 			}
-			if errors.Is(err, context.DeadlineExceeded) {
-				if len(seen) >= c.cfg.MinClients {
-					c.log.Info("round deadline passed", "round", r, "clients", len(seen))
-					break
+			d, err := c.ch.Next(wait)
+			cancel()
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, nil, rec, fmt.Errorf("round %d: %w", r, ctx.Err())
 				}
-				if c.cfg.OnShort == Fail {
-					return nil, nil, rec, fmt.Errorf("round %d: deadline passed with %d of %d required updates", r, len(seen), c.cfg.MinClients)
+				if errors.Is(err, context.DeadlineExceeded) {
+					if len(seen) >= c.cfg.MinClients {
+						c.log.Info("round deadline passed", "round", r, "clients", len(seen))
+						break
+					}
+					if c.cfg.OnShort == Fail {
+						return nil, nil, rec, fmt.Errorf("round %d: deadline passed with %d of %d required updates", r, len(seen), c.cfg.MinClients)
+					}
+					c.log.Warn("round deadline passed with too few updates; waiting", "round", r, "clients", len(seen), "minclients", c.cfg.MinClients)
+					deadline = time.Time{}
+					continue
 				}
-				c.log.Warn("round deadline passed with too few updates; waiting", "round", r, "clients", len(seen), "minclients", c.cfg.MinClients)
-				deadline = time.Time{}
+				return nil, nil, rec, fmt.Errorf("round %d: receive: %w", r, err)
+			}
+			vals, rej := c.check(d, expect, seen)
+			if rej == nil {
+				u := d.Update
+				err := agg.Add(strategy.Update{ClientID: u.GetClientId(), NumExamples: u.GetNumExamples(), Params: vals})
+				switch {
+				case errors.Is(err, strategy.ErrRoundClosed), errors.Is(err, strategy.ErrStaleRound):
+					return nil, nil, rec, fmt.Errorf("round %d: aggregate update of %q: %w", r, u.GetClientId(), err)
+				case err != nil:
+					// The strategy refuses it (e.g. beyond its exact range)
+					// and leaves the round unchanged: reject this update only.
+					rej = &validate.Error{Reason: validate.OutOfRange, Detail: err.Error()}
+				}
+			}
+			if rej != nil {
+				rec.Rejected[string(rej.Reason)]++
+				c.rejected[string(rej.Reason)]++
+				c.log.Warn("update rejected", "round", r, "client_id", clientOf(d), "reason", rej.Reason, "detail", rej.Detail)
+				if c.obs != nil {
+					c.obs.UpdateRejected(rej.Reason, clientOf(d), d.Size)
+				}
+				d.Reply(false, rej.Error())
 				continue
 			}
-			return nil, nil, rec, fmt.Errorf("round %d: receive: %w", r, err)
-		}
-		vals, rej := c.check(d, expect, seen)
-		if rej != nil {
-			rec.Rejected[string(rej.Reason)]++
-			c.rejected[string(rej.Reason)]++
-			c.log.Warn("update rejected", "round", r, "client_id", clientOf(d), "reason", rej.Reason, "detail", rej.Detail)
-			if c.obs != nil {
-				c.obs.UpdateRejected(rej.Reason, clientOf(d), d.Size)
+			u := d.Update
+			seen[u.GetClientId()] = true
+			rec.Examples += u.GetNumExamples()
+			if t := u.GetTimings().GetModelReceived(); t != nil {
+				propagation = max(propagation, t.AsTime().Sub(published))
 			}
-			d.Reply(false, rej.Error())
+			if c.obs != nil {
+				c.obs.UpdateAccepted(u.GetClientId(), d.Size)
+			}
+			d.Reply(true, "")
+		}
+		var err error
+		aggStart = time.Now()
+		next, err = agg.Finish()
+		if errors.Is(err, strategy.ErrTooFewUpdates) {
+			// A robust strategy (Krum) needs more updates than minclients
+			// to tolerate its assumed attackers: keep collecting.
+			target = len(seen) + 1
+			c.log.Warn("strategy needs more updates; round stays open", "round", r, "clients", len(seen), "err", err)
 			continue
 		}
-		u := d.Update
-		if err := agg.Add(strategy.Update{ClientID: u.GetClientId(), NumExamples: u.GetNumExamples(), Params: vals}); err != nil {
-			return nil, nil, rec, fmt.Errorf("round %d: aggregate update of %q: %w", r, u.GetClientId(), err)
+		if err != nil {
+			return nil, nil, rec, fmt.Errorf("round %d: aggregate: %w", r, err)
 		}
-		seen[u.GetClientId()] = true
-		rec.Examples += u.GetNumExamples()
-		if t := u.GetTimings().GetModelReceived(); t != nil {
-			propagation = max(propagation, t.AsTime().Sub(published))
-		}
-		if c.obs != nil {
-			c.obs.UpdateAccepted(u.GetClientId(), d.Size)
-		}
-		d.Reply(true, "")
-	}
-	aggStart := time.Now()
-	next, err := agg.Finish()
-	if err != nil {
-		return nil, nil, rec, fmt.Errorf("round %d: aggregate: %w", r, err)
+		break
 	}
 	rec.AggregateMs = msSince(aggStart)
 	rec.Contributors = make([]string, 0, len(seen))

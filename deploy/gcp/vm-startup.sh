@@ -193,6 +193,10 @@ EOF
 }
 
 main() {
+  # Boot runs this script and `vm.sh push` runs it again over ssh, perhaps
+  # while the boot run still waits for the bundle: one at a time.
+  exec 9>/run/fdx-startup.lock
+  flock 9
   local ip project job channel minclients numrounds go_version extra
   ip=$(md instance/network-interfaces/0/ip) || die "no internal IP from the metadata server"
   project=$(md project/project-id) || die "no project id from the metadata server"

@@ -199,7 +199,7 @@ func serveFunction(cfg Config) (*functionServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("function listener: %w", err)
 	}
-	h := function.NewServer(function.Config{Data: cfg.Data, KafkaProperties: cfg.KafkaProperties, Logger: cfg.Log.With("component", "function")})
+	h := function.NewServer(function.Config{Data: cfg.Data, KafkaProperties: cfg.KafkaProperties, Logger: quiet(cfg.Log, "function")})
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	return &functionServer{url: "http://" + ln.Addr().String() + "/", srv: srv}, nil

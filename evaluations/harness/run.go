@@ -14,9 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
 	"github.com/fdxkafka/fdxkafka/aggregator/job"
-	"github.com/fdxkafka/fdxkafka/aggregator/validate"
+	"github.com/fdxkafka/fdxkafka/aggregator/metrics"
 	"github.com/fdxkafka/fdxkafka/function"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
@@ -40,7 +39,7 @@ type session struct {
 
 	mu          sync.Mutex
 	invocations []invocation
-	progress    progress
+	done        atomic.Int64
 }
 
 // invocation is what one client connection reported: an HTTP invocation of
@@ -52,43 +51,6 @@ type invocation struct {
 	// Dials is how many channel connections it opened (one per invocation).
 	Dials int
 	Ms    float64
-}
-
-// progress counts what the aggregator reports, for progress lines.
-type progress struct {
-	round    atomic.Int64
-	accepted atomic.Int64
-	rejected atomic.Int64
-	done     atomic.Int64
-}
-
-// observer adapts the session to coordinator.Observer. Its methods only
-// count, log and signal a buffered channel: the round loop must not block.
-type observer struct {
-	s       *session
-	started chan int64
-}
-
-func (o *observer) RoundStarted(round int64) {
-	o.s.progress.round.Store(round)
-	o.s.progress.accepted.Store(0)
-	select {
-	case o.started <- round:
-	default:
-		o.s.fail(fmt.Errorf("round %d started but the dispatcher is not keeping up", round))
-	}
-}
-
-func (o *observer) UpdateAccepted(string, int) { o.s.progress.accepted.Add(1) }
-
-func (o *observer) UpdateRejected(reason validate.Reason, clientID string, _ int) {
-	o.s.progress.rejected.Add(1)
-	o.s.log.Warn("update rejected", "client_id", clientID, "reason", reason)
-}
-
-func (o *observer) RoundClosed(r coordinator.RoundRecord) {
-	o.s.log.Info("round closed", "channel", o.s.channel, "round", r.Round, "clients", r.Clients,
-		"accuracy", fmt.Sprintf("%.4f", r.Accuracy), "round_ms", int64(r.DurationMs), "propagation_ms", int64(r.PropagationMs))
 }
 
 // runChannel runs one job over ch and measures it.
@@ -106,7 +68,7 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 		// Invocations last as long as the job; the request's timeout_s,
 		// enforced by the function, is what bounds them.
 		http:   &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
-		part:   &participant.Participant{Data: cfg.Data, Log: cfg.Log.With("component", "client")},
+		part:   &participant.Participant{Data: cfg.Data, Log: quiet(cfg.Log, "client")},
 		log:    cfg.Log.With("channel", ch),
 		cancel: cancel,
 	}
@@ -144,20 +106,19 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 			o.Broker, brokerName = b.Addr(), "embedded (kfake, in process)"
 		}
 	}
-	obs := &observer{s: s, started: make(chan int64, cfg.Rounds+1)}
-	o.Observer = obs
-	var addr string
-	o.Ready = func(a string) {
-		addr = a
-		s.startClients(ctx, a, obs.started)
-	}
-	stopProgress := s.reportProgress(ctx)
-	defer stopProgress()
+	// The job's Prometheus metrics are the harness's view of the
+	// aggregator while it runs: they drive per-round invocations and the
+	// progress lines.
+	o.Metrics = metrics.New(s.job, ch)
+	started := make(chan int64, cfg.Rounds+1)
+	stopWatch := s.watch(ctx, o.Metrics, started)
+	defer stopWatch()
+	o.Ready = func(addr string) { s.startClients(ctx, addr, started) }
 
 	s.log.Info("run starting", "job", s.job, "clients", cfg.Clients, "http_clients", cfg.HTTPClients(),
 		"rounds", cfg.Rounds, "model", cfg.Model, "dataset", cfg.Dataset, "broker", brokerName)
 	start := time.Now()
-	res, err := job.Run(ctx, o, s.log.With("component", "aggregator"))
+	res, err := job.Run(ctx, o, quiet(s.log, "aggregator"))
 	jobMs := msSince(start)
 	if err != nil {
 		cancel(err)
@@ -176,7 +137,7 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 		return nil, fmt.Errorf("job %s: %w", s.job, err)
 	}
 	s.log.Info("run finished", "job", s.job, "wall_ms", int64(wallMs))
-	return s.report(res, addr, brokerName, jobMs, wallMs), nil
+	return s.report(res, brokerName, jobMs, wallMs), nil
 }
 
 // fail ends the run: a federation whose every round waits for all clients
@@ -327,42 +288,13 @@ func (s *session) dial(ctx context.Context, addr, id string) (channel.Client, er
 		return grpcchan.Dial(ctx, grpcchan.ClientOptions{Addr: addr, Job: s.job, ClientID: id})
 	}
 	return kafkachan.Dial(ctx, kafkachan.ClientOptions{Options: kafkachan.Options{
-		Brokers: addr, Job: s.job, Properties: s.cfg.KafkaProperties, Logger: s.log.With("component", "client"),
+		Brokers: addr, Job: s.job, Properties: s.cfg.KafkaProperties, Logger: quiet(s.log, "client"),
 	}})
 }
 
 func (s *session) record(inv invocation) {
-	s.progress.done.Add(1)
+	s.done.Add(1)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.invocations = append(s.invocations, inv)
-}
-
-// reportProgress logs a progress line every ProgressEvery until stopped.
-func (s *session) reportProgress(ctx context.Context) (stop func()) {
-	if s.cfg.ProgressEvery < 0 {
-		return func() {}
-	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(s.cfg.ProgressEvery)
-		defer t.Stop()
-		start := time.Now()
-		for {
-			select {
-			case <-done:
-				return
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				s.log.Info("progress", "round", s.progress.round.Load(), "of", s.cfg.Rounds,
-					"updates_in_round", s.progress.accepted.Load(), "clients", s.cfg.Clients,
-					"clients_finished", s.progress.done.Load(), "elapsed", time.Since(start).Round(time.Second))
-			}
-		}
-	}()
-	return func() { close(done); wg.Wait() }
 }

@@ -36,8 +36,9 @@ type ServerOptions struct {
 	Job  string
 	// MaxMessageBytes bounds every message; 0 means 64 MiB.
 	MaxMessageBytes int
-	// StateFile, when set, holds the newest published model so that a
-	// restarted aggregator resumes (the gRPC channel has no log to replay).
+	// StateFile, when set, holds the newest published model, and
+	// StateFile+".updates" the updates accepted in the open round, so that a
+	// restarted aggregator resumes without losing an accepted update.
 	StateFile string
 	// TLS enables transport security; nil serves plaintext.
 	TLS *tls.Config
@@ -57,6 +58,8 @@ type Server struct {
 	count   channel.Counter
 	updates chan channel.Delivery
 	done    chan struct{}
+	wal     *wal
+	replay  []*fdxv1.Update
 
 	mu      sync.Mutex
 	current *fdxv1.GlobalModel
@@ -76,11 +79,20 @@ func NewServer(opt ServerOptions) (*Server, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
+	var log *wal
+	if opt.StateFile != "" {
+		var err error
+		if log, err = openWAL(opt.StateFile + ".updates"); err != nil {
+			return nil, err
+		}
+	}
 	lis, err := net.Listen("tcp", opt.Addr)
 	if err != nil {
+		log.close()
 		return nil, fmt.Errorf("grpc listen %s: %w", opt.Addr, err)
 	}
 	s := &Server{
+		wal:     log,
 		opt:     opt,
 		lis:     lis,
 		updates: make(chan channel.Delivery),
@@ -136,7 +148,22 @@ func (s *Server) Latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
 	if m.GetJob() != s.opt.Job {
 		return nil, fmt.Errorf("state %s belongs to job %q, not %q", s.opt.StateFile, m.GetJob(), s.opt.Job)
 	}
+	if s.replay, err = s.wal.read(m.GetRound()); err != nil {
+		return nil, err
+	}
+	// Serve the restored model at once: clients waiting for it need not
+	// wait for the next round.
+	s.setCurrent(m)
 	return m, nil
+}
+
+func (s *Server) setCurrent(m *fdxv1.GlobalModel) {
+	s.mu.Lock()
+	s.current = m
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+	s.health.SetServingStatus(fdxv1.Aggregator_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 }
 
 // Publish implements channel.Server. With a state file the model is made
@@ -146,13 +173,13 @@ func (s *Server) Publish(ctx context.Context, m *fdxv1.GlobalModel) error {
 		if err := writeFileAtomic(s.opt.StateFile, m); err != nil {
 			return fmt.Errorf("publish model round %d: %w", m.GetRound(), err)
 		}
+		// A crash before this reset leaves updates of a committed round
+		// in the log; they are filtered out by round on replay.
+		if err := s.wal.reset(); err != nil {
+			return fmt.Errorf("publish model round %d: %w", m.GetRound(), err)
+		}
 	}
-	s.mu.Lock()
-	s.current = m
-	close(s.changed)
-	s.changed = make(chan struct{})
-	s.mu.Unlock()
-	s.health.SetServingStatus(fdxv1.Aggregator_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	s.setCurrent(m)
 	return nil
 }
 
@@ -182,6 +209,13 @@ func writeFileAtomic(path string, m *fdxv1.GlobalModel) error {
 
 // Next implements channel.Server.
 func (s *Server) Next(ctx context.Context) (channel.Delivery, error) {
+	if len(s.replay) > 0 {
+		u := s.replay[0]
+		s.replay = s.replay[1:]
+		// Already accepted once: the logged copy needs no reply and must
+		// not be logged again.
+		return channel.Delivery{Update: u, Key: u.GetClientId(), Size: proto.Size(u)}, nil
+	}
 	select {
 	case d := <-s.updates:
 		return d, nil
@@ -201,6 +235,7 @@ func (s *Server) Close() error {
 	default:
 	}
 	close(s.done)
+	defer s.wal.close()
 	s.health.Shutdown()
 	stopped := make(chan struct{})
 	go func() { s.gs.GracefulStop(); close(stopped) }()
@@ -287,7 +322,17 @@ func (s *Server) SubmitUpdate(ctx context.Context, u *fdxv1.Update) (*fdxv1.Subm
 		return nil, err
 	}
 	reply := make(chan verdict, 1)
-	d := channel.NewDelivery(u, proto.Size(u), func(ok bool, reason string) { reply <- verdict{ok, reason} })
+	d := channel.NewDelivery(u, proto.Size(u), func(ok bool, reason string) {
+		// Runs in the round loop, so the update is durable before the
+		// round can close and before the sender hears "accepted".
+		if ok && s.wal != nil {
+			if err := s.wal.append(u); err != nil {
+				s.opt.Logger.Error("update log", "client_id", u.GetClientId(), "err", err)
+				ok, reason = false, "aggregator could not store the update: "+err.Error()
+			}
+		}
+		reply <- verdict{ok, reason}
+	})
 	d.Key = u.GetClientId()
 	select {
 	case s.updates <- d:

@@ -1,0 +1,107 @@
+package harness
+
+import (
+	"fmt"
+	"io"
+	"strings"
+)
+
+// WriteMarkdown writes the report as markdown tables: one row per channel
+// with the headline figures, then the per-round figures side by side.
+func WriteMarkdown(w io.Writer, rep *Report) error {
+	var b strings.Builder
+	s := rep.Setup
+	fmt.Fprintf(&b, "%d clients (%d via the function's HTTP handler, invoked %s; %d long-running local), %d rounds, minclients %d, "+
+		"%s on %s (%s partition, %s), broker %s.\n\n",
+		s.Clients, s.HTTPClients, invocationText(s), s.LocalClients, s.Rounds, s.MinClients,
+		s.Model, s.Dataset, s.Partition, shardText(s), s.Broker)
+	b.WriteString("| channel | messages | model downloads | aggregator egress | aggregator ingress | all rounds | propagation mean / max | training total / mean | accuracy initial → final |\n")
+	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, c := range rep.Channels {
+		fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %.1f s | %.0f / %.0f ms | %.1f s / %.1f ms | %.4f → %.4f |\n",
+			c.Channel, c.Messages, c.ModelDownloads, Bytes(c.Aggregator.BytesSent), Bytes(c.Aggregator.BytesReceived),
+			c.RoundsMs/1000, c.PropagationMeanMs, c.PropagationMaxMs, c.TrainTotalMs/1000, c.TrainMeanMs,
+			c.InitialAccuracy, c.FinalAccuracy)
+	}
+	if len(rep.Channels) > 0 {
+		b.WriteString("\nPer round (round time / propagation time / test accuracy):\n\n| round |")
+		for _, c := range rep.Channels {
+			fmt.Fprintf(&b, " %s round | %s propagation | %s accuracy |", c.Channel, c.Channel, c.Channel)
+		}
+		b.WriteString("\n|--:|")
+		b.WriteString(strings.Repeat("--:|--:|--:|", len(rep.Channels)))
+		b.WriteString("\n")
+		for i := range rep.Channels[0].Rounds {
+			fmt.Fprintf(&b, "| %d |", rep.Channels[0].Rounds[i].Round)
+			for _, c := range rep.Channels {
+				if i >= len(c.Rounds) {
+					b.WriteString(" | | |")
+					continue
+				}
+				r := c.Rounds[i]
+				fmt.Fprintf(&b, " %.0f ms | %.0f ms | %.4f |", r.DurationMs, r.PropagationMs, r.Accuracy)
+			}
+			b.WriteString("\n")
+		}
+	}
+	for _, n := range rep.Notes {
+		fmt.Fprintf(&b, "\n%s\n", n)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// WriteSweepMarkdown writes one row per (clients, channel) of a sweep.
+func WriteSweepMarkdown(w io.Writer, sw *SweepReport) error {
+	var b strings.Builder
+	if len(sw.Runs) > 0 {
+		s := sw.Runs[0].Setup
+		fmt.Fprintf(&b, "Sweep: %d rounds, minclients = clients, %.0f%% of clients via the function's HTTP handler (invoked %s), "+
+			"%s on %s (%s), broker %s.\n\n",
+			s.Rounds, 100*sw.HTTPShare, invocationText(s), s.Model, s.Dataset, shardText(s), s.Broker)
+	}
+	b.WriteString("| clients | channel | messages | model downloads | aggregator egress | aggregator ingress | all rounds | propagation mean / max | accuracy |\n")
+	b.WriteString("|--:|---|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, r := range sw.Runs {
+		for _, c := range r.Channels {
+			fmt.Fprintf(&b, "| %d | %s | %d | %d | %s | %s | %.1f s | %.0f / %.0f ms | %.4f |\n",
+				r.Setup.Clients, c.Channel, c.Messages, c.ModelDownloads, Bytes(c.Aggregator.BytesSent),
+				Bytes(c.Aggregator.BytesReceived), c.RoundsMs/1000, c.PropagationMeanMs, c.PropagationMaxMs, c.FinalAccuracy)
+		}
+	}
+	for _, n := range sw.Notes {
+		fmt.Fprintf(&b, "\n%s\n", n)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func invocationText(s Setup) string {
+	if s.Invocation == PerRound {
+		if s.MaxInFlight > 0 {
+			return fmt.Sprintf("once per round, at most %d at a time", s.MaxInFlight)
+		}
+		return "once per round"
+	}
+	return "once for all rounds"
+}
+
+func shardText(s Setup) string {
+	if s.MaxExamples > 0 {
+		return fmt.Sprintf("%d shards of at most %d examples", s.Partitions, s.MaxExamples)
+	}
+	return fmt.Sprintf("%d shards", s.Partitions)
+}
+
+// Bytes formats n in decimal units (1 MB = 10^6 bytes).
+func Bytes(n int64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.2f GB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
+	}
+	return fmt.Sprintf("%d B", n)
+}
