@@ -177,12 +177,14 @@ func (s *Server) Publish(ctx context.Context, m *fdxv1.GlobalModel) error {
 			s.count.Sent(len(b) + len(strconv.FormatInt(m.GetRound(), 10)))
 			return nil
 		}
+		// A broker restart surfaces as retriable or abortable errors:
+		// keep trying until ctx gives up, so an outage only delays the job.
 		var ke kafka.Error
-		if attempt < 5 && ctx.Err() == nil && errors.As(err, &ke) && (ke.IsRetriable() || ke.TxnRequiresAbort()) {
+		if ctx.Err() == nil && errors.As(err, &ke) && !ke.IsFatal() && (ke.IsRetriable() || ke.TxnRequiresAbort() || ke.IsTimeout()) {
 			s.opt.logger().Warn("round transaction failed, retrying", "round", m.GetRound(), "attempt", attempt+1, "err", err)
 			select {
 			case <-ctx.Done():
-			case <-time.After(time.Duration(attempt+1) * 200 * time.Millisecond):
+			case <-time.After(min(time.Duration(attempt+1)*200*time.Millisecond, 2*time.Second)):
 			}
 			continue
 		}
