@@ -26,6 +26,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/aggregator/job"
 	"github.com/fdxkafka/fdxkafka/aggregator/metrics"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+	"github.com/fdxkafka/fdxkafka/shared/logging"
 )
 
 func main() {
@@ -59,6 +60,8 @@ type config struct {
 	out         string
 	kafkaConf   string
 	logLevel    string
+	logTo       logging.Format
+	logProject  string
 	metricsAddr string
 }
 
@@ -101,6 +104,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.clients, "clients", 0, "also run this many local clients in-process (a self-contained demo)")
 	fs.StringVar(&c.out, "out", "", "write the final model and per-round history as JSON to this file")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	c.logTo = logging.FormatAuto
+	fs.Var(&c.logTo, "log-to", "log format: auto (text on a terminal, else JSON), text, json, gcp (Cloud Logging JSON on stdout) or cloud (Cloud Logging API)")
+	fs.StringVar(&c.logProject, "log-project", "", "Google Cloud project for --log-to cloud and trace fields (default: metadata server)")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this address (e.g. :9100)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -170,7 +176,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := lvl.UnmarshalText([]byte(c.logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	log, closeLog, err := logging.Open(ctx, stderr, logging.Options{Format: c.logTo, Level: lvl, ProjectID: c.logProject})
+	if err != nil {
+		return fmt.Errorf("--log-to %s: %w", c.logTo, err)
+	}
+	defer closeLog()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if c.metricsAddr != "" {
@@ -190,8 +200,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		c.Ready = func(addr string) {
 			// Per-round client lines would drown the aggregator's; the
 			// clients log warnings only unless asked for debug.
-			clog := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: max(lvl, slog.LevelWarn)}))
-			if lvl <= slog.LevelDebug {
+			clog, err := logging.New(stderr, logging.Options{Format: logging.FormatText, Level: max(lvl, slog.LevelWarn)})
+			if err != nil || lvl <= slog.LevelDebug {
 				clog = log
 			}
 			go func() { clientsDone <- runLocalClients(ctx, c, addr, clog.With("component", "client")) }()

@@ -24,16 +24,24 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 // The Functions runtime calls a registered func; one process-wide Server is
 // the only state, built on first use so that importing stays cheap.
-var instance = sync.OnceValue(func() *Server {
-	return NewServer(Config{
+var instance = sync.OnceValue(func() http.Handler {
+	// On Cloud Run functions this is structured JSON on stdout with
+	// severity, source location and the request's trace.
+	log, err := logging.New(os.Stdout, logging.Options{Format: logging.Detect(), AddSource: true})
+	if err != nil {
+		log = slog.Default()
+	}
+	s := NewServer(Config{
 		Defaults: Defaults{Broker: os.Getenv("FDX_BROKER"), Job: os.Getenv("FDX_JOB"), Channel: os.Getenv("FDX_CHANNEL")},
-		Logger:   slog.Default(),
+		Logger:   log,
 	})
+	return logging.HTTPMiddleware(s, os.Getenv("GOOGLE_CLOUD_PROJECT"))
 })
 
 func init() {

@@ -18,6 +18,9 @@ started=$SECONDS
 
 step() { printf '\n==> %s (%ds)\n' "$*" "$((SECONDS - started))"; }
 
+step "system packages"
+bash scripts/deps.sh
+
 step "generated protobuf code is up to date"
 bash proto/gen.sh --check
 
