@@ -69,7 +69,7 @@ func (k killJob) args() []string {
 		"--minclients", strconv.Itoa(k.clients), "--numrounds", strconv.Itoa(k.rounds),
 		"--dataset", "synthetic", "--max-examples", "60", "--eval-examples", "200",
 		"--strategy", "fedavgm", "--seed", "11", "--update-partitions", "3",
-		"--out", k.out, "--log-level", "info",
+		"--out", k.out, "--log-level", "info", "--log-to", "text",
 	}...)
 }
 

@@ -3,6 +3,7 @@ package harness
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -93,6 +94,9 @@ type ChannelReport struct {
 	// contributing client held the round's model.
 	PropagationMeanMs float64 `json:"propagation_mean_ms"`
 	PropagationMaxMs  float64 `json:"propagation_max_ms"`
+	// The same over long-running local clients only (0 without any).
+	LocalPropagationMeanMs float64 `json:"local_propagation_mean_ms"`
+	LocalPropagationMaxMs  float64 `json:"local_propagation_max_ms"`
 	// Training time summed over every client and round, and its mean per
 	// client-round.
 	TrainTotalMs float64 `json:"train_total_ms"`
@@ -115,9 +119,12 @@ type RoundReport struct {
 	// PropagationMs is the longest time any contributor took to receive
 	// the round's model after it was published.
 	PropagationMs float64 `json:"propagation_ms"`
-	AggregateMs   float64 `json:"aggregate_ms"`
-	Accuracy      float64 `json:"accuracy"`
-	Loss          float64 `json:"loss"`
+	// LocalPropagationMs is the same over long-running local clients only,
+	// measured where they receive the model.
+	LocalPropagationMs float64 `json:"local_propagation_ms"`
+	AggregateMs        float64 `json:"aggregate_ms"`
+	Accuracy           float64 `json:"accuracy"`
+	Loss               float64 `json:"loss"`
 	// Client-side means and maxima over this round's contributors.
 	TrainMeanMs   float64 `json:"train_mean_ms"`
 	TrainMaxMs    float64 `json:"train_max_ms"`
@@ -129,6 +136,7 @@ type RoundReport struct {
 func (s *session) report(res *job.Result, broker string, jobMs, wallMs float64) *ChannelReport {
 	s.mu.Lock()
 	invs := slices.Clone(s.invocations)
+	localProp := maps.Clone(s.localProp)
 	s.mu.Unlock()
 
 	cr := &ChannelReport{
@@ -186,10 +194,10 @@ func (s *session) report(res *job.Result, broker string, jobMs, wallMs float64) 
 		// answer per update, and otherwise models.
 		cr.ModelDownloads = cr.Clients.MessagesReceived - cr.Dials - submits
 	}
-	var propSum float64
+	var propSum, localSum float64
 	for _, r := range res.Rounds {
 		rr := RoundReport{Round: r.Round, Clients: r.Clients, DurationMs: r.DurationMs, PropagationMs: r.PropagationMs,
-			AggregateMs: r.AggregateMs, Accuracy: r.Accuracy, Loss: r.Loss}
+			LocalPropagationMs: ms(localProp[r.Round]), AggregateMs: r.AggregateMs, Accuracy: r.Accuracy, Loss: r.Loss}
 		if a := perRound[r.Round]; a != nil && a.n > 0 {
 			rr.TrainMeanMs, rr.TrainMaxMs = a.train/float64(a.n), a.trainMax
 			rr.FetchMeanMs, rr.PublishMeanMs = a.fetch/float64(a.n), a.publish/float64(a.n)
@@ -199,10 +207,13 @@ func (s *session) report(res *job.Result, broker string, jobMs, wallMs float64) 
 		cr.RoundsMs += r.DurationMs
 		propSum += r.PropagationMs
 		cr.PropagationMaxMs = max(cr.PropagationMaxMs, r.PropagationMs)
+		localSum += rr.LocalPropagationMs
+		cr.LocalPropagationMaxMs = max(cr.LocalPropagationMaxMs, rr.LocalPropagationMs)
 		cr.FinalAccuracy = r.Accuracy
 	}
 	if n := len(res.Rounds); n > 0 {
 		cr.PropagationMeanMs = propSum / float64(n)
+		cr.LocalPropagationMeanMs = localSum / float64(n)
 	}
 	return cr
 }

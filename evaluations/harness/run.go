@@ -17,6 +17,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/aggregator/job"
 	"github.com/fdxkafka/fdxkafka/aggregator/metrics"
 	"github.com/fdxkafka/fdxkafka/function"
+	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
@@ -39,7 +40,10 @@ type session struct {
 
 	mu          sync.Mutex
 	invocations []invocation
-	done        atomic.Int64
+	// localProp is, per round, the longest a long-running client took to
+	// receive the round's model after it was published.
+	localProp map[int64]time.Duration
+	done      atomic.Int64
 }
 
 // invocation is what one client connection reported: an HTTP invocation of
@@ -67,10 +71,11 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 		fnURL:   fnURL,
 		// Invocations last as long as the job; the request's timeout_s,
 		// enforced by the function, is what bounds them.
-		http:   &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
-		part:   &participant.Participant{Data: cfg.Data, Log: quiet(cfg.Log, "client")},
-		log:    cfg.Log.With("channel", ch),
-		cancel: cancel,
+		http:      &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
+		part:      &participant.Participant{Data: cfg.Data, Log: quiet(cfg.Log, "client")},
+		log:       cfg.Log.With("channel", ch),
+		cancel:    cancel,
+		localProp: map[int64]time.Duration{},
 	}
 	defer s.http.CloseIdleConnections()
 
@@ -273,7 +278,7 @@ func (s *session) runLocal(ctx context.Context, addr, id string) {
 		return
 	}
 	defer ch.Close()
-	sum, err := s.part.Run(ctx, ch, participant.Options{Job: s.job, ClientID: id, Rounds: s.cfg.Rounds})
+	sum, err := s.part.Run(ctx, &timedClient{Client: ch, s: s}, participant.Options{Job: s.job, ClientID: id, Rounds: s.cfg.Rounds})
 	if err != nil {
 		if ctx.Err() == nil {
 			s.fail(fmt.Errorf("client %s: %w", id, err))
@@ -290,6 +295,24 @@ func (s *session) dial(ctx context.Context, addr, id string) (channel.Client, er
 	return kafkachan.Dial(ctx, kafkachan.ClientOptions{Options: kafkachan.Options{
 		Brokers: addr, Job: s.job, Properties: s.cfg.KafkaProperties, Logger: quiet(s.log, "client"),
 	}})
+}
+
+// timedClient notes when each model reaches a long-running client, so that
+// their propagation time can be told apart from the function clients'.
+type timedClient struct {
+	channel.Client
+	s *session
+}
+
+func (c *timedClient) Model(ctx context.Context, minRound int64) (*fdxv1.GlobalModel, error) {
+	m, err := c.Client.Model(ctx, minRound)
+	if err == nil && m.GetPublishedAt() != nil && !m.GetFinal() {
+		d := time.Since(m.GetPublishedAt().AsTime())
+		c.s.mu.Lock()
+		c.s.localProp[m.GetRound()] = max(c.s.localProp[m.GetRound()], d)
+		c.s.mu.Unlock()
+	}
+	return m, err
 }
 
 func (s *session) record(inv invocation) {
