@@ -147,6 +147,15 @@ func (o *Options) Validate() error {
 	if err := kafkachan.ValidateJob(o.Job); err != nil {
 		return fmt.Errorf("--job: %w", err)
 	}
+	if o.MinClients < 1 {
+		return fmt.Errorf("--minclients %d: want at least 1", o.MinClients)
+	}
+	if o.NumRounds < 1 {
+		return fmt.Errorf("--numrounds %d: want at least 1", o.NumRounds)
+	}
+	if o.TargetClients != 0 && o.TargetClients < o.MinClients {
+		return fmt.Errorf("--target-clients %d is below --minclients %d", o.TargetClients, o.MinClients)
+	}
 	if o.GRPC && o.Embedded {
 		return errors.New("--embedded starts a Kafka broker; it does not go with --grpc")
 	}
