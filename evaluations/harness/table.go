@@ -15,13 +15,13 @@ func WriteMarkdown(w io.Writer, rep *Report) error {
 		"%s on %s (%s partition, %s), broker %s.\n\n",
 		s.Clients, s.HTTPClients, invocationText(s), s.LocalClients, s.Rounds, s.MinClients,
 		s.Model, s.Dataset, s.Partition, shardText(s), s.Broker)
-	b.WriteString("| channel | messages | model downloads | aggregator egress | aggregator ingress | all rounds | propagation mean / max | training total / mean | accuracy initial → final |\n")
-	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	b.WriteString("| channel | messages | model downloads | aggregator egress | aggregator ingress | all rounds | propagation mean / max | local clients' propagation mean / max | training total / mean | accuracy initial → final |\n")
+	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, c := range rep.Channels {
-		fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %.1f s | %.0f / %.0f ms | %.1f s / %.1f ms | %.4f → %.4f |\n",
+		fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %.1f s | %.0f / %.0f ms | %.0f / %.0f ms | %.1f s / %.1f ms | %.4f → %.4f |\n",
 			c.Channel, c.Messages, c.ModelDownloads, Bytes(c.Aggregator.BytesSent), Bytes(c.Aggregator.BytesReceived),
-			c.RoundsMs/1000, c.PropagationMeanMs, c.PropagationMaxMs, c.TrainTotalMs/1000, c.TrainMeanMs,
-			c.InitialAccuracy, c.FinalAccuracy)
+			c.RoundsMs/1000, c.PropagationMeanMs, c.PropagationMaxMs, c.LocalPropagationMeanMs, c.LocalPropagationMaxMs,
+			c.TrainTotalMs/1000, c.TrainMeanMs, c.InitialAccuracy, c.FinalAccuracy)
 	}
 	if len(rep.Channels) > 0 {
 		b.WriteString("\nPer round (round time / propagation time / test accuracy):\n\n| round |")
@@ -60,13 +60,14 @@ func WriteSweepMarkdown(w io.Writer, sw *SweepReport) error {
 			"%s on %s (%s), broker %s.\n\n",
 			s.Rounds, 100*sw.HTTPShare, invocationText(s), s.Model, s.Dataset, shardText(s), s.Broker)
 	}
-	b.WriteString("| clients | channel | messages | model downloads | aggregator egress | aggregator ingress | all rounds | propagation mean / max | accuracy |\n")
-	b.WriteString("|--:|---|--:|--:|--:|--:|--:|--:|--:|\n")
+	b.WriteString("| clients | channel | messages | model downloads | aggregator egress | aggregator ingress | all rounds | propagation mean / max | local clients' propagation mean / max | accuracy |\n")
+	b.WriteString("|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, r := range sw.Runs {
 		for _, c := range r.Channels {
-			fmt.Fprintf(&b, "| %d | %s | %d | %d | %s | %s | %.1f s | %.0f / %.0f ms | %.4f |\n",
+			fmt.Fprintf(&b, "| %d | %s | %d | %d | %s | %s | %.1f s | %.0f / %.0f ms | %.0f / %.0f ms | %.4f |\n",
 				r.Setup.Clients, c.Channel, c.Messages, c.ModelDownloads, Bytes(c.Aggregator.BytesSent),
-				Bytes(c.Aggregator.BytesReceived), c.RoundsMs/1000, c.PropagationMeanMs, c.PropagationMaxMs, c.FinalAccuracy)
+				Bytes(c.Aggregator.BytesReceived), c.RoundsMs/1000, c.PropagationMeanMs, c.PropagationMaxMs,
+				c.LocalPropagationMeanMs, c.LocalPropagationMaxMs, c.FinalAccuracy)
 		}
 	}
 	for _, n := range sw.Notes {
