@@ -130,6 +130,9 @@ func ParseRequest(body io.Reader, def Defaults) (Request, error) {
 			return Request{}, &FieldError{"timeout_s", fmt.Sprintf("%v; want more than 0 and at most %v", t, maxTimeout.Seconds())}
 		}
 		req.Timeout = time.Duration(t * float64(time.Second))
+		if req.Timeout <= 0 {
+			return Request{}, &FieldError{"timeout_s", fmt.Sprintf("%v rounds to no time at all", t)}
+		}
 	}
 	return req, nil
 }
@@ -170,10 +173,15 @@ func jsonError(err error) error {
 	switch {
 	case errors.As(err, &se):
 		return &FieldError{"body", fmt.Sprintf("malformed JSON at byte %d: %v", se.Offset, err)}
+	case errors.As(err, &te) && te.Field == "":
+		return &FieldError{"body", fmt.Sprintf("JSON %s; want an object", te.Value)}
 	case errors.As(err, &te):
 		return &FieldError{te.Field, fmt.Sprintf("want %v, got JSON %s", te.Type, te.Value)}
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		if f == "" {
+			f = "body"
+		}
 		return &FieldError{f, "unknown field; want broker, client_id, channel, job, round, rounds, timeout_s"}
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return &FieldError{"body", "truncated JSON"}

@@ -287,7 +287,10 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 						return nil, nil, rec, fmt.Errorf("round %d: deadline passed with %d of %d required updates", r, len(seen), c.cfg.MinClients)
 					}
 					c.log.Warn("round deadline passed with too few updates; waiting", "round", r, "clients", len(seen), "minclients", c.cfg.MinClients)
+					// Past the deadline the round closes as soon as it has
+					// the minimum, not the target.
 					deadline = time.Time{}
+					target = c.cfg.MinClients
 					continue
 				}
 				return nil, nil, rec, fmt.Errorf("round %d: receive: %w", r, err)
@@ -333,6 +336,9 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 			// A robust strategy (Krum) needs more updates than minclients
 			// to tolerate its assumed attackers: keep collecting.
 			target = len(seen) + 1
+			if !deadline.IsZero() && !time.Now().Before(deadline) {
+				deadline = time.Time{} // an expired deadline would spin Next
+			}
 			c.log.Warn("strategy needs more updates; round stays open", "round", r, "clients", len(seen), "err", err)
 			continue
 		}

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -46,6 +47,9 @@ type fakeServer struct {
 	// expired receives (without blocking) each time Next gives up because
 	// the round loop's deadline passed.
 	expired chan struct{}
+	// late counts calls of Next with a context already done: a round loop
+	// that makes them spins on a deadline that has passed.
+	late atomic.Int64
 
 	mu        sync.Mutex
 	published []*fdxv1.GlobalModel
@@ -58,6 +62,9 @@ func newFakeServer() *fakeServer {
 func (s *fakeServer) Latest(context.Context) (*fdxv1.GlobalModel, error) { return nil, nil }
 
 func (s *fakeServer) Next(ctx context.Context) (channel.Delivery, error) {
+	if ctx.Err() != nil {
+		s.late.Add(1)
+	}
 	select {
 	case d := <-s.updates:
 		return d, nil
@@ -183,7 +190,12 @@ func testConfig(minClients int) coordinator.Config {
 
 func newCoordinator(t *testing.T, cfg coordinator.Config, srv channel.Server, log *slog.Logger) *coordinator.Coordinator {
 	t.Helper()
-	strat, err := strategy.New(strategy.Config{Name: "fedavg"})
+	return newCoordinatorWith(t, strategy.Config{Name: "fedavg"}, cfg, srv, log)
+}
+
+func newCoordinatorWith(t *testing.T, sc strategy.Config, cfg coordinator.Config, srv channel.Server, log *slog.Logger) *coordinator.Coordinator {
+	t.Helper()
+	strat, err := strategy.New(sc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -528,12 +540,6 @@ func TestStragglers(t *testing.T) {
 	const cfgMin = 2
 	for _, target := range []int{cfgMin, cfgMin + 1} {
 		t.Run(fmt.Sprintf("OnShort wait target %d", target), func(t *testing.T) {
-			if target > cfgMin {
-				// Known bug: once the deadline passed, coordinator.round
-				// still loops until TargetClients, not MinClients, so this
-				// round never closes. Remove the skip when it is fixed.
-				t.Skip("known bug: OnShort=wait waits for TargetClients after the deadline")
-			}
 			srv := newFakeServer()
 			rep := newReplies()
 			srv.updates <- rep.deliver("alice", ups[0], 0)
@@ -561,5 +567,47 @@ func TestStragglers(t *testing.T) {
 				t.Errorf("late update: %d replies, accepted %v; want one acceptance", v.calls, v.accepted)
 			}
 		})
+	}
+}
+
+// TestKrumNeedsMoreAfterDeadline: Krum tolerating one attacker needs five
+// updates. The deadline passes with MinClients (2) in; the round must stay
+// open, waiting without spinning, and close once five are in.
+func TestKrumNeedsMoreAfterDeadline(t *testing.T) {
+	specs := testSpecs(t)
+	ids := []string{"a", "b", "c", "d", "e"}
+	var ups []*fdxv1.Update
+	for k, id := range ids {
+		ups = append(ups, newUpdate(specs, id, 1, int64(10+k), localParams(specs, k)))
+	}
+	srv := newFakeServer()
+	rep := newReplies()
+	for _, u := range ups[:2] {
+		srv.updates <- rep.deliver(u.GetClientId(), u, 0)
+	}
+	cfg := testConfig(2)
+	cfg.RoundTimeout = 200 * time.Millisecond
+	ctx, cancel := context.WithTimeout(t.Context(), testWait)
+	defer cancel()
+	done := runAsync(ctx, newCoordinatorWith(t, strategy.Config{Name: "krum", ByzantineF: 1}, cfg, srv, nil))
+	select {
+	case <-srv.expired:
+	case r := <-done:
+		t.Fatalf("Run returned (%v) before the round deadline passed", r.err)
+	case <-time.After(testWait):
+		t.Fatalf("the round deadline did not pass within %v", testWait)
+	}
+	for _, u := range ups[2:] {
+		srv.updates <- rep.deliver(u.GetClientId(), u, 0)
+	}
+	r := wait(t, done)
+	if r.err != nil {
+		t.Fatalf("Run: %v", r.err)
+	}
+	if got := r.res.Rounds[0].Contributors; !slices.Equal(got, ids) {
+		t.Errorf("contributors %q, want %q", got, ids)
+	}
+	if n := srv.late.Load(); n != 0 {
+		t.Errorf("Next was called %d times with a deadline already passed: the round loop spins", n)
 	}
 }

@@ -447,80 +447,93 @@ func FuzzUpdate(f *testing.F) {
 	}
 	f.Add([]byte{})
 	f.Add([]byte{0xff, 0xff, 0xff})
-	reasons := map[validate.Reason]bool{}
-	for _, r := range validate.Reasons() {
-		reasons[r] = true
-	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var u fdxv1.Update
 		if proto.Unmarshal(data, &u) != nil {
 			return // the coordinator rejects it as undecodable
 		}
-		e := fuzzExpect()
-		vals, rej := validate.Update(&u, len(data), e)
-		if !slices.EqualFunc(e.Global, fuzzExpect().Global, slices.Equal) {
-			t.Fatalf("Update changed the global model to %v", e.Global)
-		}
-		if rej != nil {
-			if !reasons[rej.Reason] {
-				t.Fatalf("rejected with unknown reason %q (%v)", rej.Reason, rej)
-			}
-			if vals != nil {
-				t.Fatalf("rejected (%v) but returned values", rej)
-			}
-			return
-		}
-		if len(data) > e.MaxBytes || u.GetJob() != e.Job || u.GetBaseRound() != e.Round ||
-			u.GetClientId() == "" || len(u.GetClientId()) > validate.MaxClientIDLen ||
-			u.GetNumExamples() < 1 || u.GetNumExamples() > e.MaxExamples {
-			t.Fatalf("accepted an update of %d bytes, job %q, round %d, client %q, %d examples",
-				len(data), u.GetJob(), u.GetBaseRound(), u.GetClientId(), u.GetNumExamples())
-		}
-		if len(vals) != len(e.Specs) {
-			t.Fatalf("accepted with %d tensors, want %d", len(vals), len(e.Specs))
-		}
-		var ss float64
-		for i, sp := range e.Specs {
-			if len(vals[i]) != sp.Size() {
-				t.Fatalf("tensor %q has %d values, want %d", sp.Name, len(vals[i]), sp.Size())
-			}
-			for j, x := range vals[i] {
-				if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-					t.Fatalf("accepted non-finite %v in %q at %d", x, sp.Name, j)
-				}
-				d := float64(x) - float64(e.Global[i][j])
-				ss += d * d
-			}
-		}
-		if n := math.Sqrt(ss); n > e.MaxNorm {
-			t.Fatalf("accepted an update of norm %v over the bound %v", n, e.MaxNorm)
-		}
-		// Whatever validation accepts, every strategy must accept too:
-		// otherwise a round would fail after the update was acknowledged.
-		for _, name := range strategy.Names() {
-			s, err := strategy.New(strategy.Config{Name: name})
-			if err != nil {
-				t.Fatal(err)
-			}
-			r, err := s.Begin(e.Global)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := r.Add(strategy.Update{ClientID: u.GetClientId(), NumExamples: u.GetNumExamples(), Params: vals}); err != nil {
-				t.Fatalf("validated update refused by %s: %v", name, err)
-			}
-			if name != "fedavg" {
-				continue
-			}
-			mean, err := r.Finish()
-			if err != nil {
-				t.Fatalf("fedavg of one validated update: %v", err)
-			}
-			if !slices.EqualFunc(mean, vals, slices.Equal) {
-				t.Fatalf("fedavg of one update %v is not the update %v", mean, vals)
-			}
-		}
+		checkUpdate(t, &u, len(data), fuzzExpect())
+		// Without limits only the values themselves bound an update.
+		unbounded := fuzzExpect()
+		unbounded.MaxNorm, unbounded.MaxExamples, unbounded.MaxBytes = 0, 0, 0
+		checkUpdate(t, &u, len(data), unbounded)
 	})
+}
+
+// checkUpdate checks the invariants of validate.Update's verdict on u.
+func checkUpdate(t *testing.T, u *fdxv1.Update, size int, e validate.Expect) {
+	t.Helper()
+	global := slices.Clone(e.Global)
+	for i := range global {
+		global[i] = slices.Clone(global[i])
+	}
+	vals, rej := validate.Update(u, size, e)
+	if !slices.EqualFunc(e.Global, global, slices.Equal) {
+		t.Fatalf("Update changed the global model to %v", e.Global)
+	}
+	if rej != nil {
+		if !slices.Contains(validate.Reasons(), rej.Reason) {
+			t.Fatalf("rejected with unknown reason %q (%v)", rej.Reason, rej)
+		}
+		if vals != nil {
+			t.Fatalf("rejected (%v) but returned values", rej)
+		}
+		return
+	}
+	maxExamples := e.MaxExamples
+	if maxExamples == 0 {
+		maxExamples = strategy.MaxWeight
+	}
+	if (e.MaxBytes > 0 && size > e.MaxBytes) || u.GetJob() != e.Job || u.GetBaseRound() != e.Round ||
+		u.GetClientId() == "" || len(u.GetClientId()) > validate.MaxClientIDLen ||
+		u.GetNumExamples() < 1 || u.GetNumExamples() > maxExamples {
+		t.Fatalf("accepted an update of %d bytes, job %q, round %d, client %q, %d examples",
+			size, u.GetJob(), u.GetBaseRound(), u.GetClientId(), u.GetNumExamples())
+	}
+	if len(vals) != len(e.Specs) {
+		t.Fatalf("accepted with %d tensors, want %d", len(vals), len(e.Specs))
+	}
+	var ss float64
+	for i, sp := range e.Specs {
+		if len(vals[i]) != sp.Size() {
+			t.Fatalf("tensor %q has %d values, want %d", sp.Name, len(vals[i]), sp.Size())
+		}
+		for j, x := range vals[i] {
+			if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+				t.Fatalf("accepted non-finite %v in %q at %d", x, sp.Name, j)
+			}
+			d := float64(x) - float64(e.Global[i][j])
+			ss += d * d
+		}
+	}
+	if n := math.Sqrt(ss); e.MaxNorm > 0 && n > e.MaxNorm {
+		t.Fatalf("accepted an update of norm %v over the bound %v", n, e.MaxNorm)
+	}
+	// Whatever validation accepts, every strategy must accept too:
+	// otherwise a round would fail after the update was acknowledged.
+	for _, name := range strategy.Names() {
+		s, err := strategy.New(strategy.Config{Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.Begin(e.Global)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Add(strategy.Update{ClientID: u.GetClientId(), NumExamples: u.GetNumExamples(), Params: vals}); err != nil {
+			t.Fatalf("validated update refused by %s: %v", name, err)
+		}
+		if name != "fedavg" {
+			continue
+		}
+		mean, err := r.Finish()
+		if err != nil {
+			t.Fatalf("fedavg of one validated update: %v", err)
+		}
+		if !slices.EqualFunc(mean, vals, slices.Equal) {
+			t.Fatalf("fedavg of one update %v is not the update %v", mean, vals)
+		}
+	}
 }
 
 // TestFuzzUpdateCorpus checks that the checked-in seeds of FuzzUpdate get

@@ -78,6 +78,10 @@ type Config struct {
 	// broker (franz-go kfake) per Kafka run.
 	Broker          string
 	KafkaProperties map[string]string
+	// JobPrefix starts every job id (default "stress"); ids go on with the
+	// channel, the number of clients and the start time in nanoseconds, so
+	// runs sharing a real broker never share topics.
+	JobPrefix string
 	// Timeout bounds each channel's run (default 30 min).
 	Timeout time.Duration
 	// ProgressEvery is the interval of progress lines (default 5 s; < 0 off).
@@ -113,6 +117,9 @@ func (c *Config) defaults() {
 	}
 	if c.Seed == 0 {
 		c.Seed = 1
+	}
+	if c.JobPrefix == "" {
+		c.JobPrefix = "stress"
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = 30 * time.Minute

@@ -68,7 +68,7 @@ type ChannelReport struct {
 
 	// Messages is every message transmitted: for Kafka every record
 	// produced plus every record fetched by each consumer; for gRPC every
-	// message in either direction, counted once (at its sender).
+	// message in either direction, counted once (at the client's end).
 	Messages int64 `json:"messages"`
 	// Bytes is the payload bytes of those messages, counted the same way.
 	Bytes int64 `json:"bytes"`
@@ -186,10 +186,11 @@ func (s *session) report(res *job.Result, broker string, jobMs, wallMs float64) 
 		// Clients fetch nothing but model records.
 		cr.ModelDownloads = cr.Clients.MessagesReceived
 	case GRPC:
-		// A gRPC message goes straight from sender to receiver and both
-		// count it; count it once, at the sender.
-		cr.Messages = res.Stats.MessagesSent + cr.Clients.MessagesSent
-		cr.Bytes = res.Stats.BytesSent + cr.Clients.BytesSent
+		// A gRPC message goes straight between a client and the
+		// aggregator, and both ends count it: count it once, at the
+		// client's end, whose counters are final when the client returns.
+		cr.Messages = cr.Clients.MessagesSent + cr.Clients.MessagesReceived
+		cr.Bytes = cr.Clients.BytesSent + cr.Clients.BytesReceived
 		// A client receives one health-check answer per connection, one
 		// answer per update, and otherwise models.
 		cr.ModelDownloads = cr.Clients.MessagesReceived - cr.Dials - submits

@@ -67,7 +67,7 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 	s := &session{
 		cfg:     cfg,
 		channel: ch,
-		job:     fmt.Sprintf("stress-%s-%d-%d", ch, cfg.Clients, time.Now().UnixNano()),
+		job:     fmt.Sprintf("%s-%s-%d-%d", cfg.JobPrefix, ch, cfg.Clients, time.Now().UnixNano()),
 		fnURL:   fnURL,
 		// Invocations last as long as the job; the request's timeout_s,
 		// enforced by the function, is what bounds them.

@@ -31,7 +31,8 @@ const ClientCommonName = "fdx-test-client"
 type Files struct {
 	// CA is the certificate of the authority that signed both certificates.
 	CA string
-	// ServerCert and ServerKey are valid for 127.0.0.1, ::1 and localhost.
+	// ServerCert and ServerKey are valid for 127.0.0.1, ::1 and localhost
+	// (Generate) or for the hosts given to GenerateHosts.
 	ServerCert, ServerKey string
 	// ClientCert and ClientKey identify a client for mutual TLS.
 	ClientCert, ClientKey string
@@ -43,14 +44,22 @@ type Files struct {
 // them. Every call makes new keys: tests never trust each other's CA.
 func Generate(t testing.TB, dir string) Files {
 	t.Helper()
-	f, err := generate(dir, time.Now())
+	return GenerateHosts(t, dir, "127.0.0.1", "::1", ServerName)
+}
+
+// GenerateHosts is Generate with a server certificate valid only for hosts
+// (IP addresses or DNS names), for tests that check a client really
+// verifies the name it dialed.
+func GenerateHosts(t testing.TB, dir string, hosts ...string) Files {
+	t.Helper()
+	f, err := generate(dir, time.Now(), hosts)
 	if err != nil {
 		t.Fatalf("testcerts: %v", err)
 	}
 	return f
 }
 
-func generate(dir string, now time.Time) (Files, error) {
+func generate(dir string, now time.Time, hosts []string) (Files, error) {
 	f := Files{
 		CA:         filepath.Join(dir, "ca.pem"),
 		ServerCert: filepath.Join(dir, "server.pem"),
@@ -88,12 +97,7 @@ func generate(dir string, now time.Time) (Files, error) {
 		tmpl          *x509.Certificate
 		cert, keyPath string
 	}{
-		{&x509.Certificate{
-			Subject:     pkix.Name{CommonName: ServerName},
-			DNSNames:    []string{ServerName},
-			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		}, f.ServerCert, f.ServerKey},
+		{serverTemplate(hosts), f.ServerCert, f.ServerKey},
 		{&x509.Certificate{
 			Subject:     pkix.Name{CommonName: ClientCommonName},
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
@@ -122,6 +126,21 @@ func generate(dir string, now time.Time) (Files, error) {
 		}
 	}
 	return f, nil
+}
+
+func serverTemplate(hosts []string) *x509.Certificate {
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: "fdx-test-server"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	return tmpl
 }
 
 // newKey makes a P-256 key: far quicker to generate than RSA, and accepted

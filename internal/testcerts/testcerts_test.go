@@ -51,3 +51,23 @@ func TestGenerateVerifies(t *testing.T) {
 		t.Error("a second Generate's server certificate verifies against the first CA")
 	}
 }
+
+func TestGenerateHosts(t *testing.T) {
+	f := GenerateHosts(t, t.TempDir(), "aggregator.internal", "10.0.0.5")
+	caPEM, err := os.ReadFile(f.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	server, err := tls.LoadX509KeyPair(f.ServerCert, f.ServerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, ok := range map[string]bool{"aggregator.internal": true, "10.0.0.5": true, "127.0.0.1": false, ServerName: false} {
+		_, err := server.Leaf.Verify(x509.VerifyOptions{Roots: roots, DNSName: name})
+		if (err == nil) != ok {
+			t.Errorf("server certificate for %s: err %v; want valid=%v", name, err, ok)
+		}
+	}
+}

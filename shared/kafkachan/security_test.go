@@ -1,12 +1,15 @@
 package kafkachan
 
 import (
+	"bytes"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	"github.com/fdxkafka/fdxkafka/internal/testcerts"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
 )
 
@@ -24,11 +28,16 @@ const (
 )
 
 // secureBroker starts an embedded broker that speaks only TLS and admits
-// only SCRAM-SHA-256 clients. It never uses FDX_KAFKA_BROKERS: the point is
-// a broker whose security settings this test controls.
+// only SCRAM-SHA-256 clients, with a certificate for 127.0.0.1 (and
+// localhost). It never uses FDX_KAFKA_BROKERS: the point is a broker whose
+// security settings this test controls.
 func secureBroker(t *testing.T) (addr string, certs testcerts.Files) {
 	t.Helper()
-	certs = testcerts.Generate(t, t.TempDir())
+	return secureBrokerWith(t, testcerts.Generate(t, t.TempDir()))
+}
+
+func secureBrokerWith(t *testing.T, certs testcerts.Files) (addr string, _ testcerts.Files) {
+	t.Helper()
 	cert, err := tls.LoadX509KeyPair(certs.ServerCert, certs.ServerKey)
 	if err != nil {
 		t.Fatalf("broker certificate: %v", err)
@@ -124,48 +133,103 @@ func TestSASLSSLPropertiesFile(t *testing.T) {
 }
 
 // TestSASLSSLRefused checks that wrong credentials or an untrusted broker
-// certificate fail both sides within the caller's deadline instead of
-// hanging while librdkafka retries.
+// fail both sides within the caller's deadline instead of hanging while
+// librdkafka retries, and that librdkafka's log says why.
 func TestSASLSSLRefused(t *testing.T) {
 	brokers, certs := secureBroker(t)
-	other := testcerts.Generate(t, t.TempDir())
-	wrongCA := saslSSL(certs, scramPass)
-	wrongCA["ssl.ca.location"] = other.CA
-	plaintext := saslSSL(certs, scramPass)
-	plaintext["security.protocol"] = "SASL_PLAINTEXT"
-	for name, props := range map[string]map[string]string{
-		"wrong password":       saslSSL(certs, "wrong password"),
-		"untrusted broker":     wrongCA,
-		"SASL without TLS":     plaintext,
-		"no security settings": nil,
+	// A broker whose certificate, from the trusted CA, names another host:
+	// refused only because the client checks the name it dialed.
+	otherHost, otherHostCerts := secureBrokerWith(t, testcerts.GenerateHosts(t, t.TempDir(), "kafka.example.com"))
+	untrusted := saslSSL(certs, scramPass)
+	untrusted["ssl.ca.location"] = testcerts.Generate(t, t.TempDir()).CA
+	noTLS := saslSSL(certs, scramPass)
+	noTLS["security.protocol"] = "SASL_PLAINTEXT"
+	noHostCheck := saslSSL(otherHostCerts, scramPass)
+	noHostCheck["ssl.endpoint.identification.algorithm"] = "none"
+
+	// Controls: both brokers are up and admit a correctly configured
+	// client, so each refusal below has the one cause the case names.
+	for _, ok := range []struct {
+		brokers string
+		props   map[string]string
+	}{{brokers, saslSSL(certs, scramPass)}, {otherHost, noHostCheck}} {
+		c, err := Dial(testCtx(t, 30*time.Second), ClientOptions{Options: Options{Brokers: ok.brokers, Job: kafkatest.Job(t), Properties: ok.props}})
+		if err != nil {
+			t.Fatalf("control Dial %s: %v", ok.brokers, err)
+		}
+		c.Close()
+	}
+
+	for _, tc := range []struct {
+		name    string
+		brokers string
+		props   map[string]string
+		log     string // librdkafka must log this; empty checks nothing
+	}{
+		{"wrong password", brokers, saslSSL(certs, "wrong password"), "SASL authentication error"},
+		{"untrusted CA", brokers, untrusted, "certificate verify failed"},
+		{"wrong host name", otherHost, saslSSL(otherHostCerts, scramPass), "certificate verify failed"},
+		{"SASL without TLS", brokers, noTLS, ""},
+		{"no security settings", brokers, nil, ""},
 	} {
-		t.Run(strings.ReplaceAll(name, " ", "_"), func(t *testing.T) {
-			const limit = 10 * time.Second
-			opt := Options{Brokers: brokers, Job: kafkatest.Job(t), Properties: props, Logger: testLogger(t)}
+		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
+			t.Parallel()
+			// Each side waits out its whole deadline: librdkafka treats
+			// a refused handshake as a broker that may come back.
+			const deadline, limit = 3 * time.Second, 20 * time.Second
+			var logs syncBuffer
+			opt := Options{
+				Brokers: tc.brokers, Job: kafkatest.Job(t), Properties: tc.props,
+				Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+			}
 
 			start := time.Now()
-			s, err := NewServer(testCtx(t, limit), ServerOptions{Options: opt})
+			s, err := NewServer(testCtx(t, deadline), ServerOptions{Options: opt})
 			if err == nil {
 				s.Close()
-				t.Errorf("NewServer with %s succeeded", name)
+				t.Errorf("NewServer with %s succeeded", tc.name)
 			}
-			if el := time.Since(start); el > 2*limit {
-				t.Errorf("NewServer with %s took %v; want it bounded by its %v deadline", name, el, limit)
+			if el := time.Since(start); el > limit {
+				t.Errorf("NewServer with %s took %v; want it bounded by its %v deadline", tc.name, el, deadline)
 			}
 			t.Logf("NewServer: %v", err)
 
 			start = time.Now()
-			c, err := Dial(testCtx(t, limit), ClientOptions{Options: opt})
+			c, err := Dial(testCtx(t, deadline), ClientOptions{Options: opt})
 			if err == nil {
 				c.Close()
-				t.Errorf("Dial with %s succeeded", name)
+				t.Errorf("Dial with %s succeeded", tc.name)
+			} else if !errors.Is(err, channel.ErrUnreachable) {
+				t.Errorf("Dial with %s: %v; want ErrUnreachable", tc.name, err)
 			}
-			if el := time.Since(start); el > 2*limit {
-				t.Errorf("Dial with %s took %v; want it bounded by its %v deadline", name, el, limit)
+			if el := time.Since(start); el > limit {
+				t.Errorf("Dial with %s took %v; want it bounded by its %v deadline", tc.name, el, deadline)
 			}
 			t.Logf("Dial: %v", err)
+
+			if got := logs.String(); !strings.Contains(got, tc.log) {
+				t.Errorf("librdkafka log does not say %q:\n%s", tc.log, got)
+			}
 		})
 	}
+}
+
+// syncBuffer collects log output written by librdkafka's log goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // testLogger sends librdkafka's lines to the test log, where a failed

@@ -52,12 +52,19 @@ func Float32s(dst []float32, t *fdxv1.Tensor) ([]float32, error) {
 	if t == nil {
 		return nil, fmt.Errorf("tensor: nil")
 	}
+	// Count elements one dimension at a time, stopping as soon as the
+	// count exceeds what the data could hold, so a hostile shape can
+	// neither overflow the product nor make us allocate.
+	n := 1
 	for _, d := range t.GetShape() {
 		if d <= 0 || d > 1<<31 {
 			return nil, fmt.Errorf("tensor %q: bad dimension %d in shape %v", t.GetName(), d, t.GetShape())
 		}
+		n *= int(d)
+		if n > len(t.GetData()) {
+			return nil, fmt.Errorf("tensor %q: shape %v needs more than the %d data bytes", t.GetName(), t.GetShape(), len(t.GetData()))
+		}
 	}
-	n := numElements(t.GetShape())
 	switch t.GetDtype() {
 	case fdxv1.DType_DTYPE_FLOAT32:
 		if len(t.GetData()) != 4*n {

@@ -1,0 +1,66 @@
+package job
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fdxkafka/fdxkafka/function"
+	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
+	"github.com/fdxkafka/fdxkafka/shared/dataset"
+)
+
+// TestRoundField checks the function's "round" field on both channels: a
+// closed round answers 409, the open one trains.
+func TestRoundField(t *testing.T) {
+	for _, grpc := range []bool{false, true} {
+		name := map[bool]string{false: "kafka", true: "grpc"}[grpc]
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			data := dataset.NewCatalog()
+			fn := httptest.NewServer(function.NewServer(function.Config{Data: data}))
+			defer fn.Close()
+			o := Options{Job: kafkatest.Job(t), MinClients: 1, NumRounds: 2, Dataset: "synthetic",
+				MaxExamples: 50, EvalExamples: 100, Data: data, GRPC: grpc}
+			if grpc {
+				o.Broker = "127.0.0.1:0"
+			} else {
+				o.Broker = kafkatest.Brokers(t)
+			}
+			addr := make(chan string, 1)
+			o.Ready = func(a string) { addr <- a }
+			done := make(chan error, 1)
+			go func() { _, err := Run(ctx, o, nil); done <- err }()
+			a := <-addr
+			call := func(body string) (int, string) {
+				t.Helper()
+				req := `{"broker": "` + a + `", "channel": "` + name + `", "job": "` + o.Job + `", "timeout_s": 60, ` + body + `}`
+				resp, err := http.Post(fn.URL, "application/json", strings.NewReader(req))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				return resp.StatusCode, string(b)
+			}
+			if code, body := call(`"client_id": "a", "round": 1`); code != http.StatusOK || !strings.Contains(body, `"round":1`) {
+				t.Fatalf("round 1: %d %s", code, body)
+			}
+			// Round 1 closed with one update; asking for it again is too late.
+			if code, body := call(`"client_id": "b", "round": 1`); code != http.StatusConflict || !strings.Contains(body, "round already closed") {
+				t.Errorf("closed round: %d %s; want 409", code, body)
+			}
+			if code, body := call(`"client_id": "b", "round": 2`); code != http.StatusOK || !strings.Contains(body, `"round":2`) {
+				t.Errorf("round 2: %d %s", code, body)
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("job: %v", err)
+			}
+		})
+	}
+}
