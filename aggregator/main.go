@@ -30,13 +30,18 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	go func() {
-		// After the first signal the default action is back: a second
-		// SIGTERM or Ctrl-C ends the process at once.
-		<-ctx.Done()
-		stop()
+		// The first signal stops the job cleanly (an open round
+		// transaction finishes); a second one ends the process at once.
+		<-sigs
+		cancel()
+		<-sigs
+		fmt.Fprintln(os.Stderr, "aggregator: second signal; exiting now")
+		os.Exit(143)
 	}()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

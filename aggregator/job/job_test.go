@@ -129,3 +129,21 @@ func durations(res *Result) []string {
 	}
 	return out
 }
+
+// TestTwoNN runs the FedAvg paper's 2NN (199,210 parameters, a 0.8 MB
+// model record) through the Kafka channel end to end.
+func TestTwoNN(t *testing.T) {
+	o := Options{Broker: kafkatest.Brokers(t), Job: kafkatest.Job(t), MinClients: 2, NumRounds: 2,
+		Model: "2nn", MaxExamples: 300, EvalExamples: 1000, Partitions: 2, Seed: 3}
+	res := runFederation(t, o, 2, dataset.NewCatalog())
+	if len(res.Rounds) != 2 || res.Final.GetRound() != 3 {
+		t.Fatalf("2nn job: %d rounds, final round %d", len(res.Rounds), res.Final.GetRound())
+	}
+	if acc := res.Rounds[1].Accuracy; acc < 0.5 {
+		t.Errorf("2nn accuracy after 2 rounds on 600 examples: %.3f, want > 0.5", acc)
+	}
+	if b := res.Stats.BytesSent / res.Stats.MessagesSent; b < 790_000 {
+		t.Errorf("model records of %d bytes; the 2nn's should be about 0.8 MB", b)
+	}
+	t.Logf("2nn: accuracy %.4f, %d bytes per model record", res.Rounds[1].Accuracy, res.Stats.BytesSent/res.Stats.MessagesSent)
+}

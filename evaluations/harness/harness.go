@@ -63,6 +63,9 @@ type Config struct {
 	// MaxInFlight bounds concurrent HTTP invocations in PerRound mode
 	// (0: all of a round's invocations at once).
 	MaxInFlight int
+	// DialConcurrency bounds how many long-running clients connect at the
+	// same time (default 16); they then stay connected.
+	DialConcurrency int
 
 	Model     string
 	Dataset   string
@@ -117,6 +120,9 @@ func (c *Config) defaults() {
 	}
 	if c.Seed == 0 {
 		c.Seed = 1
+	}
+	if c.DialConcurrency <= 0 {
+		c.DialConcurrency = 16
 	}
 	if c.JobPrefix == "" {
 		c.JobPrefix = "stress"

@@ -37,9 +37,11 @@ func channelStyle(ch string) (color.Color, draw.GlyphDrawer) {
 	return color.Black, draw.CrossGlyph{}
 }
 
-// series is one channel's line.
+// series is one line: a channel's figure, or (dashed) the same figure over
+// its long-running local clients only.
 type series struct {
 	channel string
+	local   bool
 	xy      plotter.XYs
 }
 
@@ -49,18 +51,22 @@ func WritePlots(dir string, rep *Report) ([]string, error) {
 	var roundTime, prop, acc []series
 	maxRound := 0
 	for _, c := range rep.Channels {
-		rt, pr := plotter.XYs{}, plotter.XYs{}
+		rt, pr, lp := plotter.XYs{}, plotter.XYs{}, plotter.XYs{}
 		ac := plotter.XYs{{X: 0, Y: c.InitialAccuracy}}
 		for _, r := range c.Rounds {
 			x := float64(r.Round)
 			rt = append(rt, plotter.XY{X: x, Y: r.DurationMs / 1000})
 			pr = append(pr, plotter.XY{X: x, Y: r.PropagationMs})
+			lp = append(lp, plotter.XY{X: x, Y: r.LocalPropagationMs})
 			ac = append(ac, plotter.XY{X: x, Y: r.Accuracy})
 			maxRound = max(maxRound, int(r.Round))
 		}
-		roundTime = append(roundTime, series{c.Channel, rt})
-		prop = append(prop, series{c.Channel, pr})
-		acc = append(acc, series{c.Channel, ac})
+		roundTime = append(roundTime, series{channel: c.Channel, xy: rt})
+		prop = append(prop, series{channel: c.Channel, xy: pr})
+		if rep.Setup.LocalClients > 0 && rep.Setup.HTTPClients > 0 {
+			prop = append(prop, series{channel: c.Channel, local: true, xy: lp})
+		}
+		acc = append(acc, series{channel: c.Channel, xy: ac})
 	}
 	sub := subtitle(rep.Setup)
 	plots := []struct {
@@ -69,7 +75,7 @@ func WritePlots(dir string, rep *Report) ([]string, error) {
 		s              []series
 	}{
 		{PlotRoundTime, "Time per round", "seconds (publish → next publish)", 1, roundTime},
-		{PlotPropagation, "Model propagation time", "ms until every client held the round's model", 1, prop},
+		{PlotPropagation, "Model propagation time (dashed: long-running clients only)", "ms until every client held the round's model", 1, prop},
 		{PlotAccuracy, "Test accuracy per round", "accuracy (round 0 = initial model)", 0, acc},
 	}
 	var out []string
@@ -82,6 +88,10 @@ func WritePlots(dir string, rep *Report) ([]string, error) {
 		p.Y.Min = 0
 		if err := addSeries(p, pl.s); err != nil {
 			return out, fmt.Errorf("plot %s: %w", pl.file, err)
+		}
+		if pl.file == PlotAccuracy {
+			// Accuracy climbs to the top right, where the legend would be.
+			p.Legend.Top = false
 		}
 		path, err := save(p, dir, pl.file)
 		if err != nil {
@@ -96,13 +106,13 @@ func WritePlots(dir string, rep *Report) ([]string, error) {
 // time grow with the number of clients, one line per channel, on log-log
 // axes so that linear growth is a slope-1 line.
 func WriteSweepPlots(dir string, sw *SweepReport) ([]string, error) {
-	byChannel := map[string]*[3]plotter.XYs{}
+	byChannel := map[string]*[4]plotter.XYs{}
 	var order []string
 	for _, r := range sw.Runs {
 		for _, c := range r.Channels {
 			s := byChannel[c.Channel]
 			if s == nil {
-				s = &[3]plotter.XYs{}
+				s = &[4]plotter.XYs{}
 				byChannel[c.Channel] = s
 				order = append(order, c.Channel)
 			}
@@ -110,6 +120,9 @@ func WriteSweepPlots(dir string, sw *SweepReport) ([]string, error) {
 			s[0] = append(s[0], plotter.XY{X: x, Y: float64(max(c.Messages, 1))})
 			s[1] = append(s[1], plotter.XY{X: x, Y: max(float64(c.Aggregator.BytesSent)/1e6, 1e-3)})
 			s[2] = append(s[2], plotter.XY{X: x, Y: max(c.PropagationMeanMs, 0.1)})
+			if r.Setup.LocalClients > 0 && r.Setup.HTTPClients > 0 {
+				s[3] = append(s[3], plotter.XY{X: x, Y: max(c.LocalPropagationMeanMs, 0.1)})
+			}
 		}
 	}
 	sub := ""
@@ -119,13 +132,16 @@ func WriteSweepPlots(dir string, sw *SweepReport) ([]string, error) {
 	plots := []struct{ file, title, y string }{
 		{PlotSweepMessages, "Messages transmitted vs clients", "messages (log)"},
 		{PlotSweepEgress, "Aggregator egress vs clients", "MB sent by the aggregator (log)"},
-		{PlotSweepPropagation, "Model propagation time vs clients", "mean over rounds of ms until every client held the model (log)"},
+		{PlotSweepPropagation, "Model propagation time vs clients (dashed: long-running clients only)", "ms until every client held the model (log)"},
 	}
 	var out []string
 	for i, pl := range plots {
 		var ss []series
 		for _, ch := range order {
-			ss = append(ss, series{ch, byChannel[ch][i]})
+			ss = append(ss, series{channel: ch, xy: byChannel[ch][i]})
+			if i == 2 {
+				ss = append(ss, series{channel: ch, local: true, xy: byChannel[ch][3]})
+			}
 		}
 		p := plot.New()
 		p.Title.Text = pl.title + "\n" + sub
@@ -162,8 +178,13 @@ func addSeries(p *plot.Plot, ss []series) error {
 		c, g := channelStyle(s.channel)
 		l.Color, pts.Color, pts.Shape = c, c, g
 		l.Width = vg.Points(1.5)
+		label := s.channel
+		if s.local {
+			l.Dashes = []vg.Length{vg.Points(5), vg.Points(3)}
+			label += ", local clients"
+		}
 		p.Add(l, pts)
-		p.Legend.Add(s.channel, l, pts)
+		p.Legend.Add(label, l, pts)
 	}
 	p.Legend.Top = true
 	p.Add(plotter.NewGrid())

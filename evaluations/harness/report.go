@@ -32,13 +32,15 @@ type Setup struct {
 	MinClients   int        `json:"minclients"`
 	Invocation   Invocation `json:"invocation"`
 	MaxInFlight  int        `json:"max_inflight,omitempty"`
-	Model        string     `json:"model"`
-	Dataset      string     `json:"dataset"`
-	Partition    string     `json:"partition"`
-	Partitions   int        `json:"partitions"`
-	MaxExamples  int        `json:"max_examples"`
-	EvalExamples int        `json:"eval_examples"`
-	Seed         uint64     `json:"seed"`
+	// DialConcurrency bounds long-running clients connecting at once.
+	DialConcurrency int    `json:"dial_concurrency"`
+	Model           string `json:"model"`
+	Dataset         string `json:"dataset"`
+	Partition       string `json:"partition"`
+	Partitions      int    `json:"partitions"`
+	MaxExamples     int    `json:"max_examples"`
+	EvalExamples    int    `json:"eval_examples"`
+	Seed            uint64 `json:"seed"`
 	// Broker is "embedded" or the real bootstrap list.
 	Broker string `json:"broker"`
 	// Lightweight is true when clients train on capped synthetic shards, so
@@ -53,7 +55,7 @@ func setupOf(c Config) Setup {
 	}
 	return Setup{
 		Clients: c.Clients, HTTPClients: c.HTTPClients(), LocalClients: c.Clients - c.HTTPClients(),
-		Rounds: c.Rounds, MinClients: c.Clients, Invocation: c.Invocation, MaxInFlight: c.MaxInFlight,
+		Rounds: c.Rounds, MinClients: c.Clients, Invocation: c.Invocation, MaxInFlight: c.MaxInFlight, DialConcurrency: c.DialConcurrency,
 		Model: c.Model, Dataset: c.Dataset, Partition: c.Partition, Partitions: c.Clients,
 		MaxExamples: c.MaxExamples, EvalExamples: c.EvalExamples, Seed: c.Seed, Broker: b,
 		Lightweight: c.Dataset == "synthetic" && c.MaxExamples > 0,
@@ -90,13 +92,18 @@ type ChannelReport struct {
 	// rounds, shutdown); WallMs adds waiting for every client to return.
 	JobMs  float64 `json:"job_ms"`
 	WallMs float64 `json:"wall_ms"`
-	// Propagation over rounds of the per-round time until every
-	// contributing client held the round's model.
-	PropagationMeanMs float64 `json:"propagation_mean_ms"`
-	PropagationMaxMs  float64 `json:"propagation_max_ms"`
+	// Propagation of updated models: the mean and the maximum, over rounds
+	// 2..N, of the round's propagation time (RoundReport.PropagationMs).
+	// Round 1's model is the initial one, which clients receive while
+	// still starting up; it is reported apart (with one round only, the
+	// figures are round 1's).
+	PropagationMeanMs  float64 `json:"propagation_mean_ms"`
+	PropagationMaxMs   float64 `json:"propagation_max_ms"`
+	FirstPropagationMs float64 `json:"first_round_propagation_ms"`
 	// The same over long-running local clients only (0 without any).
-	LocalPropagationMeanMs float64 `json:"local_propagation_mean_ms"`
-	LocalPropagationMaxMs  float64 `json:"local_propagation_max_ms"`
+	LocalPropagationMeanMs  float64 `json:"local_propagation_mean_ms"`
+	LocalPropagationMaxMs   float64 `json:"local_propagation_max_ms"`
+	FirstLocalPropagationMs float64 `json:"first_round_local_propagation_ms"`
 	// Training time summed over every client and round, and its mean per
 	// client-round.
 	TrainTotalMs float64 `json:"train_total_ms"`
@@ -196,6 +203,7 @@ func (s *session) report(res *job.Result, broker string, jobMs, wallMs float64) 
 		cr.ModelDownloads = cr.Clients.MessagesReceived - cr.Dials - submits
 	}
 	var propSum, localSum float64
+	var steady int
 	for _, r := range res.Rounds {
 		rr := RoundReport{Round: r.Round, Clients: r.Clients, DurationMs: r.DurationMs, PropagationMs: r.PropagationMs,
 			LocalPropagationMs: ms(localProp[r.Round]), AggregateMs: r.AggregateMs, Accuracy: r.Accuracy, Loss: r.Loss}
@@ -206,15 +214,22 @@ func (s *session) report(res *job.Result, broker string, jobMs, wallMs float64) 
 		cr.Rounds = append(cr.Rounds, rr)
 		cr.UpdatesAccepted += int64(r.Clients)
 		cr.RoundsMs += r.DurationMs
-		propSum += r.PropagationMs
-		cr.PropagationMaxMs = max(cr.PropagationMaxMs, r.PropagationMs)
-		localSum += rr.LocalPropagationMs
-		cr.LocalPropagationMaxMs = max(cr.LocalPropagationMaxMs, rr.LocalPropagationMs)
 		cr.FinalAccuracy = r.Accuracy
+		if r.Round == 1 {
+			cr.FirstPropagationMs, cr.FirstLocalPropagationMs = rr.PropagationMs, rr.LocalPropagationMs
+			if len(res.Rounds) > 1 {
+				continue
+			}
+		}
+		steady++
+		propSum += rr.PropagationMs
+		localSum += rr.LocalPropagationMs
+		cr.PropagationMaxMs = max(cr.PropagationMaxMs, rr.PropagationMs)
+		cr.LocalPropagationMaxMs = max(cr.LocalPropagationMaxMs, rr.LocalPropagationMs)
 	}
-	if n := len(res.Rounds); n > 0 {
-		cr.PropagationMeanMs = propSum / float64(n)
-		cr.LocalPropagationMeanMs = localSum / float64(n)
+	if steady > 0 {
+		cr.PropagationMeanMs = propSum / float64(steady)
+		cr.LocalPropagationMeanMs = localSum / float64(steady)
 	}
 	return cr
 }

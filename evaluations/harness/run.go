@@ -44,6 +44,8 @@ type session struct {
 	// receive the round's model after it was published.
 	localProp map[int64]time.Duration
 	done      atomic.Int64
+	// dialGate bounds concurrent dials of long-running clients.
+	dialGate chan struct{}
 }
 
 // invocation is what one client connection reported: an HTTP invocation of
@@ -76,6 +78,7 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 		log:       cfg.Log.With("channel", ch),
 		cancel:    cancel,
 		localProp: map[int64]time.Duration{},
+		dialGate:  make(chan struct{}, cfg.DialConcurrency),
 	}
 	defer s.http.CloseIdleConnections()
 
@@ -270,7 +273,7 @@ func (s *session) invoke(ctx context.Context, addr, id string, round int64, roun
 // directly, which the function's Follow loop does not expose.
 func (s *session) runLocal(ctx context.Context, addr, id string) {
 	start := time.Now()
-	ch, err := s.dial(ctx, addr, id)
+	ch, err := s.connect(ctx, addr, id)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.fail(fmt.Errorf("client %s: %w", id, err))
@@ -287,6 +290,37 @@ func (s *session) runLocal(ctx context.Context, addr, id string) {
 	}
 	s.record(invocation{ClientID: id, Summary: sum, Dials: 1, Ms: msSince(start)})
 }
+
+// connect dials for a long-running client. At most DialConcurrency dial at
+// once, and a failed dial is retried with backoff, as function.Follow does:
+// hundreds of Kafka clients (each a producer and a consumer) connecting in
+// the same instant overwhelm an embedded broker on a small machine, which
+// real devices, coming online over time, would not do.
+func (s *session) connect(ctx context.Context, addr, id string) (channel.Client, error) {
+	select {
+	case s.dialGate <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-s.dialGate }()
+	backoff := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		ch, err := s.dial(ctx, addr, id)
+		if err == nil || attempt == dialAttempts || ctx.Err() != nil {
+			return ch, err
+		}
+		s.log.Warn("client dial failed; retrying", "client_id", id, "attempt", attempt, "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff *= 2
+	}
+}
+
+// dialAttempts bounds connect's attempts.
+const dialAttempts = 5
 
 func (s *session) dial(ctx context.Context, addr, id string) (channel.Client, error) {
 	if s.channel == GRPC {

@@ -24,6 +24,7 @@ func WriteMarkdown(w io.Writer, rep *Report) error {
 			c.TrainTotalMs/1000, c.TrainMeanMs, c.InitialAccuracy, c.FinalAccuracy)
 	}
 	if len(rep.Channels) > 0 {
+		b.WriteString("\nPropagation: time until every client held the round's model; mean and max over rounds 2 and later (round 1 includes client start-up).\n")
 		b.WriteString("\nPer round (round time / propagation time / test accuracy):\n\n| round |")
 		for _, c := range rep.Channels {
 			fmt.Fprintf(&b, " %s round | %s propagation | %s accuracy |", c.Channel, c.Channel, c.Channel)
@@ -44,11 +45,28 @@ func WriteMarkdown(w io.Writer, rep *Report) error {
 			b.WriteString("\n")
 		}
 	}
+	if same := sameFinalModel(rep.Channels); same != "" {
+		fmt.Fprintf(&b, "\nEvery channel produced the same final model, bit for bit (SHA-256 %s…).\n", same[:12])
+	}
 	for _, n := range rep.Notes {
 		fmt.Fprintf(&b, "\n%s\n", n)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// sameFinalModel returns the final model digest when every channel (more
+// than one) produced the same one, and "" otherwise.
+func sameFinalModel(cs []*ChannelReport) string {
+	if len(cs) < 2 || cs[0].FinalModel == "" {
+		return ""
+	}
+	for _, c := range cs[1:] {
+		if c.FinalModel != cs[0].FinalModel {
+			return ""
+		}
+	}
+	return cs[0].FinalModel
 }
 
 // WriteSweepMarkdown writes one row per (clients, channel) of a sweep.
@@ -70,6 +88,7 @@ func WriteSweepMarkdown(w io.Writer, sw *SweepReport) error {
 				c.LocalPropagationMeanMs, c.LocalPropagationMaxMs, c.FinalAccuracy)
 		}
 	}
+	b.WriteString("\nPropagation: time until every client held the round's model; mean and max over rounds 2 and later (round 1 includes client start-up).\n")
 	for _, n := range sw.Notes {
 		fmt.Fprintf(&b, "\n%s\n", n)
 	}

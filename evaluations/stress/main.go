@@ -72,6 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Float64Var(&c.HTTPShare, "http-share", 0.5, "fraction of clients invoking the function's HTTP handler; the rest are long-running local clients")
 	fs.StringVar(&o.invoc, "invocation", string(harness.PerJob), "how function clients are invoked: job (once, taking part in every round) or round (once per round, when its model is published)")
 	fs.IntVar(&c.MaxInFlight, "max-inflight", 0, "with -invocation round: most concurrent function invocations (0: a whole round at once)")
+	fs.IntVar(&c.DialConcurrency, "dial-concurrency", 16, "most long-running clients connecting at the same time")
 	fs.StringVar(&c.Model, "model", "logreg", "logreg or 2nn")
 	fs.StringVar(&c.Dataset, "dataset", "mnist", "mnist or synthetic")
 	fs.StringVar(&c.Partition, "partition", "iid", "iid, shards or dirichlet")

@@ -13,6 +13,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 )
@@ -127,6 +128,25 @@ func LoadProperties(path string) (map[string]string, error) {
 		return nil, fmt.Errorf("kafka properties %s: %w", path, err)
 	}
 	return props, nil
+}
+
+// closeTimeout bounds closing a consumer.
+const closeTimeout = 10 * time.Second
+
+// closeConsumer closes c, giving up after closeTimeout. librdkafka can
+// deadlock closing a consumer whose group join is still in flight (seen
+// with confluent-kafka-go 2.11 in rd_kafka_rebalance_protocol); a shutdown
+// must not hang on it, and the broker cleans up after the session.
+func closeConsumer(c *kafka.Consumer, log *slog.Logger) error {
+	done := make(chan error, 1)
+	go func() { done <- c.Close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(closeTimeout):
+		log.Warn("kafka consumer did not close in time; abandoning it", "consumer", c.String(), "timeout", closeTimeout)
+		return nil
+	}
 }
 
 // forwardLogs moves librdkafka's log lines into slog until the handle closes

@@ -50,7 +50,7 @@ func newModelReader(o Options, count *channel.Counter, maxBytes int) (*modelRead
 	return &modelReader{c: c, topic: ModelTopic(o.Job), count: count, log: o.logger()}, nil
 }
 
-func (r *modelReader) close() error { return r.c.Close() }
+func (r *modelReader) close() error { return closeConsumer(r.c, r.log) }
 
 // latest returns the newest committed model, or nil when the topic is empty.
 // It seeks close to the end and widens the window backwards until it finds a

@@ -269,7 +269,7 @@ func (s *Server) Close() error {
 		errs = append(errs, s.reader.close())
 	}
 	if s.c != nil {
-		errs = append(errs, s.c.Close())
+		errs = append(errs, closeConsumer(s.c, s.opt.logger()))
 	}
 	s.p.Close()
 	return errors.Join(errs...)
