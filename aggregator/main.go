@@ -25,6 +25,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
 	"github.com/fdxkafka/fdxkafka/aggregator/job"
 	"github.com/fdxkafka/fdxkafka/aggregator/metrics"
+	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/logging"
 )
@@ -64,6 +65,10 @@ type config struct {
 	clients     int
 	out         string
 	kafkaConf   string
+	tlsCert     string
+	tlsKey      string
+	tlsClientCA string
+	tokensFile  string
 	logLevel    string
 	logTo       logging.Format
 	logProject  string
@@ -105,6 +110,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&o.UpdatePartitions, "update-partitions", 4, "partitions of the updates topic")
 	fs.IntVar(&o.EvalExamples, "eval-examples", 0, "test examples evaluated per round (0: whole test set)")
 	fs.StringVar(&o.StateFile, "state-file", "", "gRPC: file holding the newest model so a restart resumes")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "gRPC: server certificate (PEM); with --tls-key enables TLS")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "gRPC: server private key (PEM)")
+	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "gRPC: CA that client certificates must chain to (mutual TLS)")
+	fs.StringVar(&c.tokensFile, "tokens-file", "", "gRPC: file of \"client_id token\" lines; clients must present their bearer token")
 	fs.StringVar(&c.kafkaConf, "kafka-config", "", "librdkafka properties file (SASL/TLS settings)")
 	fs.IntVar(&c.clients, "clients", 0, "also run this many local clients in-process (a self-contained demo)")
 	fs.StringVar(&c.out, "out", "", "write the final model and per-round history as JSON to this file")
@@ -135,6 +144,28 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 			return nil, err
 		}
 		o.KafkaProperties = props
+	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return nil, errors.New("--tls-cert and --tls-key go together")
+	}
+	if !o.GRPC && (c.tlsCert != "" || c.tlsClientCA != "" || c.tokensFile != "") {
+		return nil, errors.New("--tls-cert, --tls-client-ca and --tokens-file secure the gRPC channel: add --grpc (Kafka security goes in --kafka-config)")
+	}
+	if c.tlsCert != "" {
+		cfg, err := grpcchan.ServerTLS(c.tlsCert, c.tlsKey, c.tlsClientCA)
+		if err != nil {
+			return nil, err
+		}
+		o.GRPCTLS = cfg
+	} else if c.tlsClientCA != "" {
+		return nil, errors.New("--tls-client-ca needs --tls-cert and --tls-key")
+	}
+	if c.tokensFile != "" {
+		toks, err := grpcchan.LoadTokens(c.tokensFile)
+		if err != nil {
+			return nil, err
+		}
+		o.GRPCTokens = toks
 	}
 	if err := o.Validate(); err != nil {
 		return nil, err

@@ -10,6 +10,7 @@ package function
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,11 +38,18 @@ var instance = sync.OnceValue(func() http.Handler {
 	if err != nil {
 		log = slog.Default()
 	}
-	s := NewServer(Config{
-		Defaults: Defaults{Broker: os.Getenv("FDX_BROKER"), Job: os.Getenv("FDX_JOB"), Channel: os.Getenv("FDX_CHANNEL")},
-		Logger:   log,
-	})
-	return logging.HTTPMiddleware(s, os.Getenv("GOOGLE_CLOUD_PROJECT"))
+	cfg, err := ConfigFromEnv(os.Getenv)
+	if err != nil {
+		// Misconfiguration shows on every invocation rather than as a
+		// crash loop the operator has to dig out of the logs.
+		log.Error("function configuration", "err", err)
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusInternalServerError, errorResponse{Error: "function misconfigured: " + err.Error()})
+		})
+	}
+	cfg.Logger = log
+	s := NewServer(cfg)
+	return logging.HTTPMiddleware(WarnUnauthenticated(s, log), os.Getenv("GOOGLE_CLOUD_PROJECT"))
 })
 
 func init() {
@@ -60,6 +68,34 @@ type Config struct {
 	Data *dataset.Catalog
 	// KafkaProperties are extra librdkafka settings (SASL, TLS).
 	KafkaProperties map[string]string
+	// GRPCTLS, when set, dials the gRPC aggregator over TLS; GRPCToken is
+	// sent as the bearer token.
+	GRPCTLS   *tls.Config
+	GRPCToken string
+}
+
+// ConfigFromEnv reads the function's deployment settings: FDX_BROKER,
+// FDX_JOB, FDX_CHANNEL (request defaults), FDX_KAFKA_CONFIG (a librdkafka
+// properties file for SASL/TLS), FDX_GRPC_CA / FDX_GRPC_CERT / FDX_GRPC_KEY
+// (TLS to the gRPC aggregator) and FDX_GRPC_TOKEN (its bearer token).
+func ConfigFromEnv(getenv func(string) string) (Config, error) {
+	cfg := Config{Defaults: Defaults{Broker: getenv("FDX_BROKER"), Job: getenv("FDX_JOB"), Channel: getenv("FDX_CHANNEL")}}
+	if f := getenv("FDX_KAFKA_CONFIG"); f != "" {
+		props, err := kafkachan.LoadProperties(f)
+		if err != nil {
+			return cfg, fmt.Errorf("FDX_KAFKA_CONFIG: %w", err)
+		}
+		cfg.KafkaProperties = props
+	}
+	if ca, cert, key := getenv("FDX_GRPC_CA"), getenv("FDX_GRPC_CERT"), getenv("FDX_GRPC_KEY"); ca != "" || cert != "" {
+		t, err := grpcchan.ClientTLS(ca, cert, key, "")
+		if err != nil {
+			return cfg, fmt.Errorf("FDX_GRPC_CA/CERT/KEY: %w", err)
+		}
+		cfg.GRPCTLS = t
+	}
+	cfg.GRPCToken = getenv("FDX_GRPC_TOKEN")
+	return cfg, nil
 }
 
 // Server handles invocations.
@@ -134,7 +170,8 @@ func (s *Server) Run(ctx context.Context, req Request) (participant.Summary, err
 func (s *Server) dial(ctx context.Context, req Request) (channel.Client, error) {
 	switch req.Channel {
 	case "grpc":
-		return grpcchan.Dial(ctx, grpcchan.ClientOptions{Addr: req.Broker, Job: req.Job, ClientID: req.ClientID})
+		return grpcchan.Dial(ctx, grpcchan.ClientOptions{Addr: req.Broker, Job: req.Job, ClientID: req.ClientID,
+			TLS: s.cfg.GRPCTLS, Token: s.cfg.GRPCToken})
 	default:
 		return kafkachan.Dial(ctx, kafkachan.ClientOptions{Options: kafkachan.Options{
 			Brokers: req.Broker, Job: req.Job, Properties: s.cfg.KafkaProperties, Logger: s.log,
@@ -150,6 +187,8 @@ func statusFor(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, channel.ErrRejected):
 		return http.StatusUnprocessableEntity
+	case errors.Is(err, channel.ErrUnauthenticated):
+		return http.StatusForbidden
 	case errors.Is(err, channel.ErrUnreachable):
 		return http.StatusBadGateway
 	case errors.Is(err, context.DeadlineExceeded):

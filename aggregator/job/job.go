@@ -6,6 +6,7 @@ package job
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,6 +62,9 @@ type Options struct {
 	BeforeCommit func(round int64)
 	// StateFile makes the gRPC channel durable.
 	StateFile string
+	// GRPCTLS and GRPCTokens secure the gRPC channel (see grpcchan).
+	GRPCTLS    *tls.Config
+	GRPCTokens map[string]string
 	// EvalExamples caps the test set used per round (0 = all).
 	EvalExamples int
 	Data         *dataset.Catalog
@@ -277,6 +281,7 @@ func (o *Options) open(ctx context.Context, maxBytes int, log *slog.Logger) (cha
 	if o.GRPC {
 		s, err := grpcchan.NewServer(grpcchan.ServerOptions{
 			Addr: o.Broker, Job: o.Job, MaxMessageBytes: maxBytes, StateFile: o.StateFile, Logger: log,
+			TLS: o.GRPCTLS, Tokens: o.GRPCTokens,
 		})
 		if err != nil {
 			return nil, "", nil, err

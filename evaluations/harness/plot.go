@@ -153,6 +153,8 @@ func WriteSweepPlots(dir string, sw *SweepReport) ([]string, error) {
 		if err := addSeries(p, ss); err != nil {
 			return out, fmt.Errorf("plot %s: %w", pl.file, err)
 		}
+		// Growth curves rise to the right; the top left stays clear.
+		p.Legend.Left = true
 		path, err := save(p, dir, pl.file)
 		if err != nil {
 			return out, err

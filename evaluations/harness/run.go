@@ -56,7 +56,6 @@ type invocation struct {
 	Summary  participant.Summary
 	// Dials is how many channel connections it opened (one per invocation).
 	Dials int
-	Ms    float64
 }
 
 // runChannel runs one job over ch and measures it.
@@ -234,7 +233,6 @@ func (s *session) invoke(ctx context.Context, addr, id string, round int64, roun
 		s.fail(fmt.Errorf("client %s: encode request: %w", id, err))
 		return
 	}
-	start := time.Now()
 	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, s.fnURL, bytes.NewReader(body))
 	if err != nil {
 		s.fail(fmt.Errorf("client %s: %w", id, err))
@@ -265,14 +263,13 @@ func (s *session) invoke(ctx context.Context, addr, id string, round int64, roun
 		s.fail(fmt.Errorf("client %s: decode function response %q: %w", id, b, err))
 		return
 	}
-	s.record(invocation{ClientID: id, HTTP: true, Summary: r.Summary, Dials: 1, Ms: msSince(start)})
+	s.record(invocation{ClientID: id, HTTP: true, Summary: r.Summary, Dials: 1})
 }
 
 // runLocal is a long-running local client: one connection kept open for all
 // rounds, the PoC's "local clients". It reads its channel's counters
 // directly, which the function's Follow loop does not expose.
 func (s *session) runLocal(ctx context.Context, addr, id string) {
-	start := time.Now()
 	ch, err := s.connect(ctx, addr, id)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -288,7 +285,7 @@ func (s *session) runLocal(ctx context.Context, addr, id string) {
 		}
 		return
 	}
-	s.record(invocation{ClientID: id, Summary: sum, Dials: 1, Ms: msSince(start)})
+	s.record(invocation{ClientID: id, Summary: sum, Dials: 1})
 }
 
 // connect dials for a long-running client. At most DialConcurrency dial at

@@ -74,9 +74,13 @@ func WriteSweepMarkdown(w io.Writer, sw *SweepReport) error {
 	var b strings.Builder
 	if len(sw.Runs) > 0 {
 		s := sw.Runs[0].Setup
+		shards := "one shard per client"
+		if s.MaxExamples > 0 {
+			shards += fmt.Sprintf(" of at most %d examples", s.MaxExamples)
+		}
 		fmt.Fprintf(&b, "Sweep: %d rounds, minclients = clients, %.0f%% of clients via the function's HTTP handler (invoked %s), "+
-			"%s on %s (%s), broker %s.\n\n",
-			s.Rounds, 100*sw.HTTPShare, invocationText(s), s.Model, s.Dataset, shardText(s), s.Broker)
+			"the rest long-running; %s on %s (%s partition, %s), broker %s.\n\n",
+			s.Rounds, 100*sw.HTTPShare, invocationText(s), s.Model, s.Dataset, s.Partition, shards, s.Broker)
 	}
 	b.WriteString("| clients | channel | messages | model downloads | aggregator egress | aggregator ingress | all rounds | propagation mean / max | local clients' propagation mean / max | accuracy |\n")
 	b.WriteString("|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")

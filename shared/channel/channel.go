@@ -15,6 +15,10 @@ import (
 // all (nothing listens, DNS fails), as opposed to a timeout while waiting.
 var ErrUnreachable = errors.New("transport unreachable")
 
+// ErrUnauthenticated wraps a refusal of the client's credentials (bearer
+// token, client certificate, SASL).
+var ErrUnauthenticated = errors.New("not authenticated")
+
 // ErrRejected wraps an update that the aggregator refused synchronously
 // (gRPC only: Kafka is fire-and-forget, rejections show in the aggregator).
 var ErrRejected = errors.New("update rejected")

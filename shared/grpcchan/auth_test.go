@@ -40,6 +40,9 @@ func wantUnauthenticated(t *testing.T, what string, err error, msg string) {
 	if !errors.As(err, &se) || se.GRPCStatus().Code() != codes.Unauthenticated {
 		t.Errorf("%s: no Unauthenticated status in the error chain of %v", what, err)
 	}
+	if !errors.Is(err, channel.ErrUnauthenticated) {
+		t.Errorf("%s: %v does not wrap channel.ErrUnauthenticated", what, err)
+	}
 	if errors.Is(err, channel.ErrUnreachable) {
 		t.Errorf("%s: %v is marked unreachable; a refused token is not worth retrying", what, err)
 	}

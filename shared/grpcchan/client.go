@@ -115,6 +115,8 @@ func (c *Client) Close() error { return c.conn.Close() }
 // so callers need not know which transport they use.
 func classify(err error) error {
 	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return fmt.Errorf("%w: %w", channel.ErrUnauthenticated, err)
 	case codes.Unavailable:
 		return fmt.Errorf("%w: %w", channel.ErrUnreachable, err)
 	case codes.DeadlineExceeded:

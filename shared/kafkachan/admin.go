@@ -39,7 +39,7 @@ func EnsureTopics(ctx context.Context, o Options, to TopicOptions) error {
 	}
 	// An admin client made from a producer shares its log channel, so
 	// librdkafka's lines go to slog rather than stderr.
-	cm := o.configMap(nil)
+	cm := o.producerConfig(nil)
 	p, err := kafka.NewProducer(&cm)
 	if err != nil {
 		return fmt.Errorf("admin client: %w", err)
@@ -115,6 +115,9 @@ func unreachable(err error) error {
 		switch ke.Code() {
 		case kafka.ErrTransport, kafka.ErrAllBrokersDown, kafka.ErrResolve, kafka.ErrTimedOut:
 			return fmt.Errorf("%w: %w", channel.ErrUnreachable, err)
+		case kafka.ErrAuthentication, kafka.ErrSaslAuthenticationFailed, kafka.ErrTopicAuthorizationFailed,
+			kafka.ErrGroupAuthorizationFailed, kafka.ErrClusterAuthorizationFailed, kafka.ErrTransactionalIDAuthorizationFailed:
+			return fmt.Errorf("%w: %w", channel.ErrUnauthenticated, err)
 		}
 	}
 	return err

@@ -42,7 +42,7 @@ func Dial(ctx context.Context, opt ClientOptions) (*Client, error) {
 	if opt.MaxMessageBytes <= 0 {
 		opt.MaxMessageBytes = 64 << 20
 	}
-	cm := opt.configMap(kafka.ConfigMap{
+	cm := opt.producerConfig(kafka.ConfigMap{
 		"enable.idempotence":  true,
 		"acks":                "all",
 		"linger.ms":           0,

@@ -232,15 +232,16 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// testLogger sends librdkafka's lines to the test log, where a failed
-// handshake explains itself.
+// testLogger collects librdkafka's warnings and errors and shows them if
+// the test fails, where a failed handshake explains itself. It buffers
+// rather than calling t.Log directly because librdkafka may still log after
+// the test has ended.
 func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
+	var buf syncBuffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("librdkafka log:\n%s", buf.String())
+		}
+	})
+	return slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }

@@ -55,7 +55,7 @@ func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
 		return nil, err
 	}
 	maxBytes := max(opt.MaxMessageBytes, MinMessageBytes)
-	pcm := opt.configMap(kafka.ConfigMap{
+	pcm := opt.producerConfig(kafka.ConfigMap{
 		"transactional.id":       TransactionalID(opt.Job),
 		"transaction.timeout.ms": int(opt.TransactionTimeout / time.Millisecond),
 		"enable.idempotence":     true,

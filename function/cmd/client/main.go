@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/function"
+	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 )
 
@@ -33,6 +34,10 @@ func run() error {
 	job := flag.String("job", "mnist", "job id")
 	wait := flag.Duration("wait", 10*time.Minute, "how long to wait for one round's model")
 	props := flag.String("kafka-config", "", "librdkafka properties file (SASL, TLS)")
+	grpcCA := flag.String("grpc-ca", "", "gRPC: CA of the aggregator's certificate (enables TLS)")
+	grpcCert := flag.String("grpc-cert", "", "gRPC: client certificate for mutual TLS")
+	grpcKey := flag.String("grpc-key", "", "gRPC: client key for mutual TLS")
+	grpcToken := flag.String("grpc-token", "", "gRPC: bearer token (or env FDX_GRPC_TOKEN)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	var kprops map[string]string
@@ -48,6 +53,17 @@ func run() error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	srv := function.NewServer(function.Config{Logger: log, KafkaProperties: kprops})
+	cfg := function.Config{Logger: log, KafkaProperties: kprops, GRPCToken: *grpcToken}
+	if cfg.GRPCToken == "" {
+		cfg.GRPCToken = os.Getenv("FDX_GRPC_TOKEN")
+	}
+	if *grpcCA != "" || *grpcCert != "" {
+		t, err := grpcchan.ClientTLS(*grpcCA, *grpcCert, *grpcKey, "")
+		if err != nil {
+			return err
+		}
+		cfg.GRPCTLS = t
+	}
+	srv := function.NewServer(cfg)
 	return function.Follow(ctx, srv, req, log)
 }
