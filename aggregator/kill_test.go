@@ -185,7 +185,7 @@ func TestKillAndResumeGRPC(t *testing.T) {
 	killAndResume(t, killJob{brokers: addr, job: kafkatest.Job(t), out: filepath.Join(dir, "out.json"), stateFile: filepath.Join(dir, "state.pb")})
 }
 
-const killClients, killRounds, minKills = 3, 60, 24
+const killClients, killRounds, minKills = 3, 200, 24
 
 // killAndResume runs k once without interruption and once with kills, and
 // returns the interrupted job's committed model history (Kafka only).
@@ -254,7 +254,7 @@ func killAndResume(t *testing.T, k killJob) []*fdxv1.GlobalModel {
 				t.Fatalf("job finished after %d kills, before %d; raise the rounds", kills, minKills)
 			}
 			t.Fatalf("aggregator failed: %v", err)
-		case <-time.After(time.Duration(rng.IntN(150)) * time.Millisecond):
+		case <-time.After(time.Duration(rng.IntN(100)) * time.Millisecond):
 			r.cmd.Process.Signal(syscall.SIGKILL)
 			<-r.exited
 			kills++
