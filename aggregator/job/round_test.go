@@ -11,8 +11,30 @@ import (
 
 	"github.com/fdxkafka/fdxkafka/function"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
+	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
+	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
+	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 )
+
+// waitModel waits until the job has published the model of round r.
+func waitModel(ctx context.Context, t *testing.T, grpc bool, addr, job string, r int64) {
+	t.Helper()
+	var ch channel.Client
+	var err error
+	if grpc {
+		ch, err = grpcchan.Dial(ctx, grpcchan.ClientOptions{Addr: addr, Job: job})
+	} else {
+		ch, err = kafkachan.Dial(ctx, kafkachan.ClientOptions{Options: kafkachan.Options{Brokers: addr, Job: job}})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	if _, err := ch.Model(ctx, r); err != nil {
+		t.Fatalf("wait for model %d: %v", r, err)
+	}
+}
 
 // TestRoundField checks the function's "round" field on both channels: a
 // closed round answers 409, the open one trains.
@@ -51,7 +73,9 @@ func TestRoundField(t *testing.T) {
 			if code, body := call(`"client_id": "a", "round": 1`); code != http.StatusOK || !strings.Contains(body, `"round":1`) {
 				t.Fatalf("round 1: %d %s", code, body)
 			}
-			// Round 1 closed with one update; asking for it again is too late.
+			// Round 1 closed with one update; once model 2 is out, asking
+			// for round 1 is too late.
+			waitModel(ctx, t, grpc, a, o.Job, 2)
 			if code, body := call(`"client_id": "b", "round": 1`); code != http.StatusConflict || !strings.Contains(body, "round already closed") {
 				t.Errorf("closed round: %d %s; want 409", code, body)
 			}

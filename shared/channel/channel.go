@@ -15,6 +15,10 @@ import (
 // all (nothing listens, DNS fails), as opposed to a timeout while waiting.
 var ErrUnreachable = errors.New("transport unreachable")
 
+// ErrRoundClosed means a round's model was already superseded: the update
+// for it came too late.
+var ErrRoundClosed = errors.New("round already closed")
+
 // ErrUnauthenticated wraps a refusal of the client's credentials (bearer
 // token, client certificate, SASL).
 var ErrUnauthenticated = errors.New("not authenticated")

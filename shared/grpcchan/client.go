@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -100,6 +101,11 @@ func (c *Client) Submit(ctx context.Context, u *fdxv1.Update) error {
 		return fmt.Errorf("submit update round %d: %w", u.GetBaseRound(), classify(err))
 	}
 	if !resp.GetAccepted() {
+		if strings.HasPrefix(resp.GetReason(), "stale_round") {
+			// The round closed while we trained: the same answer as
+			// asking for a closed round.
+			return fmt.Errorf("submit update round %d: %w: %w: %s", u.GetBaseRound(), channel.ErrRoundClosed, channel.ErrRejected, resp.GetReason())
+		}
 		return fmt.Errorf("submit update round %d: %w: %s", u.GetBaseRound(), channel.ErrRejected, resp.GetReason())
 	}
 	return nil

@@ -20,7 +20,7 @@ import (
 )
 
 // ErrRoundClosed means the requested round's model was already superseded.
-var ErrRoundClosed = errors.New("round already closed")
+var ErrRoundClosed = channel.ErrRoundClosed
 
 // Participant trains for one client identity at a time. It is safe for
 // concurrent use: the catalog caches the read-only data sets.
