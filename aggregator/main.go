@@ -69,6 +69,7 @@ type config struct {
 	tlsKey      string
 	tlsClientCA string
 	tokensFile  string
+	clientList  string
 	logLevel    string
 	logTo       logging.Format
 	logProject  string
@@ -114,6 +115,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.tlsKey, "tls-key", "", "gRPC: server private key (PEM)")
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "gRPC: CA that client certificates must chain to (mutual TLS)")
 	fs.StringVar(&c.tokensFile, "tokens-file", "", "gRPC: file of \"client_id token\" lines; clients must present their bearer token")
+	fs.StringVar(&c.clientList, "client-list", "", "file of allowed client ids, one per line ('#' comments); updates from others are rejected as unknown_client")
 	fs.StringVar(&c.kafkaConf, "kafka-config", "", "librdkafka properties file (SASL/TLS settings)")
 	fs.IntVar(&c.clients, "clients", 0, "also run this many local clients in-process (a self-contained demo)")
 	fs.StringVar(&c.out, "out", "", "write the final model and per-round history as JSON to this file")
@@ -167,6 +169,13 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		}
 		o.GRPCTokens = toks
 	}
+	if c.clientList != "" {
+		ids, err := loadClientList(c.clientList)
+		if err != nil {
+			return nil, err
+		}
+		o.Allowed = ids
+	}
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
@@ -178,6 +187,26 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		o.BeforeCommit = hook
 	}
 	return c, nil
+}
+
+// loadClientList reads one client id per line.
+func loadClientList(path string) (map[string]bool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--client-list: %w", err)
+	}
+	ids := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		ids[line] = true
+	}
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("--client-list %s: no client ids", path)
+	}
+	return ids, nil
 }
 
 // envFaultBeforeCommit names a fault-injection switch for crash tests: "any"

@@ -2,6 +2,8 @@ package main
 
 import (
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -24,6 +26,9 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--lr", "-1"}, "training options"},
 		{[]string{"extra"}, "unexpected arguments"},
 		{[]string{"--broker", ""}, "--broker"},
+		{[]string{"--client-list", "/nonexistent"}, "--client-list"},
+		{[]string{"--tls-cert", "x"}, "go together"},
+		{[]string{"--tokens-file", "x"}, "add --grpc"},
 	} {
 		_, err := parseFlags(tc.args, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -36,5 +41,16 @@ func TestFlagErrors(t *testing.T) {
 	}
 	if c.Broker != "b:1" || c.MinClients != 4 || c.NumRounds != 2 || !c.GRPC || c.Partitions != 4 {
 		t.Errorf("parsed %+v", c.Options)
+	}
+	list := filepath.Join(t.TempDir(), "clients")
+	if err := os.WriteFile(list, []byte("# ids\n0\n 1 \n\nalice\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err = parseFlags([]string{"--client-list", list}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Allowed) != 3 || !c.Allowed["0"] || !c.Allowed["1"] || !c.Allowed["alice"] {
+		t.Errorf("client list parsed as %v", c.Allowed)
 	}
 }

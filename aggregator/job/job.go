@@ -62,6 +62,9 @@ type Options struct {
 	BeforeCommit func(round int64)
 	// StateFile makes the gRPC channel durable.
 	StateFile string
+	// Allowed, when non-nil, is the set of client ids that may contribute;
+	// others are rejected as unknown_client.
+	Allowed map[string]bool
 	// GRPCTLS and GRPCTokens secure the gRPC channel (see grpcchan).
 	GRPCTLS    *tls.Config
 	GRPCTokens map[string]string
@@ -258,7 +261,7 @@ func Run(ctx context.Context, o Options, log *slog.Logger) (*Result, error) {
 		Job: o.Job, NumRounds: o.NumRounds, MinClients: o.MinClients, TargetClients: o.TargetClients,
 		RoundTimeout: o.RoundTimeout, OnShort: o.OnShort, Train: o.TrainConfig(),
 		InDim: train.Dim, Classes: train.Classes, MaxNorm: o.MaxNorm,
-		MaxExamples: int64(train.Len()), MaxUpdateBytes: maxBytes,
+		MaxExamples: int64(train.Len()), MaxUpdateBytes: maxBytes, Allowed: o.Allowed,
 	}, srv, strat, eval, obs, log)
 	if err != nil {
 		return nil, err
