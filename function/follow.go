@@ -20,7 +20,7 @@ func Follow(ctx context.Context, s *Server, req Request, log *slog.Logger) error
 	backoff := 200 * time.Millisecond
 	next := req.Round
 	for {
-		ch, err := s.dial(ctx, req)
+		ch, err := s.Dial(ctx, req)
 		if err == nil {
 			before := next
 			next, err = s.follow(ctx, ch, req, next, log)

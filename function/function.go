@@ -159,7 +159,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // Run dials the request's channel and takes part in its rounds.
 func (s *Server) Run(ctx context.Context, req Request) (participant.Summary, error) {
-	ch, err := s.dial(ctx, req)
+	ch, err := s.Dial(ctx, req)
 	if err != nil {
 		return participant.Summary{}, err
 	}
@@ -167,7 +167,9 @@ func (s *Server) Run(ctx context.Context, req Request) (participant.Summary, err
 	return s.part.Run(ctx, ch, participant.Options{Job: req.Job, ClientID: req.ClientID, Round: req.Round, Exact: req.Round > 0, Rounds: req.Rounds})
 }
 
-func (s *Server) dial(ctx context.Context, req Request) (channel.Client, error) {
+// Dial opens the channel a request names, configured as this server's
+// invocations are (Kafka properties, gRPC TLS and token).
+func (s *Server) Dial(ctx context.Context, req Request) (channel.Client, error) {
 	switch req.Channel {
 	case "grpc":
 		return grpcchan.Dial(ctx, grpcchan.ClientOptions{Addr: req.Broker, Job: req.Job, ClientID: req.ClientID,

@@ -23,6 +23,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/model"
+	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 // Options are the aggregator's settings; the binary's flags map onto them.
@@ -170,7 +171,7 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("--model: %w", err)
 	}
 	tc := o.TrainConfig()
-	if err := participantSpec(tc).Validate(); err != nil {
+	if err := participant.PartitionSpec(tc.GetPartition()).Validate(); err != nil {
 		return fmt.Errorf("--partition: %w", err)
 	}
 	opt := model.TrainOptions{LearningRate: o.LearningRate, BatchSize: o.BatchSize, Epochs: o.LocalEpochs, ProximalMu: o.ProximalMu}
@@ -181,12 +182,6 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("--strategy: %w", err)
 	}
 	return nil
-}
-
-func participantSpec(tc *fdxv1.TrainConfig) dataset.PartitionSpec {
-	p := tc.GetPartition()
-	return dataset.PartitionSpec{Scheme: p.GetScheme(), NumPartitions: int(p.GetNumPartitions()),
-		Seed: p.GetSeed(), Alpha: p.GetAlpha(), ShardsPerClient: int(p.GetShardsPerClient())}
 }
 
 // Run runs the job to its end.

@@ -20,8 +20,6 @@ import (
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
-	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
-	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
@@ -34,6 +32,8 @@ type session struct {
 	fnURL   string
 	http    *http.Client
 	part    *participant.Participant
+	// dialer opens long-running clients' channels as the function does.
+	dialer  *function.Server
 	log     *slog.Logger
 	cancel  context.CancelCauseFunc
 	clients sync.WaitGroup
@@ -72,8 +72,11 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 		fnURL:   fnURL,
 		// Invocations last as long as the job; the request's timeout_s,
 		// enforced by the function, is what bounds them.
-		http:      &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
-		part:      &participant.Participant{Data: cfg.Data, Log: quiet(cfg.Log, "client")},
+		http: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
+		part: &participant.Participant{Data: cfg.Data, Log: quiet(cfg.Log, "client")},
+		dialer: function.NewServer(function.Config{
+			Data: cfg.Data, KafkaProperties: cfg.KafkaProperties, Logger: quiet(cfg.Log, "client"),
+		}),
 		log:       cfg.Log.With("channel", ch),
 		cancel:    cancel,
 		localProp: map[int64]time.Duration{},
@@ -320,12 +323,7 @@ func (s *session) connect(ctx context.Context, addr, id string) (channel.Client,
 const dialAttempts = 5
 
 func (s *session) dial(ctx context.Context, addr, id string) (channel.Client, error) {
-	if s.channel == GRPC {
-		return grpcchan.Dial(ctx, grpcchan.ClientOptions{Addr: addr, Job: s.job, ClientID: id})
-	}
-	return kafkachan.Dial(ctx, kafkachan.ClientOptions{Options: kafkachan.Options{
-		Brokers: addr, Job: s.job, Properties: s.cfg.KafkaProperties, Logger: quiet(s.log, "client"),
-	}})
+	return s.dialer.Dial(ctx, function.Request{Broker: addr, ClientID: id, Channel: s.channel, Job: s.job})
 }
 
 // timedClient notes when each model reaches a long-running client, so that
