@@ -8,31 +8,27 @@ import (
 	"sync"
 	"time"
 
-	"github.com/fdxkafka/fdxkafka/function"
+	"github.com/fdxkafka/fdxkafka/aggregator/job"
+	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 // runLocalClients runs c.clients long-running participants in this process,
 // each through the same code as the Cloud Function, so one command shows a
 // whole federation.
 func runLocalClients(ctx context.Context, c *config, addr string, log *slog.Logger) error {
-	channel := "kafka"
-	if c.GRPC {
-		channel = "grpc"
+	ch := participant.ChannelKafka
+	if c.channel.Transport == job.GRPC {
+		ch = participant.ChannelGRPC
 	}
-	srv := function.NewServer(function.Config{Logger: log, Data: c.Data})
+	p := &participant.Participant{Data: c.data, Log: log}
+	tr := participant.Transport{KafkaProperties: c.channel.KafkaProperties, Logger: log}
 	var wg sync.WaitGroup
 	errs := make([]error, c.clients)
 	for i := range c.clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			req, err := function.ParseRequest(function.RequestJSON(addr, strconv.Itoa(i), channel, c.Job, (10*time.Minute).Seconds()), function.Defaults{})
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			errs[i] = function.Follow(ctx, srv, req, log)
-		}()
+		wg.Go(func() {
+			t := participant.Target{Channel: ch, Broker: addr, Job: c.spec.Job, ClientID: strconv.Itoa(i)}
+			errs[i] = p.Follow(ctx, tr, t, participant.FollowOptions{RoundTimeout: 10 * time.Minute})
+		})
 	}
 	wg.Wait()
 	return errors.Join(errs...)

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -22,11 +21,11 @@ import (
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/job"
-	"github.com/fdxkafka/fdxkafka/function"
+	"github.com/fdxkafka/fdxkafka/internal/fedtest"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
-	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 // buildAggregator compiles this command once per test binary.
@@ -76,30 +75,7 @@ func (k killJob) args() []string {
 // startClients runs long-running participants until the job's final model.
 func startClients(ctx context.Context, t *testing.T, k killJob) func() {
 	t.Helper()
-	srv := function.NewServer(function.Config{Data: dataset.NewCatalog()})
-	log := slog.New(slog.DiscardHandler)
-	var wg sync.WaitGroup
-	errs := make(chan error, k.clients)
-	for i := range k.clients {
-		req, err := function.ParseRequest(function.RequestJSON(k.brokers, strconv.Itoa(i), k.channel(), k.job, 60), function.Defaults{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := function.Follow(ctx, srv, req, log); err != nil {
-				errs <- fmt.Errorf("client %d: %w", i, err)
-			}
-		}()
-	}
-	return func() {
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Error(err)
-		}
-	}
+	return fedtest.Clients(ctx, t, participant.Target{Channel: k.channel(), Broker: k.brokers, Job: k.job}, k.clients, nil)
 }
 
 // aggregatorRun is one process of the aggregator.

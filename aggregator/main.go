@@ -5,6 +5,10 @@
 //	aggregator --broker 127.0.0.1:9092 --minclients 10 --numrounds 5
 //	aggregator --grpc --broker "[::]:8080" --minclients 10 --numrounds 5
 //	aggregator --embedded --clients 10 --numrounds 3   # whole federation in one process
+//
+// -h prints the flags by group. Exit codes: 0 on success, after -h, and
+// after a first SIGTERM once the open round transaction is done; 1 on a
+// failure; 2 on a command-line mistake; 143 on a second SIGTERM.
 package main
 
 import (
@@ -16,7 +20,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,44 +28,26 @@ import (
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
 	"github.com/fdxkafka/fdxkafka/aggregator/job"
 	"github.com/fdxkafka/fdxkafka/aggregator/metrics"
+	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
+	"github.com/fdxkafka/fdxkafka/internal/cli"
+	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+	"github.com/fdxkafka/fdxkafka/shared/linefile"
 	"github.com/fdxkafka/fdxkafka/shared/logging"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
-func main() {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	go func() {
-		// The first signal stops the job cleanly (an open round
-		// transaction finishes); a second one ends the process at once.
-		<-sigs
-		cancel()
-		<-sigs
-		fmt.Fprintln(os.Stderr, "aggregator: second signal; exiting now")
-		os.Exit(143)
-	}()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
-			// Every closed round is committed; a restart resumes the
-			// open one from the checkpoint.
-			fmt.Fprintln(os.Stderr, "aggregator: stopped by signal; restart with the same --job to resume")
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "aggregator:", err)
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("aggregator", run) }
 
 // config is what the command line says.
 type config struct {
-	job.Options
+	spec        job.Spec
+	channel     job.ChannelConfig
 	clients     int
+	data        *dataset.Catalog
+	metrics     *metrics.Metrics
 	out         string
 	kafkaConf   string
 	tlsCert     string
@@ -76,41 +61,60 @@ type config struct {
 	metricsAddr string
 }
 
+const synopsis = `usage: aggregator [flags]
+
+Runs a federated job: publishes global models and aggregates the clients'
+updates, over Kafka (default) or gRPC (--grpc).
+
+  aggregator --broker 127.0.0.1:9092 --minclients 10 --numrounds 5
+  aggregator --grpc --broker "[::]:8080" --minclients 10 --numrounds 5
+  aggregator --embedded --clients 10 --minclients 10 --numrounds 3`
+
+var flagGroups = []cli.Group{
+	{Title: "Channel", Flags: []string{"broker", "grpc", "embedded", "job", "update-partitions", "kafka-config", "state-file"}},
+	{Title: "Rounds", Flags: []string{"minclients", "numrounds", "target-clients", "round-timeout", "on-short"}},
+	{Title: "Model and data", Flags: []string{"model", "dataset", "partition", "partitions", "alpha", "shards-per-client", "max-examples", "lr", "batch", "epochs", "prox-mu", "seed", "eval-examples"}},
+	{Title: "Strategy", Flags: []string{"strategy", "server-lr", "server-momentum", "trim", "byzantine", "max-norm"}},
+	{Title: "Security", Flags: []string{"client-list", "tls-cert", "tls-key", "tls-client-ca", "tokens-file"}},
+	{Title: "Output", Flags: []string{"clients", "out", "log-level", "log-to", "log-project", "metrics-addr"}},
+}
+
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
-	c := &config{}
+	c := &config{data: dataset.NewCatalog()}
 	fs := flag.NewFlagSet("aggregator", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	o := &c.Options
-	fs.StringVar(&o.Broker, "broker", "127.0.0.1:9092", "Kafka bootstrap servers; with --grpc the address to listen on (e.g. \"[::]:8080\"); with --embedded the address the embedded broker listens on")
+	cli.SetUsage(fs, synopsis, flagGroups)
+	o, cc := &c.spec, &c.channel
+	broker := fs.String("broker", "127.0.0.1:9092", "Kafka bootstrap servers; with --grpc the address to listen on (e.g. \"[::]:8080\"); with --embedded the address the embedded broker listens on")
 	fs.IntVar(&o.MinClients, "minclients", 2, "valid updates needed to close a round")
 	fs.IntVar(&o.NumRounds, "numrounds", 5, "training rounds before the final model")
-	fs.BoolVar(&o.GRPC, "grpc", false, "serve the gRPC channel instead of using Kafka")
-	fs.BoolVar(&o.Embedded, "embedded", false, "start an in-memory Kafka broker (franz-go kfake) on --broker")
+	grpc := fs.Bool("grpc", false, "serve the gRPC channel instead of using Kafka")
+	embedded := fs.Bool("embedded", false, "start an in-memory Kafka broker (franz-go kfake) on --broker")
 	fs.StringVar(&o.Job, "job", "mnist", "job id; names the topics fdx.<job>.model and fdx.<job>.updates")
 	fs.IntVar(&o.TargetClients, "target-clients", 0, "close a round at once with this many updates (default minclients); fewer, down to minclients, close it at its deadline")
 	fs.DurationVar(&o.RoundTimeout, "round-timeout", 0, "round deadline (0: none)")
 	short := fs.String("on-short", "wait", "when a deadline passes with fewer than minclients updates: wait or fail")
 	fs.StringVar(&o.Model, "model", "logreg", "logreg or 2nn")
 	fs.StringVar(&o.Dataset, "dataset", "mnist", "mnist or synthetic")
-	fs.StringVar(&o.Partition, "partition", "iid", "iid, shards or dirichlet")
-	fs.IntVar(&o.Partitions, "partitions", 0, "number of data shards (default: max(minclients, target-clients))")
-	fs.Float64Var(&o.Alpha, "alpha", 0.5, "Dirichlet concentration for --partition dirichlet")
-	fs.IntVar(&o.ShardsPer, "shards-per-client", 2, "label shards per client for --partition shards")
+	fs.StringVar(&o.Partition.Scheme, "partition", "iid", "iid, shards or dirichlet")
+	fs.IntVar(&o.Partition.NumPartitions, "partitions", 0, "number of data shards (default: max(minclients, target-clients))")
+	fs.Float64Var(&o.Partition.Alpha, "alpha", 0.5, "Dirichlet concentration for --partition dirichlet")
+	fs.IntVar(&o.Partition.ShardsPerClient, "shards-per-client", 2, "label shards per client for --partition shards")
 	fs.IntVar(&o.MaxExamples, "max-examples", 0, "cap on each client's shard (0: whole shard)")
 	fs.Float64Var(&o.LearningRate, "lr", 0.05, "client learning rate")
 	fs.IntVar(&o.BatchSize, "batch", 10, "client minibatch size")
 	fs.IntVar(&o.LocalEpochs, "epochs", 1, "client local epochs per round")
 	fs.Float64Var(&o.ProximalMu, "prox-mu", 0, "FedProx proximal term (0: off)")
 	fs.Uint64Var(&o.Seed, "seed", 1, "job seed: initial model, partition, client shuffles")
-	fs.StringVar(&o.Strategy.Name, "strategy", "fedavg", "fedavg, fedavgm, fedadam, fedyogi, fedadagrad, median, trimmedmean, krum, multikrum")
+	fs.StringVar(&o.Strategy.Name, "strategy", "fedavg", strings.Join(strategy.Names(), ", "))
 	fs.Float64Var(&o.Strategy.ServerLR, "server-lr", 0, "server learning rate for fedavgm/fedadam/fedyogi/fedadagrad (0: strategy default)")
 	fs.Float64Var(&o.Strategy.Momentum, "server-momentum", 0, "fedavgm momentum (0: default)")
 	fs.Float64Var(&o.Strategy.TrimFraction, "trim", 0, "trimmedmean fraction cut at each end (0: 0.2)")
 	fs.IntVar(&o.Strategy.ByzantineF, "byzantine", 0, "krum: assumed number of Byzantine clients")
 	fs.Float64Var(&o.MaxNorm, "max-norm", 0, "reject updates with ||local-global|| above this (0: no bound)")
-	fs.IntVar(&o.UpdatePartitions, "update-partitions", 4, "partitions of the updates topic")
+	fs.IntVar(&cc.UpdatePartitions, "update-partitions", 4, "partitions of the updates topic")
 	fs.IntVar(&o.EvalExamples, "eval-examples", 0, "test examples evaluated per round (0: whole test set)")
-	fs.StringVar(&o.StateFile, "state-file", "", "gRPC: file holding the newest model so a restart resumes")
+	fs.StringVar(&cc.StateFile, "state-file", "", "gRPC: file holding the newest model so a restart resumes")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "gRPC: server certificate (PEM); with --tls-key enables TLS")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "gRPC: server private key (PEM)")
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "gRPC: CA that client certificates must chain to (mutual TLS)")
@@ -124,50 +128,57 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Var(&c.logTo, "log-to", "log format: auto (text on a terminal, else JSON), text, json, gcp (Cloud Logging JSON on stdout) or cloud (Cloud Logging API)")
 	fs.StringVar(&c.logProject, "log-project", "", "Google Cloud project for --log-to cloud and trace fields (default: metadata server)")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz on this address (e.g. :9100)")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	switch {
+	case *grpc && *embedded:
+		return nil, cli.Usagef("--embedded starts a Kafka broker; it does not go with --grpc")
+	case *grpc:
+		cc.Transport, cc.Listen = job.GRPC, *broker
+	case *embedded:
+		cc.Transport, cc.Listen = job.EmbeddedKafka, *broker
+	default:
+		cc.Transport, cc.Brokers = job.Kafka, *broker
 	}
 	o.OnShort = coordinator.ShortRound(*short)
 	if o.OnShort != coordinator.Wait && o.OnShort != coordinator.Fail {
-		return nil, fmt.Errorf("--on-short %q: want wait or fail", *short)
+		return nil, cli.Usagef("--on-short %q: want wait or fail", *short)
 	}
 	if c.clients < 0 {
-		return nil, fmt.Errorf("--clients %d: want 0 or more", c.clients)
+		return nil, cli.Usagef("--clients %d: want 0 or more", c.clients)
 	}
 	if c.clients > 0 && c.clients < o.MinClients {
-		return nil, fmt.Errorf("--clients %d is below --minclients %d: the rounds would never close", c.clients, o.MinClients)
+		return nil, cli.Usagef("--clients %d is below --minclients %d: the rounds would never close", c.clients, o.MinClients)
 	}
 	if c.kafkaConf != "" {
 		props, err := kafkachan.LoadProperties(c.kafkaConf)
 		if err != nil {
 			return nil, err
 		}
-		o.KafkaProperties = props
+		cc.KafkaProperties = props
 	}
 	if (c.tlsCert == "") != (c.tlsKey == "") {
-		return nil, errors.New("--tls-cert and --tls-key go together")
+		return nil, cli.Usagef("--tls-cert and --tls-key go together")
 	}
-	if !o.GRPC && (c.tlsCert != "" || c.tlsClientCA != "" || c.tokensFile != "") {
-		return nil, errors.New("--tls-cert, --tls-client-ca and --tokens-file secure the gRPC channel: add --grpc (Kafka security goes in --kafka-config)")
+	if cc.Transport != job.GRPC && (c.tlsCert != "" || c.tlsClientCA != "" || c.tokensFile != "" || cc.StateFile != "") {
+		return nil, cli.Usagef("--tls-cert, --tls-client-ca, --tokens-file and --state-file are for the gRPC channel: add --grpc (Kafka security goes in --kafka-config)")
 	}
 	if c.tlsCert != "" {
 		cfg, err := grpcchan.ServerTLS(c.tlsCert, c.tlsKey, c.tlsClientCA)
 		if err != nil {
 			return nil, err
 		}
-		o.GRPCTLS = cfg
+		cc.GRPCTLS = cfg
 	} else if c.tlsClientCA != "" {
-		return nil, errors.New("--tls-client-ca needs --tls-cert and --tls-key")
+		return nil, cli.Usagef("--tls-client-ca needs --tls-cert and --tls-key")
 	}
 	if c.tokensFile != "" {
 		toks, err := grpcchan.LoadTokens(c.tokensFile)
 		if err != nil {
 			return nil, err
 		}
-		o.GRPCTokens = toks
+		cc.GRPCTokens = toks
 	}
 	if c.clientList != "" {
 		ids, err := loadClientList(c.clientList)
@@ -176,32 +187,31 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		}
 		o.Allowed = ids
 	}
+	*o = o.WithDefaults()
 	if err := o.Validate(); err != nil {
-		return nil, err
+		return nil, cli.Usagef("%v", err)
 	}
-	if v := os.Getenv(envFaultBeforeCommit); v != "" {
-		hook, err := killBeforeCommit(v)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", envFaultBeforeCommit, err)
-		}
-		o.BeforeCommit = hook
+	if err := cc.Validate(); err != nil {
+		return nil, cli.Usagef("%v", err)
+	}
+	if err := c.faults(); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
 
 // loadClientList reads one client id per line.
 func loadClientList(path string) (map[string]bool, error) {
-	b, err := os.ReadFile(path)
+	lines, err := linefile.Read(path)
 	if err != nil {
 		return nil, fmt.Errorf("--client-list: %w", err)
 	}
 	ids := map[string]bool{}
-	for _, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
+	for _, l := range lines {
+		if err := rules.ValidateClientID(l.Text); err != nil {
+			return nil, fmt.Errorf("--client-list %s:%d: %w", path, l.N, err)
 		}
-		ids[line] = true
+		ids[l.Text] = true
 	}
 	if len(ids) == 0 {
 		return nil, fmt.Errorf("--client-list %s: no client ids", path)
@@ -209,27 +219,47 @@ func loadClientList(path string) (map[string]bool, error) {
 	return ids, nil
 }
 
-// envFaultBeforeCommit names a fault-injection switch for crash tests: "any"
-// or a round number makes the process SIGKILL itself inside that round's
-// transaction, after the model and offsets are sent and before the commit.
-const envFaultBeforeCommit = "FDX_FAULT_KILL_BEFORE_COMMIT"
+// Fault-injection switches for crash tests. FDX_FAULT_KILL_BEFORE_COMMIT,
+// "any" or a round number, makes the process SIGKILL itself inside that
+// round's Kafka transaction, after the model and offsets are sent and
+// before the commit. FDX_FAULT_KILL_AFTER_STORE, a client id or "any", makes
+// it SIGKILL itself once that client's gRPC update is in the update log,
+// before it is folded and answered.
+const (
+	envFaultBeforeCommit = "FDX_FAULT_KILL_BEFORE_COMMIT"
+	envFaultAfterStore   = "FDX_FAULT_KILL_AFTER_STORE"
+)
 
-func killBeforeCommit(v string) (func(int64), error) {
-	want := int64(-1)
-	if v != "any" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("want \"any\" or a round number, got %q", v)
+func (c *config) faults() error {
+	if v := os.Getenv(envFaultBeforeCommit); v != "" {
+		want := int64(-1)
+		if v != "any" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return fmt.Errorf("%s: want \"any\" or a round number, got %q", envFaultBeforeCommit, v)
+			}
+			want = n
 		}
-		want = n
+		c.channel.BeforeCommit = func(round int64) {
+			if want < 0 || round == want {
+				kill(fmt.Sprintf("before committing round %d", round))
+			}
+		}
 	}
-	return func(round int64) {
-		if want < 0 || round == want {
-			fmt.Fprintf(os.Stderr, "aggregator: fault injection: SIGKILL before committing round %d\n", round)
-			syscall.Kill(os.Getpid(), syscall.SIGKILL)
-			select {} // the signal is on its way
+	if v := os.Getenv(envFaultAfterStore); v != "" {
+		c.channel.AfterStore = func(u *fdxv1.Update) {
+			if v == "any" || u.GetClientId() == v {
+				kill(fmt.Sprintf("after storing the update of %q for round %d", u.GetClientId(), u.GetBaseRound()))
+			}
 		}
-	}, nil
+	}
+	return nil
+}
+
+func kill(where string) {
+	fmt.Fprintf(os.Stderr, "aggregator: fault injection: SIGKILL %s\n", where)
+	syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	select {} // the signal is on its way
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -239,7 +269,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(c.logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+		return cli.Usagef("--log-level: %v", err)
 	}
 	log, closeLog, err := logging.Open(ctx, stderr, logging.Options{Format: c.logTo, Level: lvl, ProjectID: c.logProject})
 	if err != nil {
@@ -248,21 +278,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer closeLog()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	env := job.Env{Log: log, Data: c.data}
 	if c.metricsAddr != "" {
 		channelName := "kafka"
-		if c.GRPC {
+		if c.channel.Transport == job.GRPC {
 			channelName = "grpc"
 		}
-		c.Metrics = metrics.New(c.Job, channelName)
-		addr, err := metrics.Serve(ctx, c.metricsAddr, c.Metrics.Handler(), log)
+		env.Metrics = metrics.New(c.spec.Job, channelName)
+		addr, err := metrics.Serve(ctx, c.metricsAddr, env.Metrics.Handler(), log)
 		if err != nil {
 			return fmt.Errorf("--metrics-addr: %w", err)
 		}
 		log.Info("metrics listening", "addr", addr)
 	}
 	clientsDone := make(chan error, 1)
+	var ready func(addr string)
 	if c.clients > 0 {
-		c.Ready = func(addr string) {
+		ready = func(addr string) {
 			// Per-round client lines would drown the aggregator's; the
 			// clients log warnings only unless asked for debug.
 			clog, err := logging.New(stderr, logging.Options{Format: logging.FormatText, Level: max(lvl, slog.LevelWarn)})
@@ -274,8 +306,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else {
 		close(clientsDone)
 	}
-	res, err := job.Run(ctx, c.Options, log)
+	res, err := job.RunOn(ctx, c.spec, c.channel, env, ready)
 	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			// Every closed round is committed; a restart resumes the
+			// open one from the checkpoint.
+			log.Info("stopped by signal; restart with the same --job to resume")
+		}
 		return err
 	}
 	if c.clients > 0 {
@@ -299,9 +336,12 @@ func printSummary(w io.Writer, res *job.Result) {
 	for _, r := range res.Rounds {
 		fmt.Fprintf(w, "%-6d %-8d %-9.4f %-8.4f %-10s\n", r.Round, r.Clients, r.Accuracy, r.Loss, time.Duration(r.DurationMs*float64(time.Millisecond)).Round(time.Millisecond))
 	}
+	// In the wire enum's order, so that two runs print alike.
 	var rej []string
-	for k, v := range res.Rejected {
-		rej = append(rej, fmt.Sprintf("%s=%d", k, v))
+	for _, r := range rules.Reasons() {
+		if n := res.Rejected[string(r)]; n > 0 {
+			rej = append(rej, fmt.Sprintf("%s=%d", r, n))
+		}
 	}
 	fmt.Fprintf(w, "total %s; aggregator sent %d messages (%d bytes), received %d (%d bytes); rejected: %s\n",
 		time.Duration(res.Duration*float64(time.Millisecond)).Round(time.Millisecond),

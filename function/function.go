@@ -1,5 +1,6 @@
-// Package function is FDxKafka's HTTP Cloud Function: one invocation is one
-// client taking part in one or more rounds. POST it
+// Package function is FDxKafka's HTTP Cloud Function, and only that: the
+// handler and its JSON request contract. One invocation is one client
+// taking part in one or more rounds through package participant. POST it
 //
 //	{"broker": "10.0.0.5:9092", "client_id": "7", "channel": "kafka"}
 //
@@ -10,7 +11,6 @@ package function
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -66,12 +66,9 @@ type Config struct {
 	// Data caches the data sets across invocations of a warm instance;
 	// nil makes a new catalog.
 	Data *dataset.Catalog
-	// KafkaProperties are extra librdkafka settings (SASL, TLS).
-	KafkaProperties map[string]string
-	// GRPCTLS, when set, dials the gRPC aggregator over TLS; GRPCToken is
-	// sent as the bearer token.
-	GRPCTLS   *tls.Config
-	GRPCToken string
+	// Transport holds the security settings of every dial (Kafka SASL/TLS
+	// properties, gRPC TLS and bearer token).
+	Transport participant.Transport
 }
 
 // ConfigFromEnv reads the function's deployment settings: FDX_BROKER,
@@ -85,16 +82,16 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		if err != nil {
 			return cfg, fmt.Errorf("FDX_KAFKA_CONFIG: %w", err)
 		}
-		cfg.KafkaProperties = props
+		cfg.Transport.KafkaProperties = props
 	}
 	if ca, cert, key := getenv("FDX_GRPC_CA"), getenv("FDX_GRPC_CERT"), getenv("FDX_GRPC_KEY"); ca != "" || cert != "" {
 		t, err := grpcchan.ClientTLS(ca, cert, key, "")
 		if err != nil {
 			return cfg, fmt.Errorf("FDX_GRPC_CA/CERT/KEY: %w", err)
 		}
-		cfg.GRPCTLS = t
+		cfg.Transport.GRPCTLS = t
 	}
-	cfg.GRPCToken = getenv("FDX_GRPC_TOKEN")
+	cfg.Transport.GRPCToken = getenv("FDX_GRPC_TOKEN")
 	return cfg, nil
 }
 
@@ -109,6 +106,9 @@ type Server struct {
 func NewServer(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Transport.Logger == nil {
+		cfg.Transport.Logger = cfg.Logger
 	}
 	if cfg.Data == nil {
 		cfg.Data = dataset.NewCatalog()
@@ -159,26 +159,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // Run dials the request's channel and takes part in its rounds.
 func (s *Server) Run(ctx context.Context, req Request) (participant.Summary, error) {
-	ch, err := s.Dial(ctx, req)
+	ch, err := s.cfg.Transport.Dial(ctx, req.Target())
 	if err != nil {
 		return participant.Summary{}, err
 	}
 	defer ch.Close()
 	return s.part.Run(ctx, ch, participant.Options{Job: req.Job, ClientID: req.ClientID, Round: req.Round, Exact: req.Round > 0, Rounds: req.Rounds})
-}
-
-// Dial opens the channel a request names, configured as this server's
-// invocations are (Kafka properties, gRPC TLS and token).
-func (s *Server) Dial(ctx context.Context, req Request) (channel.Client, error) {
-	switch req.Channel {
-	case "grpc":
-		return grpcchan.Dial(ctx, grpcchan.ClientOptions{Addr: req.Broker, Job: req.Job, ClientID: req.ClientID,
-			TLS: s.cfg.GRPCTLS, Token: s.cfg.GRPCToken})
-	default:
-		return kafkachan.Dial(ctx, kafkachan.ClientOptions{Options: kafkachan.Options{
-			Brokers: req.Broker, Job: req.Job, Properties: s.cfg.KafkaProperties, Logger: s.log,
-		}})
-	}
 }
 
 // statusFor maps a failure onto an HTTP status an invoker can act on:

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fdxkafka/fdxkafka/aggregator/validate"
-	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+	"github.com/fdxkafka/fdxkafka/shared/participant"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
 // Limits on a request.
@@ -98,9 +98,9 @@ func ParseRequest(body io.Reader, def Defaults) (Request, error) {
 		req.Channel = strings.ToLower(strings.TrimSpace(*raw.Channel))
 	}
 	if req.Channel == "" {
-		req.Channel = "kafka"
+		req.Channel = participant.ChannelKafka
 	}
-	if req.Channel != "kafka" && req.Channel != "grpc" {
+	if req.Channel != participant.ChannelKafka && req.Channel != participant.ChannelGRPC {
 		return Request{}, &FieldError{"channel", fmt.Sprintf("%q is not a channel; want \"kafka\" or \"grpc\"", req.Channel)}
 	}
 	if raw.Job != nil {
@@ -109,7 +109,7 @@ func ParseRequest(body io.Reader, def Defaults) (Request, error) {
 	if req.Job == "" {
 		req.Job = "mnist"
 	}
-	if err := kafkachan.ValidateJob(req.Job); err != nil {
+	if err := rules.ValidateJob(req.Job); err != nil {
 		return Request{}, &FieldError{"job", err.Error()}
 	}
 	if raw.Round != nil {
@@ -161,8 +161,8 @@ func clientID(raw json.RawMessage) (string, error) {
 	if s == "" {
 		return "", &FieldError{"client_id", "empty"}
 	}
-	if len(s) > validate.MaxClientIDLen {
-		return "", &FieldError{"client_id", fmt.Sprintf("%d bytes; at most %d", len(s), validate.MaxClientIDLen)}
+	if len(s) > rules.MaxClientIDLen {
+		return "", &FieldError{"client_id", fmt.Sprintf("%d bytes; at most %d", len(s), rules.MaxClientIDLen)}
 	}
 	return s, nil
 }
@@ -187,4 +187,15 @@ func jsonError(err error) error {
 		return &FieldError{"body", "truncated JSON"}
 	}
 	return &FieldError{"body", err.Error()}
+}
+
+// Target is the aggregator the request names, for participant.Transport.Dial.
+func (r Request) Target() participant.Target {
+	return participant.Target{Channel: r.Channel, Broker: r.Broker, Job: r.Job, ClientID: r.ClientID}
+}
+
+// RequestJSON builds a request body as the PoC's invokers sent it.
+func RequestJSON(broker, clientID, channel, job string, timeoutS float64) io.Reader {
+	b, _ := json.Marshal(map[string]any{"broker": broker, "client_id": clientID, "channel": channel, "job": job, "timeout_s": timeoutS})
+	return bytes.NewReader(b)
 }

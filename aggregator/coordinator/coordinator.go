@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -20,6 +19,7 @@ import (
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/model"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
 
@@ -83,9 +83,17 @@ type Evaluator func(params [][]float32) (model.Metrics, error)
 type Observer interface {
 	RoundStarted(round int64)
 	UpdateAccepted(clientID string, bytes int)
-	UpdateRejected(reason validate.Reason, clientID string, bytes int)
+	UpdateRejected(reason rules.Reason, clientID string, bytes int)
 	RoundClosed(r RoundRecord)
 }
+
+// NopObserver observes nothing.
+type NopObserver struct{}
+
+func (NopObserver) RoundStarted(int64)                       {}
+func (NopObserver) UpdateAccepted(string, int)               {}
+func (NopObserver) UpdateRejected(rules.Reason, string, int) {}
+func (NopObserver) RoundClosed(RoundRecord)                  {}
 
 // RoundRecord is the history of one closed round.
 type RoundRecord struct {
@@ -97,7 +105,9 @@ type RoundRecord struct {
 	Loss         float64  `json:"loss"`
 	// DurationMs runs from publishing the round's model to publishing the
 	// next one.
-	DurationMs  float64 `json:"duration_ms"`
+	DurationMs float64 `json:"duration_ms"`
+	// AggregateMs is the strategy's time: folding every update in and
+	// finishing the round.
 	AggregateMs float64 `json:"aggregate_ms"`
 	// PropagationMs is the longest time a contributor took to receive the
 	// round's model after it was published (client clocks; same machine
@@ -147,6 +157,9 @@ func New(cfg Config, ch channel.Server, strat strategy.Strategy, eval Evaluator,
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if obs == nil {
+		obs = NopObserver{}
 	}
 	return &Coordinator{cfg: cfg, ch: ch, strat: strat, eval: eval, obs: obs,
 		log: log.With("job", cfg.Job), specs: specs, rejected: map[string]int64{}}, nil
@@ -239,147 +252,203 @@ func (c *Coordinator) model(round int64, params [][]float32, contributors []stri
 	return m
 }
 
+// roundState is one open round: what the loop has collected so far.
+type roundState struct {
+	rec       RoundRecord
+	agg       strategy.Round
+	check     *validate.Round
+	published time.Time
+	deadline  time.Time // zero: none
+	// pastDeadline: the deadline passed, so the round closes with
+	// MinClients updates instead of TargetClients, and waits without one.
+	pastDeadline bool
+	// needMore is the count a strategy asked for (Krum needs more than
+	// 2f+2 updates) after refusing to finish with fewer.
+	needMore    int
+	propagation time.Duration
+	aggregate   time.Duration // folding and finishing
+}
+
+// target is the number of updates that closes the round now.
+func (st *roundState) target(cfg Config) int {
+	t := cfg.TargetClients
+	if st.pastDeadline {
+		t = cfg.MinClients
+	}
+	return max(t, st.needMore)
+}
+
 // round collects updates for cur's round and publishes the next model.
 func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params [][]float32) (*fdxv1.GlobalModel, [][]float32, RoundRecord, error) {
 	r := cur.GetRound()
-	rec := RoundRecord{Round: r, Rejected: map[string]int64{}}
-	if c.obs != nil {
-		c.obs.RoundStarted(r)
-	}
+	c.obs.RoundStarted(r)
 	agg, err := c.strat.Begin(params)
 	if err != nil {
-		return nil, nil, rec, fmt.Errorf("round %d: %w", r, err)
+		return nil, nil, RoundRecord{Round: r}, fmt.Errorf("round %d: %w", r, err)
 	}
-	expect := validate.Expect{
-		Job: c.cfg.Job, Round: r, Specs: c.specs, Global: params,
-		MaxNorm: c.cfg.MaxNorm, MaxExamples: c.cfg.MaxExamples, MaxBytes: c.cfg.MaxUpdateBytes,
-		Allowed: c.cfg.Allowed,
+	st := &roundState{
+		rec: RoundRecord{Round: r, Rejected: map[string]int64{}},
+		agg: agg,
+		check: validate.NewRound(validate.Expect{
+			Job: c.cfg.Job, Round: r, Specs: c.specs, Global: params,
+			MaxNorm: c.cfg.MaxNorm, MaxExamples: c.cfg.MaxExamples, MaxBytes: c.cfg.MaxUpdateBytes,
+			Allowed: c.cfg.Allowed,
+		}),
+		published: cur.GetPublishedAt().AsTime(),
 	}
-	seen := map[string]bool{}
-	published := cur.GetPublishedAt().AsTime()
-	var deadline time.Time
 	if c.cfg.RoundTimeout > 0 {
-		deadline = published.Add(c.cfg.RoundTimeout)
+		st.deadline = st.published.Add(c.cfg.RoundTimeout)
 	}
-	var propagation time.Duration
-	target := c.cfg.TargetClients
-	var next [][]float32
-	var aggStart time.Time
+	next, err := c.collect(ctx, st)
+	if err != nil {
+		return nil, nil, st.rec, fmt.Errorf("round %d: %w", r, err)
+	}
+	nm, err := c.close(ctx, st, next)
+	if err != nil {
+		return nil, nil, st.rec, fmt.Errorf("round %d: %w", r, err)
+	}
+	return nm, next, st.rec, nil
+}
+
+// collect takes updates until the round may close and returns the
+// strategy's aggregate.
+func (c *Coordinator) collect(ctx context.Context, st *roundState) ([][]float32, error) {
 	for {
-		for len(seen) < target {
-			wait := ctx
-			cancel := context.CancelFunc(func() {})
-			if !deadline.IsZero() {
-				wait, cancel = context.WithDeadline(ctx, deadline)
-			}
-			d, err := c.ch.Next(wait)
-			cancel()
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil, nil, rec, fmt.Errorf("round %d: %w", r, ctx.Err())
+		for st.check.Count() < st.target(c.cfg) {
+			d, err := c.receive(ctx, st)
+			switch {
+			case err == nil:
+				if err := c.take(st, d); err != nil {
+					return nil, err
 				}
-				if errors.Is(err, context.DeadlineExceeded) {
-					if len(seen) >= c.cfg.MinClients {
-						c.log.Info("round deadline passed", "round", r, "clients", len(seen))
-						break
-					}
-					if c.cfg.OnShort == Fail {
-						return nil, nil, rec, fmt.Errorf("round %d: deadline passed with %d of %d required updates", r, len(seen), c.cfg.MinClients)
-					}
-					c.log.Warn("round deadline passed with too few updates; waiting", "round", r, "clients", len(seen), "minclients", c.cfg.MinClients)
-					// Past the deadline the round closes as soon as it has
-					// the minimum, not the target.
-					deadline = time.Time{}
-					target = c.cfg.MinClients
-					continue
+			case ctx.Err() != nil:
+				return nil, ctx.Err()
+			case errors.Is(err, context.DeadlineExceeded):
+				if err := c.deadlinePassed(st); err != nil {
+					return nil, err
 				}
-				return nil, nil, rec, fmt.Errorf("round %d: receive: %w", r, err)
+			default:
+				return nil, fmt.Errorf("receive: %w", err)
 			}
-			vals, rej := c.check(d, expect, seen)
-			if rej == nil {
-				u := d.Update
-				err := agg.Add(strategy.Update{ClientID: u.GetClientId(), NumExamples: u.GetNumExamples(), Params: vals})
-				switch {
-				case errors.Is(err, strategy.ErrRoundClosed), errors.Is(err, strategy.ErrStaleRound):
-					return nil, nil, rec, fmt.Errorf("round %d: aggregate update of %q: %w", r, u.GetClientId(), err)
-				case err != nil:
-					// The strategy refuses it (e.g. beyond its exact range)
-					// and leaves the round unchanged: reject this update only.
-					rej = &validate.Error{Reason: validate.OutOfRange, Detail: err.Error()}
-				}
-			}
-			if rej != nil {
-				rec.Rejected[string(rej.Reason)]++
-				c.rejected[string(rej.Reason)]++
-				c.log.Warn("update rejected", "round", r, "client_id", clientOf(d), "reason", rej.Reason, "detail", rej.Detail)
-				if c.obs != nil {
-					c.obs.UpdateRejected(rej.Reason, clientOf(d), d.Size)
-				}
-				d.Reply(false, rej.Error())
-				continue
-			}
-			u := d.Update
-			seen[u.GetClientId()] = true
-			rec.Examples += u.GetNumExamples()
-			if t := u.GetTimings().GetModelReceived(); t != nil {
-				propagation = max(propagation, t.AsTime().Sub(published))
-			}
-			if c.obs != nil {
-				c.obs.UpdateAccepted(u.GetClientId(), d.Size)
-			}
-			d.Reply(true, "")
 		}
-		var err error
-		aggStart = time.Now()
-		next, err = agg.Finish()
+		start := time.Now()
+		next, err := st.agg.Finish()
+		st.aggregate += time.Since(start)
 		if errors.Is(err, strategy.ErrTooFewUpdates) {
-			// A robust strategy (Krum) needs more updates than minclients
-			// to tolerate its assumed attackers: keep collecting.
-			target = len(seen) + 1
-			if !deadline.IsZero() && !time.Now().Before(deadline) {
-				deadline = time.Time{} // an expired deadline would spin Next
-			}
-			c.log.Warn("strategy needs more updates; round stays open", "round", r, "clients", len(seen), "err", err)
+			// A robust strategy needs more updates than it has to tolerate
+			// its assumed attackers: keep collecting, past any deadline.
+			st.needMore = st.check.Count() + 1
+			c.log.Warn("strategy needs more updates; round stays open", "round", st.rec.Round, "clients", st.check.Count(), "err", err)
 			continue
 		}
 		if err != nil {
-			return nil, nil, rec, fmt.Errorf("round %d: aggregate: %w", r, err)
+			return nil, fmt.Errorf("aggregate: %w", err)
 		}
-		break
+		return next, nil
 	}
-	rec.AggregateMs = msSince(aggStart)
-	rec.Contributors = make([]string, 0, len(seen))
-	for id := range seen {
-		rec.Contributors = append(rec.Contributors, id)
+}
+
+// receive waits for the next delivery until the round's deadline, if it
+// has one still ahead.
+func (c *Coordinator) receive(ctx context.Context, st *roundState) (channel.Delivery, error) {
+	if st.deadline.IsZero() || st.pastDeadline {
+		return c.ch.Next(ctx)
 	}
-	slices.Sort(rec.Contributors)
+	wait, cancel := context.WithDeadline(ctx, st.deadline)
+	defer cancel()
+	return c.ch.Next(wait)
+}
+
+// deadlinePassed decides what a passed deadline means for the round: close
+// with what it has, fail the job, or wait for the minimum.
+func (c *Coordinator) deadlinePassed(st *roundState) error {
+	st.pastDeadline = true
+	n := st.check.Count()
+	switch {
+	case n >= c.cfg.MinClients:
+		c.log.Info("round deadline passed", "round", st.rec.Round, "clients", n)
+	case c.cfg.OnShort == Fail:
+		return fmt.Errorf("deadline passed with %d of %d required updates", n, c.cfg.MinClients)
+	default:
+		c.log.Warn("round deadline passed with too few updates; waiting", "round", st.rec.Round, "clients", n, "minclients", c.cfg.MinClients)
+	}
+	return nil
+}
+
+// take validates a delivery, has the channel accept it, and folds it. Only
+// a strategy refusing a validated update is an error: that is a bug, and
+// the job stops rather than publish a model without it.
+func (c *Coordinator) take(st *roundState, d channel.Delivery) error {
+	vals, rej := c.validate(st, d)
+	if rej == nil {
+		if err := d.Accept(); err != nil {
+			c.log.Error("update could not be stored", "round", st.rec.Round, "client_id", d.ClientID(), "err", err)
+			rej = rules.Reject(rules.NotStored, "%v", err)
+		}
+	}
+	if rej != nil {
+		st.rec.Rejected[string(rej.Reason)]++
+		c.rejected[string(rej.Reason)]++
+		c.log.Warn("update rejected", "round", st.rec.Round, "client_id", d.ClientID(), "reason", rej.Reason, "detail", rej.Detail)
+		c.obs.UpdateRejected(rej.Reason, d.ClientID(), d.Size)
+		d.Reply(rej)
+		return nil
+	}
+	u := d.Update
+	start := time.Now()
+	err := st.agg.Add(strategy.Update{ClientID: u.GetClientId(), NumExamples: u.GetNumExamples(), Params: vals})
+	st.aggregate += time.Since(start)
+	if err != nil {
+		return fmt.Errorf("aggregate the validated update of %q: %w", u.GetClientId(), err)
+	}
+	st.check.Admit(u.GetClientId())
+	st.rec.Examples += u.GetNumExamples()
+	if t := u.GetTimings().GetModelReceived(); t != nil {
+		st.propagation = max(st.propagation, t.AsTime().Sub(st.published))
+	}
+	c.obs.UpdateAccepted(u.GetClientId(), d.Size)
+	d.Reply(nil)
+	return nil
+}
+
+func (c *Coordinator) validate(st *roundState, d channel.Delivery) ([][]float32, *rules.Rejection) {
+	if d.Err != nil || d.Update == nil {
+		return nil, rules.Reject(rules.Undecodable, "%v", d.Err)
+	}
+	return st.check.Check(d.Update, d.Size)
+}
+
+// close evaluates the aggregate and publishes it as the next model.
+func (c *Coordinator) close(ctx context.Context, st *roundState, next [][]float32) (*fdxv1.GlobalModel, error) {
+	rec := &st.rec
+	r := rec.Round
+	rec.AggregateMs = ms(st.aggregate)
+	rec.Contributors = st.check.Admitted()
 	rec.Clients = len(rec.Contributors)
-	rec.PropagationMs = float64(propagation.Microseconds()) / 1000
+	rec.PropagationMs = ms(st.propagation)
 	metrics := map[string]float64{}
 	if c.eval != nil {
 		m, err := c.eval(next)
 		if err != nil {
-			return nil, nil, rec, fmt.Errorf("round %d: evaluate: %w", r, err)
+			return nil, fmt.Errorf("evaluate: %w", err)
 		}
 		rec.Accuracy, rec.Loss = m.Accuracy, m.Loss
 		metrics = map[string]float64{"accuracy": m.Accuracy, "loss": m.Loss}
 	}
 	state, err := c.strat.State()
 	if err != nil {
-		return nil, nil, rec, fmt.Errorf("round %d: strategy state: %w", r, err)
+		return nil, fmt.Errorf("strategy state: %w", err)
 	}
 	nm := c.model(r+1, next, rec.Contributors, metrics, state)
 	if err := c.publish(ctx, nm); err != nil {
-		return nil, nil, rec, fmt.Errorf("round %d: %w", r, err)
+		return nil, err
 	}
-	rec.DurationMs = float64(time.Since(published).Microseconds()) / 1000
+	rec.DurationMs = ms(time.Since(st.published))
 	c.log.Info("round closed", "round", r, "clients", rec.Clients, "examples", rec.Examples,
 		"accuracy", rec.Accuracy, "loss", rec.Loss, "duration_ms", rec.DurationMs,
 		"aggregate_ms", rec.AggregateMs, "final", nm.GetFinal())
-	if c.obs != nil {
-		c.obs.RoundClosed(rec)
-	}
-	return nm, next, rec, nil
+	c.obs.RoundClosed(*rec)
+	return nm, nil
 }
 
 // publishTimeout bounds closing a round once it has begun.
@@ -394,26 +463,4 @@ func (c *Coordinator) publish(ctx context.Context, m *fdxv1.GlobalModel) error {
 	return c.ch.Publish(pctx, m)
 }
 
-// check validates a delivery against the open round.
-func (c *Coordinator) check(d channel.Delivery, e validate.Expect, seen map[string]bool) ([][]float32, *validate.Error) {
-	if d.Err != nil || d.Update == nil {
-		return nil, &validate.Error{Reason: validate.Undecodable, Detail: fmt.Sprint(d.Err)}
-	}
-	vals, rej := validate.Update(d.Update, d.Size, e)
-	if rej != nil {
-		return nil, rej
-	}
-	if seen[d.Update.GetClientId()] {
-		return nil, &validate.Error{Reason: validate.Duplicate, Detail: fmt.Sprintf("client %q already contributed to round %d", d.Update.GetClientId(), e.Round)}
-	}
-	return vals, nil
-}
-
-func clientOf(d channel.Delivery) string {
-	if d.Update != nil {
-		return d.Update.GetClientId()
-	}
-	return d.Key
-}
-
-func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -20,10 +20,10 @@ import (
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
-	"github.com/fdxkafka/fdxkafka/aggregator/validate"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/model"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
 
@@ -122,10 +122,16 @@ func (r *replies) get(name string) verdict {
 // deliver wraps u (nil for an undecodable record) as a delivery of size
 // bytes (the encoded size if size is 0) whose reply is recorded as name.
 func (r *replies) deliver(name string, u *fdxv1.Update, size int) channel.Delivery {
+	return r.deliverStoring(name, u, size, nil)
+}
+
+// deliverStoring is deliver with a channel store: accept runs where a
+// durable channel would append to its log.
+func (r *replies) deliverStoring(name string, u *fdxv1.Update, size int, accept func() error) channel.Delivery {
 	if size == 0 {
 		size = proto.Size(u)
 	}
-	return channel.NewDelivery(u, size, func(accepted bool, reason string) {
+	return channel.NewDelivery(u, size, accept, func(rej *rules.Rejection) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		v, ok := r.m[name]
@@ -134,7 +140,10 @@ func (r *replies) deliver(name string, u *fdxv1.Update, size int) channel.Delive
 			r.m[name] = v
 		}
 		v.calls++
-		v.accepted, v.reason = accepted, reason
+		v.accepted, v.reason = rej == nil, ""
+		if rej != nil {
+			v.reason = rej.Error()
+		}
 	})
 }
 
@@ -301,33 +310,33 @@ func TestHostileRound(t *testing.T) {
 	type delivery struct {
 		name string
 		d    channel.Delivery
-		want validate.Reason // "" for accepted
+		want rules.Reason // "" for accepted
 	}
 	undecodable := rep.deliver("undecodable", nil, 17)
 	undecodable.Err = errors.New("proto: cannot parse invalid wire-format data")
 	undecodable.Key = "mallory"
 	deliveries := []delivery{
-		{"undecodable", undecodable, validate.Undecodable},
-		{"wrong job", rep.deliver("wrong job", modified("m1", func(u *fdxv1.Update) { u.Job = "other" }), 0), validate.WrongJob},
+		{"undecodable", undecodable, rules.Undecodable},
+		{"wrong job", rep.deliver("wrong job", modified("m1", func(u *fdxv1.Update) { u.Job = "other" }), 0), rules.WrongJob},
 		{"alice", rep.deliver("alice", good[0], 0), ""},
 		{"wrong names", rep.deliver("wrong names", modified("m2", func(u *fdxv1.Update) {
 			u.Params[0].Name, u.Params[1].Name = "fc0.bias", "fc0.weight"
-		}), 0), validate.WrongShape},
+		}), 0), rules.WrongShape},
 		{"wrong shapes", rep.deliver("wrong shapes", modified("m3", func(u *fdxv1.Update) {
 			u.Params = tensor.Encode(localParams(transposed, 3), transposed)
-		}), 0), validate.WrongShape},
-		{"NaN", rep.deliver("NaN", withParams("m4", nanParams), 0), validate.NonFinite},
-		{"+Inf", rep.deliver("+Inf", withParams("m5", infParams), 0), validate.NonFinite},
-		{"duplicate", rep.deliver("duplicate", newUpdate(specs, "alice", 1, 10, localParams(specs, 9)), 0), validate.Duplicate},
-		{"norm over bound", rep.deliver("norm over bound", withParams("m6", filled(specs, 2)), 0), validate.NormBound},
-		{"zero examples", rep.deliver("zero examples", modified("m7", func(u *fdxv1.Update) { u.NumExamples = 0 }), 0), validate.BadNumExamples},
-		{"negative examples", rep.deliver("negative examples", modified("m8", func(u *fdxv1.Update) { u.NumExamples = -5 }), 0), validate.BadNumExamples},
+		}), 0), rules.WrongShape},
+		{"NaN", rep.deliver("NaN", withParams("m4", nanParams), 0), rules.NonFinite},
+		{"+Inf", rep.deliver("+Inf", withParams("m5", infParams), 0), rules.NonFinite},
+		{"duplicate", rep.deliver("duplicate", newUpdate(specs, "alice", 1, 10, localParams(specs, 9)), 0), rules.Duplicate},
+		{"norm over bound", rep.deliver("norm over bound", withParams("m6", filled(specs, 2)), 0), rules.NormBound},
+		{"zero examples", rep.deliver("zero examples", modified("m7", func(u *fdxv1.Update) { u.NumExamples = 0 }), 0), rules.BadNumExamples},
+		{"negative examples", rep.deliver("negative examples", modified("m8", func(u *fdxv1.Update) { u.NumExamples = -5 }), 0), rules.BadNumExamples},
 		{"bob", rep.deliver("bob", good[1], 0), ""},
-		{"absurd examples", rep.deliver("absurd examples", modified("m9", func(u *fdxv1.Update) { u.NumExamples = 1 << 40 }), 0), validate.BadNumExamples},
-		{"stale round", rep.deliver("stale round", modified("m10", func(u *fdxv1.Update) { u.BaseRound = 0 }), 0), validate.StaleRound},
-		{"future round", rep.deliver("future round", modified("m11", func(u *fdxv1.Update) { u.BaseRound = 2 }), 0), validate.FutureRound},
-		{"oversize", rep.deliver("oversize", modified("m12", func(*fdxv1.Update) {}), testMaxSize+1), validate.Oversize},
-		{"empty client id", rep.deliver("empty client id", modified("", func(*fdxv1.Update) {}), 0), validate.BadClientID},
+		{"absurd examples", rep.deliver("absurd examples", modified("m9", func(u *fdxv1.Update) { u.NumExamples = 1 << 40 }), 0), rules.BadNumExamples},
+		{"stale round", rep.deliver("stale round", modified("m10", func(u *fdxv1.Update) { u.BaseRound = 0 }), 0), rules.StaleRound},
+		{"future round", rep.deliver("future round", modified("m11", func(u *fdxv1.Update) { u.BaseRound = 2 }), 0), rules.FutureRound},
+		{"oversize", rep.deliver("oversize", modified("m12", func(*fdxv1.Update) {}), testMaxSize+1), rules.Oversize},
+		{"empty client id", rep.deliver("empty client id", modified("", func(*fdxv1.Update) {}), 0), rules.BadClientID},
 		{"carol", rep.deliver("carol", good[2], 0), ""},
 	}
 	srv := newFakeServer()
@@ -449,11 +458,11 @@ func TestOutOfRangeUpdatesWithoutBounds(t *testing.T) {
 	if want := fedAvg(t, specs, good); !bitsEqual(got, want) {
 		t.Errorf("final model is not the FedAvg of the 2 valid updates")
 	}
-	want := map[string]int64{string(validate.OutOfRange): 1, string(validate.BadNumExamples): 1}
+	want := map[string]int64{string(rules.OutOfRange): 1, string(rules.BadNumExamples): 1}
 	if !maps.Equal(res.Rejected, want) {
 		t.Errorf("Rejected = %v, want %v", res.Rejected, want)
 	}
-	for name, reason := range map[string]validate.Reason{"huge values": validate.OutOfRange, "huge count": validate.BadNumExamples} {
+	for name, reason := range map[string]rules.Reason{"huge values": rules.OutOfRange, "huge count": rules.BadNumExamples} {
 		if v := rep.get(name); v.calls != 1 || v.accepted || !strings.HasPrefix(v.reason, string(reason)+": ") {
 			t.Errorf("%s: %d replies, last Reply(%v, %q); want one Reply(false, %q...)", name, v.calls, v.accepted, v.reason, reason)
 		}
@@ -609,5 +618,63 @@ func TestKrumNeedsMoreAfterDeadline(t *testing.T) {
 	}
 	if n := srv.late.Load(); n != 0 {
 		t.Errorf("Next was called %d times with a deadline already passed: the round loop spins", n)
+	}
+}
+
+// TestAcceptBeforeFold: an update the channel fails to store is rejected as
+// not_stored and left out of the model, and its sender may send it again;
+// an update is folded only after the channel accepted it, and its sender
+// hears "accepted" only after both.
+func TestAcceptBeforeFold(t *testing.T) {
+	specs := testSpecs(t)
+	alice := newUpdate(specs, "alice", 1, 10, localParams(specs, 1))
+	bob := newUpdate(specs, "bob", 1, 25, localParams(specs, 2))
+	rep := newReplies()
+	srv := newFakeServer()
+	var stored []string
+	store := func(id string, fail bool) func() error {
+		return func() error {
+			if fail {
+				return errors.New("disk full")
+			}
+			// The reply must not have been sent yet.
+			if v := rep.get(id); v.calls != 0 {
+				t.Errorf("%s answered before it was stored", id)
+			}
+			stored = append(stored, id)
+			return nil
+		}
+	}
+	srv.updates <- rep.deliverStoring("alice-1", alice, 0, store("alice-1", true))
+	srv.updates <- rep.deliverStoring("bob", bob, 0, store("bob", false))
+	srv.updates <- rep.deliverStoring("alice-2", alice, 0, store("alice-2", false))
+
+	c := newCoordinator(t, testConfig(2), srv, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), testWait)
+	defer cancel()
+	res, err := c.Run(ctx)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if v := rep.get("alice-1"); v.accepted || !strings.HasPrefix(v.reason, string(rules.NotStored)+": ") {
+		t.Errorf("alice's unstored update: Reply(%v, %q), want a not_stored rejection", v.accepted, v.reason)
+	}
+	for _, name := range []string{"bob", "alice-2"} {
+		if v := rep.get(name); !v.accepted || v.calls != 1 {
+			t.Errorf("%s: answered %d times, accepted %v; want accepted once", name, v.calls, v.accepted)
+		}
+	}
+	if !slices.Equal(stored, []string{"bob", "alice-2"}) {
+		t.Errorf("stored %q, want bob then alice's second try", stored)
+	}
+	if got := res.Rejected; !maps.Equal(got, map[string]int64{string(rules.NotStored): 1}) {
+		t.Errorf("Rejected = %v, want one not_stored", got)
+	}
+	got, err := tensor.Decode(res.Final.GetParams(), specs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fedAvg(t, specs, []*fdxv1.Update{alice, bob}); !bitsEqual(got, want) {
+		t.Error("final model is not the FedAvg of bob and alice's stored update")
 	}
 }

@@ -1,4 +1,5 @@
-// Package job wires one federated job together: the channel server (Kafka,
+// Package job wires one federated job together: its Spec (what to train
+// and how rounds close), the channel server it runs on (OpenChannel: Kafka,
 // optionally on an embedded broker, or gRPC), the strategy, the centralized
 // evaluation and the round coordinator. The aggregator binary, its tests and
 // the evaluation harness all start jobs through it.
@@ -6,11 +7,9 @@ package job
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
@@ -19,33 +18,29 @@ import (
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
-	"github.com/fdxkafka/fdxkafka/shared/embedded"
-	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/model"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
 
-// Options are the aggregator's settings; the binary's flags map onto them.
-type Options struct {
-	// Broker is the Kafka bootstrap list, or with GRPC the listen address.
-	Broker     string
-	GRPC       bool
-	Embedded   bool
+// Spec describes a job independently of the channel it runs on. Zero
+// fields take the defaults WithDefaults fills in.
+type Spec struct {
 	Job        string
+	NumRounds  int
 	MinClients int
-	// TargetClients closes a round early when reached (0 = MinClients).
+	// TargetClients closes a round early when reached (0: MinClients).
 	TargetClients int
-	NumRounds     int
 	RoundTimeout  time.Duration
 	OnShort       coordinator.ShortRound
 
-	Model        string
-	Dataset      string
-	Partition    string
-	Partitions   int
-	Alpha        float64
-	ShardsPer    int
+	Model   string
+	Dataset string
+	// Partition splits the data set into client shards; its Seed is the
+	// job's Seed, and NumPartitions defaults to the most clients a round
+	// waits for.
+	Partition    dataset.PartitionSpec
 	MaxExamples  int
 	LearningRate float64
 	BatchSize    int
@@ -55,29 +50,125 @@ type Options struct {
 
 	Strategy strategy.Config
 	MaxNorm  float64
-	// UpdatePartitions of the Kafka updates topic.
-	UpdatePartitions int
-	KafkaProperties  map[string]string
-	// BeforeCommit is the Kafka channel's fault-injection point (see
-	// kafkachan.ServerOptions.BeforeCommit).
-	BeforeCommit func(round int64)
-	// StateFile makes the gRPC channel durable.
-	StateFile string
 	// Allowed, when non-nil, is the set of client ids that may contribute;
 	// others are rejected as unknown_client.
 	Allowed map[string]bool
-	// GRPCTLS and GRPCTokens secure the gRPC channel (see grpcchan).
-	GRPCTLS    *tls.Config
-	GRPCTokens map[string]string
-	// EvalExamples caps the test set used per round (0 = all).
+	// EvalExamples caps the test set used per round (0: all).
 	EvalExamples int
-	Data         *dataset.Catalog
+}
+
+// WithDefaults returns s with its zero fields set to their defaults.
+func (s Spec) WithDefaults() Spec {
+	def := func(p *string, v string) {
+		if *p == "" {
+			*p = v
+		}
+	}
+	def(&s.Job, "mnist")
+	def(&s.Model, model.KindLogReg)
+	def(&s.Dataset, "mnist")
+	def(&s.Partition.Scheme, dataset.SchemeIID)
+	def(&s.Strategy.Name, "fedavg")
+	if s.OnShort == "" {
+		s.OnShort = coordinator.Wait
+	}
+	if s.Partition.NumPartitions == 0 {
+		s.Partition.NumPartitions = max(s.MinClients, s.TargetClients, 1)
+	}
+	s.Partition.Seed = s.Seed
+	if s.LearningRate == 0 {
+		s.LearningRate = 0.05
+	}
+	if s.BatchSize == 0 {
+		s.BatchSize = 10
+	}
+	if s.LocalEpochs == 0 {
+		s.LocalEpochs = 1
+	}
+	return s
+}
+
+// Validate reports the first bad field of a spec that WithDefaults filled.
+func (s Spec) Validate() error {
+	if err := rules.ValidateJob(s.Job); err != nil {
+		return fmt.Errorf("job: %w", err)
+	}
+	switch {
+	case s.MinClients < 1:
+		return fmt.Errorf("min clients %d: want at least 1", s.MinClients)
+	case s.NumRounds < 1:
+		return fmt.Errorf("rounds %d: want at least 1", s.NumRounds)
+	case s.TargetClients != 0 && s.TargetClients < s.MinClients:
+		return fmt.Errorf("target clients %d is below min clients %d", s.TargetClients, s.MinClients)
+	case s.RoundTimeout < 0:
+		return fmt.Errorf("round timeout %v is negative", s.RoundTimeout)
+	case s.OnShort != coordinator.Wait && s.OnShort != coordinator.Fail:
+		return fmt.Errorf("on short round %q: want %q or %q", s.OnShort, coordinator.Wait, coordinator.Fail)
+	case s.MaxNorm < 0:
+		return fmt.Errorf("max norm %v is negative", s.MaxNorm)
+	case s.EvalExamples < 0:
+		return fmt.Errorf("eval examples %d is negative", s.EvalExamples)
+	}
+	if !model.Known(s.Model) {
+		return fmt.Errorf("model %q: want one of %v", s.Model, model.Kinds())
+	}
+	if err := s.Partition.Validate(); err != nil {
+		return fmt.Errorf("partition: %w", err)
+	}
+	opt := model.TrainOptions{LearningRate: s.LearningRate, BatchSize: s.BatchSize, Epochs: s.LocalEpochs, ProximalMu: s.ProximalMu}
+	if err := opt.Validate(); err != nil {
+		return fmt.Errorf("training options: %w", err)
+	}
+	if _, err := strategy.New(s.Strategy); err != nil {
+		return fmt.Errorf("strategy: %w", err)
+	}
+	return nil
+}
+
+// TrainConfig returns the train config that models of this job carry.
+func (s Spec) TrainConfig() *fdxv1.TrainConfig {
+	return &fdxv1.TrainConfig{
+		Model:        s.Model,
+		LearningRate: s.LearningRate,
+		BatchSize:    int32(s.BatchSize),
+		LocalEpochs:  int32(s.LocalEpochs),
+		Seed:         s.Seed,
+		Dataset:      s.Dataset,
+		MaxExamples:  int32(s.MaxExamples),
+		ProximalMu:   s.ProximalMu,
+		Partition:    rules.ProtoPartitionSpec(s.Partition),
+	}
+}
+
+// Shapes returns the tensor specs of the job's model, sized from its data
+// set, and the largest record the job's channel must carry.
+func (s Spec) Shapes(data *dataset.Catalog) ([]tensor.Spec, int, error) {
+	train, err := data.Load(s.Dataset, dataset.SplitTrain)
+	if err != nil {
+		return nil, 0, err
+	}
+	specs, err := model.SpecsFor(s.Model, train.Dim, train.Classes)
+	if err != nil {
+		return nil, 0, err
+	}
+	n := 0
+	for _, sp := range specs {
+		n += sp.Size()
+	}
+	return specs, kafkachan.MessageBytesFor(n), nil
+}
+
+// Env is what a job runs with besides its spec and channel. Every field may
+// be zero.
+type Env struct {
+	Log *slog.Logger
 	// Metrics, when set, observes the rounds and exports the channel's
-	// traffic; it turns ready once clients may connect.
+	// traffic; it turns ready while the job runs.
 	Metrics *metrics.Metrics
-	// Ready, when set, receives the channel's address once clients may
-	// connect (for the embedded broker and gRPC port 0).
-	Ready func(addr string)
+	// Data caches data sets; nil makes a new catalog.
+	Data *dataset.Catalog
+	// ChannelName labels the result ("kafka", "grpc").
+	ChannelName string
 }
 
 // Result adds transport figures to the coordinator's result.
@@ -89,120 +180,32 @@ type Result struct {
 	Duration float64       `json:"total_ms"`
 }
 
-// TrainConfig returns the train config that models of this job carry.
-func (o *Options) TrainConfig() *fdxv1.TrainConfig {
-	return &fdxv1.TrainConfig{
-		Model:        o.Model,
-		LearningRate: o.LearningRate,
-		BatchSize:    int32(o.BatchSize),
-		LocalEpochs:  int32(o.LocalEpochs),
-		Seed:         o.Seed,
-		Dataset:      o.Dataset,
-		MaxExamples:  int32(o.MaxExamples),
-		ProximalMu:   o.ProximalMu,
-		Partition: &fdxv1.PartitionSpec{
-			Scheme:          o.Partition,
-			NumPartitions:   int32(o.Partitions),
-			Seed:            o.Seed,
-			Alpha:           o.Alpha,
-			ShardsPerClient: int32(o.ShardsPer),
-		},
-	}
-}
-
-func (o *Options) defaults() {
-	if o.Job == "" {
-		o.Job = "mnist"
-	}
-	if o.Model == "" {
-		o.Model = "logreg"
-	}
-	if o.Dataset == "" {
-		o.Dataset = "mnist"
-	}
-	if o.Partition == "" {
-		o.Partition = "iid"
-	}
-	if o.Partitions == 0 {
-		o.Partitions = max(o.MinClients, o.TargetClients, 1)
-	}
-	if o.LearningRate == 0 {
-		o.LearningRate = 0.05
-	}
-	if o.BatchSize == 0 {
-		o.BatchSize = 10
-	}
-	if o.LocalEpochs == 0 {
-		o.LocalEpochs = 1
-	}
-	if o.Strategy.Name == "" {
-		o.Strategy.Name = "fedavg"
-	}
-	if o.UpdatePartitions == 0 {
-		o.UpdatePartitions = 4
-	}
-	if o.Data == nil {
-		o.Data = dataset.NewCatalog()
-	}
-}
-
-// Validate reports the first bad option, naming its flag.
-func (o *Options) Validate() error {
-	o.defaults()
-	if strings.TrimSpace(o.Broker) == "" {
-		return errors.New("--broker: empty")
-	}
-	if err := kafkachan.ValidateJob(o.Job); err != nil {
-		return fmt.Errorf("--job: %w", err)
-	}
-	if o.MinClients < 1 {
-		return fmt.Errorf("--minclients %d: want at least 1", o.MinClients)
-	}
-	if o.NumRounds < 1 {
-		return fmt.Errorf("--numrounds %d: want at least 1", o.NumRounds)
-	}
-	if o.TargetClients != 0 && o.TargetClients < o.MinClients {
-		return fmt.Errorf("--target-clients %d is below --minclients %d", o.TargetClients, o.MinClients)
-	}
-	if o.GRPC && o.Embedded {
-		return errors.New("--embedded starts a Kafka broker; it does not go with --grpc")
-	}
-	if _, err := model.SpecsFor(o.Model, 784, 10); err != nil {
-		return fmt.Errorf("--model: %w", err)
-	}
-	tc := o.TrainConfig()
-	if err := participant.PartitionSpec(tc.GetPartition()).Validate(); err != nil {
-		return fmt.Errorf("--partition: %w", err)
-	}
-	opt := model.TrainOptions{LearningRate: o.LearningRate, BatchSize: o.BatchSize, Epochs: o.LocalEpochs, ProximalMu: o.ProximalMu}
-	if err := opt.Validate(); err != nil {
-		return fmt.Errorf("training options: %w", err)
-	}
-	if _, err := strategy.New(o.Strategy); err != nil {
-		return fmt.Errorf("--strategy: %w", err)
-	}
-	return nil
-}
-
-// Run runs the job to its end.
-func Run(ctx context.Context, o Options, log *slog.Logger) (*Result, error) {
-	if err := o.Validate(); err != nil {
+// Run runs the job spec describes (after WithDefaults) on srv to its end,
+// resuming from srv's newest model if the job was started before.
+func Run(ctx context.Context, spec Spec, srv channel.Server, env Env) (*Result, error) {
+	spec = spec.WithDefaults()
+	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
+	log := env.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	data := env.Data
+	if data == nil {
+		data = dataset.NewCatalog()
+	}
 	start := time.Now()
-	train, err := o.Data.Load(o.Dataset, "train")
+	train, err := data.Load(spec.Dataset, dataset.SplitTrain)
 	if err != nil {
 		return nil, err
 	}
-	test, err := o.Data.Load(o.Dataset, "test")
+	test, err := data.Load(spec.Dataset, dataset.SplitTest)
 	if err != nil {
 		return nil, err
 	}
-	if o.EvalExamples > 0 && o.EvalExamples < test.Len() {
-		idx := make([]int, o.EvalExamples)
+	if spec.EvalExamples > 0 && spec.EvalExamples < test.Len() {
+		idx := make([]int, spec.EvalExamples)
 		for i := range idx {
 			idx[i] = i
 		}
@@ -210,39 +213,25 @@ func Run(ctx context.Context, o Options, log *slog.Logger) (*Result, error) {
 			return nil, err
 		}
 	}
-	specs, err := model.SpecsFor(o.Model, train.Dim, train.Classes)
+	_, maxBytes, err := spec.Shapes(data)
 	if err != nil {
 		return nil, err
 	}
-	numParams := 0
-	for _, s := range specs {
-		numParams += s.Size()
-	}
-	maxBytes := kafkachan.MessageBytesFor(numParams)
-
-	srv, addr, cleanup, err := o.open(ctx, maxBytes, log)
-	if err != nil {
-		return nil, err
-	}
-	defer cleanup()
 	var obs coordinator.Observer
-	if o.Metrics != nil {
-		obs = o.Metrics
-		o.Metrics.TrafficFunc(func() (int64, int64, int64, int64) {
+	if m := env.Metrics; m != nil {
+		obs = m
+		m.TrafficFunc(func() (int64, int64, int64, int64) {
 			st := srv.Stats()
 			return st.MessagesSent, st.MessagesReceived, st.BytesSent, st.BytesReceived
 		})
-		o.Metrics.SetReady(true)
-		defer o.Metrics.SetReady(false)
+		m.SetReady(true)
+		defer m.SetReady(false)
 	}
-	if o.Ready != nil {
-		o.Ready(addr)
-	}
-	strat, err := strategy.New(o.Strategy)
+	strat, err := strategy.New(spec.Strategy)
 	if err != nil {
 		return nil, err
 	}
-	evalNet, err := model.New(o.Model, train.Dim, train.Classes, o.Seed)
+	evalNet, err := model.New(spec.Model, train.Dim, train.Classes, spec.Seed)
 	if err != nil {
 		return nil, err
 	}
@@ -253,63 +242,48 @@ func Run(ctx context.Context, o Options, log *slog.Logger) (*Result, error) {
 		return evalNet.Evaluate(test)
 	}
 	coord, err := coordinator.New(coordinator.Config{
-		Job: o.Job, NumRounds: o.NumRounds, MinClients: o.MinClients, TargetClients: o.TargetClients,
-		RoundTimeout: o.RoundTimeout, OnShort: o.OnShort, Train: o.TrainConfig(),
-		InDim: train.Dim, Classes: train.Classes, MaxNorm: o.MaxNorm,
-		MaxExamples: int64(train.Len()), MaxUpdateBytes: maxBytes, Allowed: o.Allowed,
+		Job: spec.Job, NumRounds: spec.NumRounds, MinClients: spec.MinClients, TargetClients: spec.TargetClients,
+		RoundTimeout: spec.RoundTimeout, OnShort: spec.OnShort, Train: spec.TrainConfig(),
+		InDim: train.Dim, Classes: train.Classes, MaxNorm: spec.MaxNorm,
+		MaxExamples: int64(train.Len()), MaxUpdateBytes: maxBytes, Allowed: spec.Allowed,
 	}, srv, strat, eval, obs, log)
 	if err != nil {
 		return nil, err
 	}
 	res, err := coord.Run(ctx)
-	out := &Result{Result: res, Channel: o.channelName(), Model: o.Model, Stats: srv.Stats(),
+	out := &Result{Result: res, Channel: env.ChannelName, Model: spec.Model, Stats: srv.Stats(),
 		Duration: float64(time.Since(start).Microseconds()) / 1000}
 	return out, err
 }
 
-func (o *Options) channelName() string {
-	if o.GRPC {
-		return "grpc"
+// RunOn opens the channel cc describes, calls ready with the address
+// clients connect to (may be nil), runs the job on it and closes it.
+func RunOn(ctx context.Context, spec Spec, cc ChannelConfig, env Env, ready func(addr string)) (*Result, error) {
+	spec = spec.WithDefaults()
+	if err := spec.Validate(); err != nil {
+		return nil, err
 	}
-	return "kafka"
-}
-
-// open starts the channel server (and the embedded broker).
-func (o *Options) open(ctx context.Context, maxBytes int, log *slog.Logger) (channel.Server, string, func(), error) {
-	if o.GRPC {
-		s, err := grpcchan.NewServer(grpcchan.ServerOptions{
-			Addr: o.Broker, Job: o.Job, MaxMessageBytes: maxBytes, StateFile: o.StateFile, Logger: log,
-			TLS: o.GRPCTLS, Tokens: o.GRPCTokens,
-		})
-		if err != nil {
-			return nil, "", nil, err
-		}
-		log.Info("gRPC aggregator listening", "addr", s.Addr())
-		return s, s.Addr(), func() { s.Close() }, nil
+	if env.Data == nil {
+		env.Data = dataset.NewCatalog()
 	}
-	brokers := o.Broker
-	stopBroker := func() {}
-	if o.Embedded {
-		b, err := embedded.Start(embedded.Options{Addr: o.Broker})
-		if err != nil {
-			return nil, "", nil, err
-		}
-		brokers = b.Addr()
-		stopBroker = b.Close
-		log.Info("embedded Kafka broker started (in memory)", "addr", brokers)
-	}
-	s, err := kafkachan.NewServer(ctx, kafkachan.ServerOptions{
-		Options: kafkachan.Options{Brokers: brokers, Job: o.Job, Properties: o.KafkaProperties, Logger: log},
-		TopicOptions: kafkachan.TopicOptions{
-			UpdatePartitions: o.UpdatePartitions, MaxMessageBytes: maxBytes,
-		},
-		BeforeCommit: o.BeforeCommit,
-	})
+	_, maxBytes, err := spec.Shapes(env.Data)
 	if err != nil {
-		stopBroker()
-		return nil, "", nil, err
+		return nil, err
 	}
-	log.Info("Kafka channel ready", "brokers", brokers, "model_topic", kafkachan.ModelTopic(o.Job),
-		"updates_topic", kafkachan.UpdatesTopic(o.Job), "max_message_bytes", maxBytes)
-	return s, brokers, func() { s.Close(); stopBroker() }, nil
+	ch, err := OpenChannel(ctx, cc, spec.Job, maxBytes, env.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer ch.Close()
+	if env.ChannelName == "" {
+		env.ChannelName = ch.Name
+	}
+	if ready != nil {
+		ready(ch.Addr)
+	}
+	res, err := Run(ctx, spec, ch, env)
+	if res == nil && err == nil {
+		err = errors.New("job ended without a result")
+	}
+	return res, err
 }

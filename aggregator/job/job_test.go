@@ -19,19 +19,22 @@ import (
 
 // runFederation runs a job and drives its clients through the function's
 // real HTTP handler, each invocation taking part in every round.
-func runFederation(t *testing.T, o Options, clients int, data *dataset.Catalog) *Result {
+func runFederation(t *testing.T, o Spec, cc ChannelConfig, env Env, clients int) *Result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	fn := httptest.NewServer(function.NewServer(function.Config{Data: data}))
+	if env.Data == nil {
+		env.Data = dataset.NewCatalog()
+	}
+	fn := httptest.NewServer(function.NewServer(function.Config{Data: env.Data}))
 	defer fn.Close()
 	channel := "kafka"
-	if o.GRPC {
+	if cc.Transport == GRPC {
 		channel = "grpc"
 	}
 	var wg sync.WaitGroup
 	invokeErrs := make(chan error, clients)
-	o.Ready = func(addr string) {
+	ready := func(addr string) {
 		for i := range clients {
 			wg.Add(1)
 			go func() {
@@ -60,8 +63,7 @@ func runFederation(t *testing.T, o Options, clients int, data *dataset.Catalog) 
 			}()
 		}
 	}
-	o.Data = data
-	res, err := Run(ctx, o, nil)
+	res, err := RunOn(ctx, o, cc, env, ready)
 	if err != nil {
 		t.Fatalf("%s job: %v", channel, err)
 	}
@@ -78,15 +80,10 @@ func runFederation(t *testing.T, o Options, clients int, data *dataset.Catalog) 
 // test accuracy and produce the bit-identical final model.
 func TestEndToEndKafkaAndGRPC(t *testing.T) {
 	data := dataset.NewCatalog()
-	base := Options{MinClients: 10, NumRounds: 3, Model: "logreg", Partition: "iid", Partitions: 10, Seed: 7}
-
-	ko := base
-	ko.Broker, ko.Job = kafkatest.Brokers(t), kafkatest.Job(t)
-	kres := runFederation(t, ko, 10, data)
-
-	gopt := base
-	gopt.GRPC, gopt.Broker, gopt.Job = true, "127.0.0.1:0", ko.Job
-	gres := runFederation(t, gopt, 10, data)
+	spec := Spec{Job: kafkatest.Job(t), MinClients: 10, NumRounds: 3, Model: "logreg",
+		Partition: dataset.PartitionSpec{Scheme: "iid", NumPartitions: 10}, Seed: 7}
+	kres := runFederation(t, spec, ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}, Env{Data: data}, 10)
+	gres := runFederation(t, spec, ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0"}, Env{Data: data}, 10)
 
 	for _, res := range []*Result{kres, gres} {
 		if len(res.Rounds) != 3 {
@@ -133,9 +130,9 @@ func durations(res *Result) []string {
 // TestTwoNN runs the FedAvg paper's 2NN (199,210 parameters, a 0.8 MB
 // model record) through the Kafka channel end to end.
 func TestTwoNN(t *testing.T) {
-	o := Options{Broker: kafkatest.Brokers(t), Job: kafkatest.Job(t), MinClients: 2, NumRounds: 2,
-		Model: "2nn", MaxExamples: 300, EvalExamples: 1000, Partitions: 2, Seed: 3}
-	res := runFederation(t, o, 2, dataset.NewCatalog())
+	o := Spec{Job: kafkatest.Job(t), MinClients: 2, NumRounds: 2,
+		Model: "2nn", MaxExamples: 300, EvalExamples: 1000, Partition: dataset.PartitionSpec{NumPartitions: 2}, Seed: 3}
+	res := runFederation(t, o, ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}, Env{}, 2)
 	if len(res.Rounds) != 2 || res.Final.GetRound() != 3 {
 		t.Fatalf("2nn job: %d rounds, final round %d", len(res.Rounds), res.Final.GetRound())
 	}

@@ -2,23 +2,21 @@ package job
 
 import (
 	"context"
-	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/fdxkafka/fdxkafka/function"
+	"github.com/fdxkafka/fdxkafka/internal/fedtest"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 func freePort(t *testing.T) int {
@@ -125,30 +123,16 @@ func TestBrokerRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	data := dataset.NewCatalog()
-	srv := function.NewServer(function.Config{Data: data})
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	for i := range clients {
-		req, err := function.ParseRequest(function.RequestJSON(b.addr, strconv.Itoa(i), "kafka", jobID, 30), function.Defaults{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := function.Follow(ctx, srv, req, slog.New(slog.DiscardHandler)); err != nil {
-				errs <- fmt.Errorf("client %d: %w", i, err)
-			}
-		}()
-	}
+	waitClients := fedtest.Clients(ctx, t, participant.Target{Channel: participant.ChannelKafka, Broker: b.addr, Job: jobID}, clients, data)
 	type outcome struct {
 		res *Result
 		err error
 	}
 	done := make(chan outcome, 1)
 	go func() {
-		res, err := Run(ctx, Options{Broker: b.addr, Job: jobID, MinClients: clients, NumRounds: rounds,
-			Dataset: "synthetic", MaxExamples: 100, EvalExamples: 200, Seed: 5, Data: data}, nil)
+		res, err := RunOn(ctx, Spec{Job: jobID, MinClients: clients, NumRounds: rounds,
+			Dataset: "synthetic", MaxExamples: 100, EvalExamples: 200, Seed: 5},
+			ChannelConfig{Transport: Kafka, Brokers: b.addr}, Env{Data: data}, nil)
 		done <- outcome{res, err}
 	}()
 	ko := kafkachan.Options{Brokers: b.addr, Job: jobID}
@@ -160,11 +144,7 @@ func TestBrokerRestart(t *testing.T) {
 	if out.err != nil {
 		t.Fatalf("job after broker restart: %v", out.err)
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	waitClients()
 	if out.res.Final.GetRound() != rounds+1 || !out.res.Final.GetFinal() {
 		t.Fatalf("final model round %d final=%v", out.res.Final.GetRound(), out.res.Final.GetFinal())
 	}

@@ -47,17 +47,18 @@ func TestRoundField(t *testing.T) {
 			data := dataset.NewCatalog()
 			fn := httptest.NewServer(function.NewServer(function.Config{Data: data}))
 			defer fn.Close()
-			o := Options{Job: kafkatest.Job(t), MinClients: 1, NumRounds: 2, Dataset: "synthetic",
-				MaxExamples: 50, EvalExamples: 100, Data: data, GRPC: grpc}
-			if grpc {
-				o.Broker = "127.0.0.1:0"
-			} else {
-				o.Broker = kafkatest.Brokers(t)
+			o := Spec{Job: kafkatest.Job(t), MinClients: 1, NumRounds: 2, Dataset: "synthetic",
+				MaxExamples: 50, EvalExamples: 100}
+			cc := ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0"}
+			if !grpc {
+				cc = ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}
 			}
 			addr := make(chan string, 1)
-			o.Ready = func(a string) { addr <- a }
 			done := make(chan error, 1)
-			go func() { _, err := Run(ctx, o, nil); done <- err }()
+			go func() {
+				_, err := RunOn(ctx, o, cc, Env{Data: data}, func(a string) { addr <- a })
+				done <- err
+			}()
 			a := <-addr
 			call := func(body string) (int, string) {
 				t.Helper()

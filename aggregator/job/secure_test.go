@@ -14,6 +14,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/internal/testcerts"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
+	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 // TestGRPCSecured runs a job over gRPC with mutual TLS and per-client
@@ -33,21 +34,24 @@ func TestGRPCSecured(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	data := dataset.NewCatalog()
-	good := httptest.NewServer(function.NewServer(function.Config{Data: data, GRPCTLS: cliTLS, GRPCToken: "tok-a"}))
+	good := httptest.NewServer(function.NewServer(function.Config{Data: data, Transport: participant.Transport{GRPCTLS: cliTLS, GRPCToken: "tok-a"}}))
 	defer good.Close()
-	thief := httptest.NewServer(function.NewServer(function.Config{Data: data, GRPCTLS: cliTLS, GRPCToken: "tok-a"}))
+	thief := httptest.NewServer(function.NewServer(function.Config{Data: data, Transport: participant.Transport{GRPCTLS: cliTLS, GRPCToken: "tok-a"}}))
 	defer thief.Close()
-	o := Options{Broker: "127.0.0.1:0", GRPC: true, Job: kafkatest.Job(t), MinClients: 1, NumRounds: 1,
-		Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100, Data: data,
+	o := Spec{Job: kafkatest.Job(t), MinClients: 1, NumRounds: 1,
+		Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}
+	cc := ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0",
 		GRPCTLS: srvTLS, GRPCTokens: map[string]string{"a": "tok-a", "b": "tok-b"}}
 	addr := make(chan string, 1)
-	o.Ready = func(a string) { addr <- a }
 	type outcome struct {
 		res *Result
 		err error
 	}
 	done := make(chan outcome, 1)
-	go func() { res, err := Run(ctx, o, nil); done <- outcome{res, err} }()
+	go func() {
+		res, err := RunOn(ctx, o, cc, Env{Data: data}, func(a string) { addr <- a })
+		done <- outcome{res, err}
+	}()
 	a := <-addr
 	post := func(url, client string) (int, string) {
 		body := `{"broker": "` + a + `", "channel": "grpc", "job": "` + o.Job + `", "client_id": "` + client + `", "timeout_s": 30}`

@@ -20,7 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
-	"github.com/fdxkafka/fdxkafka/aggregator/validate"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
 // Label values of fdx_update_bytes_total's result label.
@@ -143,7 +143,7 @@ func New(job, channel string) *Metrics {
 	// Series that exist from the start show up as zeros on dashboards and
 	// make rate() and increase() correct from the first rejection on;
 	// series created lazily would lose that first increment.
-	for _, r := range validate.Reasons() {
+	for _, r := range rules.Reasons() {
 		m.rejected.WithLabelValues(string(r))
 	}
 	m.updateBytes.WithLabelValues(resultAccepted)
@@ -194,7 +194,7 @@ func (m *Metrics) UpdateAccepted(_ string, bytes int) {
 
 // UpdateRejected implements coordinator.Observer. clientID is ignored; see
 // Metrics. reason is a closed enumeration, so it is safe as a label value.
-func (m *Metrics) UpdateRejected(reason validate.Reason, _ string, bytes int) {
+func (m *Metrics) UpdateRejected(reason rules.Reason, _ string, bytes int) {
 	m.rejected.WithLabelValues(string(reason)).Inc()
 	m.updateBytes.WithLabelValues(resultRejected).Add(float64(max(bytes, 0)))
 }

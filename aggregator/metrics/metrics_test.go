@@ -17,7 +17,7 @@ import (
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
 	"github.com/fdxkafka/fdxkafka/aggregator/metrics"
-	"github.com/fdxkafka/fdxkafka/aggregator/validate"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
 // Client ids distinctive enough that finding them anywhere in the
@@ -154,19 +154,19 @@ func drive(m *metrics.Metrics) {
 	m.RoundStarted(1)
 	m.UpdateAccepted(alice, 100)
 	m.UpdateAccepted(bob, 200)
-	m.UpdateRejected(validate.Duplicate, alice, 50)
+	m.UpdateRejected(rules.Duplicate, alice, 50)
 	m.RoundClosed(coordinator.RoundRecord{
 		Round: 1, Clients: 2, Contributors: []string{alice, bob}, Examples: 600,
 		Accuracy: 0.5, Loss: 1.25, DurationMs: 1500, AggregateMs: 20,
-		Rejected: map[string]int64{string(validate.Duplicate): 1},
+		Rejected: map[string]int64{string(rules.Duplicate): 1},
 	})
 	m.RoundStarted(2)
 	m.UpdateAccepted(carol, 300)
-	m.UpdateRejected(validate.NormBound, mallory, 70)
+	m.UpdateRejected(rules.NormBound, mallory, 70)
 	m.RoundClosed(coordinator.RoundRecord{
 		Round: 2, Clients: 1, Contributors: []string{carol}, Examples: 300,
 		Accuracy: 0.75, Loss: 0.875, DurationMs: 2500, AggregateMs: 30,
-		Rejected: map[string]int64{string(validate.NormBound): 1},
+		Rejected: map[string]int64{string(rules.NormBound): 1},
 	})
 }
 
@@ -189,11 +189,11 @@ func TestObserverExposition(t *testing.T) {
 	checkHistogram(t, fams, "fdx_round_duration_seconds", 2, 4.0)
 	checkHistogram(t, fams, "fdx_aggregation_duration_seconds", 2, 0.05)
 
-	wantRejected := map[validate.Reason]float64{validate.Duplicate: 1, validate.NormBound: 1}
-	for _, r := range validate.Reasons() {
+	wantRejected := map[rules.Reason]float64{rules.Duplicate: 1, rules.NormBound: 1}
+	for _, r := range rules.Reasons() {
 		checkValue(t, fams, "fdx_updates_rejected_total", map[string]string{"reason": string(r)}, wantRejected[r])
 	}
-	if got, want := len(fams["fdx_updates_rejected_total"].GetMetric()), len(validate.Reasons()); got != want {
+	if got, want := len(fams["fdx_updates_rejected_total"].GetMetric()), len(rules.Reasons()); got != want {
 		t.Errorf("fdx_updates_rejected_total has %d series, want one per reason (%d)", got, want)
 	}
 
@@ -281,14 +281,14 @@ func TestIndependentInstances(t *testing.T) {
 	a := metrics.New("job-1", "kafka")
 	b := metrics.New("job-2", "kafka")
 	a.RoundClosed(coordinator.RoundRecord{Round: 1})
-	a.UpdateRejected(validate.Oversize, trudy, 10)
+	a.UpdateRejected(rules.Oversize, trudy, 10)
 
 	fams, _ := scrape(t, serve(t, b))
 	checkValue(t, fams, "fdx_rounds_completed_total", map[string]string{"job": "job-2"}, 0)
-	checkValue(t, fams, "fdx_updates_rejected_total", map[string]string{"reason": string(validate.Oversize)}, 0)
+	checkValue(t, fams, "fdx_updates_rejected_total", map[string]string{"reason": string(rules.Oversize)}, 0)
 	fams, _ = scrape(t, serve(t, a))
 	checkValue(t, fams, "fdx_rounds_completed_total", map[string]string{"job": "job-1"}, 1)
-	checkValue(t, fams, "fdx_updates_rejected_total", map[string]string{"reason": string(validate.Oversize)}, 1)
+	checkValue(t, fams, "fdx_updates_rejected_total", map[string]string{"reason": string(rules.Oversize)}, 1)
 }
 
 func TestServePortTaken(t *testing.T) {

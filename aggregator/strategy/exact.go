@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+
+	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
 // Limits of the exact accumulator. Together they guarantee that no sum an
@@ -13,13 +15,14 @@ import (
 const (
 	// MaxWeight is the largest weight (example count) Add accepts. It keeps
 	// weight × float32 significand below 2^55, one machine word, and the total
-	// weight of MaxTerms updates below 2^54.
-	MaxWeight = 1<<31 - 1
+	// weight of MaxTerms updates below 2^54. The validator enforces the same
+	// limit on every update, from package rules.
+	MaxWeight = rules.MaxWeight
 	// MaxTerms is the number of updates one Accumulator accepts.
 	MaxTerms = 1 << 23
 	// MaxTermLog2 bounds every weighted value: |weight × x| < 2^MaxTermLog2
 	// (about 1.2e24), far above any model weight times example count.
-	MaxTermLog2 = 80
+	MaxTermLog2 = rules.MaxTermLog2
 )
 
 const (

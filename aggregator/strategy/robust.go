@@ -61,16 +61,6 @@ type holdRound struct {
 }
 
 func (h *holdRound) add(u Update) error {
-	maxAbs, err := maxAbsBits(u.Params)
-	if err != nil {
-		return err
-	}
-	// Multi-Krum averages with the exact accumulator at Finish; check its
-	// range now, for every rule alike, so that an update is accepted by all
-	// strategies or by none and never fails a round after being accepted.
-	if !termFits(uint64(u.NumExamples), maxAbs) {
-		return fmt.Errorf("%w: |%d × %g| is not below 2^%d", ErrOverflow, u.NumExamples, math.Float32frombits(maxAbs), MaxTermLog2)
-	}
 	h.ups = append(h.ups, heldUpdate{id: u.ClientID, n: u.NumExamples, x: flatten(u.Params, h.total)})
 	return nil
 }

@@ -22,19 +22,14 @@ import (
 	"fmt"
 	"math"
 	"strings"
-	"sync"
 )
 
-// Errors a Round or an Accumulator wraps, so that a caller can count
-// rejections by reason. Every error from Round.Add concerns only the update
-// passed (the round is left as it was) except ErrRoundClosed.
+// Errors a Round or an Accumulator wraps. A Round trusts its updates
+// (package validate checked them), so its Add fails only on misuse; an
+// Accumulator, a primitive usable on its own, checks what it is given.
 var (
 	// ErrShape: an update's tensors differ in number or size from the round's.
 	ErrShape = errors.New("shape mismatch")
-	// ErrDuplicate: the client already contributed to this round.
-	ErrDuplicate = errors.New("duplicate client")
-	// ErrClientID: the update carries no client id.
-	ErrClientID = errors.New("missing client id")
 	// ErrNumExamples: the example count is below 1 or above MaxWeight.
 	ErrNumExamples = errors.New("invalid number of examples")
 	// ErrNonFinite: a parameter is NaN or infinite.
@@ -57,7 +52,11 @@ var (
 
 // Update is one client's contribution to a round: its full local weights
 // (not a delta from the global model) and the number of examples it trained
-// on, which weighs it in the averaging strategies.
+// on, which weighs it in the averaging strategies. Updates come from
+// package validate: one per client and round, with the round's shapes,
+// finite values, 1 ≤ NumExamples ≤ rules.MaxWeight and every
+// |NumExamples × value| below 2^rules.MaxTermLog2. A strategy relies on
+// that and does not check it again.
 type Update struct {
 	ClientID    string
 	NumExamples int64
@@ -65,9 +64,8 @@ type Update struct {
 }
 
 // Strategy turns the updates of a round into the next global model.
-// Implementations are safe for concurrent use, but rounds are meant to run
-// one at a time: a stateful strategy refuses to finish a round begun before
-// another round finished (ErrStaleRound).
+// Rounds run one at a time: a stateful strategy refuses to finish a round
+// begun before another round finished (ErrStaleRound).
 type Strategy interface {
 	// Name returns the name New knows the strategy by.
 	Name() string
@@ -84,14 +82,12 @@ type Strategy interface {
 	Restore(state []byte) error
 }
 
-// Round collects the updates of one round. It is safe for concurrent use,
-// so a Kafka consumer and a gRPC handler may add to the same round.
+// Round collects the updates of one round. It is used by one goroutine,
+// the coordinator's round loop.
 type Round interface {
-	// Add adds an update. It rejects a missing client id, a client that
-	// already contributed, NumExamples outside [1, MaxWeight], tensors of
-	// the wrong number or size, and non-finite values; a rejected update
-	// leaves the round unchanged. Streaming strategies fold the parameters
-	// in at once, the others copy them: the caller may reuse u.Params.
+	// Add adds a validated update (see Update). Streaming strategies fold
+	// the parameters in at once, the others copy them: the caller may reuse
+	// u.Params.
 	Add(u Update) error
 	// Count returns the number of updates accepted so far.
 	Count() int
@@ -272,72 +268,49 @@ func unitInterval(field string, v, def float64) (float64, error) {
 
 // roundImpl is what a strategy adds to the bookkeeping every round shares.
 type roundImpl interface {
-	// add takes an update whose id, example count and shapes were checked.
+	// add takes a validated update.
 	add(u Update) error
 	// finish aggregates; it is called with at least one update.
 	finish() ([][]float32, error)
 }
 
-// round does the checks and bookkeeping common to all strategies.
+// round does the bookkeeping common to all strategies. It checks nothing
+// about an update: package validate is the one boundary that does, and the
+// coordinator keeps the one set of clients seen in a round.
 type round struct {
-	mu    sync.Mutex
 	name  string
-	sizes []int
-	seen  map[string]struct{}
+	count int
 	done  bool
 	impl  roundImpl
 }
 
-func newRound(name string, sizes []int, impl roundImpl) *round {
-	return &round{name: name, sizes: sizes, seen: map[string]struct{}{}, impl: impl}
+func newRound(name string, _ []int, impl roundImpl) *round {
+	return &round{name: name, impl: impl}
 }
 
 func (r *round) Add(u Update) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if err := r.check(u); err != nil {
+	if r.done {
+		return fmt.Errorf("strategy %s: update from %q: %w", r.name, u.ClientID, ErrRoundClosed)
+	}
+	if err := r.impl.add(u); err != nil {
 		return fmt.Errorf("strategy %s: update from %q: %w", r.name, u.ClientID, err)
 	}
-	r.seen[u.ClientID] = struct{}{}
+	r.count++
 	return nil
 }
 
-func (r *round) check(u Update) error {
-	switch {
-	case r.done:
-		return ErrRoundClosed
-	case u.ClientID == "":
-		return ErrClientID
-	case u.NumExamples < 1 || u.NumExamples > MaxWeight:
-		return fmt.Errorf("%w: %d outside [1, %d]", ErrNumExamples, u.NumExamples, MaxWeight)
-	}
-	if _, dup := r.seen[u.ClientID]; dup {
-		return ErrDuplicate
-	}
-	if err := checkShapes(r.sizes, u.Params); err != nil {
-		return err
-	}
-	return r.impl.add(u)
-}
-
-func (r *round) Count() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.seen)
-}
+func (r *round) Count() int { return r.count }
 
 func (r *round) Finish() ([][]float32, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.done {
 		return nil, fmt.Errorf("strategy %s: finish: %w", r.name, ErrRoundClosed)
 	}
-	if len(r.seen) == 0 {
+	if r.count == 0 {
 		return nil, fmt.Errorf("strategy %s: finish: %w", r.name, ErrNoUpdates)
 	}
 	out, err := r.impl.finish()
 	if err != nil {
-		return nil, fmt.Errorf("strategy %s: finish with %d updates: %w", r.name, len(r.seen), err)
+		return nil, fmt.Errorf("strategy %s: finish with %d updates: %w", r.name, r.count, err)
 	}
 	r.done = true
 	r.impl = nil // release what the round held

@@ -6,7 +6,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"testing"
 )
 
@@ -188,87 +187,6 @@ func TestOrderIndependence(t *testing.T) {
 				}
 				assertBitEqual(t, fmt.Sprintf("trial %d round 1", trial), got1, want1)
 				assertBitEqual(t, fmt.Sprintf("trial %d round 2", trial), got2, want2)
-			}
-		})
-	}
-}
-
-// TestConcurrentAdds adds from many goroutines at once (as a Kafka consumer
-// and gRPC handlers would) and expects the sequential result.
-func TestConcurrentAdds(t *testing.T) {
-	rng := rand.New(rand.NewPCG(22, 23))
-	sizes := []int{64, 3}
-	global := randomParams(rng, sizes, 0, 0.1)
-	ups := randomUpdates(rng, 24, sizes)
-	for _, name := range Names() {
-		t.Run(name, func(t *testing.T) {
-			want := runRound(t, mustNew(t, testConfig(name)), global, ups)
-			r, err := mustNew(t, testConfig(name)).Begin(global)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var wg sync.WaitGroup
-			errs := make(chan error, len(ups))
-			for _, u := range ups {
-				wg.Go(func() {
-					if err := r.Add(u); err != nil {
-						errs <- err
-					}
-				})
-			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				t.Fatal(err)
-			}
-			got, err := r.Finish()
-			if err != nil {
-				t.Fatal(err)
-			}
-			assertBitEqual(t, "concurrent adds", got, want)
-		})
-	}
-}
-
-func TestAddRejects(t *testing.T) {
-	global := [][]float32{{0, 0, 0}, {0}}
-	good := [][]float32{{1, 2, 3}, {4}}
-	for _, name := range Names() {
-		t.Run(name, func(t *testing.T) {
-			r, err := mustNew(t, testConfig(name)).Begin(global)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := r.Add(Update{ClientID: "a", NumExamples: 10, Params: good}); err != nil {
-				t.Fatal(err)
-			}
-			for _, tc := range []struct {
-				name string
-				u    Update
-				want error
-			}{
-				{"duplicate", Update{ClientID: "a", NumExamples: 10, Params: good}, ErrDuplicate},
-				{"missing id", Update{NumExamples: 10, Params: good}, ErrClientID},
-				{"zero examples", Update{ClientID: "b", NumExamples: 0, Params: good}, ErrNumExamples},
-				{"negative examples", Update{ClientID: "b", NumExamples: -3, Params: good}, ErrNumExamples},
-				{"too many examples", Update{ClientID: "b", NumExamples: MaxWeight + 1, Params: good}, ErrNumExamples},
-				{"missing tensor", Update{ClientID: "b", NumExamples: 1, Params: good[:1]}, ErrShape},
-				{"extra tensor", Update{ClientID: "b", NumExamples: 1, Params: append(good, []float32{1})}, ErrShape},
-				{"wrong size", Update{ClientID: "b", NumExamples: 1, Params: [][]float32{{1, 2}, {4}}}, ErrShape},
-				{"NaN", Update{ClientID: "b", NumExamples: 1, Params: [][]float32{{1, float32(math.NaN()), 3}, {4}}}, ErrNonFinite},
-				{"Inf", Update{ClientID: "b", NumExamples: 1, Params: [][]float32{{1, 2, 3}, {float32(math.Inf(-1))}}}, ErrNonFinite},
-				{"out of range", Update{ClientID: "b", NumExamples: 2, Params: [][]float32{{1, 2, 3}, {float32(math.Ldexp(1, 79))}}}, ErrOverflow},
-			} {
-				if err := r.Add(tc.u); !errors.Is(err, tc.want) {
-					t.Errorf("%s: Add = %v, want %v", tc.name, err, tc.want)
-				}
-			}
-			if r.Count() != 1 {
-				t.Errorf("Count = %d after rejected adds, want 1", r.Count())
-			}
-			// The rejected updates left no trace: "b" may still contribute.
-			if err := r.Add(Update{ClientID: "b", NumExamples: 10, Params: good}); err != nil {
-				t.Errorf("Add(b) after its rejections: %v", err)
 			}
 		})
 	}

@@ -1,57 +1,19 @@
-// Package validate checks a client's update before it may touch the global
-// model. Every rejection has a stable reason label, counted per reason in
-// metrics and in the job's result, so an operator can tell a buggy client
-// from a hostile one.
+// Package validate is the aggregator's one validation boundary: it turns a
+// decoded update into trusted local weights, or into a rejection with a
+// stable reason (package rules), counted per reason in metrics and in the
+// job's result so an operator can tell a buggy client from a hostile one.
+// The strategies trust what it passes and check nothing again.
 package validate
 
 import (
 	"fmt"
 	"math"
+	"slices"
 
-	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
-
-// Reason labels why an update was rejected.
-type Reason string
-
-// The rejection reasons.
-const (
-	Undecodable    Reason = "undecodable"
-	WrongJob       Reason = "wrong_job"
-	BadClientID    Reason = "bad_client_id"
-	UnknownClient  Reason = "unknown_client"
-	StaleRound     Reason = "stale_round"
-	FutureRound    Reason = "future_round"
-	Duplicate      Reason = "duplicate"
-	BadNumExamples Reason = "bad_num_examples"
-	WrongShape     Reason = "wrong_shape"
-	NonFinite      Reason = "non_finite"
-	NormBound      Reason = "norm_bound"
-	Oversize       Reason = "oversize"
-	// OutOfRange: a value times the example count is too large for the
-	// aggregator's exact accumulator (strategy.MaxTermLog2).
-	OutOfRange Reason = "out_of_range"
-)
-
-// Reasons lists every reason, for metrics initialisation.
-func Reasons() []Reason {
-	return []Reason{Undecodable, WrongJob, BadClientID, UnknownClient, StaleRound, FutureRound,
-		Duplicate, BadNumExamples, WrongShape, NonFinite, NormBound, Oversize, OutOfRange}
-}
-
-// Error is a rejection.
-type Error struct {
-	Reason Reason
-	Detail string
-}
-
-func (e *Error) Error() string { return string(e.Reason) + ": " + e.Detail }
-
-func reject(r Reason, format string, args ...any) *Error {
-	return &Error{Reason: r, Detail: fmt.Sprintf(format, args...)}
-}
 
 // Expect is what a valid update for the open round looks like.
 type Expect struct {
@@ -64,7 +26,7 @@ type Expect struct {
 	MaxNorm float64
 	// MaxExamples bounds num_examples: a client claiming more would
 	// dominate the weighted mean. The bound is never above
-	// strategy.MaxWeight, which 0 means.
+	// rules.MaxWeight, which 0 means.
 	MaxExamples int64
 	// MaxBytes bounds the encoded update; 0 disables the check.
 	MaxBytes int
@@ -72,52 +34,88 @@ type Expect struct {
 	Allowed map[string]bool
 }
 
-// MaxClientIDLen bounds client ids (they become Kafka keys and log fields).
-const MaxClientIDLen = 128
+// Round checks the updates of one open round. It holds the round's one
+// "seen" set, so that a duplicate is refused from its envelope, before its
+// tensors are decoded. Not safe for concurrent use: the round loop owns it.
+type Round struct {
+	e    Expect
+	seen map[string]bool
+}
 
-// Update checks u (of encoded size size) and returns the client's full
-// local weights. It does not check duplicates: that is round state. An
-// accepted update is one every strategy's Round.Add accepts, bar a
-// duplicate client id.
-func Update(u *fdxv1.Update, size int, e Expect) ([][]float32, *Error) {
+// NewRound returns the validator of the round e describes.
+func NewRound(e Expect) *Round { return &Round{e: e, seen: map[string]bool{}} }
+
+// Check validates u, of encoded size size, and returns the client's full
+// local weights, which every strategy accepts as they are. The cheap
+// envelope checks (size, job, client, round, duplicate, example count) run
+// before the tensors are decoded. Check does not mark the client as seen:
+// call Admit once the update is accepted, so that an update the channel
+// failed to store may be sent again.
+func (r *Round) Check(u *fdxv1.Update, size int) ([][]float32, *rules.Rejection) {
+	e := r.e
 	if e.MaxBytes > 0 && size > e.MaxBytes {
-		return nil, reject(Oversize, "%d bytes over the limit %d", size, e.MaxBytes)
+		return nil, rules.Reject(rules.Oversize, "%d bytes over the limit %d", size, e.MaxBytes)
 	}
 	if u.GetJob() != e.Job {
-		return nil, reject(WrongJob, "job %q, this aggregator runs %q", u.GetJob(), e.Job)
+		return nil, rules.Reject(rules.WrongJob, "job %q, this aggregator runs %q", u.GetJob(), e.Job)
 	}
-	if id := u.GetClientId(); id == "" || len(id) > MaxClientIDLen {
-		return nil, reject(BadClientID, "client id of %d bytes, want 1 to %d", len(id), MaxClientIDLen)
+	id := u.GetClientId()
+	if err := rules.ValidateClientID(id); err != nil {
+		return nil, rules.Reject(rules.BadClientID, "%v", err)
 	}
-	if e.Allowed != nil && !e.Allowed[u.GetClientId()] {
-		return nil, reject(UnknownClient, "client %q is not in the job's client list", u.GetClientId())
+	if e.Allowed != nil && !e.Allowed[id] {
+		return nil, rules.Reject(rules.UnknownClient, "client %q is not in the job's client list", id)
 	}
-	switch r := u.GetBaseRound(); {
-	case r < e.Round:
-		return nil, reject(StaleRound, "trained on round %d, the open round is %d", r, e.Round)
-	case r > e.Round:
-		return nil, reject(FutureRound, "claims round %d, the open round is %d", r, e.Round)
+	switch br := u.GetBaseRound(); {
+	case br < e.Round:
+		return nil, rules.Reject(rules.StaleRound, "trained on round %d, the open round is %d", br, e.Round)
+	case br > e.Round:
+		return nil, rules.Reject(rules.FutureRound, "claims round %d, the open round is %d", br, e.Round)
 	}
-	maxExamples := int64(strategy.MaxWeight)
+	if r.seen[id] {
+		return nil, rules.Reject(rules.Duplicate, "client %q already contributed to round %d", id, e.Round)
+	}
+	maxExamples := int64(rules.MaxWeight)
 	if e.MaxExamples > 0 {
 		maxExamples = min(maxExamples, e.MaxExamples)
 	}
 	if n := u.GetNumExamples(); n < 1 || n > maxExamples {
-		return nil, reject(BadNumExamples, "num_examples %d, want 1 to %d", n, maxExamples)
+		return nil, rules.Reject(rules.BadNumExamples, "num_examples %d, want 1 to %d", n, maxExamples)
 	}
+	return weights(u, e)
+}
+
+// Admit records that clientID's update for this round was accepted.
+func (r *Round) Admit(clientID string) { r.seen[clientID] = true }
+
+// Count is the number of admitted updates.
+func (r *Round) Count() int { return len(r.seen) }
+
+// Admitted returns the admitted client ids, sorted.
+func (r *Round) Admitted() []string {
+	ids := make([]string, 0, len(r.seen))
+	for id := range r.seen {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// weights decodes u's tensors and checks their values.
+func weights(u *fdxv1.Update, e Expect) ([][]float32, *rules.Rejection) {
 	vals, err := tensor.Decode(u.GetParams(), e.Specs)
 	if err != nil {
 		if isNonFinite(u.GetParams(), e.Specs) {
-			return nil, reject(NonFinite, "%v", err)
+			return nil, rules.Reject(rules.NonFinite, "%v", err)
 		}
-		return nil, reject(WrongShape, "%v", err)
+		return nil, rules.Reject(rules.WrongShape, "%v", err)
 	}
 	if u.GetIsDelta() {
 		for i := range vals {
 			for j := range vals[i] {
 				vals[i][j] += e.Global[i][j]
 				if f := float64(vals[i][j]); math.IsInf(f, 0) || math.IsNaN(f) {
-					return nil, reject(NonFinite, "global plus delta overflows in %q", e.Specs[i].Name)
+					return nil, rules.Reject(rules.NonFinite, "global plus delta overflows in %q", e.Specs[i].Name)
 				}
 			}
 		}
@@ -131,11 +129,11 @@ func Update(u *fdxv1.Update, size int, e Expect) ([][]float32, *Error) {
 			}
 		}
 		if n := math.Sqrt(s); n > e.MaxNorm {
-			return nil, reject(NormBound, "update norm %.4g over the bound %.4g", n, e.MaxNorm)
+			return nil, rules.Reject(rules.NormBound, "update norm %.4g over the bound %.4g", n, e.MaxNorm)
 		}
 	}
 	// The strategies sum num_examples × value exactly in a fixed range and
-	// refuse a term outside it. The float64 product may round, but never
+	// trust every term to fit. The float64 product may round, but never
 	// below 2^MaxTermLog2 when the exact one is not: this errs only towards
 	// rejecting.
 	var maxAbs float64
@@ -144,8 +142,8 @@ func Update(u *fdxv1.Update, size int, e Expect) ([][]float32, *Error) {
 			maxAbs = max(maxAbs, math.Abs(float64(x)))
 		}
 	}
-	if t := float64(u.GetNumExamples()) * maxAbs; t >= math.Ldexp(1, strategy.MaxTermLog2) {
-		return nil, reject(OutOfRange, "num_examples %d times |value| %.4g is not below 2^%d", u.GetNumExamples(), maxAbs, strategy.MaxTermLog2)
+	if t := float64(u.GetNumExamples()) * maxAbs; t >= math.Ldexp(1, rules.MaxTermLog2) {
+		return nil, rules.Reject(rules.OutOfRange, "num_examples %d times |value| %.4g is not below 2^%d", u.GetNumExamples(), maxAbs, rules.MaxTermLog2)
 	}
 	return vals, nil
 }
@@ -165,4 +163,9 @@ func isNonFinite(ts []*fdxv1.Tensor, specs []tensor.Spec) bool {
 		}
 	}
 	return true
+}
+
+// Update checks one update as the only one of a round that e describes.
+func Update(u *fdxv1.Update, size int, e Expect) ([][]float32, *rules.Rejection) {
+	return NewRound(e).Check(u, size)
 }

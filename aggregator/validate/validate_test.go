@@ -15,6 +15,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/aggregator/validate"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/model"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
 
@@ -79,9 +80,10 @@ func int8Tensor(name string, shape []int64, n int, scale float32) *fdxv1.Tensor 
 func TestUpdateRejects(t *testing.T) {
 	base := logregExpect(t)
 	w, b := base.Specs[0], base.Specs[1]
-	// Duplicate and Undecodable need round state and a transport: the
-	// coordinator produces them, and its tests cover them.
-	tested := map[validate.Reason]bool{validate.Duplicate: true, validate.Undecodable: true}
+	// Duplicate needs round state (TestDuplicateFromEnvelope); Undecodable,
+	// NotStored and Unauthenticated come from the transport, and the
+	// coordinator's tests cover them.
+	tested := map[rules.Reason]bool{rules.Duplicate: true, rules.Undecodable: true, rules.NotStored: true, rules.Unauthenticated: true}
 	// setValue sets one value of tensor i of the update to v.
 	setValue := func(i, j int, v float32) func(*fdxv1.Update) {
 		return func(u *fdxv1.Update) {
@@ -95,61 +97,61 @@ func TestUpdateRejects(t *testing.T) {
 		update func(u *fdxv1.Update)
 		expect func(e *validate.Expect)
 		size   int // 0: the encoded size
-		want   validate.Reason
+		want   rules.Reason
 	}{
-		{name: "over the size limit", size: maxBytes + 1, want: validate.Oversize},
-		{name: "other job", update: func(u *fdxv1.Update) { u.Job = "fashion" }, want: validate.WrongJob},
-		{name: "no job", update: func(u *fdxv1.Update) { u.Job = "" }, want: validate.WrongJob},
-		{name: "empty client id", update: func(u *fdxv1.Update) { u.ClientId = "" }, want: validate.BadClientID},
-		{name: "client id too long", update: func(u *fdxv1.Update) { u.ClientId = strings.Repeat("x", validate.MaxClientIDLen+1) }, want: validate.BadClientID},
+		{name: "over the size limit", size: maxBytes + 1, want: rules.Oversize},
+		{name: "other job", update: func(u *fdxv1.Update) { u.Job = "fashion" }, want: rules.WrongJob},
+		{name: "no job", update: func(u *fdxv1.Update) { u.Job = "" }, want: rules.WrongJob},
+		{name: "empty client id", update: func(u *fdxv1.Update) { u.ClientId = "" }, want: rules.BadClientID},
+		{name: "client id too long", update: func(u *fdxv1.Update) { u.ClientId = strings.Repeat("x", rules.MaxClientIDLen+1) }, want: rules.BadClientID},
 		{
 			name:   "client not allowed",
 			expect: func(e *validate.Expect) { e.Allowed = map[string]bool{"client-8": true} },
-			want:   validate.UnknownClient,
+			want:   rules.UnknownClient,
 		},
-		{name: "stale round", update: func(u *fdxv1.Update) { u.BaseRound = round - 1 }, want: validate.StaleRound},
-		{name: "round zero", update: func(u *fdxv1.Update) { u.BaseRound = 0 }, want: validate.StaleRound},
-		{name: "future round", update: func(u *fdxv1.Update) { u.BaseRound = round + 1 }, want: validate.FutureRound},
-		{name: "zero examples", update: func(u *fdxv1.Update) { u.NumExamples = 0 }, want: validate.BadNumExamples},
-		{name: "negative examples", update: func(u *fdxv1.Update) { u.NumExamples = -5 }, want: validate.BadNumExamples},
-		{name: "examples over the cap", update: func(u *fdxv1.Update) { u.NumExamples = maxExamples + 1 }, want: validate.BadNumExamples},
+		{name: "stale round", update: func(u *fdxv1.Update) { u.BaseRound = round - 1 }, want: rules.StaleRound},
+		{name: "round zero", update: func(u *fdxv1.Update) { u.BaseRound = 0 }, want: rules.StaleRound},
+		{name: "future round", update: func(u *fdxv1.Update) { u.BaseRound = round + 1 }, want: rules.FutureRound},
+		{name: "zero examples", update: func(u *fdxv1.Update) { u.NumExamples = 0 }, want: rules.BadNumExamples},
+		{name: "negative examples", update: func(u *fdxv1.Update) { u.NumExamples = -5 }, want: rules.BadNumExamples},
+		{name: "examples over the cap", update: func(u *fdxv1.Update) { u.NumExamples = maxExamples + 1 }, want: rules.BadNumExamples},
 		{
 			name:   "examples over the strategy limit, no cap",
 			update: func(u *fdxv1.Update) { u.NumExamples = strategy.MaxWeight + 1 },
 			expect: func(e *validate.Expect) { e.MaxExamples = 0 },
-			want:   validate.BadNumExamples,
+			want:   rules.BadNumExamples,
 		},
 		{
 			name:   "examples over the strategy limit, cap above it",
 			update: func(u *fdxv1.Update) { u.NumExamples = math.MaxInt64 },
 			expect: func(e *validate.Expect) { e.MaxExamples = math.MaxInt64 },
-			want:   validate.BadNumExamples,
+			want:   rules.BadNumExamples,
 		},
-		{name: "no tensors", update: func(u *fdxv1.Update) { u.Params = nil }, want: validate.WrongShape},
-		{name: "missing bias", update: func(u *fdxv1.Update) { u.Params = u.Params[:1] }, want: validate.WrongShape},
+		{name: "no tensors", update: func(u *fdxv1.Update) { u.Params = nil }, want: rules.WrongShape},
+		{name: "missing bias", update: func(u *fdxv1.Update) { u.Params = u.Params[:1] }, want: rules.WrongShape},
 		{
 			name: "extra tensor",
 			update: func(u *fdxv1.Update) {
 				u.Params = append(u.Params, tensor.FromFloat32("fc1.bias", []int64{1}, []float32{0}))
 			},
-			want: validate.WrongShape,
+			want: rules.WrongShape,
 		},
-		{name: "tensors swapped", update: func(u *fdxv1.Update) { u.Params[0], u.Params[1] = u.Params[1], u.Params[0] }, want: validate.WrongShape},
-		{name: "wrong name", update: func(u *fdxv1.Update) { u.Params[0].Name = "fc0.weights" }, want: validate.WrongShape},
-		{name: "transposed", update: func(u *fdxv1.Update) { u.Params[0].Shape = []int64{784, 10} }, want: validate.WrongShape},
-		{name: "flattened", update: func(u *fdxv1.Update) { u.Params[0].Shape = []int64{7840} }, want: validate.WrongShape},
-		{name: "short data", update: func(u *fdxv1.Update) { u.Params[1].Data = u.Params[1].Data[:36] }, want: validate.WrongShape},
-		{name: "long data", update: func(u *fdxv1.Update) { u.Params[1].Data = append(u.Params[1].Data, 0, 0, 0, 0) }, want: validate.WrongShape},
-		{name: "unknown dtype", update: func(u *fdxv1.Update) { u.Params[1].Dtype = 99 }, want: validate.WrongShape},
-		{name: "int8 with float32 length", update: func(u *fdxv1.Update) { u.Params[1].Dtype = fdxv1.DType_DTYPE_INT8 }, want: validate.WrongShape},
-		{name: "nil tensor", update: func(u *fdxv1.Update) { u.Params[1] = nil }, want: validate.WrongShape},
-		{name: "NaN weight", update: setValue(0, 1234, float32(math.NaN())), want: validate.NonFinite},
-		{name: "+Inf bias", update: setValue(1, 9, float32(math.Inf(1))), want: validate.NonFinite},
-		{name: "-Inf weight", update: setValue(0, 0, float32(math.Inf(-1))), want: validate.NonFinite},
+		{name: "tensors swapped", update: func(u *fdxv1.Update) { u.Params[0], u.Params[1] = u.Params[1], u.Params[0] }, want: rules.WrongShape},
+		{name: "wrong name", update: func(u *fdxv1.Update) { u.Params[0].Name = "fc0.weights" }, want: rules.WrongShape},
+		{name: "transposed", update: func(u *fdxv1.Update) { u.Params[0].Shape = []int64{784, 10} }, want: rules.WrongShape},
+		{name: "flattened", update: func(u *fdxv1.Update) { u.Params[0].Shape = []int64{7840} }, want: rules.WrongShape},
+		{name: "short data", update: func(u *fdxv1.Update) { u.Params[1].Data = u.Params[1].Data[:36] }, want: rules.WrongShape},
+		{name: "long data", update: func(u *fdxv1.Update) { u.Params[1].Data = append(u.Params[1].Data, 0, 0, 0, 0) }, want: rules.WrongShape},
+		{name: "unknown dtype", update: func(u *fdxv1.Update) { u.Params[1].Dtype = 99 }, want: rules.WrongShape},
+		{name: "int8 with float32 length", update: func(u *fdxv1.Update) { u.Params[1].Dtype = fdxv1.DType_DTYPE_INT8 }, want: rules.WrongShape},
+		{name: "nil tensor", update: func(u *fdxv1.Update) { u.Params[1] = nil }, want: rules.WrongShape},
+		{name: "NaN weight", update: setValue(0, 1234, float32(math.NaN())), want: rules.NonFinite},
+		{name: "+Inf bias", update: setValue(1, 9, float32(math.Inf(1))), want: rules.NonFinite},
+		{name: "-Inf weight", update: setValue(0, 0, float32(math.Inf(-1))), want: rules.NonFinite},
 		{
 			name:   "int8 with infinite scale",
 			update: func(u *fdxv1.Update) { u.Params[1] = int8Tensor(b.Name, b.Shape, b.Size(), float32(math.Inf(1))) },
-			want:   validate.NonFinite,
+			want:   rules.NonFinite,
 		},
 		{
 			name: "delta overflows",
@@ -160,34 +162,34 @@ func TestUpdateRejects(t *testing.T) {
 				u.Params = tensor.Encode(d, base.Specs)
 			},
 			expect: func(e *validate.Expect) { e.MaxNorm = 0; e.Global[0][5] = math.MaxFloat32 },
-			want:   validate.NonFinite,
+			want:   rules.NonFinite,
 		},
-		{name: "norm over the bound", update: setValue(0, 17, 60), want: validate.NormBound},
+		{name: "norm over the bound", update: setValue(0, 17, 60), want: rules.NormBound},
 		{
 			name: "delta norm over the bound",
 			update: func(u *fdxv1.Update) {
 				u.IsDelta = true
 				u.Params = tensor.Encode([][]float32{make([]float32, w.Size()), slices.Repeat([]float32{16}, b.Size())}, base.Specs)
 			},
-			want: validate.NormBound, // sqrt(10 * 16^2) = 50.6
+			want: rules.NormBound, // sqrt(10 * 16^2) = 50.6
 		},
 		{
 			name:   "value times examples out of range",
 			update: setValue(1, 0, 1e22), // 600 * 1e22 = 6e24 > 2^80 = 1.2e24
 			expect: func(e *validate.Expect) { e.MaxNorm = 0 },
-			want:   validate.OutOfRange,
+			want:   rules.OutOfRange,
 		},
 		{
 			name:   "value times examples exactly 2^80",
 			update: func(u *fdxv1.Update) { setValue(0, 3, 0x1p78)(u); u.NumExamples = 4 },
 			expect: func(e *validate.Expect) { e.MaxNorm = 0 },
-			want:   validate.OutOfRange,
+			want:   rules.OutOfRange,
 		},
 		{
 			name:   "largest float, one example",
 			update: func(u *fdxv1.Update) { setValue(0, 3, -math.MaxFloat32)(u); u.NumExamples = 1 },
 			expect: func(e *validate.Expect) { e.MaxNorm = 0 },
-			want:   validate.OutOfRange,
+			want:   rules.OutOfRange,
 		},
 	} {
 		tested[tc.want] = true
@@ -219,7 +221,7 @@ func TestUpdateRejects(t *testing.T) {
 			}
 		})
 	}
-	for _, r := range validate.Reasons() {
+	for _, r := range rules.Reasons() {
 		if !tested[r] {
 			t.Errorf("no test case for reason %q", r)
 		}
@@ -227,8 +229,8 @@ func TestUpdateRejects(t *testing.T) {
 }
 
 func TestReasons(t *testing.T) {
-	seen := map[validate.Reason]bool{}
-	for _, r := range validate.Reasons() {
+	seen := map[rules.Reason]bool{}
+	for _, r := range rules.Reasons() {
 		if seen[r] {
 			t.Errorf("reason %q listed twice", r)
 		}
@@ -314,10 +316,10 @@ func TestUpdateAccepts(t *testing.T) {
 			name: "allowed client, exactly at the limits",
 			update: func(u *fdxv1.Update) {
 				u.NumExamples = maxExamples
-				u.ClientId = strings.Repeat("c", validate.MaxClientIDLen)
+				u.ClientId = strings.Repeat("c", rules.MaxClientIDLen)
 			},
 			expect: func(e *validate.Expect) {
-				e.Allowed = map[string]bool{strings.Repeat("c", validate.MaxClientIDLen): true}
+				e.Allowed = map[string]bool{strings.Repeat("c", rules.MaxClientIDLen): true}
 			},
 			size: maxBytes,
 			want: func(e validate.Expect) [][]float32 { return shifted(e.Global, 0.01) },
@@ -472,7 +474,7 @@ func checkUpdate(t *testing.T, u *fdxv1.Update, size int, e validate.Expect) {
 		t.Fatalf("Update changed the global model to %v", e.Global)
 	}
 	if rej != nil {
-		if !slices.Contains(validate.Reasons(), rej.Reason) {
+		if !slices.Contains(rules.Reasons(), rej.Reason) {
 			t.Fatalf("rejected with unknown reason %q (%v)", rej.Reason, rej)
 		}
 		if vals != nil {
@@ -485,7 +487,7 @@ func checkUpdate(t *testing.T, u *fdxv1.Update, size int, e validate.Expect) {
 		maxExamples = strategy.MaxWeight
 	}
 	if (e.MaxBytes > 0 && size > e.MaxBytes) || u.GetJob() != e.Job || u.GetBaseRound() != e.Round ||
-		u.GetClientId() == "" || len(u.GetClientId()) > validate.MaxClientIDLen ||
+		u.GetClientId() == "" || len(u.GetClientId()) > rules.MaxClientIDLen ||
 		u.GetNumExamples() < 1 || u.GetNumExamples() > maxExamples {
 		t.Fatalf("accepted an update of %d bytes, job %q, round %d, client %q, %d examples",
 			size, u.GetJob(), u.GetBaseRound(), u.GetClientId(), u.GetNumExamples())
@@ -540,19 +542,19 @@ func checkUpdate(t *testing.T, u *fdxv1.Update, size int, e validate.Expect) {
 // the verdicts their names promise, so that the corpus keeps covering both
 // acceptance and the rejection paths.
 func TestFuzzUpdateCorpus(t *testing.T) {
-	want := map[string]validate.Reason{
+	want := map[string]rules.Reason{
 		"valid_weights":       "",
 		"valid_int8_bias":     "",
-		"huge_delta":          validate.NormBound,
-		"future_round":        validate.FutureRound,
-		"huge_shape":          validate.WrongShape,
-		"int8_infinite_scale": validate.NonFinite,
-		"minus_inf_weight":    validate.NonFinite,
-		"no_client_id":        validate.BadClientID,
-		"oversize":            validate.Oversize,
-		"too_many_examples":   validate.BadNumExamples,
-		"wrong_job":           validate.WrongJob,
-		"truncated":           validate.Undecodable,
+		"huge_delta":          rules.NormBound,
+		"future_round":        rules.FutureRound,
+		"huge_shape":          rules.WrongShape,
+		"int8_infinite_scale": rules.NonFinite,
+		"minus_inf_weight":    rules.NonFinite,
+		"no_client_id":        rules.BadClientID,
+		"oversize":            rules.Oversize,
+		"too_many_examples":   rules.BadNumExamples,
+		"wrong_job":           rules.WrongJob,
+		"truncated":           rules.Undecodable,
 	}
 	dir := filepath.Join("testdata", "fuzz", "FuzzUpdate")
 	files, err := os.ReadDir(dir)
@@ -580,7 +582,7 @@ func TestFuzzUpdateCorpus(t *testing.T) {
 		}
 		var u fdxv1.Update
 		if err := proto.Unmarshal([]byte(data), &u); err != nil {
-			if reason != validate.Undecodable {
+			if reason != rules.Undecodable {
 				t.Errorf("%s: does not decode: %v", name, err)
 			}
 			continue
@@ -592,5 +594,30 @@ func TestFuzzUpdateCorpus(t *testing.T) {
 		case reason != "" && (rej == nil || rej.Reason != reason):
 			t.Errorf("%s: verdict %v, want %s", name, rej, reason)
 		}
+	}
+}
+
+// TestDuplicateFromEnvelope: a second update of an admitted client is a
+// duplicate whatever its tensors hold, since the envelope is checked before
+// the tensors are decoded; a checked but not admitted one is not.
+func TestDuplicateFromEnvelope(t *testing.T) {
+	e := logregExpect(t)
+	r := validate.NewRound(e)
+	u := validUpdate(e)
+	if _, rej := r.Check(u, proto.Size(u)); rej != nil {
+		t.Fatalf("first update: %v", rej)
+	}
+	// Not admitted (say the channel failed to store it): it may come again.
+	if _, rej := r.Check(u, proto.Size(u)); rej != nil {
+		t.Fatalf("update checked but not admitted, sent again: %v", rej)
+	}
+	r.Admit(u.GetClientId())
+	garbage := proto.Clone(u).(*fdxv1.Update)
+	garbage.Params = []*fdxv1.Tensor{{Name: "junk", Data: []byte{1, 2, 3}}}
+	if _, rej := r.Check(garbage, proto.Size(garbage)); rej == nil || rej.Reason != rules.Duplicate {
+		t.Errorf("second update with undecodable tensors: %v, want duplicate", rej)
+	}
+	if r.Count() != 1 || len(r.Admitted()) != 1 || r.Admitted()[0] != u.GetClientId() {
+		t.Errorf("Count %d, Admitted %q; want just %q", r.Count(), r.Admitted(), u.GetClientId())
 	}
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/fdxkafka/fdxkafka/function"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
+	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 // Channel names, as the function's "channel" field spells them.
@@ -212,7 +213,7 @@ func serveFunction(cfg Config) (*functionServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("function listener: %w", err)
 	}
-	h := function.NewServer(function.Config{Data: cfg.Data, KafkaProperties: cfg.KafkaProperties, Logger: quiet(cfg.Log, "function")})
+	h := function.NewServer(function.Config{Data: cfg.Data, Transport: participant.Transport{KafkaProperties: cfg.KafkaProperties}, Logger: quiet(cfg.Log, "function")})
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	return &functionServer{url: "http://" + ln.Addr().String() + "/", srv: srv}, nil

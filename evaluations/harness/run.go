@@ -19,6 +19,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/function"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
+	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
 	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
@@ -33,7 +34,7 @@ type session struct {
 	http    *http.Client
 	part    *participant.Participant
 	// dialer opens long-running clients' channels as the function does.
-	dialer  *function.Server
+	dialer  participant.Transport
 	log     *slog.Logger
 	cancel  context.CancelCauseFunc
 	clients sync.WaitGroup
@@ -72,11 +73,9 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 		fnURL:   fnURL,
 		// Invocations last as long as the job; the request's timeout_s,
 		// enforced by the function, is what bounds them.
-		http: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
-		part: &participant.Participant{Data: cfg.Data, Log: quiet(cfg.Log, "client")},
-		dialer: function.NewServer(function.Config{
-			Data: cfg.Data, KafkaProperties: cfg.KafkaProperties, Logger: quiet(cfg.Log, "client"),
-		}),
+		http:      &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
+		part:      &participant.Participant{Data: cfg.Data, Log: quiet(cfg.Log, "client")},
+		dialer:    participant.Transport{KafkaProperties: cfg.KafkaProperties, Logger: quiet(cfg.Log, "client")},
 		log:       cfg.Log.With("channel", ch),
 		cancel:    cancel,
 		localProp: map[int64]time.Duration{},
@@ -84,28 +83,24 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 	}
 	defer s.http.CloseIdleConnections()
 
-	o := job.Options{
+	spec := job.Spec{
 		Job:          s.job,
 		MinClients:   cfg.Clients,
 		NumRounds:    cfg.Rounds,
 		Model:        cfg.Model,
 		Dataset:      cfg.Dataset,
-		Partition:    cfg.Partition,
-		Partitions:   cfg.Clients,
+		Partition:    dataset.PartitionSpec{Scheme: cfg.Partition, NumPartitions: cfg.Clients},
 		MaxExamples:  cfg.MaxExamples,
 		EvalExamples: cfg.EvalExamples,
 		Seed:         cfg.Seed,
-		Data:         cfg.Data,
 	}
 	brokerName := "grpc://127.0.0.1 (in process)"
-	switch ch {
-	case GRPC:
-		o.GRPC, o.Broker = true, "127.0.0.1:0"
-	case Kafka:
-		o.Broker, o.KafkaProperties = cfg.Broker, cfg.KafkaProperties
+	cc := job.ChannelConfig{Transport: job.GRPC, Listen: "127.0.0.1:0"}
+	if ch == Kafka {
+		cc = job.ChannelConfig{Transport: job.Kafka, Brokers: cfg.Broker, KafkaProperties: cfg.KafkaProperties}
 		brokerName = cfg.Broker
 		if cfg.Broker == "" {
-			// The harness, not job.Run, owns the embedded broker, so that
+			// The harness, not the job, owns the embedded broker, so that
 			// it outlives the aggregator exactly as a real broker would
 			// and clients close against a live broker.
 			b, err := embedded.Start(embedded.Options{Addr: "127.0.0.1:0"})
@@ -113,22 +108,22 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 				return nil, err
 			}
 			defer b.Close()
-			o.Broker, brokerName = b.Addr(), "embedded (kfake, in process)"
+			cc.Brokers, brokerName = b.Addr(), "embedded (kfake, in process)"
 		}
 	}
 	// The job's Prometheus metrics are the harness's view of the
 	// aggregator while it runs: they drive per-round invocations and the
 	// progress lines.
-	o.Metrics = metrics.New(s.job, ch)
+	env := job.Env{Log: quiet(s.log, "aggregator"), Metrics: metrics.New(s.job, ch), Data: cfg.Data}
 	started := make(chan int64, cfg.Rounds+1)
-	stopWatch := s.watch(ctx, o.Metrics, started)
+	stopWatch := s.watch(ctx, env.Metrics, started)
 	defer stopWatch()
-	o.Ready = func(addr string) { s.startClients(ctx, addr, started) }
+	ready := func(addr string) { s.startClients(ctx, addr, started) }
 
 	s.log.Info("run starting", "job", s.job, "clients", cfg.Clients, "http_clients", cfg.HTTPClients(),
 		"rounds", cfg.Rounds, "model", cfg.Model, "dataset", cfg.Dataset, "broker", brokerName)
 	start := time.Now()
-	res, err := job.Run(ctx, o, quiet(s.log, "aggregator"))
+	res, err := job.RunOn(ctx, spec, cc, env, ready)
 	jobMs := msSince(start)
 	if err != nil {
 		cancel(err)
@@ -292,7 +287,7 @@ func (s *session) runLocal(ctx context.Context, addr, id string) {
 }
 
 // connect dials for a long-running client. At most DialConcurrency dial at
-// once, and a failed dial is retried with backoff, as function.Follow does:
+// once, and a failed dial is retried with backoff, as participant.Follow does:
 // hundreds of Kafka clients (each a producer and a consumer) connecting in
 // the same instant overwhelm an embedded broker on a small machine, which
 // real devices, coming online over time, would not do.
@@ -323,7 +318,7 @@ func (s *session) connect(ctx context.Context, addr, id string) (channel.Client,
 const dialAttempts = 5
 
 func (s *session) dial(ctx context.Context, addr, id string) (channel.Client, error) {
-	return s.dialer.Dial(ctx, function.Request{Broker: addr, ClientID: id, Channel: s.channel, Job: s.job})
+	return s.dialer.Dial(ctx, participant.Target{Broker: addr, ClientID: id, Channel: s.channel, Job: s.job})
 }
 
 // timedClient notes when each model reaches a long-running client, so that

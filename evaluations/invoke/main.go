@@ -20,26 +20,15 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"os/signal"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/evaluations/harness"
 	"github.com/fdxkafka/fdxkafka/evaluations/invoker"
+	"github.com/fdxkafka/fdxkafka/internal/cli"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(2)
-		}
-		fmt.Fprintln(os.Stderr, "invoke:", err)
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("invoke", run) }
 
 type options struct {
 	url, broker, channel, job, token, jsonPath, logLevel string
@@ -70,12 +59,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.attemptTimeout, "attempt-timeout", 0, "limit on one attempt (default: timeout_s + 60 s, or 10 min)")
 	fs.StringVar(&o.jsonPath, "json", "", "also write the summary and every outcome as JSON to this file")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return nil, err
 	}
 	switch {
-	case fs.NArg() > 0:
-		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	case o.url == "":
 		return nil, errors.New("-url: missing (or set FDX_FUNCTION_URL)")
 	case o.broker == "":

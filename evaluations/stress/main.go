@@ -9,32 +9,19 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/evaluations/harness"
+	"github.com/fdxkafka/fdxkafka/internal/cli"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(2)
-		}
-		fmt.Fprintln(os.Stderr, "stress:", err)
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("stress", run) }
 
 // sweepDefaults are the lightweight settings a sweep uses for every flag
 // the command line leaves unset: small synthetic shards, few rounds, and
@@ -86,11 +73,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.plots, "plots", filepath.Join("evaluations", "results"), "directory for the PNG plots (empty: no plots)")
 	fs.StringVar(&o.sweep, "sweep", "", "comma-separated client counts (e.g. 10,100,1000): one lightweight run per count")
 	fs.StringVar(&o.logLevel, "log-level", "info", "progress log level on stderr: debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if o.sweep != "" {
 		set := map[string]bool{}

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
 // ErrUnreachable wraps errors that mean the transport could not be reached at
@@ -25,6 +26,8 @@ var ErrUnauthenticated = errors.New("not authenticated")
 
 // ErrRejected wraps an update that the aggregator refused synchronously
 // (gRPC only: Kafka is fire-and-forget, rejections show in the aggregator).
+// The error also carries the *rules.Rejection (errors.As) when the
+// aggregator said why.
 var ErrRejected = errors.New("update rejected")
 
 // Client is a participant's view of a channel.
@@ -42,7 +45,10 @@ type Client interface {
 	Close() error
 }
 
-// Delivery is one update as the aggregator receives it.
+// Delivery is one update as the aggregator receives it. The round loop
+// validates it, then calls Accept, folds it only if Accept succeeded, and
+// finally calls Reply: so a sender never hears "accepted" for an update
+// that is not both stored and counted, nor "rejected" for one that is.
 type Delivery struct {
 	// Update is nil when the record could not be decoded; Err says why.
 	Update *fdxv1.Update
@@ -51,21 +57,45 @@ type Delivery struct {
 	Key string
 	// Size is the encoded size in bytes.
 	Size int
-	// reply, when set, answers a synchronous caller (gRPC).
-	reply func(accepted bool, reason string)
+	// accept and reply, when set, are a synchronous transport's (gRPC)
+	// durable store and answer to the waiting caller.
+	accept func() error
+	reply  func(rej *rules.Rejection)
 }
 
-// NewDelivery returns a delivery whose verdict is passed to reply.
-func NewDelivery(u *fdxv1.Update, size int, reply func(accepted bool, reason string)) Delivery {
-	return Delivery{Update: u, Size: size, reply: reply}
+// NewDelivery returns a delivery of u whose acceptance runs accept (nil:
+// nothing to store) and whose verdict goes to reply (nil: nobody waits).
+func NewDelivery(u *fdxv1.Update, size int, accept func() error, reply func(rej *rules.Rejection)) Delivery {
+	return Delivery{Update: u, Size: size, accept: accept, reply: reply}
 }
 
-// Reply tells a waiting sender whether its update was accepted. It is a
-// no-op for asynchronous transports.
-func (d Delivery) Reply(accepted bool, reason string) {
-	if d.reply != nil {
-		d.reply(accepted, reason)
+// Accept makes a valid update durable where the channel is durable (the
+// gRPC channel's update log). Kafka needs nothing here: the record is
+// already in the broker, and its offset commits with the round. After an
+// error the update must not be folded: it is rejected as rules.NotStored
+// and its sender may try again.
+func (d Delivery) Accept() error {
+	if d.accept == nil {
+		return nil
 	}
+	return d.accept()
+}
+
+// Reply tells a waiting sender the verdict: nil for accepted. It is a no-op
+// for asynchronous transports.
+func (d Delivery) Reply(rej *rules.Rejection) {
+	if d.reply != nil {
+		d.reply(rej)
+	}
+}
+
+// ClientID is the update's client id, or the transport's key when the
+// record could not be decoded.
+func (d Delivery) ClientID() string {
+	if d.Update != nil {
+		return d.Update.GetClientId()
+	}
+	return d.Key
 }
 
 // Server is the aggregator's side of a channel. It is used by one goroutine,

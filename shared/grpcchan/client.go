@@ -17,6 +17,7 @@ import (
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
 // ClientOptions configure a participant.
@@ -101,12 +102,14 @@ func (c *Client) Submit(ctx context.Context, u *fdxv1.Update) error {
 		return fmt.Errorf("submit update round %d: %w", u.GetBaseRound(), classify(err))
 	}
 	if !resp.GetAccepted() {
-		if strings.HasPrefix(resp.GetReason(), "stale_round") {
+		reason := rules.ReasonOf(resp.GetRejectReason())
+		rej := &rules.Rejection{Reason: reason, Detail: strings.TrimPrefix(resp.GetReason(), string(reason)+": ")}
+		if rej.Reason == rules.StaleRound {
 			// The round closed while we trained: the same answer as
 			// asking for a closed round.
-			return fmt.Errorf("submit update round %d: %w: %w: %s", u.GetBaseRound(), channel.ErrRoundClosed, channel.ErrRejected, resp.GetReason())
+			return fmt.Errorf("submit update round %d: %w: %w: %w", u.GetBaseRound(), channel.ErrRoundClosed, channel.ErrRejected, rej)
 		}
-		return fmt.Errorf("submit update round %d: %w: %s", u.GetBaseRound(), channel.ErrRejected, resp.GetReason())
+		return fmt.Errorf("submit update round %d: %w: %w", u.GetBaseRound(), channel.ErrRejected, rej)
 	}
 	return nil
 }

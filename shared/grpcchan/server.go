@@ -27,6 +27,7 @@ import (
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
 // ServerOptions configure the aggregator's gRPC side.
@@ -46,6 +47,10 @@ type ServerOptions struct {
 	// without a matching "authorization: Bearer <token>" are refused.
 	Tokens map[string]string
 	Logger *slog.Logger
+	// AfterStore, when set, runs after an update is stored in the update
+	// log and before it is folded and answered: the place where
+	// fault-injection tests kill the process.
+	AfterStore func(u *fdxv1.Update)
 }
 
 // Server serves the Aggregator service and implements channel.Server.
@@ -307,13 +312,9 @@ func (s *Server) WatchModels(req *fdxv1.WatchModelsRequest, stream fdxv1.Aggrega
 	}
 }
 
-type verdict struct {
-	accepted bool
-	reason   string
-}
-
 // SubmitUpdate implements fdxv1.AggregatorServer: the update goes to the
-// round loop, and the caller gets its verdict.
+// round loop, and the caller gets its verdict once the update is both
+// stored and folded, or refused.
 func (s *Server) SubmitUpdate(ctx context.Context, u *fdxv1.Update) (*fdxv1.SubmitUpdateResponse, error) {
 	if err := s.checkJob(u.GetJob()); err != nil {
 		return nil, err
@@ -321,18 +322,8 @@ func (s *Server) SubmitUpdate(ctx context.Context, u *fdxv1.Update) (*fdxv1.Subm
 	if err := s.checkClient(ctx, u.GetClientId()); err != nil {
 		return nil, err
 	}
-	reply := make(chan verdict, 1)
-	d := channel.NewDelivery(u, proto.Size(u), func(ok bool, reason string) {
-		// Runs in the round loop, so the update is durable before the
-		// round can close and before the sender hears "accepted".
-		if ok && s.wal != nil {
-			if err := s.wal.append(u); err != nil {
-				s.opt.Logger.Error("update log", "client_id", u.GetClientId(), "err", err)
-				ok, reason = false, "aggregator could not store the update: "+err.Error()
-			}
-		}
-		reply <- verdict{ok, reason}
-	})
+	reply := make(chan *rules.Rejection, 1)
+	d := channel.NewDelivery(u, proto.Size(u), func() error { return s.store(u) }, func(rej *rules.Rejection) { reply <- rej })
 	d.Key = u.GetClientId()
 	select {
 	case s.updates <- d:
@@ -342,14 +333,34 @@ func (s *Server) SubmitUpdate(ctx context.Context, u *fdxv1.Update) (*fdxv1.Subm
 		return nil, status.Error(codes.Unavailable, "aggregator shutting down")
 	}
 	select {
-	case v := <-reply:
+	case rej := <-reply:
 		cur, _ := s.snapshot()
-		return &fdxv1.SubmitUpdateResponse{Accepted: v.accepted, Reason: v.reason, Round: cur.GetRound()}, nil
+		resp := &fdxv1.SubmitUpdateResponse{Accepted: rej == nil, Round: cur.GetRound()}
+		if rej != nil {
+			resp.Reason, resp.RejectReason = rej.Error(), rej.Reason.Proto()
+		}
+		return resp, nil
 	case <-ctx.Done():
 		return nil, status.FromContextError(ctx.Err()).Err()
 	case <-s.done:
 		return nil, status.Error(codes.Unavailable, "aggregator shutting down")
 	}
+}
+
+// store appends an update the round loop is about to fold to the update
+// log, so that it survives a crash before the round commits. It runs in
+// the round loop, before the fold and before the sender hears "accepted".
+func (s *Server) store(u *fdxv1.Update) error {
+	if s.wal == nil {
+		return nil
+	}
+	if err := s.wal.append(u); err != nil {
+		return err
+	}
+	if s.opt.AfterStore != nil {
+		s.opt.AfterStore(u)
+	}
+	return nil
 }
 
 // checkClient enforces per-client bearer tokens on SubmitUpdate, where the

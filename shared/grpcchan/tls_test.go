@@ -87,7 +87,7 @@ func roundTrip(t *testing.T, s *Server, c *Client, clientID string) {
 	if d.Update.GetClientId() != clientID || d.Update.GetNumExamples() != 3 {
 		t.Errorf("Next delivered %v; want client %s with 3 examples", d.Update, clientID)
 	}
-	d.Reply(true, "")
+	d.Reply(nil)
 	if err := <-errc; err != nil {
 		t.Fatalf("Submit: %v", err)
 	}

@@ -1,12 +1,12 @@
 package grpcchan
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"unicode"
+
+	"github.com/fdxkafka/fdxkafka/shared/linefile"
 )
 
 // LoadTokens reads the per-client bearer tokens for ServerOptions.Tokens
@@ -29,33 +29,24 @@ import (
 // authentication off, which must never happen by accident. Errors name the
 // file and line but never a token.
 func LoadTokens(path string) (map[string]string, error) {
-	f, err := os.Open(path)
+	lines, err := linefile.Read(path)
 	if err != nil {
 		return nil, fmt.Errorf("grpc tokens: %w", err)
 	}
-	defer f.Close()
 	tokens := map[string]string{}
 	owner := map[string]string{} // token -> client id, to find shared tokens
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		id, tok, err := parseTokenLine(line)
+	for _, l := range lines {
+		id, tok, err := parseTokenLine(l.Text)
 		if err != nil {
-			return nil, fmt.Errorf("grpc tokens %s:%d: %w", path, n, err)
+			return nil, fmt.Errorf("grpc tokens %s:%d: %w", path, l.N, err)
 		}
 		if _, dup := tokens[id]; dup {
-			return nil, fmt.Errorf("grpc tokens %s:%d: client %q listed twice", path, n, id)
+			return nil, fmt.Errorf("grpc tokens %s:%d: client %q listed twice", path, l.N, id)
 		}
 		if other, dup := owner[tok]; dup {
-			return nil, fmt.Errorf("grpc tokens %s:%d: client %q has the same token as client %q", path, n, id, other)
+			return nil, fmt.Errorf("grpc tokens %s:%d: client %q has the same token as client %q", path, l.N, id, other)
 		}
 		tokens[id], owner[tok] = tok, id
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("grpc tokens %s: %w", path, err)
 	}
 	if len(tokens) == 0 {
 		return nil, fmt.Errorf("grpc tokens %s: no tokens; an empty file would disable authentication", path)

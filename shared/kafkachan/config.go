@@ -7,15 +7,14 @@
 package kafkachan
 
 import (
-	"bufio"
 	"fmt"
 	"log/slog"
-	"os"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/fdxkafka/fdxkafka/shared/linefile"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
 // Limits on sizes. Records above the broker's limit are refused by the broker;
@@ -27,16 +26,6 @@ const (
 	// headers on top of the raw tensor bytes.
 	recordOverhead = 64 << 10
 )
-
-var jobPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
-
-// ValidateJob checks that job can name Kafka topics.
-func ValidateJob(job string) error {
-	if !jobPattern.MatchString(job) {
-		return fmt.Errorf("job id %q: want 1-128 characters of [A-Za-z0-9._-]", job)
-	}
-	return nil
-}
 
 // ModelTopic is the single-partition topic holding the job's global models.
 func ModelTopic(job string) string { return "fdx." + job + ".model" }
@@ -76,7 +65,7 @@ func (o Options) validate() error {
 	if strings.TrimSpace(o.Brokers) == "" {
 		return fmt.Errorf("kafka: no brokers given")
 	}
-	return ValidateJob(o.Job)
+	return rules.ValidateJob(o.Job)
 }
 
 func (o Options) logger() *slog.Logger {
@@ -129,26 +118,17 @@ func (o Options) producerConfig(base kafka.ConfigMap) kafka.ConfigMap {
 // LoadProperties reads a librdkafka properties file (key=value lines, '#'
 // comments), the usual way to pass SASL and TLS settings.
 func LoadProperties(path string) (map[string]string, error) {
-	f, err := os.Open(path)
+	lines, err := linefile.Read(path)
 	if err != nil {
 		return nil, fmt.Errorf("kafka properties: %w", err)
 	}
-	defer f.Close()
 	props := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, v, ok := strings.Cut(line, "=")
+	for _, l := range lines {
+		k, v, ok := strings.Cut(l.Text, "=")
 		if !ok {
-			return nil, fmt.Errorf("kafka properties %s:%d: want key=value, got %q", path, n, line)
+			return nil, fmt.Errorf("kafka properties %s:%d: want key=value", path, l.N)
 		}
 		props[strings.TrimSpace(k)] = strings.TrimSpace(v)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("kafka properties %s: %w", path, err)
 	}
 	return props, nil
 }

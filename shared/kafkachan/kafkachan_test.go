@@ -157,14 +157,3 @@ func TestUnreachable(t *testing.T) {
 		t.Errorf("Dial took %v, over its 3 s timeout by far", el)
 	}
 }
-
-func TestValidateJob(t *testing.T) {
-	for _, bad := range []string{"", "a b", "x/y", string(make([]byte, 200))} {
-		if ValidateJob(bad) == nil {
-			t.Errorf("ValidateJob(%q) = nil", bad)
-		}
-	}
-	if err := ValidateJob("mnist-1.a_b"); err != nil {
-		t.Errorf("ValidateJob: %v", err)
-	}
-}

@@ -58,6 +58,12 @@ const initStream = 0x494e4954 // "INIT"
 // Kinds returns the model kinds New accepts, in a fixed order.
 func Kinds() []string { return []string{KindLogReg, Kind2NN} }
 
+// Known reports whether New accepts kind.
+func Known(kind string) bool {
+	_, err := hiddenSizes(kind)
+	return err == nil
+}
+
 // hiddenSizes returns the widths of the hidden layers of kind.
 func hiddenSizes(kind string) ([]int, error) {
 	switch kind {

@@ -1,6 +1,8 @@
-// Package participant is what one federated client does in a round: fetch
-// the global model, train on its own shard, send the update. The Cloud
-// Function and the long-running client both run it, over either channel.
+// Package participant is the client side of a federation: what one client
+// does in a round (fetch the global model, train on its own shard, send the
+// update), how it dials an aggregator over either channel (Transport), and
+// the long-running client's loop over every round (Follow). The Cloud
+// Function and the long-running client both run it.
 package participant
 
 import (
@@ -17,6 +19,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/model"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
 // ErrRoundClosed means the requested round's model was already superseded.
@@ -76,11 +79,7 @@ func (p *Participant) Run(ctx context.Context, ch channel.Client, opt Options) (
 	if opt.Rounds <= 0 {
 		opt.Rounds = 1
 	}
-	log := p.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	log = log.With("job", opt.Job, "client_id", opt.ClientID)
+	log := p.logger().With("job", opt.Job, "client_id", opt.ClientID)
 	sum = Summary{Job: opt.Job, ClientID: opt.ClientID}
 	defer func() {
 		st := ch.Stats()
@@ -137,7 +136,7 @@ func (p *Participant) train(ctx context.Context, m *fdxv1.GlobalModel, clientID 
 	if err != nil {
 		return RoundResult{}, nil, err
 	}
-	spec := PartitionSpec(cfg.GetPartition())
+	spec := rules.PartitionSpec(cfg.GetPartition())
 	shard, err := p.Data.ClientShard(cfg.GetDataset(), dataset.SplitTrain, spec, clientID, int(cfg.GetMaxExamples()))
 	if err != nil {
 		return RoundResult{}, nil, fmt.Errorf("client %q shard: %w", clientID, err)
@@ -182,17 +181,6 @@ func (p *Participant) train(ctx context.Context, m *fdxv1.GlobalModel, clientID 
 	}, u, nil
 }
 
-// PartitionSpec converts the wire spec.
-func PartitionSpec(p *fdxv1.PartitionSpec) dataset.PartitionSpec {
-	return dataset.PartitionSpec{
-		Scheme:          p.GetScheme(),
-		NumPartitions:   int(p.GetNumPartitions()),
-		Seed:            p.GetSeed(),
-		Alpha:           p.GetAlpha(),
-		ShardsPerClient: int(p.GetShardsPerClient()),
-	}
-}
-
 // Seed derives a client's training seed for a round from the job seed, so
 // every client shuffles differently and every rerun identically.
 func Seed(jobSeed uint64, clientID string, round int64) uint64 {
@@ -202,3 +190,10 @@ func Seed(jobSeed uint64, clientID string, round int64) uint64 {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func (p *Participant) logger() *slog.Logger {
+	if p.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return p.Log
+}

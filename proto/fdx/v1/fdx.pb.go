@@ -82,6 +82,110 @@ func (DType) EnumDescriptor() ([]byte, []int) {
 	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{0}
 }
 
+// RejectReason says why the aggregator refused an update. Clients act on it
+// (a stale round means "join the next one"), operators count it: a buggy
+// client and a hostile one leave different marks. Its label (the name less
+// the prefix, lower case: "stale_round") is what logs and metrics show.
+type RejectReason int32
+
+const (
+	RejectReason_REJECT_REASON_UNSPECIFIED RejectReason = 0
+	// The record is not an Update.
+	RejectReason_REJECT_REASON_UNDECODABLE RejectReason = 1
+	RejectReason_REJECT_REASON_WRONG_JOB   RejectReason = 2
+	// Empty or over-long client id.
+	RejectReason_REJECT_REASON_BAD_CLIENT_ID RejectReason = 3
+	// Not in the job's client list.
+	RejectReason_REJECT_REASON_UNKNOWN_CLIENT RejectReason = 4
+	// Trained on a round that is already closed.
+	RejectReason_REJECT_REASON_STALE_ROUND RejectReason = 5
+	// Claims a round that is not open yet.
+	RejectReason_REJECT_REASON_FUTURE_ROUND RejectReason = 6
+	// The client already contributed to the open round.
+	RejectReason_REJECT_REASON_DUPLICATE        RejectReason = 7
+	RejectReason_REJECT_REASON_BAD_NUM_EXAMPLES RejectReason = 8
+	RejectReason_REJECT_REASON_WRONG_SHAPE      RejectReason = 9
+	RejectReason_REJECT_REASON_NON_FINITE       RejectReason = 10
+	// ||local - global|| above the job's bound.
+	RejectReason_REJECT_REASON_NORM_BOUND RejectReason = 11
+	// The encoded update is larger than the job allows.
+	RejectReason_REJECT_REASON_OVERSIZE RejectReason = 12
+	// A value times the example count leaves the exact accumulator's range.
+	RejectReason_REJECT_REASON_OUT_OF_RANGE RejectReason = 13
+	// The aggregator could not store the update durably; it was not counted
+	// and may be sent again.
+	RejectReason_REJECT_REASON_NOT_STORED RejectReason = 14
+	// The update's credentials (token, MAC) do not verify for its client id.
+	RejectReason_REJECT_REASON_UNAUTHENTICATED RejectReason = 15
+)
+
+// Enum value maps for RejectReason.
+var (
+	RejectReason_name = map[int32]string{
+		0:  "REJECT_REASON_UNSPECIFIED",
+		1:  "REJECT_REASON_UNDECODABLE",
+		2:  "REJECT_REASON_WRONG_JOB",
+		3:  "REJECT_REASON_BAD_CLIENT_ID",
+		4:  "REJECT_REASON_UNKNOWN_CLIENT",
+		5:  "REJECT_REASON_STALE_ROUND",
+		6:  "REJECT_REASON_FUTURE_ROUND",
+		7:  "REJECT_REASON_DUPLICATE",
+		8:  "REJECT_REASON_BAD_NUM_EXAMPLES",
+		9:  "REJECT_REASON_WRONG_SHAPE",
+		10: "REJECT_REASON_NON_FINITE",
+		11: "REJECT_REASON_NORM_BOUND",
+		12: "REJECT_REASON_OVERSIZE",
+		13: "REJECT_REASON_OUT_OF_RANGE",
+		14: "REJECT_REASON_NOT_STORED",
+		15: "REJECT_REASON_UNAUTHENTICATED",
+	}
+	RejectReason_value = map[string]int32{
+		"REJECT_REASON_UNSPECIFIED":      0,
+		"REJECT_REASON_UNDECODABLE":      1,
+		"REJECT_REASON_WRONG_JOB":        2,
+		"REJECT_REASON_BAD_CLIENT_ID":    3,
+		"REJECT_REASON_UNKNOWN_CLIENT":   4,
+		"REJECT_REASON_STALE_ROUND":      5,
+		"REJECT_REASON_FUTURE_ROUND":     6,
+		"REJECT_REASON_DUPLICATE":        7,
+		"REJECT_REASON_BAD_NUM_EXAMPLES": 8,
+		"REJECT_REASON_WRONG_SHAPE":      9,
+		"REJECT_REASON_NON_FINITE":       10,
+		"REJECT_REASON_NORM_BOUND":       11,
+		"REJECT_REASON_OVERSIZE":         12,
+		"REJECT_REASON_OUT_OF_RANGE":     13,
+		"REJECT_REASON_NOT_STORED":       14,
+		"REJECT_REASON_UNAUTHENTICATED":  15,
+	}
+)
+
+func (x RejectReason) Enum() *RejectReason {
+	p := new(RejectReason)
+	*p = x
+	return p
+}
+
+func (x RejectReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RejectReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_fdx_v1_fdx_proto_enumTypes[1].Descriptor()
+}
+
+func (RejectReason) Type() protoreflect.EnumType {
+	return &file_fdx_v1_fdx_proto_enumTypes[1]
+}
+
+func (x RejectReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RejectReason.Descriptor instead.
+func (RejectReason) EnumDescriptor() ([]byte, []int) {
+	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{1}
+}
+
 // Tensor is one named parameter array in row-major order.
 type Tensor struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -798,10 +902,12 @@ func (x *WatchModelsRequest) GetClientId() string {
 type SubmitUpdateResponse struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Accepted bool                   `protobuf:"varint,1,opt,name=accepted,proto3" json:"accepted,omitempty"`
-	// Why the update was rejected, when it was.
+	// Human-readable detail of a rejection ("stale_round: trained on ...").
 	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The round the aggregator is collecting.
-	Round         int64 `protobuf:"varint,3,opt,name=round,proto3" json:"round,omitempty"`
+	Round int64 `protobuf:"varint,3,opt,name=round,proto3" json:"round,omitempty"`
+	// Why the update was rejected; UNSPECIFIED when it was accepted.
+	RejectReason  RejectReason `protobuf:"varint,4,opt,name=reject_reason,json=rejectReason,proto3,enum=fdx.v1.RejectReason" json:"reject_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -855,6 +961,13 @@ func (x *SubmitUpdateResponse) GetRound() int64 {
 		return x.Round
 	}
 	return 0
+}
+
+func (x *SubmitUpdateResponse) GetRejectReason() RejectReason {
+	if x != nil {
+		return x.RejectReason
+	}
+	return RejectReason_REJECT_REASON_UNSPECIFIED
 }
 
 var File_fdx_v1_fdx_proto protoreflect.FileDescriptor
@@ -932,17 +1045,36 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1d\n" +
 	"\n" +
 	"from_round\x18\x02 \x01(\x03R\tfromRound\x12\x1b\n" +
-	"\tclient_id\x18\x03 \x01(\tR\bclientId\"`\n" +
+	"\tclient_id\x18\x03 \x01(\tR\bclientId\"\x9b\x01\n" +
 	"\x14SubmitUpdateResponse\x12\x1a\n" +
 	"\baccepted\x18\x01 \x01(\bR\baccepted\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x14\n" +
-	"\x05round\x18\x03 \x01(\x03R\x05round*T\n" +
+	"\x05round\x18\x03 \x01(\x03R\x05round\x129\n" +
+	"\rreject_reason\x18\x04 \x01(\x0e2\x14.fdx.v1.RejectReasonR\frejectReason*T\n" +
 	"\x05DType\x12\x15\n" +
 	"\x11DTYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rDTYPE_FLOAT32\x10\x01\x12\x11\n" +
 	"\rDTYPE_FLOAT16\x10\x02\x12\x0e\n" +
 	"\n" +
-	"DTYPE_INT8\x10\x032\xc6\x01\n" +
+	"DTYPE_INT8\x10\x03*\x84\x04\n" +
+	"\fRejectReason\x12\x1d\n" +
+	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19REJECT_REASON_UNDECODABLE\x10\x01\x12\x1b\n" +
+	"\x17REJECT_REASON_WRONG_JOB\x10\x02\x12\x1f\n" +
+	"\x1bREJECT_REASON_BAD_CLIENT_ID\x10\x03\x12 \n" +
+	"\x1cREJECT_REASON_UNKNOWN_CLIENT\x10\x04\x12\x1d\n" +
+	"\x19REJECT_REASON_STALE_ROUND\x10\x05\x12\x1e\n" +
+	"\x1aREJECT_REASON_FUTURE_ROUND\x10\x06\x12\x1b\n" +
+	"\x17REJECT_REASON_DUPLICATE\x10\a\x12\"\n" +
+	"\x1eREJECT_REASON_BAD_NUM_EXAMPLES\x10\b\x12\x1d\n" +
+	"\x19REJECT_REASON_WRONG_SHAPE\x10\t\x12\x1c\n" +
+	"\x18REJECT_REASON_NON_FINITE\x10\n" +
+	"\x12\x1c\n" +
+	"\x18REJECT_REASON_NORM_BOUND\x10\v\x12\x1a\n" +
+	"\x16REJECT_REASON_OVERSIZE\x10\f\x12\x1e\n" +
+	"\x1aREJECT_REASON_OUT_OF_RANGE\x10\r\x12\x1c\n" +
+	"\x18REJECT_REASON_NOT_STORED\x10\x0e\x12!\n" +
+	"\x1dREJECT_REASON_UNAUTHENTICATED\x10\x0f2\xc6\x01\n" +
 	"\n" +
 	"Aggregator\x128\n" +
 	"\bGetModel\x12\x17.fdx.v1.GetModelRequest\x1a\x13.fdx.v1.GlobalModel\x12@\n" +
@@ -961,49 +1093,51 @@ func file_fdx_v1_fdx_proto_rawDescGZIP() []byte {
 	return file_fdx_v1_fdx_proto_rawDescData
 }
 
-var file_fdx_v1_fdx_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_fdx_v1_fdx_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_fdx_v1_fdx_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_fdx_v1_fdx_proto_goTypes = []any{
 	(DType)(0),                    // 0: fdx.v1.DType
-	(*Tensor)(nil),                // 1: fdx.v1.Tensor
-	(*PartitionSpec)(nil),         // 2: fdx.v1.PartitionSpec
-	(*TrainConfig)(nil),           // 3: fdx.v1.TrainConfig
-	(*GlobalModel)(nil),           // 4: fdx.v1.GlobalModel
-	(*Timings)(nil),               // 5: fdx.v1.Timings
-	(*Update)(nil),                // 6: fdx.v1.Update
-	(*GetModelRequest)(nil),       // 7: fdx.v1.GetModelRequest
-	(*WatchModelsRequest)(nil),    // 8: fdx.v1.WatchModelsRequest
-	(*SubmitUpdateResponse)(nil),  // 9: fdx.v1.SubmitUpdateResponse
-	nil,                           // 10: fdx.v1.GlobalModel.MetricsEntry
-	nil,                           // 11: fdx.v1.Update.MetricsEntry
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(RejectReason)(0),             // 1: fdx.v1.RejectReason
+	(*Tensor)(nil),                // 2: fdx.v1.Tensor
+	(*PartitionSpec)(nil),         // 3: fdx.v1.PartitionSpec
+	(*TrainConfig)(nil),           // 4: fdx.v1.TrainConfig
+	(*GlobalModel)(nil),           // 5: fdx.v1.GlobalModel
+	(*Timings)(nil),               // 6: fdx.v1.Timings
+	(*Update)(nil),                // 7: fdx.v1.Update
+	(*GetModelRequest)(nil),       // 8: fdx.v1.GetModelRequest
+	(*WatchModelsRequest)(nil),    // 9: fdx.v1.WatchModelsRequest
+	(*SubmitUpdateResponse)(nil),  // 10: fdx.v1.SubmitUpdateResponse
+	nil,                           // 11: fdx.v1.GlobalModel.MetricsEntry
+	nil,                           // 12: fdx.v1.Update.MetricsEntry
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
 }
 var file_fdx_v1_fdx_proto_depIdxs = []int32{
 	0,  // 0: fdx.v1.Tensor.dtype:type_name -> fdx.v1.DType
-	2,  // 1: fdx.v1.TrainConfig.partition:type_name -> fdx.v1.PartitionSpec
-	1,  // 2: fdx.v1.GlobalModel.params:type_name -> fdx.v1.Tensor
-	3,  // 3: fdx.v1.GlobalModel.train_config:type_name -> fdx.v1.TrainConfig
-	12, // 4: fdx.v1.GlobalModel.published_at:type_name -> google.protobuf.Timestamp
-	12, // 5: fdx.v1.GlobalModel.deadline:type_name -> google.protobuf.Timestamp
-	10, // 6: fdx.v1.GlobalModel.metrics:type_name -> fdx.v1.GlobalModel.MetricsEntry
-	12, // 7: fdx.v1.Timings.model_received:type_name -> google.protobuf.Timestamp
-	12, // 8: fdx.v1.Timings.train_start:type_name -> google.protobuf.Timestamp
-	12, // 9: fdx.v1.Timings.train_end:type_name -> google.protobuf.Timestamp
-	12, // 10: fdx.v1.Timings.sent:type_name -> google.protobuf.Timestamp
-	1,  // 11: fdx.v1.Update.params:type_name -> fdx.v1.Tensor
-	11, // 12: fdx.v1.Update.metrics:type_name -> fdx.v1.Update.MetricsEntry
-	5,  // 13: fdx.v1.Update.timings:type_name -> fdx.v1.Timings
-	7,  // 14: fdx.v1.Aggregator.GetModel:input_type -> fdx.v1.GetModelRequest
-	8,  // 15: fdx.v1.Aggregator.WatchModels:input_type -> fdx.v1.WatchModelsRequest
-	6,  // 16: fdx.v1.Aggregator.SubmitUpdate:input_type -> fdx.v1.Update
-	4,  // 17: fdx.v1.Aggregator.GetModel:output_type -> fdx.v1.GlobalModel
-	4,  // 18: fdx.v1.Aggregator.WatchModels:output_type -> fdx.v1.GlobalModel
-	9,  // 19: fdx.v1.Aggregator.SubmitUpdate:output_type -> fdx.v1.SubmitUpdateResponse
-	17, // [17:20] is the sub-list for method output_type
-	14, // [14:17] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	3,  // 1: fdx.v1.TrainConfig.partition:type_name -> fdx.v1.PartitionSpec
+	2,  // 2: fdx.v1.GlobalModel.params:type_name -> fdx.v1.Tensor
+	4,  // 3: fdx.v1.GlobalModel.train_config:type_name -> fdx.v1.TrainConfig
+	13, // 4: fdx.v1.GlobalModel.published_at:type_name -> google.protobuf.Timestamp
+	13, // 5: fdx.v1.GlobalModel.deadline:type_name -> google.protobuf.Timestamp
+	11, // 6: fdx.v1.GlobalModel.metrics:type_name -> fdx.v1.GlobalModel.MetricsEntry
+	13, // 7: fdx.v1.Timings.model_received:type_name -> google.protobuf.Timestamp
+	13, // 8: fdx.v1.Timings.train_start:type_name -> google.protobuf.Timestamp
+	13, // 9: fdx.v1.Timings.train_end:type_name -> google.protobuf.Timestamp
+	13, // 10: fdx.v1.Timings.sent:type_name -> google.protobuf.Timestamp
+	2,  // 11: fdx.v1.Update.params:type_name -> fdx.v1.Tensor
+	12, // 12: fdx.v1.Update.metrics:type_name -> fdx.v1.Update.MetricsEntry
+	6,  // 13: fdx.v1.Update.timings:type_name -> fdx.v1.Timings
+	1,  // 14: fdx.v1.SubmitUpdateResponse.reject_reason:type_name -> fdx.v1.RejectReason
+	8,  // 15: fdx.v1.Aggregator.GetModel:input_type -> fdx.v1.GetModelRequest
+	9,  // 16: fdx.v1.Aggregator.WatchModels:input_type -> fdx.v1.WatchModelsRequest
+	7,  // 17: fdx.v1.Aggregator.SubmitUpdate:input_type -> fdx.v1.Update
+	5,  // 18: fdx.v1.Aggregator.GetModel:output_type -> fdx.v1.GlobalModel
+	5,  // 19: fdx.v1.Aggregator.WatchModels:output_type -> fdx.v1.GlobalModel
+	10, // 20: fdx.v1.Aggregator.SubmitUpdate:output_type -> fdx.v1.SubmitUpdateResponse
+	18, // [18:21] is the sub-list for method output_type
+	15, // [15:18] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_fdx_v1_fdx_proto_init() }
@@ -1016,7 +1150,7 @@ func file_fdx_v1_fdx_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fdx_v1_fdx_proto_rawDesc), len(file_fdx_v1_fdx_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,

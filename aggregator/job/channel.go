@@ -1,0 +1,151 @@
+package job
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/channel"
+	"github.com/fdxkafka/fdxkafka/shared/embedded"
+	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
+	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+)
+
+// Transport selects the channel a job runs on.
+type Transport string
+
+// The transports.
+const (
+	// Kafka uses the brokers in ChannelConfig.Brokers.
+	Kafka Transport = "kafka"
+	// EmbeddedKafka starts an in-memory broker (franz-go kfake) on
+	// ChannelConfig.Listen and uses it.
+	EmbeddedKafka Transport = "embedded"
+	// GRPC serves the gRPC channel on ChannelConfig.Listen.
+	GRPC Transport = "grpc"
+)
+
+// ChannelConfig describes the aggregator's side of a channel.
+type ChannelConfig struct {
+	Transport Transport
+	// Brokers is the Kafka bootstrap list (Kafka).
+	Brokers string
+	// Listen is the address the gRPC server or the embedded broker listens
+	// on; port 0 picks a free one.
+	Listen string
+	// KafkaProperties are extra librdkafka settings (SASL, TLS).
+	KafkaProperties map[string]string
+	// UpdatePartitions of the Kafka updates topic (0: 4).
+	UpdatePartitions int
+	// BeforeCommit is the Kafka channel's fault-injection point (see
+	// kafkachan.ServerOptions.BeforeCommit).
+	BeforeCommit func(round int64)
+	// StateFile makes the gRPC channel durable.
+	StateFile string
+	// GRPCTLS and GRPCTokens secure the gRPC channel (see grpcchan).
+	GRPCTLS    *tls.Config
+	GRPCTokens map[string]string
+	// AfterStore is the gRPC channel's fault-injection point (see
+	// grpcchan.ServerOptions.AfterStore).
+	AfterStore func(u *fdxv1.Update)
+}
+
+// Validate checks that the fields the transport needs are there and none
+// that belong to another transport is set.
+func (c ChannelConfig) Validate() error {
+	switch c.Transport {
+	case Kafka:
+		if strings.TrimSpace(c.Brokers) == "" {
+			return errors.New("kafka: no brokers")
+		}
+	case EmbeddedKafka:
+		if c.Listen == "" {
+			return errors.New("embedded kafka: no listen address")
+		}
+	case GRPC:
+		if c.Listen == "" {
+			return errors.New("grpc: no listen address")
+		}
+		if len(c.KafkaProperties) > 0 {
+			return errors.New("grpc: Kafka properties given; they secure the Kafka channel")
+		}
+	default:
+		return fmt.Errorf("transport %q: want %q, %q or %q", c.Transport, Kafka, EmbeddedKafka, GRPC)
+	}
+	if c.Transport != GRPC && (c.GRPCTLS != nil || len(c.GRPCTokens) > 0 || c.StateFile != "") {
+		return errors.New("gRPC TLS, tokens and state file go with the gRPC transport")
+	}
+	if c.UpdatePartitions < 0 {
+		return fmt.Errorf("update partitions %d is negative", c.UpdatePartitions)
+	}
+	return nil
+}
+
+// Channel is an open channel server and what clients need to reach it.
+type Channel struct {
+	channel.Server
+	// Name is "kafka" or "grpc".
+	Name string
+	// Addr is where clients connect: the Kafka bootstrap list or the gRPC
+	// address.
+	Addr  string
+	close func()
+}
+
+// Close closes the server and stops the embedded broker, if any.
+func (c *Channel) Close() error {
+	c.close()
+	return nil
+}
+
+// OpenChannel opens the channel server of job, sized for records of up to
+// maxBytes.
+func OpenChannel(ctx context.Context, cc ChannelConfig, job string, maxBytes int, log *slog.Logger) (*Channel, error) {
+	if err := cc.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cc.Transport == GRPC {
+		s, err := grpcchan.NewServer(grpcchan.ServerOptions{
+			Addr: cc.Listen, Job: job, MaxMessageBytes: maxBytes, StateFile: cc.StateFile, Logger: log,
+			TLS: cc.GRPCTLS, Tokens: cc.GRPCTokens, AfterStore: cc.AfterStore,
+		})
+		if err != nil {
+			return nil, err
+		}
+		log.Info("gRPC aggregator listening", "addr", s.Addr())
+		return &Channel{Server: s, Name: "grpc", Addr: s.Addr(), close: func() { s.Close() }}, nil
+	}
+	brokers := cc.Brokers
+	stopBroker := func() {}
+	if cc.Transport == EmbeddedKafka {
+		b, err := embedded.Start(embedded.Options{Addr: cc.Listen})
+		if err != nil {
+			return nil, err
+		}
+		brokers, stopBroker = b.Addr(), b.Close
+		log.Info("embedded Kafka broker started (in memory)", "addr", brokers)
+	}
+	parts := cc.UpdatePartitions
+	if parts == 0 {
+		parts = 4
+	}
+	s, err := kafkachan.NewServer(ctx, kafkachan.ServerOptions{
+		Options:      kafkachan.Options{Brokers: brokers, Job: job, Properties: cc.KafkaProperties, Logger: log},
+		TopicOptions: kafkachan.TopicOptions{UpdatePartitions: parts, MaxMessageBytes: maxBytes},
+		BeforeCommit: cc.BeforeCommit,
+	})
+	if err != nil {
+		stopBroker()
+		return nil, err
+	}
+	log.Info("Kafka channel ready", "brokers", brokers, "model_topic", kafkachan.ModelTopic(job),
+		"updates_topic", kafkachan.UpdatesTopic(job), "max_message_bytes", maxBytes)
+	return &Channel{Server: s, Name: "kafka", Addr: brokers, close: func() { s.Close(); stopBroker() }}, nil
+}
