@@ -75,10 +75,11 @@ type dpParams struct {
 // needs. The price is that whoever knows Seed can regenerate and subtract
 // the noise, so the (ε, δ) reported holds only against parties who do not.
 // A production deployment would draw the noise from crypto/rand, keep no
-// seed, and use a sampler without floating-point artifacts (the discrete
-// Gaussian of Canonne, Kamath, Steinke 2020, or Mironov's snapping for the
-// textbook attack on floating-point noise); it would give up bit-identical
-// reruns.
+// seed, and use a sampler without floating-point artifacts, such as the
+// discrete Gaussian of Canonne, Kamath, Steinke 2020 (Mironov 2012 showed
+// that textbook floating-point noise leaks through its low bits, and Box–
+// Muller here also truncates the tails at about 8.6σ); it would give up
+// bit-identical reruns.
 //
 // State carries the round counter and the current clip norm, so a restarted
 // aggregator continues with the same S and the same noise stream.
