@@ -16,6 +16,7 @@ const (
 	kindMedian robustKind = iota + 1
 	kindTrimmedMean
 	kindKrum
+	kindBulyan
 )
 
 // robust implements the Byzantine-robust rules, which need every update of
@@ -28,7 +29,7 @@ type robust struct {
 	name string
 	kind robustKind
 	trim float64 // trimmed mean: fraction cut from each end
-	f    int     // Krum: tolerated Byzantine clients
+	f    int     // Krum, Bulyan: tolerated Byzantine clients
 	m    int     // Krum: updates averaged; 1 for Krum, 0 for n − f
 }
 
@@ -77,6 +78,11 @@ func (h *holdRound) finish() ([][]float32, error) {
 	case kindKrum:
 		var err error
 		if flat, err = krum(h.ups, h.sizes, h.cfg.f, h.cfg.m); err != nil {
+			return nil, err
+		}
+	case kindBulyan:
+		var err error
+		if flat, err = bulyan(h.ups, h.total, h.cfg.f); err != nil {
 			return nil, err
 		}
 	}
@@ -240,4 +246,83 @@ func squaredDistance(a, b []float32) float64 {
 		s0 += float64(d * d)
 	}
 	return (s0 + s1) + (s2 + s3)
+}
+
+// bulyan implements Bulyan (El Mhamdi, Guerraoui, Rouault 2018, "The Hidden
+// Vulnerability of Distributed Learning in Byzantium") over Krum, as Flower
+// does. It needs n ≥ 4f + 3 updates. First it selects θ = n − 2f of them by
+// iterated Krum: each iteration scores the updates not yet selected against
+// one another and moves the best one into the selection. Then, coordinate by
+// coordinate, it averages the β = θ − 2f selected values closest to their
+// median. ups is sorted by client id, which breaks every tie: equal Krum
+// scores go to the smaller id, equal distances to the median to the smaller
+// value, so the result does not depend on arrival order.
+//
+// Once fewer than f + 3 updates remain to score, Krum's n − f − 2 nearest
+// neighbours would be fewer than one; as in Flower, at least one is used.
+func bulyan(ups []heldUpdate, total, f int) ([]float32, error) {
+	n := len(ups)
+	if n < 4*f+3 {
+		return nil, fmt.Errorf("%w: Bulyan with f=%d needs at least %d updates, has %d", ErrTooFewUpdates, f, 4*f+3, n)
+	}
+	theta, beta := n-2*f, n-4*f
+	dist := squaredDistances(ups)
+	remaining := make([]int, n)
+	for i := range remaining {
+		remaining[i] = i
+	}
+	selected := make([]heldUpdate, 0, theta)
+	row := make([]float64, 0, n)
+	for len(selected) < theta {
+		best, bestScore := 0, math.Inf(1)
+		k := max(1, len(remaining)-f-2)
+		for bi, i := range remaining {
+			row = row[:0]
+			for _, j := range remaining {
+				if j != i {
+					row = append(row, dist[i*n+j])
+				}
+			}
+			slices.Sort(row)
+			var score float64
+			for _, d := range row[:min(k, len(row))] {
+				score += d
+			}
+			if score < bestScore { // strict: ties keep the smaller id
+				best, bestScore = bi, score
+			}
+		}
+		selected = append(selected, ups[remaining[best]])
+		remaining = slices.Delete(remaining, best, best+1)
+	}
+	return coordinatewise(selected, total, func(keys []uint32) float32 { return closestMean(keys, beta) }), nil
+}
+
+// closestMean averages the beta values of sorted keys closest to their
+// median (as median computes it). Those values form a contiguous run of the
+// sorted keys, grown from the median outwards, taking the lower value when
+// both candidates are equally close; the run is summed in float64 in sorted
+// order and rounded once.
+func closestMean(keys []uint32, beta int) float32 {
+	med := float64(median(keys))
+	// keys[:hi] are below the median, keys[hi:] at or above it.
+	hi, _ := slices.BinarySearch(keys, orderKey(float32(med)))
+	lo := hi - 1 // next candidate below; hi is the next one above
+	for taken := 0; taken < beta; taken++ {
+		switch {
+		case lo < 0:
+			hi++
+		case hi >= len(keys):
+			lo--
+		case float64(fromOrderKey(keys[hi]))-med < med-float64(fromOrderKey(keys[lo])):
+			hi++
+		default:
+			lo--
+		}
+	}
+	var s float64
+	for _, key := range keys[lo+1 : hi] {
+		s += float64(fromOrderKey(key))
+	}
+	return float32(s / float64(beta))
 }

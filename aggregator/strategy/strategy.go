@@ -1,7 +1,10 @@
 // Package strategy implements the server-side aggregation strategies of a
-// federated round, modelled on Flower's Strategy abstraction: FedAvg, the
-// server optimizers FedAvgM, FedAdam, FedYogi and FedAdagrad, and the robust
-// rules coordinate-wise median, trimmed mean, Krum and Multi-Krum.
+// federated round, modelled on Flower's Strategy abstraction and known by
+// Flower's names (see Names and STRATEGIES.md): FedAvg and FedProx, the
+// server optimizers FedAvgM, FedAdam, FedYogi and FedAdagrad, the robust
+// rules coordinate-wise median, trimmed mean, Krum, Multi-Krum and Bulyan,
+// and DP-FedAvg with fixed or adaptive clipping (its privacy accounting is
+// in the subpackage privacy).
 //
 // Every strategy returns a bit-identical model whatever order the updates of
 // a round arrive in, because the Kafka and the gRPC channel deliver clients
@@ -49,6 +52,22 @@ var (
 	// would apply a step to the wrong state.
 	ErrStaleRound = errors.New("optimizer state changed since the round began")
 )
+
+// Reporter is implemented by strategies with per-round figures worth
+// printing, such as the DP strategies' noise multiplier, clip norm and
+// (ε, δ). Report describes the last round that finished (or the state
+// before the first one); the keys are stable snake_case names. A caller
+// type-asserts a Strategy to Reporter.
+type Reporter interface {
+	Report() map[string]float64
+}
+
+// Proximal is implemented by "fedprox": on the server FedProx is FedAvg,
+// and its proximal term μ/2·‖w − w_global‖² is added by the clients, so the
+// caller puts ProximalMu into the round's train config.
+type Proximal interface {
+	ProximalMu() float64
+}
 
 // Update is one client's contribution to a round: its full local weights
 // (not a delta from the global model) and the number of examples it trained
@@ -100,19 +119,31 @@ type Round interface {
 
 // Config selects and parameterizes a strategy. A zero field means the
 // strategy's default; fields a strategy does not use are ignored, so one
-// Config can carry every flag of a command line. The defaults are Flower's:
+// Config can carry every flag of a command line. The defaults are Flower's
+// where Flower has one:
 //
-//	fedavgm     ServerLR 1, Momentum 0.9 (Flower's 0 would be plain FedAvg)
-//	fedadam     ServerLR 0.1,  Beta1 0.9, Beta2 0.99, Tau 1e-9
-//	fedyogi     ServerLR 0.01, Beta1 0.9, Beta2 0.99, Tau 1e-3
-//	fedadagrad  ServerLR 0.1,  Beta1 0 (no momentum), Tau 1e-9
-//	trimmedmean TrimFraction 0.2
-//	krum        ByzantineF 0
-//	multikrum   ByzantineF 0, MultiKrumM n − f
+//	fedprox           ProximalMu 0.01 (Flower requires it; see below)
+//	fedavgm           ServerLR 1, Momentum 0.9 (Flower's 0 would be plain FedAvg)
+//	fedadam           ServerLR 0.1,  Beta1 0.9, Beta2 0.99, Tau 1e-9
+//	fedyogi           ServerLR 0.01, Beta1 0.9, Beta2 0.99, Tau 1e-3
+//	fedadagrad        ServerLR 0.1,  Beta1 0 (no momentum), Tau 1e-9
+//	fedtrimmedavg     TrimFraction 0.2
+//	krum, bulyan      ByzantineF 0
+//	multikrum         ByzantineF 0, MultiKrumM n − f
+//	dpfedavg-fixed    ClipNorm 1, NoiseMultiplier 1, SamplingRate 1, Delta 1e-5, Seed 0
+//	dpfedavg-adaptive ClipNorm 0.1 (initial), NoiseMultiplier 1,
+//	                  TargetQuantile 0.5, ClipLR 0.2, ClippedCountStddev n/20,
+//	                  SamplingRate 1, Delta 1e-5, Seed 0
 //
-// Since zero means default, a zero Momentum, Beta1 (for FedAdam and FedYogi)
-// or Beta2 cannot be requested; FedAvgM without momentum and with a server
-// rate of 1 is FedAvg.
+// Flower requires a clip norm and a noise multiplier for its DP wrappers and
+// μ for FedProx; here they have defaults so that every name constructs from
+// its name alone, but a real run should set them. μ's default 0.01 is the
+// middle of the grid {0.001, 0.01, 0.1, 1} of Li et al. 2020.
+//
+// Since zero means default, a zero Momentum, Beta1 (for FedAdam and FedYogi),
+// Beta2, ProximalMu, NoiseMultiplier or TargetQuantile cannot be requested;
+// FedAvgM without momentum and with a server rate of 1 is FedAvg, FedProx
+// with μ = 0 is FedAvg, and DP without noise is not DP.
 type Config struct {
 	// Name is one of Names(); empty means "fedavg".
 	Name string
@@ -134,6 +165,42 @@ type Config struct {
 	// MultiKrumM is the number of updates "multikrum" averages; 0 means
 	// n − f, the most its guarantee allows.
 	MultiKrumM int
+
+	// ProximalMu is FedProx's μ ≥ 0 (> 0 for "fedprox"). Only "fedprox"
+	// reads it, and only to hand it back through Proximal: the proximal
+	// term is computed by the clients.
+	ProximalMu float64
+
+	// Seed seeds the DP strategies' Gaussian noise. With the round counter
+	// it determines every noise value, so a run (and a resumed run) is
+	// reproducible bit for bit. Anyone who knows it can remove the noise:
+	// see dp.go.
+	Seed uint64
+	// ClipNorm is the L2 bound S on each client's update delta (the fixed
+	// bound of "dpfedavg-fixed", the initial one of "dpfedavg-adaptive"),
+	// in (0, 2^64].
+	ClipNorm float64
+	// NoiseMultiplier is z: the noise on the sum of clipped deltas has
+	// standard deviation z·S. For "dpfedavg-adaptive" it is the effective
+	// multiplier of the whole mechanism (Andrew et al.), which the
+	// accountant uses; the delta noise is a little larger.
+	NoiseMultiplier float64
+	// TargetQuantile is γ of adaptive clipping: the fraction of updates
+	// the clip norm should leave unclipped, in (0, 1).
+	TargetQuantile float64
+	// ClipLR is η_C of adaptive clipping, the geometric step of the clip
+	// norm: S ← S·exp(−η_C·(b̃ − γ)), b̃ the noised unclipped fraction.
+	ClipLR float64
+	// ClippedCountStddev is σ_b of adaptive clipping, the standard
+	// deviation of the noise on the count of unclipped updates; 0 means
+	// n/20 for a round of n updates (Flower's and Andrew et al.'s default).
+	// It must exceed NoiseMultiplier/2.
+	ClippedCountStddev float64
+	// SamplingRate is the probability q with which each client takes part
+	// in a round (Flower's fraction-fit), in (0, 1]; the accountant uses it.
+	SamplingRate float64
+	// Delta is the δ of the reported (ε, δ), in (0, 1).
+	Delta float64
 }
 
 // Defaults, chosen to match Flower's (flwr.server.strategy) where Flower
@@ -151,13 +218,19 @@ const (
 	defaultBeta2        = 0.99
 	defaultTrimFraction = 0.2
 	defaultStrategyName = "fedavg"
+	defaultProximalMu   = 0.01 // middle of Li et al.'s grid; Flower has no default
 )
 
-// Names returns the strategy names New accepts, in a fixed order.
+// Names returns the strategy names New accepts, in a fixed order: Flower's
+// names, then the short aliases "median" (= "fedmedian") and "trimmedmean"
+// (= "fedtrimmedavg"). "fedbuff" is not a strategy of rounds but the
+// asynchronous mode; it is not among them.
 func Names() []string {
 	return []string{
-		"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad",
-		"median", "trimmedmean", "krum", "multikrum",
+		"fedavg", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi",
+		"fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan",
+		"dpfedavg-fixed", "dpfedavg-adaptive",
+		"median", "trimmedmean",
 	}
 }
 
@@ -171,6 +244,12 @@ func New(cfg Config) (Strategy, error) {
 	switch name {
 	case "fedavg":
 		return fedAvg{}, nil
+	case "fedprox":
+		mu, err := positive("ProximalMu", cfg.ProximalMu, defaultProximalMu)
+		if err != nil {
+			return nil, wrapConfig(name, err)
+		}
+		return fedProx{mu: mu}, nil
 	case "fedavgm":
 		lr, err := positive("ServerLR", cfg.ServerLR, defaultAvgMLR)
 		if err != nil {
@@ -183,9 +262,9 @@ func New(cfg Config) (Strategy, error) {
 		return newFedOpt(name, kindAvgM, optParams{lr: lr, momentum: mom}), nil
 	case "fedadam", "fedyogi", "fedadagrad":
 		return newAdaptive(name, cfg)
-	case "median":
+	case "median", "fedmedian":
 		return &robust{name: name, kind: kindMedian}, nil
-	case "trimmedmean":
+	case "trimmedmean", "fedtrimmedavg":
 		trim := cfg.TrimFraction
 		if trim == 0 {
 			trim = defaultTrimFraction
@@ -194,9 +273,12 @@ func New(cfg Config) (Strategy, error) {
 			return nil, wrapConfig(name, fmt.Errorf("TrimFraction %v outside (0, 0.5)", cfg.TrimFraction))
 		}
 		return &robust{name: name, kind: kindTrimmedMean, trim: trim}, nil
-	case "krum", "multikrum":
+	case "krum", "multikrum", "bulyan":
 		if cfg.ByzantineF < 0 {
 			return nil, wrapConfig(name, fmt.Errorf("ByzantineF %d is negative", cfg.ByzantineF))
+		}
+		if name == "bulyan" {
+			return &robust{name: name, kind: kindBulyan, f: cfg.ByzantineF}, nil
 		}
 		r := &robust{name: name, kind: kindKrum, f: cfg.ByzantineF, m: 1}
 		if name == "multikrum" {
@@ -206,6 +288,10 @@ func New(cfg Config) (Strategy, error) {
 			r.m = cfg.MultiKrumM
 		}
 		return r, nil
+	case "dpfedavg-fixed", "dpfedavg-adaptive":
+		return newDPFedAvg(name, cfg)
+	case "fedbuff":
+		return nil, fmt.Errorf("strategy: fedbuff is the asynchronous mode, not a strategy of rounds (valid strategies: %s)", strings.Join(Names(), ", "))
 	default:
 		return nil, fmt.Errorf("strategy: unknown strategy %q (valid: %s)", cfg.Name, strings.Join(Names(), ", "))
 	}
@@ -356,21 +442,40 @@ type fedAvg struct{}
 
 func (fedAvg) Name() string { return "fedavg" }
 
-func (fedAvg) Begin(global [][]float32) (Round, error) {
-	sizes, err := checkGlobal("fedavg", global)
+func (fedAvg) Begin(global [][]float32) (Round, error) { return beginMean("fedavg", global) }
+
+func beginMean(name string, global [][]float32) (Round, error) {
+	sizes, err := checkGlobal(name, global)
 	if err != nil {
 		return nil, err
 	}
 	acc, err := NewAccumulator(sizes)
 	if err != nil {
-		return nil, fmt.Errorf("strategy fedavg: begin: %w", err)
+		return nil, fmt.Errorf("strategy %s: begin: %w", name, err)
 	}
-	return newRound("fedavg", sizes, meanRound{acc}), nil
+	return newRound(name, sizes, meanRound{acc}), nil
 }
 
 func (fedAvg) State() ([]byte, error) { return nil, nil }
 
 func (fedAvg) Restore(state []byte) error { return restoreStateless("fedavg", state) }
+
+// fedProx is FedProx (Li et al. 2020, "Federated Optimization in
+// Heterogeneous Networks"). Its server step is FedAvg's; what differs is the
+// clients' objective, which adds μ/2·‖w − w_global‖². As in Flower, the
+// strategy only carries μ to the train config (see Proximal).
+type fedProx struct{ mu float64 }
+
+func (fedProx) Name() string { return "fedprox" }
+
+func (fedProx) Begin(global [][]float32) (Round, error) { return beginMean("fedprox", global) }
+
+func (fedProx) State() ([]byte, error) { return nil, nil }
+
+func (fedProx) Restore(state []byte) error { return restoreStateless("fedprox", state) }
+
+// ProximalMu returns μ for the clients' proximal term.
+func (p fedProx) ProximalMu() float64 { return p.mu }
 
 func restoreStateless(name string, state []byte) error {
 	if len(state) != 0 {

@@ -15,6 +15,13 @@ func testConfig(name string) Config {
 	return Config{Name: name, ByzantineF: 2}
 }
 
+// smallRoundConfig returns the default config for name, except that
+// adaptive DP clipping gets σ_b = 1: its default n/20 needs more than 40·z
+// updates a round.
+func smallRoundConfig(name string) Config {
+	return Config{Name: name, ClippedCountStddev: 1}
+}
+
 func mustNew(t testing.TB, cfg Config) Strategy {
 	t.Helper()
 	s, err := New(cfg)
@@ -196,7 +203,7 @@ func TestFinishLifecycle(t *testing.T) {
 	global := [][]float32{{0, 0}}
 	for _, name := range Names() {
 		t.Run(name, func(t *testing.T) {
-			r, err := mustNew(t, Config{Name: name}).Begin(global)
+			r, err := mustNew(t, smallRoundConfig(name)).Begin(global)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -241,9 +248,9 @@ func TestBeginRejects(t *testing.T) {
 func TestUpdateParamsNotRetained(t *testing.T) {
 	for _, name := range Names() {
 		t.Run(name, func(t *testing.T) {
-			s := mustNew(t, Config{Name: name})
+			s := mustNew(t, smallRoundConfig(name))
 			global := [][]float32{{0, 0}}
-			want := runRound(t, mustNew(t, Config{Name: name}), global, []Update{
+			want := runRound(t, mustNew(t, smallRoundConfig(name)), global, []Update{
 				{ClientID: "a", NumExamples: 1, Params: [][]float32{{1, 2}}},
 				{ClientID: "b", NumExamples: 2, Params: [][]float32{{3, 4}}},
 				{ClientID: "c", NumExamples: 3, Params: [][]float32{{5, 7}}},
