@@ -74,7 +74,7 @@ var flagGroups = []cli.Group{
 	{Title: "Channel", Flags: []string{"broker", "grpc", "embedded", "job", "update-partitions", "kafka-config", "state-file"}},
 	{Title: "Rounds", Flags: []string{"minclients", "numrounds", "target-clients", "round-timeout", "on-short"}},
 	{Title: "Model and data", Flags: []string{"model", "dataset", "partition", "partitions", "alpha", "shards-per-client", "max-examples", "lr", "batch", "epochs", "prox-mu", "seed", "eval-examples"}},
-	{Title: "Strategy", Flags: []string{"strategy", "server-lr", "server-momentum", "trim", "byzantine", "max-norm"}},
+	{Title: "Strategy", Flags: []string{"strategy", "server-lr", "server-momentum", "trim", "byzantine", "max-norm", "dp-clip-norm", "dp-noise-multiplier", "dp-target-quantile", "dp-clipped-count-stddev"}},
 	{Title: "Security", Flags: []string{"client-list", "tls-cert", "tls-key", "tls-client-ca", "tokens-file"}},
 	{Title: "Output", Flags: []string{"clients", "out", "log-level", "log-to", "log-project", "metrics-addr"}},
 }
@@ -110,7 +110,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Float64Var(&o.Strategy.ServerLR, "server-lr", 0, "server learning rate for fedavgm/fedadam/fedyogi/fedadagrad (0: strategy default)")
 	fs.Float64Var(&o.Strategy.Momentum, "server-momentum", 0, "fedavgm momentum (0: default)")
 	fs.Float64Var(&o.Strategy.TrimFraction, "trim", 0, "trimmedmean fraction cut at each end (0: 0.2)")
-	fs.IntVar(&o.Strategy.ByzantineF, "byzantine", 0, "krum: assumed number of Byzantine clients")
+	fs.IntVar(&o.Strategy.ByzantineF, "byzantine", 0, "krum, multikrum, bulyan: assumed number of Byzantine clients")
+	fs.Float64Var(&o.Strategy.ClipNorm, "dp-clip-norm", 0, "dpfedavg-*: L2 clip norm of each update's delta (adaptive: the initial one; 0: default)")
+	fs.Float64Var(&o.Strategy.NoiseMultiplier, "dp-noise-multiplier", 0, "dpfedavg-*: Gaussian noise multiplier z (0: default 1)")
+	fs.Float64Var(&o.Strategy.TargetQuantile, "dp-target-quantile", 0, "dpfedavg-adaptive: target fraction of unclipped updates (0: 0.5)")
+	fs.Float64Var(&o.Strategy.ClippedCountStddev, "dp-clipped-count-stddev", 0, "dpfedavg-adaptive: noise on the unclipped count (0: clients/20)")
 	fs.Float64Var(&o.MaxNorm, "max-norm", 0, "reject updates with ||local-global|| above this (0: no bound)")
 	fs.IntVar(&cc.UpdatePartitions, "update-partitions", 4, "partitions of the updates topic")
 	fs.IntVar(&o.EvalExamples, "eval-examples", 0, "test examples evaluated per round (0: whole test set)")

@@ -114,6 +114,9 @@ type RoundRecord struct {
 	// in the evaluation).
 	PropagationMs float64          `json:"propagation_ms"`
 	Rejected      map[string]int64 `json:"rejected,omitempty"`
+	// Strategy is what the strategy reports of the round, e.g. DP-FedAvg's
+	// clip norm, noise multiplier and (ε, δ) spent so far.
+	Strategy map[string]float64 `json:"strategy,omitempty"`
 }
 
 // Result is what a finished job reports.
@@ -438,6 +441,10 @@ func (c *Coordinator) close(ctx context.Context, st *roundState, next [][]float3
 	state, err := c.strat.State()
 	if err != nil {
 		return nil, fmt.Errorf("strategy state: %w", err)
+	}
+	if rep, ok := c.strat.(strategy.Reporter); ok {
+		rec.Strategy = rep.Report()
+		c.log.Info("strategy report", "round", r, "report", rec.Strategy)
 	}
 	nm := c.model(r+1, next, rec.Contributors, metrics, state)
 	if err := c.publish(ctx, nm); err != nil {

@@ -196,7 +196,7 @@ func Run(ctx context.Context, spec Spec, srv channel.Server, env Env) (*Result, 
 		data = dataset.NewCatalog()
 	}
 	start := time.Now()
-	train, err := data.Load(spec.Dataset, dataset.SplitTrain)
+	trainSet, err := data.Load(spec.Dataset, dataset.SplitTrain)
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +231,12 @@ func Run(ctx context.Context, spec Spec, srv channel.Server, env Env) (*Result, 
 	if err != nil {
 		return nil, err
 	}
-	evalNet, err := model.New(spec.Model, train.Dim, train.Classes, spec.Seed)
+	train := spec.TrainConfig()
+	if p, ok := strat.(strategy.Proximal); ok && train.ProximalMu == 0 {
+		// FedProx is FedAvg on the server; its term is the clients'.
+		train.ProximalMu = p.ProximalMu()
+	}
+	evalNet, err := model.New(spec.Model, trainSet.Dim, trainSet.Classes, spec.Seed)
 	if err != nil {
 		return nil, err
 	}
@@ -243,9 +248,9 @@ func Run(ctx context.Context, spec Spec, srv channel.Server, env Env) (*Result, 
 	}
 	coord, err := coordinator.New(coordinator.Config{
 		Job: spec.Job, NumRounds: spec.NumRounds, MinClients: spec.MinClients, TargetClients: spec.TargetClients,
-		RoundTimeout: spec.RoundTimeout, OnShort: spec.OnShort, Train: spec.TrainConfig(),
-		InDim: train.Dim, Classes: train.Classes, MaxNorm: spec.MaxNorm,
-		MaxExamples: int64(train.Len()), MaxUpdateBytes: maxBytes, Allowed: spec.Allowed,
+		RoundTimeout: spec.RoundTimeout, OnShort: spec.OnShort, Train: train,
+		InDim: trainSet.Dim, Classes: trainSet.Classes, MaxNorm: spec.MaxNorm,
+		MaxExamples: int64(trainSet.Len()), MaxUpdateBytes: maxBytes, Allowed: spec.Allowed,
 	}, srv, strat, eval, obs, log)
 	if err != nil {
 		return nil, err
