@@ -24,6 +24,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/internal/fedtest"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
@@ -80,9 +81,10 @@ func startClients(ctx context.Context, t *testing.T, k killJob) func() {
 
 // aggregatorRun is one process of the aggregator.
 type aggregatorRun struct {
-	cmd    *exec.Cmd
-	ready  chan struct{} // closed when it logged that rounds are running
-	exited chan error
+	cmd     *exec.Cmd
+	ready   chan struct{} // closed when it logged that rounds are running
+	stalled chan struct{} // closed when it stalled its shutdown (fault switch)
+	exited  chan error
 }
 
 func startAggregator(t *testing.T, bin string, k killJob, env ...string) *aggregatorRun {
@@ -95,13 +97,16 @@ func startAggregator(t *testing.T, bin string, k killJob, env ...string) *aggreg
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start aggregator: %v", err)
 	}
-	r := &aggregatorRun{cmd: cmd, ready: make(chan struct{}), exited: make(chan error, 1)}
+	r := &aggregatorRun{cmd: cmd, ready: make(chan struct{}), stalled: make(chan struct{}), exited: make(chan error, 1)}
 	go func() {
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		once := sync.Once{}
+		once, stallOnce := sync.Once{}, sync.Once{}
 		for sc.Scan() {
 			line := sc.Text()
+			if strings.Contains(line, "stalling shutdown") {
+				stallOnce.Do(func() { close(r.stalled) })
+			}
 			if strings.Contains(line, `msg="job started"`) || strings.Contains(line, `msg="resumed from checkpoint"`) {
 				once.Do(func() { close(r.ready) })
 			}
@@ -149,7 +154,8 @@ func TestKillAndResume(t *testing.T) {
 }
 
 // TestKillAndResumeGRPC does the same over the gRPC channel, whose durable
-// state is the --state-file (newest model) and its update log.
+// state is the --state-file (newest model), its update log and its round
+// history, from which every round must show up once with all its clients.
 func TestKillAndResumeGRPC(t *testing.T) {
 	dir := t.TempDir()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -158,7 +164,10 @@ func TestKillAndResumeGRPC(t *testing.T) {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	killAndResume(t, killJob{brokers: addr, job: kafkatest.Job(t), out: filepath.Join(dir, "out.json"), stateFile: filepath.Join(dir, "state.pb")})
+	hist := killAndResume(t, killJob{brokers: addr, job: kafkatest.Job(t), out: filepath.Join(dir, "out.json"), stateFile: filepath.Join(dir, "state.pb")})
+	if err := checkHistory(hist, killClients, killRounds); err != nil {
+		t.Error(err)
+	}
 }
 
 const killClients, killRounds, minKills = 3, 200, 24
@@ -194,9 +203,15 @@ func killAndResume(t *testing.T, k killJob) []*fdxv1.GlobalModel {
 	kills, midTxn := 0, 0
 	for done := false; !done; {
 		var env []string
-		inject := kills < minKills && kills%4 == 3 && k.stateFile == ""
-		if inject {
+		// Every fourth kill is injected where a crash does most harm: on
+		// Kafka inside a round transaction, between sending the model and
+		// offsets and committing; on gRPC between storing an update in the
+		// log and folding and answering it.
+		inject := kills < minKills && kills%4 == 3
+		if inject && k.stateFile == "" {
 			env = append(env, envFaultBeforeCommit+"=any")
+		} else if inject {
+			env = append(env, envFaultAfterStore+"=any")
 		}
 		r := startAggregator(t, bin, k, env...)
 		if kills >= minKills {
@@ -238,7 +253,7 @@ func killAndResume(t *testing.T, k killJob) []*fdxv1.GlobalModel {
 	}
 	wait()
 	got := readOut(t, k.out)
-	t.Logf("%s: survived %d SIGKILLs (%d inside a round transaction before commit); final model round %d sha256 %s", k.channel(), kills, midTxn, got.Final.Round, got.Final.SHA256)
+	t.Logf("%s: survived %d SIGKILLs (%d injected mid-commit or mid-accept); final model round %d sha256 %s", k.channel(), kills, midTxn, got.Final.Round, got.Final.SHA256)
 	if got.Final.SHA256 != want {
 		t.Errorf("final model after kills %s differs from the uninterrupted run's %s", got.Final.SHA256, want)
 	}
@@ -246,7 +261,11 @@ func killAndResume(t *testing.T, k killJob) []*fdxv1.GlobalModel {
 		t.Errorf("final model round %d, want %d", got.Final.Round, k.rounds+1)
 	}
 	if k.stateFile != "" {
-		return nil
+		hist, err := grpcchan.ReadHistory(k.stateFile)
+		if err != nil {
+			t.Fatalf("read history: %v", err)
+		}
+		return hist
 	}
 	hist, err := kafkachan.History(ctx, kafkachan.Options{Brokers: k.brokers, Job: k.job})
 	if err != nil {
@@ -312,24 +331,31 @@ func TestSIGTERM(t *testing.T) {
 		t.Fatal("aggregator did not exit within a minute of SIGTERM")
 	}
 
-	// A second signal while the first is being handled ends it at once;
-	// the job resumes from its checkpoint afterwards either way.
+	// A second signal while the first is being handled ends the process
+	// at once with 143; the fault switch holds the shutdown open so that
+	// the second signal always lands inside it.
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	r = startAggregator(t, bin, k)
+	r = startAggregator(t, bin, k, envFaultStallShutdown+"=1")
 	<-r.ready
 	r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-r.stalled:
+	case err := <-r.exited:
+		t.Fatalf("aggregator exited (%v) before it stalled its shutdown", err)
+	case <-time.After(time.Minute):
+		t.Fatal("aggregator did not reach its shutdown after SIGTERM")
+	}
 	r.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-r.exited:
-		// Either the second signal ended it (143) or the clean stop won.
-		if code := r.cmd.ProcessState.ExitCode(); err != nil && code != 143 {
-			t.Errorf("after two SIGTERMs: %v (exit code %d), want 143 or 0", err, code)
+	case <-r.exited:
+		if code := r.cmd.ProcessState.ExitCode(); code != 143 {
+			t.Errorf("after the second SIGTERM: exit code %d, want 143", code)
 		}
 	case <-time.After(time.Minute):
-		r.cmd.Process.Signal(syscall.SIGQUIT)
+		r.cmd.Process.Signal(syscall.SIGKILL)
 		<-r.exited
-		t.Fatal("aggregator ignored two SIGTERMs")
+		t.Fatal("aggregator ignored the second SIGTERM")
 	}
 	wait := startClients(ctx, t, k)
 	r = startAggregator(t, bin, k)

@@ -229,9 +229,13 @@ func loadClientList(path string) (map[string]bool, error) {
 // before the commit. FDX_FAULT_KILL_AFTER_STORE, a client id or "any", makes
 // it SIGKILL itself once that client's gRPC update is in the update log,
 // before it is folded and answered.
+// FDX_FAULT_STALL_SHUTDOWN=1 makes a signalled aggregator hang once its job
+// has stopped, as a slow shutdown would, so that a test can send the second
+// signal while the first is still being handled.
 const (
-	envFaultBeforeCommit = "FDX_FAULT_KILL_BEFORE_COMMIT"
-	envFaultAfterStore   = "FDX_FAULT_KILL_AFTER_STORE"
+	envFaultBeforeCommit  = "FDX_FAULT_KILL_BEFORE_COMMIT"
+	envFaultAfterStore    = "FDX_FAULT_KILL_AFTER_STORE"
+	envFaultStallShutdown = "FDX_FAULT_STALL_SHUTDOWN"
 )
 
 func (c *config) faults() error {
@@ -316,6 +320,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			// Every closed round is committed; a restart resumes the
 			// open one from the checkpoint.
 			log.Info("stopped by signal; restart with the same --job to resume")
+			if os.Getenv(envFaultStallShutdown) != "" {
+				fmt.Fprintln(stderr, "aggregator: fault injection: stalling shutdown")
+				select {} // until the second signal ends the process
+			}
 		}
 		return err
 	}

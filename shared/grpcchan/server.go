@@ -37,9 +37,10 @@ type ServerOptions struct {
 	Job  string
 	// MaxMessageBytes bounds every message; 0 means 64 MiB.
 	MaxMessageBytes int
-	// StateFile, when set, holds the newest published model, and
+	// StateFile, when set, holds the newest published model,
 	// StateFile+".updates" the updates accepted in the open round, so that a
-	// restarted aggregator resumes without losing an accepted update.
+	// restarted aggregator resumes without losing an accepted update, and
+	// StateFile+".history" every committed round (see ReadHistory).
 	StateFile string
 	// TLS enables transport security; nil serves plaintext.
 	TLS *tls.Config
@@ -153,6 +154,9 @@ func (s *Server) Latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
 	if m.GetJob() != s.opt.Job {
 		return nil, fmt.Errorf("state %s belongs to job %q, not %q", s.opt.StateFile, m.GetJob(), s.opt.Job)
 	}
+	if err := reconcileHistory(s.opt.StateFile, m); err != nil {
+		return nil, err
+	}
 	if s.replay, err = s.wal.read(m.GetRound()); err != nil {
 		return nil, err
 	}
@@ -176,6 +180,9 @@ func (s *Server) setCurrent(m *fdxv1.GlobalModel) {
 func (s *Server) Publish(ctx context.Context, m *fdxv1.GlobalModel) error {
 	if s.opt.StateFile != "" {
 		if err := writeFileAtomic(s.opt.StateFile, m); err != nil {
+			return fmt.Errorf("publish model round %d: %w", m.GetRound(), err)
+		}
+		if err := appendHistory(s.opt.StateFile+".history", m); err != nil {
 			return fmt.Errorf("publish model round %d: %w", m.GetRound(), err)
 		}
 		// A crash before this reset leaves updates of a committed round
