@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and tests need, from Debian's
-# archive, only when missing: protoc (proto/gen.sh), shellcheck
+# archive, only when missing: unzip (proto/gen.sh unpacks its pinned protoc's
+# well-known types), shellcheck
 # (deploy/gcp/check.sh). Go, gcc (cgo for confluent-kafka-go), Java 17 and
 # Maven (deploy/kafka/kafka.sh) are expected on the machine.
 set -euo pipefail
 need=()
-command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v unzip >/dev/null 2>&1 || need+=(unzip)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "deps.sh: installing ${need[*]}" >&2

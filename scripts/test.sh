@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README "Testing"; CI runs it through .ci/run).
 #
-# 1. checks: generated protobuf code is current, gofmt, go vet;
+# 1. checks: generated protobuf code is current, gofmt, go vet, go.mod tidy;
 # 2. the whole Go test suite on the embedded Kafka broker (franz-go kfake);
 # 3. the whole suite again on a real Apache Kafka broker started by
 #    deploy/kafka/kafka.sh (stopped on exit, also when tests fail);
@@ -31,6 +31,11 @@ if [ -n "$unformatted" ]; then
 fi
 go vet ./...
 
+step "go.mod and go.sum are tidy"
+if ! go mod tidy -diff; then
+  echo "go.mod/go.sum are not tidy; run: go mod tidy"; exit 1
+fi
+
 step "go test on the embedded broker"
 go test -count=1 -timeout "$timeout" ./...
 
@@ -50,5 +55,6 @@ bash deploy/gcp/check.sh
 
 step "the Cloud Function built and run as the Go buildpack would"
 bash deploy/gcp/function-smoke.sh
+bash deploy/gcp/function-smoke-selftest.sh
 
 step "all tests passed"

@@ -48,7 +48,7 @@ func scrape(ctx context.Context, addr string) (map[string]float64, error) {
 			labels := strings.Split(strings.Trim(name[j:], "{}"), ",")
 			var keep []string
 			for _, l := range labels {
-				if !strings.HasPrefix(l, "job=") && !strings.HasPrefix(l, "channel=") {
+				if !strings.HasPrefix(l, "fdx_job=") && !strings.HasPrefix(l, "channel=") {
 					keep = append(keep, l)
 				}
 			}
@@ -120,7 +120,7 @@ func TestMetricsDuringJob(t *testing.T) {
 		"fdx_round_duration_seconds_count":                 rounds,
 		`fdx_updates_rejected_total{reason="wrong_shape"}`: 0,
 		`fdx_update_bytes_total{result="rejected"}`:        0,
-		"fdx_model_accuracy":                               res.Rounds[rounds-1].Accuracy,
+		"fdx_model_accuracy_ratio":                         res.Rounds[rounds-1].Accuracy,
 	} {
 		if got, ok := end[name]; !ok || got != want {
 			t.Errorf("%s = %v (present %v), want %v", name, got, ok, want)

@@ -67,10 +67,12 @@ type Metrics struct {
 type trafficFn func() (msgsSent, msgsRecv, bytesSent, bytesRecv int64)
 
 // New returns metrics for one job on the given channel ("kafka", "grpc",
-// ...), registered on a registry of their own. job and channel become
-// constant labels of every fdx_ metric so that dashboards can tell jobs and
-// transports apart. The process starts not ready; call SetReady once the
-// channel accepts clients.
+// ...), registered on a registry of their own. The job id and channel
+// become constant labels fdx_job and channel of every fdx_ metric so that
+// dashboards can tell jobs and transports apart. The label is not "job":
+// Prometheus sets "job" to the scrape config's name, and a target's own
+// "job" would be renamed exported_job on ingestion. The process starts not
+// ready; call SetReady once the channel accepts clients.
 func New(job, channel string) *Metrics {
 	reg := prometheus.NewRegistry()
 	// The Go and process collectors describe the process, not the job, so
@@ -80,7 +82,7 @@ func New(job, channel string) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	fdx := prometheus.WrapRegistererWithPrefix("fdx_",
-		prometheus.WrapRegistererWith(prometheus.Labels{"job": job, "channel": channel}, reg))
+		prometheus.WrapRegistererWith(prometheus.Labels{"fdx_job": job, "channel": channel}, reg))
 
 	// The buckets span 10 ms to 10 min: aggregating a small model takes
 	// milliseconds, while a round that waits for slow clients or for its
@@ -126,8 +128,8 @@ func New(job, channel string) *Metrics {
 			Help: "Clients whose updates went into the last closed round.",
 		}),
 		accuracy: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "model_accuracy",
-			Help: "Held-out accuracy of the global model after the last closed round.",
+			Name: "model_accuracy_ratio",
+			Help: "Held-out accuracy of the global model after the last closed round, as a fraction from 0 to 1.",
 		}),
 		loss: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "model_loss",

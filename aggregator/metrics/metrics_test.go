@@ -176,7 +176,7 @@ func TestObserverExposition(t *testing.T) {
 	drive(m)
 
 	fams, body := scrape(t, base)
-	jobLabels := map[string]string{"job": "job-a", "channel": "kafka"}
+	jobLabels := map[string]string{"fdx_job": "job-a", "channel": "kafka"}
 
 	checkValue(t, fams, "fdx_rounds_completed_total", jobLabels, 2)
 	checkValue(t, fams, "fdx_current_round", jobLabels, 2)
@@ -184,7 +184,7 @@ func TestObserverExposition(t *testing.T) {
 	checkValue(t, fams, "fdx_update_bytes_total", map[string]string{"result": "accepted"}, 600)
 	checkValue(t, fams, "fdx_update_bytes_total", map[string]string{"result": "rejected"}, 120)
 	checkValue(t, fams, "fdx_round_clients", jobLabels, 1)
-	checkValue(t, fams, "fdx_model_accuracy", jobLabels, 0.75)
+	checkValue(t, fams, "fdx_model_accuracy_ratio", jobLabels, 0.75)
 	checkValue(t, fams, "fdx_model_loss", jobLabels, 0.875)
 	checkHistogram(t, fams, "fdx_round_duration_seconds", 2, 4.0)
 	checkHistogram(t, fams, "fdx_aggregation_duration_seconds", 2, 0.05)
@@ -232,7 +232,7 @@ func TestTrafficReadAtScrape(t *testing.T) {
 	})
 
 	fams, _ := scrape(t, base)
-	checkValue(t, fams, "fdx_channel_messages_total", map[string]string{"direction": "sent", "job": "job-t", "channel": "grpc"}, 3)
+	checkValue(t, fams, "fdx_channel_messages_total", map[string]string{"direction": "sent", "fdx_job": "job-t", "channel": "grpc"}, 3)
 	checkValue(t, fams, "fdx_channel_messages_total", map[string]string{"direction": "received"}, 5)
 	checkValue(t, fams, "fdx_channel_bytes_total", map[string]string{"direction": "sent"}, 300)
 	checkValue(t, fams, "fdx_channel_bytes_total", map[string]string{"direction": "received"}, 500)
@@ -284,10 +284,10 @@ func TestIndependentInstances(t *testing.T) {
 	a.UpdateRejected(rules.Oversize, trudy, 10)
 
 	fams, _ := scrape(t, serve(t, b))
-	checkValue(t, fams, "fdx_rounds_completed_total", map[string]string{"job": "job-2"}, 0)
+	checkValue(t, fams, "fdx_rounds_completed_total", map[string]string{"fdx_job": "job-2"}, 0)
 	checkValue(t, fams, "fdx_updates_rejected_total", map[string]string{"reason": string(rules.Oversize)}, 0)
 	fams, _ = scrape(t, serve(t, a))
-	checkValue(t, fams, "fdx_rounds_completed_total", map[string]string{"job": "job-1"}, 1)
+	checkValue(t, fams, "fdx_rounds_completed_total", map[string]string{"fdx_job": "job-1"}, 1)
 	checkValue(t, fams, "fdx_updates_rejected_total", map[string]string{"reason": string(rules.Oversize)}, 1)
 }
 

@@ -4,12 +4,20 @@
 #   - shellcheck on every script in deploy/gcp and deploy/kafka;
 #   - every deploy/gcp script's --dry-run: it must print the expected gcloud
 #     commands (one per line, a runnable script), never call gcloud (a stub
-#     on PATH records any call), and refuse unsafe settings;
+#     on PATH records any call), and refuse unsafe settings: a job with
+#     more clients than --max-instances x --concurrency, secrets of unknown
+#     kinds; secrets go through --set-secrets / Secret Manager, never
+#     --set-env-vars or plain metadata; the VM has no external IP and ssh
+#     only through IAP;
 #   - stage-function.sh for real into a temporary directory: the bundle root
-#     holds go.mod and exactly one .go file, fn.go of package fdxfunction,
-#     and no _test.go anywhere; with Go installed the staged root also
-#     compiles (FDX_CHECK_BUILD=0 skips that);
-#   - vm.sh bundle: the tarball has what the VM's startup script needs.
+#     holds go.mod and exactly one .go file, fn.go of package fdxfunction
+#     that imports the functions framework and exports Handler, and no
+#     _test.go anywhere; with Go installed the staged root also compiles
+#     (FDX_CHECK_BUILD=0 skips that);
+#   - vm-startup.sh installs and configures the Ops Agent and passes
+#     secrets as systemd credentials;
+#   - vm.sh bundle: the tarball has what the VM's startup script needs,
+#     bin/aggregator included (with FDX_CHECK_BUILD=0: --build-on-vm).
 #
 # Needs bash, shellcheck, tar; no network, no gcloud, no credentials. Prints
 # each failure and a closing "N passed, N failed" line; exits 1 on any
@@ -43,7 +51,8 @@ export PATH=$tmp/bin:$PATH
 # Settings from the caller's environment must not leak into the checks.
 unset PROJECT REGION ZONE NETWORK SUBNET VM_NAME MACHINE_TYPE JOB FUNCTION_NAME RUNTIME MEMORY \
   MAX_INSTANCES TIMEOUT BROKER SOURCE_RANGES METRICS_CIDR ALLOW_UNAUTHENTICATED VPC_CONNECTOR \
-  CHANNEL MINCLIENTS NUMROUNDS CLIENTS AGGREGATOR_ARGS DRY_RUN QUIET USE_IAP EXTERNAL_IP
+  CHANNEL MINCLIENTS NUMROUNDS CLIENTS AGGREGATOR_ARGS DRY_RUN QUIET USE_IAP EXTERNAL_IP \
+  CONCURRENCY CPU FUNCTION_SECRETS VM_SECRETS NAT BUILD_ON_VM GO_VERSION FUNCTION_SERVICE_ACCOUNT VM_SERVICE_ACCOUNT
 
 # ---- shellcheck ---------------------------------------------------------------
 scripts=()
@@ -120,20 +129,32 @@ expect up "gcloud services enable" \
   "gcloud compute scp" \
   "gcloud functions deploy fdx-client" "--gen2" "--runtime go126" "--entry-point Handler" "--trigger-http" \
   "--region us-central1" "FDX_BROKER=" "FDX_JOB=mnist" "--direct-vpc-egress=private-ranges-only" \
-  "--memory 512Mi" "--timeout 540s" "--max-instances 10" "--no-allow-unauthenticated" "--project fdx-check"
-reject up " --allow-unauthenticated" "0.0.0.0/0"
+  "--memory 512Mi" "--timeout 540s" "--max-instances 10" "--concurrency 1" "--no-allow-unauthenticated" "--project fdx-check" \
+  "--no-address" "gcloud compute routers create fdx-router" "gcloud compute routers nats create fdx-nat" \
+  "--scopes logging-write,monitoring-write" "go build -trimpath -o bin/aggregator" "fdx-aggregator-deny-ssh"
+reject up " --allow-unauthenticated" "--set-secrets" "fdx-go-version"
 shape up
+# 0.0.0.0/0 only ever as the source of the rule that DENIES ssh.
+if grep -F -- "0.0.0.0/0" "$tmp/up.out" | grep -vq -- "--action deny --target-tags fdx-aggregator --rules tcp:22 "; then
+  fail "up: 0.0.0.0/0 outside the deny-ssh rule"
+else
+  pass
+fi
 
 dry down "$GCP/down.sh" -q
 expect down "gcloud functions delete fdx-client" "gcloud compute instances delete fdx-kafka" \
-  "gcloud compute firewall-rules delete" "--quiet"
+  "gcloud compute firewall-rules delete" "--quiet" "gcloud compute routers nats delete fdx-nat" \
+  "gcloud compute routers delete fdx-router" "fdx-aggregator-deny-ssh"
 shape down
 
 dry fw-create "$GCP/firewall.sh" create --metrics-cidr 203.0.113.7/32
 expect fw-create "gcloud compute firewall-rules create" "--rules tcp:9100 --source-ranges 203.0.113.7/32" \
-  "gcloud compute networks subnets describe default" "--source-ranges 35.235.240.0/20"
-reject fw-create "0.0.0.0/0"
+  "gcloud compute networks subnets describe default" "--source-ranges 35.235.240.0/20 --priority 900" \
+  "fdx-aggregator-deny-ssh" "--action deny --target-tags fdx-aggregator --rules tcp:22 --source-ranges 0.0.0.0/0 --priority 1000"
+if [[ $(grep -cF -- "0.0.0.0/0" "$tmp/fw-create.out") == 1 ]]; then pass; else fail "fw-create: 0.0.0.0/0 outside the deny-ssh rule"; fi
 shape fw-create
+dry fw-noiap "$GCP/firewall.sh" create --no-iap --source-ranges 10.0.0.0/20
+reject fw-noiap "0.0.0.0/0" "35.235.240.0/20"
 dry fw-delete "$GCP/firewall.sh" delete
 expect fw-delete "gcloud compute firewall-rules delete"
 shape fw-delete
@@ -144,8 +165,26 @@ dry vm-create "$GCP/vm.sh" create --vm fdx-vm --machine-type e2-standard-4 --job
   --minclients 7 --numrounds 9 --aggregator-args "--model 2nn --round-timeout 5m"
 expect vm-create "gcloud compute instances create fdx-vm" "--machine-type e2-standard-4" \
   "fdx-minclients=7" "fdx-numrounds=9" "fdx-job=j1" "fdx-aggregator-args=--model 2nn --round-timeout 5m" \
-  "--metadata-from-file startup-script=" "vm-startup.sh" "gcloud compute scp" "gcloud compute ssh fdx-vm"
+  "--metadata-from-file startup-script=" "vm-startup.sh" "gcloud compute scp" "gcloud compute ssh fdx-vm" \
+  "--no-address" "fdx-build-on-vm=0" "go build -trimpath -o bin/aggregator ./aggregator" "--tunnel-through-iap"
+reject vm-create "fdx-go-version" "fdx-secret-" "cloud-platform"
 shape vm-create
+dry vm-external "$GCP/vm.sh" create --external-ip
+reject vm-external "--no-address" "gcloud compute routers"
+dry vm-nonat "$GCP/vm.sh" create --no-nat
+expect vm-nonat "--no-address"
+reject vm-nonat "gcloud compute routers"
+dry vm-build "$GCP/vm.sh" create --build-on-vm --go-version 1.26.8
+expect vm-build "fdx-build-on-vm=1" "fdx-go-version=1.26.8"
+reject vm-build "go build"
+dry vm-secrets "$GCP/vm.sh" create --vm-secrets tokens=fdx-tokens,kafka-config=fdx-agg-kafka:3,tls-key=fdx-key \
+  --vm-service-account agg@fdx-check.iam.gserviceaccount.com
+expect vm-secrets "fdx-secret-tokens=fdx-tokens:latest" "fdx-secret-tls-key=fdx-key:latest" \
+  "fdx-secret-kafka-config=fdx-agg-kafka:3" "--scopes cloud-platform" \
+  "gcloud secrets add-iam-policy-binding fdx-tokens --project fdx-check --member serviceAccount:agg@fdx-check.iam.gserviceaccount.com --role roles/secretmanager.secretAccessor"
+shape vm-secrets
+refuse vm-badsecret "$GCP/vm.sh" create --vm-secrets grpc-token=x
+refuse vm-badversion "$GCP/vm.sh" create --vm-secrets tokens=x:v1
 dry vm-delete "$GCP/vm.sh" delete
 expect vm-delete "gcloud compute instances delete fdx-kafka" "--delete-disks all"
 shape vm-delete
@@ -160,6 +199,41 @@ expect fn-deploy "gcloud functions deploy fdx-fn" "--runtime go126" "--entry-poi
   "gcloud compute instances describe fdx-kafka" "FDX_BROKER=\${VM_IP}:9092"
 reject fn-deploy " --allow-unauthenticated"
 shape fn-deploy
+# The capacity guard: each client holds an invocation open for all its rounds.
+refuse fn-overfull "$GCP/function.sh" deploy --minclients 20 --max-instances 10
+if grep -q "needs 20 concurrent invocations" "$tmp/fn-overfull.out"; then pass; else fail "fn-overfull: no capacity message: $(cat "$tmp/fn-overfull.out")"; fi
+refuse fn-overfull-clients "$GCP/function.sh" deploy --clients 11 --max-instances 10
+refuse inv-overfull "$GCP/function.sh" invoke --clients 30 --max-instances 10 --concurrency 2
+refuse up-overfull "$GCP/up.sh" --minclients 20 --max-instances 10
+dry fn-sized "$GCP/function.sh" deploy --minclients 20
+expect fn-sized "--max-instances 20 --concurrency 1" "# sized --max-instances to 20"
+reject fn-sized "--cpu"
+dry fn-conc "$GCP/function.sh" deploy --minclients 20 --max-instances 5 --concurrency 4
+expect fn-conc "--max-instances 5 --concurrency 4" "--cpu 4"
+dry fn-conc3 "$GCP/function.sh" deploy --concurrency 3
+expect fn-conc3 "--concurrency 3" "--cpu 4"
+refuse fn-conc-frac "$GCP/function.sh" deploy --concurrency 2 --cpu 0.5
+dry inv-fits "$GCP/function.sh" invoke --clients 30 --max-instances 10 --concurrency 3
+expect inv-fits '"client_id":"30"'
+
+# Secrets: Secret Manager through --set-secrets, never --set-env-vars.
+dry fn-secrets "$GCP/function.sh" deploy --function-secrets grpc-token=fdx-token,kafka-config=fdx-kafka:2,grpc-ca=fdx-ca \
+  --function-service-account fn@fdx-check.iam.gserviceaccount.com
+expect fn-secrets "--set-secrets FDX_GRPC_TOKEN=fdx-token:latest,/etc/fdx/kafka-config/kafka.properties=fdx-kafka:2,/etc/fdx/grpc-ca/ca.pem=fdx-ca:latest" \
+  "FDX_KAFKA_CONFIG=/etc/fdx/kafka-config/kafka.properties" "FDX_GRPC_CA=/etc/fdx/grpc-ca/ca.pem" \
+  "gcloud secrets add-iam-policy-binding fdx-token --project fdx-check --member serviceAccount:fn@fdx-check.iam.gserviceaccount.com --role roles/secretmanager.secretAccessor" \
+  "gcloud secrets add-iam-policy-binding fdx-kafka" "gcloud secrets add-iam-policy-binding fdx-ca"
+envvars=$(grep -o -- '--set-env-vars [^ ]*' "$tmp/fn-secrets.out" || true)
+if [[ -n $envvars && $envvars != *TOKEN* && $envvars != *fdx-token* && $envvars != *fdx-kafka* ]]; then
+  pass
+else
+  fail "fn-secrets: secret values or names in --set-env-vars: $envvars"
+fi
+shape fn-secrets
+refuse fn-badsecret "$GCP/function.sh" deploy --function-secrets tokens=x
+refuse fn-dupsecret "$GCP/function.sh" deploy --function-secrets grpc-ca=a,grpc-ca=b
+refuse fn-badsecretname "$GCP/function.sh" deploy --function-secrets 'grpc-token=a/b'
+
 dry fn-runtime "$GCP/function.sh" deploy --runtime go127 --broker 10.0.0.5:9092
 expect fn-runtime "--runtime go127" "FDX_BROKER=10.0.0.5:9092"
 reject fn-runtime "gcloud compute instances describe"
@@ -196,10 +270,12 @@ if "$GCP/stage-function.sh" "$stage" "${stage_args[@]}" 2>"$tmp/stage.err"; then
   roots=$(cd "$stage" && find . -maxdepth 1 -name '*.go' | sort | tr '\n' ' ')
   if [[ $roots == "./fn.go " ]]; then pass; else fail "staged root Go files: $roots (want only ./fn.go)"; fi
   if grep -qx 'package fdxfunction' "$stage/fn.go" &&
-    grep -qx 'import _ "github.com/fdxkafka/fdxkafka/function"' "$stage/fn.go"; then
+    grep -qxF '	_ "github.com/GoogleCloudPlatform/functions-framework-go/functions"' "$stage/fn.go" &&
+    grep -qxF '	"github.com/fdxkafka/fdxkafka/function"' "$stage/fn.go" &&
+    grep -q '^func Handler(w http.ResponseWriter, r \*http.Request)' "$stage/fn.go"; then
     pass
   else
-    fail "fn.go is not package fdxfunction blank-importing the function package"
+    fail "fn.go is not package fdxfunction importing the functions framework and exporting Handler"
   fi
   tests=$(find "$stage" -name '*_test.go' | head -n 3)
   if [[ -z $tests ]]; then pass; else fail "staged bundle has test files: $tests"; fi
@@ -213,11 +289,27 @@ else
   fail "stage-function.sh: $(cat "$tmp/stage.err")"
 fi
 
+# ---- the VM's startup script ---------------------------------------------------
+# shellcheck disable=SC2016  # literal text of the script, not expansions
+for s in "add-google-cloud-ops-agent-repo.sh" "--also-install" "type: systemd_journald" \
+  'include_paths: [$KAFKA_HOME/broker/logs/server.log]' 'LoadCredential=$kind:$SECRETS_DIR/$kind' \
+  "secretmanager.googleapis.com/v1/projects/" 'tokens) secret_flags+=" --tokens-file %d/tokens"' \
+  'if [[ -x $next/bin/aggregator ]]; then'; do
+  if grep -qF -- "$s" "$GCP/vm-startup.sh"; then pass; else fail "vm-startup.sh lacks '$s'"; fi
+done
+
 # ---- the VM bundle ------------------------------------------------------------
-if "$GCP/vm.sh" bundle "$tmp/bundle.tar.gz" "${PROJECT_FLAG[@]}" 2>"$tmp/bundle.err"; then
+bundle_args=()
+bundle_files=(./go.mod ./aggregator/main.go ./deploy/kafka/kafka.sh ./deploy/kafka/kafka.service ./deploy/gcp/vm-startup.sh)
+if [[ ${FDX_CHECK_BUILD:-1} == 0 ]] || ! command -v go >/dev/null 2>&1; then
+  bundle_args+=(--build-on-vm)
+else
+  bundle_files+=(./bin/aggregator)
+fi
+if "$GCP/vm.sh" bundle "$tmp/bundle.tar.gz" "${PROJECT_FLAG[@]}" "${bundle_args[@]}" 2>"$tmp/bundle.err"; then
   pass
   tar -tzf "$tmp/bundle.tar.gz" >"$tmp/bundle.list"
-  for f in ./go.mod ./aggregator/main.go ./deploy/kafka/kafka.sh ./deploy/kafka/kafka.service ./deploy/gcp/vm-startup.sh; do
+  for f in "${bundle_files[@]}"; do
     if grep -qxF "$f" "$tmp/bundle.list"; then pass; else fail "VM bundle lacks $f"; fi
   done
   if grep -q '^\./\.git/' "$tmp/bundle.list"; then fail "VM bundle has .git"; else pass; fi

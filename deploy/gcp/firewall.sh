@@ -17,7 +17,13 @@
 #   <tag>-iap         tcp:22 and tcp:9100 from Google's IAP range
 #                     (--iap-cidr), for `gcloud compute ssh/scp
 #                     --tunnel-through-iap` and `gcloud compute
-#                     start-iap-tunnel ... 9100`; not created with --no-iap
+#                     start-iap-tunnel ... 9100`, at priority 900; not
+#                     created with --no-iap
+#   <tag>-deny-ssh    DENY tcp:22 from anywhere at priority 1000, so that
+#                     the default network's default-allow-ssh (0.0.0.0/0,
+#                     priority 65534) does not apply to the VM: ssh comes
+#                     only through IAP. With --no-iap it is not created
+#                     (ssh then needs a rule of your own).
 #
 # The broker speaks PLAINTEXT without authentication: these rules are its
 # only protection, so keep the ranges narrow.
@@ -38,15 +44,19 @@ cmd_create() {
     --description "FDxKafka: aggregator metrics"
   if ((USE_IAP)); then
     run "${common[@]}" "$NETWORK_TAG-iap" "${target[@]}" \
-      --rules "tcp:22,tcp:9100" --source-ranges "$IAP_CIDR" \
+      --rules "tcp:22,tcp:9100" --source-ranges "$IAP_CIDR" --priority 900 \
       --description "FDxKafka: ssh and metrics through Identity-Aware Proxy"
+    run "${common[@]}" "$NETWORK_TAG-deny-ssh" "${GCLOUD_PROJECT[@]}" --network "$NETWORK" \
+      --direction INGRESS --action deny --target-tags "$NETWORK_TAG" \
+      --rules tcp:22 --source-ranges 0.0.0.0/0 --priority 1000 \
+      --description "FDxKafka: ssh only through IAP (overrides default-allow-ssh)"
   fi
 }
 
 cmd_delete() {
   local rules=("$NETWORK_TAG-serverless" "$NETWORK_TAG-metrics")
   if ((USE_IAP)); then
-    rules+=("$NETWORK_TAG-iap")
+    rules+=("$NETWORK_TAG-iap" "$NETWORK_TAG-deny-ssh")
   fi
   run gcloud compute firewall-rules delete "${rules[@]}" "${GCLOUD_PROJECT[@]}" "${QUIET_FLAG[@]}"
 }

@@ -18,9 +18,17 @@
 #   --machine-type T       MACHINE_TYPE   [e2-standard-2]
 #   --disk-size SIZE       DISK_SIZE      [20GB]
 #   --vm-service-account E VM_SERVICE_ACCOUNT [Compute Engine default]
-#   --no-external-ip       EXTERNAL_IP=0  [1: the VM gets an ephemeral
-#                          external IP to reach apt, go.dev and Maven Central;
-#                          without one the subnet needs Cloud NAT]
+#   --external-ip          EXTERNAL_IP=1  [0: the VM has no external IP; it
+#                          reaches apt, Google's package repos and Maven
+#                          Central through Cloud NAT, ssh goes through IAP]
+#   --no-external-ip       EXTERNAL_IP=0  (the default; kept for old scripts)
+#   --no-nat               NAT=0          [1: without an external IP, vm.sh
+#                          creates Cloud Router fdx-router + NAT fdx-nat in
+#                          the region unless they exist; --no-nat when the
+#                          network has its own NAT]
+#   --build-on-vm          BUILD_ON_VM=1  [0: vm.sh builds the aggregator
+#                          here (linux/amd64, cgo) and uploads the binary;
+#                          1: the VM installs Go and builds it at boot]
 #   --no-iap               USE_IAP=0      [1: ssh/scp through IAP]
 #   --tag TAG              NETWORK_TAG    [fdx-aggregator] firewall target
 #   --job JOB              JOB            [mnist]
@@ -28,16 +36,42 @@
 #   --minclients N         MINCLIENTS     [2]
 #   --numrounds N          NUMROUNDS      [5]
 #   --aggregator-args A    AGGREGATOR_ARGS [] extra aggregator flags
-#   --go-version V         GO_VERSION     [go.mod's go line]
+#   --go-version V         GO_VERSION     [this machine's Go, else go.mod's
+#                          go line] only with --build-on-vm
 #   --function NAME        FUNCTION_NAME  [fdx-client]
 #   --runtime RT           RUNTIME        [go126]
 #   --memory M             MEMORY         [512Mi]
-#   --max-instances N      MAX_INSTANCES  [10]
+#   --max-instances N      MAX_INSTANCES  [10, or more to fit the job: see
+#                          --concurrency]
+#   --concurrency N        CONCURRENCY    [1] requests one function
+#                          instance serves at once. Every client's
+#                          invocation stays open for all its rounds, so a
+#                          job needs max(--clients, --minclients) <=
+#                          MAX_INSTANCES x CONCURRENCY: function.sh sizes
+#                          --max-instances when you did not set it, and
+#                          refuses a job that does not fit when you did
+#   --cpu C                CPU            [CONCURRENCY (1, 2, 4, 6 or 8)
+#                          when CONCURRENCY > 1, else the memory's share]
+#                          one CPU per concurrent client keeps rounds at the
+#                          pace of one client per instance
 #   --timeout T            TIMEOUT        [540s]
 #   --function-service-account E FUNCTION_SERVICE_ACCOUNT [runtime default]
 #   --vpc-connector NAME   VPC_CONNECTOR  [] use a Serverless VPC Access
 #                          connector instead of direct VPC egress
 #   --allow-unauthenticated ALLOW_UNAUTHENTICATED=1 [0] public function
+#   --function-secrets L   FUNCTION_SECRETS [] KIND=SECRET[:VERSION],...
+#                          from Secret Manager into the function, never in
+#                          --set-env-vars. KIND: grpc-token (env
+#                          FDX_GRPC_TOKEN via --set-secrets), kafka-config,
+#                          grpc-ca, grpc-cert, grpc-key (mounted files under
+#                          /etc/fdx/KIND/, their paths in FDX_KAFKA_CONFIG,
+#                          FDX_GRPC_CA, FDX_GRPC_CERT, FDX_GRPC_KEY)
+#   --vm-secrets L         VM_SECRETS     [] KIND=SECRET[:VERSION],... that
+#                          the VM's startup script reads from Secret Manager
+#                          at boot (metadata holds only the names) and hands
+#                          to the aggregator as systemd credentials. KIND:
+#                          tokens (--tokens-file), tls-cert, tls-key,
+#                          tls-client-ca, kafka-config
 #   --clients N            CLIENTS        [$MINCLIENTS] function.sh invoke
 #   --broker HOST:PORT     BROKER         [the VM's internal IP, port 9092
 #                          (kafka) or 8080 (grpc)]
@@ -71,6 +105,8 @@ usage() {
   sed -n '/^#   --project/,/^#   -h, --help/p' "$FDX_GCP_DIR/lib.sh" | sed 's/^#//'
 }
 
+declare -A SECRETS=()
+
 # parse_args sets the settings from the flags and leaves the positional
 # arguments in ARGS.
 parse_args() {
@@ -88,6 +124,9 @@ parse_args() {
       --dry-run) DRY_RUN=1; shift; continue ;;
       -q | --quiet) QUIET=1; shift; continue ;;
       --no-external-ip) EXTERNAL_IP=0; shift; continue ;;
+      --external-ip) EXTERNAL_IP=1; shift; continue ;;
+      --no-nat) NAT=0; shift; continue ;;
+      --build-on-vm) BUILD_ON_VM=1; shift; continue ;;
       --no-iap) USE_IAP=0; shift; continue ;;
       --allow-unauthenticated) ALLOW_UNAUTHENTICATED=1; shift; continue ;;
       -h | --help) usage; exit 0 ;;
@@ -119,6 +158,10 @@ parse_args() {
       --memory) MEMORY=$val ;;
       --max-instances) MAX_INSTANCES=$val ;;
       --timeout) TIMEOUT=$val ;;
+      --concurrency) CONCURRENCY=$val ;;
+      --cpu) CPU=$val ;;
+      --function-secrets) FUNCTION_SECRETS=$val ;;
+      --vm-secrets) VM_SECRETS=$val ;;
       --function-service-account) FUNCTION_SERVICE_ACCOUNT=$val ;;
       --vpc-connector) VPC_CONNECTOR=$val ;;
       --clients) CLIENTS=$val ;;
@@ -156,7 +199,9 @@ apply_defaults() {
   MACHINE_TYPE=${MACHINE_TYPE:-e2-standard-2}
   DISK_SIZE=${DISK_SIZE:-20GB}
   VM_SERVICE_ACCOUNT=${VM_SERVICE_ACCOUNT:-}
-  EXTERNAL_IP=${EXTERNAL_IP:-1}
+  EXTERNAL_IP=${EXTERNAL_IP:-0}
+  NAT=${NAT:-1}
+  BUILD_ON_VM=${BUILD_ON_VM:-0}
   USE_IAP=${USE_IAP:-1}
   NETWORK_TAG=${NETWORK_TAG:-fdx-aggregator}
   JOB=${JOB:-mnist}
@@ -164,11 +209,24 @@ apply_defaults() {
   MINCLIENTS=${MINCLIENTS:-2}
   NUMROUNDS=${NUMROUNDS:-5}
   AGGREGATOR_ARGS=${AGGREGATOR_ARGS:-}
+  # The VM builds only with --build-on-vm; then with this machine's Go
+  # release (a patched one), else go.mod's minimum.
+  if [[ -z ${GO_VERSION:-} ]] && command -v go >/dev/null 2>&1; then
+    GO_VERSION=$(go env GOVERSION 2>/dev/null | sed -n 's/^go\([0-9][0-9.]*\)$/\1/p')
+  fi
   GO_VERSION=${GO_VERSION:-$(go_version_from_mod)}
   FUNCTION_NAME=${FUNCTION_NAME:-fdx-client}
   RUNTIME=${RUNTIME:-go126}
   MEMORY=${MEMORY:-512Mi}
+  # Whether the caller chose --max-instances: then a job that does not fit
+  # is refused rather than the setting overridden.
+  MAX_INSTANCES_SET=0
+  if [[ -n ${MAX_INSTANCES:-} ]]; then MAX_INSTANCES_SET=1; fi
   MAX_INSTANCES=${MAX_INSTANCES:-10}
+  CONCURRENCY=${CONCURRENCY:-1}
+  CPU=${CPU:-}
+  FUNCTION_SECRETS=${FUNCTION_SECRETS:-}
+  VM_SECRETS=${VM_SECRETS:-}
   TIMEOUT=${TIMEOUT:-540s}
   FUNCTION_SERVICE_ACCOUNT=${FUNCTION_SERVICE_ACCOUNT:-}
   VPC_CONNECTOR=${VPC_CONNECTOR:-}
@@ -185,9 +243,13 @@ apply_defaults() {
     *) die "--channel $CHANNEL: want kafka or grpc" ;;
   esac
   local n
-  for n in MINCLIENTS NUMROUNDS MAX_INSTANCES CLIENTS; do
+  for n in MINCLIENTS NUMROUNDS MAX_INSTANCES CLIENTS CONCURRENCY; do
     [[ ${!n} =~ ^[1-9][0-9]*$ ]] || die "$n=${!n}: want a positive integer"
   done
+  ((CONCURRENCY <= 1000)) || die "CONCURRENCY=$CONCURRENCY: Cloud Run functions allow at most 1000"
+  if [[ -n $CPU ]] && ! [[ $CPU =~ ^(0\.[0-9]+|1|2|4|6|8)$ ]]; then
+    die "CPU=$CPU: want 1, 2, 4, 6, 8 or a fraction below 1"
+  fi
   [[ $TIMEOUT =~ ^[1-9][0-9]*s?$ ]] || die "TIMEOUT=$TIMEOUT: want seconds, e.g. 540s"
   [[ $JOB =~ ^[A-Za-z0-9._-]+$ ]] || die "JOB=$JOB: use letters, digits, '.', '_' and '-' (it names Kafka topics)"
   [[ $GO_VERSION =~ ^[0-9]+\.[0-9]+(\.[0-9]+)?$ ]] || die "GO_VERSION=$GO_VERSION: want e.g. 1.26.8"
@@ -376,4 +438,74 @@ repo_files() {
 copy_repo() {
   local dst=$1
   repo_files "$@" | (cd "$FDX_REPO" && tar --null -T - -cf -) | tar -C "$dst" -xf -
+}
+
+# job_clients prints how many invocations a job holds open at once: every
+# client stays in its invocation for all its rounds, and a round closes
+# only with --minclients updates.
+job_clients() {
+  if ((CLIENTS > MINCLIENTS)); then echo "$CLIENTS"; else echo "$MINCLIENTS"; fi
+}
+
+# size_function checks the job against the function's capacity,
+# MAX_INSTANCES x CONCURRENCY concurrent requests, before anything is
+# deployed or invoked. Beyond it, Cloud Run answers 429 to the surplus
+# clients, the others wait in rounds that never reach --minclients, and the
+# job deadlocks. When the caller did not choose --max-instances it is sized
+# to fit; a chosen one that is too small is refused. It also sets CPU.
+size_function() {
+  local need slots
+  need=$(job_clients)
+  slots=$((MAX_INSTANCES * CONCURRENCY))
+  if ((need > slots)); then
+    if ((MAX_INSTANCES_SET)); then
+      die "the job needs $need concurrent invocations (max of --clients $CLIENTS and --minclients $MINCLIENTS), but --max-instances $MAX_INSTANCES x --concurrency $CONCURRENCY serves $slots: rounds would never close. Raise --max-instances to $(((need + CONCURRENCY - 1) / CONCURRENCY)) or --concurrency (with the CPU to match)"
+    fi
+    MAX_INSTANCES=$(((need + CONCURRENCY - 1) / CONCURRENCY))
+    note "sized --max-instances to $MAX_INSTANCES: $need clients at --concurrency $CONCURRENCY"
+  fi
+  if ((CONCURRENCY > 1)) && [[ -z $CPU ]]; then
+    # Concurrency above 1 needs at least one vCPU; training is CPU-bound,
+    # so give each concurrent client one (Cloud Run offers 1, 2, 4, 6, 8).
+    local c
+    for c in 1 2 4 6 8; do
+      CPU=$c
+      ((c < CONCURRENCY)) || break
+    done
+  fi
+  if ((CONCURRENCY > 1)) && [[ $CPU == 0.* ]]; then
+    die "--concurrency $CONCURRENCY needs --cpu 1 or more (Cloud Run allows concurrency > 1 only with a whole vCPU)"
+  fi
+  if ((CONCURRENCY > 1)) && [[ -n $CPU && $CPU != 0.* ]] && ((CPU < CONCURRENCY)); then
+    warn "--concurrency $CONCURRENCY on --cpu $CPU: concurrent clients share the CPU, so rounds take longer than with one client per instance"
+  fi
+}
+
+# secret_ref checks SECRET[:VERSION] and prints SECRET:VERSION (latest by
+# default).
+secret_ref() {
+  local name=${1%%:*} version=latest
+  if [[ $1 == *:* ]]; then version=${1#*:}; fi
+  [[ $name =~ ^[A-Za-z0-9_-]{1,255}$ ]] || die "secret name '$name': letters, digits, '_' and '-' only"
+  [[ $version =~ ^([1-9][0-9]*|latest)$ ]] || die "secret version '$version': a number or latest"
+  printf '%s:%s\n' "$name" "$version"
+}
+
+# parse_secrets LIST KINDS... checks a KIND=SECRET[:VERSION],... list
+# against the allowed kinds and fills the associative array SECRETS.
+parse_secrets() {
+  local list=$1 item kind ref
+  shift
+  SECRETS=()
+  [[ -n $list ]] || return 0
+  local items
+  IFS=, read -ra items <<<"$list"
+  for item in "${items[@]}"; do
+    [[ $item == *=* ]] || die "secret '$item': want KIND=SECRET[:VERSION]"
+    kind=${item%%=*}
+    ref=$(secret_ref "${item#*=}")
+    [[ " $* " == *" $kind "* ]] || die "secret kind '$kind': want one of $*"
+    [[ -z ${SECRETS[$kind]:-} ]] || die "secret kind '$kind' given twice"
+    SECRETS[$kind]=$ref
+  done
 }

@@ -6,16 +6,24 @@
 # uploaded source, which must not be package main, next to go.mod. Our
 # function lives in function/ (package function), so the bundle is the
 # whole module (go.mod, go.sum, proto/, shared/, function/, aggregator/ ...)
-# plus one generated file at its root, fn.go:
+# plus one generated file at its root, fn.go, of package fdxfunction.
 #
-#   package fdxfunction
-#   import _ "github.com/fdxkafka/fdxkafka/function"
+# The buildpack writes the main package itself, from one of two templates,
+# and picks the template by the root package's imports:
+#   - the root imports .../functions-framework-go/functions: the
+#     "declarative" main blank-imports the root and serves whatever
+#     functions.HTTP registered under FUNCTION_TARGET;
+#   - otherwise (framework >= v1.1.0): the main calls
+#     register(root.<FUNCTION_TARGET>), so the root must export that name.
+# fn.go satisfies both: it imports the functions package (the function
+# package's init registers "Handler" with it) and exports Handler, which
+# calls function.Handler. Either main serves the same handler; the second
+# registers it only by path, which does not clash with the named one.
+# deploy/gcp/function-smoke.sh builds the bundle as the buildpack does.
 #
-# function's init() registers "Handler" with functions.HTTP, and the
-# buildpack's generated main serves FUNCTION_TARGET=Handler from that
-# registry. The root holds no other .go file, and the bundle no _test.go
-# file and no testdata/ (a root _test.go of another package breaks the build;
-# the others are dead weight). Also left out: .git, deploy/, evaluations/,
+# The root holds no other .go file, and the bundle no _test.go file and no
+# testdata/ (a root _test.go of another package breaks the build; the
+# others are dead weight). Also left out: .git, deploy/, evaluations/,
 # .ci/, and the tool and output directories.
 #
 # OUTDIR must be empty, absent, or an earlier stage (it is then replaced).
@@ -30,6 +38,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MODULE=github.com/fdxkafka/fdxkafka
+FF_FUNCTIONS=github.com/GoogleCloudPlatform/functions-framework-go/functions
 STAMP=.fdx-function-stage
 
 CHECK=0
@@ -52,7 +61,7 @@ module_path=$(sed -n 's/^module[[:space:]]\{1,\}\([^[:space:]]*\).*/\1/p' "$FDX_
 
 if ((DRY_RUN)); then
   note "stage $FDX_REPO into $OUT: module files without .git, deploy/, evaluations/, *_test.go, testdata/ and root *.go"
-  note "write $OUT/fn.go: package fdxfunction, import _ \"$MODULE/function\""
+  note "write $OUT/fn.go: package fdxfunction, imports $FF_FUNCTIONS and $MODULE/function, exports Handler"
   exit 0
 fi
 
@@ -78,11 +87,23 @@ cat >"$OUT/fn.go" <<EOF
 
 // Package fdxfunction is the root package of the Cloud Functions source
 // bundle. Google's Go buildpack compiles only the root package of the
-// uploaded source, so this one links in the function package, whose init
-// registers the entry point "Handler" with functions-framework-go.
+// uploaded source and generates the main package around it.
 package fdxfunction
 
-import _ "$MODULE/function"
+import (
+	"net/http"
+
+	// The buildpack reads the root's imports: this one makes it generate
+	// the main that serves FUNCTION_TARGET from the functions registry,
+	// where the function package's init put "Handler".
+	_ "$FF_FUNCTIONS"
+
+	"$MODULE/function"
+)
+
+// Handler is the entry point for the buildpack's other main, which calls
+// the root package's exported FUNCTION_TARGET directly.
+func Handler(w http.ResponseWriter, r *http.Request) { function.Handler(w, r) }
 EOF
 
 # Upload exactly the staged files: without a .gcloudignore, gcloud would

@@ -5,12 +5,17 @@
 # again after uploading a new bundle. Every step is idempotent.
 #
 #  1. Installs Java 17, Maven (deploy/kafka/kafka.sh fetches the broker jars
-#     with it), gcc (cgo) and Go $fdx-go-version from go.dev.
+#     with it) and Google's Ops Agent, configured to ship the broker's
+#     server.log and the systemd journal to Cloud Logging.
 #  2. Waits for the repo bundle at /var/lib/fdx/bundle.tar.gz, which vm.sh
 #     uploads with `gcloud compute scp` (the VM needs no access to the Git
-#     host), and when it is new unpacks it to /opt/fdxkafka and builds
-#     /opt/fdxkafka/bin/aggregator.
-#  3. Installs and starts two systemd units:
+#     host), and when it is new unpacks it to /opt/fdxkafka. The bundle
+#     carries bin/aggregator, built by vm.sh; only with fdx-build-on-vm=1
+#     does this script install gcc and Go $fdx-go-version and build it.
+#  3. Reads the secrets named by fdx-secret-KIND metadata from Secret
+#     Manager (with the VM's service account) into /etc/fdx/secrets/KIND,
+#     root-only; the aggregator unit loads them as systemd credentials.
+#  4. Installs and starts two systemd units:
 #     - fdxkafka-broker: deploy/kafka/kafka.service as that file documents
 #       (kafka.sh start --keep-data as user fdxkafka), with FDX_KAFKA_HOST =
 #       the VM's internal IP from the metadata server, in
@@ -19,8 +24,10 @@
 #       --numrounds R --job JOB --log-to cloud --metrics-addr :9100.
 #
 # Settings come from instance metadata (vm.sh sets them): fdx-job,
-# fdx-channel (kafka|grpc), fdx-minclients, fdx-numrounds, fdx-go-version,
-# fdx-aggregator-args. Its output goes to the journal:
+# fdx-channel (kafka|grpc), fdx-minclients, fdx-numrounds, fdx-build-on-vm,
+# fdx-go-version, fdx-aggregator-args, fdx-secret-KIND (KIND: tokens,
+# tls-cert, tls-key, tls-client-ca, kafka-config; value SECRET:VERSION).
+# Its output goes to the journal:
 #   sudo journalctl -u google-startup-scripts.service
 set -euo pipefail
 
@@ -34,6 +41,9 @@ readonly KAFKA_UNIT=fdxkafka-broker
 readonly KAFKA_USER=fdxkafka
 readonly KAFKA_HOME=/var/lib/fdxkafka
 readonly AGG_UNIT=fdx-aggregator
+readonly SECRETS_DIR=/etc/fdx/secrets
+readonly SECRET_KINDS=(tokens tls-cert tls-key tls-client-ca kafka-config)
+readonly OPS_AGENT_CONFIG=/etc/google-cloud-ops-agent/config.yaml
 
 export HOME=/root
 export GOPATH=/var/cache/fdx/go
@@ -60,7 +70,7 @@ attr() {
 }
 
 install_packages() {
-  local pkgs=(openjdk-17-jre-headless maven gcc libc6-dev ca-certificates curl) missing=() p
+  local pkgs=(openjdk-17-jre-headless maven ca-certificates curl "$@") missing=() p
   for p in "${pkgs[@]}"; do
     # shellcheck disable=SC2016  # ${Status} is dpkg-query's field, not ours
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -107,6 +117,79 @@ install_go() {
   rm -f "$tmp"
 }
 
+# install_ops_agent installs Google's Ops Agent and has it ship the
+# broker's server.log and the journal (the units, this script) to Cloud
+# Logging; the aggregator writes there itself (--log-to cloud).
+install_ops_agent() {
+  local tmp
+  if ! dpkg-query -W -f='${Status}' google-cloud-ops-agent 2>/dev/null | grep -q 'install ok installed'; then
+    log "installing the Ops Agent"
+    tmp=$(mktemp)
+    curl -fsSL --retry 5 -o "$tmp" https://dl.google.com/cloudagents/add-google-cloud-ops-agent-repo.sh
+    bash "$tmp" --also-install
+    rm -f "$tmp"
+  fi
+  local changed=$UNITS_CHANGED
+  UNITS_CHANGED=0
+  install -d /etc/google-cloud-ops-agent
+  write_if_changed "$OPS_AGENT_CONFIG" <<EOF
+# Written by deploy/gcp/vm-startup.sh; merged with the agent's defaults.
+logging:
+  receivers:
+    fdx_kafka_server:
+      type: files
+      include_paths: [$KAFKA_HOME/broker/logs/server.log]
+    fdx_journal:
+      type: systemd_journald
+  service:
+    pipelines:
+      fdx:
+        receivers: [fdx_kafka_server, fdx_journal]
+EOF
+  if ((UNITS_CHANGED)); then
+    systemctl restart google-cloud-ops-agent
+  fi
+  UNITS_CHANGED=$changed
+}
+
+# fetch_secrets writes each fdx-secret-KIND secret to $SECRETS_DIR/KIND,
+# readable by root only, and removes those no longer named. It sets
+# SECRETS_FOUND to the kinds it wrote. The values come from Secret
+# Manager's REST API with the VM's service-account token from the metadata
+# server: no SDK needed.
+fetch_secrets() {
+  local project=$1 kind ref name version token body data tmp
+  install -d -m 0700 "$SECRETS_DIR"
+  SECRETS_FOUND=""
+  for kind in "${SECRET_KINDS[@]}"; do
+    ref=$(attr "fdx-secret-$kind" "")
+    if [[ -z $ref ]]; then
+      rm -f "$SECRETS_DIR/$kind"
+      continue
+    fi
+    name=${ref%%:*} version=${ref#*:}
+    [[ $name =~ ^[A-Za-z0-9_-]+$ && $version =~ ^([1-9][0-9]*|latest)$ ]] || die "fdx-secret-$kind=$ref: want SECRET:VERSION"
+    if [[ -z ${token:-} ]]; then
+      token=$(md instance/service-accounts/default/token | sed -n 's/.*"access_token" *: *"\([^"]*\)".*/\1/p')
+      [[ -n $token ]] || die "no access token from the metadata server"
+    fi
+    body=$(curl -fsS --retry 5 -H "Authorization: Bearer $token" \
+      "https://secretmanager.googleapis.com/v1/projects/$project/secrets/$name/versions/$version:access") ||
+      die "reading secret $name:$version failed: does the VM's service account have roles/secretmanager.secretAccessor, and the VM the cloud-platform scope?"
+    data=$(tr -d '\n ' <<<"$body" | sed -n 's/.*"data":"\([^"]*\)".*/\1/p')
+    [[ -n $data ]] || die "secret $name:$version: no payload"
+    tmp=$(mktemp "$SECRETS_DIR/.$kind.XXXXXX")
+    base64 -d <<<"$data" >"$tmp" || die "secret $name:$version: bad payload"
+    if [[ -f $SECRETS_DIR/$kind ]] && cmp -s "$tmp" "$SECRETS_DIR/$kind"; then
+      rm -f "$tmp"
+    else
+      mv "$tmp" "$SECRETS_DIR/$kind"
+      UNITS_CHANGED=1
+    fi
+    SECRETS_FOUND+="$kind "
+  done
+}
+
 wait_for_bundle() {
   local deadline=$((SECONDS + BUNDLE_WAIT))
   if [[ ! -f $BUNDLE ]]; then
@@ -118,11 +201,12 @@ wait_for_bundle() {
   done
 }
 
-# install_bundle unpacks and builds a bundle that differs from the installed
-# one. It builds beside the live tree and swaps the directories, so a failed
-# build leaves the running version alone.
+# install_bundle unpacks a bundle that differs from the installed one, and
+# builds the aggregator when the bundle has no binary. It works beside the
+# live tree and swaps the directories, so a failed build leaves the running
+# version alone.
 install_bundle() {
-  local sum next=$ROOT.next
+  local go_version=$1 sum next=$ROOT.next
   sum=$(sha256sum "$BUNDLE" | cut -d' ' -f1)
   if [[ -f $INSTALLED && $(<"$INSTALLED") == "$sum" && -x $ROOT/bin/aggregator ]]; then
     log "bundle $sum already installed"
@@ -134,8 +218,15 @@ install_bundle() {
   tar -C "$next" --no-same-owner -xzf "$BUNDLE"
   [[ -f $next/deploy/kafka/kafka.service && -x $next/deploy/kafka/kafka.sh ]] ||
     die "the bundle lacks deploy/kafka/kafka.service or kafka.sh"
-  log "building the aggregator with $(go version)"
-  (cd "$next" && go build -trimpath -o bin/aggregator ./aggregator) || die "building the aggregator failed"
+  if [[ -x $next/bin/aggregator ]]; then
+    log "the bundle carries bin/aggregator; not building"
+  else
+    [[ -n $go_version ]] || die "the bundle has no bin/aggregator and there is no fdx-go-version to build it: rerun vm.sh push (or with --build-on-vm)"
+    install_packages gcc libc6-dev
+    install_go "$go_version"
+    log "building the aggregator with $(go version)"
+    (cd "$next" && go build -trimpath -o bin/aggregator ./aggregator) || die "building the aggregator failed"
+  fi
   chmod -R a+rX "$next"
   rm -rf "$ROOT.old"
   if [[ -d $ROOT ]]; then mv "$ROOT" "$ROOT.old"; fi
@@ -160,12 +251,26 @@ install_kafka_unit() {
 }
 
 install_aggregator_unit() {
-  local project=$1 job=$2 channel=$3 minclients=$4 numrounds=$5 extra=$6 listen
+  local project=$1 job=$2 channel=$3 minclients=$4 numrounds=$5 extra=$6 secrets=$7 listen
+  local creds="" secret_flags="" kind
   case $channel in
     kafka) listen="--broker 127.0.0.1:9092" ;;
     grpc) listen="--grpc --broker [::]:8080" ;;
     *) die "fdx-channel=$channel: want kafka or grpc" ;;
   esac
+  # Secrets reach the DynamicUser aggregator as systemd credentials: copied
+  # into a directory only its unit can read (%d), never into the
+  # environment or the command line's values.
+  for kind in $secrets; do
+    creds+="LoadCredential=$kind:$SECRETS_DIR/$kind"$'\n'
+    case $kind in
+      tokens) secret_flags+=" --tokens-file %d/tokens" ;;
+      tls-cert) secret_flags+=" --tls-cert %d/tls-cert" ;;
+      tls-key) secret_flags+=" --tls-key %d/tls-key" ;;
+      tls-client-ca) secret_flags+=" --tls-client-ca %d/tls-client-ca" ;;
+      kafka-config) secret_flags+=" --kafka-config %d/kafka-config" ;;
+    esac
+  done
   write_if_changed "/etc/systemd/system/$AGG_UNIT.service" <<EOF
 # Written by deploy/gcp/vm-startup.sh at every boot: edits here are lost;
 # change the instance metadata (fdx-*) and rerun the startup script instead.
@@ -181,7 +286,7 @@ DynamicUser=yes
 StateDirectory=$AGG_UNIT
 WorkingDirectory=/var/lib/$AGG_UNIT
 Environment=GOOGLE_CLOUD_PROJECT=$project
-ExecStart=$ROOT/bin/aggregator $listen --minclients $minclients --numrounds $numrounds --job $job --log-to cloud --metrics-addr :9100 $extra
+${creds}ExecStart=$ROOT/bin/aggregator $listen --minclients $minclients --numrounds $numrounds --job $job --log-to cloud --metrics-addr :9100$secret_flags $extra
 # A finished job exits 0 and stays down; a crash restarts and resumes from
 # the newest model in fdx.$job.model.
 Restart=on-failure
@@ -197,28 +302,33 @@ main() {
   # while the boot run still waits for the bundle: one at a time.
   exec 9>/run/fdx-startup.lock
   flock 9
-  local ip project job channel minclients numrounds go_version extra
+  local ip project job channel minclients numrounds build_on_vm go_version extra secrets
   ip=$(md instance/network-interfaces/0/ip) || die "no internal IP from the metadata server"
   project=$(md project/project-id) || die "no project id from the metadata server"
   job=$(attr fdx-job mnist)
   channel=$(attr fdx-channel kafka)
   minclients=$(attr fdx-minclients 2)
   numrounds=$(attr fdx-numrounds 5)
+  build_on_vm=$(attr fdx-build-on-vm 0)
   go_version=$(attr fdx-go-version "")
   extra=$(attr fdx-aggregator-args "")
   [[ $job =~ ^[A-Za-z0-9._-]+$ ]] || die "fdx-job=$job: not a job id"
   [[ $minclients =~ ^[1-9][0-9]*$ && $numrounds =~ ^[1-9][0-9]*$ ]] ||
     die "fdx-minclients=$minclients fdx-numrounds=$numrounds: want positive integers"
-  [[ -n $go_version ]] || die "no fdx-go-version metadata"
+  if [[ $build_on_vm == 1 && -z $go_version ]]; then
+    die "fdx-build-on-vm=1 but no fdx-go-version metadata"
+  fi
 
+  UNITS_CHANGED=0
   install_packages
-  install_go "$go_version"
+  install_ops_agent
   mkdir -p "$STATE"
   wait_for_bundle
-  UNITS_CHANGED=0
-  install_bundle
+  install_bundle "$go_version"
+  fetch_secrets "$project"
+  secrets=$SECRETS_FOUND
   install_kafka_unit "$ip"
-  install_aggregator_unit "$project" "$job" "$channel" "$minclients" "$numrounds" "$extra"
+  install_aggregator_unit "$project" "$job" "$channel" "$minclients" "$numrounds" "$extra" "$secrets"
   systemctl daemon-reload
   systemctl enable "$KAFKA_UNIT.service" "$AGG_UNIT.service"
   if ((UNITS_CHANGED)); then

@@ -37,7 +37,7 @@ func readState(m *metrics.Metrics) (aggState, error) {
 				st.completed = int64(mt.GetCounter().GetValue())
 			case "fdx_updates_accepted_total":
 				st.accepted = int64(mt.GetCounter().GetValue())
-			case "fdx_model_accuracy":
+			case "fdx_model_accuracy_ratio":
 				st.accuracy = mt.GetGauge().GetValue()
 			case "fdx_channel_messages_total":
 				for _, l := range mt.GetLabel() {

@@ -21,6 +21,8 @@ import (
 	logpb "cloud.google.com/go/logging/apiv2/loggingpb"
 	"google.golang.org/api/option"
 	mrpb "google.golang.org/genproto/googleapis/api/monitoredres"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 const (
@@ -40,13 +42,13 @@ const (
 // flushes the buffered entries and closes the client; call it before the
 // process exits, or the last entries are lost.
 //
-// Everything that needs the network beyond the metadata server is deferred:
-// NewCloud itself only finds the project, checks that Application Default
-// Credentials yield an access token and detects the monitored resource, all
-// within opts.SetupTimeout, and returns an error saying what is missing
-// instead of hanging when no metadata server or credentials are reachable.
-// Entries are sent in the background in batches; send errors are reported
-// by the client library on stderr and by the close function.
+// NewCloud finds the project, checks that Application Default Credentials
+// yield an access token, detects the monitored resource and writes one
+// entry synchronously, all within opts.SetupTimeout, and returns an error
+// saying what is missing instead of hanging when no metadata server or
+// credentials are reachable, or when the credentials may not write logs.
+// After that, entries are sent in the background in batches; send errors
+// are reported by the client library on stderr and by the close function.
 func NewCloud(ctx context.Context, opts Options) (*slog.Logger, func() error, error) {
 	timeout := opts.SetupTimeout
 	if timeout <= 0 {
@@ -72,13 +74,24 @@ func NewCloud(ctx context.Context, opts Options) (*slog.Logger, func() error, er
 		return nil, nil, fmt.Errorf("logging: cloud format: cannot get an access token within %v: %w", timeout, err)
 	}
 
+	res := monitoredResource(sctx, md, project)
+	return newCloud(ctx, sctx, opts, project, res, option.WithAuthCredentials(creds))
+}
+
+// newCloud creates the Cloud Logging client with copts and proves that it
+// may write: it sends one entry and waits for the answer within sctx's
+// deadline. The client library otherwise sends in the background and only
+// prints failures on stderr, so a service account without
+// roles/logging.logWriter, or a VM without the logging.write scope, would
+// lose every entry while the process looks healthy.
+func newCloud(ctx, sctx context.Context, opts Options, project string, res *mrpb.MonitoredResource, copts ...option.ClientOption) (*slog.Logger, func() error, error) {
 	var lopts []cloudlogging.LoggerOption
-	if res := monitoredResource(sctx, md, project); res != nil {
+	if res != nil {
 		lopts = append(lopts, cloudlogging.CommonResource(res))
 	}
 	// The client outlives NewCloud, so it gets the caller's context, not
 	// the setup deadline.
-	client, err := cloudlogging.NewClient(ctx, "projects/"+project, option.WithAuthCredentials(creds))
+	client, err := cloudlogging.NewClient(ctx, "projects/"+project, copts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("logging: cloud format: creating the Cloud Logging client for project %q: %w", project, err)
 	}
@@ -86,8 +99,23 @@ func NewCloud(ctx context.Context, opts Options) (*slog.Logger, func() error, er
 	if logName == "" {
 		logName = defaultLogName
 	}
+	sink := client.Logger(logName, lopts...)
+	first := cloudlogging.Entry{
+		Timestamp: time.Now(),
+		Severity:  cloudlogging.Info,
+		Payload:   map[string]any{"message": "logging to Cloud Logging", "logger": "fdxkafka"},
+	}
+	if err := sink.LogSync(sctx, first); err != nil {
+		_ = client.Close() // the write error is the one worth reporting
+		if status.Code(err) == codes.PermissionDenied {
+			return nil, nil, fmt.Errorf("logging: cloud format: not allowed to write log %q in project %q: "+
+				"grant the service account roles/logging.logWriter (on a GCE VM also the logging.write scope): %w",
+				logName, project, err)
+		}
+		return nil, nil, fmt.Errorf("logging: cloud format: cannot write log %q in project %q: %w", logName, project, err)
+	}
 	h := &cloudHandler{
-		sink:      client.Logger(logName, lopts...),
+		sink:      sink,
 		project:   project,
 		level:     opts.Level,
 		addSource: opts.AddSource,
