@@ -36,6 +36,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/linefile"
 	"github.com/fdxkafka/fdxkafka/shared/logging"
+	"github.com/fdxkafka/fdxkafka/shared/logging/cloudlog"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
@@ -279,7 +280,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := lvl.UnmarshalText([]byte(c.logLevel)); err != nil {
 		return cli.Usagef("--log-level: %v", err)
 	}
-	log, closeLog, err := logging.Open(ctx, stderr, logging.Options{Format: c.logTo, Level: lvl, ProjectID: c.logProject})
+	log, closeLog, err := cloudlog.Open(ctx, stderr, logging.Options{Format: c.logTo, Level: lvl, ProjectID: c.logProject})
 	if err != nil {
 		return fmt.Errorf("--log-to %s: %w", c.logTo, err)
 	}

@@ -1,7 +1,6 @@
 package logging_test
 
 import (
-	"context"
 	"log"
 	"log/slog"
 	"net/http"
@@ -22,20 +21,4 @@ func ExampleHTTPMiddleware() {
 		logger.InfoContext(r.Context(), "round done", "client_id", "7", slog.Group("bytes", "in", 1024, "out", 2048))
 	}
 	http.Handle("/", logging.HTTPMiddleware(http.HandlerFunc(handler), os.Getenv("GOOGLE_CLOUD_PROJECT")))
-}
-
-// A long-running binary takes the format from a flag and, for the cloud
-// format, must flush before it exits.
-func ExampleOpen() {
-	opts := logging.Options{Format: logging.FormatCloud, LogName: "fdx-aggregator"}
-	logger, closeLog, err := logging.Open(context.Background(), os.Stderr, opts)
-	if err != nil {
-		log.Fatal(err) // e.g. no project or no credentials off Google Cloud
-	}
-	defer func() {
-		if err := closeLog(); err != nil {
-			log.Print(err)
-		}
-	}()
-	logger.Info("aggregator started", "job", "mnist")
 }

@@ -104,3 +104,27 @@ func (h *contextHandler) WithGroup(name string) slog.Handler {
 	h2.steps = append(slices.Clip(h.steps), step{group: name})
 	return &h2
 }
+
+// Scope records a handler's WithAttrs and WithGroup calls, for a handler in
+// another package (cloudlog's) that places a record's attributes itself.
+// The zero Scope is empty.
+type Scope struct{ steps []step }
+
+// WithAttrs returns s with attrs added at its current group.
+func (s Scope) WithAttrs(attrs []slog.Attr) Scope {
+	if len(attrs) == 0 {
+		return s
+	}
+	return Scope{steps: append(slices.Clip(s.steps), step{attrs: slices.Clone(attrs)})}
+}
+
+// WithGroup returns s with group name opened.
+func (s Scope) WithGroup(name string) Scope {
+	if name == "" {
+		return s
+	}
+	return Scope{steps: append(slices.Clip(s.steps), step{group: name})}
+}
+
+// Attrs returns r's attributes inside s's groups, after s's attributes.
+func (s Scope) Attrs(r slog.Record) []slog.Attr { return nest(s.steps, recordAttrs(r)) }

@@ -104,7 +104,9 @@ type Options struct {
 // projectFromEnv returns the first non-empty project env variable, else "".
 // GOOGLE_CLOUD_PROJECT is the current convention; GCP_PROJECT is what older
 // Cloud Functions runtimes set.
-func projectFromEnv() string {
+// ProjectFromEnv returns the Google Cloud project the environment names
+// (GOOGLE_CLOUD_PROJECT or GCP_PROJECT), or "".
+func ProjectFromEnv() string {
 	for _, k := range []string{"GOOGLE_CLOUD_PROJECT", "GCP_PROJECT"} {
 		if v := os.Getenv(k); v != "" {
 			return v
@@ -146,7 +148,7 @@ func isTerminal(f *os.File) bool {
 
 // New returns a logger that writes to w in opts.Format. It does not support
 // FormatCloud, which needs a context, network setup and a close function:
-// use [NewCloud] or [Open] for that.
+// use package cloudlog for that.
 func New(w io.Writer, opts Options) (*slog.Logger, error) {
 	h, err := NewHandler(w, opts)
 	if err != nil {
@@ -173,30 +175,15 @@ func NewHandler(w io.Writer, opts Options) (slog.Handler, error) {
 		return newContextHandler(slog.NewJSONHandler(w, hopts), plainTraceAttrs), nil
 	case FormatGCP:
 		hopts.ReplaceAttr = gcpReplaceAttr
-		project, envProject := opts.ProjectID, projectFromEnv()
+		project, envProject := opts.ProjectID, ProjectFromEnv()
 		return newContextHandler(slog.NewJSONHandler(w, hopts), func(ctx context.Context) []slog.Attr {
 			return gcpTraceAttrs(ctx, project, envProject)
 		}), nil
 	case FormatCloud:
-		return nil, fmt.Errorf("logging: format %q needs NewCloud or Open (it has to be closed to flush)", f)
+		return nil, fmt.Errorf("logging: format %q needs cloudlog.Open (it has to be closed to flush)", f)
 	default:
 		return nil, fmt.Errorf("logging: unknown format %q", f)
 	}
-}
-
-// Open returns a logger in any format, including FormatCloud, together with
-// a function that flushes and releases it (a no-op for the formats that
-// write straight to w). Binaries with a --log-to flag call Open so that they
-// need only one code path.
-func Open(ctx context.Context, w io.Writer, opts Options) (*slog.Logger, func() error, error) {
-	if opts.Format == FormatCloud {
-		return NewCloud(ctx, opts)
-	}
-	l, err := New(w, opts)
-	if err != nil {
-		return nil, nil, err
-	}
-	return l, func() error { return nil }, nil
 }
 
 // Cloud Logging's special JSON fields, see
@@ -213,7 +200,8 @@ const (
 // severity maps a slog level to a Cloud Logging severity name. slog's levels
 // are integers with gaps of 4, so everything between two named levels maps to
 // the lower one, as slog itself prints it.
-func severity(l slog.Level) string {
+// Severity returns Cloud Logging's severity name for l.
+func Severity(l slog.Level) string {
 	switch {
 	case l < slog.LevelInfo:
 		return "DEBUG"
@@ -236,7 +224,7 @@ func gcpReplaceAttr(groups []string, a slog.Attr) slog.Attr {
 	switch a.Key {
 	case slog.LevelKey:
 		if l, ok := a.Value.Any().(slog.Level); ok {
-			return slog.String(gcpSeverityKey, severity(l))
+			return slog.String(gcpSeverityKey, Severity(l))
 		}
 	case slog.MessageKey:
 		if a.Value.Kind() == slog.KindString {

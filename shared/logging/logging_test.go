@@ -415,27 +415,11 @@ func TestNewErrors(t *testing.T) {
 	if _, err := New(nil, Options{Format: FormatJSON}); err == nil {
 		t.Error("New(nil writer) succeeded")
 	}
-	if _, err := New(new(bytes.Buffer), Options{Format: FormatCloud}); err == nil || !strings.Contains(err.Error(), "NewCloud") {
-		t.Errorf("New(cloud) error = %v, want one pointing at NewCloud", err)
+	if _, err := New(new(bytes.Buffer), Options{Format: FormatCloud}); err == nil || !strings.Contains(err.Error(), "cloudlog") {
+		t.Errorf("New(cloud) error = %v, want one pointing at package cloudlog", err)
 	}
 	if _, err := New(new(bytes.Buffer), Options{Format: "xml"}); err == nil {
 		t.Error("New(xml) succeeded")
-	}
-}
-
-func TestOpenPlain(t *testing.T) {
-	clearEnv(t)
-	var buf bytes.Buffer
-	l, closeFn, err := Open(context.Background(), &buf, Options{Format: FormatGCP})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.Info("opened")
-	if err := closeFn(); err != nil {
-		t.Errorf("close: %v", err)
-	}
-	if m := decodeLine(t, &buf); m["message"] != "opened" {
-		t.Errorf("message = %v", m["message"])
 	}
 }
 

@@ -1,6 +1,7 @@
-package logging
+package cloudlog
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	cloudlogging "cloud.google.com/go/logging"
+	"github.com/fdxkafka/fdxkafka/shared/logging"
 )
 
 // offlineCloudEnv makes the Google client libraries look for the metadata
@@ -43,7 +45,7 @@ func closedLoopbackAddr(t *testing.T) string {
 	return addr
 }
 
-// fakeMetadata serves the few metadata paths NewCloud reads, on loopback.
+// fakeMetadata serves the few metadata paths New reads, on loopback.
 // A path missing from values answers 404, as the real server does for
 // undefined metadata.
 func fakeMetadata(t *testing.T, values map[string]string) string {
@@ -69,14 +71,14 @@ func TestNewCloudNoProjectNoMetadata(t *testing.T) {
 	offlineCloudEnv(t, closedLoopbackAddr(t))
 	const timeout = time.Second
 	start := time.Now()
-	_, _, err := NewCloud(context.Background(), Options{Format: FormatCloud, SetupTimeout: timeout})
+	_, _, err := New(context.Background(), logging.Options{Format: logging.FormatCloud, SetupTimeout: timeout})
 	elapsed := time.Since(start)
-	t.Logf("NewCloud error after %v: %v", elapsed, err)
+	t.Logf("New error after %v: %v", elapsed, err)
 	if err == nil || !strings.Contains(err.Error(), "no project ID") {
-		t.Fatalf("NewCloud error = %v, want a missing-project error", err)
+		t.Fatalf("New error = %v, want a missing-project error", err)
 	}
 	if elapsed > timeout+time.Second {
-		t.Errorf("NewCloud took %v, want at most about %v", elapsed, timeout)
+		t.Errorf("New took %v, want at most about %v", elapsed, timeout)
 	}
 }
 
@@ -84,14 +86,14 @@ func TestNewCloudNoCredentials(t *testing.T) {
 	offlineCloudEnv(t, closedLoopbackAddr(t))
 	const timeout = time.Second
 	start := time.Now()
-	_, _, err := NewCloud(context.Background(), Options{ProjectID: "proj", SetupTimeout: timeout})
+	_, _, err := New(context.Background(), logging.Options{ProjectID: "proj", SetupTimeout: timeout})
 	elapsed := time.Since(start)
-	t.Logf("NewCloud error after %v: %v", elapsed, err)
+	t.Logf("New error after %v: %v", elapsed, err)
 	if err == nil || !strings.Contains(err.Error(), "access token") {
-		t.Fatalf("NewCloud error = %v, want a missing-token error", err)
+		t.Fatalf("New error = %v, want a missing-token error", err)
 	}
 	if elapsed > timeout+time.Second {
-		t.Errorf("NewCloud took %v, want at most about %v", elapsed, timeout)
+		t.Errorf("New took %v, want at most about %v", elapsed, timeout)
 	}
 }
 
@@ -111,14 +113,14 @@ func TestNewCloudSilentMetadata(t *testing.T) {
 
 	const timeout = 500 * time.Millisecond
 	start := time.Now()
-	_, _, err := NewCloud(context.Background(), Options{SetupTimeout: timeout})
+	_, _, err := New(context.Background(), logging.Options{SetupTimeout: timeout})
 	elapsed := time.Since(start)
-	t.Logf("NewCloud error after %v: %v", elapsed, err)
+	t.Logf("New error after %v: %v", elapsed, err)
 	if err == nil {
-		t.Fatal("NewCloud succeeded against a silent metadata server")
+		t.Fatal("New succeeded against a silent metadata server")
 	}
 	if elapsed > timeout+time.Second {
-		t.Errorf("NewCloud took %v, want at most about %v", elapsed, timeout)
+		t.Errorf("New took %v, want at most about %v", elapsed, timeout)
 	}
 }
 
@@ -126,8 +128,8 @@ func TestNewCloudCanceledContext(t *testing.T) {
 	offlineCloudEnv(t, closedLoopbackAddr(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, _, err := NewCloud(ctx, Options{}); err == nil {
-		t.Fatal("NewCloud succeeded with a canceled context")
+	if _, _, err := New(ctx, logging.Options{}); err == nil {
+		t.Fatal("New succeeded with a canceled context")
 	}
 }
 
@@ -141,15 +143,15 @@ func TestCloudProjectFromMetadata(t *testing.T) {
 	defer cancel()
 	md := newMetadataClient(time.Second)
 
-	p, err := cloudProject(ctx, Options{}, md)
+	p, err := cloudProject(ctx, logging.Options{}, md)
 	if err != nil || p != "md-proj" {
 		t.Errorf("cloudProject = %q, %v; want md-proj", p, err)
 	}
 	t.Setenv("GOOGLE_CLOUD_PROJECT", "env-proj")
-	if p, _ := cloudProject(ctx, Options{}, md); p != "env-proj" {
+	if p, _ := cloudProject(ctx, logging.Options{}, md); p != "env-proj" {
 		t.Errorf("cloudProject with env = %q, want env-proj", p)
 	}
-	if p, _ := cloudProject(ctx, Options{ProjectID: "opt-proj"}, md); p != "opt-proj" {
+	if p, _ := cloudProject(ctx, logging.Options{ProjectID: "opt-proj"}, md); p != "opt-proj" {
 		t.Errorf("cloudProject with ProjectID = %q, want opt-proj", p)
 	}
 
@@ -182,7 +184,7 @@ func (r *recorder) Log(e cloudlogging.Entry) { r.entries = append(r.entries, e) 
 func TestCloudHandlerEntry(t *testing.T) {
 	rec := &recorder{}
 	l := slog.New(&cloudHandler{sink: rec, project: "proj", level: slog.LevelDebug, addSource: true})
-	ctx := WithTrace(context.Background(), testTraceID+"/1;o=1")
+	ctx := logging.WithTrace(context.Background(), testTraceID+"/1;o=1")
 	l.With("job", "mnist").WithGroup("round").With("n", 3).
 		WarnContext(ctx, "slow round", "took", 1500*time.Millisecond, slog.Group("bytes", "in", 1), slog.Group("none"),
 			"err", errors.New("boom"), "nan", math.NaN(), "ch", make(chan int))
@@ -233,5 +235,62 @@ func TestCloudHandlerEntry(t *testing.T) {
 
 	if d := rec.entries[1]; d.Severity != cloudlogging.Debug || d.Trace != "" {
 		t.Errorf("debug entry severity = %v trace = %q", d.Severity, d.Trace)
+	}
+}
+
+func TestOpenPlain(t *testing.T) {
+	clearEnv(t)
+	var buf bytes.Buffer
+	l, closeFn, err := Open(context.Background(), &buf, logging.Options{Format: logging.FormatGCP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Info("opened")
+	if err := closeFn(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	if m := decodeLine(t, &buf); m["message"] != "opened" {
+		t.Errorf("message = %v", m["message"])
+	}
+}
+
+func clearEnv(t *testing.T) {
+	t.Helper()
+	for _, k := range []string{"FUNCTION_TARGET", "K_SERVICE", "GOOGLE_CLOUD_PROJECT", "GCP_PROJECT"} {
+		t.Setenv(k, "")
+	}
+}
+
+// decodeLine parses buf as exactly one JSON line.
+func decodeLine(t *testing.T, buf *bytes.Buffer) map[string]any {
+	t.Helper()
+	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	if len(lines) != 1 {
+		t.Fatalf("got %d lines, want 1:\n%s", len(lines), buf.String())
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &m); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, lines[0])
+	}
+	return m
+}
+
+const (
+	testTraceID = "105445aa7843bc8bf206b12000100000"
+	testSpanHex = "0000000000000001"
+)
+
+func assertJSONEqual(t *testing.T, got, want any) {
+	t.Helper()
+	g, err := json.Marshal(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := json.Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(g, w) {
+		t.Errorf("fields differ\n got: %s\nwant: %s", g, w)
 	}
 }

@@ -1,16 +1,21 @@
-package logging
+// Package cloudlog writes slog records through the Cloud Logging API, for
+// the aggregator on a VM where no agent parses its stdout. It is apart from
+// package logging so that the Cloud Function, which logs JSON to stdout,
+// does not link the Cloud Logging client.
+package cloudlog
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/http"
 	"os"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -19,6 +24,7 @@ import (
 	"cloud.google.com/go/compute/metadata"
 	cloudlogging "cloud.google.com/go/logging"
 	logpb "cloud.google.com/go/logging/apiv2/loggingpb"
+	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"google.golang.org/api/option"
 	mrpb "google.golang.org/genproto/googleapis/api/monitoredres"
 	"google.golang.org/grpc/codes"
@@ -27,29 +33,29 @@ import (
 
 const (
 	// defaultLogName is the log the cloud format writes to when
-	// Options.LogName is empty.
+	// logging.Options.LogName is empty.
 	defaultLogName = "fdxkafka"
-	// defaultSetupTimeout bounds NewCloud's metadata and credential checks.
+	// defaultSetupTimeout bounds New's metadata and credential checks.
 	// Ten seconds covers a slow metadata server on a VM that is still
 	// booting, and is short enough that a misconfigured binary fails at
 	// start instead of appearing to hang.
 	defaultSetupTimeout = 10 * time.Second
 )
 
-// NewCloud returns a logger that writes through the Cloud Logging API to the
+// New returns a logger that writes through the Cloud Logging API to the
 // log opts.LogName in the project opts.ProjectID (else GOOGLE_CLOUD_PROJECT
 // or GCP_PROJECT, else the metadata server's project), and a function that
 // flushes the buffered entries and closes the client; call it before the
 // process exits, or the last entries are lost.
 //
-// NewCloud finds the project, checks that Application Default Credentials
+// New finds the project, checks that Application Default Credentials
 // yield an access token, detects the monitored resource and writes one
 // entry synchronously, all within opts.SetupTimeout, and returns an error
 // saying what is missing instead of hanging when no metadata server or
 // credentials are reachable, or when the credentials may not write logs.
 // After that, entries are sent in the background in batches; send errors
 // are reported by the client library on stderr and by the close function.
-func NewCloud(ctx context.Context, opts Options) (*slog.Logger, func() error, error) {
+func New(ctx context.Context, opts logging.Options) (*slog.Logger, func() error, error) {
 	timeout := opts.SetupTimeout
 	if timeout <= 0 {
 		timeout = defaultSetupTimeout
@@ -84,12 +90,12 @@ func NewCloud(ctx context.Context, opts Options) (*slog.Logger, func() error, er
 // prints failures on stderr, so a service account without
 // roles/logging.logWriter, or a VM without the logging.write scope, would
 // lose every entry while the process looks healthy.
-func newCloud(ctx, sctx context.Context, opts Options, project string, res *mrpb.MonitoredResource, copts ...option.ClientOption) (*slog.Logger, func() error, error) {
+func newCloud(ctx, sctx context.Context, opts logging.Options, project string, res *mrpb.MonitoredResource, copts ...option.ClientOption) (*slog.Logger, func() error, error) {
 	var lopts []cloudlogging.LoggerOption
 	if res != nil {
 		lopts = append(lopts, cloudlogging.CommonResource(res))
 	}
-	// The client outlives NewCloud, so it gets the caller's context, not
+	// The client outlives New, so it gets the caller's context, not
 	// the setup deadline.
 	client, err := cloudlogging.NewClient(ctx, "projects/"+project, copts...)
 	if err != nil {
@@ -138,8 +144,8 @@ func newMetadataClient(timeout time.Duration) *metadata.Client {
 
 // cloudProject finds the project to write to: the configured one, else the
 // environment's, else the metadata server's.
-func cloudProject(ctx context.Context, opts Options, md *metadata.Client) (string, error) {
-	if p := firstNonEmpty(opts.ProjectID, projectFromEnv()); p != "" {
+func cloudProject(ctx context.Context, opts logging.Options, md *metadata.Client) (string, error) {
+	if p := cmp.Or(opts.ProjectID, logging.ProjectFromEnv()); p != "" {
 		return p, nil
 	}
 	// GetWithContext rather than ProjectIDWithContext: the latter caches the
@@ -210,7 +216,7 @@ type cloudHandler struct {
 	project   string
 	level     slog.Level
 	addSource bool
-	steps     []step
+	scope     logging.Scope
 }
 
 // Enabled implements slog.Handler.
@@ -221,14 +227,14 @@ func (h *cloudHandler) Enabled(_ context.Context, l slog.Level) bool {
 // Handle implements slog.Handler.
 func (h *cloudHandler) Handle(ctx context.Context, r slog.Record) error {
 	payload := make(map[string]any, r.NumAttrs()+1)
-	addAttrs(payload, nest(h.steps, recordAttrs(r)))
-	payload[gcpMessageKey] = r.Message
+	addAttrs(payload, h.scope.Attrs(r))
+	payload["message"] = r.Message // Cloud Logging shows it as the entry's summary
 	e := cloudlogging.Entry{
 		Timestamp: r.Time,
-		Severity:  cloudlogging.ParseSeverity(severity(r.Level)),
+		Severity:  cloudlogging.ParseSeverity(logging.Severity(r.Level)),
 		Payload:   payload,
 	}
-	if t, ok := TraceFromContext(ctx); ok {
+	if t, ok := logging.TraceFromContext(ctx); ok {
 		// The API links a trace only within the project the entry is
 		// written to, so the handler's project wins over the middleware's.
 		e.Trace = t.Resource(h.project)
@@ -245,21 +251,15 @@ func (h *cloudHandler) Handle(ctx context.Context, r slog.Record) error {
 
 // WithAttrs implements slog.Handler.
 func (h *cloudHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
-	if len(attrs) == 0 {
-		return h
-	}
 	h2 := *h
-	h2.steps = append(slices.Clip(h.steps), step{attrs: slices.Clone(attrs)})
+	h2.scope = h.scope.WithAttrs(attrs)
 	return &h2
 }
 
 // WithGroup implements slog.Handler.
 func (h *cloudHandler) WithGroup(name string) slog.Handler {
-	if name == "" {
-		return h
-	}
 	h2 := *h
-	h2.steps = append(slices.Clip(h.steps), step{group: name})
+	h2.scope = h.scope.WithGroup(name)
 	return &h2
 }
 
@@ -320,4 +320,19 @@ func jsonValue(v slog.Value) any {
 		return fmt.Sprintf("%+v", x)
 	}
 	return json.RawMessage(b)
+}
+
+// Open returns a logger in any format of package logging, including
+// logging.FormatCloud, with a function that flushes and releases it (a
+// no-op for the formats that write straight to w). Binaries with a --log-to
+// flag call Open so that they need only one code path.
+func Open(ctx context.Context, w io.Writer, opts logging.Options) (*slog.Logger, func() error, error) {
+	if opts.Format == logging.FormatCloud {
+		return New(ctx, opts)
+	}
+	l, err := logging.New(w, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	return l, func() error { return nil }, nil
 }

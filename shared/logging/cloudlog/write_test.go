@@ -1,4 +1,4 @@
-package logging
+package cloudlog
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"time"
 
 	logpb "cloud.google.com/go/logging/apiv2/loggingpb"
+	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"google.golang.org/api/option"
 	mrpb "google.golang.org/genproto/googleapis/api/monitoredres"
 	"google.golang.org/grpc"
@@ -75,7 +76,7 @@ func TestNewCloudPermissionDenied(t *testing.T) {
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 
-	l, closeFn, err := newCloud(ctx, sctx, Options{LogName: "fdx-test"}, "proj", globalResource, copts...)
+	l, closeFn, err := newCloud(ctx, sctx, logging.Options{LogName: "fdx-test"}, "proj", globalResource, copts...)
 	if err == nil {
 		_ = closeFn()
 		t.Fatalf("newCloud succeeded (logger %v) although the server denies writes", l)
@@ -100,7 +101,7 @@ func TestNewCloudOtherWriteError(t *testing.T) {
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 
-	_, _, err := newCloud(ctx, sctx, Options{}, "proj", globalResource, copts...)
+	_, _, err := newCloud(ctx, sctx, logging.Options{}, "proj", globalResource, copts...)
 	if err == nil {
 		t.Fatal("newCloud succeeded although the server fails writes")
 	}
@@ -118,7 +119,7 @@ func TestNewCloudWritesFirstEntry(t *testing.T) {
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 
-	l, closeFn, err := newCloud(ctx, sctx, Options{LogName: "fdx-test"}, "proj", globalResource, copts...)
+	l, closeFn, err := newCloud(ctx, sctx, logging.Options{LogName: "fdx-test"}, "proj", globalResource, copts...)
 	if err != nil {
 		t.Fatal(err)
 	}
