@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
@@ -132,9 +135,41 @@ func TestLargeModel(t *testing.T) {
 	if err != nil || len(vals) != n || vals[n-1] != 1+float32(n-1)/float32(n) {
 		t.Fatalf("model values: len %d, err %v", len(vals), err)
 	}
-	// The same topic refuses a record over its limit with a clear error.
-	if err := s.Publish(ctx, model(job, 2, 2*n)); err == nil {
-		t.Fatal("Publish of a model over max.message.bytes succeeded")
+	// A model over the server's own limit is refused before it is sent.
+	if err := s.Publish(ctx, model(job, 2, 2*n)); err == nil || !strings.Contains(err.Error(), "over the topic's max.message.bytes") {
+		t.Fatalf("Publish of a model over the server's limit = %v, want the client-side refusal", err)
+	}
+	// The broker itself refuses a record over the topic's limit: an
+	// operator lowers the limit under the server, and the next model,
+	// within the server's limit, fails at the broker with a clear error.
+	lowerMaxMessageBytes(ctx, t, brokers, ModelTopic(job), 2<<20)
+	err = s.Publish(ctx, model(job, 2, n))
+	var ke kafka.Error
+	if !errors.As(err, &ke) || ke.Code() != kafka.ErrMsgSizeTooLarge {
+		t.Fatalf("Publish of a 6 MB model to a topic limited to 2 MiB = %v, want the broker's MSG_SIZE_TOO_LARGE", err)
+	}
+	t.Logf("broker refused: %v", err)
+}
+
+// lowerMaxMessageBytes sets topic's max.message.bytes, as an operator would.
+func lowerMaxMessageBytes(ctx context.Context, t *testing.T, brokers, topic string, limit int) {
+	t.Helper()
+	ac, err := kafka.NewAdminClient(&kafka.ConfigMap{"bootstrap.servers": brokers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	res, err := ac.IncrementalAlterConfigs(ctx, []kafka.ConfigResource{{
+		Type: kafka.ResourceTopic, Name: topic,
+		Config: []kafka.ConfigEntry{{Name: "max.message.bytes", Value: strconv.Itoa(limit), IncrementalOperation: kafka.AlterConfigOpTypeSet}},
+	}})
+	if err != nil {
+		t.Fatalf("lower max.message.bytes of %s: %v", topic, err)
+	}
+	for _, r := range res {
+		if r.Error.Code() != kafka.ErrNoError {
+			t.Fatalf("lower max.message.bytes of %s: %v", topic, r.Error)
+		}
 	}
 }
 
