@@ -28,6 +28,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/logging"
+	"github.com/fdxkafka/fdxkafka/shared/procs"
 )
 
 func main() {
@@ -273,6 +274,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	} else {
 		close(clientsDone)
+	}
+	if !c.GRPC {
+		// Producer, updates consumer, model reader, and two per local client.
+		procs.Set(3 + 2*c.clients)
 	}
 	res, err := job.Run(ctx, c.Options, log)
 	if err != nil {
