@@ -99,6 +99,10 @@ type RoundRecord struct {
 	// next one.
 	DurationMs  float64 `json:"duration_ms"`
 	AggregateMs float64 `json:"aggregate_ms"`
+	// PublishMs is closing the round on the channel: on Kafka the round
+	// transaction (model record, offsets, commit), on gRPC storing the
+	// model (and the state file). Fan-out to clients is not in it.
+	PublishMs float64 `json:"publish_ms"`
 	// PropagationMs is the longest time a contributor took to receive the
 	// round's model after it was published (client clocks; same machine
 	// in the evaluation).
@@ -369,9 +373,11 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 		return nil, nil, rec, fmt.Errorf("round %d: strategy state: %w", r, err)
 	}
 	nm := c.model(r+1, next, rec.Contributors, metrics, state)
+	pubStart := time.Now()
 	if err := c.publish(ctx, nm); err != nil {
 		return nil, nil, rec, fmt.Errorf("round %d: %w", r, err)
 	}
+	rec.PublishMs = msSince(pubStart)
 	rec.DurationMs = float64(time.Since(published).Microseconds()) / 1000
 	c.log.Info("round closed", "round", r, "clients", rec.Clients, "examples", rec.Examples,
 		"accuracy", rec.Accuracy, "loss", rec.Loss, "duration_ms", rec.DurationMs,

@@ -9,6 +9,8 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -21,6 +23,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
 	"github.com/fdxkafka/fdxkafka/shared/participant"
+	"github.com/fdxkafka/fdxkafka/shared/procs"
 )
 
 // session is one channel's run: the job, its clients and what they report.
@@ -46,6 +49,8 @@ type session struct {
 	done      atomic.Int64
 	// dialGate bounds concurrent dials of long-running clients.
 	dialGate chan struct{}
+	// maxThreads is the most OS threads the process had during the run.
+	maxThreads atomic.Int64
 }
 
 // invocation is what one client connection reported: an HTTP invocation of
@@ -98,10 +103,24 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 		Data:         cfg.Data,
 	}
 	brokerName := "grpc://127.0.0.1 (in process)"
+	// Size GOMAXPROCS for the run's librdkafka handles (package procs):
+	// the aggregator's three and two per Kafka client. gRPC runs keep the
+	// runtime's default, their goroutines block in Go, not in C.
+	handles := 0
 	switch ch {
 	case GRPC:
 		o.GRPC, o.Broker = true, "127.0.0.1:0"
+	case GRPCDurable:
+		o.GRPC, o.Broker = true, "127.0.0.1:0"
+		dir, err := os.MkdirTemp("", "fdx-stress-state-")
+		if err != nil {
+			return nil, fmt.Errorf("state dir: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		o.StateFile = filepath.Join(dir, "aggregator.state")
+		brokerName = "grpc://127.0.0.1 (in process, --state-file)"
 	case Kafka:
+		handles = 3 + 2*cfg.Clients
 		o.Broker, o.KafkaProperties = cfg.Broker, cfg.KafkaProperties
 		brokerName = cfg.Broker
 		if cfg.Broker == "" {
@@ -120,6 +139,9 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 	// aggregator while it runs: they drive per-round invocations and the
 	// progress lines.
 	o.Metrics = metrics.New(s.job, ch)
+	gomaxprocs := procs.Set(handles)
+	defer procs.Set(0)
+	threadsBefore := threads()
 	started := make(chan int64, cfg.Rounds+1)
 	stopWatch := s.watch(ctx, o.Metrics, started)
 	defer stopWatch()
@@ -147,7 +169,11 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 		return nil, fmt.Errorf("job %s: %w", s.job, err)
 	}
 	s.log.Info("run finished", "job", s.job, "wall_ms", int64(wallMs))
-	return s.report(res, brokerName, jobMs, wallMs), nil
+	cr := s.report(res, brokerName, jobMs, wallMs)
+	cr.GOMAXPROCS = gomaxprocs
+	cr.Threads = max(int(s.maxThreads.Load())-threadsBefore, 0)
+	cr.ThreadsPerClient = float64(cr.Threads) / float64(cfg.Clients)
+	return cr, nil
 }
 
 // fail ends the run: a federation whose every round waits for all clients
@@ -225,7 +251,7 @@ func (s *session) dispatchRounds(ctx context.Context, addr string, nHTTP int, st
 // function and records its summary.
 func (s *session) invoke(ctx context.Context, addr, id string, round int64, rounds int) {
 	req := map[string]any{
-		"broker": addr, "client_id": id, "channel": s.channel, "job": s.job,
+		"broker": addr, "client_id": id, "channel": wire(s.channel), "job": s.job,
 		"rounds": rounds, "timeout_s": min(s.cfg.Timeout, time.Hour).Seconds(),
 	}
 	if round > 0 {
@@ -323,7 +349,7 @@ func (s *session) connect(ctx context.Context, addr, id string) (channel.Client,
 const dialAttempts = 5
 
 func (s *session) dial(ctx context.Context, addr, id string) (channel.Client, error) {
-	return s.dialer.Dial(ctx, function.Request{Broker: addr, ClientID: id, Channel: s.channel, Job: s.job})
+	return s.dialer.Dial(ctx, function.Request{Broker: addr, ClientID: id, Channel: wire(s.channel), Job: s.job})
 }
 
 // timedClient notes when each model reaches a long-running client, so that
