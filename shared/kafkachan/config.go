@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -136,6 +137,11 @@ func (o Options) configMap(base kafka.ConfigMap) kafka.ConfigMap {
 	}
 	for k, v := range o.Properties {
 		cm[k] = v
+		// confluent-kafka-go's own go.* settings want Go types, while
+		// a properties file has only strings.
+		if b, err := strconv.ParseBool(v); err == nil && strings.HasPrefix(k, "go.") {
+			cm[k] = b
+		}
 	}
 	return cm
 }
@@ -206,16 +212,7 @@ type logger interface{ Logs() chan kafka.LogEvent }
 // forwarder would block forever on a nil channel, one leaked goroutine per
 // handle.
 func startLogs(h logger, cm kafka.ConfigMap, log *slog.Logger) {
-	switch v := cm["go.logs.channel.enable"].(type) {
-	case bool:
-		if !v {
-			return
-		}
-	case string: // from a properties file
-		if v != "true" {
-			return
-		}
-	default:
+	if on, _ := cm["go.logs.channel.enable"].(bool); !on {
 		return
 	}
 	if ch := h.Logs(); ch != nil {

@@ -1,6 +1,8 @@
 package kafkachan
 
 import (
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,4 +89,31 @@ func TestModelTail(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGoLogChannelFromProperties turns the Go log channel back on from a
+// properties file's strings, and librdkafka's lines reach slog.
+func TestGoLogChannelFromProperties(t *testing.T) {
+	o := Options{Brokers: "127.0.0.1:1", Job: "j", Properties: map[string]string{"go.logs.channel.enable": "true", "log_level": "7", "debug": "broker"}}
+	var logs syncBuffer
+	o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cm := o.producerConfig(nil)
+	if v, ok := cm["go.logs.channel.enable"].(bool); !ok || !v {
+		t.Fatalf("go.logs.channel.enable = %#v, want true", cm["go.logs.channel.enable"])
+	}
+	p, err := kafka.NewProducer(&cm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startLogs(p, cm, o.Logger)
+	ctx := testCtx(t, 30*time.Second)
+	for !strings.Contains(logs.String(), "librdkafka") {
+		select {
+		case <-ctx.Done():
+			p.Close()
+			t.Fatal("no librdkafka line reached slog")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	p.Close()
 }
