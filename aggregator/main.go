@@ -37,6 +37,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/linefile"
 	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"github.com/fdxkafka/fdxkafka/shared/logging/cloudlog"
+	"github.com/fdxkafka/fdxkafka/shared/procs"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
@@ -314,6 +315,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	} else {
 		close(clientsDone)
+	}
+	if c.channel.Transport != job.GRPC {
+		// Producer, updates consumer, model reader, and two per local client.
+		procs.Set(3 + 2*c.clients)
 	}
 	res, err := job.RunOn(ctx, c.spec, c.channel, env, ready)
 	if err != nil {

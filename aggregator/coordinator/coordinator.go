@@ -109,6 +109,10 @@ type RoundRecord struct {
 	// AggregateMs is the strategy's time: folding every update in and
 	// finishing the round.
 	AggregateMs float64 `json:"aggregate_ms"`
+	// PublishMs is closing the round on the channel: on Kafka the round
+	// transaction (model record, offsets, commit), on gRPC storing the
+	// model (and the state file). Fan-out to clients is not in it.
+	PublishMs float64 `json:"publish_ms"`
 	// PropagationMs is the longest time a contributor took to receive the
 	// round's model after it was published (client clocks; same machine
 	// in the evaluation).
@@ -447,9 +451,11 @@ func (c *Coordinator) close(ctx context.Context, st *roundState, next [][]float3
 		c.log.Info("strategy report", "round", r, "report", rec.Strategy)
 	}
 	nm := c.model(r+1, next, rec.Contributors, metrics, state)
+	pubStart := time.Now()
 	if err := c.publish(ctx, nm); err != nil {
 		return nil, err
 	}
+	rec.PublishMs = ms(time.Since(pubStart))
 	rec.DurationMs = ms(time.Since(st.published))
 	c.log.Info("round closed", "round", r, "clients", rec.Clients, "examples", rec.Examples,
 		"accuracy", rec.Accuracy, "loss", rec.Loss, "duration_ms", rec.DurationMs,

@@ -28,11 +28,23 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
-// Channel names, as the function's "channel" field spells them.
+// Channel names, as the function's "channel" field spells them, plus
+// GRPCDurable: the gRPC channel with the aggregator's state file, so that
+// it pays for durability as Kafka does (Kafka's round transaction is its
+// checkpoint).
 const (
-	Kafka = "kafka"
-	GRPC  = "grpc"
+	Kafka       = "kafka"
+	GRPC        = "grpc"
+	GRPCDurable = "grpc-durable"
 )
+
+// wire is the channel a client asks the function for.
+func wire(ch string) string {
+	if ch == GRPCDurable {
+		return GRPC
+	}
+	return ch
+}
 
 // Invocation says how HTTP clients are invoked.
 type Invocation string
@@ -54,7 +66,7 @@ type Config struct {
 	Clients int
 	// Rounds is the number of training rounds.
 	Rounds int
-	// Channels to evaluate, in order: "kafka", "grpc".
+	// Channels to evaluate, in order: "kafka", "grpc", "grpc-durable".
 	Channels []string
 	// HTTPShare is the fraction of clients that go through the function's
 	// HTTP handler; the others are long-running local clients.
@@ -90,6 +102,9 @@ type Config struct {
 	Timeout time.Duration
 	// ProgressEvery is the interval of progress lines (default 5 s; < 0 off).
 	ProgressEvery time.Duration
+	// OverheadInvocations is how many cold and how many warm invocations
+	// the invocation overhead probe makes per channel (0: no probe).
+	OverheadInvocations int
 
 	// Data is shared by the aggregator and every in-process client, so each
 	// data set is loaded once. Nil makes a new catalog.
@@ -105,7 +120,7 @@ func (c *Config) HTTPClients() int {
 
 func (c *Config) defaults() {
 	if len(c.Channels) == 0 {
-		c.Channels = []string{Kafka, GRPC}
+		c.Channels = []string{Kafka, GRPC, GRPCDurable}
 	}
 	if c.Invocation == "" {
 		c.Invocation = PerJob
@@ -161,8 +176,8 @@ func (c *Config) Validate() error {
 	}
 	seen := map[string]bool{}
 	for _, ch := range c.Channels {
-		if ch != Kafka && ch != GRPC {
-			return fmt.Errorf("-channels: %q is not a channel; want kafka or grpc", ch)
+		if ch != Kafka && ch != GRPC && ch != GRPCDurable {
+			return fmt.Errorf("-channels: %q is not a channel; want kafka, grpc or grpc-durable", ch)
 		}
 		if seen[ch] {
 			return fmt.Errorf("-channels: %q given twice", ch)
@@ -192,6 +207,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, fmt.Errorf("%s run with %d clients: %w", ch, cfg.Clients, err)
 		}
 		rep.Channels = append(rep.Channels, cr)
+	}
+	if cfg.OverheadInvocations > 0 {
+		ov, err := Overhead(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		rep.Overhead = ov
 	}
 	rep.WallMs = msSince(start)
 	return rep, nil

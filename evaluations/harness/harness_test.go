@@ -13,6 +13,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
+	"github.com/fdxkafka/fdxkafka/shared/procs"
 )
 
 // smallConfig is a run small enough for a test: 6 lightweight clients, half
@@ -25,7 +26,7 @@ func smallConfig(t *testing.T, data *dataset.Catalog) Config {
 		broker = kafkatest.Brokers(t)
 	}
 	return Config{
-		Clients: 6, Rounds: 2, HTTPShare: 0.5, Channels: []string{Kafka, GRPC},
+		Clients: 6, Rounds: 2, HTTPShare: 0.5, Channels: []string{Kafka, GRPC, GRPCDurable},
 		Dataset: dataset.NameSynthetic, MaxExamples: 50, EvalExamples: 200,
 		Broker: broker, JobPrefix: kafkatest.Job(t), Timeout: 3 * time.Minute, Data: data,
 	}
@@ -71,7 +72,7 @@ func TestMessageCountsMatchProtocol(t *testing.T) {
 				if want := (r + 1) + 3*c*r; ch.Messages != want {
 					t.Errorf("messages %d, want %d", ch.Messages, want)
 				}
-			case GRPC:
+			case GRPC, GRPCDurable:
 				per := c + 2*c*r
 				wantStats(t, "aggregator", ch.Aggregator, per, per)
 				wantStats(t, "clients", ch.Clients, per, per)
@@ -106,7 +107,7 @@ func TestMessageCountsMatchProtocol(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatalf("JSON report does not parse: %v", err)
 	}
-	if len(back.Channels) != 2 || back.Channels[1].Messages != rep.Channels[1].Messages || len(back.Channels[0].Rounds) != cfg.Rounds {
+	if len(back.Channels) != len(cfg.Channels) || back.Channels[1].Messages != rep.Channels[1].Messages || len(back.Channels[0].Rounds) != cfg.Rounds {
 		t.Errorf("JSON round trip lost data: %+v", back.Channels)
 	}
 	files, err := WritePlots(dir, rep)
@@ -152,7 +153,7 @@ func TestPerRoundInvocation(t *testing.T) {
 				if ch.ModelDownloads < c*r || ch.ModelDownloads > c*r+h*r {
 					t.Errorf("model downloads %d, want %d to %d", ch.ModelDownloads, c*r, c*r+h*r)
 				}
-			case GRPC:
+			case GRPC, GRPCDurable:
 				if ch.ModelDownloads != c*r {
 					t.Errorf("model downloads %d, want clients x rounds = %d", ch.ModelDownloads, c*r)
 				}
@@ -172,6 +173,16 @@ func checkCommon(t *testing.T, ch *ChannelReport, c, r int64) {
 		t.Errorf("model downloads %d, want clients x rounds = %d", ch.ModelDownloads, c*r)
 	}
 	checkRounds(t, ch, c, r)
+	// Timing split: the publication is part of the round, the overhead
+	// is the round less training, and a Kafka run holds librdkafka
+	// threads and extra Ps (package procs) where gRPC holds none.
+	if ch.PublishMeanMs <= 0 || ch.PublishMeanMs > ch.RoundMeanMs || ch.OverheadMeanMs > ch.RoundMeanMs || ch.OverheadMeanMs <= 0 {
+		t.Errorf("round %.1f ms, publication %.1f ms, overhead %.1f ms: want 0 < publication, overhead <= round",
+			ch.RoundMeanMs, ch.PublishMeanMs, ch.OverheadMeanMs)
+	}
+	if ch.Channel == Kafka && (ch.ThreadsPerClient <= 0 || (os.Getenv("GOMAXPROCS") == "" && ch.GOMAXPROCS < procs.Floor)) {
+		t.Errorf("kafka run: %.1f threads per client, GOMAXPROCS %d; want threads and at least %d Ps", ch.ThreadsPerClient, ch.GOMAXPROCS, procs.Floor)
+	}
 }
 
 // checkRounds is checkCommon without the download count.
@@ -251,8 +262,8 @@ func TestSweep(t *testing.T) {
 	if err := WriteSweepMarkdown(&md, sw); err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Count(md.String(), "\n| "); got != 1+4 {
-		t.Errorf("sweep table has %d rows, want header and 4:\n%s", got, md.String())
+	if got, want := strings.Count(md.String(), "\n| "), 1+2*len(cfg.Channels); got != want {
+		t.Errorf("sweep table has %d rows, want header and %d:\n%s", got, want-1, md.String())
 	}
 }
 

@@ -33,6 +33,8 @@ func channelStyle(ch string) (color.Color, draw.GlyphDrawer) {
 		return color.RGBA{R: 0xd9, G: 0x5f, B: 0x02, A: 0xff}, draw.CircleGlyph{}
 	case GRPC:
 		return color.RGBA{R: 0x1b, G: 0x6f, B: 0xb5, A: 0xff}, draw.SquareGlyph{}
+	case GRPCDurable:
+		return color.RGBA{R: 0x75, G: 0x70, B: 0xb3, A: 0xff}, draw.TriangleGlyph{}
 	}
 	return color.Black, draw.CrossGlyph{}
 }

@@ -20,7 +20,9 @@ type Report struct {
 	StartedAt time.Time        `json:"started_at"`
 	WallMs    float64          `json:"wall_ms"`
 	Channels  []*ChannelReport `json:"channels"`
-	Notes     []string         `json:"notes,omitempty"`
+	// Overhead is the invocation overhead probe (see Overhead).
+	Overhead []OverheadReport `json:"invocation_overhead,omitempty"`
+	Notes    []string         `json:"notes,omitempty"`
 }
 
 // Setup is the configuration a report was measured with.
@@ -108,6 +110,23 @@ type ChannelReport struct {
 	// client-round.
 	TrainTotalMs float64 `json:"train_total_ms"`
 	TrainMeanMs  float64 `json:"train_mean_ms"`
+	// RoundMeanMs is the mean round time over rounds 2..N, the figure the
+	// channels are compared by (round 1 includes client start-up).
+	RoundMeanMs float64 `json:"round_mean_ms"`
+	// PublishMeanMs is the mean, over rounds 2..N, of closing a round on
+	// the channel (RoundReport.PublishMs): Kafka's round transaction, apart
+	// from the fan-out that propagation measures.
+	PublishMeanMs float64 `json:"round_publish_mean_ms"`
+	// OverheadMeanMs is the mean over rounds 2..N of RoundReport.OverheadMs.
+	OverheadMeanMs float64 `json:"round_overhead_mean_ms"`
+	// SubmitMeanMs is the clients' mean time to submit an update, over
+	// rounds 2..N.
+	SubmitMeanMs float64 `json:"client_submit_mean_ms"`
+	// GOMAXPROCS the run had (see package procs), and the most OS threads
+	// the process had during the run, above what it had before it.
+	GOMAXPROCS       int     `json:"gomaxprocs"`
+	Threads          int     `json:"threads"`
+	ThreadsPerClient float64 `json:"threads_per_client"`
 
 	InitialAccuracy float64          `json:"initial_accuracy"`
 	FinalAccuracy   float64          `json:"final_accuracy"`
@@ -130,8 +149,14 @@ type RoundReport struct {
 	// measured where they receive the model.
 	LocalPropagationMs float64 `json:"local_propagation_ms"`
 	AggregateMs        float64 `json:"aggregate_ms"`
-	Accuracy           float64 `json:"accuracy"`
-	Loss               float64 `json:"loss"`
+	// PublishMs is closing the round on the channel: the Kafka round
+	// transaction, the gRPC model store (and state file).
+	PublishMs float64 `json:"publish_ms"`
+	// OverheadMs is the round time minus the slowest contributor's
+	// training time: what the federation, not learning, cost.
+	OverheadMs float64 `json:"overhead_ms"`
+	Accuracy   float64 `json:"accuracy"`
+	Loss       float64 `json:"loss"`
 	// Client-side means and maxima over this round's contributors.
 	TrainMeanMs   float64 `json:"train_mean_ms"`
 	TrainMaxMs    float64 `json:"train_max_ms"`
@@ -192,7 +217,7 @@ func (s *session) report(res *job.Result, broker string, jobMs, wallMs float64) 
 		cr.Bytes = res.Stats.BytesSent + res.Stats.BytesReceived + cr.Clients.BytesSent + cr.Clients.BytesReceived
 		// Clients fetch nothing but model records.
 		cr.ModelDownloads = cr.Clients.MessagesReceived
-	case GRPC:
+	case GRPC, GRPCDurable:
 		// A gRPC message goes straight between a client and the
 		// aggregator, and both ends count it: count it once, at the
 		// client's end, whose counters are final when the client returns.
@@ -202,15 +227,17 @@ func (s *session) report(res *job.Result, broker string, jobMs, wallMs float64) 
 		// answer per update, and otherwise models.
 		cr.ModelDownloads = cr.Clients.MessagesReceived - cr.Dials - submits
 	}
-	var propSum, localSum float64
+	var propSum, localSum, roundSum, pubSum, overSum, submitSum float64
 	var steady int
 	for _, r := range res.Rounds {
 		rr := RoundReport{Round: r.Round, Clients: r.Clients, DurationMs: r.DurationMs, PropagationMs: r.PropagationMs,
-			LocalPropagationMs: ms(localProp[r.Round]), AggregateMs: r.AggregateMs, Accuracy: r.Accuracy, Loss: r.Loss}
+			LocalPropagationMs: ms(localProp[r.Round]), AggregateMs: r.AggregateMs, PublishMs: r.PublishMs,
+			Accuracy: r.Accuracy, Loss: r.Loss}
 		if a := perRound[r.Round]; a != nil && a.n > 0 {
 			rr.TrainMeanMs, rr.TrainMaxMs = a.train/float64(a.n), a.trainMax
 			rr.FetchMeanMs, rr.PublishMeanMs = a.fetch/float64(a.n), a.publish/float64(a.n)
 		}
+		rr.OverheadMs = rr.DurationMs - rr.TrainMaxMs
 		cr.Rounds = append(cr.Rounds, rr)
 		cr.UpdatesAccepted += int64(r.Clients)
 		cr.RoundsMs += r.DurationMs
@@ -222,12 +249,18 @@ func (s *session) report(res *job.Result, broker string, jobMs, wallMs float64) 
 			}
 		}
 		steady++
+		roundSum += rr.DurationMs
+		pubSum += rr.PublishMs
+		overSum += rr.OverheadMs
+		submitSum += rr.PublishMeanMs
 		propSum += rr.PropagationMs
 		localSum += rr.LocalPropagationMs
 		cr.PropagationMaxMs = max(cr.PropagationMaxMs, rr.PropagationMs)
 		cr.LocalPropagationMaxMs = max(cr.LocalPropagationMaxMs, rr.LocalPropagationMs)
 	}
 	if steady > 0 {
+		n := float64(steady)
+		cr.RoundMeanMs, cr.PublishMeanMs, cr.OverheadMeanMs, cr.SubmitMeanMs = roundSum/n, pubSum/n, overSum/n, submitSum/n
 		cr.PropagationMeanMs = propSum / float64(steady)
 		cr.LocalPropagationMeanMs = localSum / float64(steady)
 	}

@@ -9,6 +9,8 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -22,6 +24,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
 	"github.com/fdxkafka/fdxkafka/shared/participant"
+	"github.com/fdxkafka/fdxkafka/shared/procs"
 )
 
 // session is one channel's run: the job, its clients and what they report.
@@ -47,6 +50,8 @@ type session struct {
 	done      atomic.Int64
 	// dialGate bounds concurrent dials of long-running clients.
 	dialGate chan struct{}
+	// maxThreads is the most OS threads the process had during the run.
+	maxThreads atomic.Int64
 }
 
 // invocation is what one client connection reported: an HTTP invocation of
@@ -95,8 +100,22 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 		Seed:         cfg.Seed,
 	}
 	brokerName := "grpc://127.0.0.1 (in process)"
+	// Size GOMAXPROCS for the run's librdkafka handles (package procs):
+	// the aggregator's three and two per Kafka client. gRPC runs keep the
+	// runtime's default, their goroutines block in Go, not in C.
+	handles := 0
 	cc := job.ChannelConfig{Transport: job.GRPC, Listen: "127.0.0.1:0"}
-	if ch == Kafka {
+	switch ch {
+	case GRPCDurable:
+		dir, err := os.MkdirTemp("", "fdx-stress-state-")
+		if err != nil {
+			return nil, fmt.Errorf("state dir: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		cc.StateFile = filepath.Join(dir, "aggregator.state")
+		brokerName = "grpc://127.0.0.1 (in process, --state-file)"
+	case Kafka:
+		handles = 3 + 2*cfg.Clients
 		cc = job.ChannelConfig{Transport: job.Kafka, Brokers: cfg.Broker, KafkaProperties: cfg.KafkaProperties}
 		brokerName = cfg.Broker
 		if cfg.Broker == "" {
@@ -115,6 +134,9 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 	// aggregator while it runs: they drive per-round invocations and the
 	// progress lines.
 	env := job.Env{Log: quiet(s.log, "aggregator"), Metrics: metrics.New(s.job, ch), Data: cfg.Data}
+	gomaxprocs := procs.Set(handles)
+	defer procs.Set(0)
+	threadsBefore := threads()
 	started := make(chan int64, cfg.Rounds+1)
 	stopWatch := s.watch(ctx, env.Metrics, started)
 	defer stopWatch()
@@ -142,7 +164,11 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 		return nil, fmt.Errorf("job %s: %w", s.job, err)
 	}
 	s.log.Info("run finished", "job", s.job, "wall_ms", int64(wallMs))
-	return s.report(res, brokerName, jobMs, wallMs), nil
+	cr := s.report(res, brokerName, jobMs, wallMs)
+	cr.GOMAXPROCS = gomaxprocs
+	cr.Threads = max(int(s.maxThreads.Load())-threadsBefore, 0)
+	cr.ThreadsPerClient = float64(cr.Threads) / float64(cfg.Clients)
+	return cr, nil
 }
 
 // fail ends the run: a federation whose every round waits for all clients
@@ -220,7 +246,7 @@ func (s *session) dispatchRounds(ctx context.Context, addr string, nHTTP int, st
 // function and records its summary.
 func (s *session) invoke(ctx context.Context, addr, id string, round int64, rounds int) {
 	req := map[string]any{
-		"broker": addr, "client_id": id, "channel": s.channel, "job": s.job,
+		"broker": addr, "client_id": id, "channel": wire(s.channel), "job": s.job,
 		"rounds": rounds, "timeout_s": min(s.cfg.Timeout, time.Hour).Seconds(),
 	}
 	if round > 0 {
@@ -318,7 +344,7 @@ func (s *session) connect(ctx context.Context, addr, id string) (channel.Client,
 const dialAttempts = 5
 
 func (s *session) dial(ctx context.Context, addr, id string) (channel.Client, error) {
-	return s.dialer.Dial(ctx, participant.Target{Broker: addr, ClientID: id, Channel: s.channel, Job: s.job})
+	return s.dialer.Dial(ctx, participant.Target{Broker: addr, ClientID: id, Channel: wire(s.channel), Job: s.job})
 }
 
 // timedClient notes when each model reaches a long-running client, so that

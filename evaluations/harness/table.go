@@ -45,6 +45,12 @@ func WriteMarkdown(w io.Writer, rep *Report) error {
 			b.WriteString("\n")
 		}
 	}
+	if len(rep.Channels) > 0 {
+		writeTiming(&b, rep.Channels)
+	}
+	if len(rep.Overhead) > 0 {
+		writeOverhead(&b, rep.Overhead)
+	}
 	if same := sameFinalModel(rep.Channels); same != "" {
 		fmt.Fprintf(&b, "\nEvery channel produced the same final model, bit for bit (SHA-256 %s…).\n", same[:12])
 	}
@@ -128,4 +134,43 @@ func Bytes(n int64) string {
 		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
 	}
 	return fmt.Sprintf("%d B", n)
+}
+
+// writeTiming writes where each channel's round time goes, over rounds 2
+// and later, with each round time's ratio to the plain gRPC run's.
+func writeTiming(b *strings.Builder, cs []*ChannelReport) {
+	var base float64
+	for _, c := range cs {
+		if c.Channel == GRPC {
+			base = c.RoundMeanMs
+		}
+	}
+	b.WriteString("\nTiming, means over rounds 2 and later: round time (and its ratio to gRPC's), the round's publication on the channel " +
+		"(Kafka: the round transaction) apart from fan-out, round overhead (round time minus the slowest client's training), " +
+		"clients' submit time, propagation; the process's GOMAXPROCS and OS threads per client:\n\n")
+	b.WriteString("| channel | round | ratio to grpc | publication | round overhead | client submit | propagation | GOMAXPROCS | threads / client |\n")
+	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, c := range cs {
+		ratio := "–"
+		if base > 0 {
+			ratio = fmt.Sprintf("%.2f", c.RoundMeanMs/base)
+		}
+		fmt.Fprintf(b, "| %s | %.0f ms | %s | %.1f ms | %.0f ms | %.1f ms | %.0f ms | %d | %.1f |\n",
+			c.Channel, c.RoundMeanMs, ratio, c.PublishMeanMs, c.OverheadMeanMs, c.SubmitMeanMs, c.PropagationMeanMs,
+			c.GOMAXPROCS, c.ThreadsPerClient)
+	}
+}
+
+// writeOverhead writes the invocation overhead probe's table.
+func writeOverhead(b *strings.Builder, ov []OverheadReport) {
+	b.WriteString("\nInvocation overhead (everything but training; medians over the invocations, p90 after the slash). " +
+		"Cold: dial + first model + submit, up to the function's answer; the close runs after the answer. " +
+		"Warm: a cached connection's lease and health check, the new round's model, submit:\n\n")
+	b.WriteString("| channel | GOMAXPROCS | invocations | cold | dial | first model | submit | close (after answer) | warm | warm model | warm submit |\n")
+	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, o := range ov {
+		fmt.Fprintf(b, "| %s | %d | %d | %.1f / %.1f ms | %.1f ms | %.1f ms | %.1f ms | %.1f ms | %.2f / %.2f ms | %.2f ms | %.2f ms |\n",
+			o.Channel, o.GOMAXPROCS, o.Invocations, o.ColdMs, o.ColdP90Ms, o.DialMs, o.ModelMs, o.SubmitMs, o.CloseMs,
+			o.WarmMs, o.WarmP90Ms, o.WarmModelMs, o.WarmSubmitMs)
+	}
 }

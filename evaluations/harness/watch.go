@@ -78,6 +78,9 @@ func (s *session) watch(ctx context.Context, m *metrics.Metrics, started chan<- 
 				return
 			case <-t.C:
 			}
+			if n := int64(threads()); n > s.maxThreads.Load() {
+				s.maxThreads.Store(n)
+			}
 			st, err := readState(m)
 			if err != nil {
 				s.log.Warn("progress unavailable", "err", err)

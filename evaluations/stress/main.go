@@ -35,6 +35,7 @@ var sweepDefaults = map[string]string{
 	"eval-examples": "500",
 	"invocation":    string(harness.PerRound),
 	"max-inflight":  "64",
+	"overhead":      "0",
 }
 
 type options struct {
@@ -55,7 +56,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.SetOutput(stderr)
 	fs.IntVar(&c.Clients, "clients", 100, "federated clients; every round waits for all of them (minclients = clients)")
 	fs.IntVar(&c.Rounds, "rounds", 5, "training rounds")
-	fs.StringVar(&o.channels, "channels", "kafka,grpc", "channels to evaluate, in order")
+	fs.StringVar(&o.channels, "channels", "kafka,grpc,grpc-durable", "channels to evaluate, in order (grpc-durable: gRPC with the aggregator's --state-file)")
+	fs.IntVar(&c.OverheadInvocations, "overhead", 20, "cold and warm invocations per channel for the invocation overhead probe (0: none)")
 	fs.Float64Var(&c.HTTPShare, "http-share", 0.5, "fraction of clients invoking the function's HTTP handler; the rest are long-running local clients")
 	fs.StringVar(&o.invoc, "invocation", string(harness.PerJob), "how function clients are invoked: job (once, taking part in every round) or round (once per round, when its model is published)")
 	fs.IntVar(&c.MaxInFlight, "max-inflight", 0, "with -invocation round: most concurrent function invocations (0: a whole round at once)")

@@ -18,8 +18,8 @@ func TestDefaultsAreThePoCEvaluation(t *testing.T) {
 	}
 	c := o.cfg
 	if c.Clients != 100 || c.Rounds != 5 || c.HTTPShare != 0.5 || c.Dataset != "mnist" || c.Model != "logreg" ||
-		c.Invocation != harness.PerJob || c.Broker != "" || strings.Join(c.Channels, ",") != "kafka,grpc" {
-		t.Errorf("defaults %+v: want the PoC's 100 clients, 5 rounds, half functions, both channels, embedded broker", c)
+		c.Invocation != harness.PerJob || c.Broker != "" || strings.Join(c.Channels, ",") != "kafka,grpc,grpc-durable" {
+		t.Errorf("defaults %+v: want the PoC's 100 clients, 5 rounds, half functions, both channels (and durable gRPC), embedded broker", c)
 	}
 	if want := filepath.Join("evaluations", "results", "stress.json"); o.jsonPath != want {
 		t.Errorf("JSON path %q, want %q", o.jsonPath, want)
@@ -56,12 +56,17 @@ func TestBadFlags(t *testing.T) {
 func TestRunWritesOutputs(t *testing.T) {
 	dir := t.TempDir()
 	var stdout, stderr bytes.Buffer
-	args := []string{"-clients", "2", "-rounds", "1", "-dataset", "synthetic", "-max-examples", "20", "-eval-examples", "100", "-channels", "grpc", "-plots", dir}
+	args := []string{"-clients", "2", "-rounds", "1", "-dataset", "synthetic", "-max-examples", "20", "-eval-examples", "100", "-channels", "grpc", "-overhead", "2", "-plots", dir}
 	if err := run(context.Background(), args, &stdout, &stderr); err != nil {
 		t.Fatalf("run: %v\n%s", err, stderr.String())
 	}
 	if !strings.Contains(stdout.String(), "| grpc |") || !strings.Contains(stdout.String(), "Lightweight clients") {
 		t.Errorf("stdout lacks the table or the lightweight note:\n%s", stdout.String())
+	}
+	for _, want := range []string{"| channel | round | ratio to grpc |", "Invocation overhead", "| kafka | 1 | 2 |"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("stdout lacks %q:\n%s", want, stdout.String())
+		}
 	}
 	for _, f := range []string{"stress.json", harness.PlotRoundTime, harness.PlotPropagation, harness.PlotAccuracy} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {

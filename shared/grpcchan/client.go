@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -119,6 +120,17 @@ func (c *Client) Stats() channel.Stats { return c.count.Stats() }
 
 // Close implements channel.Client.
 func (c *Client) Close() error { return c.conn.Close() }
+
+// Healthy reports whether the connection may be reused: it is not shut
+// down or failing. It only reads the connection's state, so a warm
+// invocation pays no round trip for it.
+func (c *Client) Healthy(context.Context) error {
+	switch st := c.conn.GetState(); st {
+	case connectivity.TransientFailure, connectivity.Shutdown:
+		return fmt.Errorf("grpc aggregator %s: %w: connection %s", c.opt.Addr, channel.ErrUnreachable, st)
+	}
+	return nil
+}
 
 // classify maps gRPC statuses onto the channel's errors and the context's,
 // so callers need not know which transport they use.

@@ -37,15 +37,15 @@ func EnsureTopics(ctx context.Context, o Options, to TopicOptions) error {
 	if to.ReplicationFactor == 0 {
 		to.ReplicationFactor = -1
 	}
-	// An admin client made from a producer shares its log channel, so
-	// librdkafka's lines go to slog rather than stderr.
+	// An admin client made from a producer shares its log channel (when
+	// enabled, see configMap).
 	cm := o.producerConfig(nil)
 	p, err := kafka.NewProducer(&cm)
 	if err != nil {
 		return fmt.Errorf("admin client: %w", err)
 	}
-	go forwardLogs(p.Logs(), o.logger())
-	go drainEvents(p)
+	startLogs(p, cm, o.logger())
+	go drainEvents(p, o.logger(), nil)
 	defer p.Close()
 	ac, err := kafka.NewAdminClientFromProducer(p)
 	if err != nil {

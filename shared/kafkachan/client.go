@@ -3,7 +3,9 @@ package kafkachan
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"google.golang.org/protobuf/proto"
@@ -28,6 +30,10 @@ type Client struct {
 	reader *modelReader
 	count  channel.Counter
 	mu     sync.Mutex // serializes Model
+	// down is set once librdkafka reports every broker down.
+	down atomic.Bool
+	// lastErr is the last other error event, for Dial's error.
+	lastErr atomic.Pointer[kafka.Error]
 }
 
 var _ channel.Client = (*Client)(nil)
@@ -43,7 +49,16 @@ func Dial(ctx context.Context, opt ClientOptions) (*Client, error) {
 		opt.MaxMessageBytes = 64 << 20
 	}
 	cm := opt.producerConfig(kafka.ConfigMap{
-		"enable.idempotence":  true,
+		// Idempotence off, acks=all kept. An idempotent producer must
+		// obtain a producer id (InitProducerId) before its first record:
+		// one more broker round trip on every cold invocation, for a
+		// client that sends one record per round. Without it, a retry
+		// after a lost acknowledgement can write an update twice. That
+		// is harmless: the aggregator accepts one update per (client,
+		// round) and rejects the copy as a duplicate (see
+		// aggregator/job's TestDuplicateDeliveryDropped). acks=all keeps
+		// an acknowledged update durable on every in-sync replica.
+		"enable.idempotence":  false,
 		"acks":                "all",
 		"linger.ms":           0,
 		"message.max.bytes":   opt.MaxMessageBytes,
@@ -55,27 +70,55 @@ func Dial(ctx context.Context, opt ClientOptions) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
-	go forwardLogs(p.Logs(), opt.logger())
-	go drainEvents(p)
+	startLogs(p, cm, opt.logger())
 	c := &Client{opt: opt, p: p}
-	if _, err := p.GetMetadata(nil, false, timeoutMs(ctx, 10e9)); err != nil {
-		p.Close()
-		return nil, fmt.Errorf("kafka brokers %s: %w: %w", opt.Brokers, channel.ErrUnreachable, err)
-	}
+	go drainEvents(p, opt.logger(), c.noteError)
+	// The reader's consumer starts connecting as soon as it exists, so it
+	// is created before waiting on the producer's metadata: both
+	// connections are set up at the same time.
 	c.reader, err = newModelReader(opt.Options, &c.count, opt.MaxMessageBytes)
 	if err != nil {
 		p.Close()
 		return nil, err
 	}
+	c.reader.knownEnd = true
+	if _, err := p.GetMetadata(nil, false, timeoutMs(ctx, 10e9)); err != nil {
+		c.Close()
+		if last := c.lastErr.Load(); last != nil {
+			// The metadata timeout says nothing; the broker error
+			// before it says why (refused, TLS, SASL).
+			err = fmt.Errorf("%w (last broker error: %v)", err, *last)
+		}
+		return nil, fmt.Errorf("kafka brokers %s: %w: %w", opt.Brokers, channel.ErrUnreachable, err)
+	}
 	return c, nil
 }
 
-// drainEvents discards producer events that are not per-call delivery
-// reports (errors are logged by librdkafka itself), so the channel never
-// fills up.
-func drainEvents(p *kafka.Producer) {
-	for range p.Events() {
+// drainEvents empties a producer's event channel of what is not a per-call
+// delivery report, so that it never fills up, and logs error events. Those
+// carry the reason of a failed connection or handshake (refused, TLS
+// verification, SASL): with the Go log channel off (see configMap) they
+// are how the reason reaches slog. It runs on the producer's own event
+// poller's output, so it adds no goroutine in C. onErr, when set, sees
+// every error first.
+func drainEvents(p *kafka.Producer, log *slog.Logger, onErr func(kafka.Error)) {
+	for ev := range p.Events() {
+		if e, ok := ev.(kafka.Error); ok {
+			if onErr != nil {
+				onErr(e)
+			}
+			log.Warn("kafka client error", "client", p.String(), "code", e.Code().String(), "err", e.Error())
+		}
 	}
+}
+
+// noteError remembers e for Dial's error and Healthy.
+func (c *Client) noteError(e kafka.Error) {
+	if e.Code() == kafka.ErrAllBrokersDown {
+		c.down.Store(true)
+		return
+	}
+	c.lastErr.Store(&e)
 }
 
 // Model implements channel.Client.
@@ -124,9 +167,33 @@ func (c *Client) Submit(ctx context.Context, u *fdxv1.Update) error {
 // Stats implements channel.Client.
 func (c *Client) Stats() channel.Stats { return c.count.Stats() }
 
-// Close releases the connections.
+// Close releases the connections. The producer and the reader close at the
+// same time: the producer waits for its event poller's current 100 ms poll
+// and the consumer for its in-flight fetch, and neither wait needs the
+// other. A caller that answers a request should close after answering.
 func (c *Client) Close() error {
-	c.p.Flush(5000)
-	c.p.Close()
-	return c.reader.close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.p.Flush(5000)
+		c.p.Close()
+	}()
+	err := c.reader.close()
+	<-done
+	return err
+}
+
+// Healthy reports whether the client may be reused: the producer has no
+// fatal error and librdkafka has not reported every broker down since the
+// dial. It asks nothing of the brokers, so a warm invocation pays no round
+// trip for it; a connection that broke since is caught by the next call's
+// error, on which a cache evicts the client.
+func (c *Client) Healthy(context.Context) error {
+	if err := c.p.GetFatalError(); err != nil {
+		return fmt.Errorf("kafka producer: %w", err)
+	}
+	if c.down.Load() {
+		return fmt.Errorf("kafka brokers %s: %w: all brokers were down", c.opt.Brokers, channel.ErrUnreachable)
+	}
+	return nil
 }

@@ -9,6 +9,7 @@ package kafkachan
 import (
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -87,11 +88,37 @@ var producerBase = kafka.ConfigMap{
 
 // configMap builds a librdkafka configuration from base settings plus the
 // user's properties, which win so that operators can tune anything.
+//
+// Logging stays inside librdkafka. The Go log channel
+// (go.logs.channel.enable) costs one more goroutine per handle that blocks
+// in C (rd_kafka_queue_poll, 100 ms at a time). A goroutine in a cgo call
+// keeps its P until sysmon takes it back, so with hundreds of handles and
+// GOMAXPROCS=2 that goroutine starved training, delivery reports and the
+// aggregator: turning it off cut a client's submit from 100 to 56 ms at 100
+// clients (issue 11). librdkafka then logs to stderr itself, which a Cloud
+// Function's log captures; log_level 3 (errors) keeps that quiet, and an
+// operator who wants structured librdkafka logs can set
+// go.logs.channel.enable=true in the properties (see startLogs).
+// log.connection.close=false: brokers close idle connections after
+// connections.max.idle.ms, which is routine for a warm, cached client and
+// not worth an error line.
+//
+// reconnect.backoff.ms=20: librdkafka (2.10+) drops the bootstrap
+// connection as soon as metadata names the real broker, and then waits
+// before opening any new connection for half of reconnect.backoff.ms
+// (floor 11 ms) — 50 ms at the default of 100. Every dial paid that wait
+// twice over (producer metadata, then the reader's first request):
+// a dial took 53 ms against the real broker with the default and 13 ms with
+// 20. Failed connections still back off exponentially up to
+// reconnect.backoff.max.ms, so an unreachable broker is not hammered.
 func (o Options) configMap(base kafka.ConfigMap) kafka.ConfigMap {
 	cm := kafka.ConfigMap{
 		"bootstrap.servers":       o.Brokers,
-		"go.logs.channel.enable":  true,
+		"go.logs.channel.enable":  false,
+		"log_level":               3,
+		"log.connection.close":    false,
 		"socket.keepalive.enable": true,
+		"reconnect.backoff.ms":    20,
 	}
 
 	for k, v := range base {
@@ -99,6 +126,11 @@ func (o Options) configMap(base kafka.ConfigMap) kafka.ConfigMap {
 	}
 	for k, v := range o.Properties {
 		cm[k] = v
+		// confluent-kafka-go's own go.* settings want Go types, while
+		// a properties file has only strings.
+		if b, err := strconv.ParseBool(v); err == nil && strings.HasPrefix(k, "go.") {
+			cm[k] = b
+		}
 	}
 	return cm
 }
@@ -149,6 +181,22 @@ func closeConsumer(c *kafka.Consumer, log *slog.Logger) error {
 	case <-time.After(closeTimeout):
 		log.Warn("kafka consumer did not close in time; abandoning it", "consumer", c.String(), "timeout", closeTimeout)
 		return nil
+	}
+}
+
+// logger is a librdkafka handle's log channel.
+type logger interface{ Logs() chan kafka.LogEvent }
+
+// startLogs forwards h's log lines to slog when cm enabled the Go log
+// channel, and does nothing otherwise: without it, Logs() is nil and a
+// forwarder would block forever on a nil channel, one leaked goroutine per
+// handle.
+func startLogs(h logger, cm kafka.ConfigMap, log *slog.Logger) {
+	if on, _ := cm["go.logs.channel.enable"].(bool); !on {
+		return
+	}
+	if ch := h.Logs(); ch != nil {
+		go forwardLogs(ch, log)
 	}
 }
 

@@ -27,6 +27,10 @@ type modelReader struct {
 	log     *slog.Logger
 	newest  *fdxv1.GlobalModel
 	started bool
+	// knownEnd lets latest stop at the high watermark it queried instead
+	// of waiting for the end-of-partition event (see readToEnd). Clients
+	// set it; the aggregator's restart path keeps the plain, slower rule.
+	knownEnd bool
 }
 
 func newModelReader(o Options, count *channel.Counter, maxBytes int) (*modelReader, error) {
@@ -46,7 +50,7 @@ func newModelReader(o Options, count *channel.Counter, maxBytes int) (*modelRead
 	if err != nil {
 		return nil, fmt.Errorf("model consumer: %w", err)
 	}
-	go forwardLogs(c.Logs(), o.logger())
+	startLogs(c, cm, o.logger())
 	return &modelReader{c: c, topic: ModelTopic(o.Job), count: count, log: o.logger()}, nil
 }
 
@@ -67,7 +71,7 @@ func (r *modelReader) latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
 	}
 	for back := int64(2); ; back *= 4 {
 		start := max(low, high-back)
-		m, err := r.readToEnd(ctx, start)
+		m, err := r.readToEnd(ctx, start, high)
 		if err != nil {
 			return nil, err
 		}
@@ -110,55 +114,90 @@ func (r *modelReader) assign(ctx context.Context, offset int64) (*fdxv1.GlobalMo
 }
 
 // readToEnd reads from offset up to the partition end and returns the last
-// model found (nil if none), leaving the consumer positioned at the end.
-func (r *modelReader) readToEnd(ctx context.Context, offset int64) (*fdxv1.GlobalModel, error) {
+// model found (nil if none).
+//
+// The end is where librdkafka signals end-of-partition, which it does only
+// after a fetch from the end comes back empty: one whole fetch.wait.max.ms
+// long poll (50 ms) on every cold start. With knownEnd, readToEnd stops
+// earlier, at high, the high watermark (for read_committed, the last stable
+// offset) it queried just before. Every model record is written inside a
+// round transaction, so the partition ends with that transaction's commit
+// marker at high-1, which read_committed never delivers: the record at
+// high-2 is the newest model. One more check keeps this safe if a record
+// ever sat at high-1 after all: a fetch response's records reach the queue
+// together, so whatever followed high-2 in the same response is drained
+// with non-blocking polls before returning. When the tail is not a
+// committed record (an aborted round), no record reaches high-2 and the
+// end-of-partition event ends the read as before.
+func (r *modelReader) readToEnd(ctx context.Context, offset, high int64) (*fdxv1.GlobalModel, error) {
 	if _, err := r.assign(ctx, offset); err != nil {
 		return nil, err
 	}
 	r.started = true
 	var last *fdxv1.GlobalModel
+	wait := pollInterval
 	for {
-		m, eof, err := r.poll(ctx)
+		m, at, eof, err := r.pollFor(ctx, wait)
 		if err != nil {
 			return nil, err
 		}
 		if m != nil {
 			last = m
 		}
-		if eof {
+		switch {
+		case eof, wait == 0 && m == nil && at < 0:
+			// The partition end, or nothing more was queued behind the
+			// record at high-2.
 			return last, nil
+		case r.knownEnd && at >= high-1:
+			return last, nil
+		case r.knownEnd && at >= high-2:
+			wait = 0
 		}
 	}
 }
 
 // poll returns one decoded model, or eof at the partition end.
 func (r *modelReader) poll(ctx context.Context) (*fdxv1.GlobalModel, bool, error) {
+	m, _, eof, err := r.pollFor(ctx, pollInterval)
+	return m, eof, err
+}
+
+// pollFor is poll with a wait bound: it also returns the offset of the
+// record it read (-1 if none). With wait 0 it returns at once, with nothing,
+// when no event is queued.
+func (r *modelReader) pollFor(ctx context.Context, wait time.Duration) (*fdxv1.GlobalModel, int64, bool, error) {
 	for {
 		if err := ctx.Err(); err != nil {
-			return nil, false, err
+			return nil, -1, false, err
 		}
-		switch ev := r.c.Poll(int(pollInterval / time.Millisecond)).(type) {
+		ev := r.c.Poll(int(wait / time.Millisecond))
+		if ev == nil && wait == 0 {
+			return nil, -1, false, nil
+		}
+		switch ev := ev.(type) {
 		case *kafka.Message:
 			if ev.TopicPartition.Error != nil {
-				return nil, false, fmt.Errorf("read %s: %w", r.topic, ev.TopicPartition.Error)
+				return nil, -1, false, fmt.Errorf("read %s: %w", r.topic, ev.TopicPartition.Error)
 			}
+			at := int64(ev.TopicPartition.Offset)
 			r.count.Received(len(ev.Value) + len(ev.Key))
 			m := &fdxv1.GlobalModel{}
 			if err := proto.Unmarshal(ev.Value, m); err != nil {
 				// Only the aggregator writes here; skip rather than wedge a
 				// client on one bad record.
-				r.log.Warn("undecodable model record skipped", "topic", r.topic, "offset", int64(ev.TopicPartition.Offset), "err", err)
-				continue
+				r.log.Warn("undecodable model record skipped", "topic", r.topic, "offset", at, "err", err)
+				return nil, at, false, nil
 			}
 			if r.newest == nil || m.GetRound() >= r.newest.GetRound() {
 				r.newest = m
 			}
-			return m, false, nil
+			return m, at, false, nil
 		case kafka.PartitionEOF:
-			return nil, true, nil
+			return nil, -1, true, nil
 		case kafka.Error:
 			if ev.IsFatal() {
-				return nil, false, fmt.Errorf("read %s: %w", r.topic, ev)
+				return nil, -1, false, fmt.Errorf("read %s: %w", r.topic, ev)
 			}
 			r.log.Debug("kafka consumer error", "topic", r.topic, "err", ev)
 		}

@@ -67,8 +67,8 @@ func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka transactional producer: %w", err)
 	}
-	go forwardLogs(p.Logs(), opt.logger())
-	go drainEvents(p)
+	startLogs(p, pcm, opt.logger())
+	go drainEvents(p, opt.logger(), nil)
 	s := &Server{opt: opt, p: p, consumed: map[int32]kafka.Offset{}, maxBytes: maxBytes}
 	if err := p.InitTransactions(ctx); err != nil {
 		p.Close()
@@ -95,7 +95,7 @@ func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
 		p.Close()
 		return nil, fmt.Errorf("kafka updates consumer: %w", err)
 	}
-	go forwardLogs(s.c.Logs(), opt.logger())
+	startLogs(s.c, ccm, opt.logger())
 	if err := s.c.Subscribe(UpdatesTopic(opt.Job), s.rebalanced); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("subscribe %s: %w", UpdatesTopic(opt.Job), err)
