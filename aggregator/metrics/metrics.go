@@ -21,6 +21,7 @@ import (
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
 	"github.com/fdxkafka/fdxkafka/aggregator/validate"
+	"github.com/fdxkafka/fdxkafka/shared/httpserver"
 )
 
 // Label values of fdx_update_bytes_total's result label.
@@ -32,10 +33,6 @@ const (
 // shutdownTimeout bounds how long Serve waits for in-flight scrapes once
 // its context ends, so a stuck client cannot hold up the process exit.
 const shutdownTimeout = 5 * time.Second
-
-// readHeaderTimeout guards against clients that open a connection and never
-// finish their request headers (Slowloris).
-const readHeaderTimeout = 10 * time.Second
 
 var _ coordinator.Observer = (*Metrics)(nil)
 
@@ -282,11 +279,7 @@ func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger) (
 	if err != nil {
 		return "", fmt.Errorf("metrics listen on %q: %w", addr, err)
 	}
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: readHeaderTimeout,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := httpserver.New(h, httpserver.Timeouts{}, log)
 	bound := ln.Addr().String()
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
