@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"google.golang.org/protobuf/proto"
@@ -56,11 +57,12 @@ func Dial(ctx context.Context, opt ClientOptions) (*Client, error) {
 		return nil, fmt.Errorf("kafka producer: %w", err)
 	}
 	go forwardLogs(p.Logs(), opt.logger())
-	go drainEvents(p)
+	var auth authWatch
+	go drainEvents(p, &auth)
 	c := &Client{opt: opt, p: p}
-	if _, err := p.GetMetadata(nil, false, timeoutMs(ctx, 10e9)); err != nil {
+	if err := probeBrokers(ctx, p, &auth, opt.Brokers, 10*time.Second); err != nil {
 		p.Close()
-		return nil, fmt.Errorf("kafka brokers %s: %w: %w", opt.Brokers, channel.ErrUnreachable, err)
+		return nil, err
 	}
 	c.reader, err = newModelReader(opt.Options, &c.count, opt.MaxMessageBytes)
 	if err != nil {
@@ -72,9 +74,12 @@ func Dial(ctx context.Context, opt ClientOptions) (*Client, error) {
 
 // drainEvents discards producer events that are not per-call delivery
 // reports (errors are logged by librdkafka itself), so the channel never
-// fills up.
-func drainEvents(p *kafka.Producer) {
-	for range p.Events() {
+// fills up, and shows each to auth (may be nil).
+func drainEvents(p *kafka.Producer, auth *authWatch) {
+	for ev := range p.Events() {
+		if auth != nil {
+			auth.see(ev)
+		}
 	}
 }
 

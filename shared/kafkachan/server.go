@@ -68,7 +68,7 @@ func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
 		return nil, fmt.Errorf("kafka transactional producer: %w", err)
 	}
 	go forwardLogs(p.Logs(), opt.logger())
-	go drainEvents(p)
+	go drainEvents(p, nil)
 	s := &Server{opt: opt, p: p, consumed: map[int32]kafka.Offset{}, maxBytes: maxBytes}
 	if err := p.InitTransactions(ctx); err != nil {
 		p.Close()
