@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
+	"github.com/fdxkafka/fdxkafka/shared/httpserver"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
@@ -32,10 +33,6 @@ const (
 // shutdownTimeout bounds how long Serve waits for in-flight scrapes once
 // its context ends, so a stuck client cannot hold up the process exit.
 const shutdownTimeout = 5 * time.Second
-
-// readHeaderTimeout guards against clients that open a connection and never
-// finish their request headers (Slowloris).
-const readHeaderTimeout = 10 * time.Second
 
 var _ coordinator.Observer = (*Metrics)(nil)
 
@@ -284,11 +281,7 @@ func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger) (
 	if err != nil {
 		return "", fmt.Errorf("metrics listen on %q: %w", addr, err)
 	}
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: readHeaderTimeout,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := httpserver.New(h, httpserver.Timeouts{}, log)
 	bound := ln.Addr().String()
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -11,6 +11,24 @@
 #   kafka.sh status                 exit 0 when running, 3 when not
 #   kafka.sh logs [-f] [N]          the last N lines of the server log (-f: follow)
 #   kafka.sh version                the pinned versions
+#   kafka.sh acls JOB...            (secure mode) grant the aggregator and the
+#                                   client principal what job JOB needs
+#   kafka.sh kill NODE              (cluster) SIGKILL node NODE, as a crash would
+#
+# Secure mode (FDX_KAFKA_SECURE=1 or `start --secure`): the client listener is
+# SASL_PLAINTEXT with SCRAM-SHA-256, KRaft's StandardAuthorizer denies what no
+# ACL allows, and three SCRAM users exist from the format on: the super user
+# (FDX_KAFKA_ADMIN_USER, also the broker's own principal), the aggregator's
+# and the clients'. Their passwords (FDX_KAFKA_*_PASSWORD, else generated
+# once) and ready-made librdkafka properties files live in $FDX_KAFKA_DIR/secrets/
+# (aggregator.properties, client.properties; mode 0600). `acls JOB` then grants
+# per job; see deploy/kafka/README.md "Secure mode".
+#
+# Cluster mode (FDX_KAFKA_NODES=3): three combined broker+controller nodes on
+# this machine, node i on client port FDX_KAFKA_PORT+i-1 and controller port
+# FDX_KAFKA_CONTROLLER_PORT+i-1 (default FDX_KAFKA_PORT+3+i-1), state in
+# $FDX_KAFKA_DIR/node-i; internal topics get 3 replicas and min ISR 2, so the
+# cluster serves on with one node down. start/stop/status act on all nodes.
 #
 # `start` formats a FRESH data directory every time (a test run starts from an
 # empty broker). `start --keep-data` (or FDX_KAFKA_KEEP_DATA=1) reuses the data
@@ -39,6 +57,13 @@
 #   FDX_KAFKA_STOP_TIMEOUT     seconds to wait after SIGTERM before SIGKILL [60]
 #   FDX_KAFKA_JAVA             java binary [$JAVA_HOME/bin/java, else java]
 #   FDX_MVN                    maven binary [mvn]
+#   FDX_KAFKA_SECURE           1 = secure mode (SASL/SCRAM + ACLs) [0]
+#   FDX_KAFKA_ADMIN_USER       super user [admin]
+#   FDX_KAFKA_AGGREGATOR_USER  the aggregator's principal [fdx-aggregator]
+#   FDX_KAFKA_CLIENT_USER      the clients' principal [fdx-client]
+#   FDX_KAFKA_ADMIN_PASSWORD, FDX_KAFKA_AGGREGATOR_PASSWORD, FDX_KAFKA_CLIENT_PASSWORD
+#                              [generated at the first secure start, kept in secrets/]
+#   FDX_KAFKA_NODES            1, or 3 for a local cluster [1]
 set -euo pipefail
 
 # ---- the pins: change versions here and only here --------------------------
@@ -59,7 +84,23 @@ MAVEN_DEPENDENCY_PLUGIN_VERSION=3.8.1
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 PORT=${FDX_KAFKA_PORT:-9092}
-CTRL_PORT=${FDX_KAFKA_CONTROLLER_PORT:-9093}
+NODES=${FDX_KAFKA_NODES:-1}
+case $NODES in
+  1) CTRL_PORT=${FDX_KAFKA_CONTROLLER_PORT:-9093} ;;
+  3) CTRL_PORT=${FDX_KAFKA_CONTROLLER_PORT:-$((PORT + 3))} ;;
+  *) printf 'kafka.sh: error: FDX_KAFKA_NODES=%s: want 1 or 3\n' "$NODES" >&2; exit 1 ;;
+esac
+# Set by cluster mode for each node it starts (not meant to be set by hand):
+# this node's id, the controller quorum and the internal topics' replicas.
+NODE_ID=${FDX_KAFKA_NODE_ID:-1}
+VOTERS=${FDX_KAFKA_VOTERS:-$NODE_ID@127.0.0.1:$CTRL_PORT}
+REPLICAS=${FDX_KAFKA_REPLICAS:-1}
+if ((REPLICAS > 1)); then MIN_ISR=2; else MIN_ISR=1; fi
+NO_WAIT=${FDX_KAFKA_NO_WAIT:-0}
+SECURE=${FDX_KAFKA_SECURE:-0}
+ADMIN_USER=${FDX_KAFKA_ADMIN_USER:-admin}
+AGGREGATOR_USER=${FDX_KAFKA_AGGREGATOR_USER:-fdx-aggregator}
+CLIENT_USER=${FDX_KAFKA_CLIENT_USER:-fdx-client}
 HOST=${FDX_KAFKA_HOST:-127.0.0.1}
 case $HOST in
   127.*|localhost|::1) DEFAULT_BIND=127.0.0.1 ;;
@@ -85,6 +126,9 @@ fi
 MVN=${FDX_MVN:-mvn}
 
 LIB_DIR=$CACHE_DIR/libs
+# kafka-tools (AclCommand) is not part of the broker's dependencies; its one
+# jar is cached apart so that the broker cache above stays as it is.
+TOOLS_DIR=$CACHE_DIR-tools
 CACHE_STAMP=$CACHE_DIR/.complete
 STAMP="kafka_$SCALA_BINARY-$KAFKA_VERSION log4j-$LOG4J_VERSION $LOG4J_SLF4J_BINDING"
 DATA_DIR=$STATE_DIR/data
@@ -97,6 +141,8 @@ TOOLS_LOG4J_CONF=$CONF_DIR/tools-log4j2.properties
 SERVER_LOG=$LOG_DIR/server.log
 OUT_LOG=$LOG_DIR/kafka.out
 STARTED_MESSAGE="Kafka Server started"
+SECRETS_DIR=$STATE_DIR/secrets
+ADMIN_JAVA_PROPS=$SECRETS_DIR/admin.java.properties
 # The host to probe for readiness: where the client listener can be reached.
 if [[ $BIND == 0.0.0.0 ]]; then PROBE_HOST=127.0.0.1; else PROBE_HOST=$BIND; fi
 
@@ -213,6 +259,145 @@ fetch() {
   log "fetched $n jars ($(du -sh "$LIB_DIR" | cut -f1)) in $(elapsed "$t0") s"
 }
 
+# fetch_tools puts the kafka-tools jar (without its dependencies, which the
+# broker's jars provide) into $TOOLS_DIR, once.
+fetch_tools() {
+  local jar=$TOOLS_DIR/kafka-tools-$KAFKA_VERSION.jar tmp
+  [[ -f $jar ]] && return 0
+  fetch
+  mkdir -p "$(dirname "$TOOLS_DIR")"
+  tmp=$(mktemp -d "$(dirname "$TOOLS_DIR")/.fetch-tools-$KAFKA_VERSION.XXXXXX")
+  # shellcheck disable=SC2064  # expand $tmp now
+  trap "rm -rf '$tmp'" EXIT
+  write_pom "$tmp/pom.xml"
+  sed -i "s|<artifactId>kafka_$SCALA_BINARY</artifactId>|<artifactId>kafka-tools</artifactId>|" "$tmp/pom.xml"
+  if ! "$MVN" -B -q -f "$tmp/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
+      -DexcludeTransitive=true -DincludeArtifactIds=kafka-tools -DoutputDirectory="$tmp/libs" >"$tmp/mvn.log" 2>&1; then
+    cat "$tmp/mvn.log" >&2
+    die "maven could not resolve kafka-tools $KAFKA_VERSION"
+  fi
+  [[ -f $tmp/libs/kafka-tools-$KAFKA_VERSION.jar ]] || die "kafka-tools-$KAFKA_VERSION.jar was not resolved"
+  mkdir -p "$TOOLS_DIR"
+  # One rename publishes the jar: a concurrent fetch just replaces it.
+  mv "$tmp/libs/kafka-tools-$KAFKA_VERSION.jar" "$jar.tmp$$" && mv -f "$jar.tmp$$" "$jar"
+  trap - EXIT
+  rm -rf "$tmp"
+  log "fetched kafka-tools-$KAFKA_VERSION.jar into $TOOLS_DIR"
+}
+
+# ---- secure mode ---------------------------------------------------------------
+
+# secret ROLE: the password of ROLE (admin, aggregator, client): from
+# FDX_KAFKA_<ROLE>_PASSWORD, else the one kept in secrets/, else a new one.
+secret() {
+  local role=$1 var file pw
+  var=FDX_KAFKA_${role^^}_PASSWORD
+  file=$SECRETS_DIR/$role.password
+  pw=${!var:-}
+  if [[ -z $pw && -f $file ]]; then pw=$(<"$file"); fi
+  if [[ -z $pw ]]; then pw=$(head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9'); fi
+  [[ $pw =~ ^[A-Za-z0-9._~-]+$ ]] || die "$var: use only letters, digits and ._~- (it goes into JAAS and SCRAM configs)"
+  printf '%s\n' "$pw" >"$file"
+  printf '%s' "$pw"
+}
+
+# write_secrets sets ADMIN_PW, AGGREGATOR_PW and CLIENT_PW and writes the
+# properties files of each principal (mode 0600 in a 0700 directory).
+write_secrets() {
+  local old_umask role user pw
+  old_umask=$(umask)
+  umask 077
+  mkdir -p "$SECRETS_DIR"
+  chmod 700 "$SECRETS_DIR"
+  ADMIN_PW=$(secret admin)
+  AGGREGATOR_PW=$(secret aggregator)
+  CLIENT_PW=$(secret client)
+  for role in admin aggregator client; do
+    case $role in
+      admin) user=$ADMIN_USER pw=$ADMIN_PW ;;
+      aggregator) user=$AGGREGATOR_USER pw=$AGGREGATOR_PW ;;
+      *) user=$CLIENT_USER pw=$CLIENT_PW ;;
+    esac
+    # librdkafka: the aggregator's --kafka-config, the function's FDX_KAFKA_CONFIG.
+    cat >"$SECRETS_DIR/$role.properties" <<EOF
+# librdkafka settings of principal User:$user (generated by kafka.sh)
+security.protocol=SASL_PLAINTEXT
+sasl.mechanisms=SCRAM-SHA-256
+sasl.username=$user
+sasl.password=$pw
+EOF
+  done
+  cat >"$ADMIN_JAVA_PROPS" <<EOF
+security.protocol=SASL_PLAINTEXT
+sasl.mechanism=SCRAM-SHA-256
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$ADMIN_USER" password="$ADMIN_PW";
+EOF
+  umask "$old_umask"
+}
+
+# load_secrets reads the admin password of a secure broker (status, acls).
+load_secrets() {
+  [[ -f $SECRETS_DIR/admin.password ]] || return 1
+  ADMIN_PW=$(<"$SECRETS_DIR/admin.password")
+}
+
+# A short-lived JVM for the admin tools.
+tool() {
+  "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$TOOLS_LOG4J_CONF" \
+    -cp "$(java_cp):$TOOLS_DIR/*" "$@"
+}
+
+# acl USER ARGS...: add the ACLs ARGS (operations and literal resources) for
+# User:USER.
+acl() {
+  local user=$1 out
+  shift
+  if ! out=$(tool org.apache.kafka.tools.AclCommand --bootstrap-server "$PROBE_HOST:$PORT" \
+      --command-config "$ADMIN_JAVA_PROPS" --add --allow-principal "User:$user" \
+      --resource-pattern-type literal "$@" 2>&1); then
+    printf '%s\n' "$out" | tail -n 20 >&2
+    log "adding ACLs for User:$user failed: $*"
+    return 1
+  fi
+  printf '%s\n' "$out" >>"$LOG_DIR/acls.log"
+}
+
+# cmd_acls grants, for each job, exactly what it needs. The resources are
+# literal: a prefix such as fdx.<job>. would also match the job "<job>.x",
+# and no pattern tells a job's model topic from its updates topic.
+#  - the aggregator: All on its job's two topics (create them, raise
+#    max.message.bytes, read updates, write models), on its consumer group
+#    fdx.<job>.aggregator, on the group id of its model reader
+#    fdx.<job>.reader and on its transactional id fdx.<job>.aggregator;
+#  - the clients: Write+Describe on fdx.<job>.updates and Read+Describe on
+#    fdx.<job>.model. Nothing else: no group (so they cannot join the
+#    aggregator's), no transactional id, no other topic.
+cmd_acls() {
+  (($# > 0)) || die "acls: name at least one job"
+  if ! load_secrets || [[ ! -f $ADMIN_JAVA_PROPS ]]; then
+    die "acls: $STATE_DIR is not a secure broker (start it with FDX_KAFKA_SECURE=1)"
+  fi
+  running_pid >/dev/null || die "acls: the broker of $STATE_DIR is not running"
+  fetch_tools
+  local job t0 pids=() p failed=0
+  t0=$(now)
+  for job in "$@"; do
+    [[ $job =~ ^[A-Za-z0-9._-]{1,128}$ ]] || die "acls: job id '$job': want 1-128 characters of [A-Za-z0-9._-]"
+    # One JVM per principal and operation set, run side by side.
+    acl "$AGGREGATOR_USER" --operation All --topic "fdx.$job.model" --topic "fdx.$job.updates" \
+      --group "fdx.$job.aggregator" --group "fdx.$job.reader" --transactional-id "fdx.$job.aggregator" &
+    pids+=($!)
+    acl "$CLIENT_USER" --operation Write --operation Describe --topic "fdx.$job.updates" &
+    pids+=($!)
+    acl "$CLIENT_USER" --operation Read --operation Describe --topic "fdx.$job.model" &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || failed=1; done
+  ((failed == 0)) || die "granting the ACLs of job(s) $* failed"
+  echo "ACLs of job(s) $* granted to User:$AGGREGATOR_USER and User:$CLIENT_USER in $(elapsed "$t0") s"
+}
+
 # ---- process helpers ---------------------------------------------------------
 
 read_pid() { [[ -f $PID_FILE ]] && tr -dc '0-9' <"$PID_FILE"; }
@@ -249,7 +434,11 @@ broker_answers() {
   port_open "$PROBE_HOST" "$PORT" || return 1
   # kcat is optional; when present it proves the broker serves metadata.
   if command -v kcat >/dev/null 2>&1; then
-    kcat -b "$PROBE_HOST:$PORT" -L -m 5 >/dev/null 2>&1 || return 1
+    local sasl=()
+    if [[ $SECURE == 1 ]] && load_secrets; then
+      sasl=(-X security.protocol=SASL_PLAINTEXT -X sasl.mechanisms=SCRAM-SHA-256 -X "sasl.username=$ADMIN_USER" -X "sasl.password=$ADMIN_PW")
+    fi
+    kcat -b "$PROBE_HOST:$PORT" "${sasl[@]}" -L -m 5 >/dev/null 2>&1 || return 1
   fi
 }
 
@@ -288,28 +477,26 @@ storage_tool() {
 
 write_config() {
   mkdir -p "$CONF_DIR" "$LOG_DIR"
-  cat >"$SERVER_PROPS" <<EOF
+  # The config holds the admin password in secure mode.
+  (umask 077 && cat >"$SERVER_PROPS") <<EOF
 # Generated by deploy/kafka/kafka.sh at every start: edits here are lost.
-# Single-node KRaft: one process is broker and controller.
+# KRaft: this process is broker and controller (node $NODE_ID of voters $VOTERS).
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$CTRL_PORT
+node.id=$NODE_ID
+controller.quorum.voters=$VOTERS
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://$BIND:$PORT,CONTROLLER://127.0.0.1:$CTRL_PORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
 log.dirs=$DATA_DIR
 
-# One node: every internal topic has one replica and an ISR of one, or
-# consumer groups, transactions and share groups fail.
-default.replication.factor=1
-min.insync.replicas=1
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+# $REPLICAS replica(s) for every internal topic, with an ISR of $MIN_ISR: on one
+# node anything more makes consumer groups, transactions and share groups
+# fail; on three, a node may die and every acknowledged write survives.
+default.replication.factor=$REPLICAS
+min.insync.replicas=$MIN_ISR
+offsets.topic.replication.factor=$REPLICAS
+transaction.state.log.replication.factor=$REPLICAS
+transaction.state.log.min.isr=$MIN_ISR
+share.coordinator.state.topic.replication.factor=$REPLICAS
+share.coordinator.state.topic.min.isr=$MIN_ISR
 
 num.partitions=1
 auto.create.topics.enable=true
@@ -320,6 +507,37 @@ group.initial.rebalance.delay.ms=0
 message.max.bytes=$MAX_MESSAGE_BYTES
 replica.fetch.max.bytes=$MAX_MESSAGE_BYTES
 EOF
+  if [[ $SECURE == 1 ]]; then
+    cat >>"$SERVER_PROPS" <<EOF
+
+# Secure mode. Clients authenticate with SCRAM-SHA-256; the broker talks to
+# itself as the super user over the same listener. The controller listener
+# (loopback) takes PLAIN with the super user's password: SCRAM credentials
+# live in the metadata the controller serves, so they cannot guard it.
+listeners=SASL_PLAINTEXT://$BIND:$PORT,CONTROLLER://127.0.0.1:$CTRL_PORT
+advertised.listeners=SASL_PLAINTEXT://$HOST:$PORT
+listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT
+inter.broker.listener.name=SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-256
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-256
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$ADMIN_USER" password="$ADMIN_PW";
+sasl.mechanism.controller.protocol=PLAIN
+listener.name.controller.sasl.enabled.mechanisms=PLAIN
+listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="$ADMIN_USER" password="$ADMIN_PW" user_$ADMIN_USER="$ADMIN_PW";
+# Deny what no ACL allows; only the super user passes everything.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:$ADMIN_USER
+EOF
+  else
+    cat >>"$SERVER_PROPS" <<EOF
+
+listeners=PLAINTEXT://$BIND:$PORT,CONTROLLER://127.0.0.1:$CTRL_PORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+EOF
+  fi
   if [[ -n $EXTRA_CONFIG ]]; then
     [[ -f $EXTRA_CONFIG ]] || die "FDX_KAFKA_EXTRA_CONFIG=$EXTRA_CONFIG: no such file"
     printf '\n# from %s\n' "$EXTRA_CONFIG" >>"$SERVER_PROPS"
@@ -352,8 +570,13 @@ logger.statechange.name = state.change.logger
 logger.statechange.level = warn
 EOF
 
-  cat >"$TOOLS_LOG4J_CONF" <<'EOF'
-# Generated by deploy/kafka/kafka.sh: kafka.tools.StorageTool logs warnings to stderr.
+  write_tools_log4j "$TOOLS_LOG4J_CONF"
+}
+
+# write_tools_log4j FILE: the logging of the short-lived tool JVMs.
+write_tools_log4j() {
+  cat >"$1" <<'EOF'
+# Generated by deploy/kafka/kafka.sh: the tools (StorageTool, AclCommand) log warnings to stderr.
 status = warn
 name = fdxkafka-tools
 appender.stderr.type = Console
@@ -380,9 +603,14 @@ cmd_start() {
     case $arg in
       --keep-data) keep=1 ;;
       --fresh) keep=0 ;;
-      *) die "start: unknown option $arg (use --keep-data or --fresh)" ;;
+      --secure) SECURE=1 ;;
+      *) die "start: unknown option $arg (use --keep-data, --fresh or --secure)" ;;
     esac
   done
+  if [[ $NODES == 3 ]]; then
+    cluster_start "$keep"
+    return
+  fi
   local pid
   if pid=$(running_pid); then
     # Already ours: make sure it answers (it may be starting), then report.
@@ -403,8 +631,15 @@ cmd_start() {
   need "$JAVA" "Java 17+, e.g. apt-get install openjdk-17-jre-headless"
   fetch
 
-  local t0 data_note cluster_id
+  local t0 data_note cluster_id scram=()
   t0=$(now)
+  if [[ $SECURE == 1 ]]; then
+    write_secrets
+    local u
+    for u in "$ADMIN_USER=$ADMIN_PW" "$AGGREGATOR_USER=$AGGREGATOR_PW" "$CLIENT_USER=$CLIENT_PW"; do
+      scram+=(--add-scram "SCRAM-SHA-256=[name=${u%%=*},password=${u#*=}]")
+    done
+  fi
   write_config
   if [[ $keep == 1 && -f $DATA_DIR/meta.properties ]]; then
     cluster_id=$(sed -n 's/^cluster.id=//p' "$DATA_DIR/meta.properties")
@@ -417,7 +652,9 @@ cmd_start() {
       cluster_id=$(storage_tool random-uuid 2>>"$LOG_DIR/format.log" | tail -n 1)
     fi
     [[ -n $cluster_id ]] || die "kafka.tools.StorageTool random-uuid gave no id; see $LOG_DIR/format.log"
-    if ! storage_tool format -t "$cluster_id" -c "$SERVER_PROPS" >>"$LOG_DIR/format.log" 2>&1; then
+    # Secure mode: the SCRAM users exist from the first metadata record on,
+    # before the broker needs its own to talk to itself.
+    if ! storage_tool format -t "$cluster_id" -c "$SERVER_PROPS" "${scram[@]}" >>"$LOG_DIR/format.log" 2>&1; then
       tail -n 20 "$LOG_DIR/format.log" >&2
       die "formatting $DATA_DIR failed"
     fi
@@ -437,10 +674,101 @@ cmd_start() {
     </dev/null >>"$OUT_LOG" 2>&1 &
   pid=$!
   printf '%s\n' "$pid" >"$PID_FILE"
+  if [[ $NO_WAIT == 1 ]]; then
+    log "started java (pid $pid); $data_note; not waiting"
+    return 0
+  fi
   log "started java (pid $pid); $data_note; waiting up to ${START_TIMEOUT}s for $PROBE_HOST:$PORT"
   wait_ready "$pid" "$off" || exit 1
   echo "Kafka $KAFKA_VERSION broker ready at $HOST:$PORT in $(elapsed "$t0") s (pid $pid, state dir $STATE_DIR)"
+  if [[ $SECURE == 1 ]]; then
+    echo "secure mode: users $ADMIN_USER (super user), $AGGREGATOR_USER, $CLIENT_USER; librdkafka settings in $SECRETS_DIR/{aggregator,client}.properties"
+  fi
   echo "FDX_KAFKA_BROKERS=$HOST:$PORT"
+}
+
+# ---- cluster mode ----------------------------------------------------------------
+
+# node_env I prints the environment under which this script runs node I.
+node_env() {
+  local i=$1 voters="" j
+  for j in 1 2 3; do voters+="${voters:+,}$j@127.0.0.1:$((CTRL_PORT + j - 1))"; done
+  printf '%s\n' FDX_KAFKA_NODES=1 "FDX_KAFKA_NODE_ID=$i" "FDX_KAFKA_PORT=$((PORT + i - 1))" \
+    "FDX_KAFKA_CONTROLLER_PORT=$((CTRL_PORT + i - 1))" "FDX_KAFKA_DIR=$STATE_DIR/node-$i" \
+    "FDX_KAFKA_VOTERS=$voters" FDX_KAFKA_REPLICAS=3 FDX_KAFKA_SECURE=0
+}
+
+# on_node I CMD...: run this script's CMD for node I.
+on_node() {
+  local i=$1 envs
+  shift
+  mapfile -t envs < <(node_env "$i")
+  env "${envs[@]}" bash "${BASH_SOURCE[0]}" "$@"
+}
+
+cluster_brokers() { printf '%s\n' "$HOST:$PORT,$HOST:$((PORT + 1)),$HOST:$((PORT + 2))"; }
+
+# cluster_start launches the three nodes, then waits for each: no node
+# answers before a majority of the controllers is up.
+cluster_start() {
+  local keep=$1 t0 i cluster_id=${FDX_KAFKA_CLUSTER_ID:-} meta pids=() failed=0
+  [[ $SECURE == 1 ]] && die "secure mode runs on one node only (unset FDX_KAFKA_SECURE or FDX_KAFKA_NODES)"
+  t0=$(now)
+  fetch
+  mkdir -p "$STATE_DIR"
+  meta=$STATE_DIR/node-1/data/meta.properties
+  if [[ -z $cluster_id && $keep == 1 && -f $meta ]]; then
+    cluster_id=$(sed -n 's/^cluster.id=//p' "$meta")
+  fi
+  if [[ -z $cluster_id ]]; then
+    write_tools_log4j "$STATE_DIR/tools-log4j2.properties"
+    cluster_id=$(TOOLS_LOG4J_CONF=$STATE_DIR/tools-log4j2.properties storage_tool random-uuid | tail -n 1)
+  fi
+  [[ -n $cluster_id ]] || die "no cluster id"
+  for i in 1 2 3; do
+    FDX_KAFKA_CLUSTER_ID=$cluster_id FDX_KAFKA_NO_WAIT=1 FDX_KAFKA_KEEP_DATA=$keep on_node "$i" start &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i" || failed=1; done
+  if ((failed)); then
+    cmd_stop_cluster >&2 || true
+    die "a node of the cluster failed to start"
+  fi
+  for i in 1 2 3; do
+    on_node "$i" start >/dev/null || { cmd_stop_cluster >&2 || true; die "node $i did not become ready"; }
+  done
+  echo "Kafka $KAFKA_VERSION cluster of 3 nodes (cluster $cluster_id) ready in $(elapsed "$t0") s, state in $STATE_DIR/node-{1,2,3}"
+  echo "FDX_KAFKA_BROKERS=$(cluster_brokers)"
+}
+
+cmd_stop_cluster() {
+  local i pids=() failed=0
+  for i in 1 2 3; do
+    on_node "$i" stop &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i" || failed=1; done
+  return "$failed"
+}
+
+cmd_status_cluster() {
+  local i up=0
+  for i in 1 2 3; do
+    if on_node "$i" status | sed "s/^/node $i: /"; then up=$((up + 1)); fi
+  done
+  echo "$up of 3 nodes running; FDX_KAFKA_BROKERS=$(cluster_brokers)"
+  ((up > 0)) || return 3
+}
+
+# cmd_kill NODE: SIGKILL one node of the cluster, as a crash would.
+cmd_kill() {
+  local i=${1:-} pid
+  [[ $NODES == 3 ]] || die "kill: only in cluster mode (FDX_KAFKA_NODES=3)"
+  [[ $i =~ ^[123]$ ]] || die "kill: name a node, 1, 2 or 3"
+  pid=$(tr -dc '0-9' <"$STATE_DIR/node-$i/kafka.pid" 2>/dev/null) || true
+  if [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null; then die "node $i is not running"; fi
+  kill -KILL "$pid"
+  echo "node $i (pid $pid) killed"
 }
 
 cmd_stop() {
@@ -510,9 +838,14 @@ main() {
   case $cmd in
     fetch) fetch; echo "jars in $LIB_DIR ($(find "$LIB_DIR" -name '*.jar' | wc -l) jars, $(du -sh "$LIB_DIR" | cut -f1))" ;;
     start) cmd_start "$@" ;;
-    stop) cmd_stop ;;
-    restart) cmd_stop; cmd_start "$@" ;;
-    status) cmd_status ;;
+    stop) if [[ $NODES == 3 ]]; then cmd_stop_cluster; else cmd_stop; fi ;;
+    restart)
+      if [[ $NODES == 3 ]]; then cmd_stop_cluster; else cmd_stop; fi
+      cmd_start "$@"
+      ;;
+    status) if [[ $NODES == 3 ]]; then cmd_status_cluster; else cmd_status; fi ;;
+    acls) cmd_acls "$@" ;;
+    kill) cmd_kill "$@" ;;
     logs) cmd_logs "$@" ;;
     version) cmd_version ;;
     -h|--help|help) usage ;;

@@ -25,6 +25,7 @@ import (
 
 	"github.com/fdxkafka/fdxkafka/function"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
+	"github.com/fdxkafka/fdxkafka/shared/httpserver"
 	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
@@ -236,7 +237,7 @@ func serveFunction(cfg Config) (*functionServer, error) {
 		return nil, fmt.Errorf("function listener: %w", err)
 	}
 	h := function.NewServer(function.Config{Data: cfg.Data, Transport: participant.Transport{KafkaProperties: cfg.KafkaProperties}, Logger: quiet(cfg.Log, "function")})
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := httpserver.New(h, httpserver.Timeouts{}, nil)
 	go srv.Serve(ln)
 	return &functionServer{url: "http://" + ln.Addr().String() + "/", srv: srv}, nil
 }

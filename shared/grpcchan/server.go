@@ -216,7 +216,13 @@ func writeFileAtomic(path string, m *fdxv1.GlobalModel) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return os.Rename(f.Name(), path)
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	// The rename is durable only once the directory is: a crash right
+	// after it could otherwise bring back the previous round's model
+	// while the update log, reset next, already belongs to this one.
+	return syncDir(filepath.Dir(path))
 }
 
 // Next implements channel.Server.

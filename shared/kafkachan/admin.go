@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 
@@ -45,8 +46,14 @@ func EnsureTopics(ctx context.Context, o Options, to TopicOptions) error {
 		return fmt.Errorf("admin client: %w", err)
 	}
 	startLogs(p, cm, o.logger())
-	go drainEvents(p, o.logger(), nil)
+	var auth authWatch
+	go drainEvents(p, o.logger(), func(e kafka.Error) { auth.see(e) })
 	defer p.Close()
+	// Fail fast on a wrong password or no broker, rather than when the
+	// admin request below times out.
+	if err := probeBrokers(ctx, p, &auth, o.Brokers, 10*time.Second); err != nil {
+		return err
+	}
 	ac, err := kafka.NewAdminClientFromProducer(p)
 	if err != nil {
 		return fmt.Errorf("admin client: %w", err)
@@ -71,7 +78,7 @@ func EnsureTopics(ctx context.Context, o Options, to TopicOptions) error {
 				return err
 			}
 		default:
-			return fmt.Errorf("create topic %s: %w", r.Topic, r.Error)
+			return fmt.Errorf("create topic %s: %w", r.Topic, unreachable(r.Error))
 		}
 	}
 	return nil
@@ -86,7 +93,7 @@ func raiseMaxBytes(ctx context.Context, ac *kafka.AdminClient, topic string, wan
 		return fmt.Errorf("describe topic %s: %d results", topic, len(res))
 	}
 	if res[0].Error.Code() != kafka.ErrNoError {
-		return fmt.Errorf("describe topic %s: %w", topic, res[0].Error)
+		return fmt.Errorf("describe topic %s: %w", topic, unreachable(res[0].Error))
 	}
 	cur, err := strconv.Atoi(res[0].Config["max.message.bytes"].Value)
 	if err == nil && cur >= want {
@@ -101,23 +108,24 @@ func raiseMaxBytes(ctx context.Context, ac *kafka.AdminClient, topic string, wan
 	}
 	for _, r := range alt {
 		if r.Error.Code() != kafka.ErrNoError {
-			return fmt.Errorf("raise max.message.bytes of %s to %d: %w", topic, want, r.Error)
+			return fmt.Errorf("raise max.message.bytes of %s to %d: %w", topic, want, unreachable(r.Error))
 		}
 	}
 	return nil
 }
 
 // unreachable marks transport failures so callers can tell "nothing there"
-// from other errors.
+// from other errors, and refused logins and ACL denials as
+// channel.ErrUnauthenticated.
 func unreachable(err error) error {
+	if d := denied(err); d != nil {
+		return d
+	}
 	var ke kafka.Error
 	if errors.As(err, &ke) {
 		switch ke.Code() {
 		case kafka.ErrTransport, kafka.ErrAllBrokersDown, kafka.ErrResolve, kafka.ErrTimedOut:
 			return fmt.Errorf("%w: %w", channel.ErrUnreachable, err)
-		case kafka.ErrAuthentication, kafka.ErrSaslAuthenticationFailed, kafka.ErrTopicAuthorizationFailed,
-			kafka.ErrGroupAuthorizationFailed, kafka.ErrClusterAuthorizationFailed, kafka.ErrTransactionalIDAuthorizationFailed:
-			return fmt.Errorf("%w: %w", channel.ErrUnauthenticated, err)
 		}
 	}
 	return err

@@ -2,10 +2,12 @@ package kafkachan
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"google.golang.org/protobuf/proto"
@@ -72,7 +74,8 @@ func Dial(ctx context.Context, opt ClientOptions) (*Client, error) {
 	}
 	startLogs(p, cm, opt.logger())
 	c := &Client{opt: opt, p: p}
-	go drainEvents(p, opt.logger(), c.noteError)
+	var auth authWatch
+	go drainEvents(p, opt.logger(), func(e kafka.Error) { c.noteError(e); auth.see(e) })
 	// The reader's consumer starts connecting as soon as it exists, so it
 	// is created before waiting on the producer's metadata: both
 	// connections are set up at the same time.
@@ -82,14 +85,14 @@ func Dial(ctx context.Context, opt ClientOptions) (*Client, error) {
 		return nil, err
 	}
 	c.reader.knownEnd = true
-	if _, err := p.GetMetadata(nil, false, timeoutMs(ctx, 10e9)); err != nil {
+	// probeBrokers fails fast on a refused login; on a timeout the last
+	// broker error says why (refused, TLS, SASL) where the timeout does not.
+	if err := probeBrokers(ctx, p, &auth, opt.Brokers, 10*time.Second); err != nil {
 		c.Close()
-		if last := c.lastErr.Load(); last != nil {
-			// The metadata timeout says nothing; the broker error
-			// before it says why (refused, TLS, SASL).
+		if last := c.lastErr.Load(); last != nil && errors.Is(err, channel.ErrUnreachable) {
 			err = fmt.Errorf("%w (last broker error: %v)", err, *last)
 		}
-		return nil, fmt.Errorf("kafka brokers %s: %w: %w", opt.Brokers, channel.ErrUnreachable, err)
+		return nil, err
 	}
 	return c, nil
 }

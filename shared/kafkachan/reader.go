@@ -82,10 +82,17 @@ func (r *modelReader) latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
 }
 
 func (r *modelReader) watermarks(ctx context.Context) (low, high int64, err error) {
-	for {
+	for checked := false; ; checked = true {
 		low, high, err = r.c.QueryWatermarkOffsets(r.topic, 0, timeoutMs(ctx, 5*time.Second))
 		if err == nil {
 			return low, high, nil
+		}
+		// A topic the principal may not describe looks like a missing
+		// one here; its metadata tells the two apart.
+		if !checked {
+			if derr := r.deniedTopic(ctx); derr != nil {
+				return 0, 0, fmt.Errorf("read %s: %w", r.topic, derr)
+			}
 		}
 		var ke kafka.Error
 		if errors.As(err, &ke) && ke.Code() == kafka.ErrUnknownTopicOrPart {
@@ -103,6 +110,19 @@ func (r *modelReader) watermarks(ctx context.Context) (low, high int64, err erro
 		case <-time.After(pollInterval):
 		}
 	}
+}
+
+// deniedTopic returns an ErrUnauthenticated error when the broker refuses
+// this principal the model topic.
+func (r *modelReader) deniedTopic(ctx context.Context) error {
+	md, err := r.c.GetMetadata(&r.topic, false, timeoutMs(ctx, 5*time.Second))
+	if err != nil {
+		return denied(err)
+	}
+	if tm, ok := md.Topics[r.topic]; ok {
+		return denied(tm.Error)
+	}
+	return nil
 }
 
 func (r *modelReader) assign(ctx context.Context, offset int64) (*fdxv1.GlobalModel, error) {

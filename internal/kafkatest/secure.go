@@ -1,0 +1,98 @@
+package kafkatest
+
+import (
+	"bufio"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Environment of the secure real broker (deploy/kafka/kafka.sh start
+// --secure; scripts/test.sh starts one).
+const (
+	// EnvSecureBrokers is its bootstrap address.
+	EnvSecureBrokers = "FDX_KAFKA_SECURE_BROKERS"
+	// EnvSecureDir is its state dir, whose secrets/ holds the principals'
+	// librdkafka settings.
+	EnvSecureDir = "FDX_KAFKA_SECURE_DIR"
+)
+
+// Secure is a real broker in kafka.sh's secure mode: SASL/SCRAM users for
+// the aggregator and the clients, and ACLs that deny what they do not grant.
+type Secure struct {
+	Brokers string
+	dir     string
+}
+
+// SecureBroker returns the secure broker, and skips t when none is
+// configured (scripts/test.sh always configures one).
+func SecureBroker(t testing.TB) *Secure {
+	t.Helper()
+	b, dir := os.Getenv(EnvSecureBrokers), os.Getenv(EnvSecureDir)
+	if b == "" || dir == "" {
+		t.Skipf("no secure broker: set %s and %s (scripts/test.sh does)", EnvSecureBrokers, EnvSecureDir)
+	}
+	return &Secure{Brokers: b, dir: dir}
+}
+
+// Props returns the librdkafka settings of role: "aggregator", "client" or
+// "admin".
+func (s *Secure) Props(t testing.TB, role string) map[string]string {
+	t.Helper()
+	path := filepath.Join(s.dir, "secrets", role+".properties")
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatalf("secure broker credentials: %v", err)
+	}
+	defer f.Close()
+	props := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+			props[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	if err := sc.Err(); err != nil || len(props) == 0 {
+		t.Fatalf("secure broker credentials %s: %v (%d settings)", path, err, len(props))
+	}
+	return props
+}
+
+// Grant runs `kafka.sh acls job`: the ACLs the deployment grants for a job.
+func (s *Secure) Grant(t testing.TB, job string) {
+	t.Helper()
+	_, port, err := net.SplitHostPort(strings.Split(s.Brokers, ",")[0])
+	if err != nil {
+		t.Fatalf("%s=%s: %v", EnvSecureBrokers, s.Brokers, err)
+	}
+	cmd := exec.Command("bash", filepath.Join(repoRoot(t), "deploy", "kafka", "kafka.sh"), "acls", job)
+	cmd.Env = append(os.Environ(), "FDX_KAFKA_DIR="+s.dir, "FDX_KAFKA_PORT="+port)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("kafka.sh acls %s: %v\n%s", job, err, out)
+	}
+	t.Logf("kafka.sh acls %s: %s", job, strings.TrimSpace(string(out)))
+}
+
+// repoRoot is the directory of go.mod above the test's working directory.
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the test's directory")
+		}
+		dir = parent
+	}
+}
