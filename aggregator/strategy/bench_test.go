@@ -3,6 +3,7 @@ package strategy
 import (
 	"math/rand/v2"
 	"testing"
+	"time"
 )
 
 // sizes2NN are the tensors of the FedAvg paper's MNIST 2NN (784-200-200-10):
@@ -135,6 +136,28 @@ func BenchmarkFold(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(params), "ns/param")
 		b.ReportMetric(8, "bytes/param")
+	})
+	// interleaved times one exact fold and one axpy alternately, so that
+	// both see the same load on a shared machine: speed-vs-axpy is the
+	// exact fold's speed as a fraction of the axpy's.
+	b.Run("interleaved", func(b *testing.B) {
+		a := mustAccumulator(b, sizes2NN)
+		y := make([]float64, params)
+		w := float64(u.NumExamples)
+		var fold, plain time.Duration
+		for i := 0; b.Loop(); i++ {
+			if i%benchClients == 0 {
+				a.Reset()
+			}
+			t0 := time.Now()
+			if err := a.Add(u.NumExamples, u.Params); err != nil {
+				b.Fatal(err)
+			}
+			t1 := time.Now()
+			axpy(y, w, flat)
+			fold, plain = fold+t1.Sub(t0), plain+time.Since(t1)
+		}
+		b.ReportMetric(float64(plain)/float64(fold), "speed-vs-axpy")
 	})
 	b.Run("copy", func(b *testing.B) {
 		y := make([]float32, params)
