@@ -1,6 +1,8 @@
 package strategy
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"math/bits"
@@ -26,8 +28,8 @@ const (
 )
 
 const (
-	// accWords is the number of 64-bit words per coordinate: a 256-bit two's
-	// complement integer.
+	// accWords is the number of 64-bit words per coordinate of the wide
+	// (fallback) sums: a 256-bit two's complement integer.
 	accWords = 4
 	// quantumLog2 makes the accumulator count in units of 2^-149, the
 	// smallest float32 subnormal. Every float32 is an integer multiple of that
@@ -40,36 +42,134 @@ const (
 	termLimitUnits = MaxTermLog2 + quantumLog2
 )
 
+// The dense, windowed representation (see Accumulator for why it is exact).
+// The names in brackets are those of the proof there.
+const (
+	// blockLen is the number of coordinates that share one exponent window.
+	blockLen = 256
+	// winBinades [R] is the width of a window: a block keeps the float32
+	// exponent fields [e0, e0+R) in its dense sums.
+	winBinades = 32
+	// winHeadroom is how many binades above the largest value of the first
+	// update a window reaches, so later updates that grow a little still fit.
+	winHeadroom = 4
+	// loBits [L]: the high sum holds multiples of 2^L window units, the low
+	// sum integers of at most about 2^(L-1) per term.
+	loBits = 48
+	// renormEvery [K] is the number of folds between carries from the low
+	// sum into the high one: K+1 low parts of at most 2^(L-1) stay within
+	// 2^53, where every integer is a float64.
+	renormEvery = 63
+	// maxPartWeight bounds the weight of one fold: weight × significand
+	// < 2^29 × 2^24 = 2^53 is an exact float64 product. Heavier updates are
+	// folded in parts.
+	maxPartWeight = 1<<29 - 1
+	// denseWeightLimit [Wmax] bounds the total weight folded into the dense
+	// sums: |high sum| < Wmax × 2^(24+R) + 2^53 ≤ 2^(53+L), where multiples
+	// of 2^L are exact float64s. Beyond it (never, at 2^44 ≈ 1.8e13
+	// examples) the dense sums are first moved into the wide ones.
+	denseWeightLimit = 1 << 44
+	// maxWinTop is the largest exponent field a window may hold: with
+	// e ≤ 175, |weight × x| < 2^55 × 2^(e-1) units ≤ 2^229 units whatever
+	// the weight, so a value in a window always passes termFits.
+	maxWinTop = termLimitUnits - 55 + 1
+	// maxWinBottom is the largest bottom exponent field of a window.
+	maxWinBottom = maxWinTop - winBinades + 1
+	// splitMagic is 1.5 × 2^(52+L): for |t| < 2^(51+L), t + splitMagic lies
+	// in [2^(52+L), 2^(53+L)), whose spacing is 2^L, so (t + splitMagic) −
+	// splitMagic is t rounded to a multiple of 2^L, exactly, and t minus it
+	// is exact too (an integer of magnitude ≤ 2^(L-1)).
+	splitMagic = 0x1.8p100
+	// inWindowSpan is R in the position of the exponent field of x<<1.
+	inWindowSpan = winBinades << 24
+)
+
 // Accumulator computes the weighted mean of float32 parameter vectors exactly
 // and in O(model) memory, with a result that is bit-identical whatever order
 // the vectors are added in.
 //
 // Why: clients arrive in random order (and over two channels that must yield
 // the same model), and floating-point addition is not associative, so a
-// running float sum would make the global model depend on arrival order. Here
-// each coordinate keeps Σ weight_i·x_i as a 256-bit fixed-point integer in
-// units of 2^-149. Integer addition is associative and commutative, so the
-// sum does not depend on the order.
+// running float sum would make the global model depend on arrival order.
+// Here each coordinate keeps Σ weight_i·x_i exactly, as an integer in units
+// of 2^-149, the smallest float32 subnormal: every float32 is an integer
+// number of units, and so is weight × x. Integer addition is associative
+// and commutative, so the exact sum, and the mean rounded once from it, do
+// not depend on the order; nor do they depend on how the sum is
+// represented, which may (and does) depend on the order in which updates
+// arrived. Mean divides by Σ weight_i and rounds once, to nearest-even, so
+// each coordinate is the correctly rounded weighted mean (subnormals
+// included) and identical inputs come back unchanged; a mean of exactly
+// zero is +0.
 //
-// Precision: none is lost before the end. A coarser unit (say 2^-40, which
-// would fit 128 bits) would round every term, to an absolute 2^-41, and
-// values below about 2^-16 would come back perturbed even when every client
-// sent the same one. With the unit 2^-149, the smallest float32 subnormal,
-// every float32 is an integer number of units and so is weight × x: no term
-// is rounded, and the sum is the exact weighted sum. Mean divides it by
-// Σ weight_i and rounds once, to nearest-even, so each coordinate is the
-// correctly rounded weighted mean (subnormals included) and identical inputs
-// come back unchanged; a mean of exactly zero is +0. The price is 32 bytes
-// per coordinate (6.4 MB for the 199,210-parameter 2NN) and the range
-// limits above: |weight × x| < 2^80 per term, at most MaxTerms terms.
+// Representation. A plain 256-bit fixed-point sum per coordinate (a Kulisch
+// accumulator) is exact but costs 32 bytes and a 4-word carry chain per
+// value. Model weights, though, span few binades, so, as in binned
+// (ReproBLAS) and small-superaccumulator (Neal's xsum) summation, the sum is
+// split by exponent, and carries are deferred:
+//
+//   - Coordinates are cut into blocks of blockLen. A block's window is the
+//     R = winBinades exponent fields [e0, e0+R), chosen from the first update
+//     that has a nonzero value there (winHeadroom binades above its largest).
+//     The window unit is U = 2^(e0-150), the last bit of the smallest float32
+//     in the window.
+//   - A value x in the window, times a weight w < 2^29, is t = w·x/U =
+//     w·m·2^r with m < 2^24 and 0 ≤ r < R: an integer below 2^(53+R) = 2^85.
+//     float64(x)·(w·2^(150-e0)) computes it exactly (w·m < 2^53 bits, times
+//     a power of two).
+//   - t is split, exactly (see splitMagic), into h, a multiple of 2^L, and
+//     l = t − h, an integer with |l| ≤ 2^(L-1). Each coordinate keeps two
+//     float64 sums: hi of the h, lo of the l (16 bytes).
+//   - lo stays exact: after a renormalisation |lo| ≤ 2^(L-1); K more folds
+//     add at most K·2^(L-1), and (K+1)·2^(L-1) ≤ 2^53, below which every
+//     integer is a float64, so no partial sum is rounded. Every K folds,
+//     lo's multiple of 2^L moves into hi (the carry), exactly.
+//   - hi stays exact: it holds multiples of 2^L of magnitude at most
+//     |Σ t| + |lo| < Wmax·2^(24+R) + 2^53 ≤ 2^(53+L) (Wmax is
+//     denseWeightLimit, the total weight folded densely), and every such
+//     multiple is a float64.
+//   - A value outside its block's window (a tiny one, a subnormal, one that
+//     grew past the window) goes to a 256-bit fixed-point sum for the block,
+//     allocated the first time it is needed. Zero goes nowhere.
+//
+// So the sum is exact in every case; only the speed depends on how well the
+// windows fit. Folding is a float convert, multiply, two adds and two
+// subtracts per value, and vectorises (see foldWindow); the memory is 16
+// bytes per coordinate while values stay in their windows. Accumulators can
+// be merged (Merge) and serialised (MarshalBinary) exactly.
+//
+// The limits: |weight × x| < 2^80 per term, at most MaxTerms terms.
 //
 // An Accumulator is not safe for concurrent use.
 type Accumulator struct {
-	sizes  []int
-	total  int      // number of coordinates, Σ sizes
-	acc    []uint64 // accWords words per coordinate, least significant first
-	count  int
-	weight int64
+	sizes []int
+	total int // number of coordinates, Σ sizes
+	// blocks cut each tensor, in order, into blockLen coordinates (the last
+	// of a tensor may be shorter); tensorBlocks[t] is tensor t's first.
+	blocks       []block
+	tensorBlocks []int
+	// hi and lo are the dense sums of each coordinate, in its block's
+	// window units.
+	hi, lo []float64
+	// sinceRenorm counts folds since lo was last carried into hi.
+	sinceRenorm int
+	// denseWeight is the weight folded into hi and lo since they were last
+	// emptied.
+	denseWeight int64
+	count       int
+	weight      int64
+}
+
+// block is a run of coordinates sharing an exponent window.
+type block struct {
+	off, n int // coordinates [off, off+n) of the flattened model
+	// e0 is the bottom exponent field of the window, in [1, maxWinBottom];
+	// 0 until chosen, and then the block's dense sums are zero.
+	e0 uint32
+	// wide holds accWords words per coordinate (least significant first):
+	// the 256-bit sum, in units of 2^-149, of the terms outside the window.
+	// Nil until needed.
+	wide []uint64
 }
 
 // NewAccumulator returns an empty accumulator for tensors of the given
@@ -85,11 +185,33 @@ func NewAccumulator(sizes []int) (*Accumulator, error) {
 		}
 		total += n
 	}
-	return &Accumulator{
-		sizes: append([]int(nil), sizes...),
-		total: total,
-		acc:   make([]uint64, accWords*total),
-	}, nil
+	a := &Accumulator{
+		sizes:        append([]int(nil), sizes...),
+		total:        total,
+		tensorBlocks: make([]int, len(sizes)+1),
+	}
+	a.hi, a.lo = denseSums(total)
+	off := 0
+	for t, n := range sizes {
+		a.tensorBlocks[t] = len(a.blocks)
+		for j := 0; j < n; j += blockLen {
+			a.blocks = append(a.blocks, block{off: off + j, n: min(blockLen, n-j)})
+		}
+		off += n
+	}
+	a.tensorBlocks[len(sizes)] = len(a.blocks)
+	return a, nil
+}
+
+// denseSums allocates hi and lo in one piece, with lo starting half a page
+// (modulo 4 KiB) after hi: at equal offsets, a load from lo right after a
+// store to hi would wait on a false dependency (4K aliasing), which more
+// than halves the fold's speed.
+func denseSums(n int) (hi, lo []float64) {
+	const page, half = 4096 / 8, 2048 / 8 // in float64s
+	pad := ((half-n)%page + page) % page
+	buf := make([]float64, 2*n+pad)
+	return buf[:n:n], buf[n+pad : 2*n+pad : 2*n+pad]
 }
 
 // Count returns the number of vectors added.
@@ -98,10 +220,15 @@ func (a *Accumulator) Count() int { return a.count }
 // Weight returns the sum of the weights added.
 func (a *Accumulator) Weight() int64 { return a.weight }
 
-// Reset empties the accumulator, keeping its shapes and memory.
+// Reset empties the accumulator, keeping its shapes and dense memory; the
+// wide sums are released, and windows are chosen afresh.
 func (a *Accumulator) Reset() {
-	clear(a.acc)
-	a.count, a.weight = 0, 0
+	clear(a.hi)
+	clear(a.lo)
+	for i := range a.blocks {
+		a.blocks[i].e0, a.blocks[i].wide = 0, nil
+	}
+	a.sinceRenorm, a.denseWeight, a.count, a.weight = 0, 0, 0, 0
 }
 
 // Add adds weight × params. It is atomic: on error nothing was added. It
@@ -123,18 +250,171 @@ func (a *Accumulator) Add(weight int64, params [][]float32) error {
 	if err != nil {
 		return err
 	}
-	n := uint64(weight)
-	if !termFits(n, maxAbs) {
+	if !termFits(uint64(weight), maxAbs) {
 		return fmt.Errorf("%w: |%d × %g| is not below 2^%d", ErrOverflow, weight, math.Float32frombits(maxAbs), MaxTermLog2)
 	}
-	off := 0
-	for _, xs := range params {
-		accumulate(a.acc[accWords*off:accWords*(off+len(xs))], n, xs)
-		off += len(xs)
+	// Validation is over: from here on nothing fails, so Add is atomic.
+	if a.denseWeight > denseWeightLimit-weight {
+		a.spillAll()
+	}
+	for w := uint64(weight); w > 0; {
+		part := min(w, maxPartWeight)
+		a.fold(part, params)
+		w -= part
 	}
 	a.count++
 	a.weight += weight
+	a.denseWeight += weight
 	return nil
+}
+
+// fold adds w × params, for w ≤ maxPartWeight and validated params.
+func (a *Accumulator) fold(w uint64, params [][]float32) {
+	if a.sinceRenorm == renormEvery {
+		a.renormalize()
+	}
+	a.sinceRenorm++
+	fw := float64(w)
+	for t, xs := range params {
+		for bi := a.tensorBlocks[t]; bi < a.tensorBlocks[t+1]; bi++ {
+			b := &a.blocks[bi]
+			start := (bi - a.tensorBlocks[t]) * blockLen
+			bx := xs[start : start+b.n]
+			if b.e0 == 0 {
+				if b.e0 = chooseWindow(bx); b.e0 == 0 {
+					continue // all zero
+				}
+			}
+			a.foldBlock(b, bx, w, fw)
+		}
+	}
+}
+
+// chooseWindow returns the bottom exponent field of a window for a block
+// whose first nonzero values are xs, or 0 if they are all zero.
+func chooseWindow(xs []float32) uint32 {
+	mx := maxAbs32(xs)
+	if mx == 0 {
+		return 0
+	}
+	top := min(max(int(mx>>23), 1)+winHeadroom, maxWinTop)
+	return uint32(max(top-winBinades+1, 1))
+}
+
+// foldBlock adds w × xs into block b. The vector kernel takes the runs of
+// values in the window; the values it stops at are folded one by one.
+func (a *Accumulator) foldBlock(b *block, xs []float32, w uint64, fw float64) {
+	hi := a.hi[b.off : b.off+len(xs)]
+	lo := a.lo[b.off : b.off+len(xs)]
+	scale := fw * math.Ldexp(1, 150-int(b.e0)) // w / U, exact: a power of two apart
+	for i := 0; i < len(xs); {
+		i += foldWindow(xs[i:], hi[i:], lo[i:], scale, b.e0)
+		for end := min(i+8, len(xs)); i < end; i++ {
+			x := xs[i]
+			xb := math.Float32bits(x)
+			switch {
+			case xb<<1-b.e0<<24 < inWindowSpan:
+				t := float64(float64(x) * scale) // the conversion forbids fusing into an FMA
+				h := float64(t+splitMagic) - splitMagic
+				hi[i] += h
+				lo[i] += t - h
+			case xb<<1 == 0:
+			default:
+				if b.wide == nil {
+					b.wide = make([]uint64, accWords*b.n)
+				}
+				accumulate(b.wide[accWords*i:accWords*i+accWords], w, xs[i:i+1])
+			}
+		}
+	}
+}
+
+// foldWindowGeneric is foldWindow in Go: it adds the values of x that lie
+// in the window with bottom exponent field e0, times scale = w / U, into hi
+// and lo, and returns at the first value that is neither in the window nor
+// zero, or at the end: the number of values folded.
+func foldWindowGeneric(x []float32, hi, lo []float64, scale float64, e0 uint32) int {
+	hi, lo = hi[:len(x)], lo[:len(x)]
+	for i, v := range x {
+		vb := math.Float32bits(v)
+		if vb<<1-e0<<24 >= inWindowSpan && vb<<1 != 0 {
+			return i
+		}
+		t := float64(float64(v) * scale)
+		h := float64(t+splitMagic) - splitMagic
+		hi[i] += h
+		lo[i] += t - h
+	}
+	return len(x)
+}
+
+// renormalize carries lo's multiples of 2^L into hi, leaving |lo| ≤
+// 2^(L-1). Exact: |lo| ≤ 2^53 so the split is exact (see splitMagic), and
+// hi stays a multiple of 2^L within its bound.
+func (a *Accumulator) renormalize() {
+	hi, lo := a.hi, a.lo[:len(a.hi)]
+	for i, l := range lo {
+		c := float64(l+splitMagic) - splitMagic
+		hi[i] += c
+		lo[i] = l - c
+	}
+	a.sinceRenorm = 0
+}
+
+// spillAll moves every dense sum into the wide ones.
+func (a *Accumulator) spillAll() {
+	for i := range a.blocks {
+		a.spill(&a.blocks[i])
+	}
+	a.denseWeight = 0
+}
+
+// spill moves block b's dense sums into its wide ones.
+func (a *Accumulator) spill(b *block) {
+	if b.e0 == 0 {
+		return
+	}
+	if b.wide == nil {
+		b.wide = make([]uint64, accWords*b.n)
+	}
+	for j := range b.n {
+		i := b.off + j
+		d := (*[accWords]uint64)(b.wide[accWords*j:])
+		addFloat(d, a.hi[i], b.e0-1)
+		addFloat(d, a.lo[i], b.e0-1)
+		a.hi[i], a.lo[i] = 0, 0
+	}
+}
+
+// addFloat adds v × 2^shift to the 256-bit integer d, for v an integer
+// float64 (a dense sum in window units; 2^shift = U / 2^-149 converts them
+// to accumulator units).
+func addFloat(d *[accWords]uint64, v float64, shift uint32) {
+	if v == 0 {
+		return
+	}
+	b := math.Float64bits(v)
+	m := b&(1<<52-1) | 1<<52 // v is an integer ≠ 0, so normal
+	k := int(b>>52&0x7ff) - 1075 + int(shift)
+	if k < 0 {
+		m >>= uint(-k) // exact: v × 2^shift is an integer
+		k = 0
+	}
+	addTerm(d, m, uint(k), b>>63)
+}
+
+// exactSum returns the exact sum of coordinate j of block b, in units of
+// 2^-149, as a 256-bit two's complement integer.
+func (a *Accumulator) exactSum(b *block, j int) [accWords]uint64 {
+	var d [accWords]uint64
+	if b.wide != nil {
+		copy(d[:], b.wide[accWords*j:accWords*j+accWords])
+	}
+	if b.e0 != 0 {
+		addFloat(&d, a.hi[b.off+j], b.e0-1)
+		addFloat(&d, a.lo[b.off+j], b.e0-1)
+	}
+	return d
 }
 
 // Mean returns the weighted mean, each coordinate correctly rounded to
@@ -170,8 +450,12 @@ func (a *Accumulator) meanFlat() ([]float32, error) {
 	}
 	out := make([]float32, a.total)
 	w := uint64(a.weight)
-	for i := range out {
-		out[i] = float32(quotient(a.acc[accWords*i:accWords*i+accWords], w, true))
+	for bi := range a.blocks {
+		b := &a.blocks[bi]
+		for j := range b.n {
+			d := a.exactSum(b, j)
+			out[b.off+j] = float32(quotient(d[:], w, true))
+		}
 	}
 	return out, nil
 }
@@ -182,10 +466,290 @@ func (a *Accumulator) mean64Flat() ([]float64, error) {
 	}
 	out := make([]float64, a.total)
 	w := uint64(a.weight)
-	for i := range out {
-		out[i] = quotient(a.acc[accWords*i:accWords*i+accWords], w, false)
+	for bi := range a.blocks {
+		b := &a.blocks[bi]
+		for j := range b.n {
+			d := a.exactSum(b, j)
+			out[b.off+j] = quotient(d[:], w, false)
+		}
 	}
 	return out, nil
+}
+
+// Merge adds other's sums into a, exactly: accumulators that together saw
+// a set of updates merge into one whose Mean is bit-identical to that of a
+// single accumulator fed all of them, in any order and any grouping. other
+// is not changed. It fails with ErrShape if the shapes differ and with
+// ErrOverflow if the merged accumulator would hold more than MaxTerms
+// vectors; on error a is unchanged.
+func (a *Accumulator) Merge(other *Accumulator) error {
+	if other == a {
+		return errors.New("accumulator: merge with itself")
+	}
+	if err := sameSizes(a.sizes, other.sizes); err != nil {
+		return fmt.Errorf("accumulator: merge: %w", err)
+	}
+	if other.count > MaxTerms-a.count {
+		return fmt.Errorf("%w: merging %d vectors into %d exceeds %d", ErrOverflow, other.count, a.count, MaxTerms)
+	}
+	if other.count == 0 {
+		return nil
+	}
+	// After this, |a.lo| ≤ 2^(L-1), and other's lo, carried on the fly,
+	// adds at most 2^(L-1): one fold's worth.
+	a.renormalize()
+	if a.denseWeight > denseWeightLimit-other.denseWeight {
+		a.spillAll()
+	}
+	for bi := range a.blocks {
+		ab, ob := &a.blocks[bi], &other.blocks[bi]
+		if ob.wide != nil {
+			if ab.wide == nil {
+				ab.wide = make([]uint64, accWords*ab.n)
+			}
+			for j := range ab.n {
+				add256((*[accWords]uint64)(ab.wide[accWords*j:]), (*[accWords]uint64)(ob.wide[accWords*j:]))
+			}
+		}
+		if ob.e0 == 0 {
+			continue
+		}
+		if ab.e0 == 0 {
+			ab.e0 = ob.e0 // a's dense sums here are zero: take other's window
+		}
+		if ab.e0 != ob.e0 {
+			// Windows differ: other's dense sums go to a's wide ones.
+			if ab.wide == nil {
+				ab.wide = make([]uint64, accWords*ab.n)
+			}
+			for j := range ab.n {
+				d := (*[accWords]uint64)(ab.wide[accWords*j:])
+				addFloat(d, other.hi[ob.off+j], ob.e0-1)
+				addFloat(d, other.lo[ob.off+j], ob.e0-1)
+			}
+			continue
+		}
+		for j := range ab.n {
+			i := ab.off + j
+			l := other.lo[i]
+			c := float64(l+splitMagic) - splitMagic
+			a.hi[i] += other.hi[i] + c // both multiples of 2^L, within the bound
+			a.lo[i] += l - c
+		}
+	}
+	a.sinceRenorm = 1
+	a.count += other.count
+	a.weight += other.weight
+	a.denseWeight += other.denseWeight
+	return nil
+}
+
+func sameSizes(a, b []int) error {
+	if len(a) != len(b) {
+		return fmt.Errorf("%w: %d tensors, want %d", ErrShape, len(b), len(a))
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return fmt.Errorf("%w: tensor %d has %d elements, want %d", ErrShape, i, b[i], a[i])
+		}
+	}
+	return nil
+}
+
+// add256 adds the 256-bit two's complement integer s to d.
+func add256(d, s *[accWords]uint64) {
+	var c uint64
+	d[0], c = bits.Add64(d[0], s[0], 0)
+	d[1], c = bits.Add64(d[1], s[1], c)
+	d[2], c = bits.Add64(d[2], s[2], c)
+	d[3] += s[3] + c
+}
+
+// The serialised form (MarshalBinary), little-endian:
+//
+//	"FDXA" 1                       magic and version
+//	uvarint tensors, uvarint size…  shapes
+//	uvarint count, weight, denseWeight
+//	per block, in order:
+//	  byte e0 (0: no dense sums), byte 1 if wide sums follow else 0
+//	  if e0 ≠ 0: n × (hi, lo) as float64 bits
+//	  if wide:   n × 4 words
+const marshalMagic = "FDXA\x01"
+
+// MarshalBinary encodes the exact state, for publishing a partial sum that
+// another process merges (UnmarshalBinary, then Merge). It carries lo into
+// hi first, which changes the representation but not the sums.
+func (a *Accumulator) MarshalBinary() ([]byte, error) {
+	a.renormalize()
+	out := []byte(marshalMagic)
+	out = binary.AppendUvarint(out, uint64(len(a.sizes)))
+	for _, n := range a.sizes {
+		out = binary.AppendUvarint(out, uint64(n))
+	}
+	out = binary.AppendUvarint(out, uint64(a.count))
+	out = binary.AppendUvarint(out, uint64(a.weight))
+	out = binary.AppendUvarint(out, uint64(a.denseWeight))
+	for bi := range a.blocks {
+		b := &a.blocks[bi]
+		hasWide := byte(0)
+		if b.wide != nil {
+			hasWide = 1
+		}
+		out = append(out, byte(b.e0), hasWide)
+		if b.e0 != 0 {
+			for i := b.off; i < b.off+b.n; i++ {
+				out = binary.LittleEndian.AppendUint64(out, math.Float64bits(a.hi[i]))
+				out = binary.LittleEndian.AppendUint64(out, math.Float64bits(a.lo[i]))
+			}
+		}
+		for _, w := range b.wide {
+			out = binary.LittleEndian.AppendUint64(out, w)
+		}
+	}
+	return out, nil
+}
+
+// UnmarshalBinary replaces a's state by the one data encodes. If a was made
+// by NewAccumulator, data must have the same shapes (ErrShape otherwise);
+// into a zero Accumulator it takes the encoded shapes. It checks every
+// bound the sums rely on, so a corrupt or hostile input is an error, never
+// a wrong sum later; on error a is unchanged.
+func (a *Accumulator) UnmarshalBinary(data []byte) error {
+	d := decoder{b: data}
+	if string(d.bytes(len(marshalMagic))) != marshalMagic {
+		return fmt.Errorf("accumulator: unmarshal: %w: not an accumulator (bad magic or version)", ErrBadState)
+	}
+	nt := d.uvarint()
+	if nt > uint64(len(data)) {
+		return fmt.Errorf("accumulator: unmarshal: %w: %d tensors in %d bytes", ErrBadState, nt, len(data))
+	}
+	sizes := make([]int, nt)
+	var blocks uint64
+	for i := range sizes {
+		n := d.uvarint()
+		// Every block of blockLen coordinates takes at least 2 bytes, which
+		// bounds what a short input can make us allocate.
+		if blocks += (n + blockLen - 1) / blockLen; n > uint64(len(data))*blockLen || blocks > uint64(len(data))/2 {
+			return fmt.Errorf("accumulator: unmarshal: %w: tensor %d of %d elements in %d bytes", ErrBadState, i, n, len(data))
+		}
+		sizes[i] = int(n)
+	}
+	if d.err != nil {
+		return fmt.Errorf("accumulator: unmarshal: %w", d.err)
+	}
+	if a.sizes != nil {
+		if err := sameSizes(a.sizes, sizes); err != nil {
+			return fmt.Errorf("accumulator: unmarshal: %w", err)
+		}
+	}
+	n, err := NewAccumulator(sizes)
+	if err != nil {
+		return fmt.Errorf("accumulator: unmarshal: %w", err)
+	}
+	count, weight, dense := d.uvarint(), d.uvarint(), d.uvarint()
+	switch {
+	case d.err != nil:
+		return fmt.Errorf("accumulator: unmarshal: %w", d.err)
+	case count > MaxTerms:
+		return fmt.Errorf("accumulator: unmarshal: %w: %w: %d vectors", ErrBadState, ErrOverflow, count)
+	case weight < count || weight > count*MaxWeight:
+		return fmt.Errorf("accumulator: unmarshal: %w: weight %d impossible for %d vectors", ErrBadState, weight, count)
+	case dense > weight || dense > denseWeightLimit:
+		return fmt.Errorf("accumulator: unmarshal: %w: dense weight %d out of range", ErrBadState, dense)
+	}
+	n.count, n.weight, n.denseWeight = int(count), int64(weight), int64(dense)
+	// |hi + lo| ≤ dense × 2^(24+R) holds for the sums this weight can make;
+	// requiring it keeps the bound that later folds rely on.
+	hiMax := float64(dense)*math.Ldexp(1, 24+winBinades) + math.Ldexp(1, loBits-1)
+	for bi := range n.blocks {
+		b := &n.blocks[bi]
+		e0, hasWide := uint32(d.u8()), d.u8()
+		if e0 > maxWinBottom || hasWide > 1 {
+			return fmt.Errorf("accumulator: unmarshal: %w: block %d: bad header %d %d", ErrBadState, bi, e0, hasWide)
+		}
+		b.e0 = e0
+		if e0 != 0 {
+			for i := b.off; i < b.off+b.n; i++ {
+				h, l := math.Float64frombits(d.u64()), math.Float64frombits(d.u64())
+				if !multipleOf(h, loBits) || math.Abs(h) > hiMax || !multipleOf(l, 0) || math.Abs(l) > math.Ldexp(1, loBits-1) {
+					return fmt.Errorf("accumulator: unmarshal: %w: coordinate %d: dense sums %g, %g out of range", ErrBadState, i, h, l)
+				}
+				n.hi[i], n.lo[i] = h, l
+			}
+		}
+		if hasWide == 1 {
+			b.wide = make([]uint64, accWords*b.n)
+			for j := range b.wide {
+				b.wide[j] = d.u64()
+			}
+			for j := range b.n {
+				if !wideFits((*[accWords]uint64)(b.wide[accWords*j:]), count) {
+					return fmt.Errorf("accumulator: unmarshal: %w: coordinate %d: wide sum out of range", ErrBadState, b.off+j)
+				}
+			}
+		}
+		if d.err != nil {
+			return fmt.Errorf("accumulator: unmarshal: %w", d.err)
+		}
+	}
+	if len(d.b) != 0 {
+		return fmt.Errorf("accumulator: unmarshal: %w: %d trailing bytes", ErrBadState, len(d.b))
+	}
+	*a = *n
+	return nil
+}
+
+// multipleOf reports whether v is a finite integer multiple of 2^k.
+func multipleOf(v float64, k int) bool {
+	if v == 0 {
+		return true
+	}
+	b := math.Float64bits(v)
+	e := int(b >> 52 & 0x7ff)
+	if e == 0x7ff || e == 0 {
+		return false // non-finite, or subnormal (never an integer)
+	}
+	m := b&(1<<52-1) | 1<<52
+	return e-1075+bits.TrailingZeros64(m) >= k
+}
+
+// wideFits reports whether the 256-bit integer s has magnitude below
+// count × 2^229, the most count terms can sum to.
+func wideFits(s *[accWords]uint64, count uint64) bool {
+	m := *s
+	if m[3]>>63 != 0 {
+		c := uint64(1)
+		for i := range m {
+			m[i], c = bits.Add64(^m[i], 0, c)
+		}
+	}
+	if m == [accWords]uint64{} {
+		return true
+	}
+	return m[3]>>(termLimitUnits-192) < count
+}
+
+// uvarint reads an unsigned varint.
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err = fmt.Errorf("%w: bad varint", ErrBadState)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+// memBytes is the memory the accumulator holds for its sums.
+func (a *Accumulator) memBytes() int {
+	n := 8*(len(a.hi)+len(a.lo)) + 8*len(a.tensorBlocks)
+	for i := range a.blocks {
+		n += 8*len(a.blocks[i].wide) + 48 // 48: the block header
+	}
+	return n
 }
 
 // decompose returns the integer m and shift s with |x| = m × 2^(s-149) for
@@ -213,35 +777,38 @@ func accumulate(acc []uint64, n uint64, xs []float32) {
 	for i, x := range xs {
 		b := math.Float32bits(x)
 		m, s := decompose(b)
-		// p < 2^55 as n ≤ MaxWeight < 2^31 and m < 2^24. The term p << s
-		// spans words s/64 and s/64+1; hi is p >> (64 − s%64) written with
-		// shifts below 64, which compile without a range check, and is 0
-		// for s%64 == 0.
-		p := n * m
-		r := s & 63
-		lo, hi := p<<r, (p>>1)>>((63-r)&63)
-		var t0, t1, t2, t3 uint64
-		switch s >> 6 {
-		case 0:
-			t0, t1 = lo, hi
-		case 1:
-			t1, t2 = lo, hi
-		case 2:
-			t2, t3 = lo, hi
-		default: // hi is zero: the term is below 2^229
-			t3 = lo
-		}
-		// Negative terms are added as their two's complement, ^t + 1: the
-		// mask flips the words and the sign bit is the carry in.
-		neg := uint64(b >> 31)
-		mask := -neg
-		a := (*[accWords]uint64)(acc[accWords*i:])
-		var c uint64
-		a[0], c = bits.Add64(a[0], t0^mask, neg)
-		a[1], c = bits.Add64(a[1], t1^mask, c)
-		a[2], c = bits.Add64(a[2], t2^mask, c)
-		a[3] += (t3 ^ mask) + c
+		// p < 2^55 as n ≤ MaxWeight < 2^31 and m < 2^24.
+		addTerm((*[accWords]uint64)(acc[accWords*i:]), n*m, s, uint64(b>>31))
 	}
+}
+
+// addTerm adds (−1)^neg × p × 2^s to the 256-bit integer a, for neg 0 or 1
+// and |p × 2^s| < 2^255.
+func addTerm(a *[accWords]uint64, p uint64, s uint, neg uint64) {
+	// The term p << s spans words s/64 and s/64+1; hi is p >> (64 − s%64)
+	// written with shifts below 64, which compile without a range check,
+	// and is 0 for s%64 == 0.
+	r := s & 63
+	lo, hi := p<<r, (p>>1)>>((63-r)&63)
+	var t0, t1, t2, t3 uint64
+	switch s >> 6 {
+	case 0:
+		t0, t1 = lo, hi
+	case 1:
+		t1, t2 = lo, hi
+	case 2:
+		t2, t3 = lo, hi
+	default: // hi is zero: the term is below 2^255
+		t3 = lo
+	}
+	// Negative terms are added as their two's complement, ^t + 1: the
+	// mask flips the words and the sign bit is the carry in.
+	mask := -neg
+	var c uint64
+	a[0], c = bits.Add64(a[0], t0^mask, neg)
+	a[1], c = bits.Add64(a[1], t1^mask, c)
+	a[2], c = bits.Add64(a[2], t2^mask, c)
+	a[3] += (t3 ^ mask) + c
 }
 
 // quotient returns s / (n × 2^149), where s is a 256-bit two's complement
@@ -336,14 +903,22 @@ func quotient(s []uint64, n uint64, single bool) float64 {
 func maxAbsBits(params [][]float32) (uint32, error) {
 	var mx uint32
 	for _, xs := range params {
-		for _, x := range xs {
-			mx = max(mx, math.Float32bits(x)&0x7fffffff)
-		}
+		mx = max(mx, maxAbs32(xs))
 	}
 	if mx >= 0x7f800000 {
 		return 0, firstNonFinite(params)
 	}
 	return mx, nil
+}
+
+// maxAbsGeneric is maxAbs32 in Go: the largest |x| over xs as float32
+// bits, NaNs included (they order above infinity).
+func maxAbsGeneric(xs []float32) uint32 {
+	var mx uint32
+	for _, x := range xs {
+		mx = max(mx, math.Float32bits(x)&0x7fffffff)
+	}
+	return mx
 }
 
 func firstNonFinite(params [][]float32) error {

@@ -1,0 +1,189 @@
+// Command fleet measures the aggregator's capacity with many clients: it
+// runs the aggregator (aggregator/job, the same code as the binary) and a
+// load generator that plays N clients through a few Kafka producers,
+// sending pre-built, valid, distinct updates (seeded perturbations of each
+// round's model, client ids 0..N-1) as soon as the round's model appears.
+// No client trains, so N = 100,000 fits on one machine.
+//
+// It reports, per round, the aggregator's ingest rate (updates/s, MB/s),
+// the round close time (last needed update acknowledged → next model
+// visible to a reader), the aggregator's CPU and peak RSS (it runs as a
+// child process, so these are its own), and, in the same run, the rate of a
+// bare consumer that only decodes the same records.
+//
+//	go run ./evaluations/fleet -clients 10000 -rounds 3
+//	go run ./evaluations/fleet -clients 1000 -model 2nn -broker 127.0.0.1:9092
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+)
+
+// roleFlag makes the binary the aggregator child of a fleet run.
+const roleAggregator = "aggregator"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "fleet:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("fleet", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg Config
+	var role, kafkaConfig, jsonPath, logLevel string
+	var inProcess bool
+	fs.StringVar(&cfg.Brokers, "broker", "", "Kafka bootstrap list (default: an embedded broker)")
+	fs.StringVar(&kafkaConfig, "kafka-config", "", "librdkafka properties file (SASL/TLS) for -broker")
+	fs.StringVar(&cfg.Job, "job", "", "job id (default: fleet-<clients>-<time>)")
+	fs.IntVar(&cfg.Clients, "clients", 1000, "clients per round (client ids 0..N-1); every round waits for all")
+	fs.IntVar(&cfg.Rounds, "rounds", 3, "rounds")
+	fs.StringVar(&cfg.Model, "model", "logreg", "logreg or 2nn")
+	fs.IntVar(&cfg.Producers, "producers", 4, "Kafka producers the fleet sends through")
+	fs.IntVar(&cfg.Variants, "variants", 8, "full model perturbations built per round")
+	fs.Float64Var(&cfg.Spread, "spread", 1e-3, "standard deviation of the perturbations")
+	fs.Int64Var(&cfg.Examples, "examples", 10, "num_examples of every update")
+	fs.Uint64Var(&cfg.Seed, "seed", 1, "seed")
+	fs.IntVar(&cfg.UpdatePartitions, "update-partitions", 4, "partitions of the updates topic")
+	fs.IntVar(&cfg.EvalExamples, "eval-examples", 100, "test examples the aggregator scores per round")
+	fs.DurationVar(&cfg.Timeout, "timeout", 30*time.Minute, "limit on the run")
+	fs.BoolVar(&inProcess, "in-process", false, "run the aggregator in this process (CPU and RSS then include the fleet)")
+	fs.StringVar(&jsonPath, "json", "", "write the report as JSON to this file")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&role, "role", "", "internal: \"aggregator\" runs the aggregator child")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
+	cfg.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if kafkaConfig != "" {
+		props, err := kafkachan.LoadProperties(kafkaConfig)
+		if err != nil {
+			return err
+		}
+		cfg.KafkaProperties = props
+	}
+	if role == roleAggregator {
+		return aggregatorChild(ctx, cfg, stdout)
+	}
+	if role != "" {
+		return fmt.Errorf("-role %q: unknown", role)
+	}
+	if !inProcess {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		cfg.aggregator = childAggregator(exe, args)
+	}
+	rep, err := Run(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	writeTable(stdout, rep)
+	if jsonPath != "" {
+		b, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(jsonPath, append(b, '\n'), 0o644)
+	}
+	return nil
+}
+
+// aggregatorChild runs the aggregator and speaks to its parent on stdout:
+// a "ready" line once clients may connect, then the contributors per round
+// as a JSON line.
+func aggregatorChild(ctx context.Context, cfg Config, stdout io.Writer) error {
+	cfg.defaults()
+	contributors, err := runAggregator(ctx, cfg, func() { fmt.Fprintln(stdout, "ready") })
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(stdout).Encode(contributors)
+}
+
+// childAggregator runs the aggregator as a child process (this binary with
+// -role aggregator and the parent's flags), so that its CPU and peak RSS
+// are its own.
+func childAggregator(exe string, args []string) aggregatorFunc {
+	return func(ctx context.Context, cfg Config, ready func()) ([]int, *AggregatorCost, error) {
+		cargs := append(append([]string(nil), args...), "-role", roleAggregator, "-broker", cfg.Brokers, "-job", cfg.Job)
+		cmd := exec.CommandContext(ctx, exe, cargs...)
+		cmd.Stderr = os.Stderr
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, nil, err
+		}
+		start := time.Now()
+		if err := cmd.Start(); err != nil {
+			return nil, nil, fmt.Errorf("start aggregator process: %w", err)
+		}
+		var contributors []int
+		var protoErr error
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			switch line := sc.Bytes(); {
+			case string(line) == "ready":
+				ready()
+			case len(line) > 0 && line[0] == '[':
+				protoErr = json.Unmarshal(line, &contributors)
+			}
+		}
+		err = cmd.Wait()
+		if err != nil {
+			return nil, nil, fmt.Errorf("aggregator process: %w", err)
+		}
+		if protoErr != nil || contributors == nil {
+			return nil, nil, errors.Join(errors.New("aggregator process reported no result"), protoErr)
+		}
+		ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+		if !ok {
+			return nil, nil, errors.New("no resource usage for the aggregator process")
+		}
+		return contributors, &AggregatorCost{
+			CPUSeconds: cpuSeconds(*ru),
+			PeakRSSMB:  float64(ru.Maxrss) / 1024, // Linux: KiB
+			WallMs:     msSince(start),
+		}, nil
+	}
+}
+
+func writeTable(w io.Writer, r *Report) {
+	fmt.Fprintf(w, "Fleet: %d clients, model %s, %d producers, broker %s\n\n", r.Clients, r.Model, r.Producers, r.Broker)
+	fmt.Fprintln(w, "| round | updates | MB | ingest updates/s | ingest MB/s | fleet send/s | round close ms |")
+	fmt.Fprintln(w, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	for _, rr := range r.Rounds {
+		fmt.Fprintf(w, "| %d | %d | %.1f | %.0f | %.1f | %.0f | %.1f |\n", rr.Round, rr.Updates, float64(rr.Bytes)/1e6,
+			rr.UpdatesPerSec, rr.MBPerSec, rr.SendPerSec, rr.CloseMs)
+	}
+	where := "child process"
+	if r.Aggregator.InProcess {
+		where = "whole process, fleet included"
+	}
+	fmt.Fprintf(w, "\nAggregator (%s): CPU %.2f s, peak RSS %.1f MB, wall %.0f ms; contributors per round %v\n",
+		where, r.Aggregator.CPUSeconds, r.Aggregator.PeakRSSMB, r.Aggregator.WallMs, r.Contributors)
+	fmt.Fprintf(w, "Raw consumer (decode only): %d records, %.0f updates/s, %.1f MB/s; ingest/raw %.2f\n",
+		r.Raw.Updates, r.Raw.UpdatesPerSec, r.Raw.MBPerSec, r.IngestToRaw)
+}
