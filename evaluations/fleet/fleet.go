@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/job"
+	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
 )
 
@@ -220,21 +221,21 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 // the number of contributors of each round; ready runs once clients may
 // connect. It is the one place that knows the aggregator's API.
 func runAggregator(ctx context.Context, cfg Config, ready func()) ([]int, error) {
-	res, err := job.Run(ctx, job.Options{
-		Broker:           cfg.Brokers,
+	res, err := job.RunOn(ctx, job.Spec{
+		Job:           cfg.Job,
+		MinClients:    cfg.Clients,
+		TargetClients: cfg.Clients,
+		NumRounds:     cfg.Rounds,
+		Model:         cfg.Model,
+		Partition:     dataset.PartitionSpec{Scheme: dataset.SchemeIID, NumPartitions: cfg.Clients},
+		Seed:          cfg.Seed,
+		EvalExamples:  cfg.EvalExamples,
+	}, job.ChannelConfig{
+		Transport:        job.Kafka,
+		Brokers:          cfg.Brokers,
 		KafkaProperties:  cfg.KafkaProperties,
-		Job:              cfg.Job,
-		MinClients:       cfg.Clients,
-		TargetClients:    cfg.Clients,
-		NumRounds:        cfg.Rounds,
-		Model:            cfg.Model,
-		Partition:        "iid",
-		Partitions:       cfg.Clients,
-		Seed:             cfg.Seed,
 		UpdatePartitions: cfg.UpdatePartitions,
-		EvalExamples:     cfg.EvalExamples,
-		Ready:            func(string) { ready() },
-	}, cfg.Log.With("part", "aggregator"))
+	}, job.Env{Log: cfg.Log.With("part", "aggregator")}, func(string) { ready() })
 	if err != nil {
 		return nil, err
 	}
