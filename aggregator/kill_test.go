@@ -76,7 +76,7 @@ func (k killJob) args() []string {
 // startClients runs long-running participants until the job's final model.
 func startClients(ctx context.Context, t *testing.T, k killJob) func() {
 	t.Helper()
-	return fedtest.Clients(ctx, t, participant.Target{Channel: k.channel(), Broker: k.brokers, Job: k.job}, k.clients, nil)
+	return fedtest.Clients(ctx, t, participant.Target{Channel: k.channel(), Broker: k.brokers, Job: k.job}, k.clients, fedtest.Options{})
 }
 
 // aggregatorRun is one process of the aggregator.

@@ -39,6 +39,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/logging/cloudlog"
 	"github.com/fdxkafka/fdxkafka/shared/procs"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
 
 func main() { cli.Main("aggregator", run) }
@@ -56,6 +57,7 @@ type config struct {
 	tlsKey      string
 	tlsClientCA string
 	tokensFile  string
+	modelKey    string
 	clientList  string
 	logLevel    string
 	logTo       logging.Format
@@ -77,7 +79,7 @@ var flagGroups = []cli.Group{
 	{Title: "Rounds", Flags: []string{"minclients", "numrounds", "target-clients", "round-timeout", "on-short"}},
 	{Title: "Model and data", Flags: []string{"model", "dataset", "partition", "partitions", "alpha", "shards-per-client", "max-examples", "lr", "batch", "epochs", "prox-mu", "seed", "eval-examples"}},
 	{Title: "Strategy", Flags: []string{"strategy", "server-lr", "server-momentum", "trim", "byzantine", "max-norm", "dp-clip-norm", "dp-noise-multiplier", "dp-target-quantile", "dp-clipped-count-stddev"}},
-	{Title: "Security", Flags: []string{"client-list", "tls-cert", "tls-key", "tls-client-ca", "tokens-file"}},
+	{Title: "Security", Flags: []string{"model-key", "tokens-file", "client-list", "tls-cert", "tls-key", "tls-client-ca"}},
 	{Title: "Output", Flags: []string{"clients", "out", "log-level", "log-to", "log-project", "metrics-addr"}},
 }
 
@@ -124,7 +126,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "gRPC: server certificate (PEM); with --tls-key enables TLS")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "gRPC: server private key (PEM)")
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "gRPC: CA that client certificates must chain to (mutual TLS)")
-	fs.StringVar(&c.tokensFile, "tokens-file", "", "gRPC: file of \"client_id token\" lines; clients must present their bearer token")
+	fs.StringVar(&c.tokensFile, "tokens-file", "", "file of \"client_id token\" lines: on gRPC each client's bearer token, on Kafka the key of its updates' HMAC; updates without it are rejected as unauthenticated")
+	fs.StringVar(&c.modelKey, "model-key", "", "Ed25519 private key (PEM, PKCS #8) that signs every model; clients verify with its public key (FDX_MODEL_PUBKEY)")
 	fs.StringVar(&c.clientList, "client-list", "", "file of allowed client ids, one per line ('#' comments); updates from others are rejected as unknown_client")
 	fs.StringVar(&c.kafkaConf, "kafka-config", "", "librdkafka properties file (SASL/TLS settings)")
 	fs.IntVar(&c.clients, "clients", 0, "also run this many local clients in-process (a self-contained demo)")
@@ -167,8 +170,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return nil, cli.Usagef("--tls-cert and --tls-key go together")
 	}
-	if cc.Transport != job.GRPC && (c.tlsCert != "" || c.tlsClientCA != "" || c.tokensFile != "" || cc.StateFile != "") {
-		return nil, cli.Usagef("--tls-cert, --tls-client-ca, --tokens-file and --state-file are for the gRPC channel: add --grpc (Kafka security goes in --kafka-config)")
+	if cc.Transport != job.GRPC && (c.tlsCert != "" || c.tlsClientCA != "" || cc.StateFile != "") {
+		return nil, cli.Usagef("--tls-cert, --tls-client-ca and --state-file are for the gRPC channel: add --grpc (Kafka security goes in --kafka-config)")
 	}
 	if c.tlsCert != "" {
 		cfg, err := grpcchan.ServerTLS(c.tlsCert, c.tlsKey, c.tlsClientCA)
@@ -179,12 +182,19 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	} else if c.tlsClientCA != "" {
 		return nil, cli.Usagef("--tls-client-ca needs --tls-cert and --tls-key")
 	}
+	if c.modelKey != "" {
+		signer, err := trust.LoadSigner(c.modelKey)
+		if err != nil {
+			return nil, fmt.Errorf("--model-key: %w", err)
+		}
+		cc.Signer = signer
+	}
 	if c.tokensFile != "" {
 		toks, err := grpcchan.LoadTokens(c.tokensFile)
 		if err != nil {
 			return nil, err
 		}
-		cc.GRPCTokens = toks
+		cc.Tokens = toks
 	}
 	if c.clientList != "" {
 		ids, err := loadClientList(c.clientList)

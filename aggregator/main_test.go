@@ -32,7 +32,8 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--broker", ""}, "no brokers"},
 		{[]string{"--client-list", "/nonexistent"}, "--client-list"},
 		{[]string{"--tls-cert", "x"}, "go together"},
-		{[]string{"--tokens-file", "x"}, "add --grpc"},
+		{[]string{"--tls-client-ca", "x"}, "add --grpc"},
+		{[]string{"--model-key", "/nonexistent"}, "--model-key"},
 	} {
 		_, err := parseFlags(tc.args, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -41,7 +42,7 @@ func TestFlagErrors(t *testing.T) {
 		// A bad command line exits 2, as Go's flag package does; a file
 		// that cannot be read is a failure (1).
 		wantCode := cli.ExitUsage
-		if strings.Contains(tc.want, "kafka properties") || tc.want == "--client-list" {
+		if strings.Contains(tc.want, "kafka properties") || tc.want == "--client-list" || tc.want == "--model-key" {
 			wantCode = cli.ExitFailure
 		}
 		if code := cli.Code("aggregator", err, t.Context(), io.Discard); code != wantCode {

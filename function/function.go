@@ -10,6 +10,7 @@
 package function
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -27,6 +28,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"github.com/fdxkafka/fdxkafka/shared/participant"
+	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
 
 // The Functions runtime calls a registered func; one process-wide Server is
@@ -74,7 +76,10 @@ type Config struct {
 // ConfigFromEnv reads the function's deployment settings: FDX_BROKER,
 // FDX_JOB, FDX_CHANNEL (request defaults), FDX_KAFKA_CONFIG (a librdkafka
 // properties file for SASL/TLS), FDX_GRPC_CA / FDX_GRPC_CERT / FDX_GRPC_KEY
-// (TLS to the gRPC aggregator) and FDX_GRPC_TOKEN (its bearer token).
+// (TLS to the gRPC aggregator), FDX_CLIENT_TOKEN (the client's token: gRPC
+// bearer token and Kafka update MAC key; FDX_GRPC_TOKEN is its older name)
+// and FDX_MODEL_PUBKEY (the aggregator's model-signing public key, PEM or
+// a path to it).
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	cfg := Config{Defaults: Defaults{Broker: getenv("FDX_BROKER"), Job: getenv("FDX_JOB"), Channel: getenv("FDX_CHANNEL")}}
 	if f := getenv("FDX_KAFKA_CONFIG"); f != "" {
@@ -91,7 +96,16 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		}
 		cfg.Transport.GRPCTLS = t
 	}
-	cfg.Transport.GRPCToken = getenv("FDX_GRPC_TOKEN")
+	// One token serves both channels (gRPC bearer, Kafka update MAC);
+	// FDX_GRPC_TOKEN is its older name.
+	cfg.Transport.Token = cmp.Or(getenv("FDX_CLIENT_TOKEN"), getenv("FDX_GRPC_TOKEN"))
+	if k := getenv("FDX_MODEL_PUBKEY"); k != "" {
+		v, err := trust.VerifierFrom(k)
+		if err != nil {
+			return cfg, fmt.Errorf("FDX_MODEL_PUBKEY: %w", err)
+		}
+		cfg.Transport.ModelVerifier = v
+	}
 	return cfg, nil
 }
 

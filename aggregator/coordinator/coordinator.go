@@ -194,7 +194,7 @@ func (c *Coordinator) Run(ctx context.Context) (*Result, error) {
 
 // start publishes the initial model, or restores the newest published one.
 func (c *Coordinator) start(ctx context.Context, res *Result) (*fdxv1.GlobalModel, [][]float32, error) {
-	latest, err := c.ch.Latest(ctx)
+	latest, err := c.ch.Latest(ctx, c.restorable)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -236,6 +236,22 @@ func (c *Coordinator) start(ctx context.Context, res *Result) (*fdxv1.GlobalMode
 	c.log.Info("job started", "model", c.cfg.Train.GetModel(), "params", net.NumParams(),
 		"rounds", c.cfg.NumRounds, "minclients", c.cfg.MinClients, "accuracy", metrics["accuracy"])
 	return m, params, nil
+}
+
+// restorable accepts a checkpoint this job can resume from: its own, with
+// a round inside the job and the job's tensor shapes. The channel walks
+// back past records that fail (a forged or damaged model on the topic).
+func (c *Coordinator) restorable(m *fdxv1.GlobalModel) error {
+	if err := rules.CheckModel(m, c.cfg.Job); err != nil {
+		return err
+	}
+	if r := m.GetRound(); r > int64(c.cfg.NumRounds)+1 {
+		return fmt.Errorf("model round %d is past this job's final round %d", r, c.cfg.NumRounds+1)
+	}
+	if _, err := tensor.Decode(m.GetParams(), c.specs); err != nil {
+		return fmt.Errorf("model round %d: %w", m.GetRound(), err)
+	}
+	return nil
 }
 
 func (c *Coordinator) model(round int64, params [][]float32, contributors []string, metrics map[string]float64, state []byte) *fdxv1.GlobalModel {
@@ -421,6 +437,9 @@ func (c *Coordinator) take(st *roundState, d channel.Delivery) error {
 func (c *Coordinator) validate(st *roundState, d channel.Delivery) ([][]float32, *rules.Rejection) {
 	if d.Err != nil || d.Update == nil {
 		return nil, rules.Reject(rules.Undecodable, "%v", d.Err)
+	}
+	if d.Rejection != nil {
+		return nil, d.Rejection
 	}
 	return st.check.Check(d.Update, d.Size)
 }

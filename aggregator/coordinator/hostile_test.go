@@ -59,7 +59,9 @@ func newFakeServer() *fakeServer {
 	return &fakeServer{updates: make(chan channel.Delivery, 64), expired: make(chan struct{}, 1)}
 }
 
-func (s *fakeServer) Latest(context.Context) (*fdxv1.GlobalModel, error) { return nil, nil }
+func (s *fakeServer) Latest(context.Context, func(*fdxv1.GlobalModel) error) (*fdxv1.GlobalModel, error) {
+	return nil, nil
+}
 
 func (s *fakeServer) Next(ctx context.Context) (channel.Delivery, error) {
 	if ctx.Err() != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
 
 // Transport selects the channel a job runs on.
@@ -46,9 +47,16 @@ type ChannelConfig struct {
 	BeforeCommit func(round int64)
 	// StateFile makes the gRPC channel durable.
 	StateFile string
-	// GRPCTLS and GRPCTokens secure the gRPC channel (see grpcchan).
-	GRPCTLS    *tls.Config
-	GRPCTokens map[string]string
+	// GRPCTLS secures the gRPC channel (see grpcchan).
+	GRPCTLS *tls.Config
+	// Tokens, when non-empty, maps client id to its token: on gRPC the
+	// bearer token of its calls, on Kafka the key of its updates' HMAC.
+	// Others' updates are refused.
+	Tokens map[string]string
+	// Signer, when set, signs every model the Kafka channel publishes;
+	// clients verify with its public key. A restart restores only from
+	// records that verify.
+	Signer *trust.Signer
 	// AfterStore is the gRPC channel's fault-injection point (see
 	// grpcchan.ServerOptions.AfterStore).
 	AfterStore func(u *fdxv1.Update)
@@ -76,8 +84,8 @@ func (c ChannelConfig) Validate() error {
 	default:
 		return fmt.Errorf("transport %q: want %q, %q or %q", c.Transport, Kafka, EmbeddedKafka, GRPC)
 	}
-	if c.Transport != GRPC && (c.GRPCTLS != nil || len(c.GRPCTokens) > 0 || c.StateFile != "") {
-		return errors.New("gRPC TLS, tokens and state file go with the gRPC transport")
+	if c.Transport != GRPC && (c.GRPCTLS != nil || c.StateFile != "") {
+		return errors.New("gRPC TLS and the state file go with the gRPC transport")
 	}
 	if c.UpdatePartitions < 0 {
 		return fmt.Errorf("update partitions %d is negative", c.UpdatePartitions)
@@ -114,7 +122,7 @@ func OpenChannel(ctx context.Context, cc ChannelConfig, job string, maxBytes int
 	if cc.Transport == GRPC {
 		s, err := grpcchan.NewServer(grpcchan.ServerOptions{
 			Addr: cc.Listen, Job: job, MaxMessageBytes: maxBytes, StateFile: cc.StateFile, Logger: log,
-			TLS: cc.GRPCTLS, Tokens: cc.GRPCTokens, AfterStore: cc.AfterStore,
+			TLS: cc.GRPCTLS, Tokens: cc.Tokens, AfterStore: cc.AfterStore,
 		})
 		if err != nil {
 			return nil, err
@@ -136,10 +144,21 @@ func OpenChannel(ctx context.Context, cc ChannelConfig, job string, maxBytes int
 	if parts == 0 {
 		parts = 4
 	}
+	ko := kafkachan.Options{Brokers: brokers, Job: job, Properties: cc.KafkaProperties, Logger: log}
+	if cc.Signer != nil {
+		ko.Verifier = trust.NewVerifier(cc.Signer.Public())
+	} else {
+		log.Warn("models are not signed: anyone who can write the model topic can forge one (set a model signing key)")
+	}
+	if len(cc.Tokens) == 0 {
+		log.Warn("updates are not authenticated: anyone who can write the updates topic can submit as any client (set a tokens file)")
+	}
 	s, err := kafkachan.NewServer(ctx, kafkachan.ServerOptions{
-		Options:      kafkachan.Options{Brokers: brokers, Job: job, Properties: cc.KafkaProperties, Logger: log},
+		Options:      ko,
 		TopicOptions: kafkachan.TopicOptions{UpdatePartitions: parts, MaxMessageBytes: maxBytes},
 		BeforeCommit: cc.BeforeCommit,
+		Signer:       cc.Signer,
+		Tokens:       cc.Tokens,
 	})
 	if err != nil {
 		stopBroker()

@@ -143,6 +143,7 @@ func (s Spec) TrainConfig() *fdxv1.TrainConfig {
 // Shapes returns the tensor specs of the job's model, sized from its data
 // set, and the largest record the job's channel must carry.
 func (s Spec) Shapes(data *dataset.Catalog) ([]tensor.Spec, int, error) {
+	s = s.WithDefaults()
 	train, err := data.Load(s.Dataset, dataset.SplitTrain)
 	if err != nil {
 		return nil, 0, err

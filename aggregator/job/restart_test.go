@@ -123,7 +123,7 @@ func TestBrokerRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	data := dataset.NewCatalog()
-	waitClients := fedtest.Clients(ctx, t, participant.Target{Channel: participant.ChannelKafka, Broker: b.addr, Job: jobID}, clients, data)
+	waitClients := fedtest.Clients(ctx, t, participant.Target{Channel: participant.ChannelKafka, Broker: b.addr, Job: jobID}, clients, fedtest.Options{Data: data})
 	type outcome struct {
 		res *Result
 		err error

@@ -34,14 +34,14 @@ func TestGRPCSecured(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	data := dataset.NewCatalog()
-	good := httptest.NewServer(function.NewServer(function.Config{Data: data, Transport: participant.Transport{GRPCTLS: cliTLS, GRPCToken: "tok-a"}}))
+	good := httptest.NewServer(function.NewServer(function.Config{Data: data, Transport: participant.Transport{GRPCTLS: cliTLS, Token: "tok-a"}}))
 	defer good.Close()
-	thief := httptest.NewServer(function.NewServer(function.Config{Data: data, Transport: participant.Transport{GRPCTLS: cliTLS, GRPCToken: "tok-a"}}))
+	thief := httptest.NewServer(function.NewServer(function.Config{Data: data, Transport: participant.Transport{GRPCTLS: cliTLS, Token: "tok-a"}}))
 	defer thief.Close()
 	o := Spec{Job: kafkatest.Job(t), MinClients: 1, NumRounds: 1,
 		Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}
 	cc := ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0",
-		GRPCTLS: srvTLS, GRPCTokens: map[string]string{"a": "tok-a", "b": "tok-b"}}
+		GRPCTLS: srvTLS, Tokens: map[string]string{"a": "tok-a", "b": "tok-b"}}
 	addr := make(chan string, 1)
 	type outcome struct {
 		res *Result

@@ -57,6 +57,10 @@ type Delivery struct {
 	Key string
 	// Size is the encoded size in bytes.
 	Size int
+	// Rejection, when set, is the transport's own refusal of a decoded
+	// record (an update MAC that does not verify): the round loop counts
+	// and answers it like a validation failure.
+	Rejection *rules.Rejection
 	// accept and reply, when set, are a synchronous transport's (gRPC)
 	// durable store and answer to the waiting caller.
 	accept func() error
@@ -102,9 +106,12 @@ func (d Delivery) ClientID() string {
 // the round loop, which owns all round state; that keeps aggregation
 // deterministic and the transports simple.
 type Server interface {
-	// Latest returns the newest published model, or nil if the job has none
-	// yet. It is the aggregator's checkpoint on restart.
-	Latest(ctx context.Context) (*fdxv1.GlobalModel, error)
+	// Latest returns the newest published model that valid accepts (and,
+	// where the channel signs models, whose signature verifies), or nil if
+	// the job has none. It is the aggregator's checkpoint on restart: a
+	// forged or damaged record on top of the log is walked past, never
+	// restored from.
+	Latest(ctx context.Context, valid func(*fdxv1.GlobalModel) error) (*fdxv1.GlobalModel, error)
 	// Next returns the next received update, waiting until ctx is done.
 	Next(ctx context.Context) (Delivery, error)
 	// Publish makes m the current global model. On Kafka it also commits,
@@ -124,6 +131,9 @@ type Stats struct {
 	MessagesReceived int64 `json:"messages_received"`
 	BytesSent        int64 `json:"bytes_sent"`
 	BytesReceived    int64 `json:"bytes_received"`
+	// RecordsRejected counts records received and ignored because they did
+	// not verify (an unsigned or forged model).
+	RecordsRejected int64 `json:"records_rejected,omitempty"`
 }
 
 // Add returns the sum of s and o.
@@ -133,13 +143,17 @@ func (s Stats) Add(o Stats) Stats {
 		MessagesReceived: s.MessagesReceived + o.MessagesReceived,
 		BytesSent:        s.BytesSent + o.BytesSent,
 		BytesReceived:    s.BytesReceived + o.BytesReceived,
+		RecordsRejected:  s.RecordsRejected + o.RecordsRejected,
 	}
 }
 
 // Counter accumulates Stats from concurrent goroutines.
 type Counter struct {
-	msgSent, msgRecv, bytesSent, bytesRecv atomic.Int64
+	msgSent, msgRecv, bytesSent, bytesRecv, rejected atomic.Int64
 }
+
+// Rejected records one received message ignored as untrustworthy.
+func (c *Counter) Rejected() { c.rejected.Add(1) }
 
 // Sent records one message of n bytes sent.
 func (c *Counter) Sent(n int) {
@@ -160,5 +174,6 @@ func (c *Counter) Stats() Stats {
 		MessagesReceived: c.msgRecv.Load(),
 		BytesSent:        c.bytesSent.Load(),
 		BytesReceived:    c.bytesRecv.Load(),
+		RecordsRejected:  c.rejected.Load(),
 	}
 }

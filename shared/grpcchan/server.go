@@ -132,8 +132,10 @@ func NewServer(opt ServerOptions) (*Server, error) {
 // Addr is the address the server listens on.
 func (s *Server) Addr() string { return s.lis.Addr().String() }
 
-// Latest implements channel.Server: the in-memory model, or the state file's.
-func (s *Server) Latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
+// Latest implements channel.Server: the in-memory model, or the state
+// file's. The state file is local to the aggregator, so there is nothing
+// to walk back to: one that valid refuses is an error.
+func (s *Server) Latest(ctx context.Context, valid func(*fdxv1.GlobalModel) error) (*fdxv1.GlobalModel, error) {
 	s.mu.Lock()
 	cur := s.current
 	s.mu.Unlock()
@@ -153,6 +155,11 @@ func (s *Server) Latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
 	}
 	if m.GetJob() != s.opt.Job {
 		return nil, fmt.Errorf("state %s belongs to job %q, not %q", s.opt.StateFile, m.GetJob(), s.opt.Job)
+	}
+	if valid != nil {
+		if err := valid(m); err != nil {
+			return nil, fmt.Errorf("state %s: %w", s.opt.StateFile, err)
+		}
 	}
 	if err := reconcileHistory(s.opt.StateFile, m); err != nil {
 		return nil, err

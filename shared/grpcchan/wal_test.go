@@ -160,7 +160,7 @@ func TestTwoCrashesInOneRound(t *testing.T) {
 	}
 	replay := func(s *Server, want ...string) {
 		t.Helper()
-		m, err := s.Latest(ctx)
+		m, err := s.Latest(ctx, nil)
 		if err != nil || m.GetRound() != 1 {
 			t.Fatalf("Latest after restart = %v, %v; want round 1", m, err)
 		}
@@ -178,7 +178,7 @@ func TestTwoCrashesInOneRound(t *testing.T) {
 	}
 
 	s := open()
-	if m, err := s.Latest(ctx); err != nil || m != nil {
+	if m, err := s.Latest(ctx, nil); err != nil || m != nil {
 		t.Fatalf("Latest on a fresh state = %v, %v; want none", m, err)
 	}
 	if err := s.Publish(ctx, &fdxv1.GlobalModel{Job: testJob, Round: 1}); err != nil {

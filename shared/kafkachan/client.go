@@ -14,6 +14,7 @@ import (
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
+	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
 
 // ClientOptions configure a participant.
@@ -22,6 +23,10 @@ type ClientOptions struct {
 	// MaxMessageBytes bounds model records fetched and updates produced;
 	// 0 means 64 MiB.
 	MaxMessageBytes int
+	// Token, when set, keys the HMAC every update carries
+	// (trust.HeaderMAC), so that the aggregator can tell it came from this
+	// client: the same per-client token as the gRPC bearer token.
+	Token string
 }
 
 // Client is a participant's Kafka channel. It is not safe for concurrent
@@ -144,6 +149,9 @@ func (c *Client) Submit(ctx context.Context, u *fdxv1.Update) error {
 		TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: kafka.PartitionAny},
 		Key:            []byte(u.GetClientId()),
 		Value:          b,
+	}
+	if c.opt.Token != "" {
+		msg.Headers = []kafka.Header{{Key: trust.HeaderMAC, Value: trust.MAC(c.opt.Token, b)}}
 	}
 	if err := c.p.Produce(msg, done); err != nil {
 		return fmt.Errorf("produce update round %d: %w", u.GetBaseRound(), err)

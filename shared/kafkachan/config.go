@@ -16,6 +16,7 @@ import (
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"github.com/fdxkafka/fdxkafka/shared/linefile"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
 
 // Limits on sizes. Records above the broker's limit are refused by the broker;
@@ -60,6 +61,10 @@ type Options struct {
 	// sasl.mechanisms, ssl.ca.location, ...), applied last.
 	Properties map[string]string
 	Logger     *slog.Logger
+	// Verifier, when set, checks the aggregator's signature on every model
+	// record read; records that do not verify are ignored and counted
+	// (Stats.RecordsRejected). Without it models are trusted as read.
+	Verifier *trust.Verifier
 }
 
 func (o Options) validate() error {

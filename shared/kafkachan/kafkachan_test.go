@@ -61,7 +61,7 @@ func TestRoundTripAndResume(t *testing.T) {
 	brokers, job := kafkatest.Brokers(t), kafkatest.Job(t)
 	ctx := testCtx(t, 120*time.Second)
 	s := newServer(t, brokers, job, 0)
-	if m, err := s.Latest(ctx); err != nil || m != nil {
+	if m, err := s.Latest(ctx, nil); err != nil || m != nil {
 		t.Fatalf("Latest on a new job = %v, %v; want nil, nil", m, err)
 	}
 	if err := s.Publish(ctx, model(job, 1, 10)); err != nil {
@@ -96,7 +96,7 @@ func TestRoundTripAndResume(t *testing.T) {
 
 	s2 := newServer(t, brokers, job, 0)
 	defer s2.Close()
-	latest, err := s2.Latest(ctx)
+	latest, err := s2.Latest(ctx, nil)
 	if err != nil || latest.GetRound() != 2 {
 		t.Fatalf("Latest after restart = round %d, %v; want 2", latest.GetRound(), err)
 	}

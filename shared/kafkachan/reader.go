@@ -12,6 +12,8 @@ import (
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
 
 // pollInterval bounds how long a Poll blocks, so ctx cancellation is seen
@@ -21,8 +23,13 @@ const pollInterval = 100 * time.Millisecond
 // modelReader reads the model topic's single partition with read_committed,
 // so a model whose transaction aborted (an aggregator crash) is never seen.
 type modelReader struct {
-	c       *kafka.Consumer
-	topic   string
+	c        *kafka.Consumer
+	topic    string
+	job      string
+	verifier *trust.Verifier
+	// valid, when set, is a further check on every model (the
+	// aggregator's restore: shapes).
+	valid   func(*fdxv1.GlobalModel) error
 	count   *channel.Counter
 	log     *slog.Logger
 	newest  *fdxv1.GlobalModel
@@ -51,7 +58,7 @@ func newModelReader(o Options, count *channel.Counter, maxBytes int) (*modelRead
 		return nil, fmt.Errorf("model consumer: %w", err)
 	}
 	startLogs(c, cm, o.logger())
-	return &modelReader{c: c, topic: ModelTopic(o.Job), count: count, log: o.logger()}, nil
+	return &modelReader{c: c, topic: ModelTopic(o.Job), job: o.Job, verifier: o.Verifier, count: count, log: o.logger()}, nil
 }
 
 func (r *modelReader) close() error { return closeConsumer(r.c, r.log) }
@@ -202,11 +209,13 @@ func (r *modelReader) pollFor(ctx context.Context, wait time.Duration) (*fdxv1.G
 			}
 			at := int64(ev.TopicPartition.Offset)
 			r.count.Received(len(ev.Value) + len(ev.Key))
-			m := &fdxv1.GlobalModel{}
-			if err := proto.Unmarshal(ev.Value, m); err != nil {
-				// Only the aggregator writes here; skip rather than wedge a
-				// client on one bad record.
-				r.log.Warn("undecodable model record skipped", "topic", r.topic, "offset", at, "err", err)
+			m, err := r.decode(ev)
+			if err != nil {
+				// Anyone who can reach the broker may write here: ignore
+				// the record and keep reading, rather than train on it,
+				// end on it or wedge on it.
+				r.count.Rejected()
+				r.log.Warn("model record ignored", "topic", r.topic, "offset", at, "err", err)
 				return nil, at, false, nil
 			}
 			if r.newest == nil || m.GetRound() >= r.newest.GetRound() {
@@ -222,6 +231,43 @@ func (r *modelReader) pollFor(ctx context.Context, wait time.Duration) (*fdxv1.G
 			r.log.Debug("kafka consumer error", "topic", r.topic, "err", ev)
 		}
 	}
+}
+
+// decode returns the model a record holds if it is one to trust: it
+// decodes, its signature verifies (with a verifier), it belongs to the job
+// with a round inside it, and valid accepts it.
+func (r *modelReader) decode(msg *kafka.Message) (*fdxv1.GlobalModel, error) {
+	if r.verifier != nil {
+		if err := r.verifier.Verify(msg.Value, header(msg, trust.HeaderSignature), string(header(msg, trust.HeaderKeyID))); err != nil {
+			return nil, fmt.Errorf("signature: %w", err)
+		}
+	}
+	if len(msg.Value) == 0 {
+		return nil, errors.New("empty record")
+	}
+	m := &fdxv1.GlobalModel{}
+	if err := proto.Unmarshal(msg.Value, m); err != nil {
+		return nil, fmt.Errorf("undecodable: %w", err)
+	}
+	if err := rules.CheckModel(m, r.job); err != nil {
+		return nil, err
+	}
+	if r.valid != nil {
+		if err := r.valid(m); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// header returns the value of msg's first header named key, nil if none.
+func header(msg *kafka.Message, key string) []byte {
+	for _, h := range msg.Headers {
+		if h.Key == key {
+			return h.Value
+		}
+	}
+	return nil
 }
 
 // await returns the newest model with round >= minRound (or a final one),

@@ -12,6 +12,8 @@ import (
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
 
 // ServerOptions configure the aggregator's side.
@@ -24,6 +26,14 @@ type ServerOptions struct {
 	// the model and offsets are sent and before the commit: the place where
 	// fault-injection tests kill the process.
 	BeforeCommit func(round int64)
+	// Signer, when set, signs every model record (trust.HeaderSignature,
+	// trust.HeaderKeyID). Set Options.Verifier to its public key too, so
+	// that a restart restores only from the aggregator's own records.
+	Signer *trust.Signer
+	// Tokens, when non-empty, maps client id to the token whose HMAC an
+	// update must carry (trust.HeaderMAC); others are rejected as
+	// unauthenticated.
+	Tokens map[string]string
 }
 
 // Server is the aggregator's Kafka channel: a transactional producer for
@@ -119,8 +129,11 @@ func (s *Server) rebalanced(c *kafka.Consumer, ev kafka.Event) error {
 	return nil
 }
 
-// Latest implements channel.Server.
-func (s *Server) Latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
+// Latest implements channel.Server: it walks back from the newest record
+// to the newest one that verifies and that valid accepts.
+func (s *Server) Latest(ctx context.Context, valid func(*fdxv1.GlobalModel) error) (*fdxv1.GlobalModel, error) {
+	s.reader.valid = valid
+	defer func() { s.reader.valid = nil }()
 	m, err := s.reader.latest(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("restore from %s: %w", ModelTopic(s.opt.Job), err)
@@ -143,14 +156,7 @@ func (s *Server) Next(ctx context.Context) (channel.Delivery, error) {
 			s.consumed[tp.Partition] = tp.Offset + 1
 			size := len(ev.Value) + len(ev.Key)
 			s.count.Received(size)
-			d := channel.Delivery{Key: string(ev.Key), Size: size}
-			u := &fdxv1.Update{}
-			if err := proto.Unmarshal(ev.Value, u); err != nil {
-				d.Err = fmt.Errorf("decode update at %s[%d]@%d: %w", *tp.Topic, tp.Partition, tp.Offset, err)
-			} else {
-				d.Update = u
-			}
-			return d, nil
+			return s.delivery(ev, size), nil
 		case kafka.Error:
 			if ev.IsFatal() {
 				return channel.Delivery{}, fmt.Errorf("consume %s: %w", UpdatesTopic(s.opt.Job), ev)
@@ -158,6 +164,35 @@ func (s *Server) Next(ctx context.Context) (channel.Delivery, error) {
 			s.opt.logger().Debug("kafka consumer error", "err", ev)
 		}
 	}
+}
+
+// delivery decodes an update record and authenticates it.
+func (s *Server) delivery(msg *kafka.Message, size int) channel.Delivery {
+	tp := msg.TopicPartition
+	d := channel.Delivery{Key: string(msg.Key), Size: size}
+	if len(msg.Value) == 0 {
+		// proto would decode it as an empty update of no job.
+		d.Err = fmt.Errorf("empty record at %s[%d]@%d", *tp.Topic, tp.Partition, tp.Offset)
+		return d
+	}
+	u := &fdxv1.Update{}
+	if err := proto.Unmarshal(msg.Value, u); err != nil {
+		d.Err = fmt.Errorf("decode update at %s[%d]@%d: %w", *tp.Topic, tp.Partition, tp.Offset, err)
+		return d
+	}
+	d.Update = u
+	if len(s.opt.Tokens) > 0 {
+		tok, ok := s.opt.Tokens[u.GetClientId()]
+		switch {
+		case !ok:
+			d.Rejection = rules.Reject(rules.Unauthenticated, "client %q has no token", u.GetClientId())
+		default:
+			if err := trust.CheckMAC(tok, msg.Value, header(msg, trust.HeaderMAC)); err != nil {
+				d.Rejection = rules.Reject(rules.Unauthenticated, "client %q: %v", u.GetClientId(), err)
+			}
+		}
+	}
+	return d
 }
 
 // Publish implements channel.Server: one transaction produces the model and
@@ -208,11 +243,18 @@ func (s *Server) transact(ctx context.Context, round int64, value []byte) error 
 	}
 	topic := ModelTopic(s.opt.Job)
 	done := make(chan kafka.Event, 1)
-	err := s.p.Produce(&kafka.Message{
+	msg := &kafka.Message{
 		TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: 0},
 		Key:            []byte(strconv.FormatInt(round, 10)),
 		Value:          value,
-	}, done)
+	}
+	if s.opt.Signer != nil {
+		msg.Headers = []kafka.Header{
+			{Key: trust.HeaderSignature, Value: s.opt.Signer.Sign(value)},
+			{Key: trust.HeaderKeyID, Value: []byte(s.opt.Signer.KeyID())},
+		}
+	}
+	err := s.p.Produce(msg, done)
 	if err != nil {
 		return abort(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
 
 // The channels a client can reach an aggregator through.
@@ -50,11 +51,15 @@ func (t Target) Validate() error {
 type Transport struct {
 	// KafkaProperties are extra librdkafka settings (SASL, TLS).
 	KafkaProperties map[string]string
-	// GRPCTLS, when set, dials the gRPC aggregator over TLS; GRPCToken is
-	// sent as the bearer token.
-	GRPCTLS   *tls.Config
-	GRPCToken string
-	Logger    *slog.Logger
+	// GRPCTLS, when set, dials the gRPC aggregator over TLS.
+	GRPCTLS *tls.Config
+	// Token is this client's token: the bearer token of its gRPC calls,
+	// and on Kafka the key of the HMAC its updates carry.
+	Token string
+	// ModelVerifier, when set, checks the aggregator's signature on every
+	// Kafka model record; unsigned or forged ones are ignored.
+	ModelVerifier *trust.Verifier
+	Logger        *slog.Logger
 }
 
 // Dial opens the channel t names.
@@ -69,11 +74,11 @@ func (tr Transport) Dial(ctx context.Context, t Target) (channel.Client, error) 
 	switch t.Channel {
 	case ChannelGRPC:
 		return grpcchan.Dial(ctx, grpcchan.ClientOptions{Addr: t.Broker, Job: t.Job, ClientID: t.ClientID,
-			TLS: tr.GRPCTLS, Token: tr.GRPCToken})
+			TLS: tr.GRPCTLS, Token: tr.Token})
 	default:
 		return kafkachan.Dial(ctx, kafkachan.ClientOptions{Options: kafkachan.Options{
-			Brokers: t.Broker, Job: t.Job, Properties: tr.KafkaProperties, Logger: log,
-		}})
+			Brokers: t.Broker, Job: t.Job, Properties: tr.KafkaProperties, Logger: log, Verifier: tr.ModelVerifier,
+		}, Token: tr.Token})
 	}
 }
 

@@ -72,3 +72,33 @@ func ProtoPartitionSpec(s dataset.PartitionSpec) *fdxv1.PartitionSpec {
 		ShardsPerClient: int32(s.ShardsPerClient),
 	}
 }
+
+// MaxRounds bounds a job's rounds, so that no arithmetic on a round number
+// read from the wire can overflow.
+const MaxRounds = 1 << 20
+
+// CheckModel checks what a reader can check of a global model without
+// knowing its shapes: it belongs to job, and its round lies inside the job
+// (1 to num_rounds+1, the final model's; a model that does not say how
+// many rounds its job has may claim at most MaxRounds+1). A model that
+// fails is ignored, never trained on or restored from.
+func CheckModel(m *fdxv1.GlobalModel, job string) error {
+	if m.GetJob() != job {
+		return fmt.Errorf("model of job %q, want %q", m.GetJob(), job)
+	}
+	n := m.GetNumRounds()
+	if n < 0 || n > MaxRounds {
+		return fmt.Errorf("model claims %d rounds in its job, want 0 to %d", n, MaxRounds)
+	}
+	limit := n + 1
+	if n == 0 {
+		limit = MaxRounds + 1
+	}
+	if r := m.GetRound(); r < 1 || r > limit {
+		return fmt.Errorf("model round %d outside the job's 1 to %d", r, limit)
+	}
+	if m.GetFinal() && n > 0 && m.GetRound() != n+1 {
+		return fmt.Errorf("final model of round %d in a job of %d rounds", m.GetRound(), n)
+	}
+	return nil
+}

@@ -68,3 +68,28 @@ func TestPartitionSpecRoundTrip(t *testing.T) {
 		t.Errorf("PartitionSpec(nil) = %+v, want zero", got)
 	}
 }
+
+func TestCheckModel(t *testing.T) {
+	ok := &fdxv1.GlobalModel{Job: "j", Round: 3, NumRounds: 5}
+	if err := CheckModel(ok, "j"); err != nil {
+		t.Errorf("valid model: %v", err)
+	}
+	final := &fdxv1.GlobalModel{Job: "j", Round: 6, NumRounds: 5, Final: true}
+	if err := CheckModel(final, "j"); err != nil {
+		t.Errorf("valid final model: %v", err)
+	}
+	for name, m := range map[string]*fdxv1.GlobalModel{
+		"other job":               {Job: "k", Round: 3, NumRounds: 5},
+		"round 0":                 {Job: "j", Round: 0, NumRounds: 5},
+		"past the final round":    {Job: "j", Round: 7, NumRounds: 5},
+		"round MaxInt64":          {Job: "j", Round: 1<<63 - 1, NumRounds: 5},
+		"round MaxInt64, no size": {Job: "j", Round: 1<<63 - 1},
+		"early final":             {Job: "j", Round: 2, NumRounds: 5, Final: true},
+		"huge job":                {Job: "j", Round: 2, NumRounds: MaxRounds + 1},
+		"negative rounds":         {Job: "j", Round: 2, NumRounds: -1},
+	} {
+		if CheckModel(m, "j") == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 )
 
 // Kafka record header keys.
@@ -182,6 +183,25 @@ func LoadVerifier(path string) (*Verifier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("model public key: %w", err)
 	}
+	v, err := ParseVerifier(b)
+	if err != nil {
+		return nil, fmt.Errorf("model public key %s: %w", path, err)
+	}
+	return v, nil
+}
+
+// VerifierFrom reads a verifier from where a deployment puts it: inline
+// PEM (an environment variable set from a secret) or the path of a PEM
+// file (a mounted secret).
+func VerifierFrom(pemOrPath string) (*Verifier, error) {
+	if strings.HasPrefix(strings.TrimSpace(pemOrPath), "-----BEGIN") {
+		return ParseVerifier([]byte(pemOrPath))
+	}
+	return LoadVerifier(pemOrPath)
+}
+
+// ParseVerifier trusts the Ed25519 public keys of the PEM blocks in b.
+func ParseVerifier(b []byte) (*Verifier, error) {
 	var keys []ed25519.PublicKey
 	for len(b) > 0 {
 		blk, rest := pem.Decode(b)
@@ -190,13 +210,13 @@ func LoadVerifier(path string) (*Verifier, error) {
 		}
 		k, err := ParsePublicKey(pem.EncodeToMemory(blk))
 		if err != nil {
-			return nil, fmt.Errorf("model public key %s: %w", path, err)
+			return nil, err
 		}
 		keys = append(keys, k)
 		b = rest
 	}
 	if len(keys) == 0 {
-		return nil, fmt.Errorf("model public key %s: no PEM \"PUBLIC KEY\" block", path)
+		return nil, errors.New("no PEM \"PUBLIC KEY\" block")
 	}
 	return NewVerifier(keys...), nil
 }

@@ -6,6 +6,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/participant"
+	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
 
 func main() { cli.Main("client", run) }
@@ -34,7 +36,8 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	grpcCA := fs.String("grpc-ca", "", "gRPC: CA of the aggregator's certificate (enables TLS)")
 	grpcCert := fs.String("grpc-cert", "", "gRPC: client certificate for mutual TLS")
 	grpcKey := fs.String("grpc-key", "", "gRPC: client key for mutual TLS")
-	grpcToken := fs.String("grpc-token", "", "gRPC: bearer token (or env FDX_GRPC_TOKEN)")
+	grpcToken := fs.String("token", "", "this client's token: gRPC bearer token and Kafka update MAC key (or env FDX_CLIENT_TOKEN)")
+	pubKey := fs.String("model-pubkey", os.Getenv("FDX_MODEL_PUBKEY"), "the aggregator's model-signing public key (PEM file); unsigned or forged models are ignored")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
@@ -43,15 +46,24 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err := t.Validate(); err != nil {
 		return cli.Usagef("%v", err)
 	}
-	tr := participant.Transport{Logger: log, GRPCToken: *grpcToken}
+	tr := participant.Transport{Logger: log, Token: *grpcToken}
 	if *props != "" {
 		var err error
 		if tr.KafkaProperties, err = kafkachan.LoadProperties(*props); err != nil {
 			return err
 		}
 	}
-	if tr.GRPCToken == "" {
-		tr.GRPCToken = os.Getenv("FDX_GRPC_TOKEN")
+	if tr.Token == "" {
+		tr.Token = cmp.Or(os.Getenv("FDX_CLIENT_TOKEN"), os.Getenv("FDX_GRPC_TOKEN"))
+	}
+	if *pubKey != "" {
+		v, err := trust.VerifierFrom(*pubKey)
+		if err != nil {
+			return cli.Usagef("--model-pubkey: %v", err)
+		}
+		tr.ModelVerifier = v
+	} else {
+		log.Warn("no --model-pubkey: models read from Kafka are not verified")
 	}
 	if *grpcCA != "" || *grpcCert != "" {
 		cfg, err := grpcchan.ClientTLS(*grpcCA, *grpcCert, *grpcKey, "")

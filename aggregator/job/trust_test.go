@@ -1,0 +1,176 @@
+package job
+
+import (
+	"context"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fdxkafka/fdxkafka/internal/fedtest"
+	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
+	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/dataset"
+	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+	"github.com/fdxkafka/fdxkafka/shared/participant"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/tensor"
+	"github.com/fdxkafka/fdxkafka/shared/trust"
+)
+
+// produceRaw writes records straight to topic, without a transaction and
+// without any key the job trusts: what anyone who can reach the broker can
+// do.
+func produceRaw(t *testing.T, brokers, topic string, recs ...*kafka.Message) {
+	t.Helper()
+	p, err := kafka.NewProducer(&kafka.ConfigMap{"bootstrap.servers": brokers, "go.delivery.reports": false})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for _, m := range recs {
+		m.TopicPartition = kafka.TopicPartition{Topic: &topic, Partition: kafka.PartitionAny}
+		if err := p.Produce(m, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := p.Flush(30_000); n != 0 {
+		t.Fatalf("%d forged records not delivered", n)
+	}
+}
+
+func marshal(t *testing.T, m proto.Message) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestForgeriesChangeNothing reproduces the attacks of someone who can
+// write to the job's topics but holds none of its keys, against a job that
+// signs its models and authenticates its updates:
+//   - a forged final model (unsigned, and signed with the attacker's own
+//     key), a forged model of chosen weights, one of round MaxInt64, and
+//     an empty record, on top of the model topic while the aggregator is
+//     down: the restarted aggregator resumes from its own last model, and
+//     clients train on it, not on the forgeries;
+//   - updates under the real clients' ids, claiming all the examples:
+//     rejected as unauthenticated, so they neither close the round nor
+//     weigh in it.
+//
+// The final model is bit-identical to an undisturbed run of the same job.
+func TestForgeriesChangeNothing(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	brokers := kafkatest.Brokers(t)
+	dir := t.TempDir()
+	if err := trust.GenerateKey(filepath.Join(dir, "model.key"), filepath.Join(dir, "model.pub")); err != nil {
+		t.Fatal(err)
+	}
+	if err := trust.GenerateKey(filepath.Join(dir, "evil.key"), filepath.Join(dir, "evil.pub")); err != nil {
+		t.Fatal(err)
+	}
+	signer, err := trust.LoadSigner(filepath.Join(dir, "model.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	evil, err := trust.LoadSigner(filepath.Join(dir, "evil.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const clients, rounds = 3, 3
+	tokens := map[string]string{"0": "tok-0", "1": "tok-1", "2": "tok-2"}
+	data := dataset.NewCatalog()
+	spec := Spec{Job: kafkatest.Job(t), MinClients: clients, NumRounds: rounds, Dataset: "synthetic",
+		MaxExamples: 60, EvalExamples: 200, Seed: 9}
+	cc := ChannelConfig{Transport: Kafka, Brokers: brokers, Signer: signer, Tokens: tokens}
+	fleet := fedtest.Options{Data: data, Tokens: tokens,
+		Transport: participant.Transport{ModelVerifier: trust.NewVerifier(signer.Public())}}
+	target := participant.Target{Channel: participant.ChannelKafka, Broker: brokers}
+
+	// The reference: the same job, undisturbed.
+	ref := spec
+	ref.Job += "-ref"
+	target.Job = ref.Job
+	wait := fedtest.Clients(ctx, t, target, clients, fleet)
+	want, err := RunOn(ctx, ref, cc, Env{Data: data}, nil)
+	if err != nil {
+		t.Fatalf("reference job: %v", err)
+	}
+	wait()
+
+	// The attacked job: its aggregator publishes model 1 and is stopped
+	// before any client comes.
+	actx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { _, err := RunOn(actx, spec, cc, Env{Data: data}, nil); done <- err }()
+	ko := kafkachan.Options{Brokers: brokers, Job: spec.Job}
+	waitRound(ctx, t, ko, 1)
+	stop()
+	if err := <-done; err == nil {
+		t.Fatal("stopped job returned no error")
+	}
+
+	specs, _, err := spec.Shapes(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := make([][]float32, len(specs))
+	for i, s := range specs {
+		big[i] = make([]float32, s.Size())
+		for j := range big[i] {
+			big[i][j] = 50
+		}
+	}
+	weights := tensor.Encode(big, specs)
+	final := marshal(t, &fdxv1.GlobalModel{Job: spec.Job, Round: rounds + 1, Final: true, NumRounds: rounds, Params: weights})
+	chosen := marshal(t, &fdxv1.GlobalModel{Job: spec.Job, Round: 2, NumRounds: rounds, Params: weights})
+	sign := func(v []byte, s *trust.Signer, keyID string) []kafka.Header {
+		return []kafka.Header{{Key: trust.HeaderSignature, Value: s.Sign(v)}, {Key: trust.HeaderKeyID, Value: []byte(keyID)}}
+	}
+	produceRaw(t, brokers, kafkachan.ModelTopic(spec.Job),
+		&kafka.Message{Value: chosen, Headers: sign(chosen, evil, signer.KeyID())},
+		&kafka.Message{Value: marshal(t, &fdxv1.GlobalModel{Job: spec.Job, Round: 1<<63 - 1, Params: weights})},
+		&kafka.Message{Value: final, Headers: sign(final, evil, evil.KeyID())},
+		&kafka.Message{Value: nil},
+		&kafka.Message{Value: final},
+	)
+	var forged []*kafka.Message
+	for id := range tokens {
+		u := marshal(t, &fdxv1.Update{Job: spec.Job, ClientId: id, BaseRound: 1, NumExamples: 60, Params: weights})
+		forged = append(forged,
+			&kafka.Message{Key: []byte(id), Value: u},
+			&kafka.Message{Key: []byte(id), Value: u, Headers: []kafka.Header{{Key: trust.HeaderMAC, Value: trust.MAC("guessed", u)}}})
+	}
+	produceRaw(t, brokers, kafkachan.UpdatesTopic(spec.Job), forged...)
+
+	target.Job = spec.Job
+	wait = fedtest.Clients(ctx, t, target, clients, fleet)
+	got, err := RunOn(ctx, spec, cc, Env{Data: data}, nil)
+	if err != nil {
+		t.Fatalf("attacked job: %v", err)
+	}
+	wait()
+	if got.Resumed != 1 {
+		t.Errorf("resumed from round %d, want 1 (the aggregator's own last model)", got.Resumed)
+	}
+	if n := got.Rejected[string(rules.Unauthenticated)]; n != int64(len(forged)) {
+		t.Errorf("rejected %v; want %d unauthenticated", got.Rejected, len(forged))
+	}
+	for _, r := range got.Rounds {
+		if !slices.Equal(r.Contributors, []string{"0", "1", "2"}) {
+			t.Errorf("round %d contributors %v", r.Round, r.Contributors)
+		}
+	}
+	if !got.Final.GetFinal() || got.Final.GetRound() != rounds+1 {
+		t.Fatalf("final model round %d final %v", got.Final.GetRound(), got.Final.GetFinal())
+	}
+	if g, w := Digest(got.Final), Digest(want.Final); g != w {
+		t.Errorf("attacked job's final model %s differs from the undisturbed run's %s", g, w)
+	}
+}
