@@ -189,6 +189,8 @@ func statusFor(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, channel.ErrRejected):
 		return http.StatusUnprocessableEntity
+	case errors.Is(err, channel.ErrJobNotFound):
+		return http.StatusNotFound
 	case errors.Is(err, channel.ErrUnauthenticated):
 		return http.StatusForbidden
 	case errors.Is(err, channel.ErrUnreachable):

@@ -60,9 +60,9 @@ func TestRoundField(t *testing.T) {
 				done <- err
 			}()
 			a := <-addr
-			call := func(body string) (int, string) {
+			callJob := func(job, timeout, body string) (int, string) {
 				t.Helper()
-				req := `{"broker": "` + a + `", "channel": "` + name + `", "job": "` + o.Job + `", "timeout_s": 60, ` + body + `}`
+				req := `{"broker": "` + a + `", "channel": "` + name + `", "job": "` + job + `", "timeout_s": ` + timeout + `, ` + body + `}`
 				resp, err := http.Post(fn.URL, "application/json", strings.NewReader(req))
 				if err != nil {
 					t.Fatal(err)
@@ -70,6 +70,12 @@ func TestRoundField(t *testing.T) {
 				defer resp.Body.Close()
 				b, _ := io.ReadAll(resp.Body)
 				return resp.StatusCode, string(b)
+			}
+			call := func(body string) (int, string) { return callJob(o.Job, "60", body) }
+			// A job nobody runs: the function waits for it within its
+			// timeout, then answers 404.
+			if code, body := callJob(o.Job+"-nobody", "1", `"client_id": "a"`); code != http.StatusNotFound || !strings.Contains(body, "job not found") {
+				t.Errorf("job that does not exist: %d %s; want 404 job not found", code, body)
 			}
 			if code, body := call(`"client_id": "a", "round": 1`); code != http.StatusOK || !strings.Contains(body, `"round":1`) {
 				t.Fatalf("round 1: %d %s", code, body)
@@ -85,6 +91,13 @@ func TestRoundField(t *testing.T) {
 			}
 			if err := <-done; err != nil {
 				t.Fatalf("job: %v", err)
+			}
+			if !grpc {
+				// The job has finished (its final model is on the topic):
+				// asking for one of its rounds is too late, not a success.
+				if code, body := call(`"client_id": "c", "round": 2`); code != http.StatusConflict || !strings.Contains(body, "round already closed") {
+					t.Errorf("round of a finished job: %d %s; want 409", code, body)
+				}
 			}
 		})
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/participant"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
 // TestGRPCSecured runs a job over gRPC with mutual TLS and per-client
@@ -76,5 +77,9 @@ func TestGRPCSecured(t *testing.T) {
 	}
 	if got := out.res.Rounds[0].Contributors; len(got) != 1 || got[0] != "a" {
 		t.Errorf("contributors %v, want [a]", got)
+	}
+	// The refusal is counted like every rejection.
+	if n := out.res.Rejected[string(rules.Unauthenticated)]; n != 1 {
+		t.Errorf("rejected %v, want one unauthenticated", out.res.Rejected)
 	}
 }

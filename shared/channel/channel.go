@@ -20,6 +20,10 @@ var ErrUnreachable = errors.New("transport unreachable")
 // for it came too late.
 var ErrRoundClosed = errors.New("round already closed")
 
+// ErrJobNotFound means no aggregator runs the job asked for: its Kafka
+// topics do not exist (yet), or the gRPC aggregator runs another job.
+var ErrJobNotFound = errors.New("job not found")
+
 // ErrUnauthenticated wraps a refusal of the client's credentials (bearer
 // token, client certificate, SASL).
 var ErrUnauthenticated = errors.New("not authenticated")

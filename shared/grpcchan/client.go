@@ -138,6 +138,8 @@ func classify(err error) error {
 	switch status.Code(err) {
 	case codes.Unauthenticated, codes.PermissionDenied:
 		return fmt.Errorf("%w: %w", channel.ErrUnauthenticated, err)
+	case codes.NotFound:
+		return fmt.Errorf("%w: %w", channel.ErrJobNotFound, err)
 	case codes.Unavailable:
 		return fmt.Errorf("%w: %w", channel.ErrUnreachable, err)
 	case codes.DeadlineExceeded:

@@ -63,9 +63,11 @@ type Server struct {
 	health  *health.Server
 	count   channel.Counter
 	updates chan channel.Delivery
-	done    chan struct{}
-	wal     *wal
-	replay  []*fdxv1.Update
+	// refusals queues updates the transport refused, for counting.
+	refusals chan channel.Delivery
+	done     chan struct{}
+	wal      *wal
+	replay   []*fdxv1.Update
 
 	mu      sync.Mutex
 	current *fdxv1.GlobalModel
@@ -102,8 +104,11 @@ func NewServer(opt ServerOptions) (*Server, error) {
 		opt:     opt,
 		lis:     lis,
 		updates: make(chan channel.Delivery),
-		done:    make(chan struct{}),
-		changed: make(chan struct{}),
+		// Refusals need no answer from the loop; a bounded queue keeps a
+		// flood of them from growing memory.
+		refusals: make(chan channel.Delivery, 256),
+		done:     make(chan struct{}),
+		changed:  make(chan struct{}),
 	}
 	sopts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(opt.MaxMessageBytes),
@@ -242,6 +247,8 @@ func (s *Server) Next(ctx context.Context) (channel.Delivery, error) {
 		return channel.Delivery{Update: u, Key: u.GetClientId(), Size: proto.Size(u)}, nil
 	}
 	select {
+	case d := <-s.refusals:
+		return d, nil
 	case d := <-s.updates:
 		return d, nil
 	case <-ctx.Done():
@@ -300,6 +307,13 @@ func (s *Server) GetModel(ctx context.Context, req *fdxv1.GetModelRequest) (*fdx
 		case <-ctx.Done():
 			return nil, status.FromContextError(ctx.Err()).Err()
 		case <-s.done:
+			// A job ends by publishing its final model and closing the
+			// server at once: a caller woken by both must get the model,
+			// or it would reconnect to nobody, never learning the job
+			// ended.
+			if m, _ := s.snapshot(); m.GetFinal() {
+				return m, nil
+			}
 			return nil, status.Error(codes.Unavailable, "aggregator shutting down")
 		}
 	}
@@ -327,6 +341,9 @@ func (s *Server) WatchModels(req *fdxv1.WatchModelsRequest, stream fdxv1.Aggrega
 		case <-stream.Context().Done():
 			return status.FromContextError(stream.Context().Err()).Err()
 		case <-s.done:
+			if m, _ := s.snapshot(); m.GetFinal() && m.GetRound() >= next {
+				return stream.Send(m) // as in GetModel
+			}
 			return status.Error(codes.Unavailable, "aggregator shutting down")
 		}
 	}
@@ -337,9 +354,11 @@ func (s *Server) WatchModels(req *fdxv1.WatchModelsRequest, stream fdxv1.Aggrega
 // stored and folded, or refused.
 func (s *Server) SubmitUpdate(ctx context.Context, u *fdxv1.Update) (*fdxv1.SubmitUpdateResponse, error) {
 	if err := s.checkJob(u.GetJob()); err != nil {
+		s.refuse(u, rules.Reject(rules.WrongJob, "job %q, this aggregator runs %q", u.GetJob(), s.opt.Job))
 		return nil, err
 	}
 	if err := s.checkClient(ctx, u.GetClientId()); err != nil {
+		s.refuse(u, rules.Reject(rules.Unauthenticated, "client %q: missing or wrong bearer token", u.GetClientId()))
 		return nil, err
 	}
 	reply := make(chan *rules.Rejection, 1)
@@ -381,6 +400,19 @@ func (s *Server) store(u *fdxv1.Update) error {
 		s.opt.AfterStore(u)
 	}
 	return nil
+}
+
+// refuse hands an update the transport refused to the round loop, so that
+// it is counted and logged like every other rejection, without holding the
+// caller (who gets its gRPC status at once) or letting refused callers
+// queue up in the loop: when the queue is full the refusal is only logged.
+func (s *Server) refuse(u *fdxv1.Update, rej *rules.Rejection) {
+	d := channel.Delivery{Update: u, Key: u.GetClientId(), Size: proto.Size(u), Rejection: rej}
+	select {
+	case s.refusals <- d:
+	default:
+		s.opt.Logger.Warn("update refused (not counted: too many refusals queued)", "client_id", u.GetClientId(), "reason", rej.Reason)
+	}
 }
 
 // checkClient enforces per-client bearer tokens on SubmitUpdate, where the

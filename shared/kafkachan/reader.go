@@ -106,6 +106,11 @@ func (r *modelReader) watermarks(ctx context.Context) (low, high int64, err erro
 			// The aggregator has not created the job yet: no model.
 			return 0, 0, nil
 		}
+		missing := errors.As(err, &ke) && ke.Code() == kafka.ErrUnknownPartition
+		if ctx.Err() != nil && missing {
+			// Waited as long as the caller would for the job to appear.
+			return 0, 0, fmt.Errorf("read %s: %w (no aggregator created it): %w", r.topic, channel.ErrJobNotFound, ctx.Err())
+		}
 		if ctx.Err() != nil {
 			return 0, 0, fmt.Errorf("read %s watermarks: %w", r.topic, unreachable(err))
 		}

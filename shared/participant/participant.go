@@ -98,13 +98,15 @@ func (p *Participant) Run(ctx context.Context, ch channel.Client, opt Options) (
 			return sum, fmt.Errorf("model belongs to job %q, not %q", m.GetJob(), opt.Job)
 		}
 		sum.LastRound = m.GetRound()
+		if i == 0 && opt.Exact && opt.Round > 0 && m.GetRound() != opt.Round {
+			// Also when the job has finished: the round asked for is
+			// closed either way.
+			return sum, fmt.Errorf("round %d: %w (the aggregator is at round %d, final %v)", opt.Round, ErrRoundClosed, m.GetRound(), m.GetFinal())
+		}
 		if m.GetFinal() {
 			sum.Final = true
 			log.InfoContext(ctx, "job finished", "round", m.GetRound())
 			return sum, nil
-		}
-		if i == 0 && opt.Exact && opt.Round > 0 && m.GetRound() != opt.Round {
-			return sum, fmt.Errorf("round %d: %w (the aggregator is at round %d)", opt.Round, ErrRoundClosed, m.GetRound())
 		}
 		res, u, err := p.train(ctx, m, opt.ClientID)
 		if err != nil {
