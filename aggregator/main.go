@@ -78,7 +78,7 @@ var flagGroups = []cli.Group{
 	{Title: "Channel", Flags: []string{"broker", "grpc", "embedded", "job", "update-partitions", "kafka-config", "state-file"}},
 	{Title: "Rounds", Flags: []string{"minclients", "numrounds", "target-clients", "round-timeout", "on-short"}},
 	{Title: "Model and data", Flags: []string{"model", "dataset", "partition", "partitions", "alpha", "shards-per-client", "max-examples", "lr", "batch", "epochs", "prox-mu", "seed", "eval-examples"}},
-	{Title: "Strategy", Flags: []string{"strategy", "server-lr", "server-momentum", "trim", "byzantine", "max-norm", "dp-clip-norm", "dp-noise-multiplier", "dp-target-quantile", "dp-clipped-count-stddev"}},
+	{Title: "Strategy", Flags: []string{"strategy", "server-lr", "server-momentum", "trim", "byzantine", "max-norm", "norm-factor", "dp-clip-norm", "dp-noise-multiplier", "dp-target-quantile", "dp-clipped-count-stddev"}},
 	{Title: "Security", Flags: []string{"model-key", "tokens-file", "client-list", "tls-cert", "tls-key", "tls-client-ca"}},
 	{Title: "Output", Flags: []string{"clients", "out", "log-level", "log-to", "log-project", "metrics-addr"}},
 }
@@ -119,7 +119,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Float64Var(&o.Strategy.NoiseMultiplier, "dp-noise-multiplier", 0, "dpfedavg-*: Gaussian noise multiplier z (0: default 1)")
 	fs.Float64Var(&o.Strategy.TargetQuantile, "dp-target-quantile", 0, "dpfedavg-adaptive: target fraction of unclipped updates (0: 0.5)")
 	fs.Float64Var(&o.Strategy.ClippedCountStddev, "dp-clipped-count-stddev", 0, "dpfedavg-adaptive: noise on the unclipped count (0: clients/20)")
-	fs.Float64Var(&o.MaxNorm, "max-norm", 0, "reject updates with ||local-global|| above this (0: no bound)")
+	fs.Float64Var(&o.MaxNorm, "max-norm", 0, "reject updates with ||local-global|| above this (0: no fixed bound)")
+	normFactor := fs.Float64("norm-factor", coordinator.DefaultNormFactor, "reject updates with ||local-global|| above this many times the previous round's median (0: off)")
 	fs.IntVar(&cc.UpdatePartitions, "update-partitions", 4, "partitions of the updates topic")
 	fs.IntVar(&o.EvalExamples, "eval-examples", 0, "test examples evaluated per round (0: whole test set)")
 	fs.StringVar(&cc.StateFile, "state-file", "", "gRPC: file holding the newest model so a restart resumes")
@@ -149,6 +150,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		cc.Transport, cc.Listen = job.EmbeddedKafka, *broker
 	default:
 		cc.Transport, cc.Brokers = job.Kafka, *broker
+	}
+	o.NormFactor = *normFactor
+	if *normFactor <= 0 {
+		o.NormFactor = -1 // off; Spec's zero would mean the default
 	}
 	o.OnShort = coordinator.ShortRound(*short)
 	if o.OnShort != coordinator.Wait && o.OnShort != coordinator.Fail {

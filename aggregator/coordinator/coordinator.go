@@ -52,7 +52,14 @@ type Config struct {
 	// InDim and Classes size the network.
 	InDim, Classes int
 	MaxNorm        float64
-	MaxExamples    int64
+	// NormFactor k bounds every update's ||local - global|| by k times the
+	// previous round's median (0: off); with MaxNorm too, the smaller
+	// bound holds. See DefaultNormFactor.
+	NormFactor  float64
+	MaxExamples int64
+	// ExamplesOf, when set, is each client's shard size: no client may
+	// claim to have trained on more.
+	ExamplesOf     func(clientID string) (int64, error)
 	MaxUpdateBytes int
 	// Allowed, when non-nil, restricts which client ids may contribute.
 	Allowed map[string]bool
@@ -75,6 +82,20 @@ func (c *Config) validate() error {
 	}
 	return nil
 }
+
+// DefaultNormFactor is the NormFactor jobs run with unless told otherwise.
+// Within a round, honest clients (same learning rate and local epochs)
+// produce deltas whose norms differ by a small factor: shard sizes and
+// label skew spread them, and from round to round they shrink as the
+// model converges. Ten times the median leaves honest clients, non-IID
+// ones included, far inside the bound while capping how far one update
+// may pull the model at an order of magnitude of an honest step, instead
+// of anywhere at all.
+const DefaultNormFactor = 10
+
+// metricMedianNorm carries a round's median update norm in the next
+// model's metrics, so that a restarted aggregator keeps the norm bound.
+const metricMedianNorm = "update_norm_median"
 
 // Evaluator scores global parameters on held-out data.
 type Evaluator func(params [][]float32) (model.Metrics, error)
@@ -137,14 +158,16 @@ type Result struct {
 
 // Coordinator runs one job over one channel.
 type Coordinator struct {
-	cfg      Config
-	ch       channel.Server
-	strat    strategy.Strategy
-	eval     Evaluator
-	obs      Observer
-	log      *slog.Logger
-	specs    []tensor.Spec
-	rejected map[string]int64
+	// medianNorm is the last closed round's median update norm.
+	medianNorm float64
+	cfg        Config
+	ch         channel.Server
+	strat      strategy.Strategy
+	eval       Evaluator
+	obs        Observer
+	log        *slog.Logger
+	specs      []tensor.Spec
+	rejected   map[string]int64
 }
 
 // New checks cfg and returns a coordinator. eval and obs may be nil.
@@ -207,6 +230,7 @@ func (c *Coordinator) start(ctx context.Context, res *Result) (*fdxv1.GlobalMode
 			return nil, nil, fmt.Errorf("restore round %d strategy state: %w", latest.GetRound(), err)
 		}
 		res.Resumed = latest.GetRound()
+		c.medianNorm = latest.GetMetrics()[metricMedianNorm]
 		c.log.Info("resumed from checkpoint", "round", latest.GetRound(), "final", latest.GetFinal(),
 			"contributors", len(latest.GetContributors()))
 		return latest, params, nil
@@ -236,6 +260,17 @@ func (c *Coordinator) start(ctx context.Context, res *Result) (*fdxv1.GlobalMode
 	c.log.Info("job started", "model", c.cfg.Train.GetModel(), "params", net.NumParams(),
 		"rounds", c.cfg.NumRounds, "minclients", c.cfg.MinClients, "accuracy", metrics["accuracy"])
 	return m, params, nil
+}
+
+// normBound is the open round's bound on ||local - global||: MaxNorm, or
+// NormFactor times the last round's median, whichever is smaller; 0 for
+// none (the first round, without MaxNorm).
+func (c *Coordinator) normBound() float64 {
+	b := c.cfg.MaxNorm
+	if k := c.cfg.NormFactor * c.medianNorm; k > 0 && (b == 0 || k < b) {
+		b = k
+	}
+	return b
 }
 
 // restorable accepts a checkpoint this job can resume from: its own, with
@@ -314,8 +349,8 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 		agg: agg,
 		check: validate.NewRound(validate.Expect{
 			Job: c.cfg.Job, Round: r, Specs: c.specs, Global: params,
-			MaxNorm: c.cfg.MaxNorm, MaxExamples: c.cfg.MaxExamples, MaxBytes: c.cfg.MaxUpdateBytes,
-			Allowed: c.cfg.Allowed,
+			MaxNorm: c.normBound(), MaxExamples: c.cfg.MaxExamples, MaxBytes: c.cfg.MaxUpdateBytes,
+			Allowed: c.cfg.Allowed, ExamplesOf: c.cfg.ExamplesOf,
 		}),
 		published: cur.GetPublishedAt().AsTime(),
 	}
@@ -453,6 +488,7 @@ func (c *Coordinator) close(ctx context.Context, st *roundState, next [][]float3
 	rec.Clients = len(rec.Contributors)
 	rec.PropagationMs = ms(st.propagation)
 	metrics := map[string]float64{}
+	c.medianNorm = st.check.MedianNorm()
 	if c.eval != nil {
 		m, err := c.eval(next)
 		if err != nil {
@@ -461,6 +497,7 @@ func (c *Coordinator) close(ctx context.Context, st *roundState, next [][]float3
 		rec.Accuracy, rec.Loss = m.Accuracy, m.Loss
 		metrics = map[string]float64{"accuracy": m.Accuracy, "loss": m.Loss}
 	}
+	metrics[metricMedianNorm] = c.medianNorm
 	state, err := c.strat.State()
 	if err != nil {
 		return nil, fmt.Errorf("strategy state: %w", err)

@@ -51,12 +51,16 @@ type fakeServer struct {
 	// that makes them spins on a deadline that has passed.
 	late atomic.Int64
 
+	// publishes receives every published model (without blocking).
+	publishes chan *fdxv1.GlobalModel
+
 	mu        sync.Mutex
 	published []*fdxv1.GlobalModel
 }
 
 func newFakeServer() *fakeServer {
-	return &fakeServer{updates: make(chan channel.Delivery, 64), expired: make(chan struct{}, 1)}
+	return &fakeServer{updates: make(chan channel.Delivery, 64), expired: make(chan struct{}, 1),
+		publishes: make(chan *fdxv1.GlobalModel, 16)}
 }
 
 func (s *fakeServer) Latest(context.Context, func(*fdxv1.GlobalModel) error) (*fdxv1.GlobalModel, error) {
@@ -85,6 +89,10 @@ func (s *fakeServer) Publish(_ context.Context, m *fdxv1.GlobalModel) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.published = append(s.published, proto.Clone(m).(*fdxv1.GlobalModel))
+	select {
+	case s.publishes <- proto.Clone(m).(*fdxv1.GlobalModel):
+	default:
+	}
 	return nil
 }
 
@@ -679,4 +687,112 @@ func TestAcceptBeforeFold(t *testing.T) {
 	if want := fedAvg(t, specs, []*fdxv1.Update{alice, bob}); !bitsEqual(got, want) {
 		t.Error("final model is not the FedAvg of bob and alice's stored update")
 	}
+}
+
+// TestWeightDomination: a client that claims more examples than its shard
+// holds, or sends an update far larger than the round's honest ones, is
+// rejected; one that stays just inside both bounds moves the model by no
+// more than the norm bound allows.
+func TestWeightDomination(t *testing.T) {
+	specs := testSpecs(t)
+	const shard = 30
+	cfg := testConfig(3)
+	cfg.NumRounds, cfg.MaxNorm = 2, 0
+	cfg.NormFactor = coordinator.DefaultNormFactor
+	cfg.ExamplesOf = func(string) (int64, error) { return shard, nil }
+	srv := newFakeServer()
+	c := newCoordinator(t, cfg, srv, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), testWait)
+	defer cancel()
+	type outcome struct {
+		res *coordinator.Result
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() { res, err := c.Run(ctx); done <- outcome{res, err} }()
+	next := func() [][]float32 {
+		t.Helper()
+		select {
+		case m := <-srv.publishes:
+			p, err := tensor.Decode(m.GetParams(), specs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return p
+		case <-ctx.Done():
+			t.Fatal("no model published")
+			return nil
+		}
+	}
+	// moved returns global plus scale times a fixed direction of norm 1.
+	moved := func(global [][]float32, k int, scale float64) ([][]float32, float64) {
+		dir := localParams(specs, k)
+		var n float64
+		for _, v := range dir {
+			for _, x := range v {
+				n += float64(x) * float64(x)
+			}
+		}
+		n = math.Sqrt(n)
+		out := make([][]float32, len(global))
+		for i := range global {
+			out[i] = make([]float32, len(global[i]))
+			for j := range global[i] {
+				out[i][j] = global[i][j] + float32(scale*float64(dir[i][j])/n)
+			}
+		}
+		return out, distance(global, out)
+	}
+	rep := newReplies()
+	g1 := next()
+	var norms []float64
+	for k, id := range []string{"alice", "bob", "carol"} {
+		p, n := moved(g1, k+1, 0.1*float64(k+1)) // norms 0.1, 0.2, 0.3
+		norms = append(norms, n)
+		srv.updates <- rep.deliver(id+"-1", newUpdate(specs, id, 1, shard, p), 0)
+	}
+	g2 := next()
+	median := norms[1]
+	bound := coordinator.DefaultNormFactor * median
+	mallory, _ := moved(g2, 7, 50*median)
+	eve, eveNorm := moved(g2, 8, 0.9*bound)
+	srv.updates <- rep.deliver("mallory", newUpdate(specs, "mallory", 2, shard, mallory), 0)
+	srv.updates <- rep.deliver("trudy", newUpdate(specs, "trudy", 2, 10*shard, eve), 0)
+	srv.updates <- rep.deliver("eve", newUpdate(specs, "eve", 2, shard, eve), 0)
+	for k, id := range []string{"alice", "bob"} {
+		p, _ := moved(g2, k+4, 0.1)
+		srv.updates <- rep.deliver(id+"-2", newUpdate(specs, id, 2, shard, p), 0)
+	}
+	out := <-done
+	if out.err != nil {
+		t.Fatalf("Run: %v", out.err)
+	}
+	if want := map[string]int64{string(rules.NormBound): 1, string(rules.BadNumExamples): 1}; !maps.Equal(out.res.Rejected, want) {
+		t.Errorf("rejected %v, want %v", out.res.Rejected, want)
+	}
+	if got := out.res.Rounds[1].Contributors; !slices.Equal(got, []string{"alice", "bob", "eve"}) {
+		t.Errorf("round 2 contributors %v, want alice, bob, eve", got)
+	}
+	final, err := tensor.Decode(out.res.Final.GetParams(), specs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The new model is a convex combination of accepted updates, each
+	// within the bound of g2: it cannot move further than the bound.
+	if d := distance(g2, final); d > bound*(1+1e-5) {
+		t.Errorf("model moved %.4g in round 2, over the norm bound %.4g", d, bound)
+	} else {
+		t.Logf("round 1 median norm %.3g, bound %.3g; eve's update %.3g; the model moved %.3g", median, bound, eveNorm, d)
+	}
+}
+
+func distance(a, b [][]float32) float64 {
+	var s float64
+	for i := range a {
+		for j := range a[i] {
+			d := float64(a[i][j]) - float64(b[i][j])
+			s += d * d
+		}
+	}
+	return math.Sqrt(s)
 }

@@ -50,6 +50,10 @@ type Spec struct {
 
 	Strategy strategy.Config
 	MaxNorm  float64
+	// NormFactor bounds each update's ||local - global|| by this many
+	// times the previous round's median: 0 means
+	// coordinator.DefaultNormFactor, a negative value turns it off.
+	NormFactor float64
 	// Allowed, when non-nil, is the set of client ids that may contribute;
 	// others are rejected as unknown_client.
 	Allowed map[string]bool
@@ -84,6 +88,9 @@ func (s Spec) WithDefaults() Spec {
 	}
 	if s.LocalEpochs == 0 {
 		s.LocalEpochs = 1
+	}
+	if s.NormFactor == 0 {
+		s.NormFactor = coordinator.DefaultNormFactor
 	}
 	return s
 }
@@ -250,8 +257,9 @@ func Run(ctx context.Context, spec Spec, srv channel.Server, env Env) (*Result, 
 	coord, err := coordinator.New(coordinator.Config{
 		Job: spec.Job, NumRounds: spec.NumRounds, MinClients: spec.MinClients, TargetClients: spec.TargetClients,
 		RoundTimeout: spec.RoundTimeout, OnShort: spec.OnShort, Train: train,
-		InDim: trainSet.Dim, Classes: trainSet.Classes, MaxNorm: spec.MaxNorm,
+		InDim: trainSet.Dim, Classes: trainSet.Classes, MaxNorm: spec.MaxNorm, NormFactor: max(spec.NormFactor, 0),
 		MaxExamples: int64(trainSet.Len()), MaxUpdateBytes: maxBytes, Allowed: spec.Allowed,
+		ExamplesOf: shardSizes(data, spec),
 	}, srv, strat, eval, obs, log)
 	if err != nil {
 		return nil, err
@@ -260,6 +268,28 @@ func Run(ctx context.Context, spec Spec, srv channel.Server, env Env) (*Result, 
 	out := &Result{Result: res, Channel: env.ChannelName, Model: spec.Model, Stats: srv.Stats(),
 		Duration: float64(time.Since(start).Microseconds()) / 1000}
 	return out, err
+}
+
+// shardSizes returns each client's shard size under spec's partition: the
+// most examples it can have trained on. Sizes are cached per client id, up
+// to a bound, so that ids an attacker makes up cannot grow memory.
+func shardSizes(data *dataset.Catalog, spec Spec) func(string) (int64, error) {
+	const maxCached = 1 << 17
+	sizes := map[string]int64{}
+	return func(id string) (int64, error) {
+		if n, ok := sizes[id]; ok {
+			return n, nil
+		}
+		set, err := data.ClientShard(spec.Dataset, dataset.SplitTrain, spec.Partition, id, spec.MaxExamples)
+		if err != nil {
+			return 0, err
+		}
+		n := int64(set.Len())
+		if len(sizes) < maxCached {
+			sizes[id] = n
+		}
+		return n, nil
+	}
 }
 
 // RunOn opens the channel cc describes, calls ready with the address

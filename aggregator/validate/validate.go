@@ -32,6 +32,10 @@ type Expect struct {
 	MaxBytes int
 	// Allowed, when non-nil, is the set of known client ids.
 	Allowed map[string]bool
+	// ExamplesOf, when set, returns how many examples a client can have:
+	// its shard's size, known from the job's partition spec. A claim above
+	// it is refused, so that no client can outweigh what it holds.
+	ExamplesOf func(clientID string) (int64, error)
 }
 
 // Round checks the updates of one open round. It holds the round's one
@@ -40,10 +44,16 @@ type Expect struct {
 type Round struct {
 	e    Expect
 	seen map[string]bool
+	// norms of the last checked update per client and of the admitted
+	// ones: the next round's norm bound derives from their median.
+	checked  map[string]float64
+	admitted []float64
 }
 
 // NewRound returns the validator of the round e describes.
-func NewRound(e Expect) *Round { return &Round{e: e, seen: map[string]bool{}} }
+func NewRound(e Expect) *Round {
+	return &Round{e: e, seen: map[string]bool{}, checked: map[string]float64{}}
+}
 
 // Check validates u, of encoded size size, and returns the client's full
 // local weights, which every strategy accepts as they are. The cheap
@@ -82,11 +92,42 @@ func (r *Round) Check(u *fdxv1.Update, size int) ([][]float32, *rules.Rejection)
 	if n := u.GetNumExamples(); n < 1 || n > maxExamples {
 		return nil, rules.Reject(rules.BadNumExamples, "num_examples %d, want 1 to %d", n, maxExamples)
 	}
-	return weights(u, e)
+	if e.ExamplesOf != nil {
+		held, err := e.ExamplesOf(id)
+		if err != nil {
+			return nil, rules.Reject(rules.BadNumExamples, "client %q has no shard: %v", id, err)
+		}
+		if n := u.GetNumExamples(); n > held {
+			return nil, rules.Reject(rules.BadNumExamples, "num_examples %d, but client %q's shard holds %d", n, id, held)
+		}
+	}
+	vals, norm, rej := weights(u, e)
+	if rej == nil {
+		r.checked[id] = norm
+	}
+	return vals, rej
 }
 
 // Admit records that clientID's update for this round was accepted.
-func (r *Round) Admit(clientID string) { r.seen[clientID] = true }
+func (r *Round) Admit(clientID string) {
+	r.seen[clientID] = true
+	r.admitted = append(r.admitted, r.checked[clientID])
+}
+
+// MedianNorm is the median ||local - global|| of the admitted updates (0
+// with none), what the next round's norm bound scales.
+func (r *Round) MedianNorm() float64 {
+	if len(r.admitted) == 0 {
+		return 0
+	}
+	ns := slices.Clone(r.admitted)
+	slices.Sort(ns)
+	if m := len(ns) / 2; len(ns)%2 == 1 {
+		return ns[m]
+	} else {
+		return (ns[m-1] + ns[m]) / 2
+	}
+}
 
 // Count is the number of admitted updates.
 func (r *Round) Count() int { return len(r.seen) }
@@ -101,36 +142,36 @@ func (r *Round) Admitted() []string {
 	return ids
 }
 
-// weights decodes u's tensors and checks their values.
-func weights(u *fdxv1.Update, e Expect) ([][]float32, *rules.Rejection) {
+// weights decodes u's tensors, checks their values and returns them with
+// the norm of the update's delta from the global model.
+func weights(u *fdxv1.Update, e Expect) ([][]float32, float64, *rules.Rejection) {
 	vals, err := tensor.Decode(u.GetParams(), e.Specs)
 	if err != nil {
 		if isNonFinite(u.GetParams(), e.Specs) {
-			return nil, rules.Reject(rules.NonFinite, "%v", err)
+			return nil, 0, rules.Reject(rules.NonFinite, "%v", err)
 		}
-		return nil, rules.Reject(rules.WrongShape, "%v", err)
+		return nil, 0, rules.Reject(rules.WrongShape, "%v", err)
 	}
 	if u.GetIsDelta() {
 		for i := range vals {
 			for j := range vals[i] {
 				vals[i][j] += e.Global[i][j]
 				if f := float64(vals[i][j]); math.IsInf(f, 0) || math.IsNaN(f) {
-					return nil, rules.Reject(rules.NonFinite, "global plus delta overflows in %q", e.Specs[i].Name)
+					return nil, 0, rules.Reject(rules.NonFinite, "global plus delta overflows in %q", e.Specs[i].Name)
 				}
 			}
 		}
 	}
-	if e.MaxNorm > 0 {
-		var s float64
-		for i := range vals {
-			for j, x := range vals[i] {
-				d := float64(x) - float64(e.Global[i][j])
-				s += d * d
-			}
+	var ss float64
+	for i := range vals {
+		for j, x := range vals[i] {
+			d := float64(x) - float64(e.Global[i][j])
+			ss += d * d
 		}
-		if n := math.Sqrt(s); n > e.MaxNorm {
-			return nil, rules.Reject(rules.NormBound, "update norm %.4g over the bound %.4g", n, e.MaxNorm)
-		}
+	}
+	norm := math.Sqrt(ss)
+	if e.MaxNorm > 0 && norm > e.MaxNorm {
+		return nil, 0, rules.Reject(rules.NormBound, "update norm %.4g over the bound %.4g", norm, e.MaxNorm)
 	}
 	// The strategies sum num_examples × value exactly in a fixed range and
 	// trust every term to fit. The float64 product may round, but never
@@ -143,9 +184,9 @@ func weights(u *fdxv1.Update, e Expect) ([][]float32, *rules.Rejection) {
 		}
 	}
 	if t := float64(u.GetNumExamples()) * maxAbs; t >= math.Ldexp(1, rules.MaxTermLog2) {
-		return nil, rules.Reject(rules.OutOfRange, "num_examples %d times |value| %.4g is not below 2^%d", u.GetNumExamples(), maxAbs, rules.MaxTermLog2)
+		return nil, 0, rules.Reject(rules.OutOfRange, "num_examples %d times |value| %.4g is not below 2^%d", u.GetNumExamples(), maxAbs, rules.MaxTermLog2)
 	}
-	return vals, nil
+	return vals, norm, nil
 }
 
 // isNonFinite tells a shape problem from a value problem once Decode failed.
