@@ -13,35 +13,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/fdxkafka/fdxkafka/internal/logtest"
 )
 
 const (
 	testTraceID = "105445aa7843bc8bf206b12000100000"
 	testSpanHex = "0000000000000001"
 )
-
-// clearEnv removes every variable that changes this package's behaviour, so
-// a test sees the same environment on a laptop, in CI and on Cloud Shell.
-func clearEnv(t *testing.T) {
-	t.Helper()
-	for _, k := range []string{"FUNCTION_TARGET", "K_SERVICE", "GOOGLE_CLOUD_PROJECT", "GCP_PROJECT"} {
-		t.Setenv(k, "")
-	}
-}
-
-// decodeLine parses buf as exactly one JSON line.
-func decodeLine(t *testing.T, buf *bytes.Buffer) map[string]any {
-	t.Helper()
-	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
-	if len(lines) != 1 {
-		t.Fatalf("got %d lines, want 1:\n%s", len(lines), buf.String())
-	}
-	var m map[string]any
-	if err := json.Unmarshal([]byte(lines[0]), &m); err != nil {
-		t.Fatalf("output is not JSON: %v\n%s", err, lines[0])
-	}
-	return m
-}
 
 func newLogger(t *testing.T, buf *bytes.Buffer, opts Options) *slog.Logger {
 	t.Helper()
@@ -53,7 +32,7 @@ func newLogger(t *testing.T, buf *bytes.Buffer, opts Options) *slog.Logger {
 }
 
 func TestGCPSeverity(t *testing.T) {
-	clearEnv(t)
+	logtest.ClearEnv(t)
 	for _, tc := range []struct {
 		level slog.Level
 		want  string
@@ -70,7 +49,7 @@ func TestGCPSeverity(t *testing.T) {
 			var buf bytes.Buffer
 			l := newLogger(t, &buf, Options{Format: FormatGCP, Level: slog.LevelDebug - 8})
 			l.Log(context.Background(), tc.level, "msg "+tc.want)
-			m := decodeLine(t, &buf)
+			m := logtest.DecodeLine(t, &buf)
 			if got := m["severity"]; got != tc.want {
 				t.Errorf("severity = %v, want %q", got, tc.want)
 			}
@@ -87,18 +66,18 @@ func TestGCPSeverity(t *testing.T) {
 }
 
 func TestGCPLevelFilter(t *testing.T) {
-	clearEnv(t)
+	logtest.ClearEnv(t)
 	var buf bytes.Buffer
 	l := newLogger(t, &buf, Options{Format: FormatGCP, Level: slog.LevelWarn})
 	l.Info("dropped")
 	l.Warn("kept")
-	if m := decodeLine(t, &buf); m["message"] != "kept" {
+	if m := logtest.DecodeLine(t, &buf); m["message"] != "kept" {
 		t.Errorf("message = %v, want kept", m["message"])
 	}
 }
 
 func TestGCPFields(t *testing.T) {
-	clearEnv(t)
+	logtest.ClearEnv(t)
 	var buf bytes.Buffer
 	l := newLogger(t, &buf, Options{Format: FormatGCP, ProjectID: "proj", AddSource: true})
 	ctx := WithTrace(context.Background(), testTraceID+"/1;o=1")
@@ -106,7 +85,7 @@ func TestGCPFields(t *testing.T) {
 	l.With("job", "mnist").WithGroup("round").With("n", 3).
 		InfoContext(ctx, "round closed", "clients", 10, slog.Group("bytes", "in", 1024, "out", 2048), "err", errors.New("boom"))
 
-	m := decodeLine(t, &buf)
+	m := logtest.DecodeLine(t, &buf)
 	src, ok := m["logging.googleapis.com/sourceLocation"].(map[string]any)
 	if !ok {
 		t.Fatalf("sourceLocation missing or not an object: %v", m)
@@ -162,11 +141,11 @@ func assertJSONEqual(t *testing.T, got, want any) {
 }
 
 func TestGCPNoTraceNoSource(t *testing.T) {
-	clearEnv(t)
+	logtest.ClearEnv(t)
 	var buf bytes.Buffer
 	l := newLogger(t, &buf, Options{Format: FormatGCP, ProjectID: "proj"})
 	l.WithGroup("empty").InfoContext(context.Background(), "plain")
-	m := decodeLine(t, &buf)
+	m := logtest.DecodeLine(t, &buf)
 	delete(m, "time")
 	assertJSONEqual(t, m, map[string]any{"severity": "INFO", "message": "plain"})
 }
@@ -187,7 +166,7 @@ func TestGCPTraceProject(t *testing.T) {
 		{"none", "", "", nil, testTraceID},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			clearEnv(t)
+			logtest.ClearEnv(t)
 			for k, v := range tc.env {
 				t.Setenv(k, v)
 			}
@@ -199,7 +178,7 @@ func TestGCPTraceProject(t *testing.T) {
 			req := httptest.NewRequest(http.MethodPost, "/", nil)
 			req.Header.Set("X-Cloud-Trace-Context", header)
 			h.ServeHTTP(httptest.NewRecorder(), req)
-			m := decodeLine(t, &buf)
+			m := logtest.DecodeLine(t, &buf)
 			if got := m["logging.googleapis.com/trace"]; got != tc.want {
 				t.Errorf("trace = %v, want %q", got, tc.want)
 			}
@@ -214,7 +193,7 @@ func TestGCPTraceProject(t *testing.T) {
 }
 
 func TestHTTPMiddlewareHeaders(t *testing.T) {
-	clearEnv(t)
+	logtest.ClearEnv(t)
 	const (
 		w3cTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
 		w3cSpan  = "00f067aa0ba902b7"
@@ -249,7 +228,7 @@ func TestHTTPMiddlewareHeaders(t *testing.T) {
 				req.Header.Set(k, v)
 			}
 			h.ServeHTTP(httptest.NewRecorder(), req)
-			m := decodeLine(t, &buf)
+			m := logtest.DecodeLine(t, &buf)
 			if tc.wantTrace == "" {
 				for _, k := range []string{"logging.googleapis.com/trace", "logging.googleapis.com/spanId", "logging.googleapis.com/trace_sampled"} {
 					if v, ok := m[k]; ok {
@@ -316,7 +295,7 @@ func TestWithTraceBadHeaderKeepsContext(t *testing.T) {
 }
 
 func TestTextFormat(t *testing.T) {
-	clearEnv(t)
+	logtest.ClearEnv(t)
 	var buf bytes.Buffer
 	l := newLogger(t, &buf, Options{Format: FormatText})
 	ctx := WithTrace(context.Background(), testTraceID+"/1")
@@ -336,12 +315,12 @@ func TestTextFormat(t *testing.T) {
 }
 
 func TestJSONFormat(t *testing.T) {
-	clearEnv(t)
+	logtest.ClearEnv(t)
 	var buf bytes.Buffer
 	l := newLogger(t, &buf, Options{Format: FormatJSON, Level: slog.LevelDebug})
 	ctx := WithTrace(context.Background(), testTraceID)
 	l.DebugContext(ctx, "hello", "k", "v")
-	m := decodeLine(t, &buf)
+	m := logtest.DecodeLine(t, &buf)
 	delete(m, "time")
 	assertJSONEqual(t, m, map[string]any{"level": "DEBUG", "msg": "hello", "k": "v", "trace_id": testTraceID})
 }
@@ -373,14 +352,14 @@ func TestDetect(t *testing.T) {
 		}
 	}
 
-	clearEnv(t)
+	logtest.ClearEnv(t)
 	t.Setenv("FUNCTION_TARGET", "Handler")
 	if got := Detect(); got != FormatGCP {
 		t.Errorf("Detect() with FUNCTION_TARGET = %q, want gcp", got)
 	}
 	var buf bytes.Buffer
 	newLogger(t, &buf, Options{}).Info("auto")
-	if m := decodeLine(t, &buf); m["severity"] != "INFO" {
+	if m := logtest.DecodeLine(t, &buf); m["severity"] != "INFO" {
 		t.Errorf("auto format on a function is not gcp: %v", m)
 	}
 }
@@ -411,7 +390,7 @@ func TestParseFormat(t *testing.T) {
 }
 
 func TestNewErrors(t *testing.T) {
-	clearEnv(t)
+	logtest.ClearEnv(t)
 	if _, err := New(nil, Options{Format: FormatJSON}); err == nil {
 		t.Error("New(nil writer) succeeded")
 	}
@@ -426,7 +405,7 @@ func TestNewErrors(t *testing.T) {
 // TestConcurrentUse runs loggers derived from one handler in parallel, for
 // the race detector.
 func TestConcurrentUse(t *testing.T) {
-	clearEnv(t)
+	logtest.ClearEnv(t)
 	var buf syncBuffer
 	l, err := New(&buf, Options{Format: FormatGCP})
 	if err != nil {

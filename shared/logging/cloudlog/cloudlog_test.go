@@ -15,6 +15,7 @@ import (
 	"time"
 
 	cloudlogging "cloud.google.com/go/logging"
+	"github.com/fdxkafka/fdxkafka/internal/logtest"
 	"github.com/fdxkafka/fdxkafka/shared/logging"
 )
 
@@ -23,7 +24,7 @@ import (
 // so that nothing a test does leaves the machine.
 func offlineCloudEnv(t *testing.T, metadataHost string) {
 	t.Helper()
-	clearEnv(t)
+	logtest.ClearEnv(t)
 	home := t.TempDir()
 	t.Setenv("GCE_METADATA_HOST", metadataHost)
 	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", "")
@@ -239,7 +240,7 @@ func TestCloudHandlerEntry(t *testing.T) {
 }
 
 func TestOpenPlain(t *testing.T) {
-	clearEnv(t)
+	logtest.ClearEnv(t)
 	var buf bytes.Buffer
 	l, closeFn, err := Open(context.Background(), &buf, logging.Options{Format: logging.FormatGCP})
 	if err != nil {
@@ -249,30 +250,9 @@ func TestOpenPlain(t *testing.T) {
 	if err := closeFn(); err != nil {
 		t.Errorf("close: %v", err)
 	}
-	if m := decodeLine(t, &buf); m["message"] != "opened" {
+	if m := logtest.DecodeLine(t, &buf); m["message"] != "opened" {
 		t.Errorf("message = %v", m["message"])
 	}
-}
-
-func clearEnv(t *testing.T) {
-	t.Helper()
-	for _, k := range []string{"FUNCTION_TARGET", "K_SERVICE", "GOOGLE_CLOUD_PROJECT", "GCP_PROJECT"} {
-		t.Setenv(k, "")
-	}
-}
-
-// decodeLine parses buf as exactly one JSON line.
-func decodeLine(t *testing.T, buf *bytes.Buffer) map[string]any {
-	t.Helper()
-	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
-	if len(lines) != 1 {
-		t.Fatalf("got %d lines, want 1:\n%s", len(lines), buf.String())
-	}
-	var m map[string]any
-	if err := json.Unmarshal([]byte(lines[0]), &m); err != nil {
-		t.Fatalf("output is not JSON: %v\n%s", err, lines[0])
-	}
-	return m
 }
 
 const (
