@@ -76,12 +76,11 @@ func Dial(ctx context.Context, opt ClientOptions) (*Client, error) {
 	// The reader's consumer starts connecting as soon as it exists, so it
 	// is created before waiting on the producer's metadata: both
 	// connections are set up at the same time.
-	c.reader, err = newModelReader(opt.Options, &c.count, opt.MaxMessageBytes)
+	c.reader, err = newModelReader(opt.Options, &c.count, opt.MaxMessageBytes, true)
 	if err != nil {
 		p.Close()
 		return nil, err
 	}
-	c.reader.knownEnd = true
 	if _, err := p.GetMetadata(nil, false, timeoutMs(ctx, 10e9)); err != nil {
 		c.Close()
 		if last := c.lastErr.Load(); last != nil {
