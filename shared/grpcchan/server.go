@@ -341,13 +341,24 @@ func (s *Server) SubmitUpdate(ctx context.Context, u *fdxv1.Update) (*fdxv1.Subm
 	case <-s.done:
 		return nil, status.Error(codes.Unavailable, "aggregator shutting down")
 	}
-	select {
-	case v := <-reply:
+	answer := func(v verdict) (*fdxv1.SubmitUpdateResponse, error) {
 		cur, _ := s.snapshot()
 		return &fdxv1.SubmitUpdateResponse{Accepted: v.accepted, Reason: v.reason, Round: cur.GetRound()}, nil
+	}
+	select {
+	case v := <-reply:
+		return answer(v)
 	case <-ctx.Done():
 		return nil, status.FromContextError(ctx.Err()).Err()
 	case <-s.done:
+		// The verdict may have been given just before the shutdown (the
+		// final round closes, then the server stops): a select between
+		// the two would tell an accepted update it was not.
+		select {
+		case v := <-reply:
+			return answer(v)
+		default:
+		}
 		return nil, status.Error(codes.Unavailable, "aggregator shutting down")
 	}
 }
