@@ -371,17 +371,28 @@ func (s *Server) SubmitUpdate(ctx context.Context, u *fdxv1.Update) (*fdxv1.Subm
 	case <-s.done:
 		return nil, status.Error(codes.Unavailable, "aggregator shutting down")
 	}
-	select {
-	case rej := <-reply:
+	answer := func(rej *rules.Rejection) (*fdxv1.SubmitUpdateResponse, error) {
 		cur, _ := s.snapshot()
 		resp := &fdxv1.SubmitUpdateResponse{Accepted: rej == nil, Round: cur.GetRound()}
 		if rej != nil {
 			resp.Reason, resp.RejectReason = rej.Error(), rej.Reason.Proto()
 		}
 		return resp, nil
+	}
+	select {
+	case rej := <-reply:
+		return answer(rej)
 	case <-ctx.Done():
 		return nil, status.FromContextError(ctx.Err()).Err()
 	case <-s.done:
+		// The verdict may have been given just before the shutdown (the
+		// final round closes, then the server stops): a select between
+		// the two would tell an accepted update it was not.
+		select {
+		case v := <-reply:
+			return answer(v)
+		default:
+		}
 		return nil, status.Error(codes.Unavailable, "aggregator shutting down")
 	}
 }

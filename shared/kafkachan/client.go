@@ -84,12 +84,11 @@ func Dial(ctx context.Context, opt ClientOptions) (*Client, error) {
 	// The reader's consumer starts connecting as soon as it exists, so it
 	// is created before waiting on the producer's metadata: both
 	// connections are set up at the same time.
-	c.reader, err = newModelReader(opt.Options, &c.count, opt.MaxMessageBytes)
+	c.reader, err = newModelReader(opt.Options, &c.count, opt.MaxMessageBytes, true)
 	if err != nil {
 		p.Close()
 		return nil, err
 	}
-	c.reader.knownEnd = true
 	// probeBrokers fails fast on a refused login; on a timeout the last
 	// broker error says why (refused, TLS, SASL) where the timeout does not.
 	if err := probeBrokers(ctx, p, &auth, opt.Brokers, 10*time.Second); err != nil {

@@ -110,7 +110,7 @@ func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
 		s.Close()
 		return nil, fmt.Errorf("subscribe %s: %w", UpdatesTopic(opt.Job), err)
 	}
-	s.reader, err = newModelReader(opt.Options, &s.count, maxBytes)
+	s.reader, err = newModelReader(opt.Options, &s.count, maxBytes, false)
 	if err != nil {
 		s.Close()
 		return nil, err

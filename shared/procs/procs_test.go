@@ -8,12 +8,12 @@ import (
 
 func TestFor(t *testing.T) {
 	for _, tc := range []struct{ cpus, handles, want int }{
-		{2, 0, 2},       // gRPC only: the runtime's default
-		{1, 2, 8},       // one function invocation on 1 vCPU: the floor
-		{2, 203, 14},    // 100 Kafka clients and the aggregator
-		{2, 2003, 64},   // 1,000 clients: capped
-		{16, 4, 16},     // more cores than the floor
-		{96, 10000, 96}, // the cap never takes Ps below the cores
+		{2, 0, 2},        // gRPC only: the runtime's default
+		{1, 2, 8},        // one function invocation on 1 vCPU: the floor
+		{2, 203, 20},     // 100 Kafka clients and the aggregator
+		{2, 2003, 128},   // 1,000 clients: capped
+		{16, 4, 16},      // more cores than the floor
+		{200, 9000, 200}, // the cap never takes Ps below the cores
 	} {
 		if got := For(tc.cpus, tc.handles); got != tc.want {
 			t.Errorf("For(%d cpus, %d handles) = %d, want %d", tc.cpus, tc.handles, got, tc.want)
