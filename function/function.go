@@ -24,10 +24,12 @@ import (
 
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
+	"github.com/fdxkafka/fdxkafka/shared/dialcache"
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"github.com/fdxkafka/fdxkafka/shared/participant"
+	"github.com/fdxkafka/fdxkafka/shared/procs"
 	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
 
@@ -50,9 +52,18 @@ var instance = sync.OnceValue(func() http.Handler {
 		})
 	}
 	cfg.Logger = log
+	// Warm instances reuse their channels: a Cloud Functions instance
+	// serves invocation after invocation, and a dial costs two librdkafka
+	// handles and their connections.
+	cfg.Cache = dialcache.New(dialcache.Options{MaxIdle: maxIdleChannels, Log: log})
+	procs.Set(2 * (1 + maxIdleChannels))
 	s := NewServer(cfg)
 	return logging.HTTPMiddleware(WarnUnauthenticated(s, log), os.Getenv("GOOGLE_CLOUD_PROJECT"))
 })
+
+// maxIdleChannels bounds the channels a warm instance keeps: it serves
+// few jobs, and each Kafka channel holds two librdkafka handles.
+const maxIdleChannels = 4
 
 func init() {
 	functions.HTTP("Handler", Handler)
@@ -71,6 +82,9 @@ type Config struct {
 	// Transport holds the security settings of every dial (Kafka SASL/TLS
 	// properties, gRPC TLS and bearer token).
 	Transport participant.Transport
+	// Cache, when set, keeps channels warm between invocations: a warm
+	// invocation skips the dial and the close. Nil dials per invocation.
+	Cache *dialcache.Cache
 }
 
 // ConfigFromEnv reads the function's deployment settings: FDX_BROKER,
@@ -134,6 +148,9 @@ func NewServer(cfg Config) *Server {
 type Response struct {
 	participant.Summary
 	Channel string `json:"channel"`
+	// Warm is true when the invocation reused a channel an earlier one on
+	// this instance dialed.
+	Warm bool `json:"warm"`
 }
 
 type errorResponse struct {
@@ -161,24 +178,79 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), req.Timeout)
 	defer cancel()
-	sum, err := s.Run(ctx, req)
+	sum, warm, done, err := s.run(ctx, req)
+	// Closing (or returning to the cache) a channel waits on librdkafka;
+	// the caller need not: it has the whole answer once it is flushed.
+	defer done(err)
 	if err != nil {
 		code := statusFor(err)
 		s.log.ErrorContext(ctx, "invocation failed", "client_id", req.ClientID, "channel", req.Channel, "status", code, "err", err)
 		writeJSON(w, code, errorResponse{Error: err.Error()})
 		return
 	}
-	writeJSON(w, http.StatusOK, Response{Summary: sum, Channel: req.Channel})
+	writeJSON(w, http.StatusOK, Response{Summary: sum, Channel: req.Channel, Warm: warm})
+	if err := http.NewResponseController(w).Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		s.log.WarnContext(ctx, "flush answer", "err", err)
+	}
 }
 
 // Run dials the request's channel and takes part in its rounds.
 func (s *Server) Run(ctx context.Context, req Request) (participant.Summary, error) {
-	ch, err := s.cfg.Transport.Dial(ctx, req.Target())
-	if err != nil {
-		return participant.Summary{}, err
+	sum, _, done, err := s.run(ctx, req)
+	done(err)
+	return sum, err
+}
+
+// run takes part in the request's rounds on a channel from the cache (or
+// a fresh one), and returns the func that gives it back: to be called once
+// the answer is written.
+func (s *Server) run(ctx context.Context, req Request) (sum participant.Summary, warm bool, done func(error), err error) {
+	dial := func(ctx context.Context) (channel.Client, error) { return s.cfg.Transport.Dial(ctx, req.Target()) }
+	var ch channel.Client
+	done = func(error) {}
+	if s.cfg.Cache != nil {
+		ch, done, warm, err = s.cfg.Cache.Get(ctx, s.cacheKey(req), dial)
+	} else {
+		ch, err = dial(ctx)
+		done = func(error) { ch.Close() }
 	}
-	defer ch.Close()
-	return s.part.Run(ctx, ch, participant.Options{Job: req.Job, ClientID: req.ClientID, Round: req.Round, Exact: req.Round > 0, Rounds: req.Rounds})
+	if err != nil {
+		return participant.Summary{}, false, func(error) {}, err
+	}
+	// A cached client's counters run across invocations; the summary
+	// reports this one's.
+	leased := sinceLease{Client: ch, base: ch.Stats()}
+	sum, err = s.part.Run(ctx, leased, participant.Options{Job: req.Job, ClientID: req.ClientID, Round: req.Round, Exact: req.Round > 0, Rounds: req.Rounds})
+	return sum, warm, done, err
+}
+
+// cacheKey says which cached channels can serve req: same channel, broker,
+// job and identity (Kafka properties, token; on gRPC the client id, which
+// the connection is made for).
+func (s *Server) cacheKey(req Request) dialcache.Key {
+	extra := []string{s.cfg.Transport.Token}
+	if req.Channel == participant.ChannelGRPC {
+		extra = append(extra, req.ClientID)
+	}
+	return dialcache.Key{Channel: req.Channel, Broker: req.Broker, Job: req.Job,
+		Security: dialcache.Digest(s.cfg.Transport.KafkaProperties, extra...)}
+}
+
+// sinceLease reports a client's traffic since it was leased.
+type sinceLease struct {
+	channel.Client
+	base channel.Stats
+}
+
+func (c sinceLease) Stats() channel.Stats {
+	st := c.Client.Stats()
+	return channel.Stats{
+		MessagesSent:     st.MessagesSent - c.base.MessagesSent,
+		MessagesReceived: st.MessagesReceived - c.base.MessagesReceived,
+		BytesSent:        st.BytesSent - c.base.BytesSent,
+		BytesReceived:    st.BytesReceived - c.base.BytesReceived,
+		RecordsRejected:  st.RecordsRejected - c.base.RecordsRejected,
+	}
 }
 
 // statusFor maps a failure onto an HTTP status an invoker can act on:

@@ -2,6 +2,8 @@ package job
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +15,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
+	"github.com/fdxkafka/fdxkafka/shared/dialcache"
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 )
@@ -98,6 +101,61 @@ func TestRoundField(t *testing.T) {
 				if code, body := call(`"client_id": "c", "round": 2`); code != http.StatusConflict || !strings.Contains(body, "round already closed") {
 					t.Errorf("round of a finished job: %d %s; want 409", code, body)
 				}
+			}
+		})
+	}
+}
+
+// TestWarmInvocations: a function instance with a channel cache reuses the
+// channel of one invocation for the next (the answer says warm), and each
+// answer counts its own traffic only.
+func TestWarmInvocations(t *testing.T) {
+	for _, grpc := range []bool{false, true} {
+		name := map[bool]string{false: "kafka", true: "grpc"}[grpc]
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			data := dataset.NewCatalog()
+			cache := dialcache.New(dialcache.Options{})
+			defer cache.Close()
+			fn := httptest.NewServer(function.NewServer(function.Config{Data: data, Cache: cache}))
+			defer fn.Close()
+			o := Spec{Job: kafkatest.Job(t), MinClients: 1, NumRounds: 3, Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}
+			cc := ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0"}
+			if !grpc {
+				cc = ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}
+			}
+			addr := make(chan string, 1)
+			done := make(chan error, 1)
+			go func() {
+				_, err := RunOn(ctx, o, cc, Env{Data: data}, func(a string) { addr <- a })
+				done <- err
+			}()
+			a := <-addr
+			var first int64
+			for round := 1; round <= 3; round++ {
+				req := fmt.Sprintf(`{"broker": %q, "channel": %q, "job": %q, "client_id": "a", "round": %d, "timeout_s": 60}`, a, name, o.Job, round)
+				resp, err := http.Post(fn.URL, "application/json", strings.NewReader(req))
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				var r function.Response
+				if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &r) != nil {
+					t.Fatalf("round %d: %d %s", round, resp.StatusCode, b)
+				}
+				if want := round > 1; r.Warm != want {
+					t.Errorf("round %d: warm %v, want %v", round, r.Warm, want)
+				}
+				if round == 1 {
+					first = r.MessagesReceived
+				} else if r.MessagesReceived > first {
+					t.Errorf("round %d: %d messages received, more than the cold invocation's %d: counted across invocations", round, r.MessagesReceived, first)
+				}
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("job: %v", err)
 			}
 		})
 	}
