@@ -80,6 +80,8 @@ metadata_arg() {
     "fdx-minclients=$MINCLIENTS"
     "fdx-numrounds=$NUMROUNDS"
     "fdx-go-version=$GO_VERSION"
+    # 1: the broker in kafka.sh's secure mode (SASL/SCRAM + ACLs).
+    "fdx-kafka-secure=${FDX_KAFKA_SECURE:-0}"
   )
   if [[ -z $AGGREGATOR_ARGS ]]; then
     local IFS=,

@@ -4,7 +4,8 @@
 # release tarball: Maven resolves the broker's jars into a cache directory once,
 # and `java` runs them.
 #
-#   kafka.sh fetch                  download the jars into the cache (once)
+#   kafka.sh fetch                  download the jars into the cache (once), and
+#                                   the kafka-tools jar (for acls) beside it
 #   kafka.sh start [--keep-data]    start the broker and wait until it answers
 #   kafka.sh stop                   stop it (SIGTERM, then SIGKILL after a deadline)
 #   kafka.sh restart [--keep-data]  stop, then start
@@ -844,7 +845,11 @@ main() {
   local cmd=${1:-}
   [[ $# -gt 0 ]] && shift
   case $cmd in
-    fetch) fetch; echo "jars in $LIB_DIR ($(find "$LIB_DIR" -name '*.jar' | wc -l) jars, $(du -sh "$LIB_DIR" | cut -f1))" ;;
+    fetch)
+      fetch
+      fetch_tools
+      echo "jars in $LIB_DIR ($(find "$LIB_DIR" -name '*.jar' | wc -l) jars, $(du -sh "$LIB_DIR" | cut -f1)) and $TOOLS_DIR"
+      ;;
     start) cmd_start "$@" ;;
     stop) if [[ $NODES == 3 ]]; then cmd_stop_cluster; else cmd_stop; fi ;;
     restart)
