@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # deploy/kafka/kafka.sh: a real, single-node Apache Kafka broker (KRaft,
-# combined broker+controller) from Maven Central jars. No Docker and no
+# combined broker+controller; or three of them as a cluster, and optionally
+# with SASL and ACLs) from Maven Central jars. No Docker and no
 # release tarball: Maven resolves the broker's jars into a cache directory once,
 # and `java` runs them.
 #
