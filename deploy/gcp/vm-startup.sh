@@ -26,8 +26,11 @@
 # Settings come from instance metadata (vm.sh sets them): fdx-job,
 # fdx-channel (kafka|grpc), fdx-minclients, fdx-numrounds, fdx-build-on-vm,
 # fdx-go-version, fdx-aggregator-args, fdx-secret-KIND (KIND: tokens,
-# tls-cert, tls-key, tls-client-ca, kafka-config; value SECRET:VERSION).
-# Its output goes to the journal:
+# tls-cert, tls-key, tls-client-ca, kafka-config; value SECRET:VERSION), and
+# fdx-kafka-secure (1: the broker in kafka.sh's secure mode, `kafka.sh acls
+# JOB` run before the aggregator starts, which logs in as its SASL user; see
+# deploy/kafka/README.md "Secure mode"; the setting takes effect on a fresh
+# broker data dir). Its output goes to the journal:
 #   sudo journalctl -u google-startup-scripts.service
 set -euo pipefail
 
@@ -237,7 +240,7 @@ install_bundle() {
 }
 
 install_kafka_unit() {
-  local ip=$1
+  local ip=$1 secure=$2
   if ! id -u "$KAFKA_USER" >/dev/null 2>&1; then
     useradd --system --home-dir "$KAFKA_HOME" --shell /usr/sbin/nologin "$KAFKA_USER"
   fi
@@ -245,13 +248,13 @@ install_kafka_unit() {
   write_if_changed "/etc/systemd/system/$KAFKA_UNIT.service" <"$ROOT/deploy/kafka/kafka.service"
   # The broker advertises this address to the functions, so it must be the
   # internal IP they reach through the VPC, never 127.0.0.1.
-  printf 'FDX_KAFKA_HOST=%s\n' "$ip" | write_if_changed "/etc/default/$KAFKA_UNIT"
+  printf 'FDX_KAFKA_HOST=%s\nFDX_KAFKA_SECURE=%s\n' "$ip" "$secure" | write_if_changed "/etc/default/$KAFKA_UNIT"
   # Fetch the jars outside the unit's start timeout (a no-op once cached).
   runuser -u "$KAFKA_USER" -- env HOME="$KAFKA_HOME" "$ROOT/deploy/kafka/kafka.sh" fetch
 }
 
 install_aggregator_unit() {
-  local project=$1 job=$2 channel=$3 minclients=$4 numrounds=$5 extra=$6 secrets=$7 listen
+  local project=$1 job=$2 channel=$3 minclients=$4 numrounds=$5 extra=$6 secrets=$7 secure=$8 listen
   local creds="" secret_flags="" kind
   case $channel in
     kafka) listen="--broker 127.0.0.1:9092" ;;
@@ -271,6 +274,13 @@ install_aggregator_unit() {
       kafka-config) secret_flags+=" --kafka-config %d/kafka-config" ;;
     esac
   done
+  if [[ $secure == 1 && $channel == kafka ]]; then
+    # The aggregator's SASL settings, handed over by systemd (%d is the
+    # unit's credentials directory): the DynamicUser cannot read the
+    # broker's secrets/ itself.
+    listen+=" --kafka-config %d/kafka.properties"
+    creds+="LoadCredential=kafka.properties:$KAFKA_HOME/broker/secrets/aggregator.properties"$'\n'
+  fi
   write_if_changed "/etc/systemd/system/$AGG_UNIT.service" <<EOF
 # Written by deploy/gcp/vm-startup.sh at every boot: edits here are lost;
 # change the instance metadata (fdx-*) and rerun the startup script instead.
@@ -302,7 +312,7 @@ main() {
   # while the boot run still waits for the bundle: one at a time.
   exec 9>/run/fdx-startup.lock
   flock 9
-  local ip project job channel minclients numrounds build_on_vm go_version extra secrets
+  local ip project job channel minclients numrounds build_on_vm go_version extra secrets secure verb=start
   ip=$(md instance/network-interfaces/0/ip) || die "no internal IP from the metadata server"
   project=$(md project/project-id) || die "no project id from the metadata server"
   job=$(attr fdx-job mnist)
@@ -312,6 +322,8 @@ main() {
   build_on_vm=$(attr fdx-build-on-vm 0)
   go_version=$(attr fdx-go-version "")
   extra=$(attr fdx-aggregator-args "")
+  secure=$(attr fdx-kafka-secure 0)
+  [[ $secure == [01] ]] || die "fdx-kafka-secure=$secure: want 0 or 1"
   [[ $job =~ ^[A-Za-z0-9._-]+$ ]] || die "fdx-job=$job: not a job id"
   [[ $minclients =~ ^[1-9][0-9]*$ && $numrounds =~ ^[1-9][0-9]*$ ]] ||
     die "fdx-minclients=$minclients fdx-numrounds=$numrounds: want positive integers"
@@ -319,7 +331,6 @@ main() {
     die "fdx-build-on-vm=1 but no fdx-go-version metadata"
   fi
 
-  UNITS_CHANGED=0
   install_packages
   install_ops_agent
   mkdir -p "$STATE"
@@ -327,17 +338,20 @@ main() {
   install_bundle "$go_version"
   fetch_secrets "$project"
   secrets=$SECRETS_FOUND
-  install_kafka_unit "$ip"
-  install_aggregator_unit "$project" "$job" "$channel" "$minclients" "$numrounds" "$extra" "$secrets"
+  install_kafka_unit "$ip" "$secure"
+  install_aggregator_unit "$project" "$job" "$channel" "$minclients" "$numrounds" "$extra" "$secrets" "$secure"
   systemctl daemon-reload
   systemctl enable "$KAFKA_UNIT.service" "$AGG_UNIT.service"
-  if ((UNITS_CHANGED)); then
-    # Restarting the broker restarts the aggregator too (Requires=); it
-    # resumes from the newest committed model.
-    systemctl restart "$KAFKA_UNIT.service" "$AGG_UNIT.service"
-  else
-    systemctl start "$KAFKA_UNIT.service" "$AGG_UNIT.service"
+  # Restarting the broker restarts the aggregator too (Requires=); it
+  # resumes from the newest committed model.
+  if ((UNITS_CHANGED)); then verb=restart; fi
+  systemctl "$verb" "$KAFKA_UNIT.service"
+  if [[ $secure == 1 ]]; then
+    # Idempotent: granting an existing ACL again changes nothing.
+    runuser -u "$KAFKA_USER" -- env HOME="$KAFKA_HOME" FDX_KAFKA_DIR="$KAFKA_HOME/broker" FDX_KAFKA_PORT=9092 \
+      "$ROOT/deploy/kafka/kafka.sh" acls "$job"
   fi
+  systemctl "$verb" "$AGG_UNIT.service"
   log "broker at $ip:9092, aggregator job $job ($channel, minclients $minclients, numrounds $numrounds) started"
 }
 

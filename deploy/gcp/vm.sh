@@ -119,6 +119,8 @@ metadata_arg() {
     "fdx-minclients=$MINCLIENTS"
     "fdx-numrounds=$NUMROUNDS"
     "fdx-build-on-vm=$BUILD_ON_VM"
+    # 1: the broker in kafka.sh's secure mode (SASL/SCRAM + ACLs).
+    "fdx-kafka-secure=${FDX_KAFKA_SECURE:-0}"
   )
   if ((BUILD_ON_VM)); then
     kv+=("fdx-go-version=$GO_VERSION")

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # deploy/kafka/kafka.sh: a real, single-node Apache Kafka broker (KRaft,
-# combined broker+controller) from Maven Central jars. No Docker and no
+# combined broker+controller; or three of them as a cluster, and optionally
+# with SASL and ACLs) from Maven Central jars. No Docker and no
 # release tarball: Maven resolves the broker's jars into a cache directory once,
 # and `java` runs them.
 #
-#   kafka.sh fetch                  download the jars into the cache (once)
+#   kafka.sh fetch                  download the jars into the cache (once), and
+#                                   the kafka-tools jar (for acls) beside it
 #   kafka.sh start [--keep-data]    start the broker and wait until it answers
 #   kafka.sh stop                   stop it (SIGTERM, then SIGKILL after a deadline)
 #   kafka.sh restart [--keep-data]  stop, then start
@@ -428,7 +430,9 @@ log_since() {
 }
 
 # "Kafka Server started" logged since byte offset $1 of the server log.
-started_since() { log_since "$1" | grep -q "$STARTED_MESSAGE"; }
+# (grep reads to the end: with -q it would quit at the first match, and
+# under pipefail the SIGPIPE of the still-writing tail fails the check.)
+started_since() { log_since "$1" | grep -F "$STARTED_MESSAGE" >/dev/null; }
 
 broker_answers() {
   port_open "$PROBE_HOST" "$PORT" || return 1
@@ -725,18 +729,24 @@ cluster_start() {
     cluster_id=$(TOOLS_LOG4J_CONF=$STATE_DIR/tools-log4j2.properties storage_tool random-uuid | tail -n 1)
   fi
   [[ -n $cluster_id ]] || die "no cluster id"
+  # Nodes already up are left alone, also when another one fails: this
+  # restarts a crashed node of a running cluster (with --keep-data).
+  local was_up=0
+  for i in 1 2 3; do
+    if on_node "$i" status >/dev/null; then was_up=1; fi
+  done
   for i in 1 2 3; do
     FDX_KAFKA_CLUSTER_ID=$cluster_id FDX_KAFKA_NO_WAIT=1 FDX_KAFKA_KEEP_DATA=$keep on_node "$i" start &
     pids+=($!)
   done
   for i in "${pids[@]}"; do wait "$i" || failed=1; done
-  if ((failed)); then
-    cmd_stop_cluster >&2 || true
-    die "a node of the cluster failed to start"
-  fi
   for i in 1 2 3; do
-    on_node "$i" start >/dev/null || { cmd_stop_cluster >&2 || true; die "node $i did not become ready"; }
+    ((failed)) || on_node "$i" start >/dev/null || failed=1
   done
+  if ((failed)); then
+    if ((was_up == 0)); then cmd_stop_cluster >&2 || true; fi
+    die "the cluster did not start (a node's client or controller port may be taken; see $STATE_DIR/node-*/logs)"
+  fi
   echo "Kafka $KAFKA_VERSION cluster of 3 nodes (cluster $cluster_id) ready in $(elapsed "$t0") s, state in $STATE_DIR/node-{1,2,3}"
   echo "FDX_KAFKA_BROKERS=$(cluster_brokers)"
 }
@@ -836,7 +846,11 @@ main() {
   local cmd=${1:-}
   [[ $# -gt 0 ]] && shift
   case $cmd in
-    fetch) fetch; echo "jars in $LIB_DIR ($(find "$LIB_DIR" -name '*.jar' | wc -l) jars, $(du -sh "$LIB_DIR" | cut -f1))" ;;
+    fetch)
+      fetch
+      fetch_tools
+      echo "jars in $LIB_DIR ($(find "$LIB_DIR" -name '*.jar' | wc -l) jars, $(du -sh "$LIB_DIR" | cut -f1)) and $TOOLS_DIR"
+      ;;
     start) cmd_start "$@" ;;
     stop) if [[ $NODES == 3 ]]; then cmd_stop_cluster; else cmd_stop; fi ;;
     restart)

@@ -18,9 +18,18 @@ type TopicOptions struct {
 	UpdatePartitions int
 	// MaxMessageBytes is the topics' max.message.bytes.
 	MaxMessageBytes int
-	// ReplicationFactor; -1 takes the broker's default.
+	// ReplicationFactor of new topics; -1 takes the broker's default, and 0
+	// chooses by cluster size: 3, with min.insync.replicas=2, when the
+	// cluster has at least 3 brokers (a broker may then die without losing
+	// an acknowledged update or model, and the job goes on), else the
+	// broker's default.
 	ReplicationFactor int
 }
+
+// replicatedMinISR is the min.insync.replicas of topics with 3 replicas:
+// acks=all writes survive one lost broker and still succeed while one is
+// down.
+const replicatedMinISR = 2
 
 // EnsureTopics creates the job's topics, or raises max.message.bytes on
 // existing ones that are too small for the model, so that a model record is
@@ -34,9 +43,6 @@ func EnsureTopics(ctx context.Context, o Options, to TopicOptions) error {
 	}
 	if to.MaxMessageBytes < MinMessageBytes {
 		to.MaxMessageBytes = MinMessageBytes
-	}
-	if to.ReplicationFactor == 0 {
-		to.ReplicationFactor = -1
 	}
 	// An admin client made from a producer shares its log channel (when
 	// enabled, see configMap).
@@ -59,12 +65,26 @@ func EnsureTopics(ctx context.Context, o Options, to TopicOptions) error {
 		return fmt.Errorf("admin client: %w", err)
 	}
 	defer ac.Close()
-	maxBytes := strconv.Itoa(to.MaxMessageBytes)
+	if to.ReplicationFactor == 0 {
+		md, err := p.GetMetadata(nil, false, timeoutMs(ctx, 10*time.Second))
+		if err != nil {
+			return fmt.Errorf("count brokers: %w", unreachable(err))
+		}
+		to.ReplicationFactor = -1
+		if len(md.Brokers) >= 3 {
+			to.ReplicationFactor = 3
+		}
+	}
+	config := func() map[string]string {
+		c := map[string]string{"max.message.bytes": strconv.Itoa(to.MaxMessageBytes)}
+		if to.ReplicationFactor >= 3 {
+			c["min.insync.replicas"] = strconv.Itoa(replicatedMinISR)
+		}
+		return c
+	}
 	specs := []kafka.TopicSpecification{
-		{Topic: ModelTopic(o.Job), NumPartitions: 1, ReplicationFactor: to.ReplicationFactor,
-			Config: map[string]string{"max.message.bytes": maxBytes}},
-		{Topic: UpdatesTopic(o.Job), NumPartitions: to.UpdatePartitions, ReplicationFactor: to.ReplicationFactor,
-			Config: map[string]string{"max.message.bytes": maxBytes}},
+		{Topic: ModelTopic(o.Job), NumPartitions: 1, ReplicationFactor: to.ReplicationFactor, Config: config()},
+		{Topic: UpdatesTopic(o.Job), NumPartitions: to.UpdatePartitions, ReplicationFactor: to.ReplicationFactor, Config: config()},
 	}
 	res, err := ac.CreateTopics(ctx, specs)
 	if err != nil {

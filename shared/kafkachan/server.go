@@ -47,7 +47,14 @@ type Server struct {
 	count    channel.Counter
 	consumed map[int32]kafka.Offset // next offset per partition, not yet committed
 	maxBytes int
+	// rejoins counts consumer re-creations since the last committed round.
+	rejoins int
 }
+
+// maxRejoins bounds how often Next re-creates a fenced consumer between two
+// committed rounds: a broker failover can fence it once, but a second
+// aggregator of the same job would fence it again and again.
+const maxRejoins = 3
 
 var _ channel.Server = (*Server)(nil)
 
@@ -84,6 +91,21 @@ func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
 		p.Close()
 		return nil, fmt.Errorf("init transactions for job %s: %w", opt.Job, unreachable(err))
 	}
+	if err := s.subscribe(); err != nil {
+		s.p.Close()
+		return nil, err
+	}
+	s.reader, err = newModelReader(opt.Options, &s.count, maxBytes, false)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// subscribe creates the updates consumer and joins the group.
+func (s *Server) subscribe() error {
+	opt, maxBytes := s.opt, s.maxBytes
 	ccm := opt.configMap(kafka.ConfigMap{
 		"group.id":                  GroupID(opt.Job),
 		"enable.auto.commit":        false,
@@ -100,22 +122,34 @@ func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
 		"session.timeout.ms":    10000,
 		"heartbeat.interval.ms": 1000,
 	})
-	s.c, err = kafka.NewConsumer(&ccm)
+	c, err := kafka.NewConsumer(&ccm)
 	if err != nil {
-		p.Close()
-		return nil, fmt.Errorf("kafka updates consumer: %w", err)
+		return fmt.Errorf("kafka updates consumer: %w", err)
 	}
-	startLogs(s.c, ccm, opt.logger())
-	if err := s.c.Subscribe(UpdatesTopic(opt.Job), s.rebalanced); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("subscribe %s: %w", UpdatesTopic(opt.Job), err)
+	startLogs(c, ccm, opt.logger())
+	if err := c.Subscribe(UpdatesTopic(opt.Job), s.rebalanced); err != nil {
+		closeConsumer(c, opt.logger())
+		return fmt.Errorf("subscribe %s: %w", UpdatesTopic(opt.Job), err)
 	}
-	s.reader, err = newModelReader(opt.Options, &s.count, maxBytes, false)
-	if err != nil {
-		s.Close()
-		return nil, err
+	s.c = c
+	return nil
+}
+
+// rejoin replaces a consumer that the group coordinator fenced. When the
+// broker leading the group dies, its successor can fence the static member
+// (FENCED_INSTANCE_ID) although no other aggregator runs. Nothing is lost:
+// the open round's records are uncommitted, so the new consumer reads them
+// again from the last committed round, and the round loop rejects the ones
+// it already holds as duplicates.
+func (s *Server) rejoin(cause kafka.Error) error {
+	if s.rejoins >= maxRejoins {
+		return fmt.Errorf("consume %s: fenced %d times since the last round (another aggregator of job %s?): %w", UpdatesTopic(s.opt.Job), s.rejoins, s.opt.Job, cause)
 	}
-	return s, nil
+	s.rejoins++
+	s.opt.logger().Warn("updates consumer fenced; rejoining the group", "job", s.opt.Job, "attempt", s.rejoins, "err", cause)
+	closeConsumer(s.c, s.opt.logger())
+	s.consumed = map[int32]kafka.Offset{}
+	return s.subscribe()
 }
 
 // rebalanced forgets uncommitted positions of partitions taken away from us:
@@ -158,6 +192,12 @@ func (s *Server) Next(ctx context.Context) (channel.Delivery, error) {
 			s.count.Received(size)
 			return s.delivery(ev, size), nil
 		case kafka.Error:
+			if ev.IsFatal() && ev.Code() == kafka.ErrFencedInstanceID {
+				if err := s.rejoin(ev); err != nil {
+					return channel.Delivery{}, err
+				}
+				continue
+			}
 			if ev.IsFatal() {
 				return channel.Delivery{}, fmt.Errorf("consume %s: %w", UpdatesTopic(s.opt.Job), ev)
 			}
@@ -209,6 +249,7 @@ func (s *Server) Publish(ctx context.Context, m *fdxv1.GlobalModel) error {
 		err := s.transact(ctx, m.GetRound(), b)
 		if err == nil {
 			s.consumed = map[int32]kafka.Offset{}
+			s.rejoins = 0
 			s.count.Sent(len(b) + len(strconv.FormatInt(m.GetRound(), 10)))
 			return nil
 		}
