@@ -292,9 +292,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(c.logLevel)); err != nil {
-		return cli.Usagef("--log-level: %v", err)
+	lvl, err := cli.LogLevel("--log-level", c.logLevel)
+	if err != nil {
+		return err
 	}
 	log, closeLog, err := cloudlog.Open(ctx, stderr, logging.Options{Format: c.logTo, Level: lvl, ProjectID: c.logProject})
 	if err != nil {

@@ -39,6 +39,43 @@ func waitModel(ctx context.Context, t *testing.T, grpc bool, addr, job string, r
 	}
 }
 
+// startSmallJob runs a one-client synthetic job of the given rounds on
+// Kafka or gRPC and returns its spec, the address clients use, and its
+// outcome.
+func startSmallJob(ctx context.Context, t *testing.T, grpc bool, rounds int, data *dataset.Catalog) (Spec, string, <-chan error) {
+	t.Helper()
+	o := Spec{Job: kafkatest.Job(t), MinClients: 1, NumRounds: rounds, Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}
+	cc := ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0"}
+	if !grpc {
+		cc = ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}
+	}
+	addr := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		_, err := RunOn(ctx, o, cc, Env{Data: data}, func(a string) { addr <- a })
+		done <- err
+	}()
+	select {
+	case a := <-addr:
+		return o, a, done
+	case err := <-done:
+		t.Fatalf("job: %v", err)
+	}
+	return o, "", done
+}
+
+// post POSTs a JSON body and returns the status and the answer.
+func post(t *testing.T, url, body string) (int, string) {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
 // TestRoundField checks the function's "round" field on both channels: a
 // closed round answers 409, the open one trains.
 func TestRoundField(t *testing.T) {
@@ -50,29 +87,10 @@ func TestRoundField(t *testing.T) {
 			data := dataset.NewCatalog()
 			fn := httptest.NewServer(function.NewServer(function.Config{Data: data}))
 			defer fn.Close()
-			o := Spec{Job: kafkatest.Job(t), MinClients: 1, NumRounds: 2, Dataset: "synthetic",
-				MaxExamples: 50, EvalExamples: 100}
-			cc := ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0"}
-			if !grpc {
-				cc = ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}
-			}
-			addr := make(chan string, 1)
-			done := make(chan error, 1)
-			go func() {
-				_, err := RunOn(ctx, o, cc, Env{Data: data}, func(a string) { addr <- a })
-				done <- err
-			}()
-			a := <-addr
+			o, a, done := startSmallJob(ctx, t, grpc, 2, data)
 			callJob := func(job, timeout, body string) (int, string) {
 				t.Helper()
-				req := `{"broker": "` + a + `", "channel": "` + name + `", "job": "` + job + `", "timeout_s": ` + timeout + `, ` + body + `}`
-				resp, err := http.Post(fn.URL, "application/json", strings.NewReader(req))
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer resp.Body.Close()
-				b, _ := io.ReadAll(resp.Body)
-				return resp.StatusCode, string(b)
+				return post(t, fn.URL, `{"broker": "`+a+`", "channel": "`+name+`", "job": "`+job+`", "timeout_s": `+timeout+`, `+body+`}`)
 			}
 			call := func(body string) (int, string) { return callJob(o.Job, "60", body) }
 			// A job nobody runs: the function waits for it within its
@@ -120,30 +138,13 @@ func TestWarmInvocations(t *testing.T) {
 			defer cache.Close()
 			fn := httptest.NewServer(function.NewServer(function.Config{Data: data, Cache: cache}))
 			defer fn.Close()
-			o := Spec{Job: kafkatest.Job(t), MinClients: 1, NumRounds: 3, Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}
-			cc := ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0"}
-			if !grpc {
-				cc = ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}
-			}
-			addr := make(chan string, 1)
-			done := make(chan error, 1)
-			go func() {
-				_, err := RunOn(ctx, o, cc, Env{Data: data}, func(a string) { addr <- a })
-				done <- err
-			}()
-			a := <-addr
+			o, a, done := startSmallJob(ctx, t, grpc, 3, data)
 			var first int64
 			for round := 1; round <= 3; round++ {
-				req := fmt.Sprintf(`{"broker": %q, "channel": %q, "job": %q, "client_id": "a", "round": %d, "timeout_s": 60}`, a, name, o.Job, round)
-				resp, err := http.Post(fn.URL, "application/json", strings.NewReader(req))
-				if err != nil {
-					t.Fatal(err)
-				}
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
+				code, b := post(t, fn.URL, fmt.Sprintf(`{"broker": %q, "channel": %q, "job": %q, "client_id": "a", "round": %d, "timeout_s": 60}`, a, name, o.Job, round))
 				var r function.Response
-				if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &r) != nil {
-					t.Fatalf("round %d: %d %s", round, resp.StatusCode, b)
+				if code != http.StatusOK || json.Unmarshal([]byte(b), &r) != nil {
+					t.Fatalf("round %d: %d %s", round, code, b)
 				}
 				if want := round > 1; r.Warm != want {
 					t.Errorf("round %d: warm %v, want %v", round, r.Warm, want)

@@ -2,7 +2,6 @@ package job
 
 import (
 	"context"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -54,21 +53,14 @@ func TestGRPCSecured(t *testing.T) {
 		done <- outcome{res, err}
 	}()
 	a := <-addr
-	post := func(url, client string) (int, string) {
-		body := `{"broker": "` + a + `", "channel": "grpc", "job": "` + o.Job + `", "client_id": "` + client + `", "timeout_s": 30}`
-		resp, err := http.Post(url, "application/json", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+	invoke := func(url, client string) (int, string) {
+		return post(t, url, `{"broker": "`+a+`", "channel": "grpc", "job": "`+o.Job+`", "client_id": "`+client+`", "timeout_s": 30}`)
 	}
 	// Client b holds a's token: refused when it submits as b.
-	if code, body := post(thief.URL, "b"); code != http.StatusForbidden || !strings.Contains(body, "bearer token") {
+	if code, body := invoke(thief.URL, "b"); code != http.StatusForbidden || !strings.Contains(body, "bearer token") {
 		t.Errorf("client b with a's token: %d %s; want 403 naming the token", code, body)
 	}
-	if code, body := post(good.URL, "a"); code != http.StatusOK {
+	if code, body := invoke(good.URL, "a"); code != http.StatusOK {
 		t.Fatalf("client a: %d %s", code, body)
 	}
 	out := <-done

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -93,6 +94,16 @@ func Parse(fs *flag.FlagSet, args []string) error {
 		return Usagef("unexpected arguments %q", fs.Args())
 	}
 	return nil
+}
+
+// LogLevel parses the value of a --log-level flag; a bad one is a usage
+// error.
+func LogLevel(flagName, value string) (slog.Level, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(value)); err != nil {
+		return 0, Usagef("%s: %v", flagName, err)
+	}
+	return lvl, nil
 }
 
 // Group is a titled set of flags in a usage text.

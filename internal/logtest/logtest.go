@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -31,4 +32,39 @@ func DecodeLine(t *testing.T, buf *bytes.Buffer) map[string]any {
 		t.Fatalf("output is not JSON: %v\n%s", err, lines[0])
 	}
 	return m
+}
+
+// AssertJSONEqual fails t unless got and want encode to the same JSON.
+func AssertJSONEqual(t *testing.T, got, want any) {
+	t.Helper()
+	g, err := json.Marshal(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := json.Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(g, w) {
+		t.Errorf("fields differ\n got: %s\nwant: %s", g, w)
+	}
+}
+
+// SyncBuffer is a bytes.Buffer that goroutines may write concurrently, for
+// collecting log output.
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
+	"github.com/fdxkafka/fdxkafka/internal/logtest"
 )
 
 // produceModel writes a model record outside the server: in an aborted
@@ -95,7 +96,7 @@ func TestModelTail(t *testing.T) {
 // properties file's strings, and librdkafka's lines reach slog.
 func TestGoLogChannelFromProperties(t *testing.T) {
 	o := Options{Brokers: "127.0.0.1:1", Job: "j", Properties: map[string]string{"go.logs.channel.enable": "true", "log_level": "7", "debug": "broker"}}
-	var logs syncBuffer
+	var logs logtest.SyncBuffer
 	o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cm := o.producerConfig(nil)
 	if v, ok := cm["go.logs.channel.enable"].(bool); !ok || !v {

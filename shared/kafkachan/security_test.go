@@ -1,7 +1,6 @@
 package kafkachan
 
 import (
-	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -9,13 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
+	"github.com/fdxkafka/fdxkafka/internal/logtest"
 	"github.com/fdxkafka/fdxkafka/internal/testcerts"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
@@ -177,7 +176,7 @@ func TestSASLSSLRefused(t *testing.T) {
 			// Each side waits out its whole deadline: librdkafka treats
 			// a refused handshake as a broker that may come back.
 			const deadline, limit = 3 * time.Second, 20 * time.Second
-			var logs syncBuffer
+			var logs logtest.SyncBuffer
 			opt := Options{
 				Brokers: tc.brokers, Job: kafkatest.Job(t), Properties: tc.props,
 				Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -214,30 +213,12 @@ func TestSASLSSLRefused(t *testing.T) {
 	}
 }
 
-// syncBuffer collects log output written by librdkafka's log goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // testLogger collects librdkafka's warnings and errors and shows them if
 // the test fails, where a failed handshake explains itself. It buffers
 // rather than calling t.Log directly because librdkafka may still log after
 // the test has ended.
 func testLogger(t *testing.T) *slog.Logger {
-	var buf syncBuffer
+	var buf logtest.SyncBuffer
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("librdkafka log:\n%s", buf.String())

@@ -3,7 +3,6 @@ package logging
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"log/slog"
@@ -122,22 +121,7 @@ func TestGCPFields(t *testing.T) {
 			"err":     "boom",
 		},
 	}
-	assertJSONEqual(t, m, want)
-}
-
-func assertJSONEqual(t *testing.T, got, want any) {
-	t.Helper()
-	g, err := json.Marshal(got)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := json.Marshal(want)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(g, w) {
-		t.Errorf("fields differ\n got: %s\nwant: %s", g, w)
-	}
+	logtest.AssertJSONEqual(t, m, want)
 }
 
 func TestGCPNoTraceNoSource(t *testing.T) {
@@ -147,7 +131,7 @@ func TestGCPNoTraceNoSource(t *testing.T) {
 	l.WithGroup("empty").InfoContext(context.Background(), "plain")
 	m := logtest.DecodeLine(t, &buf)
 	delete(m, "time")
-	assertJSONEqual(t, m, map[string]any{"severity": "INFO", "message": "plain"})
+	logtest.AssertJSONEqual(t, m, map[string]any{"severity": "INFO", "message": "plain"})
 }
 
 func TestGCPTraceProject(t *testing.T) {
@@ -322,7 +306,7 @@ func TestJSONFormat(t *testing.T) {
 	l.DebugContext(ctx, "hello", "k", "v")
 	m := logtest.DecodeLine(t, &buf)
 	delete(m, "time")
-	assertJSONEqual(t, m, map[string]any{"level": "DEBUG", "msg": "hello", "k": "v", "trace_id": testTraceID})
+	logtest.AssertJSONEqual(t, m, map[string]any{"level": "DEBUG", "msg": "hello", "k": "v", "trace_id": testTraceID})
 }
 
 func TestDetect(t *testing.T) {
@@ -406,7 +390,7 @@ func TestNewErrors(t *testing.T) {
 // the race detector.
 func TestConcurrentUse(t *testing.T) {
 	logtest.ClearEnv(t)
-	var buf syncBuffer
+	var buf logtest.SyncBuffer
 	l, err := New(&buf, Options{Format: FormatGCP})
 	if err != nil {
 		t.Fatal(err)
@@ -423,21 +407,4 @@ func TestConcurrentUse(t *testing.T) {
 	if n := strings.Count(buf.String(), "\n"); n != 8 {
 		t.Errorf("got %d lines, want 8", n)
 	}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -161,7 +161,7 @@ func TestCloudProjectFromMetadata(t *testing.T) {
 		t.Fatalf("resource type = %q, want gce_instance", res.GetType())
 	}
 	want := map[string]string{"project_id": "p", "instance_id": "1234567890", "zone": "us-central1-a"}
-	assertJSONEqual(t, res.GetLabels(), want)
+	logtest.AssertJSONEqual(t, res.GetLabels(), want)
 
 	t.Setenv("K_SERVICE", "fn")
 	if res := monitoredResource(ctx, md, "p"); res != nil {
@@ -222,7 +222,7 @@ func TestCloudHandlerEntry(t *testing.T) {
 		t.Errorf("unmarshalable value = %q, want its %%v text", ch)
 	}
 	delete(got["round"].(map[string]any), "ch")
-	assertJSONEqual(t, got, map[string]any{
+	logtest.AssertJSONEqual(t, got, map[string]any{
 		"message": "slow round",
 		"job":     "mnist",
 		"round": map[string]any{
@@ -259,18 +259,3 @@ const (
 	testTraceID = "105445aa7843bc8bf206b12000100000"
 	testSpanHex = "0000000000000001"
 )
-
-func assertJSONEqual(t *testing.T, got, want any) {
-	t.Helper()
-	g, err := json.Marshal(got)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := json.Marshal(want)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(g, w) {
-		t.Errorf("fields differ\n got: %s\nwant: %s", g, w)
-	}
-}
