@@ -218,8 +218,11 @@ func (s *Server) run(ctx context.Context, req Request) (sum participant.Summary,
 		return participant.Summary{}, false, func(error) {}, err
 	}
 	// A cached client's counters run across invocations; the summary
-	// reports this one's.
-	leased := sinceLease{Client: ch, base: ch.Stats()}
+	// reports this one's (a cold one's includes its dial).
+	leased := sinceLease{Client: ch}
+	if warm {
+		leased.base = ch.Stats()
+	}
 	sum, err = s.part.Run(ctx, leased, participant.Options{Job: req.Job, ClientID: req.ClientID, Round: req.Round, Exact: req.Round > 0, Rounds: req.Rounds})
 	return sum, warm, done, err
 }
