@@ -184,6 +184,9 @@ expect vm-secrets "fdx-secret-tokens=fdx-tokens:latest" "fdx-secret-tls-key=fdx-
   "gcloud secrets add-iam-policy-binding fdx-tokens --project fdx-check --member serviceAccount:agg@fdx-check.iam.gserviceaccount.com --role roles/secretmanager.secretAccessor"
 shape vm-secrets
 refuse vm-badsecret "$GCP/vm.sh" create --vm-secrets grpc-token=x
+# The model-signing key reaches the aggregator the same way.
+dry vm-modelkey "$GCP/vm.sh" create --vm-secrets model-key=fdx-model-key
+expect vm-modelkey "fdx-secret-model-key=fdx-model-key:latest"
 refuse vm-badversion "$GCP/vm.sh" create --vm-secrets tokens=x:v1
 dry vm-delete "$GCP/vm.sh" delete
 expect vm-delete "gcloud compute instances delete fdx-kafka" "--delete-disks all"
@@ -230,6 +233,9 @@ else
   fail "fn-secrets: secret values or names in --set-env-vars: $envvars"
 fi
 shape fn-secrets
+# Clients verify models with the aggregator's public key, mounted as a file.
+dry fn-modelpub "$GCP/function.sh" deploy --function-secrets model-pubkey=fdx-model-pub
+expect fn-modelpub "/etc/fdx/model-pubkey/model.pub=fdx-model-pub:latest" "FDX_MODEL_PUBKEY=/etc/fdx/model-pubkey/model.pub"
 refuse fn-badsecret "$GCP/function.sh" deploy --function-secrets tokens=x
 refuse fn-dupsecret "$GCP/function.sh" deploy --function-secrets grpc-ca=a,grpc-ca=b
 refuse fn-badsecretname "$GCP/function.sh" deploy --function-secrets 'grpc-token=a/b'

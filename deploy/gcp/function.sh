@@ -114,10 +114,10 @@ cmd_deploy() {
 # grants the function's service account access when it is named.
 function_secrets() {
   local kind ref mount var
-  parse_secrets "$FUNCTION_SECRETS" grpc-token kafka-config grpc-ca grpc-cert grpc-key
+  parse_secrets "$FUNCTION_SECRETS" grpc-token kafka-config grpc-ca grpc-cert grpc-key model-pubkey
   SECRET_FLAGS=""
   SECRET_ENV=""
-  for kind in grpc-token kafka-config grpc-ca grpc-cert grpc-key; do
+  for kind in grpc-token kafka-config grpc-ca grpc-cert grpc-key model-pubkey; do
     ref=${SECRETS[$kind]:-}
     [[ -n $ref ]] || continue
     case $kind in
@@ -126,6 +126,7 @@ function_secrets() {
       grpc-ca) mount=/etc/fdx/grpc-ca/ca.pem var=FDX_GRPC_CA ;;
       grpc-cert) mount=/etc/fdx/grpc-cert/cert.pem var=FDX_GRPC_CERT ;;
       grpc-key) mount=/etc/fdx/grpc-key/key.pem var=FDX_GRPC_KEY ;;
+      model-pubkey) mount=/etc/fdx/model-pubkey/model.pub var=FDX_MODEL_PUBKEY ;;
     esac
     # One directory per secret: a Cloud Run secret volume owns its
     # directory. Only the path goes into the environment.
@@ -135,7 +136,7 @@ function_secrets() {
   done
   SECRET_FLAGS=${SECRET_FLAGS#,}
   if [[ -n $FUNCTION_SERVICE_ACCOUNT ]]; then
-    for kind in grpc-token kafka-config grpc-ca grpc-cert grpc-key; do
+    for kind in grpc-token kafka-config grpc-ca grpc-cert grpc-key model-pubkey; do
       [[ -n ${SECRETS[$kind]:-} ]] || continue
       run gcloud secrets add-iam-policy-binding "${SECRETS[$kind]%%:*}" "${GCLOUD_PROJECT[@]}" \
         --member "serviceAccount:$FUNCTION_SERVICE_ACCOUNT" --role roles/secretmanager.secretAccessor

@@ -62,16 +62,19 @@
 #   --function-secrets L   FUNCTION_SECRETS [] KIND=SECRET[:VERSION],...
 #                          from Secret Manager into the function, never in
 #                          --set-env-vars. KIND: grpc-token (env
-#                          FDX_GRPC_TOKEN via --set-secrets), kafka-config,
-#                          grpc-ca, grpc-cert, grpc-key (mounted files under
-#                          /etc/fdx/KIND/, their paths in FDX_KAFKA_CONFIG,
-#                          FDX_GRPC_CA, FDX_GRPC_CERT, FDX_GRPC_KEY)
+#                          FDX_GRPC_TOKEN via --set-secrets: the client's
+#                          gRPC bearer token and Kafka update MAC key),
+#                          kafka-config, grpc-ca, grpc-cert, grpc-key,
+#                          model-pubkey (mounted files under /etc/fdx/KIND/,
+#                          their paths in FDX_KAFKA_CONFIG, FDX_GRPC_CA,
+#                          FDX_GRPC_CERT, FDX_GRPC_KEY, FDX_MODEL_PUBKEY)
 #   --vm-secrets L         VM_SECRETS     [] KIND=SECRET[:VERSION],... that
 #                          the VM's startup script reads from Secret Manager
 #                          at boot (metadata holds only the names) and hands
 #                          to the aggregator as systemd credentials. KIND:
 #                          tokens (--tokens-file), tls-cert, tls-key,
-#                          tls-client-ca, kafka-config
+#                          tls-client-ca, kafka-config, model-key
+#                          (--model-key: the Ed25519 key that signs models)
 #   --clients N            CLIENTS        [$MINCLIENTS] function.sh invoke
 #   --broker HOST:PORT     BROKER         [the VM's internal IP, port 9092
 #                          (kafka) or 8080 (grpc)]

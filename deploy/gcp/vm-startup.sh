@@ -26,7 +26,8 @@
 # Settings come from instance metadata (vm.sh sets them): fdx-job,
 # fdx-channel (kafka|grpc), fdx-minclients, fdx-numrounds, fdx-build-on-vm,
 # fdx-go-version, fdx-aggregator-args, fdx-secret-KIND (KIND: tokens,
-# tls-cert, tls-key, tls-client-ca, kafka-config; value SECRET:VERSION), and
+# tls-cert, tls-key, tls-client-ca, kafka-config, model-key; value
+# SECRET:VERSION), and
 # fdx-kafka-secure (1: the broker in kafka.sh's secure mode, `kafka.sh acls
 # JOB` run before the aggregator starts, which logs in as its SASL user; see
 # deploy/kafka/README.md "Secure mode"; the setting takes effect on a fresh
@@ -45,7 +46,7 @@ readonly KAFKA_USER=fdxkafka
 readonly KAFKA_HOME=/var/lib/fdxkafka
 readonly AGG_UNIT=fdx-aggregator
 readonly SECRETS_DIR=/etc/fdx/secrets
-readonly SECRET_KINDS=(tokens tls-cert tls-key tls-client-ca kafka-config)
+readonly SECRET_KINDS=(tokens tls-cert tls-key tls-client-ca kafka-config model-key)
 readonly OPS_AGENT_CONFIG=/etc/google-cloud-ops-agent/config.yaml
 
 export HOME=/root
@@ -271,6 +272,7 @@ install_aggregator_unit() {
       tls-cert) secret_flags+=" --tls-cert %d/tls-cert" ;;
       tls-key) secret_flags+=" --tls-key %d/tls-key" ;;
       tls-client-ca) secret_flags+=" --tls-client-ca %d/tls-client-ca" ;;
+      model-key) secret_flags+=" --model-key %d/model-key" ;;
       kafka-config) secret_flags+=" --kafka-config %d/kafka-config" ;;
     esac
   done

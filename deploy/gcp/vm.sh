@@ -126,7 +126,7 @@ metadata_arg() {
     kv+=("fdx-go-version=$GO_VERSION")
   fi
   local kind
-  for kind in tokens tls-cert tls-key tls-client-ca kafka-config; do
+  for kind in tokens tls-cert tls-key tls-client-ca kafka-config model-key; do
     [[ -n ${SECRETS[$kind]:-} ]] || continue
     kv+=("fdx-secret-$kind=${SECRETS[$kind]}")
   done
@@ -156,7 +156,7 @@ ensure_nat() {
 }
 
 cmd_create() {
-  parse_secrets "$VM_SECRETS" tokens tls-cert tls-key tls-client-ca kafka-config
+  parse_secrets "$VM_SECRETS" tokens tls-cert tls-key tls-client-ca kafka-config model-key
   local scopes=logging-write,monitoring-write
   if ((${#SECRETS[@]} > 0)); then
     # Secret Manager has no narrower scope; IAM on each secret limits it.
@@ -186,7 +186,7 @@ cmd_create() {
   run "${create[@]}"
   if [[ -n $VM_SERVICE_ACCOUNT ]]; then
     local kind
-    for kind in tokens tls-cert tls-key tls-client-ca kafka-config; do
+    for kind in tokens tls-cert tls-key tls-client-ca kafka-config model-key; do
       [[ -n ${SECRETS[$kind]:-} ]] || continue
       run gcloud secrets add-iam-policy-binding "${SECRETS[$kind]%%:*}" "${GCLOUD_PROJECT[@]}" \
         --member "serviceAccount:$VM_SERVICE_ACCOUNT" --role roles/secretmanager.secretAccessor
