@@ -174,3 +174,48 @@ func TestForgeriesChangeNothing(t *testing.T) {
 		t.Errorf("attacked job's final model %s differs from the undisturbed run's %s", g, w)
 	}
 }
+
+// TestRestartWalksPastDamage: without a signing key, a restarted
+// aggregator still restores only from a record of its job with its shapes
+// and a round inside it: an empty record, a model of the wrong shape and
+// one of round MaxInt64 on top of the topic are walked past (today's main
+// exited 1 on the first, "restore round 0: got 0 tensors", at every
+// restart). One update, sent straight to the topic, closes the round.
+func TestRestartWalksPastDamage(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	brokers := kafkatest.Brokers(t)
+	data := dataset.NewCatalog()
+	spec := Spec{Job: kafkatest.Job(t), MinClients: 1, NumRounds: 1, Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}
+	cc := ChannelConfig{Transport: Kafka, Brokers: brokers}
+	actx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { _, err := RunOn(actx, spec, cc, Env{Data: data}, nil); done <- err }()
+	waitRound(ctx, t, kafkachan.Options{Brokers: brokers, Job: spec.Job}, 1)
+	stop()
+	<-done
+	specs, _, err := spec.Shapes(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong := tensor.Encode([][]float32{{1, 2, 3}}, []tensor.Spec{{Name: "fc0.weight", Shape: []int64{3}}})
+	produceRaw(t, brokers, kafkachan.ModelTopic(spec.Job),
+		&kafka.Message{Value: marshal(t, &fdxv1.GlobalModel{Job: spec.Job, Round: 2, NumRounds: 1, Final: true, Params: wrong})},
+		&kafka.Message{Value: marshal(t, &fdxv1.GlobalModel{Job: spec.Job, Round: 1<<63 - 1})},
+		&kafka.Message{Value: nil},
+	)
+	zeros := make([][]float32, len(specs))
+	for i, sp := range specs {
+		zeros[i] = make([]float32, sp.Size())
+	}
+	update := marshal(t, &fdxv1.Update{Job: spec.Job, ClientId: "0", BaseRound: 1, NumExamples: 10, Params: tensor.Encode(zeros, specs)})
+	produceRaw(t, brokers, kafkachan.UpdatesTopic(spec.Job), &kafka.Message{Key: []byte("0"), Value: update})
+	res, err := RunOn(ctx, spec, cc, Env{Data: data}, nil)
+	if err != nil {
+		t.Fatalf("restart over damaged records: %v", err)
+	}
+	if res.Resumed != 1 || len(res.Rounds) != 1 || !res.Final.GetFinal() || len(res.Final.GetParams()) != len(specs) {
+		t.Errorf("resumed from %d with %d rounds (final %v, %d tensors); want round 1, 1 round, a final model of %d tensors",
+			res.Resumed, len(res.Rounds), res.Final.GetFinal(), len(res.Final.GetParams()), len(specs))
+	}
+}
