@@ -1,6 +1,7 @@
 // Package fedtest starts the clients of a test federation: long-running
 // participants following a job to its final model, as the aggregator's
-// tests in several packages need them.
+// tests in several packages need them, optionally slow ones (as the
+// evaluations' asynchronous benchmark needs them too).
 package fedtest
 
 import (
@@ -55,7 +56,7 @@ func Clients(ctx context.Context, t testing.TB, base participant.Target, n int, 
 		}
 		wg.Go(func() {
 			if opt.Delay != nil {
-				if err := follow(ctx, p, tr, tg, opt.Delay(tg.ClientID)); err != nil {
+				if err := FollowSlowly(ctx, p, tr, tg, opt.Delay(tg.ClientID)); err != nil {
 					errs <- fmt.Errorf("client %s: %w", tg.ClientID, err)
 				}
 				return
@@ -75,9 +76,11 @@ func Clients(ctx context.Context, t testing.TB, base participant.Target, n int, 
 	}
 }
 
-// follow takes part in every model version until the final one through a
-// channel client whose Submit waits delay first.
-func follow(ctx context.Context, p *participant.Participant, tr participant.Transport, t participant.Target, delay time.Duration) error {
+// FollowSlowly takes part in every model version until the final one, as
+// a client that needs delay between fetching a model and sending its
+// update: its channel client's Submit waits that long first. Unlike
+// participant.Follow it does not reconnect.
+func FollowSlowly(ctx context.Context, p *participant.Participant, tr participant.Transport, t participant.Target, delay time.Duration) error {
 	ch, err := tr.Dial(ctx, t)
 	if err != nil {
 		return err
