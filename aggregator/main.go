@@ -76,7 +76,8 @@ updates, over Kafka (default) or gRPC (--grpc).
 
 var flagGroups = []cli.Group{
 	{Title: "Channel", Flags: []string{"broker", "grpc", "embedded", "job", "update-partitions", "kafka-config", "state-file"}},
-	{Title: "Rounds", Flags: []string{"minclients", "numrounds", "target-clients", "round-timeout", "on-short"}},
+	{Title: "Rounds", Flags: []string{"minclients", "numrounds", "target-clients", "round-timeout", "on-short", "target-accuracy"}},
+	{Title: "Asynchronous mode (FedBuff)", Flags: []string{"mode", "buffer-size", "staleness-exponent", "max-staleness"}},
 	{Title: "Model and data", Flags: []string{"model", "dataset", "partition", "partitions", "alpha", "shards-per-client", "max-examples", "lr", "batch", "epochs", "prox-mu", "seed", "eval-examples"}},
 	{Title: "Strategy", Flags: []string{"strategy", "server-lr", "server-momentum", "trim", "byzantine", "max-norm", "norm-factor", "dp-clip-norm", "dp-noise-multiplier", "dp-target-quantile", "dp-clipped-count-stddev"}},
 	{Title: "Security", Flags: []string{"model-key", "tokens-file", "client-list", "tls-cert", "tls-key", "tls-client-ca"}},
@@ -121,7 +122,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Float64Var(&o.Strategy.ClippedCountStddev, "dp-clipped-count-stddev", 0, "dpfedavg-adaptive: noise on the unclipped count (0: clients/20)")
 	fs.Float64Var(&o.MaxNorm, "max-norm", 0, "reject updates with ||local-global|| above this (0: no fixed bound)")
 	normFactor := fs.Float64("norm-factor", coordinator.DefaultNormFactor, "reject updates with ||local-global|| above this many times the previous round's median (0: off)")
-	fs.IntVar(&cc.UpdatePartitions, "update-partitions", 4, "partitions of the updates topic")
+	fs.IntVar(&cc.UpdatePartitions, "update-partitions", 4, "partitions of the updates topic (async mode: 1, the only value it takes)")
+	fs.Float64Var(&o.TargetAccuracy, "target-accuracy", 0, "end the job once the global model's test accuracy reaches this (0: run all rounds)")
+	fs.StringVar(&o.Mode, "mode", job.ModeSync, "sync (rounds) or async (FedBuff: a new version every --buffer-size updates, no round barrier); --strategy fedbuff implies async")
+	fs.IntVar(&o.BufferSize, "buffer-size", 0, "async: valid updates per new model version, K (default minclients); at most the number of clients")
+	exponent := fs.Float64("staleness-exponent", 0.5, "async: a in the staleness weight 1/(1+τ)^a (0: no discount)")
+	fs.IntVar(&o.MaxStaleness, "max-staleness", 0, "async: reject updates trained more than this many versions back as stale_round (0: no limit)")
 	fs.IntVar(&o.EvalExamples, "eval-examples", 0, "test examples evaluated per round (0: whole test set)")
 	fs.StringVar(&cc.StateFile, "state-file", "", "gRPC: file holding the newest model so a restart resumes")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "gRPC: server certificate (PEM); with --tls-key enables TLS")
@@ -151,6 +157,16 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	default:
 		cc.Transport, cc.Brokers = job.Kafka, *broker
 	}
+	o.StalenessExponent = *exponent
+	switch {
+	case *exponent < 0:
+		return nil, cli.Usagef("--staleness-exponent %v is negative", *exponent)
+	case *exponent == 0:
+		o.StalenessExponent = -1 // no discount; Spec's zero would mean 0.5
+	}
+	if o.Async() && !isSet(fs, "update-partitions") {
+		cc.UpdatePartitions = 0 // async mode's default: one partition
+	}
 	o.NormFactor = *normFactor
 	if *normFactor <= 0 {
 		o.NormFactor = -1 // off; Spec's zero would mean the default
@@ -164,6 +180,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.clients > 0 && c.clients < o.MinClients {
 		return nil, cli.Usagef("--clients %d is below --minclients %d: the rounds would never close", c.clients, o.MinClients)
+	}
+	if c.clients > 0 && c.clients < o.BufferSize {
+		// A client trains once per version, so fewer clients than K
+		// would never fill a buffer.
+		return nil, cli.Usagef("--clients %d is below --buffer-size %d: no version would ever close", c.clients, o.BufferSize)
 	}
 	if c.kafkaConf != "" {
 		props, err := kafkachan.LoadProperties(c.kafkaConf)
@@ -219,6 +240,13 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// isSet reports whether the command line set the flag name.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // loadClientList reads one client id per line.

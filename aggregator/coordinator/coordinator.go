@@ -1,8 +1,10 @@
-// Package coordinator runs a federated job's synchronous rounds: publish the
-// global model, collect validated updates until enough are in, aggregate
-// with the configured strategy, evaluate, publish the next model. One
-// goroutine owns all round state, whichever channel carries the messages, so
-// the same seed and the same updates give the same model bit for bit.
+// Package coordinator runs a federated job: in synchronous rounds (publish
+// the global model, collect validated updates until enough are in,
+// aggregate with the configured strategy, evaluate, publish the next model)
+// or asynchronously (FedBuff, async.go: fold each update as it arrives,
+// publish a version every K). One goroutine owns all round state,
+// whichever channel carries the messages, so the same seed and the same
+// updates give the same model bit for bit.
 package coordinator
 
 import (
@@ -63,6 +65,12 @@ type Config struct {
 	MaxUpdateBytes int
 	// Allowed, when non-nil, restricts which client ids may contribute.
 	Allowed map[string]bool
+	// TargetAccuracy, when > 0, ends the job early: the first model whose
+	// centralized accuracy reaches it is published as the final one.
+	TargetAccuracy float64
+	// Async, when set, runs the job asynchronously (FedBuff) instead of in
+	// rounds; the strategy is then unused and may be nil.
+	Async *Async
 }
 
 func (c *Config) validate() error {
@@ -79,6 +87,11 @@ func (c *Config) validate() error {
 		return errors.New("no train config")
 	case c.OnShort != "" && c.OnShort != Wait && c.OnShort != Fail:
 		return fmt.Errorf("on-short %q: want %q or %q", c.OnShort, Wait, Fail)
+	case c.TargetAccuracy < 0 || c.TargetAccuracy > 1:
+		return fmt.Errorf("target accuracy %v outside [0, 1]", c.TargetAccuracy)
+	}
+	if c.Async != nil {
+		return c.Async.Validate()
 	}
 	return nil
 }
@@ -168,6 +181,9 @@ type Coordinator struct {
 	log        *slog.Logger
 	specs      []tensor.Spec
 	rejected   map[string]int64
+
+	// lastBase is async mode's duplicate guard (validate.Async.LastBase).
+	lastBase map[string]int64
 }
 
 // New checks cfg and returns a coordinator. eval and obs may be nil.
@@ -180,6 +196,9 @@ func New(cfg Config, ch channel.Server, strat strategy.Strategy, eval Evaluator,
 	}
 	if cfg.TargetClients == 0 {
 		cfg.TargetClients = cfg.MinClients
+	}
+	if cfg.Async == nil && strat == nil {
+		return nil, errors.New("job config: no strategy")
 	}
 	specs, err := model.SpecsFor(cfg.Train.GetModel(), cfg.InDim, cfg.Classes)
 	if err != nil {
@@ -203,8 +222,12 @@ func (c *Coordinator) Run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return res, err
 	}
+	step := c.round
+	if c.cfg.Async != nil {
+		step = c.version
+	}
 	for !cur.GetFinal() {
-		next, nextParams, rec, err := c.round(ctx, cur, params)
+		next, nextParams, rec, err := step(ctx, cur, params)
 		if err != nil {
 			return res, err
 		}
@@ -226,7 +249,7 @@ func (c *Coordinator) start(ctx context.Context, res *Result) (*fdxv1.GlobalMode
 		if err != nil {
 			return nil, nil, fmt.Errorf("restore round %d: %w", latest.GetRound(), err)
 		}
-		if err := c.strat.Restore(latest.GetStrategyState()); err != nil {
+		if err := c.restoreState(latest.GetStrategyState()); err != nil {
 			return nil, nil, fmt.Errorf("restore round %d strategy state: %w", latest.GetRound(), err)
 		}
 		res.Resumed = latest.GetRound()
@@ -249,7 +272,7 @@ func (c *Coordinator) start(ctx context.Context, res *Result) (*fdxv1.GlobalMode
 		res.Initial = m
 		metrics = map[string]float64{"accuracy": m.Accuracy, "loss": m.Loss}
 	}
-	state, err := c.strat.State()
+	state, err := c.state()
 	if err != nil {
 		return nil, nil, fmt.Errorf("strategy state: %w", err)
 	}
@@ -258,7 +281,7 @@ func (c *Coordinator) start(ctx context.Context, res *Result) (*fdxv1.GlobalMode
 		return nil, nil, err
 	}
 	c.log.Info("job started", "model", c.cfg.Train.GetModel(), "params", net.NumParams(),
-		"rounds", c.cfg.NumRounds, "minclients", c.cfg.MinClients, "accuracy", metrics["accuracy"])
+		"rounds", c.cfg.NumRounds, "minclients", c.cfg.MinClients, "async", c.cfg.Async != nil, "accuracy", metrics["accuracy"])
 	return m, params, nil
 }
 
@@ -310,6 +333,29 @@ func (c *Coordinator) model(round int64, params [][]float32, contributors []stri
 	return m
 }
 
+// reached reports whether a model with these metrics meets the job's
+// target accuracy, which ends the job.
+func (c *Coordinator) reached(metrics map[string]float64) bool {
+	acc, ok := metrics["accuracy"]
+	return c.cfg.TargetAccuracy > 0 && ok && acc >= c.cfg.TargetAccuracy
+}
+
+// state is what the next model record carries to resume exactly: the
+// strategy's state, or in async mode the coordinator's own.
+func (c *Coordinator) state() ([]byte, error) {
+	if c.cfg.Async != nil {
+		return c.asyncState()
+	}
+	return c.strat.State()
+}
+
+func (c *Coordinator) restoreState(b []byte) error {
+	if c.cfg.Async != nil {
+		return c.restoreAsync(b)
+	}
+	return c.strat.Restore(b)
+}
+
 // roundState is one open round: what the loop has collected so far.
 type roundState struct {
 	rec       RoundRecord
@@ -325,6 +371,9 @@ type roundState struct {
 	needMore    int
 	propagation time.Duration
 	aggregate   time.Duration // folding and finishing
+
+	// fold adds a validated update's values to the aggregate.
+	fold func(u *fdxv1.Update, vals [][]float32) error
 }
 
 // target is the number of updates that closes the round now.
@@ -347,6 +396,9 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 	st := &roundState{
 		rec: RoundRecord{Round: r, Rejected: map[string]int64{}},
 		agg: agg,
+		fold: func(u *fdxv1.Update, vals [][]float32) error {
+			return agg.Add(strategy.Update{ClientID: u.GetClientId(), NumExamples: u.GetNumExamples(), Params: vals})
+		},
 		check: validate.NewRound(validate.Expect{
 			Job: c.cfg.Job, Round: r, Specs: c.specs, Global: params,
 			MaxNorm: c.normBound(), MaxExamples: c.cfg.MaxExamples, MaxBytes: c.cfg.MaxUpdateBytes,
@@ -454,14 +506,14 @@ func (c *Coordinator) take(st *roundState, d channel.Delivery) error {
 	}
 	u := d.Update
 	start := time.Now()
-	err := st.agg.Add(strategy.Update{ClientID: u.GetClientId(), NumExamples: u.GetNumExamples(), Params: vals})
+	err := st.fold(u, vals)
 	st.aggregate += time.Since(start)
 	if err != nil {
 		return fmt.Errorf("aggregate the validated update of %q: %w", u.GetClientId(), err)
 	}
-	st.check.Admit(u.GetClientId())
+	st.check.Admit(u)
 	st.rec.Examples += u.GetNumExamples()
-	if t := u.GetTimings().GetModelReceived(); t != nil {
+	if t := u.GetTimings().GetModelReceived(); t != nil && u.GetBaseRound() == st.rec.Round {
 		st.propagation = max(st.propagation, t.AsTime().Sub(st.published))
 	}
 	c.obs.UpdateAccepted(u.GetClientId(), d.Size)
@@ -498,15 +550,23 @@ func (c *Coordinator) close(ctx context.Context, st *roundState, next [][]float3
 		metrics = map[string]float64{"accuracy": m.Accuracy, "loss": m.Loss}
 	}
 	metrics[metricMedianNorm] = c.medianNorm
-	state, err := c.strat.State()
+	if c.cfg.Async != nil {
+		c.lastBase = c.prune(st.check.LastBase(), r+1)
+	}
+	state, err := c.state()
 	if err != nil {
 		return nil, fmt.Errorf("strategy state: %w", err)
 	}
-	if rep, ok := c.strat.(strategy.Reporter); ok {
+	if rep, ok := c.strat.(strategy.Reporter); ok && c.cfg.Async == nil {
 		rec.Strategy = rep.Report()
 		c.log.Info("strategy report", "round", r, "report", rec.Strategy)
 	}
 	nm := c.model(r+1, next, rec.Contributors, metrics, state)
+	if !nm.Final && c.reached(metrics) {
+		// The target is met: this model ends the job, which ran r rounds.
+		nm.Final, nm.NumRounds, nm.Deadline = true, r, nil
+		c.log.Info("target accuracy reached", "round", r, "accuracy", rec.Accuracy, "target", c.cfg.TargetAccuracy)
+	}
 	pubStart := time.Now()
 	if err := c.publish(ctx, nm); err != nil {
 		return nil, err

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
@@ -59,6 +60,36 @@ type Spec struct {
 	Allowed map[string]bool
 	// EvalExamples caps the test set used per round (0: all).
 	EvalExamples int
+	// TargetAccuracy, when > 0, ends the job once a model's centralized
+	// accuracy reaches it; that model is published as the final one.
+	TargetAccuracy float64
+
+	// Mode is ModeSync (rounds) or ModeAsync (FedBuff: see
+	// coordinator.Async). Strategy "fedbuff" implies ModeAsync, and
+	// ModeAsync aggregates with FedBuff whatever the strategy's name,
+	// which must be "fedbuff" or the default "fedavg". NumRounds counts
+	// versions.
+	Mode string
+	// BufferSize is async mode's K: a new version every K valid updates
+	// (0: MinClients).
+	BufferSize int
+	// StalenessExponent is a in FedBuff's s(τ) = 1/(1+τ)^a: 0 means 0.5,
+	// a negative value means 0 (no discount).
+	StalenessExponent float64
+	// MaxStaleness refuses async updates trained more than this many
+	// versions back (0: no limit).
+	MaxStaleness int
+}
+
+// The modes of a job.
+const (
+	ModeSync  = "sync"
+	ModeAsync = "async"
+)
+
+// Async reports whether the spec describes an asynchronous job.
+func (s Spec) Async() bool {
+	return s.Mode == ModeAsync || strings.EqualFold(strings.TrimSpace(s.Strategy.Name), "fedbuff")
 }
 
 // WithDefaults returns s with its zero fields set to their defaults.
@@ -68,6 +99,16 @@ func (s Spec) WithDefaults() Spec {
 			*p = v
 		}
 	}
+	if s.Async() {
+		s.Mode = ModeAsync
+		if n := strings.ToLower(strings.TrimSpace(s.Strategy.Name)); n == "" || n == "fedavg" {
+			s.Strategy.Name = "fedbuff"
+		}
+		if s.BufferSize == 0 {
+			s.BufferSize = s.MinClients
+		}
+	}
+	def(&s.Mode, ModeSync)
 	def(&s.Job, "mnist")
 	def(&s.Model, model.KindLogReg)
 	def(&s.Dataset, "mnist")
@@ -115,6 +156,15 @@ func (s Spec) Validate() error {
 		return fmt.Errorf("max norm %v is negative", s.MaxNorm)
 	case s.EvalExamples < 0:
 		return fmt.Errorf("eval examples %d is negative", s.EvalExamples)
+	case s.TargetAccuracy < 0 || s.TargetAccuracy > 1:
+		return fmt.Errorf("target accuracy %v outside [0, 1]", s.TargetAccuracy)
+	case s.Mode != ModeSync && s.Mode != ModeAsync:
+		return fmt.Errorf("mode %q: want %q or %q", s.Mode, ModeSync, ModeAsync)
+	}
+	if s.Mode == ModeAsync {
+		if err := s.validateAsync(); err != nil {
+			return fmt.Errorf("async mode: %w", err)
+		}
 	}
 	if !model.Known(s.Model) {
 		return fmt.Errorf("model %q: want one of %v", s.Model, model.Kinds())
@@ -126,10 +176,29 @@ func (s Spec) Validate() error {
 	if err := opt.Validate(); err != nil {
 		return fmt.Errorf("training options: %w", err)
 	}
-	if _, err := strategy.New(s.Strategy); err != nil {
-		return fmt.Errorf("strategy: %w", err)
+	if s.Mode == ModeSync {
+		if _, err := strategy.New(s.Strategy); err != nil {
+			return fmt.Errorf("strategy: %w", err)
+		}
 	}
 	return nil
+}
+
+func (s Spec) validateAsync() error {
+	switch {
+	case !strings.EqualFold(strings.TrimSpace(s.Strategy.Name), "fedbuff"):
+		return fmt.Errorf("strategy %q: async mode aggregates with fedbuff", s.Strategy.Name)
+	case s.BufferSize < 1:
+		return fmt.Errorf("buffer size %d: want at least 1", s.BufferSize)
+	case s.MaxStaleness < 0:
+		return fmt.Errorf("max staleness %d is negative", s.MaxStaleness)
+	case s.RoundTimeout != 0:
+		return errors.New("a round timeout has no meaning without rounds")
+	case s.TargetClients != 0:
+		return errors.New("target clients has no meaning without rounds; set the buffer size")
+	}
+	return (&coordinator.Async{BufferSize: s.BufferSize, Exponent: s.StalenessExponent,
+		MaxStaleness: int64(s.MaxStaleness), ServerLR: s.Strategy.ServerLR}).Validate()
 }
 
 // TrainConfig returns the train config that models of this job carry.
@@ -144,6 +213,7 @@ func (s Spec) TrainConfig() *fdxv1.TrainConfig {
 		MaxExamples:  int32(s.MaxExamples),
 		ProximalMu:   s.ProximalMu,
 		Partition:    rules.ProtoPartitionSpec(s.Partition),
+		Async:        s.Mode == ModeAsync,
 	}
 }
 
@@ -235,8 +305,14 @@ func Run(ctx context.Context, spec Spec, srv channel.Server, env Env) (*Result, 
 		m.SetReady(true)
 		defer m.SetReady(false)
 	}
-	strat, err := strategy.New(spec.Strategy)
-	if err != nil {
+	var strat strategy.Strategy
+	var async *coordinator.Async
+	minClients := spec.MinClients
+	if spec.Mode == ModeAsync {
+		async = &coordinator.Async{BufferSize: spec.BufferSize, Exponent: spec.StalenessExponent,
+			MaxStaleness: int64(spec.MaxStaleness), ServerLR: spec.Strategy.ServerLR}
+		minClients = spec.BufferSize
+	} else if strat, err = strategy.New(spec.Strategy); err != nil {
 		return nil, err
 	}
 	train := spec.TrainConfig()
@@ -255,11 +331,11 @@ func Run(ctx context.Context, spec Spec, srv channel.Server, env Env) (*Result, 
 		return evalNet.Evaluate(test)
 	}
 	coord, err := coordinator.New(coordinator.Config{
-		Job: spec.Job, NumRounds: spec.NumRounds, MinClients: spec.MinClients, TargetClients: spec.TargetClients,
+		Job: spec.Job, NumRounds: spec.NumRounds, MinClients: minClients, TargetClients: spec.TargetClients,
 		RoundTimeout: spec.RoundTimeout, OnShort: spec.OnShort, Train: train,
 		InDim: trainSet.Dim, Classes: trainSet.Classes, MaxNorm: spec.MaxNorm, NormFactor: max(spec.NormFactor, 0),
 		MaxExamples: int64(trainSet.Len()), MaxUpdateBytes: maxBytes, Allowed: spec.Allowed,
-		ExamplesOf: shardSizes(data, spec),
+		ExamplesOf: shardSizes(data, spec), TargetAccuracy: spec.TargetAccuracy, Async: async,
 	}, srv, strat, eval, obs, log)
 	if err != nil {
 		return nil, err
@@ -306,6 +382,11 @@ func RunOn(ctx context.Context, spec Spec, cc ChannelConfig, env Env, ready func
 	if err != nil {
 		return nil, err
 	}
+	if spec.Mode == ModeAsync {
+		if cc, err = asyncChannel(cc); err != nil {
+			return nil, err
+		}
+	}
 	ch, err := OpenChannel(ctx, cc, spec.Job, maxBytes, env.Log)
 	if err != nil {
 		return nil, err
@@ -322,4 +403,24 @@ func RunOn(ctx context.Context, spec Spec, cc ChannelConfig, env Env, ready func
 		err = errors.New("job ended without a result")
 	}
 	return res, err
+}
+
+// asyncChannel checks that cc can carry an asynchronous job and gives it
+// a single-partition updates topic by default. A version is made of the
+// updates the loop reads next, so a restart reproduces it only if it reads
+// them in the same order: one partition is one total order, whereas
+// several are interleaved differently from one consumer session to the
+// next.
+func asyncChannel(cc ChannelConfig) (ChannelConfig, error) {
+	switch {
+	case cc.Transport != GRPC && cc.UpdatePartitions == 0:
+		cc.UpdatePartitions = 1
+	case cc.Transport != GRPC && cc.UpdatePartitions > 1:
+		return cc, fmt.Errorf("async mode needs one updates partition (a total order, for exact restarts), not %d", cc.UpdatePartitions)
+	case cc.Transport == GRPC && cc.StateFile != "":
+		// The update log replays the open round's updates by base round;
+		// an async version holds updates of many base rounds.
+		return cc, errors.New("async mode over gRPC has no durable state file yet; run it without --state-file or over Kafka")
+	}
+	return cc, nil
 }

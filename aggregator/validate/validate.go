@@ -7,6 +7,7 @@ package validate
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 
@@ -36,6 +37,22 @@ type Expect struct {
 	// its shard's size, known from the job's partition spec. A claim above
 	// it is refused, so that no client can outweigh what it holds.
 	ExamplesOf func(clientID string) (int64, error)
+
+	// Async checks updates for an asynchronous (FedBuff) job, where Round
+	// is the current model version; nil for a synchronous round.
+	Async *Async
+}
+
+// Async is what an asynchronous job expects besides a synchronous round's
+// checks.
+type Async struct {
+	// MaxStaleness bounds Round − base_round; 0 accepts any earlier round.
+	MaxStaleness int64
+	// LastBase is, per client, the base round of its newest update already
+	// counted in an earlier version. A client's next update must be trained
+	// on a newer round, so that an update sent twice counts once however
+	// far apart the copies arrive. Check reads it, never writes it.
+	LastBase map[string]int64
 }
 
 // Round checks the updates of one open round. It holds the round's one
@@ -44,6 +61,9 @@ type Expect struct {
 type Round struct {
 	e    Expect
 	seen map[string]bool
+	// last is the async base round admitted per client in this version.
+	last map[string]int64
+	ids  []string
 	// norms of the last checked update per client and of the admitted
 	// ones: the next round's norm bound derives from their median.
 	checked  map[string]float64
@@ -52,7 +72,7 @@ type Round struct {
 
 // NewRound returns the validator of the round e describes.
 func NewRound(e Expect) *Round {
-	return &Round{e: e, seen: map[string]bool{}, checked: map[string]float64{}}
+	return &Round{e: e, seen: map[string]bool{}, last: map[string]int64{}, checked: map[string]float64{}}
 }
 
 // Check validates u, of encoded size size, and returns the client's full
@@ -76,14 +96,20 @@ func (r *Round) Check(u *fdxv1.Update, size int) ([][]float32, *rules.Rejection)
 	if e.Allowed != nil && !e.Allowed[id] {
 		return nil, rules.Reject(rules.UnknownClient, "client %q is not in the job's client list", id)
 	}
-	switch br := u.GetBaseRound(); {
-	case br < e.Round:
-		return nil, rules.Reject(rules.StaleRound, "trained on round %d, the open round is %d", br, e.Round)
-	case br > e.Round:
-		return nil, rules.Reject(rules.FutureRound, "claims round %d, the open round is %d", br, e.Round)
-	}
-	if r.seen[id] {
-		return nil, rules.Reject(rules.Duplicate, "client %q already contributed to round %d", id, e.Round)
+	if e.Async != nil {
+		if rej := r.checkAsync(u); rej != nil {
+			return nil, rej
+		}
+	} else {
+		switch br := u.GetBaseRound(); {
+		case br < e.Round:
+			return nil, rules.Reject(rules.StaleRound, "trained on round %d, the open round is %d", br, e.Round)
+		case br > e.Round:
+			return nil, rules.Reject(rules.FutureRound, "claims round %d, the open round is %d", br, e.Round)
+		}
+		if r.seen[id] {
+			return nil, rules.Reject(rules.Duplicate, "client %q already contributed to round %d", id, e.Round)
+		}
 	}
 	maxExamples := int64(rules.MaxWeight)
 	if e.MaxExamples > 0 {
@@ -108,10 +134,52 @@ func (r *Round) Check(u *fdxv1.Update, size int) ([][]float32, *rules.Rejection)
 	return vals, rej
 }
 
-// Admit records that clientID's update for this round was accepted.
-func (r *Round) Admit(clientID string) {
-	r.seen[clientID] = true
-	r.admitted = append(r.admitted, r.checked[clientID])
+// checkAsync checks an asynchronous update's base round and that it is a
+// delta: the aggregator keeps no older versions to subtract from, and a
+// delta makes the update's meaning independent of the version it arrives
+// at (see coordinator's async loop).
+func (r *Round) checkAsync(u *fdxv1.Update) *rules.Rejection {
+	e, id, br := r.e, u.GetClientId(), u.GetBaseRound()
+	switch {
+	case br > e.Round:
+		return rules.Reject(rules.FutureRound, "claims round %d, the current version is %d", br, e.Round)
+	case br < 1:
+		return rules.Reject(rules.StaleRound, "base round %d, versions start at 1", br)
+	case e.Async.MaxStaleness > 0 && e.Round-br > e.Async.MaxStaleness:
+		return rules.Reject(rules.StaleRound, "trained on version %d, %d behind the current %d (max staleness %d)",
+			br, e.Round-br, e.Round, e.Async.MaxStaleness)
+	}
+	last, ok := r.last[id]
+	if !ok {
+		last, ok = e.Async.LastBase[id]
+	}
+	if ok && br <= last {
+		return rules.Reject(rules.Duplicate, "client %q already contributed an update trained on version %d", id, last)
+	}
+	if !u.GetIsDelta() {
+		return rules.Reject(rules.WrongShape, "an asynchronous job takes deltas (is_delta) against the base version")
+	}
+	return nil
+}
+
+// Admit records that u, which Check passed, was accepted.
+func (r *Round) Admit(u *fdxv1.Update) {
+	id := u.GetClientId()
+	r.seen[id] = true
+	r.last[id] = u.GetBaseRound()
+	r.ids = append(r.ids, id)
+	r.admitted = append(r.admitted, r.checked[id])
+}
+
+// LastBase returns e.Async.LastBase updated with this version's admitted
+// updates: the duplicate guard the next version starts from.
+func (r *Round) LastBase() map[string]int64 {
+	out := map[string]int64{}
+	if r.e.Async != nil {
+		maps.Copy(out, r.e.Async.LastBase)
+	}
+	maps.Copy(out, r.last)
+	return out
 }
 
 // MedianNorm is the median ||local - global|| of the admitted updates (0
@@ -130,14 +198,13 @@ func (r *Round) MedianNorm() float64 {
 }
 
 // Count is the number of admitted updates.
-func (r *Round) Count() int { return len(r.seen) }
+func (r *Round) Count() int { return len(r.ids) }
 
-// Admitted returns the admitted client ids, sorted.
+// Admitted returns the client ids of the admitted updates, sorted; in an
+// asynchronous version a client whose two updates (on different base
+// versions) were both admitted appears twice.
 func (r *Round) Admitted() []string {
-	ids := make([]string, 0, len(r.seen))
-	for id := range r.seen {
-		ids = append(ids, id)
-	}
+	ids := slices.Clone(r.ids)
 	slices.Sort(ids)
 	return ids
 }
@@ -152,7 +219,23 @@ func weights(u *fdxv1.Update, e Expect) ([][]float32, float64, *rules.Rejection)
 		}
 		return nil, 0, rules.Reject(rules.WrongShape, "%v", err)
 	}
-	if u.GetIsDelta() {
+	// An asynchronous job folds the delta itself (checkAsync made sure it
+	// is one): its norm is that of the step it asks for. Otherwise the
+	// local weights are folded, and the step is their distance from Global.
+	async := e.Async != nil
+	if async {
+		// The version the delta lands on is the current one (Global): a
+		// delta that would overflow it is refused here rather than stop
+		// the job when the buffer steps the model.
+		for i := range vals {
+			for j, x := range vals[i] {
+				if f := float32(float64(e.Global[i][j]) + float64(x)); math.IsInf(float64(f), 0) {
+					return nil, 0, rules.Reject(rules.NonFinite, "global plus delta overflows in %q", e.Specs[i].Name)
+				}
+			}
+		}
+	}
+	if u.GetIsDelta() && !async {
 		for i := range vals {
 			for j := range vals[i] {
 				vals[i][j] += e.Global[i][j]
@@ -165,7 +248,10 @@ func weights(u *fdxv1.Update, e Expect) ([][]float32, float64, *rules.Rejection)
 	var ss float64
 	for i := range vals {
 		for j, x := range vals[i] {
-			d := float64(x) - float64(e.Global[i][j])
+			d := float64(x)
+			if !async {
+				d -= float64(e.Global[i][j])
+			}
 			ss += d * d
 		}
 	}

@@ -611,7 +611,7 @@ func TestDuplicateFromEnvelope(t *testing.T) {
 	if _, rej := r.Check(u, proto.Size(u)); rej != nil {
 		t.Fatalf("update checked but not admitted, sent again: %v", rej)
 	}
-	r.Admit(u.GetClientId())
+	r.Admit(u)
 	garbage := proto.Clone(u).(*fdxv1.Update)
 	garbage.Params = []*fdxv1.Tensor{{Name: "junk", Data: []byte{1, 2, 3}}}
 	if _, rej := r.Check(garbage, proto.Size(garbage)); rej == nil || rej.Reason != rules.Duplicate {

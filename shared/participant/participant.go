@@ -20,6 +20,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/model"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
 
 // ErrRoundClosed means the requested round's model was already superseded.
@@ -98,7 +99,10 @@ func (p *Participant) Run(ctx context.Context, ch channel.Client, opt Options) (
 			return sum, fmt.Errorf("model belongs to job %q, not %q", m.GetJob(), opt.Job)
 		}
 		sum.LastRound = m.GetRound()
-		if i == 0 && opt.Exact && opt.Round > 0 && m.GetRound() != opt.Round {
+		// An asynchronous job has no round to miss: a newer model is
+		// simply the one to train on.
+		async := m.GetTrainConfig().GetAsync() && !m.GetFinal()
+		if i == 0 && opt.Exact && opt.Round > 0 && m.GetRound() != opt.Round && !async {
 			// Also when the job has finished: the round asked for is
 			// closed either way.
 			return sum, fmt.Errorf("round %d: %w (the aggregator is at round %d, final %v)", opt.Round, ErrRoundClosed, m.GetRound(), m.GetFinal())
@@ -150,6 +154,10 @@ func (p *Participant) train(ctx context.Context, m *fdxv1.GlobalModel, clientID 
 	if err := net.SetTensors(m.GetParams()); err != nil {
 		return RoundResult{}, nil, fmt.Errorf("global model: %w", err)
 	}
+	var global [][]float32
+	if cfg.GetAsync() {
+		global = net.Params()
+	}
 	trainStart := time.Now()
 	st, err := net.Train(ctx, shard, model.TrainOptions{
 		LearningRate: cfg.GetLearningRate(),
@@ -174,6 +182,11 @@ func (p *Participant) train(ctx context.Context, m *fdxv1.GlobalModel, clientID 
 			TrainEnd:   timestamppb.New(trainEnd),
 		},
 	}
+	if global != nil {
+		// An asynchronous aggregator folds the step from the model we
+		// trained on, which by now may be versions behind: send the step.
+		u.Params, u.IsDelta = tensor.Encode(delta(net.Params(), global), net.Specs()), true
+	}
 	return RoundResult{
 		Round:    m.GetRound(),
 		Examples: st.Examples,
@@ -181,6 +194,18 @@ func (p *Participant) train(ctx context.Context, m *fdxv1.GlobalModel, clientID 
 		Accuracy: st.Accuracy,
 		TrainMs:  ms(trainEnd.Sub(trainStart)),
 	}, u, nil
+}
+
+// delta returns local − global elementwise.
+func delta(local, global [][]float32) [][]float32 {
+	out := make([][]float32, len(local))
+	for i := range local {
+		out[i] = make([]float32, len(local[i]))
+		for j, x := range local[i] {
+			out[i][j] = float32(float64(x) - float64(global[i][j]))
+		}
+	}
+	return out
 }
 
 // Seed derives a client's training seed for a round from the job seed, so

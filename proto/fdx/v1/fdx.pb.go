@@ -364,7 +364,13 @@ type TrainConfig struct {
 	// Caps a client's shard (0 = whole shard); for lightweight scale tests.
 	MaxExamples int32 `protobuf:"varint,8,opt,name=max_examples,json=maxExamples,proto3" json:"max_examples,omitempty"`
 	// FedProx proximal term weight (0 = plain SGD).
-	ProximalMu    float64 `protobuf:"fixed64,9,opt,name=proximal_mu,json=proximalMu,proto3" json:"proximal_mu,omitempty"`
+	ProximalMu float64 `protobuf:"fixed64,9,opt,name=proximal_mu,json=proximalMu,proto3" json:"proximal_mu,omitempty"`
+	// The job aggregates asynchronously (FedBuff): there is no round to wait
+	// for, so a client trains on the newest model whenever it is invoked and
+	// sends its delta (Update.is_delta) against that model, whose round is
+	// the update's base_round. (Numbered apart from the fields above to leave
+	// room for concurrent additions.)
+	Async         bool `protobuf:"varint,16,opt,name=async,proto3" json:"async,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -460,6 +466,13 @@ func (x *TrainConfig) GetProximalMu() float64 {
 		return x.ProximalMu
 	}
 	return 0
+}
+
+func (x *TrainConfig) GetAsync() bool {
+	if x != nil {
+		return x.Async
+	}
+	return false
 }
 
 // GlobalModel is one published global model: the parameters clients train
@@ -986,7 +999,7 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\x0enum_partitions\x18\x02 \x01(\x05R\rnumPartitions\x12\x12\n" +
 	"\x04seed\x18\x03 \x01(\x04R\x04seed\x12\x14\n" +
 	"\x05alpha\x18\x04 \x01(\x01R\x05alpha\x12*\n" +
-	"\x11shards_per_client\x18\x05 \x01(\x05R\x0fshardsPerClient\"\xb1\x02\n" +
+	"\x11shards_per_client\x18\x05 \x01(\x05R\x0fshardsPerClient\"\xc7\x02\n" +
 	"\vTrainConfig\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
 	"\rlearning_rate\x18\x02 \x01(\x01R\flearningRate\x12\x1d\n" +
@@ -998,7 +1011,8 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\adataset\x18\a \x01(\tR\adataset\x12!\n" +
 	"\fmax_examples\x18\b \x01(\x05R\vmaxExamples\x12\x1f\n" +
 	"\vproximal_mu\x18\t \x01(\x01R\n" +
-	"proximalMu\"\xa5\x04\n" +
+	"proximalMu\x12\x14\n" +
+	"\x05async\x18\x10 \x01(\bR\x05async\"\xa5\x04\n" +
 	"\vGlobalModel\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\x03R\x05round\x12&\n" +

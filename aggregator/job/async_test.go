@@ -1,0 +1,201 @@
+package job
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fdxkafka/fdxkafka/internal/fedtest"
+	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
+	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/dataset"
+	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+	"github.com/fdxkafka/fdxkafka/shared/participant"
+	"github.com/fdxkafka/fdxkafka/shared/tensor"
+)
+
+// TestAsyncKafka runs a FedBuff job over Kafka with clients of two speeds
+// (a third of them send each update 150 ms after fetching its model), then
+// replays the updates topic, in its order, into a fresh job. It checks that
+// the job ends after its N versions, that the versions are made of the
+// log's first N·K updates, K at a time in log order, each counted once,
+// and that the replay publishes bit-identical versions.
+func TestAsyncKafka(t *testing.T) {
+	brokers := kafkatest.Brokers(t)
+	data := dataset.NewCatalog()
+	const clients, k, versions = 6, 3, 5
+	spec := Spec{Job: kafkatest.Job(t), Mode: ModeAsync, MinClients: clients, BufferSize: k, NumRounds: versions,
+		MaxExamples: 300, EvalExamples: 1000, Partition: dataset.PartitionSpec{NumPartitions: clients}, Seed: 11}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	var wait func()
+	ready := func(addr string) {
+		wait = fedtest.Clients(ctx, t, participant.Target{Channel: participant.ChannelKafka, Broker: addr, Job: spec.Job}, clients,
+			fedtest.Options{Data: data, Delay: func(id string) time.Duration {
+				if n, _ := strconv.Atoi(id); n%3 == 2 {
+					return 150 * time.Millisecond
+				}
+				return 0
+			}})
+	}
+	res, err := RunOn(ctx, spec, ChannelConfig{Transport: Kafka, Brokers: brokers}, Env{Data: data}, ready)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait()
+	if len(res.Rounds) != versions || !res.Final.GetFinal() || res.Final.GetRound() != versions+1 {
+		t.Fatalf("%d versions, final model round %d (final %v); want %d, then the final model", len(res.Rounds), res.Final.GetRound(), res.Final.GetFinal(), versions)
+	}
+	if len(res.Rejected) != 0 {
+		t.Errorf("rejections %v, want none from honest clients", res.Rejected)
+	}
+	var stale []float64
+	for _, r := range res.Rounds {
+		stale = append(stale, r.Strategy["staleness_mean"])
+	}
+	t.Logf("async over Kafka: final accuracy %.4f, mean staleness per version %v", res.Rounds[versions-1].Accuracy, stale)
+
+	opt := kafkachan.Options{Brokers: brokers, Job: spec.Job}
+	hist, err := kafkachan.History(ctx, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hist) != versions+1 {
+		t.Fatalf("model topic holds %d models, want %d (each version committed once)", len(hist), versions+1)
+	}
+	log := readUpdates(ctx, t, brokers, spec.Job)
+	if len(log) < versions*k {
+		t.Fatalf("updates topic holds %d updates, fewer than the %d counted", len(log), versions*k)
+	}
+	for v := range versions {
+		var want []string
+		for _, u := range log[v*k : (v+1)*k] {
+			want = append(want, u.GetClientId())
+			if !u.GetIsDelta() || u.GetBaseRound() > int64(v+1) {
+				t.Errorf("update %s@%d in version %d: delta %v; want a delta on an older version", u.GetClientId(), u.GetBaseRound(), v+1, u.GetIsDelta())
+			}
+		}
+		slices.Sort(want)
+		if got := hist[v+1].GetContributors(); !slices.Equal(got, want) {
+			t.Errorf("version %d contributors %v, want the log's updates %d to %d: %v", v+2, got, v*k, (v+1)*k-1, want)
+		}
+	}
+
+	// The same updates in the same order make the same versions.
+	replay := spec
+	replay.Job = kafkatest.Job(t) + "-replay"
+	feed := func(addr string) {
+		cl, err := kafkachan.Dial(ctx, kafkachan.ClientOptions{Options: kafkachan.Options{Brokers: addr, Job: replay.Job}})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		go func() {
+			defer cl.Close()
+			for _, u := range log {
+				u = proto.Clone(u).(*fdxv1.Update)
+				u.Job = replay.Job
+				if err := cl.Submit(ctx, u); err != nil { // acknowledged one by one: in order
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	rres, err := RunOn(ctx, replay, ChannelConfig{Transport: Kafka, Brokers: brokers}, Env{Data: data}, feed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rhist, err := kafkachan.History(ctx, kafkachan.Options{Brokers: brokers, Job: replay.Job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rhist) != len(hist) || len(rres.Rounds) != versions {
+		t.Fatalf("replay: %d models, %d versions; want %d, %d", len(rhist), len(rres.Rounds), len(hist), versions)
+	}
+	specs, _, err := spec.Shapes(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range hist {
+		a, err := tensor.Decode(hist[i].GetParams(), specs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := tensor.Decode(rhist[i].GetParams(), specs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := firstDiff(a, b); d != "" || !slices.Equal(hist[i].GetContributors(), rhist[i].GetContributors()) {
+			t.Errorf("version %d differs in the replay: %s; contributors %v vs %v", hist[i].GetRound(), d, hist[i].GetContributors(), rhist[i].GetContributors())
+		}
+	}
+}
+
+// firstDiff describes the first value whose bits differ, "" for none.
+func firstDiff(a, b [][]float32) string {
+	for i := range a {
+		for j := range a[i] {
+			if math.Float32bits(a[i][j]) != math.Float32bits(b[i][j]) {
+				return fmt.Sprintf("tensor %d value %d: %v vs %v", i, j, a[i][j], b[i][j])
+			}
+		}
+	}
+	return ""
+}
+
+// readUpdates returns every update record of job's updates topic (one
+// partition in async mode), in log order.
+func readUpdates(ctx context.Context, t *testing.T, brokers, job string) []*fdxv1.Update {
+	t.Helper()
+	c, err := kafka.NewConsumer(&kafka.ConfigMap{
+		"bootstrap.servers": brokers, "group.id": job + "-reader", "enable.auto.commit": false,
+		"isolation.level": "read_committed", "log_level": 3,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	topic := kafkachan.UpdatesTopic(job)
+	md, err := c.GetMetadata(&topic, false, 10_000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(md.Topics[topic].Partitions); n != 1 {
+		t.Fatalf("async job's updates topic has %d partitions, want 1", n)
+	}
+	_, high, err := c.QueryWatermarkOffsets(topic, 0, 10_000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Assign([]kafka.TopicPartition{{Topic: &topic, Partition: 0, Offset: kafka.OffsetBeginning}}); err != nil {
+		t.Fatal(err)
+	}
+	var out []*fdxv1.Update
+	for int64(len(out)) < high {
+		if ctx.Err() != nil {
+			t.Fatalf("read %d of %d updates: %v", len(out), high, ctx.Err())
+		}
+		msg, err := c.ReadMessage(time.Second)
+		if err != nil {
+			if ke, ok := err.(kafka.Error); ok && ke.IsTimeout() {
+				continue
+			}
+			t.Fatal(err)
+		}
+		u := &fdxv1.Update{}
+		if err := proto.Unmarshal(msg.Value, u); err != nil {
+			t.Fatalf("update at offset %v: %v", msg.TopicPartition.Offset, err)
+		}
+		out = append(out, u)
+	}
+	return out
+}
