@@ -59,6 +59,18 @@ type Spec struct {
 	Allowed map[string]bool
 	// EvalExamples caps the test set used per round (0: all).
 	EvalExamples int
+
+	// Client sampling and federated evaluation, as Flower's flags mean
+	// them (sampling.go): FractionFit of the population trains in each
+	// round, at least MinClients (min-fit-clients); FractionEvaluate of it
+	// (at least MinEvaluateClients) evaluates the round's model on the
+	// Holdout fraction of its shard. MinAvailableClients is the population
+	// size N, the ids "0".."N-1", unless Allowed names the clients.
+	FractionFit         float64
+	FractionEvaluate    float64
+	MinEvaluateClients  int
+	MinAvailableClients int
+	Holdout             float64
 }
 
 // WithDefaults returns s with its zero fields set to their defaults.
@@ -92,6 +104,7 @@ func (s Spec) WithDefaults() Spec {
 	if s.NormFactor == 0 {
 		s.NormFactor = coordinator.DefaultNormFactor
 	}
+	s.withSamplingDefaults()
 	return s
 }
 
@@ -129,7 +142,7 @@ func (s Spec) Validate() error {
 	if _, err := strategy.New(s.Strategy); err != nil {
 		return fmt.Errorf("strategy: %w", err)
 	}
-	return nil
+	return s.validateSampling()
 }
 
 // TrainConfig returns the train config that models of this job carry.
@@ -144,6 +157,8 @@ func (s Spec) TrainConfig() *fdxv1.TrainConfig {
 		MaxExamples:  int32(s.MaxExamples),
 		ProximalMu:   s.ProximalMu,
 		Partition:    rules.ProtoPartitionSpec(s.Partition),
+		// Federated evaluation needs examples no client trained on.
+		HoldoutFraction: s.Holdout,
 	}
 }
 
@@ -259,7 +274,7 @@ func Run(ctx context.Context, spec Spec, srv channel.Server, env Env) (*Result, 
 		RoundTimeout: spec.RoundTimeout, OnShort: spec.OnShort, Train: train,
 		InDim: trainSet.Dim, Classes: trainSet.Classes, MaxNorm: spec.MaxNorm, NormFactor: max(spec.NormFactor, 0),
 		MaxExamples: int64(trainSet.Len()), MaxUpdateBytes: maxBytes, Allowed: spec.Allowed,
-		ExamplesOf: shardSizes(data, spec),
+		ExamplesOf: shardSizes(data, spec), Sampling: spec.sampling(),
 	}, srv, strat, eval, obs, log)
 	if err != nil {
 		return nil, err
