@@ -188,8 +188,10 @@ func (e *env) runJob(ctx context.Context, spec job.Spec, attackers int) (*job.Re
 	}
 	for err := range errs {
 		// With fewer updates than clients closing a round, the late ones
-		// find the job over; the job's own result is what counts.
-		fmt.Fprintf(os.Stderr, "strategies: %v\n", err)
+		// find the aggregator gone; the job's own result is what counts.
+		if !errors.Is(err, channel.ErrUnreachable) {
+			fmt.Fprintf(os.Stderr, "strategies: %v\n", err)
+		}
 	}
 	fmt.Fprintf(os.Stderr, "strategies: %s done in %s, final accuracy %.4f\n", spec.Strategy.Name, time.Since(start).Round(time.Millisecond), res.Rounds[len(res.Rounds)-1].Accuracy)
 	return res, nil
