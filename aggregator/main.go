@@ -78,6 +78,7 @@ var flagGroups = []cli.Group{
 	{Title: "Channel", Flags: []string{"broker", "grpc", "embedded", "job", "update-partitions", "kafka-config", "state-file"}},
 	{Title: "Rounds", Flags: []string{"minclients", "numrounds", "target-clients", "round-timeout", "on-short", "target-accuracy"}},
 	{Title: "Asynchronous mode (FedBuff)", Flags: []string{"mode", "buffer-size", "staleness-exponent", "max-staleness"}},
+	{Title: "Sampling and federated evaluation (Flower's names)", Flags: []string{"fraction-fit", "min-fit-clients", "min-available-clients", "fraction-evaluate", "min-evaluate-clients", "holdout"}},
 	{Title: "Model and data", Flags: []string{"model", "dataset", "partition", "partitions", "alpha", "shards-per-client", "max-examples", "lr", "batch", "epochs", "prox-mu", "seed", "eval-examples"}},
 	{Title: "Strategy", Flags: []string{"strategy", "server-lr", "server-momentum", "trim", "byzantine", "max-norm", "norm-factor", "dp-clip-norm", "dp-noise-multiplier", "dp-target-quantile", "dp-clipped-count-stddev"}},
 	{Title: "Security", Flags: []string{"model-key", "tokens-file", "client-list", "tls-cert", "tls-key", "tls-client-ca"}},
@@ -92,6 +93,12 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	o, cc := &c.spec, &c.channel
 	broker := fs.String("broker", "127.0.0.1:9092", "Kafka bootstrap servers; with --grpc the address to listen on (e.g. \"[::]:8080\"); with --embedded the address the embedded broker listens on")
 	fs.IntVar(&o.MinClients, "minclients", 2, "valid updates needed to close a round")
+	fs.IntVar(&o.MinClients, "min-fit-clients", 2, "Flower's name for --minclients: the fewest clients a round trains")
+	fs.Float64Var(&o.FractionFit, "fraction-fit", 1, "fraction of the population asked to train each round, drawn from the seed and round; the round closes when all of them reported (or min-fit-clients at the deadline); unsampled clients' updates are rejected as not_sampled")
+	fs.IntVar(&o.MinAvailableClients, "min-available-clients", 0, "population the samples are drawn from: client ids 0..N-1 (default: --partitions; --client-list names them instead)")
+	fs.Float64Var(&o.FractionEvaluate, "fraction-evaluate", 0, "fraction of the population asked each round to evaluate the global model on their held-out examples (0: no federated evaluation)")
+	fs.IntVar(&o.MinEvaluateClients, "min-evaluate-clients", 0, "fewest clients asked to evaluate")
+	fs.Float64Var(&o.Holdout, "holdout", 0, "fraction of each client's shard held out of training for federated evaluation (default 0.2 with --fraction-evaluate)")
 	fs.IntVar(&o.NumRounds, "numrounds", 5, "training rounds before the final model")
 	grpc := fs.Bool("grpc", false, "serve the gRPC channel instead of using Kafka")
 	embedded := fs.Bool("embedded", false, "start an in-memory Kafka broker (franz-go kfake) on --broker")
@@ -185,6 +192,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		// A client trains once per version, so fewer clients than K
 		// would never fill a buffer.
 		return nil, cli.Usagef("--clients %d is below --buffer-size %d: no version would ever close", c.clients, o.BufferSize)
+	}
+	if c.clients > 0 && o.MinAvailableClients == 0 {
+		o.MinAvailableClients = c.clients // the demo's clients are the population
 	}
 	if c.kafkaConf != "" {
 		props, err := kafkachan.LoadProperties(c.kafkaConf)
@@ -395,7 +405,12 @@ func printSummary(w io.Writer, res *job.Result) {
 	fmt.Fprintf(w, "\nFDxKafka job %q over %s: %d rounds, model %s\n", res.Job, res.Channel, len(res.Rounds), res.Model)
 	fmt.Fprintf(w, "%-6s %-8s %-9s %-8s %-10s\n", "round", "clients", "accuracy", "loss", "time")
 	for _, r := range res.Rounds {
-		fmt.Fprintf(w, "%-6d %-8d %-9.4f %-8.4f %-10s\n", r.Round, r.Clients, r.Accuracy, r.Loss, time.Duration(r.DurationMs*float64(time.Millisecond)).Round(time.Millisecond))
+		fmt.Fprintf(w, "%-6d %-8d %-9.4f %-8.4f %-10s", r.Round, r.Clients, r.Accuracy, r.Loss, time.Duration(r.DurationMs*float64(time.Millisecond)).Round(time.Millisecond))
+		if f := r.Federated; f != nil {
+			// Of the round's starting model, on the clients' held-out data.
+			fmt.Fprintf(w, " federated accuracy %.4f loss %.4f (%d clients)", f.Accuracy, f.Loss, f.Clients)
+		}
+		fmt.Fprintln(w)
 	}
 	// In the wire enum's order, so that two runs print alike.
 	var rej []string

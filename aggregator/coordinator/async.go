@@ -131,6 +131,8 @@ func (c *Coordinator) version(ctx context.Context, cur *fdxv1.GlobalModel, param
 	var stale, staleSum, staleMax int64
 	st := &roundState{
 		rec: RoundRecord{Round: v, Rejected: map[string]int64{}},
+		// No sampling in async mode: every client may send at any time.
+		plan: &roundPlan{round: v},
 		check: validate.NewRound(validate.Expect{
 			Job: c.cfg.Job, Round: v, Specs: c.specs, Global: params,
 			MaxNorm: c.normBound(), MaxExamples: c.cfg.MaxExamples, MaxBytes: c.cfg.MaxUpdateBytes,

@@ -71,6 +71,9 @@ type Config struct {
 	// Async, when set, runs the job asynchronously (FedBuff) instead of in
 	// rounds; the strategy is then unused and may be nil.
 	Async *Async
+	// Sampling, when set, asks a sample of the clients to train and to
+	// evaluate in each round (sampling.go).
+	Sampling *Sampling
 }
 
 func (c *Config) validate() error {
@@ -93,7 +96,7 @@ func (c *Config) validate() error {
 	if c.Async != nil {
 		return c.Async.Validate()
 	}
-	return nil
+	return c.Sampling.validate(c.MinClients)
 }
 
 // DefaultNormFactor is the NormFactor jobs run with unless told otherwise.
@@ -152,6 +155,15 @@ type RoundRecord struct {
 	// in the evaluation).
 	PropagationMs float64          `json:"propagation_ms"`
 	Rejected      map[string]int64 `json:"rejected,omitempty"`
+	// Sampled is the round's training sample, when it had one.
+	Sampled []string `json:"sampled,omitempty"`
+	// FitMetrics aggregates the contributors' own training metrics
+	// ("loss", "accuracy" on their shards), weighted by examples.
+	FitMetrics map[string]float64 `json:"fit_metrics,omitempty"`
+	// Federated is the sampled clients' evaluation of the round's starting
+	// model; Accuracy and Loss above are the centralized evaluation of
+	// the round's aggregate.
+	Federated *Federated `json:"federated,omitempty"`
 	// Strategy is what the strategy reports of the round, e.g. DP-FedAvg's
 	// clip norm, noise multiplier and (ε, δ) spent so far.
 	Strategy map[string]float64 `json:"strategy,omitempty"`
@@ -184,6 +196,7 @@ type Coordinator struct {
 
 	// lastBase is async mode's duplicate guard (validate.Async.LastBase).
 	lastBase map[string]int64
+	plan     *roundPlan // the last round planned
 }
 
 // New checks cfg and returns a coordinator. eval and obs may be nil.
@@ -277,6 +290,9 @@ func (c *Coordinator) start(ctx context.Context, res *Result) (*fdxv1.GlobalMode
 		return nil, nil, fmt.Errorf("strategy state: %w", err)
 	}
 	m := c.model(1, params, nil, metrics, state)
+	if err := c.configure(m); err != nil {
+		return nil, nil, err
+	}
 	if err := c.publish(ctx, m); err != nil {
 		return nil, nil, err
 	}
@@ -373,12 +389,14 @@ type roundState struct {
 	aggregate   time.Duration // folding and finishing
 
 	// fold adds a validated update's values to the aggregate.
-	fold func(u *fdxv1.Update, vals [][]float32) error
+	fold    func(u *fdxv1.Update, vals [][]float32) error
+	plan    *roundPlan
+	metrics roundMetrics
 }
 
 // target is the number of updates that closes the round now.
 func (st *roundState) target(cfg Config) int {
-	t := cfg.TargetClients
+	t := st.plan.fitTarget(cfg)
 	if st.pastDeadline {
 		t = cfg.MinClients
 	}
@@ -393,6 +411,10 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 	if err != nil {
 		return nil, nil, RoundRecord{Round: r}, fmt.Errorf("round %d: %w", r, err)
 	}
+	plan, err := c.planFor(r)
+	if err != nil {
+		return nil, nil, RoundRecord{Round: r}, err
+	}
 	st := &roundState{
 		rec: RoundRecord{Round: r, Rejected: map[string]int64{}},
 		agg: agg,
@@ -402,9 +424,10 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 		check: validate.NewRound(validate.Expect{
 			Job: c.cfg.Job, Round: r, Specs: c.specs, Global: params,
 			MaxNorm: c.normBound(), MaxExamples: c.cfg.MaxExamples, MaxBytes: c.cfg.MaxUpdateBytes,
-			Allowed: c.cfg.Allowed, ExamplesOf: c.cfg.ExamplesOf,
+			Allowed: c.cfg.Allowed, ExamplesOf: c.cfg.ExamplesOf, Sample: plan.fit,
 		}),
 		published: cur.GetPublishedAt().AsTime(),
+		plan:      plan,
 	}
 	if c.cfg.RoundTimeout > 0 {
 		st.deadline = st.published.Add(c.cfg.RoundTimeout)
@@ -424,7 +447,7 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 // strategy's aggregate.
 func (c *Coordinator) collect(ctx context.Context, st *roundState) ([][]float32, error) {
 	for {
-		for st.check.Count() < st.target(c.cfg) {
+		for st.check.Count() < st.target(c.cfg) || c.evaluationsDue(st) {
 			d, err := c.receive(ctx, st)
 			switch {
 			case err == nil:
@@ -489,6 +512,10 @@ func (c *Coordinator) deadlinePassed(st *roundState) error {
 // a strategy refusing a validated update is an error: that is a bug, and
 // the job stops rather than publish a model without it.
 func (c *Coordinator) take(st *roundState, d channel.Delivery) error {
+	if d.Err == nil && d.Update.GetEvaluateOnly() {
+		c.takeEvaluation(st, d)
+		return nil
+	}
 	vals, rej := c.validate(st, d)
 	if rej == nil {
 		if err := d.Accept(); err != nil {
@@ -497,11 +524,7 @@ func (c *Coordinator) take(st *roundState, d channel.Delivery) error {
 		}
 	}
 	if rej != nil {
-		st.rec.Rejected[string(rej.Reason)]++
-		c.rejected[string(rej.Reason)]++
-		c.log.Warn("update rejected", "round", st.rec.Round, "client_id", d.ClientID(), "reason", rej.Reason, "detail", rej.Detail)
-		c.obs.UpdateRejected(rej.Reason, d.ClientID(), d.Size)
-		d.Reply(rej)
+		c.reject(st, d, rej)
 		return nil
 	}
 	u := d.Update
@@ -516,9 +539,19 @@ func (c *Coordinator) take(st *roundState, d channel.Delivery) error {
 	if t := u.GetTimings().GetModelReceived(); t != nil && u.GetBaseRound() == st.rec.Round {
 		st.propagation = max(st.propagation, t.AsTime().Sub(st.published))
 	}
+	c.noteFit(st, u)
 	c.obs.UpdateAccepted(u.GetClientId(), d.Size)
 	d.Reply(nil)
 	return nil
+}
+
+// reject counts, logs and answers a refused delivery.
+func (c *Coordinator) reject(st *roundState, d channel.Delivery, rej *rules.Rejection) {
+	st.rec.Rejected[string(rej.Reason)]++
+	c.rejected[string(rej.Reason)]++
+	c.log.Warn("update rejected", "round", st.rec.Round, "client_id", d.ClientID(), "reason", rej.Reason, "detail", rej.Detail)
+	c.obs.UpdateRejected(rej.Reason, d.ClientID(), d.Size)
+	d.Reply(rej)
 }
 
 func (c *Coordinator) validate(st *roundState, d channel.Delivery) ([][]float32, *rules.Rejection) {
@@ -539,6 +572,7 @@ func (c *Coordinator) close(ctx context.Context, st *roundState, next [][]float3
 	rec.Contributors = st.check.Admitted()
 	rec.Clients = len(rec.Contributors)
 	rec.PropagationMs = ms(st.propagation)
+	c.summarize(st)
 	metrics := map[string]float64{}
 	c.medianNorm = st.check.MedianNorm()
 	if c.eval != nil {
@@ -562,6 +596,9 @@ func (c *Coordinator) close(ctx context.Context, st *roundState, next [][]float3
 		c.log.Info("strategy report", "round", r, "report", rec.Strategy)
 	}
 	nm := c.model(r+1, next, rec.Contributors, metrics, state)
+	if err := c.configure(nm); err != nil {
+		return nil, err
+	}
 	if !nm.Final && c.reached(metrics) {
 		// The target is met: this model ends the job, which ran r rounds.
 		nm.Final, nm.NumRounds, nm.Deadline = true, r, nil

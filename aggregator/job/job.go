@@ -60,6 +60,18 @@ type Spec struct {
 	Allowed map[string]bool
 	// EvalExamples caps the test set used per round (0: all).
 	EvalExamples int
+
+	// Client sampling and federated evaluation, as Flower's flags mean
+	// them (sampling.go): FractionFit of the population trains in each
+	// round, at least MinClients (min-fit-clients); FractionEvaluate of it
+	// (at least MinEvaluateClients) evaluates the round's model on the
+	// Holdout fraction of its shard. MinAvailableClients is the population
+	// size N, the ids "0".."N-1", unless Allowed names the clients.
+	FractionFit         float64
+	FractionEvaluate    float64
+	MinEvaluateClients  int
+	MinAvailableClients int
+	Holdout             float64
 	// TargetAccuracy, when > 0, ends the job once a model's centralized
 	// accuracy reaches it; that model is published as the final one.
 	TargetAccuracy float64
@@ -133,6 +145,7 @@ func (s Spec) WithDefaults() Spec {
 	if s.NormFactor == 0 {
 		s.NormFactor = coordinator.DefaultNormFactor
 	}
+	s.withSamplingDefaults()
 	return s
 }
 
@@ -181,7 +194,7 @@ func (s Spec) Validate() error {
 			return fmt.Errorf("strategy: %w", err)
 		}
 	}
-	return nil
+	return s.validateSampling()
 }
 
 func (s Spec) validateAsync() error {
@@ -214,6 +227,8 @@ func (s Spec) TrainConfig() *fdxv1.TrainConfig {
 		ProximalMu:   s.ProximalMu,
 		Partition:    rules.ProtoPartitionSpec(s.Partition),
 		Async:        s.Mode == ModeAsync,
+		// Federated evaluation needs examples no client trained on.
+		HoldoutFraction: s.Holdout,
 	}
 }
 
@@ -335,7 +350,7 @@ func Run(ctx context.Context, spec Spec, srv channel.Server, env Env) (*Result, 
 		RoundTimeout: spec.RoundTimeout, OnShort: spec.OnShort, Train: train,
 		InDim: trainSet.Dim, Classes: trainSet.Classes, MaxNorm: spec.MaxNorm, NormFactor: max(spec.NormFactor, 0),
 		MaxExamples: int64(trainSet.Len()), MaxUpdateBytes: maxBytes, Allowed: spec.Allowed,
-		ExamplesOf: shardSizes(data, spec), TargetAccuracy: spec.TargetAccuracy, Async: async,
+		ExamplesOf: shardSizes(data, spec), TargetAccuracy: spec.TargetAccuracy, Async: async, Sampling: spec.sampling(),
 	}, srv, strat, eval, obs, log)
 	if err != nil {
 		return nil, err

@@ -37,6 +37,9 @@ type Expect struct {
 	// its shard's size, known from the job's partition spec. A claim above
 	// it is refused, so that no client can outweigh what it holds.
 	ExamplesOf func(clientID string) (int64, error)
+	// Sample, when non-nil, is the round's training sample: other clients'
+	// updates are refused as not_sampled.
+	Sample map[string]bool
 
 	// Async checks updates for an asynchronous (FedBuff) job, where Round
 	// is the current model version; nil for a synchronous round.
@@ -77,39 +80,56 @@ func NewRound(e Expect) *Round {
 
 // Check validates u, of encoded size size, and returns the client's full
 // local weights, which every strategy accepts as they are. The cheap
-// envelope checks (size, job, client, round, duplicate, example count) run
-// before the tensors are decoded. Check does not mark the client as seen:
-// call Admit once the update is accepted, so that an update the channel
-// failed to store may be sent again.
+// envelope checks (size, job, client, round, sample, duplicate, example
+// count) run before the tensors are decoded. Check does not mark the client
+// as seen: call Admit once the update is accepted, so that an update the
+// channel failed to store may be sent again.
 func (r *Round) Check(u *fdxv1.Update, size int) ([][]float32, *rules.Rejection) {
+	if rej := r.CheckEnvelope(u, size); rej != nil {
+		return nil, rej
+	}
+	id := u.GetClientId()
+	if r.e.Sample != nil && !r.e.Sample[id] {
+		return nil, rules.Reject(rules.NotSampled, "client %q is not in round %d's sample", id, r.e.Round)
+	}
+	return r.checkRest(u, id)
+}
+
+// CheckEnvelope checks what every message of the round must satisfy,
+// training update or evaluation: its size, job, client id and round.
+func (r *Round) CheckEnvelope(u *fdxv1.Update, size int) *rules.Rejection {
 	e := r.e
 	if e.MaxBytes > 0 && size > e.MaxBytes {
-		return nil, rules.Reject(rules.Oversize, "%d bytes over the limit %d", size, e.MaxBytes)
+		return rules.Reject(rules.Oversize, "%d bytes over the limit %d", size, e.MaxBytes)
 	}
 	if u.GetJob() != e.Job {
-		return nil, rules.Reject(rules.WrongJob, "job %q, this aggregator runs %q", u.GetJob(), e.Job)
+		return rules.Reject(rules.WrongJob, "job %q, this aggregator runs %q", u.GetJob(), e.Job)
 	}
 	id := u.GetClientId()
 	if err := rules.ValidateClientID(id); err != nil {
-		return nil, rules.Reject(rules.BadClientID, "%v", err)
+		return rules.Reject(rules.BadClientID, "%v", err)
 	}
 	if e.Allowed != nil && !e.Allowed[id] {
-		return nil, rules.Reject(rules.UnknownClient, "client %q is not in the job's client list", id)
+		return rules.Reject(rules.UnknownClient, "client %q is not in the job's client list", id)
 	}
 	if e.Async != nil {
-		if rej := r.checkAsync(u); rej != nil {
-			return nil, rej
-		}
-	} else {
-		switch br := u.GetBaseRound(); {
-		case br < e.Round:
-			return nil, rules.Reject(rules.StaleRound, "trained on round %d, the open round is %d", br, e.Round)
-		case br > e.Round:
-			return nil, rules.Reject(rules.FutureRound, "claims round %d, the open round is %d", br, e.Round)
-		}
-		if r.seen[id] {
-			return nil, rules.Reject(rules.Duplicate, "client %q already contributed to round %d", id, e.Round)
-		}
+		return r.checkAsync(u)
+	}
+	switch br := u.GetBaseRound(); {
+	case br < e.Round:
+		return rules.Reject(rules.StaleRound, "trained on round %d, the open round is %d", br, e.Round)
+	case br > e.Round:
+		return rules.Reject(rules.FutureRound, "claims round %d, the open round is %d", br, e.Round)
+	}
+	return nil
+}
+
+// checkRest continues Check after the envelope and the sample.
+func (r *Round) checkRest(u *fdxv1.Update, id string) ([][]float32, *rules.Rejection) {
+	e := r.e
+	// An async client's repeats were refused by the envelope (checkAsync).
+	if e.Async == nil && r.seen[id] {
+		return nil, rules.Reject(rules.Duplicate, "client %q already contributed to round %d", id, e.Round)
 	}
 	maxExamples := int64(rules.MaxWeight)
 	if e.MaxExamples > 0 {

@@ -109,6 +109,17 @@ func TestUpdateRejects(t *testing.T) {
 			expect: func(e *validate.Expect) { e.Allowed = map[string]bool{"client-8": true} },
 			want:   rules.UnknownClient,
 		},
+		{
+			name:   "client not sampled",
+			expect: func(e *validate.Expect) { e.Sample = map[string]bool{"client-8": true} },
+			want:   rules.NotSampled,
+		},
+		{
+			name:   "unsampled and stale: stale first",
+			update: func(u *fdxv1.Update) { u.BaseRound = round - 1 },
+			expect: func(e *validate.Expect) { e.Sample = map[string]bool{} },
+			want:   rules.StaleRound,
+		},
 		{name: "stale round", update: func(u *fdxv1.Update) { u.BaseRound = round - 1 }, want: rules.StaleRound},
 		{name: "round zero", update: func(u *fdxv1.Update) { u.BaseRound = 0 }, want: rules.StaleRound},
 		{name: "future round", update: func(u *fdxv1.Update) { u.BaseRound = round + 1 }, want: rules.FutureRound},

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"maps"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -47,15 +48,35 @@ type Options struct {
 	Rounds int
 }
 
+// What a client did in a round (RoundResult.Status).
+const (
+	// StatusTrained: trained and sent an update (with its evaluation of
+	// the global model if it was sampled to evaluate too).
+	StatusTrained = "trained"
+	// StatusEvaluated: sampled to evaluate only; sent its figures.
+	StatusEvaluated = "evaluated"
+	// StatusNotSampled: in neither of the round's samples; did nothing.
+	StatusNotSampled = "not_sampled"
+)
+
+// NoteNotSampled is the summary's note when the client's last round did
+// not ask it to do anything.
+const NoteNotSampled = "not sampled this round"
+
 // RoundResult describes one round's local work.
 type RoundResult struct {
 	Round     int64   `json:"round"`
+	Status    string  `json:"status"`
 	Examples  int     `json:"examples"`
 	Loss      float64 `json:"train_loss"`
 	Accuracy  float64 `json:"train_accuracy"`
 	FetchMs   float64 `json:"fetch_ms"`
 	TrainMs   float64 `json:"train_ms"`
 	PublishMs float64 `json:"publish_ms"`
+	// EvalLoss and EvalAccuracy are the global model's figures on the
+	// client's held-out examples, when it was sampled to evaluate.
+	EvalLoss     *float64 `json:"eval_loss,omitempty"`
+	EvalAccuracy *float64 `json:"eval_accuracy,omitempty"`
 }
 
 // Summary is the answer of one invocation.
@@ -67,6 +88,8 @@ type Summary struct {
 	Final bool `json:"final"`
 	// LastRound is the round of the last model fetched.
 	LastRound int64 `json:"last_round"`
+	// Note explains a summary without training: NoteNotSampled.
+	Note string `json:"note,omitempty"`
 	// Traffic of this invocation's channel client (see channel.Stats for
 	// what counts as a message on each channel).
 	MessagesSent     int64 `json:"messages_sent"`
@@ -112,7 +135,17 @@ func (p *Participant) Run(ctx context.Context, ch channel.Client, opt Options) (
 			log.InfoContext(ctx, "job finished", "round", m.GetRound())
 			return sum, nil
 		}
-		res, u, err := p.train(ctx, m, opt.ClientID)
+		fit, eval := rules.Sampled(m, rules.RoleFit, opt.ClientID), rules.Sampled(m, rules.RoleEvaluate, opt.ClientID)
+		sum.Note = ""
+		if !fit && !eval {
+			// Answer at once: training would only be refused.
+			sum.Rounds = append(sum.Rounds, RoundResult{Round: m.GetRound(), Status: StatusNotSampled, FetchMs: ms(received.Sub(start))})
+			sum.Note = NoteNotSampled
+			log.InfoContext(ctx, "not sampled this round", "round", m.GetRound())
+			want = m.GetRound() + 1
+			continue
+		}
+		res, u, err := p.work(ctx, m, opt.ClientID, fit, eval)
 		if err != nil {
 			return sum, fmt.Errorf("round %d: %w", m.GetRound(), err)
 		}
@@ -132,8 +165,10 @@ func (p *Participant) Run(ctx context.Context, ch channel.Client, opt Options) (
 	return sum, nil
 }
 
-// train runs local training from m and builds the update.
-func (p *Participant) train(ctx context.Context, m *fdxv1.GlobalModel, clientID string) (RoundResult, *fdxv1.Update, error) {
+// work does what the round asks of the client: train (fit), evaluate the
+// global model on its held-out examples (eval), or both, and builds the
+// message to send: an update, or an evaluate-only one.
+func (p *Participant) work(ctx context.Context, m *fdxv1.GlobalModel, clientID string, fit, eval bool) (RoundResult, *fdxv1.Update, error) {
 	cfg := m.GetTrainConfig()
 	if cfg == nil {
 		return RoundResult{}, nil, errors.New("model carries no train config")
@@ -147,12 +182,38 @@ func (p *Participant) train(ctx context.Context, m *fdxv1.GlobalModel, clientID 
 	if err != nil {
 		return RoundResult{}, nil, fmt.Errorf("client %q shard: %w", clientID, err)
 	}
+	shard, held, err := dataset.Holdout(shard, cfg.GetHoldoutFraction())
+	if err != nil {
+		return RoundResult{}, nil, fmt.Errorf("client %q shard: %w", clientID, err)
+	}
+	if held.Len() == 0 {
+		// No held-out examples (a job without a holdout, or a tiny shard):
+		// evaluate on the training shard rather than stall the round.
+		held = shard
+	}
 	net, err := model.New(cfg.GetModel(), full.Dim, full.Classes, cfg.GetSeed())
 	if err != nil {
 		return RoundResult{}, nil, err
 	}
 	if err := net.SetTensors(m.GetParams()); err != nil {
 		return RoundResult{}, nil, fmt.Errorf("global model: %w", err)
+	}
+	var evalMetrics map[string]float64
+	var res RoundResult
+	if eval {
+		em, err := net.Evaluate(held)
+		if err != nil {
+			return RoundResult{}, nil, fmt.Errorf("evaluate: %w", err)
+		}
+		evalMetrics = map[string]float64{rules.MetricEvalLoss: em.Loss, rules.MetricEvalAccuracy: em.Accuracy, rules.MetricEvalExamples: float64(held.Len())}
+		res.EvalLoss, res.EvalAccuracy = &em.Loss, &em.Accuracy
+	}
+	if !fit {
+		res.Round, res.Status = m.GetRound(), StatusEvaluated
+		return res, &fdxv1.Update{
+			Job: m.GetJob(), ClientId: clientID, BaseRound: m.GetRound(), EvaluateOnly: true,
+			NumExamples: int64(held.Len()), Metrics: evalMetrics, Timings: &fdxv1.Timings{},
+		}, nil
 	}
 	var global [][]float32
 	if cfg.GetAsync() {
@@ -187,13 +248,11 @@ func (p *Participant) train(ctx context.Context, m *fdxv1.GlobalModel, clientID 
 		// trained on, which by now may be versions behind: send the step.
 		u.Params, u.IsDelta = tensor.Encode(delta(net.Params(), global), net.Specs()), true
 	}
-	return RoundResult{
-		Round:    m.GetRound(),
-		Examples: st.Examples,
-		Loss:     st.Loss,
-		Accuracy: st.Accuracy,
-		TrainMs:  ms(trainEnd.Sub(trainStart)),
-	}, u, nil
+	maps.Copy(u.Metrics, evalMetrics)
+	res.Round, res.Status = m.GetRound(), StatusTrained
+	res.Examples, res.Loss, res.Accuracy = st.Examples, st.Loss, st.Accuracy
+	res.TrainMs = ms(trainEnd.Sub(trainStart))
+	return res, u, nil
 }
 
 // delta returns local − global elementwise.

@@ -33,6 +33,8 @@ const (
 	NotStored Reason = "not_stored"
 	// Unauthenticated: the update's credentials do not verify.
 	Unauthenticated Reason = "unauthenticated"
+	// NotSampled: the client is not in the round's sample.
+	NotSampled Reason = "not_sampled"
 )
 
 var wire = map[Reason]fdxv1.RejectReason{
@@ -51,6 +53,7 @@ var wire = map[Reason]fdxv1.RejectReason{
 	OutOfRange:      fdxv1.RejectReason_REJECT_REASON_OUT_OF_RANGE,
 	NotStored:       fdxv1.RejectReason_REJECT_REASON_NOT_STORED,
 	Unauthenticated: fdxv1.RejectReason_REJECT_REASON_UNAUTHENTICATED,
+	NotSampled:      fdxv1.RejectReason_REJECT_REASON_NOT_SAMPLED,
 }
 
 // Reasons lists every reason in a fixed order (the wire enum's), for metrics

@@ -117,6 +117,8 @@ const (
 	RejectReason_REJECT_REASON_NOT_STORED RejectReason = 14
 	// The update's credentials (token, MAC) do not verify for its client id.
 	RejectReason_REJECT_REASON_UNAUTHENTICATED RejectReason = 15
+	// The client is not in the round's sample (GlobalModel.sampling).
+	RejectReason_REJECT_REASON_NOT_SAMPLED RejectReason = 16
 )
 
 // Enum value maps for RejectReason.
@@ -138,6 +140,7 @@ var (
 		13: "REJECT_REASON_OUT_OF_RANGE",
 		14: "REJECT_REASON_NOT_STORED",
 		15: "REJECT_REASON_UNAUTHENTICATED",
+		16: "REJECT_REASON_NOT_SAMPLED",
 	}
 	RejectReason_value = map[string]int32{
 		"REJECT_REASON_UNSPECIFIED":      0,
@@ -156,6 +159,7 @@ var (
 		"REJECT_REASON_OUT_OF_RANGE":     13,
 		"REJECT_REASON_NOT_STORED":       14,
 		"REJECT_REASON_UNAUTHENTICATED":  15,
+		"REJECT_REASON_NOT_SAMPLED":      16,
 	}
 )
 
@@ -370,9 +374,13 @@ type TrainConfig struct {
 	// sends its delta (Update.is_delta) against that model, whose round is
 	// the update's base_round. (Numbered apart from the fields above to leave
 	// room for concurrent additions.)
-	Async         bool `protobuf:"varint,16,opt,name=async,proto3" json:"async,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Async bool `protobuf:"varint,16,opt,name=async,proto3" json:"async,omitempty"`
+	// Fraction of each client's shard held out of training for federated
+	// evaluation (0 = none; see the dataset package's Holdout). The same
+	// examples are held out in every round.
+	HoldoutFraction float64 `protobuf:"fixed64,20,opt,name=holdout_fraction,json=holdoutFraction,proto3" json:"holdout_fraction,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *TrainConfig) Reset() {
@@ -475,6 +483,140 @@ func (x *TrainConfig) GetAsync() bool {
 	return false
 }
 
+func (x *TrainConfig) GetHoldoutFraction() float64 {
+	if x != nil {
+		return x.HoldoutFraction
+	}
+	return 0
+}
+
+// Sampling names the clients a round asks to train and to evaluate. Client c
+// is in a sample iff rules.SampleHash(seed, round, role, c) <= its threshold:
+// the aggregator draws the k members of the job's population with the
+// lowest hashes (Flower's fraction and minimum decide k) and publishes the
+// k-th hash, so any client tests its own membership without a list, however
+// large the fleet. The lists repeat the draw by name when they are short.
+type Sampling struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seed  uint64                 `protobuf:"varint,1,opt,name=seed,proto3" json:"seed,omitempty"`
+	// Size of the population drawn from.
+	Population int64 `protobuf:"varint,2,opt,name=population,proto3" json:"population,omitempty"`
+	// Flower's fraction_fit; fit_threshold selects the fit_count clients
+	// that train this round.
+	FractionFit  float64 `protobuf:"fixed64,3,opt,name=fraction_fit,json=fractionFit,proto3" json:"fraction_fit,omitempty"`
+	FitThreshold uint64  `protobuf:"varint,4,opt,name=fit_threshold,json=fitThreshold,proto3" json:"fit_threshold,omitempty"`
+	FitCount     int32   `protobuf:"varint,5,opt,name=fit_count,json=fitCount,proto3" json:"fit_count,omitempty"`
+	// Sorted; empty when fit_count is above rules.MaxListedSample.
+	FitClients []string `protobuf:"bytes,6,rep,name=fit_clients,json=fitClients,proto3" json:"fit_clients,omitempty"`
+	// Flower's fraction_evaluate (0: no federated evaluation).
+	FractionEvaluate  float64  `protobuf:"fixed64,7,opt,name=fraction_evaluate,json=fractionEvaluate,proto3" json:"fraction_evaluate,omitempty"`
+	EvaluateThreshold uint64   `protobuf:"varint,8,opt,name=evaluate_threshold,json=evaluateThreshold,proto3" json:"evaluate_threshold,omitempty"`
+	EvaluateCount     int32    `protobuf:"varint,9,opt,name=evaluate_count,json=evaluateCount,proto3" json:"evaluate_count,omitempty"`
+	EvaluateClients   []string `protobuf:"bytes,10,rep,name=evaluate_clients,json=evaluateClients,proto3" json:"evaluate_clients,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *Sampling) Reset() {
+	*x = Sampling{}
+	mi := &file_fdx_v1_fdx_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Sampling) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Sampling) ProtoMessage() {}
+
+func (x *Sampling) ProtoReflect() protoreflect.Message {
+	mi := &file_fdx_v1_fdx_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Sampling.ProtoReflect.Descriptor instead.
+func (*Sampling) Descriptor() ([]byte, []int) {
+	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Sampling) GetSeed() uint64 {
+	if x != nil {
+		return x.Seed
+	}
+	return 0
+}
+
+func (x *Sampling) GetPopulation() int64 {
+	if x != nil {
+		return x.Population
+	}
+	return 0
+}
+
+func (x *Sampling) GetFractionFit() float64 {
+	if x != nil {
+		return x.FractionFit
+	}
+	return 0
+}
+
+func (x *Sampling) GetFitThreshold() uint64 {
+	if x != nil {
+		return x.FitThreshold
+	}
+	return 0
+}
+
+func (x *Sampling) GetFitCount() int32 {
+	if x != nil {
+		return x.FitCount
+	}
+	return 0
+}
+
+func (x *Sampling) GetFitClients() []string {
+	if x != nil {
+		return x.FitClients
+	}
+	return nil
+}
+
+func (x *Sampling) GetFractionEvaluate() float64 {
+	if x != nil {
+		return x.FractionEvaluate
+	}
+	return 0
+}
+
+func (x *Sampling) GetEvaluateThreshold() uint64 {
+	if x != nil {
+		return x.EvaluateThreshold
+	}
+	return 0
+}
+
+func (x *Sampling) GetEvaluateCount() int32 {
+	if x != nil {
+		return x.EvaluateCount
+	}
+	return 0
+}
+
+func (x *Sampling) GetEvaluateClients() []string {
+	if x != nil {
+		return x.EvaluateClients
+	}
+	return nil
+}
+
 // GlobalModel is one published global model: the parameters clients train
 // from in round `round`.
 type GlobalModel struct {
@@ -498,14 +640,16 @@ type GlobalModel struct {
 	// Number of rounds the job runs; round == num_rounds is final.
 	NumRounds int64 `protobuf:"varint,11,opt,name=num_rounds,json=numRounds,proto3" json:"num_rounds,omitempty"`
 	// Minimum number of updates that closes a round.
-	MinClients    int32 `protobuf:"varint,12,opt,name=min_clients,json=minClients,proto3" json:"min_clients,omitempty"`
+	MinClients int32 `protobuf:"varint,12,opt,name=min_clients,json=minClients,proto3" json:"min_clients,omitempty"`
+	// Who takes part in this round; unset: every client trains.
+	Sampling      *Sampling `protobuf:"bytes,20,opt,name=sampling,proto3" json:"sampling,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GlobalModel) Reset() {
 	*x = GlobalModel{}
-	mi := &file_fdx_v1_fdx_proto_msgTypes[3]
+	mi := &file_fdx_v1_fdx_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -517,7 +661,7 @@ func (x *GlobalModel) String() string {
 func (*GlobalModel) ProtoMessage() {}
 
 func (x *GlobalModel) ProtoReflect() protoreflect.Message {
-	mi := &file_fdx_v1_fdx_proto_msgTypes[3]
+	mi := &file_fdx_v1_fdx_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -530,7 +674,7 @@ func (x *GlobalModel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GlobalModel.ProtoReflect.Descriptor instead.
 func (*GlobalModel) Descriptor() ([]byte, []int) {
-	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{3}
+	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GlobalModel) GetJob() string {
@@ -617,6 +761,13 @@ func (x *GlobalModel) GetMinClients() int32 {
 	return 0
 }
 
+func (x *GlobalModel) GetSampling() *Sampling {
+	if x != nil {
+		return x.Sampling
+	}
+	return nil
+}
+
 // Timings are client-side wall-clock instants, for the evaluation.
 type Timings struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -630,7 +781,7 @@ type Timings struct {
 
 func (x *Timings) Reset() {
 	*x = Timings{}
-	mi := &file_fdx_v1_fdx_proto_msgTypes[4]
+	mi := &file_fdx_v1_fdx_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -642,7 +793,7 @@ func (x *Timings) String() string {
 func (*Timings) ProtoMessage() {}
 
 func (x *Timings) ProtoReflect() protoreflect.Message {
-	mi := &file_fdx_v1_fdx_proto_msgTypes[4]
+	mi := &file_fdx_v1_fdx_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -655,7 +806,7 @@ func (x *Timings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Timings.ProtoReflect.Descriptor instead.
 func (*Timings) Descriptor() ([]byte, []int) {
-	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{4}
+	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Timings) GetModelReceived() *timestamppb.Timestamp {
@@ -696,16 +847,22 @@ type Update struct {
 	NumExamples int64     `protobuf:"varint,4,opt,name=num_examples,json=numExamples,proto3" json:"num_examples,omitempty"`
 	Params      []*Tensor `protobuf:"bytes,5,rep,name=params,proto3" json:"params,omitempty"`
 	// True when params are (local - global) rather than the local weights.
-	IsDelta       bool               `protobuf:"varint,6,opt,name=is_delta,json=isDelta,proto3" json:"is_delta,omitempty"`
-	Metrics       map[string]float64 `protobuf:"bytes,7,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
-	Timings       *Timings           `protobuf:"bytes,8,opt,name=timings,proto3" json:"timings,omitempty"`
+	IsDelta bool `protobuf:"varint,6,opt,name=is_delta,json=isDelta,proto3" json:"is_delta,omitempty"`
+	// Client-side figures: "loss" and "accuracy" of local training; with
+	// federated evaluation "eval_loss", "eval_accuracy" and "eval_examples"
+	// of the global model on the client's held-out examples.
+	Metrics map[string]float64 `protobuf:"bytes,7,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	Timings *Timings           `protobuf:"bytes,8,opt,name=timings,proto3" json:"timings,omitempty"`
+	// Evaluation only: the client was sampled to evaluate, not to train; it
+	// carries metrics and no params.
+	EvaluateOnly  bool `protobuf:"varint,20,opt,name=evaluate_only,json=evaluateOnly,proto3" json:"evaluate_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Update) Reset() {
 	*x = Update{}
-	mi := &file_fdx_v1_fdx_proto_msgTypes[5]
+	mi := &file_fdx_v1_fdx_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -717,7 +874,7 @@ func (x *Update) String() string {
 func (*Update) ProtoMessage() {}
 
 func (x *Update) ProtoReflect() protoreflect.Message {
-	mi := &file_fdx_v1_fdx_proto_msgTypes[5]
+	mi := &file_fdx_v1_fdx_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -730,7 +887,7 @@ func (x *Update) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Update.ProtoReflect.Descriptor instead.
 func (*Update) Descriptor() ([]byte, []int) {
-	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{5}
+	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Update) GetJob() string {
@@ -789,6 +946,13 @@ func (x *Update) GetTimings() *Timings {
 	return nil
 }
 
+func (x *Update) GetEvaluateOnly() bool {
+	if x != nil {
+		return x.EvaluateOnly
+	}
+	return false
+}
+
 type GetModelRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Job   string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -802,7 +966,7 @@ type GetModelRequest struct {
 
 func (x *GetModelRequest) Reset() {
 	*x = GetModelRequest{}
-	mi := &file_fdx_v1_fdx_proto_msgTypes[6]
+	mi := &file_fdx_v1_fdx_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +978,7 @@ func (x *GetModelRequest) String() string {
 func (*GetModelRequest) ProtoMessage() {}
 
 func (x *GetModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fdx_v1_fdx_proto_msgTypes[6]
+	mi := &file_fdx_v1_fdx_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +991,7 @@ func (x *GetModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelRequest.ProtoReflect.Descriptor instead.
 func (*GetModelRequest) Descriptor() ([]byte, []int) {
-	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{6}
+	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetModelRequest) GetJob() string {
@@ -863,7 +1027,7 @@ type WatchModelsRequest struct {
 
 func (x *WatchModelsRequest) Reset() {
 	*x = WatchModelsRequest{}
-	mi := &file_fdx_v1_fdx_proto_msgTypes[7]
+	mi := &file_fdx_v1_fdx_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -875,7 +1039,7 @@ func (x *WatchModelsRequest) String() string {
 func (*WatchModelsRequest) ProtoMessage() {}
 
 func (x *WatchModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_fdx_v1_fdx_proto_msgTypes[7]
+	mi := &file_fdx_v1_fdx_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -888,7 +1052,7 @@ func (x *WatchModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchModelsRequest.ProtoReflect.Descriptor instead.
 func (*WatchModelsRequest) Descriptor() ([]byte, []int) {
-	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{7}
+	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WatchModelsRequest) GetJob() string {
@@ -927,7 +1091,7 @@ type SubmitUpdateResponse struct {
 
 func (x *SubmitUpdateResponse) Reset() {
 	*x = SubmitUpdateResponse{}
-	mi := &file_fdx_v1_fdx_proto_msgTypes[8]
+	mi := &file_fdx_v1_fdx_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -939,7 +1103,7 @@ func (x *SubmitUpdateResponse) String() string {
 func (*SubmitUpdateResponse) ProtoMessage() {}
 
 func (x *SubmitUpdateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_fdx_v1_fdx_proto_msgTypes[8]
+	mi := &file_fdx_v1_fdx_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -952,7 +1116,7 @@ func (x *SubmitUpdateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitUpdateResponse.ProtoReflect.Descriptor instead.
 func (*SubmitUpdateResponse) Descriptor() ([]byte, []int) {
-	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{8}
+	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SubmitUpdateResponse) GetAccepted() bool {
@@ -999,7 +1163,7 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\x0enum_partitions\x18\x02 \x01(\x05R\rnumPartitions\x12\x12\n" +
 	"\x04seed\x18\x03 \x01(\x04R\x04seed\x12\x14\n" +
 	"\x05alpha\x18\x04 \x01(\x01R\x05alpha\x12*\n" +
-	"\x11shards_per_client\x18\x05 \x01(\x05R\x0fshardsPerClient\"\xc7\x02\n" +
+	"\x11shards_per_client\x18\x05 \x01(\x05R\x0fshardsPerClient\"\xf2\x02\n" +
 	"\vTrainConfig\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
 	"\rlearning_rate\x18\x02 \x01(\x01R\flearningRate\x12\x1d\n" +
@@ -1012,7 +1176,23 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\fmax_examples\x18\b \x01(\x05R\vmaxExamples\x12\x1f\n" +
 	"\vproximal_mu\x18\t \x01(\x01R\n" +
 	"proximalMu\x12\x14\n" +
-	"\x05async\x18\x10 \x01(\bR\x05async\"\xa5\x04\n" +
+	"\x05async\x18\x10 \x01(\bR\x05async\x12)\n" +
+	"\x10holdout_fraction\x18\x14 \x01(\x01R\x0fholdoutFraction\"\xf2\x02\n" +
+	"\bSampling\x12\x12\n" +
+	"\x04seed\x18\x01 \x01(\x04R\x04seed\x12\x1e\n" +
+	"\n" +
+	"population\x18\x02 \x01(\x03R\n" +
+	"population\x12!\n" +
+	"\ffraction_fit\x18\x03 \x01(\x01R\vfractionFit\x12#\n" +
+	"\rfit_threshold\x18\x04 \x01(\x04R\ffitThreshold\x12\x1b\n" +
+	"\tfit_count\x18\x05 \x01(\x05R\bfitCount\x12\x1f\n" +
+	"\vfit_clients\x18\x06 \x03(\tR\n" +
+	"fitClients\x12+\n" +
+	"\x11fraction_evaluate\x18\a \x01(\x01R\x10fractionEvaluate\x12-\n" +
+	"\x12evaluate_threshold\x18\b \x01(\x04R\x11evaluateThreshold\x12%\n" +
+	"\x0eevaluate_count\x18\t \x01(\x05R\revaluateCount\x12)\n" +
+	"\x10evaluate_clients\x18\n" +
+	" \x03(\tR\x0fevaluateClients\"\xd3\x04\n" +
 	"\vGlobalModel\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\x03R\x05round\x12&\n" +
@@ -1028,7 +1208,8 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\n" +
 	"num_rounds\x18\v \x01(\x03R\tnumRounds\x12\x1f\n" +
 	"\vmin_clients\x18\f \x01(\x05R\n" +
-	"minClients\x1a:\n" +
+	"minClients\x12,\n" +
+	"\bsampling\x18\x14 \x01(\v2\x10.fdx.v1.SamplingR\bsampling\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xf2\x01\n" +
@@ -1037,7 +1218,7 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\vtrain_start\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"trainStart\x127\n" +
 	"\ttrain_end\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\btrainEnd\x12.\n" +
-	"\x04sent\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04sent\"\xda\x02\n" +
+	"\x04sent\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04sent\"\xff\x02\n" +
 	"\x06Update\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1b\n" +
 	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x1d\n" +
@@ -1047,7 +1228,8 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\x06params\x18\x05 \x03(\v2\x0e.fdx.v1.TensorR\x06params\x12\x19\n" +
 	"\bis_delta\x18\x06 \x01(\bR\aisDelta\x125\n" +
 	"\ametrics\x18\a \x03(\v2\x1b.fdx.v1.Update.MetricsEntryR\ametrics\x12)\n" +
-	"\atimings\x18\b \x01(\v2\x0f.fdx.v1.TimingsR\atimings\x1a:\n" +
+	"\atimings\x18\b \x01(\v2\x0f.fdx.v1.TimingsR\atimings\x12#\n" +
+	"\revaluate_only\x18\x14 \x01(\bR\fevaluateOnly\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"]\n" +
@@ -1070,7 +1252,7 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\rDTYPE_FLOAT32\x10\x01\x12\x11\n" +
 	"\rDTYPE_FLOAT16\x10\x02\x12\x0e\n" +
 	"\n" +
-	"DTYPE_INT8\x10\x03*\x84\x04\n" +
+	"DTYPE_INT8\x10\x03*\xa3\x04\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19REJECT_REASON_UNDECODABLE\x10\x01\x12\x1b\n" +
@@ -1088,7 +1270,8 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\x16REJECT_REASON_OVERSIZE\x10\f\x12\x1e\n" +
 	"\x1aREJECT_REASON_OUT_OF_RANGE\x10\r\x12\x1c\n" +
 	"\x18REJECT_REASON_NOT_STORED\x10\x0e\x12!\n" +
-	"\x1dREJECT_REASON_UNAUTHENTICATED\x10\x0f2\xc6\x01\n" +
+	"\x1dREJECT_REASON_UNAUTHENTICATED\x10\x0f\x12\x1d\n" +
+	"\x19REJECT_REASON_NOT_SAMPLED\x10\x102\xc6\x01\n" +
 	"\n" +
 	"Aggregator\x128\n" +
 	"\bGetModel\x12\x17.fdx.v1.GetModelRequest\x1a\x13.fdx.v1.GlobalModel\x12@\n" +
@@ -1108,50 +1291,52 @@ func file_fdx_v1_fdx_proto_rawDescGZIP() []byte {
 }
 
 var file_fdx_v1_fdx_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fdx_v1_fdx_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_fdx_v1_fdx_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_fdx_v1_fdx_proto_goTypes = []any{
 	(DType)(0),                    // 0: fdx.v1.DType
 	(RejectReason)(0),             // 1: fdx.v1.RejectReason
 	(*Tensor)(nil),                // 2: fdx.v1.Tensor
 	(*PartitionSpec)(nil),         // 3: fdx.v1.PartitionSpec
 	(*TrainConfig)(nil),           // 4: fdx.v1.TrainConfig
-	(*GlobalModel)(nil),           // 5: fdx.v1.GlobalModel
-	(*Timings)(nil),               // 6: fdx.v1.Timings
-	(*Update)(nil),                // 7: fdx.v1.Update
-	(*GetModelRequest)(nil),       // 8: fdx.v1.GetModelRequest
-	(*WatchModelsRequest)(nil),    // 9: fdx.v1.WatchModelsRequest
-	(*SubmitUpdateResponse)(nil),  // 10: fdx.v1.SubmitUpdateResponse
-	nil,                           // 11: fdx.v1.GlobalModel.MetricsEntry
-	nil,                           // 12: fdx.v1.Update.MetricsEntry
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*Sampling)(nil),              // 5: fdx.v1.Sampling
+	(*GlobalModel)(nil),           // 6: fdx.v1.GlobalModel
+	(*Timings)(nil),               // 7: fdx.v1.Timings
+	(*Update)(nil),                // 8: fdx.v1.Update
+	(*GetModelRequest)(nil),       // 9: fdx.v1.GetModelRequest
+	(*WatchModelsRequest)(nil),    // 10: fdx.v1.WatchModelsRequest
+	(*SubmitUpdateResponse)(nil),  // 11: fdx.v1.SubmitUpdateResponse
+	nil,                           // 12: fdx.v1.GlobalModel.MetricsEntry
+	nil,                           // 13: fdx.v1.Update.MetricsEntry
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
 }
 var file_fdx_v1_fdx_proto_depIdxs = []int32{
 	0,  // 0: fdx.v1.Tensor.dtype:type_name -> fdx.v1.DType
 	3,  // 1: fdx.v1.TrainConfig.partition:type_name -> fdx.v1.PartitionSpec
 	2,  // 2: fdx.v1.GlobalModel.params:type_name -> fdx.v1.Tensor
 	4,  // 3: fdx.v1.GlobalModel.train_config:type_name -> fdx.v1.TrainConfig
-	13, // 4: fdx.v1.GlobalModel.published_at:type_name -> google.protobuf.Timestamp
-	13, // 5: fdx.v1.GlobalModel.deadline:type_name -> google.protobuf.Timestamp
-	11, // 6: fdx.v1.GlobalModel.metrics:type_name -> fdx.v1.GlobalModel.MetricsEntry
-	13, // 7: fdx.v1.Timings.model_received:type_name -> google.protobuf.Timestamp
-	13, // 8: fdx.v1.Timings.train_start:type_name -> google.protobuf.Timestamp
-	13, // 9: fdx.v1.Timings.train_end:type_name -> google.protobuf.Timestamp
-	13, // 10: fdx.v1.Timings.sent:type_name -> google.protobuf.Timestamp
-	2,  // 11: fdx.v1.Update.params:type_name -> fdx.v1.Tensor
-	12, // 12: fdx.v1.Update.metrics:type_name -> fdx.v1.Update.MetricsEntry
-	6,  // 13: fdx.v1.Update.timings:type_name -> fdx.v1.Timings
-	1,  // 14: fdx.v1.SubmitUpdateResponse.reject_reason:type_name -> fdx.v1.RejectReason
-	8,  // 15: fdx.v1.Aggregator.GetModel:input_type -> fdx.v1.GetModelRequest
-	9,  // 16: fdx.v1.Aggregator.WatchModels:input_type -> fdx.v1.WatchModelsRequest
-	7,  // 17: fdx.v1.Aggregator.SubmitUpdate:input_type -> fdx.v1.Update
-	5,  // 18: fdx.v1.Aggregator.GetModel:output_type -> fdx.v1.GlobalModel
-	5,  // 19: fdx.v1.Aggregator.WatchModels:output_type -> fdx.v1.GlobalModel
-	10, // 20: fdx.v1.Aggregator.SubmitUpdate:output_type -> fdx.v1.SubmitUpdateResponse
-	18, // [18:21] is the sub-list for method output_type
-	15, // [15:18] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	14, // 4: fdx.v1.GlobalModel.published_at:type_name -> google.protobuf.Timestamp
+	14, // 5: fdx.v1.GlobalModel.deadline:type_name -> google.protobuf.Timestamp
+	12, // 6: fdx.v1.GlobalModel.metrics:type_name -> fdx.v1.GlobalModel.MetricsEntry
+	5,  // 7: fdx.v1.GlobalModel.sampling:type_name -> fdx.v1.Sampling
+	14, // 8: fdx.v1.Timings.model_received:type_name -> google.protobuf.Timestamp
+	14, // 9: fdx.v1.Timings.train_start:type_name -> google.protobuf.Timestamp
+	14, // 10: fdx.v1.Timings.train_end:type_name -> google.protobuf.Timestamp
+	14, // 11: fdx.v1.Timings.sent:type_name -> google.protobuf.Timestamp
+	2,  // 12: fdx.v1.Update.params:type_name -> fdx.v1.Tensor
+	13, // 13: fdx.v1.Update.metrics:type_name -> fdx.v1.Update.MetricsEntry
+	7,  // 14: fdx.v1.Update.timings:type_name -> fdx.v1.Timings
+	1,  // 15: fdx.v1.SubmitUpdateResponse.reject_reason:type_name -> fdx.v1.RejectReason
+	9,  // 16: fdx.v1.Aggregator.GetModel:input_type -> fdx.v1.GetModelRequest
+	10, // 17: fdx.v1.Aggregator.WatchModels:input_type -> fdx.v1.WatchModelsRequest
+	8,  // 18: fdx.v1.Aggregator.SubmitUpdate:input_type -> fdx.v1.Update
+	6,  // 19: fdx.v1.Aggregator.GetModel:output_type -> fdx.v1.GlobalModel
+	6,  // 20: fdx.v1.Aggregator.WatchModels:output_type -> fdx.v1.GlobalModel
+	11, // 21: fdx.v1.Aggregator.SubmitUpdate:output_type -> fdx.v1.SubmitUpdateResponse
+	19, // [19:22] is the sub-list for method output_type
+	16, // [16:19] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_fdx_v1_fdx_proto_init() }
@@ -1165,7 +1350,7 @@ func file_fdx_v1_fdx_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fdx_v1_fdx_proto_rawDesc), len(file_fdx_v1_fdx_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
