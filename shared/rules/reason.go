@@ -33,6 +33,12 @@ const (
 	NotStored Reason = "not_stored"
 	// Unauthenticated: the update's credentials do not verify.
 	Unauthenticated Reason = "unauthenticated"
+	// Incomplete: a chunked transfer lacks chunks (its sender died
+	// mid-transfer, or sent a newer one first).
+	Incomplete Reason = "incomplete"
+	// Checksum: a chunk or the reassembled whole does not match its
+	// manifest.
+	Checksum Reason = "checksum"
 )
 
 var wire = map[Reason]fdxv1.RejectReason{
@@ -51,6 +57,8 @@ var wire = map[Reason]fdxv1.RejectReason{
 	OutOfRange:      fdxv1.RejectReason_REJECT_REASON_OUT_OF_RANGE,
 	NotStored:       fdxv1.RejectReason_REJECT_REASON_NOT_STORED,
 	Unauthenticated: fdxv1.RejectReason_REJECT_REASON_UNAUTHENTICATED,
+	Incomplete:      fdxv1.RejectReason_REJECT_REASON_INCOMPLETE,
+	Checksum:        fdxv1.RejectReason_REJECT_REASON_CHECKSUM,
 }
 
 // Reasons lists every reason in a fixed order (the wire enum's), for metrics
