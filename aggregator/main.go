@@ -77,7 +77,7 @@ updates, over Kafka (default) or gRPC (--grpc).
 var flagGroups = []cli.Group{
 	{Title: "Channel", Flags: []string{"broker", "grpc", "embedded", "job", "update-partitions", "kafka-config", "state-file"}},
 	{Title: "Rounds", Flags: []string{"minclients", "numrounds", "target-clients", "round-timeout", "on-short"}},
-	{Title: "Model and data", Flags: []string{"model", "dataset", "partition", "partitions", "alpha", "shards-per-client", "max-examples", "lr", "batch", "epochs", "prox-mu", "seed", "eval-examples"}},
+	{Title: "Model and data", Flags: []string{"model", "dataset", "partition", "partitions", "alpha", "shards-per-client", "max-examples", "lr", "batch", "epochs", "prox-mu", "seed", "eval-examples", "update-encoding"}},
 	{Title: "Strategy", Flags: []string{"strategy", "server-lr", "server-momentum", "trim", "byzantine", "max-norm", "norm-factor", "dp-clip-norm", "dp-noise-multiplier", "dp-target-quantile", "dp-clipped-count-stddev"}},
 	{Title: "Security", Flags: []string{"model-key", "tokens-file", "client-list", "tls-cert", "tls-key", "tls-client-ca"}},
 	{Title: "Output", Flags: []string{"clients", "out", "log-level", "log-to", "log-project", "metrics-addr"}},
@@ -109,6 +109,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&o.BatchSize, "batch", 10, "client minibatch size")
 	fs.IntVar(&o.LocalEpochs, "epochs", 1, "client local epochs per round")
 	fs.Float64Var(&o.ProximalMu, "prox-mu", 0, "FedProx proximal term (0: off)")
+	fs.StringVar(&o.UpdateEncoding, "update-encoding", "float32", "how clients encode updates: float32 (weights), float16 or int8 (per-tensor scale; both send the delta from the global model)")
 	fs.Uint64Var(&o.Seed, "seed", 1, "job seed: initial model, partition, client shuffles")
 	fs.StringVar(&o.Strategy.Name, "strategy", "fedavg", strings.Join(strategy.Names(), ", "))
 	fs.Float64Var(&o.Strategy.ServerLR, "server-lr", 0, "server learning rate for fedavgm/fedadam/fedyogi/fedadagrad (0: strategy default)")

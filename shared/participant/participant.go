@@ -20,6 +20,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/model"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
 
 // ErrRoundClosed means the requested round's model was already superseded.
@@ -150,6 +151,14 @@ func (p *Participant) train(ctx context.Context, m *fdxv1.GlobalModel, clientID 
 	if err := net.SetTensors(m.GetParams()); err != nil {
 		return RoundResult{}, nil, fmt.Errorf("global model: %w", err)
 	}
+	// Compressed updates carry the delta from the global model, whose
+	// small values float16 and int8 keep well.
+	dtype := cfg.GetUpdateDtype()
+	compressed := dtype != fdxv1.DType_DTYPE_UNSPECIFIED && dtype != fdxv1.DType_DTYPE_FLOAT32
+	var global [][]float32
+	if compressed {
+		global = net.Params()
+	}
 	trainStart := time.Now()
 	st, err := net.Train(ctx, shard, model.TrainOptions{
 		LearningRate: cfg.GetLearningRate(),
@@ -162,12 +171,25 @@ func (p *Participant) train(ctx context.Context, m *fdxv1.GlobalModel, clientID 
 		return RoundResult{}, nil, fmt.Errorf("train: %w", err)
 	}
 	trainEnd := time.Now()
+	params := net.Tensors()
+	if compressed {
+		delta := net.Params()
+		for i := range delta {
+			for j := range delta[i] {
+				delta[i][j] -= global[i][j]
+			}
+		}
+		if params, err = tensor.EncodeAs(delta, net.Specs(), dtype); err != nil {
+			return RoundResult{}, nil, fmt.Errorf("encode update: %w", err)
+		}
+	}
 	u := &fdxv1.Update{
 		Job:         m.GetJob(),
 		ClientId:    clientID,
 		BaseRound:   m.GetRound(),
 		NumExamples: int64(st.Examples),
-		Params:      net.Tensors(),
+		IsDelta:     compressed,
+		Params:      params,
 		Metrics:     map[string]float64{"loss": st.Loss, "accuracy": st.Accuracy},
 		Timings: &fdxv1.Timings{
 			TrainStart: timestamppb.New(trainStart),

@@ -33,7 +33,7 @@ const (
 	DType_DTYPE_UNSPECIFIED DType = 0
 	// IEEE 754 binary32, little-endian.
 	DType_DTYPE_FLOAT32 DType = 1
-	// IEEE 754 binary16, little-endian. Reserved for quantized transport.
+	// IEEE 754 binary16, little-endian.
 	DType_DTYPE_FLOAT16 DType = 2
 	// Signed bytes; the real value is data[i] * scale.
 	DType_DTYPE_INT8 DType = 3
@@ -374,7 +374,12 @@ type TrainConfig struct {
 	// Caps a client's shard (0 = whole shard); for lightweight scale tests.
 	MaxExamples int32 `protobuf:"varint,8,opt,name=max_examples,json=maxExamples,proto3" json:"max_examples,omitempty"`
 	// FedProx proximal term weight (0 = plain SGD).
-	ProximalMu    float64 `protobuf:"fixed64,9,opt,name=proximal_mu,json=proximalMu,proto3" json:"proximal_mu,omitempty"`
+	ProximalMu float64 `protobuf:"fixed64,9,opt,name=proximal_mu,json=proximalMu,proto3" json:"proximal_mu,omitempty"`
+	// Encoding of the updates clients send: UNSPECIFIED or FLOAT32 sends the
+	// local weights as float32; FLOAT16 and INT8 (per-tensor scale) send the
+	// delta from the global model in that type, flagged is_delta. (A high
+	// field number leaves room for other additions.)
+	UpdateDtype   DType `protobuf:"varint,20,opt,name=update_dtype,json=updateDtype,proto3,enum=fdx.v1.DType" json:"update_dtype,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -470,6 +475,13 @@ func (x *TrainConfig) GetProximalMu() float64 {
 		return x.ProximalMu
 	}
 	return 0
+}
+
+func (x *TrainConfig) GetUpdateDtype() DType {
+	if x != nil {
+		return x.UpdateDtype
+	}
+	return DType_DTYPE_UNSPECIFIED
 }
 
 // GlobalModel is one published global model: the parameters clients train
@@ -1092,7 +1104,7 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\x0enum_partitions\x18\x02 \x01(\x05R\rnumPartitions\x12\x12\n" +
 	"\x04seed\x18\x03 \x01(\x04R\x04seed\x12\x14\n" +
 	"\x05alpha\x18\x04 \x01(\x01R\x05alpha\x12*\n" +
-	"\x11shards_per_client\x18\x05 \x01(\x05R\x0fshardsPerClient\"\xb1\x02\n" +
+	"\x11shards_per_client\x18\x05 \x01(\x05R\x0fshardsPerClient\"\xe3\x02\n" +
 	"\vTrainConfig\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
 	"\rlearning_rate\x18\x02 \x01(\x01R\flearningRate\x12\x1d\n" +
@@ -1104,7 +1116,8 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\adataset\x18\a \x01(\tR\adataset\x12!\n" +
 	"\fmax_examples\x18\b \x01(\x05R\vmaxExamples\x12\x1f\n" +
 	"\vproximal_mu\x18\t \x01(\x01R\n" +
-	"proximalMu\"\xa5\x04\n" +
+	"proximalMu\x120\n" +
+	"\fupdate_dtype\x18\x14 \x01(\x0e2\r.fdx.v1.DTypeR\vupdateDtype\"\xa5\x04\n" +
 	"\vGlobalModel\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\x03R\x05round\x12&\n" +
@@ -1234,30 +1247,31 @@ var file_fdx_v1_fdx_proto_goTypes = []any{
 var file_fdx_v1_fdx_proto_depIdxs = []int32{
 	0,  // 0: fdx.v1.Tensor.dtype:type_name -> fdx.v1.DType
 	3,  // 1: fdx.v1.TrainConfig.partition:type_name -> fdx.v1.PartitionSpec
-	2,  // 2: fdx.v1.GlobalModel.params:type_name -> fdx.v1.Tensor
-	4,  // 3: fdx.v1.GlobalModel.train_config:type_name -> fdx.v1.TrainConfig
-	14, // 4: fdx.v1.GlobalModel.published_at:type_name -> google.protobuf.Timestamp
-	14, // 5: fdx.v1.GlobalModel.deadline:type_name -> google.protobuf.Timestamp
-	12, // 6: fdx.v1.GlobalModel.metrics:type_name -> fdx.v1.GlobalModel.MetricsEntry
-	14, // 7: fdx.v1.Timings.model_received:type_name -> google.protobuf.Timestamp
-	14, // 8: fdx.v1.Timings.train_start:type_name -> google.protobuf.Timestamp
-	14, // 9: fdx.v1.Timings.train_end:type_name -> google.protobuf.Timestamp
-	14, // 10: fdx.v1.Timings.sent:type_name -> google.protobuf.Timestamp
-	2,  // 11: fdx.v1.Update.params:type_name -> fdx.v1.Tensor
-	13, // 12: fdx.v1.Update.metrics:type_name -> fdx.v1.Update.MetricsEntry
-	6,  // 13: fdx.v1.Update.timings:type_name -> fdx.v1.Timings
-	1,  // 14: fdx.v1.SubmitUpdateResponse.reject_reason:type_name -> fdx.v1.RejectReason
-	8,  // 15: fdx.v1.Aggregator.GetModel:input_type -> fdx.v1.GetModelRequest
-	9,  // 16: fdx.v1.Aggregator.WatchModels:input_type -> fdx.v1.WatchModelsRequest
-	7,  // 17: fdx.v1.Aggregator.SubmitUpdate:input_type -> fdx.v1.Update
-	5,  // 18: fdx.v1.Aggregator.GetModel:output_type -> fdx.v1.GlobalModel
-	5,  // 19: fdx.v1.Aggregator.WatchModels:output_type -> fdx.v1.GlobalModel
-	10, // 20: fdx.v1.Aggregator.SubmitUpdate:output_type -> fdx.v1.SubmitUpdateResponse
-	18, // [18:21] is the sub-list for method output_type
-	15, // [15:18] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	0,  // 2: fdx.v1.TrainConfig.update_dtype:type_name -> fdx.v1.DType
+	2,  // 3: fdx.v1.GlobalModel.params:type_name -> fdx.v1.Tensor
+	4,  // 4: fdx.v1.GlobalModel.train_config:type_name -> fdx.v1.TrainConfig
+	14, // 5: fdx.v1.GlobalModel.published_at:type_name -> google.protobuf.Timestamp
+	14, // 6: fdx.v1.GlobalModel.deadline:type_name -> google.protobuf.Timestamp
+	12, // 7: fdx.v1.GlobalModel.metrics:type_name -> fdx.v1.GlobalModel.MetricsEntry
+	14, // 8: fdx.v1.Timings.model_received:type_name -> google.protobuf.Timestamp
+	14, // 9: fdx.v1.Timings.train_start:type_name -> google.protobuf.Timestamp
+	14, // 10: fdx.v1.Timings.train_end:type_name -> google.protobuf.Timestamp
+	14, // 11: fdx.v1.Timings.sent:type_name -> google.protobuf.Timestamp
+	2,  // 12: fdx.v1.Update.params:type_name -> fdx.v1.Tensor
+	13, // 13: fdx.v1.Update.metrics:type_name -> fdx.v1.Update.MetricsEntry
+	6,  // 14: fdx.v1.Update.timings:type_name -> fdx.v1.Timings
+	1,  // 15: fdx.v1.SubmitUpdateResponse.reject_reason:type_name -> fdx.v1.RejectReason
+	8,  // 16: fdx.v1.Aggregator.GetModel:input_type -> fdx.v1.GetModelRequest
+	9,  // 17: fdx.v1.Aggregator.WatchModels:input_type -> fdx.v1.WatchModelsRequest
+	7,  // 18: fdx.v1.Aggregator.SubmitUpdate:input_type -> fdx.v1.Update
+	5,  // 19: fdx.v1.Aggregator.GetModel:output_type -> fdx.v1.GlobalModel
+	5,  // 20: fdx.v1.Aggregator.WatchModels:output_type -> fdx.v1.GlobalModel
+	10, // 21: fdx.v1.Aggregator.SubmitUpdate:output_type -> fdx.v1.SubmitUpdateResponse
+	19, // [19:22] is the sub-list for method output_type
+	16, // [16:19] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_fdx_v1_fdx_proto_init() }
