@@ -79,7 +79,7 @@ var flagGroups = []cli.Group{
 	{Title: "Rounds", Flags: []string{"minclients", "numrounds", "target-clients", "round-timeout", "on-short", "target-accuracy"}},
 	{Title: "Asynchronous mode (FedBuff)", Flags: []string{"mode", "buffer-size", "staleness-exponent", "max-staleness"}},
 	{Title: "Sampling and federated evaluation (Flower's names)", Flags: []string{"fraction-fit", "min-fit-clients", "min-available-clients", "fraction-evaluate", "min-evaluate-clients", "holdout"}},
-	{Title: "Model and data", Flags: []string{"model", "dataset", "partition", "partitions", "alpha", "shards-per-client", "max-examples", "lr", "batch", "epochs", "prox-mu", "seed", "eval-examples"}},
+	{Title: "Model and data", Flags: []string{"model", "dataset", "partition", "partitions", "alpha", "shards-per-client", "max-examples", "lr", "batch", "epochs", "prox-mu", "seed", "eval-examples", "update-encoding"}},
 	{Title: "Strategy", Flags: []string{"strategy", "server-lr", "server-momentum", "trim", "byzantine", "max-norm", "norm-factor", "dp-clip-norm", "dp-noise-multiplier", "dp-target-quantile", "dp-clipped-count-stddev"}},
 	{Title: "Security", Flags: []string{"model-key", "tokens-file", "client-list", "tls-cert", "tls-key", "tls-client-ca"}},
 	{Title: "Output", Flags: []string{"clients", "out", "log-level", "log-to", "log-project", "metrics-addr"}},
@@ -106,7 +106,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&o.TargetClients, "target-clients", 0, "close a round at once with this many updates (default minclients); fewer, down to minclients, close it at its deadline")
 	fs.DurationVar(&o.RoundTimeout, "round-timeout", 0, "round deadline (0: none)")
 	short := fs.String("on-short", "wait", "when a deadline passes with fewer than minclients updates: wait or fail")
-	fs.StringVar(&o.Model, "model", "logreg", "logreg or 2nn")
+	fs.StringVar(&o.Model, "model", "logreg", "logreg, 2nn, or synthetic:<MB> (random weights of that size, a seeded perturbation as training: for transport measurements)")
 	fs.StringVar(&o.Dataset, "dataset", "mnist", "mnist or synthetic")
 	fs.StringVar(&o.Partition.Scheme, "partition", "iid", "iid, shards or dirichlet")
 	fs.IntVar(&o.Partition.NumPartitions, "partitions", 0, "number of data shards (default: max(minclients, target-clients))")
@@ -117,6 +117,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&o.BatchSize, "batch", 10, "client minibatch size")
 	fs.IntVar(&o.LocalEpochs, "epochs", 1, "client local epochs per round")
 	fs.Float64Var(&o.ProximalMu, "prox-mu", 0, "FedProx proximal term (0: off)")
+	fs.StringVar(&o.UpdateEncoding, "update-encoding", "float32", "how clients encode updates: float32 (weights), float16 or int8 (per-tensor scale; both send the delta from the global model)")
 	fs.Uint64Var(&o.Seed, "seed", 1, "job seed: initial model, partition, client shuffles")
 	fs.StringVar(&o.Strategy.Name, "strategy", "fedavg", strings.Join(strategy.Names(), ", "))
 	fs.Float64Var(&o.Strategy.ServerLR, "server-lr", 0, "server learning rate for fedavgm/fedadam/fedyogi/fedadagrad (0: strategy default)")

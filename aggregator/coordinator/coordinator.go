@@ -555,11 +555,13 @@ func (c *Coordinator) reject(st *roundState, d channel.Delivery, rej *rules.Reje
 }
 
 func (c *Coordinator) validate(st *roundState, d channel.Delivery) ([][]float32, *rules.Rejection) {
+	if d.Rejection != nil {
+		// The transport's own verdict, with or without an update (a
+		// chunked transfer it dropped has none).
+		return nil, d.Rejection
+	}
 	if d.Err != nil || d.Update == nil {
 		return nil, rules.Reject(rules.Undecodable, "%v", d.Err)
-	}
-	if d.Rejection != nil {
-		return nil, d.Rejection
 	}
 	return st.check.Check(d.Update, d.Size)
 }

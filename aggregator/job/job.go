@@ -48,6 +48,10 @@ type Spec struct {
 	LocalEpochs  int
 	ProximalMu   float64
 	Seed         uint64
+	// UpdateEncoding is how clients encode their updates: "float32" (the
+	// default: local weights), "float16" or "int8" (the delta from the
+	// global model, int8 with a per-tensor scale).
+	UpdateEncoding string
 
 	Strategy strategy.Config
 	MaxNorm  float64
@@ -179,6 +183,9 @@ func (s Spec) Validate() error {
 			return fmt.Errorf("async mode: %w", err)
 		}
 	}
+	if _, err := UpdateDType(s.UpdateEncoding); err != nil {
+		return err
+	}
 	if !model.Known(s.Model) {
 		return fmt.Errorf("model %q: want one of %v", s.Model, model.Kinds())
 	}
@@ -229,7 +236,29 @@ func (s Spec) TrainConfig() *fdxv1.TrainConfig {
 		Async:        s.Mode == ModeAsync,
 		// Federated evaluation needs examples no client trained on.
 		HoldoutFraction: s.Holdout,
+		UpdateDtype:     must(UpdateDType(s.UpdateEncoding)),
 	}
+}
+
+// UpdateDType maps an update encoding's name ("" is float32) to its dtype.
+func UpdateDType(name string) (fdxv1.DType, error) {
+	switch name {
+	case "", "float32":
+		return fdxv1.DType_DTYPE_FLOAT32, nil
+	case "float16":
+		return fdxv1.DType_DTYPE_FLOAT16, nil
+	case "int8":
+		return fdxv1.DType_DTYPE_INT8, nil
+	}
+	return 0, fmt.Errorf("update encoding %q: want float32, float16 or int8", name)
+}
+
+// must returns d; Validate has refused the encodings whose err is set.
+func must(d fdxv1.DType, err error) fdxv1.DType {
+	if err != nil {
+		return fdxv1.DType_DTYPE_FLOAT32
+	}
+	return d
 }
 
 // Shapes returns the tensor specs of the job's model, sized from its data

@@ -81,9 +81,10 @@ func TestUpdateRejects(t *testing.T) {
 	base := logregExpect(t)
 	w, b := base.Specs[0], base.Specs[1]
 	// Duplicate needs round state (TestDuplicateFromEnvelope); Undecodable,
-	// NotStored and Unauthenticated come from the transport, and the
-	// coordinator's tests cover them.
-	tested := map[rules.Reason]bool{rules.Duplicate: true, rules.Undecodable: true, rules.NotStored: true, rules.Unauthenticated: true}
+	// NotStored, Unauthenticated, Incomplete and Checksum come from the
+	// transport, and the coordinator's and kafkachan's tests cover them.
+	tested := map[rules.Reason]bool{rules.Duplicate: true, rules.Undecodable: true, rules.NotStored: true, rules.Unauthenticated: true,
+		rules.Incomplete: true, rules.Checksum: true}
 	// setValue sets one value of tensor i of the update to v.
 	setValue := func(i, j int, v float32) func(*fdxv1.Update) {
 		return func(u *fdxv1.Update) {

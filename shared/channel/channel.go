@@ -61,9 +61,10 @@ type Delivery struct {
 	Key string
 	// Size is the encoded size in bytes.
 	Size int
-	// Rejection, when set, is the transport's own refusal of a decoded
-	// record (an update MAC that does not verify): the round loop counts
-	// and answers it like a validation failure.
+	// Rejection, when set, is the transport's own refusal of a record (an
+	// update MAC that does not verify; a chunked transfer dropped as
+	// incomplete or corrupt, with no Update): the round loop counts and
+	// answers it like a validation failure.
 	Rejection *rules.Rejection
 	// accept and reply, when set, are a synchronous transport's (gRPC)
 	// durable store and answer to the waiting caller.

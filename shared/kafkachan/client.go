@@ -136,42 +136,51 @@ func (c *Client) Model(ctx context.Context, minRound int64) (*fdxv1.GlobalModel,
 }
 
 // Submit implements channel.Client: it produces the update keyed by client id
-// and waits for the broker's acknowledgement.
+// and waits for the broker's acknowledgement. An update larger than a chunk
+// goes as chunks, then, once all of them are acknowledged, their manifest:
+// so the manifest follows every chunk in the partition even if librdkafka
+// retried one out of order.
 func (c *Client) Submit(ctx context.Context, u *fdxv1.Update) error {
 	b, err := proto.Marshal(u)
 	if err != nil {
 		return fmt.Errorf("encode update: %w", err)
 	}
 	topic := UpdatesTopic(c.opt.Job)
-	done := make(chan kafka.Event, 1)
-	msg := &kafka.Message{
+	key := []byte(u.GetClientId())
+	last := &kafka.Message{
 		TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: kafka.PartitionAny},
-		Key:            []byte(u.GetClientId()),
+		Key:            key,
 		Value:          b,
 	}
+	var chunks []*kafka.Message
+	if len(b) > c.opt.chunkBytes() {
+		chunks, last, err = transferRecords(topic, kafka.PartitionAny, key, b, c.opt.chunkBytes())
+		if err != nil {
+			return fmt.Errorf("update round %d: %w", u.GetBaseRound(), err)
+		}
+	}
 	if c.opt.Token != "" {
-		msg.Headers = []kafka.Header{{Key: trust.HeaderMAC, Value: trust.MAC(c.opt.Token, b)}}
+		last.Headers = append(last.Headers, kafka.Header{Key: trust.HeaderMAC, Value: trust.MAC(c.opt.Token, last.Value)})
 	}
-	if err := c.p.Produce(msg, done); err != nil {
-		return fmt.Errorf("produce update round %d: %w", u.GetBaseRound(), err)
-	}
-	select {
-	case ev := <-done:
-		m, ok := ev.(*kafka.Message)
-		if !ok {
-			return fmt.Errorf("produce update round %d: unexpected event %v", u.GetBaseRound(), ev)
+	for _, batch := range [][]*kafka.Message{chunks, {last}} {
+		if len(batch) == 0 {
+			continue
 		}
-		if m.TopicPartition.Error != nil {
-			return fmt.Errorf("produce update round %d: %w", u.GetBaseRound(), unreachable(m.TopicPartition.Error))
+		if err := produceAll(ctx, c.p, batch, nil); err != nil {
+			if ctx.Err() != nil {
+				// librdkafka still owns the messages; Purge drops them
+				// so a late delivery cannot surprise a caller that
+				// already gave up.
+				_ = c.p.Purge(kafka.PurgeQueue | kafka.PurgeInFlight)
+				return fmt.Errorf("produce update round %d: %w", u.GetBaseRound(), ctx.Err())
+			}
+			return fmt.Errorf("produce update round %d: %w", u.GetBaseRound(), unreachable(err))
 		}
-		c.count.Sent(len(b) + len(msg.Key))
-		return nil
-	case <-ctx.Done():
-		// librdkafka still owns the message; Purge drops it so a late
-		// delivery cannot surprise a caller that already gave up.
-		_ = c.p.Purge(kafka.PurgeQueue | kafka.PurgeInFlight)
-		return fmt.Errorf("produce update round %d: %w", u.GetBaseRound(), ctx.Err())
+		for _, m := range batch {
+			c.count.Sent(len(m.Value) + len(m.Key))
+		}
 	}
+	return nil
 }
 
 // Stats implements channel.Client.

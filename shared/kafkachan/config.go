@@ -42,8 +42,9 @@ func GroupID(job string) string { return "fdx." + job + ".aggregator" }
 // instance it replaces.
 func TransactionalID(job string) string { return "fdx." + job + ".aggregator" }
 
-// MessageBytesFor returns the max.message.bytes a topic needs for a model of
-// numParams float32 parameters.
+// MessageBytesFor returns the size of a serialized model of numParams
+// float32 parameters, envelope included: the largest model or update a job
+// accepts. Records stay below the chunk size whatever it is.
 func MessageBytesFor(numParams int) int {
 	n := 4*numParams + recordOverhead
 	if n < MinMessageBytes {
@@ -65,6 +66,11 @@ type Options struct {
 	// record read; records that do not verify are ignored and counted
 	// (Stats.RecordsRejected). Without it models are trusted as read.
 	Verifier *trust.Verifier
+	// ChunkBytes is the size above which a model or update travels in
+	// chunks of this size (see chunk.go); 0 means DefaultChunkBytes. The
+	// aggregator sizes its topics' max.message.bytes to it, so clients
+	// must not use a larger one.
+	ChunkBytes int
 }
 
 func (o Options) validate() error {

@@ -115,8 +115,9 @@ func TestRoundTripAndResume(t *testing.T) {
 	}
 }
 
-// TestLargeModel publishes a record far over Kafka's default 1 MiB limit on a
-// topic created with a raised max.message.bytes.
+// TestLargeModel publishes a 6 MB model, which travels in chunks (see
+// chunk_test.go for their failure modes), and checks the two limits: the
+// server's own on the whole model, and the broker's on one record.
 func TestLargeModel(t *testing.T) {
 	brokers, job := kafkatest.Brokers(t), kafkatest.Job(t)
 	ctx := testCtx(t, 120*time.Second)
@@ -136,17 +137,17 @@ func TestLargeModel(t *testing.T) {
 		t.Fatalf("model values: len %d, err %v", len(vals), err)
 	}
 	// A model over the server's own limit is refused before it is sent.
-	if err := s.Publish(ctx, model(job, 2, 2*n)); err == nil || !strings.Contains(err.Error(), "over the topic's max.message.bytes") {
+	if err := s.Publish(ctx, model(job, 2, 2*n)); err == nil || !strings.Contains(err.Error(), "over the job's limit") {
 		t.Fatalf("Publish of a model over the server's limit = %v, want the client-side refusal", err)
 	}
 	// The broker itself refuses a record over the topic's limit: an
-	// operator lowers the limit under the server, and the next model,
-	// within the server's limit, fails at the broker with a clear error.
-	lowerMaxMessageBytes(ctx, t, brokers, ModelTopic(job), 2<<20)
+	// operator lowers the limit below one chunk under the server, and the
+	// next model fails at the broker with a clear error.
+	lowerMaxMessageBytes(ctx, t, brokers, ModelTopic(job), 512<<10)
 	err = s.Publish(ctx, model(job, 2, n))
 	var ke kafka.Error
 	if !errors.As(err, &ke) || ke.Code() != kafka.ErrMsgSizeTooLarge {
-		t.Fatalf("Publish of a 6 MB model to a topic limited to 2 MiB = %v, want the broker's MSG_SIZE_TOO_LARGE", err)
+		t.Fatalf("Publish of a 6 MB model to a topic limited to 512 KiB = %v, want the broker's MSG_SIZE_TOO_LARGE", err)
 	}
 	t.Logf("broker refused: %v", err)
 }

@@ -38,6 +38,14 @@ type modelReader struct {
 	// of waiting for the end-of-partition event (see readToEnd). Clients
 	// set it; the aggregator's restart path keeps the plain rule.
 	knownEnd bool
+	// chunks reassembles chunked models; need is where the chunks of the
+	// last incomplete one would start (-1: none), so that latest can go
+	// back for them.
+	chunks *assembler
+	need   int64
+	// from is where the current readToEnd began: a chunked model whose
+	// chunks lie before it is not a bad record, only out of the window.
+	from int64
 }
 
 // Fetch waits of model readers. A waiting reader keeps one fetch parked on
@@ -79,7 +87,8 @@ func newModelReader(o Options, count *channel.Counter, maxBytes int, client bool
 		return nil, fmt.Errorf("model consumer: %w", err)
 	}
 	startLogs(c, cm, o.logger())
-	return &modelReader{c: c, topic: ModelTopic(o.Job), job: o.Job, verifier: o.Verifier, count: count, log: o.logger(), knownEnd: client}, nil
+	return &modelReader{c: c, topic: ModelTopic(o.Job), job: o.Job, verifier: o.Verifier, count: count, log: o.logger(), knownEnd: client,
+		chunks: newAssembler(maxTransferBytes, maxTransferBytes), need: -1}, nil
 }
 
 func (r *modelReader) close() error { return closeConsumer(r.c, r.log) }
@@ -87,7 +96,9 @@ func (r *modelReader) close() error { return closeConsumer(r.c, r.log) }
 // latest returns the newest committed model, or nil when the topic is empty.
 // It seeks close to the end and widens the window backwards until it finds a
 // committed record: transaction markers and aborted records occupy offsets
-// that read_committed skips.
+// that read_committed skips. A chunked model's manifest is its last record;
+// when the window began after its chunks, the next window starts where the
+// manifest says they do.
 func (r *modelReader) latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
 	low, high, err := r.watermarks(ctx)
 	if err != nil {
@@ -97,14 +108,21 @@ func (r *modelReader) latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
 		r.started = true
 		return r.assign(ctx, high)
 	}
-	for back := int64(2); ; back *= 4 {
+	for back := int64(2); ; {
 		start := max(low, high-back)
+		r.chunks.forget(nil)
+		r.need = -1
 		m, err := r.readToEnd(ctx, start, high)
 		if err != nil {
 			return nil, err
 		}
 		if m != nil || start == low {
 			return m, nil
+		}
+		if r.need >= 0 && r.need < start {
+			back = high - r.need
+		} else {
+			back *= 4
 		}
 	}
 }
@@ -186,7 +204,7 @@ func (r *modelReader) readToEnd(ctx context.Context, offset, high int64) (*fdxv1
 	if _, err := r.assign(ctx, offset); err != nil {
 		return nil, err
 	}
-	r.started = true
+	r.started, r.from = true, offset
 	var last *fdxv1.GlobalModel
 	wait := pollInterval
 	for {
@@ -235,7 +253,19 @@ func (r *modelReader) pollFor(ctx context.Context, wait time.Duration) (*fdxv1.G
 			}
 			at := int64(ev.TopicPartition.Offset)
 			r.count.Received(len(ev.Value) + len(ev.Key))
+			if isChunk(ev) {
+				for _, f := range r.chunks.add(ev, "") {
+					r.count.Rejected()
+					r.log.Warn("chunked model dropped", "topic", r.topic, "offset", at, "reason", f.Reason, "err", f.Detail)
+				}
+				return nil, at, false, nil
+			}
 			m, err := r.decode(ev)
+			var te *transferError
+			if errors.As(err, &te) && te.Need >= 0 && te.Need < r.from {
+				// Its chunks precede the window: latest reads them next.
+				return nil, at, false, nil
+			}
 			if err != nil {
 				// Anyone who can reach the broker may write here: ignore
 				// the record and keep reading, rather than train on it,
@@ -261,18 +291,39 @@ func (r *modelReader) pollFor(ctx context.Context, wait time.Duration) (*fdxv1.G
 
 // decode returns the model a record holds if it is one to trust: it
 // decodes, its signature verifies (with a verifier), it belongs to the job
-// with a round inside it, and valid accepts it.
+// with a round inside it, and valid accepts it. A manifest's signature
+// covers the manifest, whose SHA-256 covers the reassembled model.
 func (r *modelReader) decode(msg *kafka.Message) (*fdxv1.GlobalModel, error) {
 	if r.verifier != nil {
 		if err := r.verifier.Verify(msg.Value, header(msg, trust.HeaderSignature), string(header(msg, trust.HeaderKeyID))); err != nil {
 			return nil, fmt.Errorf("signature: %w", err)
 		}
 	}
-	if len(msg.Value) == 0 {
+	value := msg.Value
+	if isManifest(msg) {
+		whole, failed := r.chunks.complete(msg, "")
+		for i, f := range failed {
+			if f.Need >= 0 {
+				r.need = f.Need
+			}
+			if i < len(failed)-1 || whole != nil {
+				r.count.Rejected()
+				r.log.Warn("chunked model dropped", "topic", r.topic, "reason", f.Reason, "err", f.Detail)
+			}
+		}
+		if whole == nil {
+			if len(failed) == 0 {
+				return nil, errors.New("repeated manifest")
+			}
+			return nil, failed[len(failed)-1]
+		}
+		value = whole
+	}
+	if len(value) == 0 {
 		return nil, errors.New("empty record")
 	}
 	m := &fdxv1.GlobalModel{}
-	if err := proto.Unmarshal(msg.Value, m); err != nil {
+	if err := proto.Unmarshal(value, m); err != nil {
 		return nil, fmt.Errorf("undecodable: %w", err)
 	}
 	if err := rules.CheckModel(m, r.job); err != nil {

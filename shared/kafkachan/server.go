@@ -26,6 +26,13 @@ type ServerOptions struct {
 	// the model and offsets are sent and before the commit: the place where
 	// fault-injection tests kill the process.
 	BeforeCommit func(round int64)
+	// AfterChunk, when set, runs inside a round transaction after chunk
+	// i of a chunked model is acknowledged: fault injection mid-transfer.
+	AfterChunk func(round int64, i int)
+	// MaxPendingBytes bounds the update chunks buffered until their
+	// manifests arrive (0: 1 GiB); a transfer that would exceed it is
+	// dropped as rules.Incomplete.
+	MaxPendingBytes int64
 	// Signer, when set, signs every model record (trust.HeaderSignature,
 	// trust.HeaderKeyID). Set Options.Verifier to its public key too, so
 	// that a restart restores only from the aggregator's own records.
@@ -46,7 +53,13 @@ type Server struct {
 	reader   *modelReader
 	count    channel.Counter
 	consumed map[int32]kafka.Offset // next offset per partition, not yet committed
-	maxBytes int
+	// maxBytes bounds a whole model or update, recordBytes one record (the
+	// topics' max.message.bytes).
+	maxBytes, recordBytes int
+	// updates reassembles chunked updates; queued holds the deliveries of
+	// transfers it dropped, returned by the next calls of Next.
+	updates *assembler
+	queued  []channel.Delivery
 	// rejoins counts consumer re-creations since the last committed round.
 	rejoins int
 }
@@ -68,17 +81,25 @@ func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
 	if opt.TransactionTimeout <= 0 {
 		opt.TransactionTimeout = 60 * time.Second
 	}
-	if err := EnsureTopics(ctx, opt.Options, opt.TopicOptions); err != nil {
+	maxBytes := max(opt.MaxMessageBytes, MinMessageBytes)
+	// Whatever is bigger than a chunk travels in chunks: the topics need
+	// room for one chunk, not for the whole model.
+	recordBytes := max(MinMessageBytes, min(maxBytes, opt.chunkBytes()+recordOverhead))
+	to := opt.TopicOptions
+	to.MaxMessageBytes = recordBytes
+	if err := EnsureTopics(ctx, opt.Options, to); err != nil {
 		return nil, err
 	}
-	maxBytes := max(opt.MaxMessageBytes, MinMessageBytes)
+	if opt.MaxPendingBytes <= 0 {
+		opt.MaxPendingBytes = 1 << 30
+	}
 	pcm := opt.producerConfig(kafka.ConfigMap{
 		"transactional.id":       TransactionalID(opt.Job),
 		"transaction.timeout.ms": int(opt.TransactionTimeout / time.Millisecond),
 		"enable.idempotence":     true,
 		"acks":                   "all",
 		"linger.ms":              0,
-		"message.max.bytes":      maxBytes,
+		"message.max.bytes":      recordBytes,
 	})
 	p, err := kafka.NewProducer(&pcm)
 	if err != nil {
@@ -86,7 +107,8 @@ func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
 	}
 	startLogs(p, pcm, opt.logger())
 	go drainEvents(p, opt.logger(), nil)
-	s := &Server{opt: opt, p: p, consumed: map[int32]kafka.Offset{}, maxBytes: maxBytes}
+	s := &Server{opt: opt, p: p, consumed: map[int32]kafka.Offset{}, maxBytes: maxBytes, recordBytes: recordBytes,
+		updates: newAssembler(int64(maxBytes), opt.MaxPendingBytes)}
 	if err := p.InitTransactions(ctx); err != nil {
 		p.Close()
 		return nil, fmt.Errorf("init transactions for job %s: %w", opt.Job, unreachable(err))
@@ -95,7 +117,7 @@ func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
 		s.p.Close()
 		return nil, err
 	}
-	s.reader, err = newModelReader(opt.Options, &s.count, maxBytes, false)
+	s.reader, err = newModelReader(opt.Options, &s.count, fetchBytes(maxBytes, recordBytes), false)
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -105,7 +127,7 @@ func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
 
 // subscribe creates the updates consumer and joins the group.
 func (s *Server) subscribe() error {
-	opt, maxBytes := s.opt, s.maxBytes
+	opt, maxBytes := s.opt, fetchBytes(s.maxBytes, s.recordBytes)
 	ccm := opt.configMap(kafka.ConfigMap{
 		"group.id":                  GroupID(opt.Job),
 		"enable.auto.commit":        false,
@@ -149,6 +171,7 @@ func (s *Server) rejoin(cause kafka.Error) error {
 	s.opt.logger().Warn("updates consumer fenced; rejoining the group", "job", s.opt.Job, "attempt", s.rejoins, "err", cause)
 	closeConsumer(s.c, s.opt.logger())
 	s.consumed = map[int32]kafka.Offset{}
+	s.updates.forget(nil)
 	return s.subscribe()
 }
 
@@ -158,6 +181,7 @@ func (s *Server) rebalanced(c *kafka.Consumer, ev kafka.Event) error {
 	if rev, ok := ev.(kafka.RevokedPartitions); ok {
 		for _, tp := range rev.Partitions {
 			delete(s.consumed, tp.Partition)
+			s.updates.forget(&tp.Partition)
 		}
 	}
 	return nil
@@ -178,6 +202,11 @@ func (s *Server) Latest(ctx context.Context, valid func(*fdxv1.GlobalModel) erro
 // Next implements channel.Server.
 func (s *Server) Next(ctx context.Context) (channel.Delivery, error) {
 	for {
+		if len(s.queued) > 0 {
+			d := s.queued[0]
+			s.queued = s.queued[1:]
+			return d, nil
+		}
 		if err := ctx.Err(); err != nil {
 			return channel.Delivery{}, err
 		}
@@ -190,7 +219,19 @@ func (s *Server) Next(ctx context.Context) (channel.Delivery, error) {
 			s.consumed[tp.Partition] = tp.Offset + 1
 			size := len(ev.Value) + len(ev.Key)
 			s.count.Received(size)
-			return s.delivery(ev, size), nil
+			switch {
+			case isChunk(ev):
+				s.dropped(s.updates.add(ev, string(ev.Key)))
+				continue
+			case isManifest(ev):
+				whole, failed := s.updates.complete(ev, string(ev.Key))
+				s.dropped(failed)
+				if whole != nil {
+					s.queued = append(s.queued, s.delivery(ev, whole, len(whole)+len(ev.Key)))
+				}
+				continue
+			}
+			return s.delivery(ev, ev.Value, size), nil
 		case kafka.Error:
 			if ev.IsFatal() && ev.Code() == kafka.ErrFencedInstanceID {
 				if err := s.rejoin(ev); err != nil {
@@ -206,17 +247,27 @@ func (s *Server) Next(ctx context.Context) (channel.Delivery, error) {
 	}
 }
 
-// delivery decodes an update record and authenticates it.
-func (s *Server) delivery(msg *kafka.Message, size int) channel.Delivery {
+// dropped queues a rejected delivery for every dropped update transfer, so
+// that the round loop counts it under its reason.
+func (s *Server) dropped(failed []*transferError) {
+	for _, f := range failed {
+		s.opt.logger().Warn("chunked update dropped", "topic", UpdatesTopic(s.opt.Job), "key", f.Key, "reason", f.Reason, "err", f.Detail)
+		s.queued = append(s.queued, channel.Delivery{Key: f.Key, Rejection: f.rejection()})
+	}
+}
+
+// delivery decodes an update, value (msg's value or, for a manifest, the
+// reassembled transfer), and authenticates it by msg's MAC.
+func (s *Server) delivery(msg *kafka.Message, value []byte, size int) channel.Delivery {
 	tp := msg.TopicPartition
 	d := channel.Delivery{Key: string(msg.Key), Size: size}
-	if len(msg.Value) == 0 {
+	if len(value) == 0 {
 		// proto would decode it as an empty update of no job.
 		d.Err = fmt.Errorf("empty record at %s[%d]@%d", *tp.Topic, tp.Partition, tp.Offset)
 		return d
 	}
 	u := &fdxv1.Update{}
-	if err := proto.Unmarshal(msg.Value, u); err != nil {
+	if err := proto.Unmarshal(value, u); err != nil {
 		d.Err = fmt.Errorf("decode update at %s[%d]@%d: %w", *tp.Topic, tp.Partition, tp.Offset, err)
 		return d
 	}
@@ -235,22 +286,29 @@ func (s *Server) delivery(msg *kafka.Message, size int) channel.Delivery {
 	return d
 }
 
-// Publish implements channel.Server: one transaction produces the model and
-// commits the offsets of every update consumed since the last publish.
+// Publish implements channel.Server: one transaction produces the model (in
+// chunks if it is larger than a chunk) and commits the offsets of every
+// update consumed since the last publish.
 func (s *Server) Publish(ctx context.Context, m *fdxv1.GlobalModel) error {
 	b, err := proto.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("encode model round %d: %w", m.GetRound(), err)
 	}
 	if len(b) > s.maxBytes {
-		return fmt.Errorf("model round %d is %d bytes, over the topic's max.message.bytes %d", m.GetRound(), len(b), s.maxBytes)
+		return fmt.Errorf("model round %d is %d bytes, over the job's limit %d", m.GetRound(), len(b), s.maxBytes)
 	}
 	for attempt := 0; ; attempt++ {
-		err := s.transact(ctx, m.GetRound(), b)
+		records, err := s.modelRecords(m.GetRound(), b)
+		if err != nil {
+			return fmt.Errorf("publish model round %d: %w", m.GetRound(), err)
+		}
+		err = s.transact(ctx, m.GetRound(), records)
 		if err == nil {
 			s.consumed = map[int32]kafka.Offset{}
 			s.rejoins = 0
-			s.count.Sent(len(b) + len(strconv.FormatInt(m.GetRound(), 10)))
+			for _, r := range records {
+				s.count.Sent(len(r.Value) + len(r.Key))
+			}
 			return nil
 		}
 		// A broker restart surfaces as retriable or abortable errors:
@@ -268,7 +326,29 @@ func (s *Server) Publish(ctx context.Context, m *fdxv1.GlobalModel) error {
 	}
 }
 
-func (s *Server) transact(ctx context.Context, round int64, value []byte) error {
+// modelRecords returns the records of one model: the record itself, or its
+// chunks and manifest. The signature covers the record or the manifest.
+func (s *Server) modelRecords(round int64, value []byte) ([]*kafka.Message, error) {
+	topic := ModelTopic(s.opt.Job)
+	key := []byte(strconv.FormatInt(round, 10))
+	last := &kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: 0}, Key: key, Value: value}
+	var records []*kafka.Message
+	if len(value) > s.opt.chunkBytes() {
+		chunks, manifest, err := transferRecords(topic, 0, key, value, s.opt.chunkBytes())
+		if err != nil {
+			return nil, err
+		}
+		records, last = chunks, manifest
+	}
+	if s.opt.Signer != nil {
+		last.Headers = append(last.Headers,
+			kafka.Header{Key: trust.HeaderSignature, Value: s.opt.Signer.Sign(last.Value)},
+			kafka.Header{Key: trust.HeaderKeyID, Value: []byte(s.opt.Signer.KeyID())})
+	}
+	return append(records, last), nil
+}
+
+func (s *Server) transact(ctx context.Context, round int64, records []*kafka.Message) error {
 	if err := s.p.BeginTransaction(); err != nil {
 		return err
 	}
@@ -282,35 +362,26 @@ func (s *Server) transact(ctx context.Context, round int64, value []byte) error 
 		}
 		return err
 	}
-	topic := ModelTopic(s.opt.Job)
-	done := make(chan kafka.Event, 1)
-	msg := &kafka.Message{
-		TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: 0},
-		Key:            []byte(strconv.FormatInt(round, 10)),
-		Value:          value,
-	}
-	if s.opt.Signer != nil {
-		msg.Headers = []kafka.Header{
-			{Key: trust.HeaderSignature, Value: s.opt.Signer.Sign(value)},
-			{Key: trust.HeaderKeyID, Value: []byte(s.opt.Signer.KeyID())},
+	var after func(int)
+	if s.opt.AfterChunk != nil && len(records) > 1 {
+		after = func(i int) {
+			if i < len(records)-1 {
+				s.opt.AfterChunk(round, i)
+			}
 		}
 	}
-	err := s.p.Produce(msg, done)
-	if err != nil {
+	if err := produceAll(ctx, s.p, records, after); err != nil {
 		return abort(err)
-	}
-	select {
-	case ev := <-done:
-		if m, ok := ev.(*kafka.Message); ok && m.TopicPartition.Error != nil {
-			return abort(m.TopicPartition.Error)
-		}
-	case <-ctx.Done():
-		return abort(ctx.Err())
 	}
 	if len(s.consumed) > 0 {
 		offsets := make([]kafka.TopicPartition, 0, len(s.consumed))
 		updates := UpdatesTopic(s.opt.Job)
 		for part, off := range s.consumed {
+			// An update whose chunks are still arriving is read whole
+			// again after a restart.
+			if first, ok := s.updates.firstPending(part); ok && first < off {
+				off = first
+			}
 			offsets = append(offsets, kafka.TopicPartition{Topic: &updates, Partition: part, Offset: off})
 		}
 		meta, err := s.c.GetConsumerGroupMetadata()
@@ -356,4 +427,10 @@ func (s *Server) Close() error {
 	}
 	s.p.Close()
 	return errors.Join(errs...)
+}
+
+// fetchBytes sizes a consumer's fetches: room for a whole record of up to
+// maxBytes, but no more than 64 MiB at a time once records are chunks.
+func fetchBytes(maxBytes, recordBytes int) int {
+	return max(recordBytes, min(maxBytes, 64<<20))
 }

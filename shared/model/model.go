@@ -60,6 +60,9 @@ func Kinds() []string { return []string{KindLogReg, Kind2NN} }
 
 // Known reports whether New accepts kind.
 func Known(kind string) bool {
+	if n, err := syntheticParams(kind); n > 0 || err != nil {
+		return err == nil
+	}
 	_, err := hiddenSizes(kind)
 	return err == nil
 }
@@ -72,7 +75,7 @@ func hiddenSizes(kind string) ([]int, error) {
 	case Kind2NN:
 		return []int{200, 200}, nil
 	default:
-		return nil, fmt.Errorf("unknown model kind %q (valid kinds: %s)", kind, strings.Join(Kinds(), ", "))
+		return nil, fmt.Errorf("unknown model kind %q (valid kinds: %s, %s<MB>)", kind, strings.Join(Kinds(), ", "), KindSyntheticPrefix)
 	}
 }
 
@@ -99,6 +102,12 @@ func layerSizes(kind string, inDim, classes int) ([]int, error) {
 // for a receiver that only checks tensors against the expected layout, such
 // as the aggregator validating an update.
 func SpecsFor(kind string, inDim, classes int) ([]tensor.Spec, error) {
+	if n, err := syntheticParams(kind); n > 0 || err != nil {
+		if err != nil {
+			return nil, fmt.Errorf("model: specs: %w", err)
+		}
+		return syntheticSpecs(n), nil
+	}
 	sizes, err := layerSizes(kind, inDim, classes)
 	if err != nil {
 		return nil, fmt.Errorf("model: specs: %w", err)
@@ -133,6 +142,9 @@ type Net struct {
 	// finiteness checks are single loops over one slice.
 	params []float64
 	layers []layer // views into params
+	// synthetic: params are random values of no network (synthetic.go);
+	// sizes holds only the data set's dimensions.
+	synthetic bool
 }
 
 // layer is one fully connected layer: out = in·Wᵀ + b, with W of shape
@@ -204,6 +216,12 @@ func numParams(sizes []int) int {
 // He-normal for the ReLU layers, Glorot-uniform for the output layer, biases
 // zero.
 func New(kind string, inDim, classes int, seed uint64) (*Net, error) {
+	if n, err := syntheticParams(kind); n > 0 || err != nil {
+		if err != nil {
+			return nil, fmt.Errorf("model: new: %w", err)
+		}
+		return newSynthetic(kind, n, inDim, classes, seed), nil
+	}
 	sizes, err := layerSizes(kind, inDim, classes)
 	if err != nil {
 		return nil, fmt.Errorf("model: new: %w", err)
@@ -262,14 +280,20 @@ func (n *Net) NumParams() int { return len(n.params) }
 
 // Specs returns the names and shapes of the parameters, in the order of
 // Params and Tensors.
-func (n *Net) Specs() []tensor.Spec { return specs(n.sizes) }
+func (n *Net) Specs() []tensor.Spec {
+	if n.synthetic {
+		return syntheticSpecs(len(n.params))
+	}
+	return specs(n.sizes)
+}
 
 // Clone returns a deep copy of n.
 func (n *Net) Clone() *Net {
 	c := &Net{
-		kind:   n.kind,
-		sizes:  append([]int(nil), n.sizes...),
-		params: append([]float64(nil), n.params...),
+		kind:      n.kind,
+		sizes:     append([]int(nil), n.sizes...),
+		params:    append([]float64(nil), n.params...),
+		synthetic: n.synthetic,
 	}
 	c.layers = layerViews(c.params, c.sizes)
 	return c
@@ -277,6 +301,9 @@ func (n *Net) Clone() *Net {
 
 // Params returns a copy of the parameters as float32, one slice per spec.
 func (n *Net) Params() [][]float32 {
+	if n.synthetic {
+		return n.syntheticValues()
+	}
 	out := make([][]float32, 0, 2*len(n.layers))
 	for _, ly := range n.layers {
 		w := make([]float32, ly.out*ly.in)
@@ -310,6 +337,10 @@ func (n *Net) SetParams(p [][]float32) error {
 				return fmt.Errorf("model: set params: %s has non-finite value %v at %d", s.Name, v, j)
 			}
 		}
+	}
+	if n.synthetic {
+		n.setSyntheticValues(p)
+		return nil
 	}
 	for l, ly := range n.layers {
 		w, b := p[2*l], p[2*l+1]

@@ -94,6 +94,9 @@ func (n *Net) Train(ctx context.Context, set *dataset.Set, opt TrainOptions) (Tr
 	if err := opt.Validate(); err != nil {
 		return TrainStats{}, fmt.Errorf("model: train: invalid options: %w", err)
 	}
+	if n.synthetic {
+		return n.trainSynthetic(ctx, set, opt)
+	}
 	if err := n.checkSet(set); err != nil {
 		return TrainStats{}, fmt.Errorf("model: train: %w", err)
 	}
@@ -157,6 +160,9 @@ func (n *Net) train(ctx context.Context, set *dataset.Set, opt TrainOptions, sta
 // Evaluate returns the mean loss and accuracy of n on set, in batches of at
 // most 1000 rows to bound memory. It does not modify n.
 func (n *Net) Evaluate(set *dataset.Set) (Metrics, error) {
+	if n.synthetic {
+		return n.evaluateSynthetic(set)
+	}
 	if err := n.checkSet(set); err != nil {
 		return Metrics{}, fmt.Errorf("model: evaluate: %w", err)
 	}

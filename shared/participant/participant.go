@@ -215,8 +215,14 @@ func (p *Participant) work(ctx context.Context, m *fdxv1.GlobalModel, clientID s
 			NumExamples: int64(held.Len()), Metrics: evalMetrics, Timings: &fdxv1.Timings{},
 		}, nil
 	}
+	// Two kinds of update send the step rather than the weights: an
+	// asynchronous aggregator's, which folds it into a model that may by now
+	// be versions ahead of the one we trained on, and a compressed one,
+	// whose small values float16 and int8 keep well.
+	dtype := cfg.GetUpdateDtype()
+	compressed := dtype != fdxv1.DType_DTYPE_UNSPECIFIED && dtype != fdxv1.DType_DTYPE_FLOAT32
 	var global [][]float32
-	if cfg.GetAsync() {
+	if cfg.GetAsync() || compressed {
 		global = net.Params()
 	}
 	trainStart := time.Now()
@@ -244,9 +250,11 @@ func (p *Participant) work(ctx context.Context, m *fdxv1.GlobalModel, clientID s
 		},
 	}
 	if global != nil {
-		// An asynchronous aggregator folds the step from the model we
-		// trained on, which by now may be versions behind: send the step.
-		u.Params, u.IsDelta = tensor.Encode(delta(net.Params(), global), net.Specs()), true
+		step, err := tensor.EncodeAs(delta(net.Params(), global), net.Specs(), dtype)
+		if err != nil {
+			return RoundResult{}, nil, fmt.Errorf("encode update: %w", err)
+		}
+		u.Params, u.IsDelta = step, true
 	}
 	maps.Copy(u.Metrics, evalMetrics)
 	res.Round, res.Status = m.GetRound(), StatusTrained

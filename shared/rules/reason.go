@@ -35,6 +35,12 @@ const (
 	Unauthenticated Reason = "unauthenticated"
 	// NotSampled: the client is not in the round's sample.
 	NotSampled Reason = "not_sampled"
+	// Incomplete: a chunked transfer lacks chunks (its sender died
+	// mid-transfer, or sent a newer one first).
+	Incomplete Reason = "incomplete"
+	// Checksum: a chunk or the reassembled whole does not match its
+	// manifest.
+	Checksum Reason = "checksum"
 )
 
 var wire = map[Reason]fdxv1.RejectReason{
@@ -54,6 +60,8 @@ var wire = map[Reason]fdxv1.RejectReason{
 	NotStored:       fdxv1.RejectReason_REJECT_REASON_NOT_STORED,
 	Unauthenticated: fdxv1.RejectReason_REJECT_REASON_UNAUTHENTICATED,
 	NotSampled:      fdxv1.RejectReason_REJECT_REASON_NOT_SAMPLED,
+	Incomplete:      fdxv1.RejectReason_REJECT_REASON_INCOMPLETE,
+	Checksum:        fdxv1.RejectReason_REJECT_REASON_CHECKSUM,
 }
 
 // Reasons lists every reason in a fixed order (the wire enum's), for metrics

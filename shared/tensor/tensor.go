@@ -75,6 +75,15 @@ func Float32s(dst []float32, t *fdxv1.Tensor) ([]float32, error) {
 			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(t.Data[4*i:]))
 		}
 		return dst, nil
+	case fdxv1.DType_DTYPE_FLOAT16:
+		if len(t.GetData()) != 2*n {
+			return nil, fmt.Errorf("tensor %q: %d data bytes for shape %v (want %d)", t.GetName(), len(t.GetData()), t.GetShape(), 2*n)
+		}
+		dst = grow(dst, n)
+		for i := range n {
+			dst[i] = fromHalf(binary.LittleEndian.Uint16(t.Data[2*i:]))
+		}
+		return dst, nil
 	case fdxv1.DType_DTYPE_INT8:
 		if len(t.GetData()) != n {
 			return nil, fmt.Errorf("tensor %q: %d data bytes for shape %v (want %d)", t.GetName(), len(t.GetData()), t.GetShape(), n)

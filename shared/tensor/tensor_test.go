@@ -39,7 +39,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"wrong name", func(ts []*fdxv1.Tensor) []*fdxv1.Tensor { ts[1].Name = "x"; return ts }, `name "x"`},
 		{"wrong shape", func(ts []*fdxv1.Tensor) []*fdxv1.Tensor { ts[0].Shape = []int64{3, 2}; return ts }, "shape"},
 		{"short data", func(ts []*fdxv1.Tensor) []*fdxv1.Tensor { ts[0].Data = ts[0].Data[:5]; return ts }, "data bytes"},
-		{"bad dtype", func(ts []*fdxv1.Tensor) []*fdxv1.Tensor { ts[0].Dtype = fdxv1.DType_DTYPE_FLOAT16; return ts }, "unsupported dtype"},
+		{"bad dtype", func(ts []*fdxv1.Tensor) []*fdxv1.Tensor { ts[0].Dtype = fdxv1.DType(99); return ts }, "unsupported dtype"},
 		{"nan", func(ts []*fdxv1.Tensor) []*fdxv1.Tensor {
 			ts[1] = FromFloat32("b", []int64{3}, []float32{0, float32(math.NaN()), 0})
 			return ts

@@ -33,7 +33,7 @@ const (
 	DType_DTYPE_UNSPECIFIED DType = 0
 	// IEEE 754 binary32, little-endian.
 	DType_DTYPE_FLOAT32 DType = 1
-	// IEEE 754 binary16, little-endian. Reserved for quantized transport.
+	// IEEE 754 binary16, little-endian.
 	DType_DTYPE_FLOAT16 DType = 2
 	// Signed bytes; the real value is data[i] * scale.
 	DType_DTYPE_INT8 DType = 3
@@ -119,6 +119,12 @@ const (
 	RejectReason_REJECT_REASON_UNAUTHENTICATED RejectReason = 15
 	// The client is not in the round's sample (GlobalModel.sampling).
 	RejectReason_REJECT_REASON_NOT_SAMPLED RejectReason = 16
+	// A chunked transfer lacks chunks (a sender died mid-transfer, or a
+	// newer transfer of the same sender superseded it).
+	RejectReason_REJECT_REASON_INCOMPLETE RejectReason = 17
+	// A chunk, or the reassembled whole, does not match its manifest's
+	// checksum.
+	RejectReason_REJECT_REASON_CHECKSUM RejectReason = 18
 )
 
 // Enum value maps for RejectReason.
@@ -141,6 +147,8 @@ var (
 		14: "REJECT_REASON_NOT_STORED",
 		15: "REJECT_REASON_UNAUTHENTICATED",
 		16: "REJECT_REASON_NOT_SAMPLED",
+		17: "REJECT_REASON_INCOMPLETE",
+		18: "REJECT_REASON_CHECKSUM",
 	}
 	RejectReason_value = map[string]int32{
 		"REJECT_REASON_UNSPECIFIED":      0,
@@ -160,6 +168,8 @@ var (
 		"REJECT_REASON_NOT_STORED":       14,
 		"REJECT_REASON_UNAUTHENTICATED":  15,
 		"REJECT_REASON_NOT_SAMPLED":      16,
+		"REJECT_REASON_INCOMPLETE":       17,
+		"REJECT_REASON_CHECKSUM":         18,
 	}
 )
 
@@ -379,8 +389,13 @@ type TrainConfig struct {
 	// evaluation (0 = none; see the dataset package's Holdout). The same
 	// examples are held out in every round.
 	HoldoutFraction float64 `protobuf:"fixed64,20,opt,name=holdout_fraction,json=holdoutFraction,proto3" json:"holdout_fraction,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Encoding of the updates clients send: UNSPECIFIED or FLOAT32 sends the
+	// local weights as float32; FLOAT16 and INT8 (per-tensor scale) send the
+	// delta from the global model in that type, flagged is_delta. (A high
+	// field number leaves room for other additions.)
+	UpdateDtype   DType `protobuf:"varint,21,opt,name=update_dtype,json=updateDtype,proto3,enum=fdx.v1.DType" json:"update_dtype,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TrainConfig) Reset() {
@@ -488,6 +503,13 @@ func (x *TrainConfig) GetHoldoutFraction() float64 {
 		return x.HoldoutFraction
 	}
 	return 0
+}
+
+func (x *TrainConfig) GetUpdateDtype() DType {
+	if x != nil {
+		return x.UpdateDtype
+	}
+	return DType_DTYPE_UNSPECIFIED
 }
 
 // Sampling names the clients a round asks to train and to evaluate. Client c
@@ -1147,6 +1169,102 @@ func (x *SubmitUpdateResponse) GetRejectReason() RejectReason {
 	return RejectReason_REJECT_REASON_UNSPECIFIED
 }
 
+// TransferManifest closes a message sent in chunks. A serialized
+// GlobalModel or Update larger than the sender's chunk size travels as
+// chunk records (raw slices of the serialized message, in order) followed by
+// this manifest; a reader reassembles the chunks, checks every chunk and the
+// whole against it, and uses the whole only if everything matches. The
+// model's signature and the update's MAC cover the manifest, which carries
+// the whole's SHA-256, so they authenticate the whole.
+type TransferManifest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Random id shared by the manifest and its chunks.
+	TransferId string `protobuf:"bytes,1,opt,name=transfer_id,json=transferId,proto3" json:"transfer_id,omitempty"`
+	// Size of the whole serialized message in bytes.
+	TotalSize  int64 `protobuf:"varint,2,opt,name=total_size,json=totalSize,proto3" json:"total_size,omitempty"`
+	ChunkCount int32 `protobuf:"varint,3,opt,name=chunk_count,json=chunkCount,proto3" json:"chunk_count,omitempty"`
+	// Size of every chunk but the last.
+	ChunkSize int32 `protobuf:"varint,4,opt,name=chunk_size,json=chunkSize,proto3" json:"chunk_size,omitempty"`
+	// SHA-256 of the whole serialized message.
+	Sha256 []byte `protobuf:"bytes,5,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// CRC-32C (Castagnoli) of each chunk, in order.
+	ChunkCrc32C   []uint32 `protobuf:"fixed32,6,rep,packed,name=chunk_crc32c,json=chunkCrc32c,proto3" json:"chunk_crc32c,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferManifest) Reset() {
+	*x = TransferManifest{}
+	mi := &file_fdx_v1_fdx_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferManifest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferManifest) ProtoMessage() {}
+
+func (x *TransferManifest) ProtoReflect() protoreflect.Message {
+	mi := &file_fdx_v1_fdx_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferManifest.ProtoReflect.Descriptor instead.
+func (*TransferManifest) Descriptor() ([]byte, []int) {
+	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *TransferManifest) GetTransferId() string {
+	if x != nil {
+		return x.TransferId
+	}
+	return ""
+}
+
+func (x *TransferManifest) GetTotalSize() int64 {
+	if x != nil {
+		return x.TotalSize
+	}
+	return 0
+}
+
+func (x *TransferManifest) GetChunkCount() int32 {
+	if x != nil {
+		return x.ChunkCount
+	}
+	return 0
+}
+
+func (x *TransferManifest) GetChunkSize() int32 {
+	if x != nil {
+		return x.ChunkSize
+	}
+	return 0
+}
+
+func (x *TransferManifest) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+func (x *TransferManifest) GetChunkCrc32C() []uint32 {
+	if x != nil {
+		return x.ChunkCrc32C
+	}
+	return nil
+}
+
 var File_fdx_v1_fdx_proto protoreflect.FileDescriptor
 
 const file_fdx_v1_fdx_proto_rawDesc = "" +
@@ -1163,7 +1281,7 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\x0enum_partitions\x18\x02 \x01(\x05R\rnumPartitions\x12\x12\n" +
 	"\x04seed\x18\x03 \x01(\x04R\x04seed\x12\x14\n" +
 	"\x05alpha\x18\x04 \x01(\x01R\x05alpha\x12*\n" +
-	"\x11shards_per_client\x18\x05 \x01(\x05R\x0fshardsPerClient\"\xf2\x02\n" +
+	"\x11shards_per_client\x18\x05 \x01(\x05R\x0fshardsPerClient\"\xa4\x03\n" +
 	"\vTrainConfig\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
 	"\rlearning_rate\x18\x02 \x01(\x01R\flearningRate\x12\x1d\n" +
@@ -1177,7 +1295,8 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\vproximal_mu\x18\t \x01(\x01R\n" +
 	"proximalMu\x12\x14\n" +
 	"\x05async\x18\x10 \x01(\bR\x05async\x12)\n" +
-	"\x10holdout_fraction\x18\x14 \x01(\x01R\x0fholdoutFraction\"\xf2\x02\n" +
+	"\x10holdout_fraction\x18\x14 \x01(\x01R\x0fholdoutFraction\x120\n" +
+	"\fupdate_dtype\x18\x15 \x01(\x0e2\r.fdx.v1.DTypeR\vupdateDtype\"\xf2\x02\n" +
 	"\bSampling\x12\x12\n" +
 	"\x04seed\x18\x01 \x01(\x04R\x04seed\x12\x1e\n" +
 	"\n" +
@@ -1246,13 +1365,24 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\baccepted\x18\x01 \x01(\bR\baccepted\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x14\n" +
 	"\x05round\x18\x03 \x01(\x03R\x05round\x129\n" +
-	"\rreject_reason\x18\x04 \x01(\x0e2\x14.fdx.v1.RejectReasonR\frejectReason*T\n" +
+	"\rreject_reason\x18\x04 \x01(\x0e2\x14.fdx.v1.RejectReasonR\frejectReason\"\xcd\x01\n" +
+	"\x10TransferManifest\x12\x1f\n" +
+	"\vtransfer_id\x18\x01 \x01(\tR\n" +
+	"transferId\x12\x1d\n" +
+	"\n" +
+	"total_size\x18\x02 \x01(\x03R\ttotalSize\x12\x1f\n" +
+	"\vchunk_count\x18\x03 \x01(\x05R\n" +
+	"chunkCount\x12\x1d\n" +
+	"\n" +
+	"chunk_size\x18\x04 \x01(\x05R\tchunkSize\x12\x16\n" +
+	"\x06sha256\x18\x05 \x01(\fR\x06sha256\x12!\n" +
+	"\fchunk_crc32c\x18\x06 \x03(\aR\vchunkCrc32c*T\n" +
 	"\x05DType\x12\x15\n" +
 	"\x11DTYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rDTYPE_FLOAT32\x10\x01\x12\x11\n" +
 	"\rDTYPE_FLOAT16\x10\x02\x12\x0e\n" +
 	"\n" +
-	"DTYPE_INT8\x10\x03*\xa3\x04\n" +
+	"DTYPE_INT8\x10\x03*\xdd\x04\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19REJECT_REASON_UNDECODABLE\x10\x01\x12\x1b\n" +
@@ -1271,7 +1401,9 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\x1aREJECT_REASON_OUT_OF_RANGE\x10\r\x12\x1c\n" +
 	"\x18REJECT_REASON_NOT_STORED\x10\x0e\x12!\n" +
 	"\x1dREJECT_REASON_UNAUTHENTICATED\x10\x0f\x12\x1d\n" +
-	"\x19REJECT_REASON_NOT_SAMPLED\x10\x102\xc6\x01\n" +
+	"\x19REJECT_REASON_NOT_SAMPLED\x10\x10\x12\x1c\n" +
+	"\x18REJECT_REASON_INCOMPLETE\x10\x11\x12\x1a\n" +
+	"\x16REJECT_REASON_CHECKSUM\x10\x122\xc6\x01\n" +
 	"\n" +
 	"Aggregator\x128\n" +
 	"\bGetModel\x12\x17.fdx.v1.GetModelRequest\x1a\x13.fdx.v1.GlobalModel\x12@\n" +
@@ -1291,7 +1423,7 @@ func file_fdx_v1_fdx_proto_rawDescGZIP() []byte {
 }
 
 var file_fdx_v1_fdx_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fdx_v1_fdx_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_fdx_v1_fdx_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_fdx_v1_fdx_proto_goTypes = []any{
 	(DType)(0),                    // 0: fdx.v1.DType
 	(RejectReason)(0),             // 1: fdx.v1.RejectReason
@@ -1305,38 +1437,40 @@ var file_fdx_v1_fdx_proto_goTypes = []any{
 	(*GetModelRequest)(nil),       // 9: fdx.v1.GetModelRequest
 	(*WatchModelsRequest)(nil),    // 10: fdx.v1.WatchModelsRequest
 	(*SubmitUpdateResponse)(nil),  // 11: fdx.v1.SubmitUpdateResponse
-	nil,                           // 12: fdx.v1.GlobalModel.MetricsEntry
-	nil,                           // 13: fdx.v1.Update.MetricsEntry
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*TransferManifest)(nil),      // 12: fdx.v1.TransferManifest
+	nil,                           // 13: fdx.v1.GlobalModel.MetricsEntry
+	nil,                           // 14: fdx.v1.Update.MetricsEntry
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
 }
 var file_fdx_v1_fdx_proto_depIdxs = []int32{
 	0,  // 0: fdx.v1.Tensor.dtype:type_name -> fdx.v1.DType
 	3,  // 1: fdx.v1.TrainConfig.partition:type_name -> fdx.v1.PartitionSpec
-	2,  // 2: fdx.v1.GlobalModel.params:type_name -> fdx.v1.Tensor
-	4,  // 3: fdx.v1.GlobalModel.train_config:type_name -> fdx.v1.TrainConfig
-	14, // 4: fdx.v1.GlobalModel.published_at:type_name -> google.protobuf.Timestamp
-	14, // 5: fdx.v1.GlobalModel.deadline:type_name -> google.protobuf.Timestamp
-	12, // 6: fdx.v1.GlobalModel.metrics:type_name -> fdx.v1.GlobalModel.MetricsEntry
-	5,  // 7: fdx.v1.GlobalModel.sampling:type_name -> fdx.v1.Sampling
-	14, // 8: fdx.v1.Timings.model_received:type_name -> google.protobuf.Timestamp
-	14, // 9: fdx.v1.Timings.train_start:type_name -> google.protobuf.Timestamp
-	14, // 10: fdx.v1.Timings.train_end:type_name -> google.protobuf.Timestamp
-	14, // 11: fdx.v1.Timings.sent:type_name -> google.protobuf.Timestamp
-	2,  // 12: fdx.v1.Update.params:type_name -> fdx.v1.Tensor
-	13, // 13: fdx.v1.Update.metrics:type_name -> fdx.v1.Update.MetricsEntry
-	7,  // 14: fdx.v1.Update.timings:type_name -> fdx.v1.Timings
-	1,  // 15: fdx.v1.SubmitUpdateResponse.reject_reason:type_name -> fdx.v1.RejectReason
-	9,  // 16: fdx.v1.Aggregator.GetModel:input_type -> fdx.v1.GetModelRequest
-	10, // 17: fdx.v1.Aggregator.WatchModels:input_type -> fdx.v1.WatchModelsRequest
-	8,  // 18: fdx.v1.Aggregator.SubmitUpdate:input_type -> fdx.v1.Update
-	6,  // 19: fdx.v1.Aggregator.GetModel:output_type -> fdx.v1.GlobalModel
-	6,  // 20: fdx.v1.Aggregator.WatchModels:output_type -> fdx.v1.GlobalModel
-	11, // 21: fdx.v1.Aggregator.SubmitUpdate:output_type -> fdx.v1.SubmitUpdateResponse
-	19, // [19:22] is the sub-list for method output_type
-	16, // [16:19] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	0,  // 2: fdx.v1.TrainConfig.update_dtype:type_name -> fdx.v1.DType
+	2,  // 3: fdx.v1.GlobalModel.params:type_name -> fdx.v1.Tensor
+	4,  // 4: fdx.v1.GlobalModel.train_config:type_name -> fdx.v1.TrainConfig
+	15, // 5: fdx.v1.GlobalModel.published_at:type_name -> google.protobuf.Timestamp
+	15, // 6: fdx.v1.GlobalModel.deadline:type_name -> google.protobuf.Timestamp
+	13, // 7: fdx.v1.GlobalModel.metrics:type_name -> fdx.v1.GlobalModel.MetricsEntry
+	5,  // 8: fdx.v1.GlobalModel.sampling:type_name -> fdx.v1.Sampling
+	15, // 9: fdx.v1.Timings.model_received:type_name -> google.protobuf.Timestamp
+	15, // 10: fdx.v1.Timings.train_start:type_name -> google.protobuf.Timestamp
+	15, // 11: fdx.v1.Timings.train_end:type_name -> google.protobuf.Timestamp
+	15, // 12: fdx.v1.Timings.sent:type_name -> google.protobuf.Timestamp
+	2,  // 13: fdx.v1.Update.params:type_name -> fdx.v1.Tensor
+	14, // 14: fdx.v1.Update.metrics:type_name -> fdx.v1.Update.MetricsEntry
+	7,  // 15: fdx.v1.Update.timings:type_name -> fdx.v1.Timings
+	1,  // 16: fdx.v1.SubmitUpdateResponse.reject_reason:type_name -> fdx.v1.RejectReason
+	9,  // 17: fdx.v1.Aggregator.GetModel:input_type -> fdx.v1.GetModelRequest
+	10, // 18: fdx.v1.Aggregator.WatchModels:input_type -> fdx.v1.WatchModelsRequest
+	8,  // 19: fdx.v1.Aggregator.SubmitUpdate:input_type -> fdx.v1.Update
+	6,  // 20: fdx.v1.Aggregator.GetModel:output_type -> fdx.v1.GlobalModel
+	6,  // 21: fdx.v1.Aggregator.WatchModels:output_type -> fdx.v1.GlobalModel
+	11, // 22: fdx.v1.Aggregator.SubmitUpdate:output_type -> fdx.v1.SubmitUpdateResponse
+	20, // [20:23] is the sub-list for method output_type
+	17, // [17:20] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_fdx_v1_fdx_proto_init() }
@@ -1350,7 +1484,7 @@ func file_fdx_v1_fdx_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fdx_v1_fdx_proto_rawDesc), len(file_fdx_v1_fdx_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,211 @@
+// Command transfer measures how fast the Kafka channel moves one large model
+// and one large update (synthetic, -sizes in MB) against a raw
+// produce/consume of the same bytes, in 1 MiB records, on the same broker in
+// the same run. A model is timed from Publish to its return (one
+// transaction: chunks, manifest, commit) and from a fresh client's Model
+// call to the decoded model; an update from Submit to the broker's
+// acknowledgements and from the aggregator's Next to the verified,
+// decoded delivery. The raw baseline produces with acks=all and reads with
+// read_committed, as the channel does.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fdxkafka/fdxkafka/internal/cli"
+	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+	"github.com/fdxkafka/fdxkafka/shared/model"
+)
+
+func main() { cli.Main("transfer", run) }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("transfer", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	brokers := fs.String("brokers", "127.0.0.1:9092", "Kafka bootstrap list")
+	sizes := fs.String("sizes", "10,100", "model sizes in MB")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "| size | what | channel s | channel MB/s | raw s | raw MB/s | channel / raw |\n|---|---|---|---|---|---|---|")
+	for _, s := range strings.Split(*sizes, ",") {
+		mb, err := strconv.Atoi(s)
+		if err != nil {
+			return cli.Usagef("size %q: %v", s, err)
+		}
+		if err := measure(ctx, *brokers, mb, stdout); err != nil {
+			return fmt.Errorf("%d MB: %w", mb, err)
+		}
+	}
+	return nil
+}
+
+func measure(ctx context.Context, brokers string, mb int, out io.Writer) error {
+	kind := fmt.Sprintf("synthetic:%d", mb)
+	net, err := model.New(kind, 784, 10, 1)
+	if err != nil {
+		return err
+	}
+	job := fmt.Sprintf("transfer-%d-%s", mb, strconv.FormatInt(time.Now().UnixNano(), 36))
+	params := net.Tensors()
+	net = nil
+	m := &fdxv1.GlobalModel{Job: job, Round: 1, Params: params, NumRounds: 5}
+	size := proto.Size(m)
+	o := kafkachan.Options{Brokers: brokers, Job: job}
+	srv, err := kafkachan.NewServer(ctx, kafkachan.ServerOptions{Options: o,
+		TopicOptions: kafkachan.TopicOptions{UpdatePartitions: 1, MaxMessageBytes: size + 1<<20}})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	start := time.Now()
+	if err := srv.Publish(ctx, m); err != nil {
+		return err
+	}
+	publish := time.Since(start)
+	c, err := kafkachan.Dial(ctx, kafkachan.ClientOptions{Options: o})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	start = time.Now()
+	if got, err := c.Model(ctx, 1); err != nil || len(got.GetParams()) != len(params) {
+		return fmt.Errorf("model: %v", err)
+	}
+	fetch := time.Since(start)
+	u := &fdxv1.Update{Job: job, ClientId: "c1", BaseRound: 1, NumExamples: 1, Params: params}
+	start = time.Now()
+	if err := c.Submit(ctx, u); err != nil {
+		return err
+	}
+	submit := time.Since(start)
+	d, err := srv.Next(ctx)
+	if err != nil || d.Update == nil || d.Rejection != nil {
+		return fmt.Errorf("next: %v %v %v", err, d.Err, d.Rejection)
+	}
+	update := time.Since(start)
+
+	rawProduce, rawEndToEnd, rawCold, err := raw(ctx, brokers, job+".raw", size)
+	if err != nil {
+		return err
+	}
+	row := func(what string, ch, rw time.Duration) {
+		mbs := func(d time.Duration) float64 { return float64(size) / 1e6 / d.Seconds() }
+		fmt.Fprintf(out, "| %d MB | %s | %.2f | %.0f | %.2f | %.0f | %.2f |\n", mb, what, ch.Seconds(), mbs(ch), rw.Seconds(), mbs(rw), rw.Seconds()/ch.Seconds())
+	}
+	row("model publish (one transaction) / raw produce", publish, rawProduce)
+	row("model fetch (new client) / raw cold read", fetch, rawCold)
+	row("update submit / raw produce", submit, rawProduce)
+	row("update submit to aggregator's delivery / raw produce to consume", update, rawEndToEnd)
+	return nil
+}
+
+// raw produces size bytes in 1 MiB records to a new topic while a live
+// consumer reads them (produce: until every record is acknowledged;
+// endToEnd: until the consumer holds the last byte), then reads them again
+// with a new consumer (cold). Every consumer's connection is up before its
+// clock starts, as the channel's are.
+func raw(ctx context.Context, brokers, topic string, size int) (produce, endToEnd, cold time.Duration, err error) {
+	p, err := kafka.NewProducer(&kafka.ConfigMap{"bootstrap.servers": brokers, "acks": "all", "enable.idempotence": true,
+		"linger.ms": 0, "message.max.bytes": 2 << 20, "go.events.channel.size": 64})
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer p.Close()
+	ac, err := kafka.NewAdminClientFromProducer(p)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	res, err := ac.CreateTopics(ctx, []kafka.TopicSpecification{{Topic: topic, NumPartitions: 1, ReplicationFactor: -1,
+		Config: map[string]string{"max.message.bytes": strconv.Itoa(2 << 20)}}})
+	ac.Close()
+	if err != nil || res[0].Error.Code() != kafka.ErrNoError {
+		return 0, 0, 0, fmt.Errorf("create %s: %v %v", topic, err, res)
+	}
+	live, err := consumer(ctx, brokers, topic)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer live.Close()
+	buf := make([]byte, size)
+	const chunk = 1 << 20
+	n := (size + chunk - 1) / chunk
+	done := make(chan kafka.Event, n)
+	consumed := make(chan error, 1)
+	start := time.Now()
+	go func() { consumed <- readAll(ctx, live, size) }()
+	for i := range n {
+		if err := p.Produce(&kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: 0},
+			Value: buf[i*chunk : min(size, (i+1)*chunk)]}, done); err != nil {
+			return 0, 0, 0, err
+		}
+	}
+	for range n {
+		if m := (<-done).(*kafka.Message); m.TopicPartition.Error != nil {
+			return 0, 0, 0, m.TopicPartition.Error
+		}
+	}
+	produce = time.Since(start)
+	if err := <-consumed; err != nil {
+		return 0, 0, 0, err
+	}
+	endToEnd = time.Since(start)
+	c, err := consumer(ctx, brokers, topic)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer c.Close()
+	start = time.Now()
+	if err := readAll(ctx, c, size); err != nil {
+		return 0, 0, 0, err
+	}
+	return produce, endToEnd, time.Since(start), nil
+}
+
+// consumer returns a read_committed consumer of topic's partition 0 from
+// the beginning, connected.
+func consumer(ctx context.Context, brokers, topic string) (*kafka.Consumer, error) {
+	c, err := kafka.NewConsumer(&kafka.ConfigMap{"bootstrap.servers": brokers, "group.id": topic, "isolation.level": "read_committed",
+		"enable.auto.commit": false, "fetch.wait.max.ms": 50, "fetch.max.bytes": 128 << 20, "max.partition.fetch.bytes": 64 << 20, "receive.message.max.bytes": 129 << 20})
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := c.QueryWatermarkOffsets(topic, 0, 10000); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if err := c.Assign([]kafka.TopicPartition{{Topic: &topic, Partition: 0, Offset: kafka.OffsetBeginning}}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// readAll polls c until it has read size bytes.
+func readAll(ctx context.Context, c *kafka.Consumer, size int) error {
+	for got := 0; got < size; {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		switch ev := c.Poll(100).(type) {
+		case *kafka.Message:
+			got += len(ev.Value)
+		case kafka.Error:
+			if ev.IsFatal() {
+				return errors.New(ev.Error())
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,406 @@
+package kafkachan
+
+// Chunked transfer. A serialized model or update larger than the chunk size
+// (Options.ChunkBytes, 1 MiB by default) travels as chunk records, raw
+// slices of the serialized message in order, followed by a manifest record
+// (fdx.v1.TransferManifest: total size, chunk count, SHA-256 of the whole,
+// CRC-32C of each chunk). The topics' max.message.bytes then stays at the
+// chunk size whatever the model's size.
+//
+// Model chunks are produced inside the round's transaction, so a
+// read_committed reader sees all of them or none: an aggregator killed
+// mid-transfer leaves an aborted transaction that nobody reads. Update
+// chunks are keyed by client id, so they land in one partition in order;
+// the client sends the manifest only once every chunk is acknowledged, so
+// the manifest follows its chunks even when librdkafka retries out of
+// order. A reader keeps the chunks of one transfer per (partition, key)
+// until its manifest arrives, checks every chunk and the whole, and uses the
+// whole only if all match; a transfer that lacks chunks (its sender died, or
+// a newer transfer of the same key started first) is dropped as
+// rules.Incomplete, one that does not match as rules.Checksum.
+//
+// The model's signature and the update's MAC are computed over the
+// manifest, which carries the whole's SHA-256: they authenticate the whole.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"strconv"
+	"strings"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"google.golang.org/protobuf/proto"
+
+	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
+)
+
+// DefaultChunkBytes is the chunk size, and the size above which a message
+// is chunked, when Options.ChunkBytes is 0.
+const DefaultChunkBytes = 1 << 20
+
+// Record headers of a chunked transfer.
+const (
+	// headerTransfer carries the transfer id on chunks and the manifest.
+	headerTransfer = "fdx-transfer"
+	// headerChunk is "index/count/total" on a chunk record.
+	headerChunk = "fdx-chunk"
+	// headerManifest marks the manifest record.
+	headerManifest = "fdx-manifest"
+)
+
+// Bounds on what a reader accepts from chunk headers before the manifest
+// vouches for them: a protobuf message is at most 2 GiB, and a chunk count
+// bounds the index slice a reader allocates.
+const (
+	maxTransferBytes = 2<<30 - 1
+	maxChunks        = 1 << 16
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// chunkBytes is the effective chunk size.
+func (o Options) chunkBytes() int {
+	if o.ChunkBytes > 0 {
+		return o.ChunkBytes
+	}
+	return DefaultChunkBytes
+}
+
+// transferRecords splits whole into chunk records and the manifest record
+// that closes them, all for topic's partition (kafka.PartitionAny: by key)
+// with key. The caller adds the manifest's signature or MAC.
+func transferRecords(topic string, partition int32, key, whole []byte, chunkBytes int) ([]*kafka.Message, *kafka.Message, error) {
+	var idb [12]byte
+	if _, err := rand.Read(idb[:]); err != nil {
+		return nil, nil, fmt.Errorf("transfer id: %w", err)
+	}
+	id := []byte(hex.EncodeToString(idb[:]))
+	n := (len(whole) + chunkBytes - 1) / chunkBytes
+	sum := sha256.Sum256(whole)
+	man := &fdxv1.TransferManifest{
+		TransferId: string(id), TotalSize: int64(len(whole)), ChunkCount: int32(n),
+		ChunkSize: int32(chunkBytes), Sha256: sum[:], ChunkCrc32C: make([]uint32, n),
+	}
+	chunks := make([]*kafka.Message, n)
+	for i := range n {
+		part := whole[i*chunkBytes : min((i+1)*chunkBytes, len(whole))]
+		man.ChunkCrc32C[i] = crc32.Checksum(part, castagnoli)
+		chunks[i] = &kafka.Message{
+			TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: partition},
+			Key:            key,
+			Value:          part,
+			Headers: []kafka.Header{
+				{Key: headerTransfer, Value: id},
+				{Key: headerChunk, Value: fmt.Appendf(nil, "%d/%d/%d", i, n, len(whole))},
+			},
+		}
+	}
+	mb, err := proto.Marshal(man)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode manifest: %w", err)
+	}
+	manifest := &kafka.Message{
+		TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: partition},
+		Key:            key,
+		Value:          mb,
+		Headers:        []kafka.Header{{Key: headerTransfer, Value: id}, {Key: headerManifest, Value: []byte("1")}},
+	}
+	return chunks, manifest, nil
+}
+
+// produceAll produces msgs and waits for every delivery report; after, when
+// set, runs after the i-th report (fault injection). It returns the first
+// delivery error.
+func produceAll(ctx context.Context, p *kafka.Producer, msgs []*kafka.Message, after func(i int)) error {
+	done := make(chan kafka.Event, len(msgs))
+	for _, m := range msgs {
+		if err := p.Produce(m, done); err != nil {
+			return err
+		}
+	}
+	var first error
+	for i := range msgs {
+		select {
+		case ev := <-done:
+			m, ok := ev.(*kafka.Message)
+			if !ok {
+				return fmt.Errorf("unexpected delivery event %v", ev)
+			}
+			if err := m.TopicPartition.Error; err != nil && (first == nil || failedState(first)) {
+				// Once one record of a transaction fails, librdkafka
+				// fails the others as "erroneous state": the cause is
+				// the one that is not.
+				first = err
+			}
+			if after != nil && first == nil {
+				after(i)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return first
+}
+
+// failedState reports whether err is librdkafka's failure of a record
+// for an earlier one's failure.
+func failedState(err error) bool {
+	var ke kafka.Error
+	return errors.As(err, &ke) && ke.Code() == kafka.ErrState
+}
+
+// isChunk and isManifest tell the records of a chunked transfer apart.
+func isChunk(msg *kafka.Message) bool    { return header(msg, headerChunk) != nil }
+func isManifest(msg *kafka.Message) bool { return header(msg, headerManifest) != nil }
+
+// transferError is a dropped transfer: why, and, for an incomplete one, the
+// offset where its chunks should start (-1 if unknown), so that a reader
+// that started reading after them can go back.
+type transferError struct {
+	Reason rules.Reason
+	Detail string
+	Key    string
+	// Need is where the transfer's chunks would start if they are
+	// contiguous and just before the manifest; -1 when unknown.
+	Need int64
+}
+
+func (e *transferError) Error() string { return string(e.Reason) + ": " + e.Detail }
+
+// rejection is e as an update rejection.
+func (e *transferError) rejection() *rules.Rejection {
+	return &rules.Rejection{Reason: e.Reason, Detail: e.Detail}
+}
+
+// pendingKey groups the chunks of one sender: its partition and record key.
+type pendingKey struct {
+	partition int32
+	key       string
+}
+
+// transfer is one transfer being reassembled.
+type transfer struct {
+	id     string
+	count  int
+	total  int64
+	chunks [][]byte
+	bytes  int64
+	// first is the lowest offset of its chunks: where a consumer must
+	// restart to read it whole.
+	first kafka.Offset
+	// done: completed or reported; later chunks of the same id (retried
+	// duplicates) are ignored.
+	done bool
+	// dropped, when set, says why the chunks were let go before the
+	// manifest (oversize, over the buffer limit, inconsistent headers).
+	dropped *transferError
+}
+
+// assembler reassembles chunked transfers. Not safe for concurrent use.
+type assembler struct {
+	pending map[pendingKey]*transfer
+	// maxWhole bounds one transfer's total size; bigger ones are dropped as
+	// rules.Oversize before they are buffered.
+	maxWhole int64
+	// limit bounds the bytes buffered over all transfers; a chunk that
+	// would exceed it drops its transfer as rules.Incomplete.
+	limit    int64
+	buffered int64
+}
+
+func newAssembler(maxWhole, limit int64) *assembler {
+	return &assembler{pending: map[pendingKey]*transfer{}, maxWhole: maxWhole, limit: limit}
+}
+
+// parseChunk reads a chunk record's headers.
+func parseChunk(msg *kafka.Message) (id string, index, count int, total int64, err error) {
+	id = string(header(msg, headerTransfer))
+	f := strings.Split(string(header(msg, headerChunk)), "/")
+	if id == "" || len(f) != 3 {
+		return "", 0, 0, 0, fmt.Errorf("chunk headers %q", header(msg, headerChunk))
+	}
+	index, e1 := strconv.Atoi(f[0])
+	count, e2 := strconv.Atoi(f[1])
+	total, e3 := strconv.ParseInt(f[2], 10, 64)
+	if e1 != nil || e2 != nil || e3 != nil || count < 1 || count > maxChunks || index < 0 || index >= count || total < 0 {
+		return "", 0, 0, 0, fmt.Errorf("chunk header %q", header(msg, headerChunk))
+	}
+	return id, index, count, total, nil
+}
+
+// free releases t's chunks.
+func (a *assembler) free(t *transfer) {
+	a.buffered -= t.bytes
+	t.chunks, t.bytes = nil, 0
+}
+
+// drop lets t's chunks go and remembers why.
+func (a *assembler) drop(t *transfer, e *transferError) {
+	a.free(t)
+	if t.dropped == nil {
+		t.dropped = e
+	}
+}
+
+// add takes a chunk record, grouped under key. It returns the transfers it
+// dropped: one of the same key left unfinished, which this chunk's newer
+// transfer supersedes.
+func (a *assembler) add(msg *kafka.Message, key string) []*transferError {
+	tp := msg.TopicPartition
+	pk := pendingKey{tp.Partition, key}
+	id, index, count, total, err := parseChunk(msg)
+	if err != nil {
+		return []*transferError{{Reason: rules.Undecodable, Detail: fmt.Sprintf("offset %d: %v", tp.Offset, err), Key: key, Need: -1}}
+	}
+	var out []*transferError
+	t := a.pending[pk]
+	if t != nil && t.id != id {
+		if !t.done {
+			out = append(out, a.superseded(t, key))
+		}
+		a.free(t)
+		t = nil
+	}
+	if t == nil {
+		t = &transfer{id: id, count: count, total: total, chunks: make([][]byte, count), first: tp.Offset}
+		a.pending[pk] = t
+		if total > a.maxWhole {
+			a.drop(t, &transferError{Reason: rules.Oversize, Detail: fmt.Sprintf("transfer %s of %d bytes, over the limit %d", id, total, a.maxWhole), Key: key, Need: -1})
+		}
+	}
+	t.first = min(t.first, tp.Offset)
+	switch {
+	case t.done || t.dropped != nil:
+		return out
+	case count != t.count || total != t.total:
+		a.drop(t, &transferError{Reason: rules.Undecodable, Detail: fmt.Sprintf("transfer %s: chunk headers disagree (%d/%d/%d after %d chunks of %d bytes)", id, index, count, total, t.count, t.total), Key: key, Need: -1})
+		return out
+	case a.buffered+int64(len(msg.Value))-int64(len(t.chunks[index])) > a.limit:
+		a.drop(t, &transferError{Reason: rules.Incomplete, Detail: fmt.Sprintf("transfer %s dropped: chunks buffered over the limit of %d bytes", id, a.limit), Key: key, Need: -1})
+		return out
+	}
+	a.buffered += int64(len(msg.Value)) - int64(len(t.chunks[index]))
+	t.bytes += int64(len(msg.Value)) - int64(len(t.chunks[index]))
+	t.chunks[index] = msg.Value
+	return out
+}
+
+func (a *assembler) superseded(t *transfer, key string) *transferError {
+	if t.dropped != nil {
+		return t.dropped
+	}
+	have := 0
+	for _, c := range t.chunks {
+		if c != nil {
+			have++
+		}
+	}
+	return &transferError{Reason: rules.Incomplete, Detail: fmt.Sprintf("transfer %s has %d of %d chunks and a newer transfer started", t.id, have, t.count), Key: key, Need: -1}
+}
+
+// complete takes a manifest record, grouped under key, and returns the
+// reassembled whole, or why the transfer is dropped. Dropped, too, is an
+// unfinished transfer of the same key that the manifest does not close.
+// A repeated manifest of a finished transfer returns neither.
+func (a *assembler) complete(msg *kafka.Message, key string) ([]byte, []*transferError) {
+	tp := msg.TopicPartition
+	pk := pendingKey{tp.Partition, key}
+	man := &fdxv1.TransferManifest{}
+	if err := proto.Unmarshal(msg.Value, man); err != nil {
+		return nil, []*transferError{{Reason: rules.Undecodable, Detail: fmt.Sprintf("manifest at offset %d: %v", tp.Offset, err), Key: key, Need: -1}}
+	}
+	n := int(man.GetChunkCount())
+	fail := func(r rules.Reason, format string, args ...any) *transferError {
+		need := int64(-1)
+		if r == rules.Incomplete && n > 0 && n <= maxChunks {
+			need = int64(tp.Offset) - int64(n)
+		}
+		return &transferError{Reason: r, Detail: fmt.Sprintf("transfer %s: ", man.GetTransferId()) + fmt.Sprintf(format, args...), Key: key, Need: need}
+	}
+	var out []*transferError
+	t := a.pending[pk]
+	if t != nil && t.id != man.GetTransferId() {
+		if !t.done {
+			out = append(out, a.superseded(t, key))
+		}
+		a.free(t)
+		delete(a.pending, pk)
+		t = nil
+	}
+	if t != nil && t.done {
+		// A retried manifest of a transfer already used or reported.
+		return nil, out
+	}
+	if t == nil {
+		return nil, append(out, fail(rules.Incomplete, "manifest without chunks (%d expected)", n))
+	}
+	defer func() {
+		a.free(t)
+		t.done = true
+	}()
+	if t.dropped != nil {
+		return nil, append(out, t.dropped)
+	}
+	if n != t.count || man.GetTotalSize() != t.total || len(man.GetChunkCrc32C()) != n || len(man.GetSha256()) != sha256.Size {
+		return nil, append(out, fail(rules.Checksum, "manifest (%d chunks, %d bytes) does not describe its chunks (%d, %d bytes)", n, man.GetTotalSize(), t.count, t.total))
+	}
+	missing := 0
+	for _, c := range t.chunks {
+		if c == nil {
+			missing++
+		}
+	}
+	if missing > 0 {
+		return nil, append(out, fail(rules.Incomplete, "%d of %d chunks missing", missing, n))
+	}
+	if t.bytes != t.total {
+		return nil, append(out, fail(rules.Checksum, "chunks hold %d bytes, manifest says %d", t.bytes, t.total))
+	}
+	whole := make([]byte, 0, t.total)
+	for i, c := range t.chunks {
+		if crc32.Checksum(c, castagnoli) != man.GetChunkCrc32C()[i] {
+			return nil, append(out, fail(rules.Checksum, "chunk %d of %d does not match its CRC-32C", i, n))
+		}
+		whole = append(whole, c...)
+	}
+	if sum := sha256.Sum256(whole); !bytes.Equal(sum[:], man.GetSha256()) {
+		return nil, append(out, fail(rules.Checksum, "SHA-256 of the reassembled %d bytes does not match", len(whole)))
+	}
+	return whole, out
+}
+
+// firstPending returns the lowest offset of an unfinished transfer's chunks
+// in partition, if any: the aggregator commits no further than that, so
+// that a restart reads the transfer whole again.
+func (a *assembler) firstPending(partition int32) (kafka.Offset, bool) {
+	var first kafka.Offset
+	found := false
+	for pk, t := range a.pending {
+		if pk.partition != partition || t.done || t.dropped != nil {
+			continue
+		}
+		if !found || t.first < first {
+			first, found = t.first, true
+		}
+	}
+	return first, found
+}
+
+// forget drops every transfer of partition (nil: of all partitions)
+// without reporting them: their records will be read again from the
+// committed offset, by us or by the partition's next owner.
+func (a *assembler) forget(partition *int32) {
+	for pk, t := range a.pending {
+		if partition == nil || pk.partition == *partition {
+			a.free(t)
+			delete(a.pending, pk)
+		}
+	}
+}
