@@ -121,7 +121,9 @@ func OpenChannel(ctx context.Context, cc ChannelConfig, job string, maxBytes int
 	}
 	if cc.Transport == GRPC {
 		s, err := grpcchan.NewServer(grpcchan.ServerOptions{
-			Addr: cc.Listen, Job: job, MaxMessageBytes: maxBytes, StateFile: cc.StateFile, Logger: log,
+			// The message limit stays at its default: larger updates
+			// come in chunks, bounded by maxBytes as a whole.
+			Addr: cc.Listen, Job: job, MaxUpdateBytes: maxBytes, StateFile: cc.StateFile, Logger: log,
 			TLS: cc.GRPCTLS, Tokens: cc.Tokens, AfterStore: cc.AfterStore,
 		})
 		if err != nil {

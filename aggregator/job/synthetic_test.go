@@ -8,7 +8,7 @@ import (
 )
 
 // TestSyntheticLargeModel runs a 6 MB synthetic model over both channels:
-// Kafka moves every model and update in 1 MiB chunks, and both channels end
+// Kafka and gRPC move every model and update in 1 MiB chunks, and both channels end
 // with the bit-identical model.
 func TestSyntheticLargeModel(t *testing.T) {
 	data := dataset.NewCatalog()
@@ -36,5 +36,9 @@ func TestSyntheticLargeModel(t *testing.T) {
 	// 4 updates, each 6 chunks and a manifest.
 	if kres.Stats.MessagesReceived < 4*7 {
 		t.Errorf("kafka aggregator received %d records; want at least 28 (4 chunked updates)", kres.Stats.MessagesReceived)
+	}
+	// gRPC streams the same chunks: a manifest and 6 chunks per update.
+	if gres.Stats.MessagesReceived < 4*7 {
+		t.Errorf("grpc aggregator received %d messages; want at least 28 (4 updates streamed in chunks)", gres.Stats.MessagesReceived)
 	}
 }
