@@ -33,6 +33,7 @@ import (
 	"hash/crc32"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"google.golang.org/protobuf/proto"
@@ -53,6 +54,10 @@ const (
 	headerChunk = "fdx-chunk"
 	// headerManifest marks the manifest record.
 	headerManifest = "fdx-manifest"
+	// headerSpread replaces headerChunk on the chunks of a model spread
+	// over the model topic's partitions: the reader of partition 0 passes
+	// them by and fetches them where the manifest says.
+	headerSpread = "fdx-spread-chunk"
 )
 
 // Bounds on what a reader accepts from chunk headers before the manifest
@@ -132,6 +137,9 @@ func produceAll(ctx context.Context, p *kafka.Producer, msgs []*kafka.Message, a
 			m, ok := ev.(*kafka.Message)
 			if !ok {
 				return fmt.Errorf("unexpected delivery event %v", ev)
+			}
+			if at, ok := m.Opaque.(*kafka.TopicPartition); ok {
+				*at = m.TopicPartition // where a spread chunk landed
 			}
 			if err := m.TopicPartition.Error; err != nil && (first == nil || failedState(first)) {
 				// Once one record of a transaction fails, librdkafka
@@ -403,4 +411,169 @@ func (a *assembler) forget(partition *int32) {
 			delete(a.pending, pk)
 		}
 	}
+}
+
+// Spreading a model over partitions. A single-partition model topic makes
+// its leader serve every client's download. With ModelPartitions n > 1 the
+// aggregator puts chunk i on partition i mod n, inside the round's
+// transaction as before, and the manifest, still on partition 0 where
+// readers look for the newest model, lists each chunk's partition and
+// offset; a reader fetches them from every partition's leader. The
+// manifest is produced after the chunks are acknowledged (their offsets
+// are known only then) and signed after, so the signature covers where
+// they are as well as their checksums.
+
+// spread moves chunks over n partitions and marks them as spread.
+func spread(chunks []*kafka.Message, n int) {
+	for i, c := range chunks {
+		c.TopicPartition.Partition = int32(i % n)
+		for j := range c.Headers {
+			if c.Headers[j].Key == headerChunk {
+				c.Headers[j].Key = headerSpread
+			}
+		}
+	}
+}
+
+// produceModel produces a model's records inside the open transaction:
+// all at once, or, for a spread model, the chunks first and then the
+// manifest that says where they landed.
+func (s *Server) produceModel(ctx context.Context, records []*kafka.Message, after func(int)) error {
+	if len(records) < 2 || header(records[0], headerSpread) == nil {
+		return produceAll(ctx, s.p, records, after)
+	}
+	chunks, last := records[:len(records)-1], records[len(records)-1]
+	at := make([]kafka.TopicPartition, len(chunks))
+	for i, c := range chunks {
+		c.Opaque = &at[i]
+	}
+	if err := produceAll(ctx, s.p, chunks, after); err != nil {
+		return err
+	}
+	man := &fdxv1.TransferManifest{}
+	if err := proto.Unmarshal(last.Value, man); err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	for _, tp := range at {
+		man.ChunkPartitions = append(man.ChunkPartitions, tp.Partition)
+		man.ChunkOffsets = append(man.ChunkOffsets, int64(tp.Offset))
+	}
+	b, err := proto.Marshal(man)
+	if err != nil {
+		return fmt.Errorf("encode manifest: %w", err)
+	}
+	last.Value = b
+	s.sign(last)
+	return produceAll(ctx, s.p, []*kafka.Message{last}, nil)
+}
+
+// spreadTimeout bounds fetching a spread model's chunks once its manifest
+// is read: they are committed, so only an unreachable leader delays them.
+const spreadTimeout = 60 * time.Second
+
+// fetchSpread reads the chunks a spread manifest lists, from every
+// partition they are on, and returns the verified whole.
+func (r *modelReader) fetchSpread(ctx context.Context, man *fdxv1.TransferManifest) ([]byte, *transferError) {
+	n := int(man.GetChunkCount())
+	fail := func(reason rules.Reason, format string, args ...any) *transferError {
+		return &transferError{Reason: reason, Detail: fmt.Sprintf("spread transfer %s: ", man.GetTransferId()) + fmt.Sprintf(format, args...), Need: -1}
+	}
+	if n < 1 || n > maxChunks || len(man.GetChunkPartitions()) != n || len(man.GetChunkOffsets()) != n ||
+		len(man.GetChunkCrc32C()) != n || len(man.GetSha256()) != sha256.Size || man.GetTotalSize() > maxTransferBytes {
+		return nil, fail(rules.Undecodable, "inconsistent manifest (%d chunks)", n)
+	}
+	// want maps each (partition, offset) to its chunk index; from is the
+	// lowest wanted offset per partition, last the highest.
+	want := map[kafka.TopicPartition]int{}
+	from, last := map[int32]int64{}, map[int32]int64{}
+	for i := range n {
+		p, o := man.GetChunkPartitions()[i], man.GetChunkOffsets()[i]
+		if p < 0 || o < 0 {
+			return nil, fail(rules.Undecodable, "chunk %d at partition %d offset %d", i, p, o)
+		}
+		want[kafka.TopicPartition{Partition: p, Offset: kafka.Offset(o)}] = i
+		if f, ok := from[p]; !ok || o < f {
+			from[p] = o
+		}
+		last[p] = max(last[p], o)
+	}
+	if r.spreadC == nil {
+		c, err := kafka.NewConsumer(&r.cm)
+		if err != nil {
+			return nil, fail(rules.Incomplete, "consumer: %v", err)
+		}
+		r.spreadC = c
+	}
+	var tps []kafka.TopicPartition
+	for p, o := range from {
+		tps = append(tps, kafka.TopicPartition{Topic: &r.topic, Partition: p, Offset: kafka.Offset(o)})
+	}
+	if err := r.spreadC.Assign(tps); err != nil {
+		return nil, fail(rules.Incomplete, "assign: %v", err)
+	}
+	defer r.spreadC.Unassign()
+	ctx, cancel := context.WithTimeout(ctx, spreadTimeout)
+	defer cancel()
+	chunks := make([][]byte, n)
+	done := map[int32]bool{}
+	for have := 0; have < n; {
+		if ctx.Err() != nil {
+			return nil, fail(rules.Incomplete, "%d of %d chunks after %v: %v", have, n, spreadTimeout, ctx.Err())
+		}
+		switch ev := r.spreadC.Poll(100).(type) {
+		case *kafka.Message:
+			tp := ev.TopicPartition
+			if tp.Error != nil {
+				return nil, fail(rules.Incomplete, "read: %v", tp.Error)
+			}
+			r.count.Received(len(ev.Value) + len(ev.Key))
+			if done[tp.Partition] {
+				continue
+			}
+			if i, ok := want[kafka.TopicPartition{Partition: tp.Partition, Offset: tp.Offset}]; ok && chunks[i] == nil &&
+				string(header(ev, headerTransfer)) == man.GetTransferId() {
+				chunks[i] = ev.Value
+				have++
+			}
+			if int64(tp.Offset) >= last[tp.Partition] {
+				// Past its last chunk: a chunk not read by now is not
+				// there (not committed, or another record).
+				if done[tp.Partition] = true; len(done) == len(from) && have < n {
+					return nil, fail(rules.Incomplete, "%d of %d chunks where the manifest says", have, n)
+				}
+			}
+		case kafka.PartitionEOF:
+			if !done[ev.Partition] {
+				return nil, fail(rules.Incomplete, "partition %d ended before its chunks", ev.Partition)
+			}
+		case kafka.Error:
+			if ev.IsFatal() {
+				return nil, fail(rules.Incomplete, "read: %v", ev)
+			}
+		}
+	}
+	size := man.GetChunkSize()
+	whole := make([]byte, 0, man.GetTotalSize())
+	for i, c := range chunks {
+		if (i < n-1 && int32(len(c)) != size) || crc32.Checksum(c, castagnoli) != man.GetChunkCrc32C()[i] {
+			return nil, fail(rules.Checksum, "chunk %d of %d does not match the manifest", i, n)
+		}
+		whole = append(whole, c...)
+	}
+	if sum := sha256.Sum256(whole); int64(len(whole)) != man.GetTotalSize() || !bytes.Equal(sum[:], man.GetSha256()) {
+		return nil, fail(rules.Checksum, "SHA-256 of the reassembled %d bytes does not match", len(whole))
+	}
+	return whole, nil
+}
+
+// spreadManifest returns msg's manifest if it is one of a spread model.
+func spreadManifest(msg *kafka.Message) *fdxv1.TransferManifest {
+	if !isManifest(msg) {
+		return nil
+	}
+	man := &fdxv1.TransferManifest{}
+	if proto.Unmarshal(msg.Value, man) != nil || len(man.GetChunkPartitions()) == 0 {
+		return nil
+	}
+	return man
 }

@@ -1188,9 +1188,16 @@ type TransferManifest struct {
 	// SHA-256 of the whole serialized message.
 	Sha256 []byte `protobuf:"bytes,5,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	// CRC-32C (Castagnoli) of each chunk, in order.
-	ChunkCrc32C   []uint32 `protobuf:"fixed32,6,rep,packed,name=chunk_crc32c,json=chunkCrc32c,proto3" json:"chunk_crc32c,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ChunkCrc32C []uint32 `protobuf:"fixed32,6,rep,packed,name=chunk_crc32c,json=chunkCrc32c,proto3" json:"chunk_crc32c,omitempty"`
+	// Where the chunks are when they are spread over the topic's partitions
+	// (a model with --model-partitions): chunk i is the record at offset
+	// chunk_offsets[i] of partition chunk_partitions[i], in the same
+	// transaction as the manifest. Empty: the chunks precede the manifest on
+	// its own partition.
+	ChunkPartitions []int32 `protobuf:"varint,7,rep,packed,name=chunk_partitions,json=chunkPartitions,proto3" json:"chunk_partitions,omitempty"`
+	ChunkOffsets    []int64 `protobuf:"varint,8,rep,packed,name=chunk_offsets,json=chunkOffsets,proto3" json:"chunk_offsets,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *TransferManifest) Reset() {
@@ -1261,6 +1268,20 @@ func (x *TransferManifest) GetSha256() []byte {
 func (x *TransferManifest) GetChunkCrc32C() []uint32 {
 	if x != nil {
 		return x.ChunkCrc32C
+	}
+	return nil
+}
+
+func (x *TransferManifest) GetChunkPartitions() []int32 {
+	if x != nil {
+		return x.ChunkPartitions
+	}
+	return nil
+}
+
+func (x *TransferManifest) GetChunkOffsets() []int64 {
+	if x != nil {
+		return x.ChunkOffsets
 	}
 	return nil
 }
@@ -1453,7 +1474,7 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\baccepted\x18\x01 \x01(\bR\baccepted\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x14\n" +
 	"\x05round\x18\x03 \x01(\x03R\x05round\x129\n" +
-	"\rreject_reason\x18\x04 \x01(\x0e2\x14.fdx.v1.RejectReasonR\frejectReason\"\xcd\x01\n" +
+	"\rreject_reason\x18\x04 \x01(\x0e2\x14.fdx.v1.RejectReasonR\frejectReason\"\x9d\x02\n" +
 	"\x10TransferManifest\x12\x1f\n" +
 	"\vtransfer_id\x18\x01 \x01(\tR\n" +
 	"transferId\x12\x1d\n" +
@@ -1464,7 +1485,9 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\n" +
 	"chunk_size\x18\x04 \x01(\x05R\tchunkSize\x12\x16\n" +
 	"\x06sha256\x18\x05 \x01(\fR\x06sha256\x12!\n" +
-	"\fchunk_crc32c\x18\x06 \x03(\aR\vchunkCrc32c\"f\n" +
+	"\fchunk_crc32c\x18\x06 \x03(\aR\vchunkCrc32c\x12)\n" +
+	"\x10chunk_partitions\x18\a \x03(\x05R\x0fchunkPartitions\x12#\n" +
+	"\rchunk_offsets\x18\b \x03(\x03R\fchunkOffsets\"f\n" +
 	"\fTransferPart\x126\n" +
 	"\bmanifest\x18\x01 \x01(\v2\x18.fdx.v1.TransferManifestH\x00R\bmanifest\x12\x16\n" +
 	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x06\n" +

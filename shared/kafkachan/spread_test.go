@@ -1,0 +1,87 @@
+package kafkachan
+
+import (
+	"crypto/ed25519"
+	"testing"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
+	"github.com/fdxkafka/fdxkafka/shared/trust"
+)
+
+// TestSpreadModel: with ModelPartitions 3 an 8 MB model's chunks land on
+// all three partitions of the model topic, inside the round transaction;
+// a client and a restarted aggregator read it whole where the signed
+// manifest says.
+func TestSpreadModel(t *testing.T) {
+	brokers, job := kafkatest.Brokers(t), kafkatest.Job(t)
+	ctx := testCtx(t, 180*time.Second)
+	const n = 2_000_000 // 8 MB of float32: 8 chunks
+	_, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer := trust.NewSigner(priv)
+	verifier := trust.NewVerifier(signer.Public())
+	sopt := ServerOptions{
+		Options:      Options{Brokers: brokers, Job: job, Verifier: verifier},
+		TopicOptions: TopicOptions{UpdatePartitions: 1, ModelPartitions: 3, MaxMessageBytes: MessageBytesFor(n)},
+		Signer:       signer,
+	}
+	s, err := NewServer(ctx, sopt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m1 := randomModel(job, 1, n)
+	if err := s.Publish(ctx, m1); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	c, err := Dial(ctx, ClientOptions{Options: Options{Brokers: brokers, Job: job, Verifier: verifier}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got, err := c.Model(ctx, 1); err != nil || !proto.Equal(got, m1) {
+		t.Fatalf("client Model(1) = round %d, %v; want model 1 bit for bit", got.GetRound(), err)
+	}
+
+	// Every partition holds chunks: 8 chunks over 3 partitions are 3, 3
+	// and 2, each partition also holding its commit marker, and partition
+	// 0 the manifest.
+	probe, err := kafka.NewConsumer(&kafka.ConfigMap{"bootstrap.servers": brokers, "group.id": job + ".probe"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	for p, want := range []int64{3 + 1 + 1, 3 + 1, 2 + 1} {
+		_, high, err := probe.QueryWatermarkOffsets(ModelTopic(job), int32(p), 10_000)
+		if err != nil || high != want {
+			t.Errorf("model partition %d ends at %d (%v); want %d (its chunks, manifest and commit marker)", p, high, err, want)
+		}
+	}
+
+	// Model 2 arrives while the client waits for it.
+	m2 := randomModel(job, 2, n)
+	published := make(chan error, 1)
+	go func() { published <- s.Publish(ctx, m2) }()
+	if got, err := c.Model(ctx, 2); err != nil || !proto.Equal(got, m2) {
+		t.Fatalf("client Model(2) = round %d, %v; want model 2 bit for bit", got.GetRound(), err)
+	}
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s2, err := NewServer(ctx, sopt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if latest, err := s2.Latest(ctx, nil); err != nil || !proto.Equal(latest, m2) {
+		t.Fatalf("restarted aggregator's Latest = round %d, %v; want model 2 bit for bit", latest.GetRound(), err)
+	}
+}
