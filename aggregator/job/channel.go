@@ -42,6 +42,9 @@ type ChannelConfig struct {
 	KafkaProperties map[string]string
 	// UpdatePartitions of the Kafka updates topic (0: 4).
 	UpdatePartitions int
+	// ModelPartitions of the Kafka model topic (0: 1); more spread a
+	// chunked model's chunks over their leaders.
+	ModelPartitions int
 	// BeforeCommit is the Kafka channel's fault-injection point (see
 	// kafkachan.ServerOptions.BeforeCommit).
 	BeforeCommit func(round int64)
@@ -86,6 +89,9 @@ func (c ChannelConfig) Validate() error {
 	}
 	if c.Transport != GRPC && (c.GRPCTLS != nil || c.StateFile != "") {
 		return errors.New("gRPC TLS and the state file go with the gRPC transport")
+	}
+	if c.ModelPartitions < 0 {
+		return fmt.Errorf("model partitions %d is negative", c.ModelPartitions)
 	}
 	if c.UpdatePartitions < 0 {
 		return fmt.Errorf("update partitions %d is negative", c.UpdatePartitions)
@@ -157,7 +163,7 @@ func OpenChannel(ctx context.Context, cc ChannelConfig, job string, maxBytes int
 	}
 	s, err := kafkachan.NewServer(ctx, kafkachan.ServerOptions{
 		Options:      ko,
-		TopicOptions: kafkachan.TopicOptions{UpdatePartitions: parts, MaxMessageBytes: maxBytes},
+		TopicOptions: kafkachan.TopicOptions{UpdatePartitions: parts, ModelPartitions: cc.ModelPartitions, MaxMessageBytes: maxBytes},
 		BeforeCommit: cc.BeforeCommit,
 		Signer:       cc.Signer,
 		Tokens:       cc.Tokens,
