@@ -472,8 +472,10 @@ func (s *Server) produceModel(ctx context.Context, records []*kafka.Message, aft
 const spreadTimeout = 60 * time.Second
 
 // fetchSpread reads the chunks a spread manifest lists, from every
-// partition they are on, and returns the verified whole.
+// partition they are on (those of partition 0 that reading it passed are
+// held already), and returns the verified whole.
 func (r *modelReader) fetchSpread(ctx context.Context, man *fdxv1.TransferManifest) ([]byte, *transferError) {
+	defer clear(r.held)
 	n := int(man.GetChunkCount())
 	fail := func(reason rules.Reason, format string, args ...any) *transferError {
 		return &transferError{Reason: reason, Detail: fmt.Sprintf("spread transfer %s: ", man.GetTransferId()) + fmt.Sprintf(format, args...), Need: -1}
@@ -482,74 +484,43 @@ func (r *modelReader) fetchSpread(ctx context.Context, man *fdxv1.TransferManife
 		len(man.GetChunkCrc32C()) != n || len(man.GetSha256()) != sha256.Size || man.GetTotalSize() > maxTransferBytes {
 		return nil, fail(rules.Undecodable, "inconsistent manifest (%d chunks)", n)
 	}
-	// want maps each (partition, offset) to its chunk index; from is the
-	// lowest wanted offset per partition, last the highest.
-	want := map[kafka.TopicPartition]int{}
+	chunks := make([][]byte, n)
+	have := 0
+	// want maps each chunk still to fetch, by partition and offset, to its
+	// index; from and last are the lowest and highest such offsets per
+	// partition.
+	type at struct {
+		p int32
+		o int64
+	}
+	want := map[at]int{}
 	from, last := map[int32]int64{}, map[int32]int64{}
 	for i := range n {
 		p, o := man.GetChunkPartitions()[i], man.GetChunkOffsets()[i]
 		if p < 0 || o < 0 {
 			return nil, fail(rules.Undecodable, "chunk %d at partition %d offset %d", i, p, o)
 		}
-		want[kafka.TopicPartition{Partition: p, Offset: kafka.Offset(o)}] = i
+		if msg, ok := r.held[o]; ok && p == 0 && string(header(msg, headerTransfer)) == man.GetTransferId() {
+			chunks[i] = msg.Value
+			have++
+			continue
+		}
+		want[at{p, o}] = i
 		if f, ok := from[p]; !ok || o < f {
 			from[p] = o
 		}
 		last[p] = max(last[p], o)
 	}
-	if r.spreadC == nil {
-		c, err := kafka.NewConsumer(&r.cm)
-		if err != nil {
-			return nil, fail(rules.Incomplete, "consumer: %v", err)
-		}
-		r.spreadC = c
-	}
-	var tps []kafka.TopicPartition
-	for p, o := range from {
-		tps = append(tps, kafka.TopicPartition{Topic: &r.topic, Partition: p, Offset: kafka.Offset(o)})
-	}
-	if err := r.spreadC.Assign(tps); err != nil {
-		return nil, fail(rules.Incomplete, "assign: %v", err)
-	}
-	defer r.spreadC.Unassign()
-	ctx, cancel := context.WithTimeout(ctx, spreadTimeout)
-	defer cancel()
-	chunks := make([][]byte, n)
-	done := map[int32]bool{}
-	for have := 0; have < n; {
-		if ctx.Err() != nil {
-			return nil, fail(rules.Incomplete, "%d of %d chunks after %v: %v", have, n, spreadTimeout, ctx.Err())
-		}
-		switch ev := r.spreadC.Poll(100).(type) {
-		case *kafka.Message:
-			tp := ev.TopicPartition
-			if tp.Error != nil {
-				return nil, fail(rules.Incomplete, "read: %v", tp.Error)
-			}
-			r.count.Received(len(ev.Value) + len(ev.Key))
-			if done[tp.Partition] {
-				continue
-			}
-			if i, ok := want[kafka.TopicPartition{Partition: tp.Partition, Offset: tp.Offset}]; ok && chunks[i] == nil &&
-				string(header(ev, headerTransfer)) == man.GetTransferId() {
-				chunks[i] = ev.Value
+	if len(want) > 0 {
+		if err := r.fetchChunks(ctx, man, func(p int32, o int64, msg *kafka.Message) (bool, bool) {
+			i, ok := want[at{p, o}]
+			if ok && chunks[i] == nil && string(header(msg, headerTransfer)) == man.GetTransferId() {
+				chunks[i] = msg.Value
 				have++
 			}
-			if int64(tp.Offset) >= last[tp.Partition] {
-				// Past its last chunk: a chunk not read by now is not
-				// there (not committed, or another record).
-				if done[tp.Partition] = true; len(done) == len(from) && have < n {
-					return nil, fail(rules.Incomplete, "%d of %d chunks where the manifest says", have, n)
-				}
-			}
-		case kafka.PartitionEOF:
-			if !done[ev.Partition] {
-				return nil, fail(rules.Incomplete, "partition %d ended before its chunks", ev.Partition)
-			}
-		case kafka.Error:
-			if ev.IsFatal() {
-				return nil, fail(rules.Incomplete, "read: %v", ev)
-			}
+			return have == n, o >= last[p]
+		}, from); err != nil {
+			return nil, fail(rules.Incomplete, "%d of %d chunks: %v", have, n, err)
 		}
 	}
 	size := man.GetChunkSize()
@@ -564,6 +535,66 @@ func (r *modelReader) fetchSpread(ctx context.Context, man *fdxv1.TransferManife
 		return nil, fail(rules.Checksum, "SHA-256 of the reassembled %d bytes does not match", len(whole))
 	}
 	return whole, nil
+}
+
+// fetchChunks reads the model topic's partitions from the offsets in from
+// and hands every record to take, which says whether all are read (done)
+// and whether the record's partition is past its last chunk (passed). A
+// partition passed or ended before done is an error: the chunks are not
+// where the manifest says.
+func (r *modelReader) fetchChunks(ctx context.Context, man *fdxv1.TransferManifest, take func(p int32, o int64, msg *kafka.Message) (done, passed bool), from map[int32]int64) error {
+	if r.spreadC == nil {
+		c, err := kafka.NewConsumer(&r.cm)
+		if err != nil {
+			return fmt.Errorf("consumer: %w", err)
+		}
+		r.spreadC = c
+	}
+	var tps []kafka.TopicPartition
+	for p, o := range from {
+		tps = append(tps, kafka.TopicPartition{Topic: &r.topic, Partition: p, Offset: kafka.Offset(o)})
+	}
+	if err := r.spreadC.Assign(tps); err != nil {
+		return fmt.Errorf("assign: %w", err)
+	}
+	defer r.spreadC.Unassign()
+	ctx, cancel := context.WithTimeout(ctx, spreadTimeout)
+	defer cancel()
+	passed := map[int32]bool{}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		switch ev := r.spreadC.Poll(100).(type) {
+		case *kafka.Message:
+			tp := ev.TopicPartition
+			if tp.Error != nil {
+				return fmt.Errorf("read: %w", tp.Error)
+			}
+			r.count.Received(len(ev.Value) + len(ev.Key))
+			if passed[tp.Partition] {
+				continue
+			}
+			done, past := take(tp.Partition, int64(tp.Offset), ev)
+			if done {
+				return nil
+			}
+			if past {
+				passed[tp.Partition] = true
+				if len(passed) == len(from) {
+					return errors.New("not where the manifest says")
+				}
+			}
+		case kafka.PartitionEOF:
+			if !passed[ev.Partition] {
+				return fmt.Errorf("partition %d ended before its chunks", ev.Partition)
+			}
+		case kafka.Error:
+			if ev.IsFatal() {
+				return fmt.Errorf("read: %w", ev)
+			}
+		}
+	}
 }
 
 // spreadManifest returns msg's manifest if it is one of a spread model.

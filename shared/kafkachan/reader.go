@@ -50,6 +50,10 @@ type modelReader struct {
 	// chunks from the other partitions, made on first use.
 	cm      kafka.ConfigMap
 	spreadC *kafka.Consumer
+	// held keeps the spread chunks that partition 0's reading passed, by
+	// offset, for their manifest: a waiting reader gets them anyway, and
+	// need not fetch them twice. Cleared with every manifest.
+	held map[int64]*kafka.Message
 }
 
 // Fetch waits of model readers. A waiting reader keeps one fetch parked on
@@ -91,7 +95,7 @@ func newModelReader(o Options, count *channel.Counter, maxBytes int, client bool
 		return nil, fmt.Errorf("model consumer: %w", err)
 	}
 	startLogs(c, cm, o.logger())
-	return &modelReader{c: c, cm: cm, topic: ModelTopic(o.Job), job: o.Job, verifier: o.Verifier, count: count, log: o.logger(), knownEnd: client,
+	return &modelReader{c: c, cm: cm, held: map[int64]*kafka.Message{}, topic: ModelTopic(o.Job), job: o.Job, verifier: o.Verifier, count: count, log: o.logger(), knownEnd: client,
 		chunks: newAssembler(maxTransferBytes, maxTransferBytes), need: -1}, nil
 }
 
@@ -120,6 +124,7 @@ func (r *modelReader) latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
 	for back := int64(2); ; {
 		start := max(low, high-back)
 		r.chunks.forget(nil)
+		clear(r.held)
 		r.need = -1
 		m, err := r.readToEnd(ctx, start, high)
 		if err != nil {
@@ -263,7 +268,10 @@ func (r *modelReader) pollFor(ctx context.Context, wait time.Duration) (*fdxv1.G
 			at := int64(ev.TopicPartition.Offset)
 			r.count.Received(len(ev.Value) + len(ev.Key))
 			if header(ev, headerSpread) != nil {
-				return nil, at, false, nil // fetched with its manifest
+				if len(r.held) < maxChunks {
+					r.held[at] = ev // used with its manifest
+				}
+				return nil, at, false, nil
 			}
 			if isChunk(ev) {
 				for _, f := range r.chunks.add(ev, "") {

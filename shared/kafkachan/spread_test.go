@@ -67,9 +67,15 @@ func TestSpreadModel(t *testing.T) {
 	// Model 2 arrives while the client waits for it.
 	m2 := randomModel(job, 2, n)
 	published := make(chan error, 1)
+	before := c.Stats().BytesReceived
 	go func() { published <- s.Publish(ctx, m2) }()
 	if got, err := c.Model(ctx, 2); err != nil || !proto.Equal(got, m2) {
 		t.Fatalf("client Model(2) = round %d, %v; want model 2 bit for bit", got.GetRound(), err)
+	}
+	// The chunks on partition 0, which the waiting reader passed, are
+	// not fetched again: 3 of 8 chunks would add 37%.
+	if got, size := c.Stats().BytesReceived-before, int64(proto.Size(m2)); got > size*11/10 {
+		t.Errorf("client read %d bytes for a %d-byte model; want each chunk once", got, size)
 	}
 	if err := <-published; err != nil {
 		t.Fatal(err)
