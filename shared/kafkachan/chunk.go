@@ -512,14 +512,14 @@ func (r *modelReader) fetchSpread(ctx context.Context, man *fdxv1.TransferManife
 		last[p] = max(last[p], o)
 	}
 	if len(want) > 0 {
-		if err := r.fetchChunks(ctx, man, func(p int32, o int64, msg *kafka.Message) (bool, bool) {
+		if err := r.fetchChunks(ctx, func(p int32, o int64, msg *kafka.Message) (bool, bool) {
 			i, ok := want[at{p, o}]
 			if ok && chunks[i] == nil && string(header(msg, headerTransfer)) == man.GetTransferId() {
 				chunks[i] = msg.Value
 				have++
 			}
 			return have == n, o >= last[p]
-		}, from); err != nil {
+		}, from, last); err != nil {
 			return nil, fail(rules.Incomplete, "%d of %d chunks: %v", have, n, err)
 		}
 	}
@@ -542,7 +542,7 @@ func (r *modelReader) fetchSpread(ctx context.Context, man *fdxv1.TransferManife
 // and whether the record's partition is past its last chunk (passed). A
 // partition passed or ended before done is an error: the chunks are not
 // where the manifest says.
-func (r *modelReader) fetchChunks(ctx context.Context, man *fdxv1.TransferManifest, take func(p int32, o int64, msg *kafka.Message) (done, passed bool), from map[int32]int64) error {
+func (r *modelReader) fetchChunks(ctx context.Context, take func(p int32, o int64, msg *kafka.Message) (done, passed bool), from, last map[int32]int64) error {
 	if r.spreadC == nil {
 		c, err := kafka.NewConsumer(&r.cm)
 		if err != nil {
@@ -552,6 +552,15 @@ func (r *modelReader) fetchChunks(ctx context.Context, man *fdxv1.TransferManife
 	}
 	var tps []kafka.TopicPartition
 	for p, o := range from {
+		// A chunk past a partition's end is never coming: say so now
+		// rather than wait for an out-of-range reset.
+		_, high, err := r.spreadC.QueryWatermarkOffsets(r.topic, p, timeoutMs(ctx, 10*time.Second))
+		if err != nil {
+			return fmt.Errorf("partition %d: %w", p, err)
+		}
+		if last[p] >= high {
+			return fmt.Errorf("a chunk at offset %d of partition %d, which ends at %d", last[p], p, high)
+		}
 		tps = append(tps, kafka.TopicPartition{Topic: &r.topic, Partition: p, Offset: kafka.Offset(o)})
 	}
 	if err := r.spreadC.Assign(tps); err != nil {

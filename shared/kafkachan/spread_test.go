@@ -1,7 +1,10 @@
 package kafkachan
 
 import (
+	"context"
 	"crypto/ed25519"
+	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -9,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
+	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
 
@@ -89,5 +93,88 @@ func TestSpreadModel(t *testing.T) {
 	defer s2.Close()
 	if latest, err := s2.Latest(ctx, nil); err != nil || !proto.Equal(latest, m2) {
 		t.Fatalf("restarted aggregator's Latest = round %d, %v; want model 2 bit for bit", latest.GetRound(), err)
+	}
+}
+
+// forgeSpread writes model m spread over 3 partitions as a writer outside
+// the transaction could, after tamper edits its chunks and manifest.
+func forgeSpread(ctx context.Context, t *testing.T, brokers string, m *fdxv1.GlobalModel, tamper func(chunks []*kafka.Message, man *fdxv1.TransferManifest)) {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunks, last, err := transferRecords(ModelTopic(m.GetJob()), 0, []byte(strconv.FormatInt(m.GetRound(), 10)), b, DefaultChunkBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spread(chunks, 3)
+	man := &fdxv1.TransferManifest{}
+	if err := proto.Unmarshal(last.Value, man); err != nil {
+		t.Fatal(err)
+	}
+	at := make([]kafka.TopicPartition, len(chunks))
+	for i, c := range chunks {
+		c.Opaque = &at[i]
+	}
+	tamper(chunks, nil)
+	rawProduce(ctx, t, brokers, chunks)
+	for _, tp := range at {
+		man.ChunkPartitions = append(man.ChunkPartitions, tp.Partition)
+		man.ChunkOffsets = append(man.ChunkOffsets, int64(tp.Offset))
+	}
+	tamper(nil, man)
+	if last.Value, err = proto.Marshal(man); err != nil {
+		t.Fatal(err)
+	}
+	rawProduce(ctx, t, brokers, []*kafka.Message{last})
+}
+
+// TestBadSpreadModel: spread models whose chunk does not match its CRC, or
+// whose manifest points past the chunks, are dropped and counted; clients
+// and a restarted aggregator keep the good model.
+func TestBadSpreadModel(t *testing.T) {
+	brokers, job := kafkatest.Brokers(t), kafkatest.Job(t)
+	ctx := testCtx(t, 120*time.Second)
+	const n = 700_000 // 2.8 MB: 3 chunks
+	sopt := ServerOptions{
+		Options:      Options{Brokers: brokers, Job: job},
+		TopicOptions: TopicOptions{UpdatePartitions: 1, ModelPartitions: 3, MaxMessageBytes: MessageBytesFor(n)},
+	}
+	s, err := NewServer(ctx, sopt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := randomModel(job, 1, n)
+	if err := s.Publish(ctx, good); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	forgeSpread(ctx, t, brokers, randomModel(job, 2, n), func(chunks []*kafka.Message, _ *fdxv1.TransferManifest) {
+		if chunks != nil {
+			chunks[1].Value = slices.Clone(chunks[1].Value)
+			chunks[1].Value[7] ^= 0x80
+		}
+	})
+	forgeSpread(ctx, t, brokers, randomModel(job, 3, n), func(_ []*kafka.Message, man *fdxv1.TransferManifest) {
+		if man != nil {
+			man.ChunkOffsets[2] += 100
+		}
+	})
+
+	c := dial(t, brokers, job)
+	if m, err := c.Model(ctx, 0); err != nil || !proto.Equal(m, good) {
+		t.Fatalf("client Model(0) = round %d, %v; want the good model 1", m.GetRound(), err)
+	}
+	if st := c.Stats(); st.RecordsRejected < 2 {
+		t.Errorf("client rejected %d records; want both bad transfers counted", st.RecordsRejected)
+	}
+	s2, err := NewServer(ctx, sopt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if m, err := s2.Latest(ctx, nil); err != nil || !proto.Equal(m, good) {
+		t.Fatalf("Latest = round %d, %v; want the good model 1", m.GetRound(), err)
 	}
 }
