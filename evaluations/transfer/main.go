@@ -43,6 +43,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	brokers := fs.String("brokers", "127.0.0.1:9092", "Kafka bootstrap list")
 	sizes := fs.String("sizes", "10,100", "model sizes in MB")
+	modelParts := fs.Int("model-partitions", 1, "partitions of the model topic the chunks are spread over")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
@@ -52,14 +53,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return cli.Usagef("size %q: %v", s, err)
 		}
-		if err := measure(ctx, *brokers, mb, stdout); err != nil {
+		if err := measure(ctx, *brokers, mb, *modelParts, stdout); err != nil {
 			return fmt.Errorf("%d MB: %w", mb, err)
 		}
 	}
 	return nil
 }
 
-func measure(ctx context.Context, brokers string, mb int, out io.Writer) error {
+func measure(ctx context.Context, brokers string, mb, modelParts int, out io.Writer) error {
 	kind := fmt.Sprintf("synthetic:%d", mb)
 	net, err := model.New(kind, 784, 10, 1)
 	if err != nil {
@@ -72,7 +73,7 @@ func measure(ctx context.Context, brokers string, mb int, out io.Writer) error {
 	size := proto.Size(m)
 	o := kafkachan.Options{Brokers: brokers, Job: job}
 	srv, err := kafkachan.NewServer(ctx, kafkachan.ServerOptions{Options: o,
-		TopicOptions: kafkachan.TopicOptions{UpdatePartitions: 1, MaxMessageBytes: size + 1<<20}})
+		TopicOptions: kafkachan.TopicOptions{UpdatePartitions: 1, ModelPartitions: modelParts, MaxMessageBytes: size + 1<<20}})
 	if err != nil {
 		return err
 	}
