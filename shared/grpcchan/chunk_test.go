@@ -250,3 +250,38 @@ func TestChunkedUpdateDurable(t *testing.T) {
 		t.Fatalf("replayed %d bytes from %q; want the %d-byte chunked update", d.Size, d.ClientID(), proto.Size(u))
 	}
 }
+
+// TestChunkedUpdateSenderGone: a sender that dies mid-stream (its call
+// cancelled after 3 of 8 chunks) leaves nothing but a counted
+// rules.Incomplete, and the server goes on serving.
+func TestChunkedUpdateSenderGone(t *testing.T) {
+	ctx := testCtx(t)
+	s := startServer(t, ServerOptions{MaxMessageBytes: lowLimit})
+	if err := s.Publish(ctx, &fdxv1.GlobalModel{Job: testJob, Round: 1}); err != nil {
+		t.Fatal(err)
+	}
+	x, err := encode(bigUpdate("gone", 8), DefaultChunkBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	callCtx, cancel := context.WithCancel(ctx)
+	stream, err := rawAPI(t, s).SubmitUpdateChunks(callCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range parts(t, x)[:4] {
+		if err := stream.Send(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	d, err := s.Next(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Update != nil || d.Rejection == nil || d.Rejection.Reason != rules.Incomplete {
+		t.Fatalf("round loop got update %v, rejection %v; want only an incomplete transfer counted", d.Update != nil, d.Rejection)
+	}
+	c := dialClient(t, ClientOptions{Addr: s.Addr(), Job: testJob, ClientID: "next", MaxMessageBytes: lowLimit})
+	deliver(t, ctx, s, c, bigUpdate("next", 3))
+}
