@@ -3,8 +3,13 @@ package kafkachan
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
+	"os"
+	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -176,5 +181,78 @@ func TestBadSpreadModel(t *testing.T) {
 	defer s2.Close()
 	if m, err := s2.Latest(ctx, nil); err != nil || !proto.Equal(m, good) {
 		t.Fatalf("Latest = round %d, %v; want the good model 1", m.GetRound(), err)
+	}
+}
+
+// envKillSpreadChild makes TestKilledMidSpreadTransfer the aggregator that
+// dies: "brokers|job".
+const envKillSpreadChild = "FDX_TEST_SPREAD_KILL_CHILD"
+
+// TestKilledMidSpreadTransfer SIGKILLs an aggregator inside its round
+// transaction after 4 of the 6 chunks of a spread model are on the broker,
+// on all three partitions, and before the manifest. Readers keep the
+// previous model and never read the aborted chunks; the successor
+// publishes the round whole.
+func TestKilledMidSpreadTransfer(t *testing.T) {
+	const n = 1_500_000 // 6 MB: 6 chunks
+	topts := TopicOptions{UpdatePartitions: 1, ModelPartitions: 3, MaxMessageBytes: MessageBytesFor(n)}
+	if v := os.Getenv(envKillSpreadChild); v != "" {
+		brokers, job, _ := strings.Cut(v, "|")
+		s, err := NewServer(testCtx(t, 60*time.Second), ServerOptions{
+			Options: Options{Brokers: brokers, Job: job}, TopicOptions: topts,
+			AfterChunk: func(_ int64, i int) {
+				if i == 3 {
+					_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				}
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = s.Publish(testCtx(t, 60*time.Second), randomModel(job, 2, n))
+		t.Fatalf("Publish returned %v; the process should have been killed", err)
+	}
+	brokers, job := kafkatest.Brokers(t), kafkatest.Job(t)
+	ctx := testCtx(t, 180*time.Second)
+	sopt := ServerOptions{Options: Options{Brokers: brokers, Job: job}, TopicOptions: topts}
+	s, err := NewServer(ctx, sopt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m1 := randomModel(job, 1, n)
+	if err := s.Publish(ctx, m1); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestKilledMidSpreadTransfer$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envKillSpreadChild+"="+brokers+"|"+job)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ProcessState.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("child aggregator = %v; want killed by SIGKILL mid-transfer\n%s", err, out)
+	}
+
+	c := dial(t, brokers, job)
+	if m, err := c.Model(ctx, 0); err != nil || !proto.Equal(m, m1) {
+		t.Fatalf("client Model(0) after the kill = round %d, %v; want model 1", m.GetRound(), err)
+	}
+	s2, err := NewServer(ctx, sopt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if m, err := s2.Latest(ctx, nil); err != nil || !proto.Equal(m, m1) {
+		t.Fatalf("Latest after the kill = round %d, %v; want model 1", m.GetRound(), err)
+	}
+	m2 := randomModel(job, 2, n)
+	if err := s2.Publish(ctx, m2); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := c.Model(ctx, 2); err != nil || !proto.Equal(m, m2) {
+		t.Fatalf("client Model(2) = round %d, %v; want the successor's model 2", m.GetRound(), err)
+	}
+	if st := c.Stats(); st.RecordsRejected != 0 {
+		t.Errorf("client rejected %d records; want 0: aborted chunks are never read", st.RecordsRejected)
 	}
 }
