@@ -50,10 +50,13 @@ type modelReader struct {
 	// chunks from the other partitions, made on first use.
 	cm      kafka.ConfigMap
 	spreadC *kafka.Consumer
-	// held keeps the spread chunks that partition 0's reading passed, by
-	// offset, for their manifest: a waiting reader gets them anyway, and
-	// need not fetch them twice. Cleared with every manifest.
-	held map[int64]*kafka.Message
+	// held keeps the spread chunks of transfer heldID that partition 0's
+	// reading passed, by offset, for their manifest: a waiting reader gets
+	// them anyway, and need not fetch them twice. Cleared with every
+	// manifest and when another transfer's chunk comes, so it holds at
+	// most one model's share.
+	held   map[int64]*kafka.Message
+	heldID string
 }
 
 // Fetch waits of model readers. A waiting reader keeps one fetch parked on
@@ -268,6 +271,10 @@ func (r *modelReader) pollFor(ctx context.Context, wait time.Duration) (*fdxv1.G
 			at := int64(ev.TopicPartition.Offset)
 			r.count.Received(len(ev.Value) + len(ev.Key))
 			if header(ev, headerSpread) != nil {
+				if id := string(header(ev, headerTransfer)); id != r.heldID {
+					clear(r.held)
+					r.heldID = id
+				}
 				if len(r.held) < maxChunks {
 					r.held[at] = ev // used with its manifest
 				}
