@@ -285,3 +285,28 @@ func TestChunkedUpdateSenderGone(t *testing.T) {
 	c := dialClient(t, ClientOptions{Addr: s.Addr(), Job: testJob, ClientID: "next", MaxMessageBytes: lowLimit})
 	deliver(t, ctx, s, c, bigUpdate("next", 3))
 }
+
+// TestChunkedUpdateTokens: a chunked update is checked against its
+// client's bearer token like a unary one, once it is whole.
+func TestChunkedUpdateTokens(t *testing.T) {
+	ctx := testCtx(t)
+	s := startServer(t, ServerOptions{MaxMessageBytes: lowLimit, Tokens: map[string]string{"big": "t-big", "other": "t-other"}})
+	if err := s.Publish(ctx, &fdxv1.GlobalModel{Job: testJob, Round: 1}); err != nil {
+		t.Fatal(err)
+	}
+	own := dialClient(t, ClientOptions{Addr: s.Addr(), Job: testJob, ClientID: "big", MaxMessageBytes: lowLimit, Token: "t-big"})
+	deliver(t, ctx, s, own, bigUpdate("big", 4))
+
+	// Another client's valid token passes the call's door, not the update.
+	forger := dialClient(t, ClientOptions{Addr: s.Addr(), Job: testJob, ClientID: "other", MaxMessageBytes: lowLimit, Token: "t-other"})
+	if err := forger.Submit(ctx, bigUpdate("big", 4)); !errors.Is(err, channel.ErrUnauthenticated) {
+		t.Fatalf("chunked update as %q with another client's token: %v; want ErrUnauthenticated", "big", err)
+	}
+	d, err := s.Next(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Rejection == nil || d.Rejection.Reason != rules.Unauthenticated {
+		t.Fatalf("round loop got rejection %v; want the forged update counted as unauthenticated", d.Rejection)
+	}
+}
