@@ -42,6 +42,9 @@ type ChannelConfig struct {
 	KafkaProperties map[string]string
 	// UpdatePartitions of the Kafka updates topic (0: 4).
 	UpdatePartitions int
+	// ModelPartitions of the Kafka model topic (0: 1); more spread a
+	// chunked model's chunks over their leaders.
+	ModelPartitions int
 	// BeforeCommit is the Kafka channel's fault-injection point (see
 	// kafkachan.ServerOptions.BeforeCommit).
 	BeforeCommit func(round int64)
@@ -87,6 +90,9 @@ func (c ChannelConfig) Validate() error {
 	if c.Transport != GRPC && (c.GRPCTLS != nil || c.StateFile != "") {
 		return errors.New("gRPC TLS and the state file go with the gRPC transport")
 	}
+	if c.ModelPartitions < 0 {
+		return fmt.Errorf("model partitions %d is negative", c.ModelPartitions)
+	}
 	if c.UpdatePartitions < 0 {
 		return fmt.Errorf("update partitions %d is negative", c.UpdatePartitions)
 	}
@@ -121,7 +127,9 @@ func OpenChannel(ctx context.Context, cc ChannelConfig, job string, maxBytes int
 	}
 	if cc.Transport == GRPC {
 		s, err := grpcchan.NewServer(grpcchan.ServerOptions{
-			Addr: cc.Listen, Job: job, MaxMessageBytes: maxBytes, StateFile: cc.StateFile, Logger: log,
+			// The message limit stays at its default: larger updates
+			// come in chunks, bounded by maxBytes as a whole.
+			Addr: cc.Listen, Job: job, MaxUpdateBytes: maxBytes, StateFile: cc.StateFile, Logger: log,
 			TLS: cc.GRPCTLS, Tokens: cc.Tokens, AfterStore: cc.AfterStore,
 		})
 		if err != nil {
@@ -155,7 +163,7 @@ func OpenChannel(ctx context.Context, cc ChannelConfig, job string, maxBytes int
 	}
 	s, err := kafkachan.NewServer(ctx, kafkachan.ServerOptions{
 		Options:      ko,
-		TopicOptions: kafkachan.TopicOptions{UpdatePartitions: parts, MaxMessageBytes: maxBytes},
+		TopicOptions: kafkachan.TopicOptions{UpdatePartitions: parts, ModelPartitions: cc.ModelPartitions, MaxMessageBytes: maxBytes},
 		BeforeCommit: cc.BeforeCommit,
 		Signer:       cc.Signer,
 		Tokens:       cc.Tokens,

@@ -8,7 +8,7 @@ import (
 )
 
 // TestSyntheticLargeModel runs a 6 MB synthetic model over both channels:
-// Kafka moves every model and update in 1 MiB chunks, and both channels end
+// Kafka and gRPC move every model and update in 1 MiB chunks, and both channels end
 // with the bit-identical model.
 func TestSyntheticLargeModel(t *testing.T) {
 	data := dataset.NewCatalog()
@@ -16,7 +16,10 @@ func TestSyntheticLargeModel(t *testing.T) {
 		Partition: dataset.PartitionSpec{NumPartitions: 2}, Seed: 11}
 	kres := runFederation(t, spec, ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}, Env{Data: data}, 2)
 	gres := runFederation(t, spec, ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0"}, Env{Data: data}, 2)
-	for _, res := range []*Result{kres, gres} {
+	// The same job with each model's chunks spread over 3 partitions.
+	spec.Job += "-spread"
+	sres := runFederation(t, spec, ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t), ModelPartitions: 3}, Env{Data: data}, 2)
+	for _, res := range []*Result{kres, gres, sres} {
 		if len(res.Rounds) != 2 || res.Final.GetRound() != 3 || len(res.Rejected) != 0 {
 			t.Fatalf("%s: %d rounds, final round %d, rejections %v; want 2 rounds, final round 3, none rejected", res.Channel, len(res.Rounds), res.Final.GetRound(), res.Rejected)
 		}
@@ -26,8 +29,8 @@ func TestSyntheticLargeModel(t *testing.T) {
 			}
 		}
 	}
-	if kd, gd := Digest(kres.Final), Digest(gres.Final); kd != gd {
-		t.Errorf("final models differ: kafka %s, grpc %s", kd, gd)
+	if kd, gd, sd := Digest(kres.Final), Digest(gres.Final), Digest(sres.Final); kd != gd || kd != sd {
+		t.Errorf("final models differ: kafka %s, grpc %s, kafka spread over 3 partitions %s", kd, gd, sd)
 	}
 	// 3 models of 6 MB: 6 chunks and a manifest each.
 	if kres.Stats.MessagesSent != 3*7 || kres.Stats.BytesSent < 18_000_000 {
@@ -36,5 +39,9 @@ func TestSyntheticLargeModel(t *testing.T) {
 	// 4 updates, each 6 chunks and a manifest.
 	if kres.Stats.MessagesReceived < 4*7 {
 		t.Errorf("kafka aggregator received %d records; want at least 28 (4 chunked updates)", kres.Stats.MessagesReceived)
+	}
+	// gRPC streams the same chunks: a manifest and 6 chunks per update.
+	if gres.Stats.MessagesReceived < 4*7 {
+		t.Errorf("grpc aggregator received %d messages; want at least 28 (4 updates streamed in chunks)", gres.Stats.MessagesReceived)
 	}
 }

@@ -7,6 +7,13 @@
 // acknowledgements and from the aggregator's Next to the verified,
 // decoded delivery. The raw baseline produces with acks=all and reads with
 // read_committed, as the channel does.
+//
+// The gRPC rows stream the same model and update in 1 MiB chunks under the
+// default 64 MiB message limit: a new client's Model (the server encodes
+// the model and its manifest on the first request, so a second client's
+// fetch is timed too) and Submit until the aggregator's Next holds the
+// verified, decoded update. They are set against the same raw Kafka
+// baseline, for scale only.
 package main
 
 import (
@@ -24,6 +31,7 @@ import (
 
 	"github.com/fdxkafka/fdxkafka/internal/cli"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/model"
 )
@@ -35,6 +43,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	brokers := fs.String("brokers", "127.0.0.1:9092", "Kafka bootstrap list")
 	sizes := fs.String("sizes", "10,100", "model sizes in MB")
+	modelParts := fs.Int("model-partitions", 1, "partitions of the model topic the chunks are spread over")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
@@ -44,14 +53,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return cli.Usagef("size %q: %v", s, err)
 		}
-		if err := measure(ctx, *brokers, mb, stdout); err != nil {
+		if err := measure(ctx, *brokers, mb, *modelParts, stdout); err != nil {
 			return fmt.Errorf("%d MB: %w", mb, err)
 		}
 	}
 	return nil
 }
 
-func measure(ctx context.Context, brokers string, mb int, out io.Writer) error {
+func measure(ctx context.Context, brokers string, mb, modelParts int, out io.Writer) error {
 	kind := fmt.Sprintf("synthetic:%d", mb)
 	net, err := model.New(kind, 784, 10, 1)
 	if err != nil {
@@ -64,7 +73,7 @@ func measure(ctx context.Context, brokers string, mb int, out io.Writer) error {
 	size := proto.Size(m)
 	o := kafkachan.Options{Brokers: brokers, Job: job}
 	srv, err := kafkachan.NewServer(ctx, kafkachan.ServerOptions{Options: o,
-		TopicOptions: kafkachan.TopicOptions{UpdatePartitions: 1, MaxMessageBytes: size + 1<<20}})
+		TopicOptions: kafkachan.TopicOptions{UpdatePartitions: 1, ModelPartitions: modelParts, MaxMessageBytes: size + 1<<20}})
 	if err != nil {
 		return err
 	}
@@ -108,7 +117,59 @@ func measure(ctx context.Context, brokers string, mb int, out io.Writer) error {
 	row("model fetch (new client) / raw cold read", fetch, rawCold)
 	row("update submit / raw produce", submit, rawProduce)
 	row("update submit to aggregator's delivery / raw produce to consume", update, rawEndToEnd)
+	g, err := grpcTransfer(ctx, m, u)
+	if err != nil {
+		return fmt.Errorf("grpc: %w", err)
+	}
+	row("grpc model fetch, streamed (new client) / raw Kafka cold read", g.fetch, rawCold)
+	row("grpc model fetch, streamed (2nd client, model encoded) / raw Kafka cold read", g.fetch2, rawCold)
+	row("grpc update submit, streamed, to aggregator's delivery / raw Kafka produce to consume", g.update, rawEndToEnd)
 	return nil
+}
+
+// grpcTimes are the gRPC channel's times for one model and one update.
+type grpcTimes struct{ fetch, fetch2, update time.Duration }
+
+// grpcTransfer serves m on a loopback gRPC server with the default message
+// limit and times two fetches and the submission of u.
+func grpcTransfer(ctx context.Context, m *fdxv1.GlobalModel, u *fdxv1.Update) (grpcTimes, error) {
+	var t grpcTimes
+	srv, err := grpcchan.NewServer(grpcchan.ServerOptions{Addr: "127.0.0.1:0", Job: m.GetJob()})
+	if err != nil {
+		return t, err
+	}
+	defer srv.Close()
+	if err := srv.Publish(ctx, m); err != nil {
+		return t, err
+	}
+	for _, d := range []*time.Duration{&t.fetch, &t.fetch2} {
+		c, err := grpcchan.Dial(ctx, grpcchan.ClientOptions{Addr: srv.Addr(), Job: m.GetJob()})
+		if err != nil {
+			return t, err
+		}
+		start := time.Now()
+		got, err := c.Model(ctx, 1)
+		*d = time.Since(start)
+		c.Close()
+		if err != nil || len(got.GetParams()) != len(m.GetParams()) {
+			return t, fmt.Errorf("model: %v", err)
+		}
+	}
+	c, err := grpcchan.Dial(ctx, grpcchan.ClientOptions{Addr: srv.Addr(), Job: m.GetJob()})
+	if err != nil {
+		return t, err
+	}
+	defer c.Close()
+	errc := make(chan error, 1)
+	start := time.Now()
+	go func() { errc <- c.Submit(ctx, u) }()
+	d, err := srv.Next(ctx)
+	if err != nil || d.Update == nil || d.Rejection != nil {
+		return t, fmt.Errorf("next: %v %v %v", err, d.Err, d.Rejection)
+	}
+	t.update = time.Since(start)
+	d.Reply(nil)
+	return t, <-errc
 }
 
 // raw produces size bytes in 1 MiB records to a new topic while a live

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -15,6 +16,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
@@ -27,8 +29,16 @@ type ClientOptions struct {
 	Job  string
 	// ClientID is sent with model requests for the aggregator's logs.
 	ClientID string
-	// MaxMessageBytes bounds messages either way; 0 means 64 MiB.
+	// MaxMessageBytes bounds messages either way; 0 means 64 MiB. Models
+	// and updates of any size fit it: larger ones travel in chunks.
 	MaxMessageBytes int
+	// ChunkBytes is the chunk size, and the size above which an update is
+	// sent in chunks; 0 means DefaultChunkBytes. It is capped to fit
+	// MaxMessageBytes.
+	ChunkBytes int
+	// MaxModelBytes bounds a model received in chunks; 0 means the
+	// protobuf limit (2 GiB).
+	MaxModelBytes int
 	// TLS enables transport security; nil dials plaintext.
 	TLS *tls.Config
 	// Token is sent as "authorization: Bearer <token>" when set.
@@ -54,6 +64,14 @@ func Dial(ctx context.Context, opt ClientOptions) (*Client, error) {
 	if opt.MaxMessageBytes <= 0 {
 		opt.MaxMessageBytes = 64 << 20
 	}
+	if opt.MaxModelBytes <= 0 {
+		opt.MaxModelBytes = maxTransferBytes
+	}
+	chunk, err := chunkSize(opt.ChunkBytes, opt.MaxMessageBytes)
+	if err != nil {
+		return nil, err
+	}
+	opt.ChunkBytes = chunk
 	creds := insecure.NewCredentials()
 	if opt.TLS != nil {
 		creds = credentials.NewTLS(opt.TLS)
@@ -86,19 +104,54 @@ func (c *Client) outgoing(ctx context.Context) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.opt.Token)
 }
 
-// Model implements channel.Client.
+// Model implements channel.Client. The model comes in chunks, so its size
+// is bounded by MaxModelBytes, not by the message limit; an aggregator
+// that does not stream chunks is asked for the whole.
 func (c *Client) Model(ctx context.Context, minRound int64) (*fdxv1.GlobalModel, error) {
-	m, err := c.api.GetModel(c.outgoing(ctx), &fdxv1.GetModelRequest{Job: c.opt.Job, MinRound: minRound, ClientId: c.opt.ClientID})
+	req := &fdxv1.GetModelRequest{Job: c.opt.Job, MinRound: minRound, ClientId: c.opt.ClientID}
+	m, err := c.modelChunks(ctx, req)
+	if status.Code(err) == codes.Unimplemented {
+		m, err = c.api.GetModel(c.outgoing(ctx), req)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("get model round %d: %w", minRound, classify(err))
 	}
 	return m, nil
 }
 
+// modelChunks receives one model on a GetModelChunks stream.
+func (c *Client) modelChunks(ctx context.Context, req *fdxv1.GetModelRequest) (*fdxv1.GlobalModel, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the stream however the transfer went
+	stream, err := c.api.GetModelChunks(c.outgoing(ctx), req)
+	if err != nil {
+		return nil, err
+	}
+	whole, rej, err := receive(stream.Recv, int64(c.opt.MaxModelBytes))
+	if err != nil {
+		return nil, err
+	}
+	if rej != nil {
+		return nil, fmt.Errorf("model transfer refused: %w", rej)
+	}
+	m := &fdxv1.GlobalModel{}
+	if err := proto.Unmarshal(whole, m); err != nil {
+		return nil, fmt.Errorf("decode model of %d bytes: %w", len(whole), err)
+	}
+	return m, nil
+}
+
 // Submit implements channel.Client; a refused update returns an error
-// wrapping channel.ErrRejected with the aggregator's reason.
+// wrapping channel.ErrRejected with the aggregator's reason. An update
+// larger than the chunk size goes in chunks.
 func (c *Client) Submit(ctx context.Context, u *fdxv1.Update) error {
-	resp, err := c.api.SubmitUpdate(c.outgoing(ctx), u)
+	var resp *fdxv1.SubmitUpdateResponse
+	var err error
+	if proto.Size(u) > c.opt.ChunkBytes {
+		resp, err = c.submitChunks(ctx, u)
+	} else {
+		resp, err = c.api.SubmitUpdate(c.outgoing(ctx), u)
+	}
 	if err != nil {
 		return fmt.Errorf("submit update round %d: %w", u.GetBaseRound(), classify(err))
 	}
@@ -113,6 +166,26 @@ func (c *Client) Submit(ctx context.Context, u *fdxv1.Update) error {
 		return fmt.Errorf("submit update round %d: %w: %w", u.GetBaseRound(), channel.ErrRejected, rej)
 	}
 	return nil
+}
+
+// submitChunks sends u on a SubmitUpdateChunks stream.
+func (c *Client) submitChunks(ctx context.Context, u *fdxv1.Update) (*fdxv1.SubmitUpdateResponse, error) {
+	x, err := encode(u, c.opt.ChunkBytes)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.api.SubmitUpdateChunks(c.outgoing(ctx))
+	if err != nil {
+		return nil, err
+	}
+	// io.EOF from Send means the server ended the call early (a refused
+	// transfer, an error): its answer is what CloseAndRecv returns.
+	if err := x.send(stream.Send); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return stream.CloseAndRecv()
 }
 
 // Stats implements channel.Client.

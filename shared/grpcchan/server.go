@@ -35,8 +35,15 @@ type ServerOptions struct {
 	// Addr to listen on, e.g. "[::]:8080" or "127.0.0.1:0".
 	Addr string
 	Job  string
-	// MaxMessageBytes bounds every message; 0 means 64 MiB.
+	// MaxMessageBytes bounds every message; 0 means 64 MiB. Models and
+	// updates of any size fit it: larger ones travel in chunks.
 	MaxMessageBytes int
+	// ChunkBytes is the chunk size of models streamed in chunks; 0 means
+	// DefaultChunkBytes. It is capped to fit MaxMessageBytes.
+	ChunkBytes int
+	// MaxUpdateBytes bounds an update sent in chunks; 0 means the
+	// protobuf limit (2 GiB).
+	MaxUpdateBytes int
 	// StateFile, when set, holds the newest published model,
 	// StateFile+".updates" the updates accepted in the open round, so that a
 	// restarted aggregator resumes without losing an accepted update, and
@@ -71,7 +78,25 @@ type Server struct {
 
 	mu      sync.Mutex
 	current *fdxv1.GlobalModel
+	// encoded is current serialized for chunked transfers, made once on
+	// the first request for it.
+	encoded *lazyEncoding
 	changed chan struct{} // closed and replaced on every publish
+}
+
+// lazyEncoding encodes a published model once, however many clients
+// stream it.
+type lazyEncoding struct {
+	once sync.Once
+	m    *fdxv1.GlobalModel
+	size int
+	enc  *encoded
+	err  error
+}
+
+func (l *lazyEncoding) get() (*encoded, error) {
+	l.once.Do(func() { l.enc, l.err = encode(l.m, l.size) })
+	return l.enc, l.err
 }
 
 var _ channel.Server = (*Server)(nil)
@@ -84,6 +109,14 @@ func NewServer(opt ServerOptions) (*Server, error) {
 	if opt.MaxMessageBytes <= 0 {
 		opt.MaxMessageBytes = 64 << 20
 	}
+	if opt.MaxUpdateBytes <= 0 {
+		opt.MaxUpdateBytes = maxTransferBytes
+	}
+	chunk, err := chunkSize(opt.ChunkBytes, opt.MaxMessageBytes)
+	if err != nil {
+		return nil, err
+	}
+	opt.ChunkBytes = chunk
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -181,6 +214,7 @@ func (s *Server) Latest(ctx context.Context, valid func(*fdxv1.GlobalModel) erro
 func (s *Server) setCurrent(m *fdxv1.GlobalModel) {
 	s.mu.Lock()
 	s.current = m
+	s.encoded = &lazyEncoding{m: m, size: s.opt.ChunkBytes}
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.mu.Unlock()
@@ -285,6 +319,22 @@ func (s *Server) snapshot() (*fdxv1.GlobalModel, <-chan struct{}) {
 	return s.current, s.changed
 }
 
+// encodedModel is m serialized for a chunked transfer (m is the current
+// model or was; an older one is encoded afresh).
+func (s *Server) encodedModel(m *fdxv1.GlobalModel) (*encoded, error) {
+	s.mu.Lock()
+	l := s.encoded
+	s.mu.Unlock()
+	if l == nil || l.m != m {
+		l = &lazyEncoding{m: m, size: s.opt.ChunkBytes}
+	}
+	x, err := l.get()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "model round %d: %v", m.GetRound(), err)
+	}
+	return x, nil
+}
+
 func (s *Server) checkJob(job string) error {
 	if job != s.opt.Job {
 		return status.Errorf(codes.NotFound, "unknown job %q (this aggregator runs %q)", job, s.opt.Job)
@@ -294,6 +344,24 @@ func (s *Server) checkJob(job string) error {
 
 // GetModel implements fdxv1.AggregatorServer.
 func (s *Server) GetModel(ctx context.Context, req *fdxv1.GetModelRequest) (*fdxv1.GlobalModel, error) {
+	return s.waitModel(ctx, req)
+}
+
+// GetModelChunks implements fdxv1.AggregatorServer: GetModel in chunks.
+func (s *Server) GetModelChunks(req *fdxv1.GetModelRequest, stream fdxv1.Aggregator_GetModelChunksServer) error {
+	m, err := s.waitModel(stream.Context(), req)
+	if err != nil {
+		return err
+	}
+	x, err := s.encodedModel(m)
+	if err != nil {
+		return err
+	}
+	return x.send(stream.Send)
+}
+
+// waitModel returns the model GetModel asks for, once it exists.
+func (s *Server) waitModel(ctx context.Context, req *fdxv1.GetModelRequest) (*fdxv1.GlobalModel, error) {
 	if err := s.checkJob(req.GetJob()); err != nil {
 		return nil, err
 	}
@@ -321,6 +389,23 @@ func (s *Server) GetModel(ctx context.Context, req *fdxv1.GetModelRequest) (*fdx
 
 // WatchModels implements fdxv1.AggregatorServer.
 func (s *Server) WatchModels(req *fdxv1.WatchModelsRequest, stream fdxv1.Aggregator_WatchModelsServer) error {
+	return s.watch(stream.Context(), req, stream.Send)
+}
+
+// WatchModelChunks implements fdxv1.AggregatorServer: WatchModels with
+// every model in chunks.
+func (s *Server) WatchModelChunks(req *fdxv1.WatchModelsRequest, stream fdxv1.Aggregator_WatchModelChunksServer) error {
+	return s.watch(stream.Context(), req, func(m *fdxv1.GlobalModel) error {
+		x, err := s.encodedModel(m)
+		if err != nil {
+			return err
+		}
+		return x.send(stream.Send)
+	})
+}
+
+// watch sends every model from req's round on until the final one.
+func (s *Server) watch(ctx context.Context, req *fdxv1.WatchModelsRequest, send func(*fdxv1.GlobalModel) error) error {
 	if err := s.checkJob(req.GetJob()); err != nil {
 		return err
 	}
@@ -328,7 +413,7 @@ func (s *Server) WatchModels(req *fdxv1.WatchModelsRequest, stream fdxv1.Aggrega
 	for {
 		m, changed := s.snapshot()
 		if m != nil && m.GetRound() >= next {
-			if err := stream.Send(m); err != nil {
+			if err := send(m); err != nil {
 				return err
 			}
 			if m.GetFinal() {
@@ -338,11 +423,11 @@ func (s *Server) WatchModels(req *fdxv1.WatchModelsRequest, stream fdxv1.Aggrega
 		}
 		select {
 		case <-changed:
-		case <-stream.Context().Done():
-			return status.FromContextError(stream.Context().Err()).Err()
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
 		case <-s.done:
 			if m, _ := s.snapshot(); m.GetFinal() && m.GetRound() >= next {
-				return stream.Send(m) // as in GetModel
+				return send(m) // as in GetModel
 			}
 			return status.Error(codes.Unavailable, "aggregator shutting down")
 		}
@@ -353,6 +438,51 @@ func (s *Server) WatchModels(req *fdxv1.WatchModelsRequest, stream fdxv1.Aggrega
 // round loop, and the caller gets its verdict once the update is both
 // stored and folded, or refused.
 func (s *Server) SubmitUpdate(ctx context.Context, u *fdxv1.Update) (*fdxv1.SubmitUpdateResponse, error) {
+	return s.submit(ctx, u, proto.Size(u))
+}
+
+// SubmitUpdateChunks implements fdxv1.AggregatorServer: SubmitUpdate in
+// chunks. A transfer that is short or corrupt is refused (and counted) as
+// rules.Incomplete or rules.Checksum without reaching the round loop's
+// validation; a whole one goes the way of SubmitUpdate.
+func (s *Server) SubmitUpdateChunks(stream fdxv1.Aggregator_SubmitUpdateChunksServer) error {
+	whole, rej, err := receive(stream.Recv, int64(s.opt.MaxUpdateBytes))
+	if err != nil {
+		// The sender went away mid-transfer: nobody to answer, but the
+		// loss is counted.
+		s.refuse(nil, rules.Reject(rules.Incomplete, "chunked update: %v", err))
+		return err
+	}
+	u := &fdxv1.Update{}
+	if rej == nil {
+		if err := proto.Unmarshal(whole, u); err != nil {
+			rej = rules.Reject(rules.Undecodable, "chunked update of %d bytes: %v", len(whole), err)
+		}
+	}
+	if rej != nil {
+		s.refuse(nil, rej)
+		return stream.SendAndClose(s.verdict(rej))
+	}
+	resp, err := s.submit(stream.Context(), u, len(whole))
+	if err != nil {
+		return err
+	}
+	return stream.SendAndClose(resp)
+}
+
+// verdict is the response for an update accepted (rej nil) or refused.
+func (s *Server) verdict(rej *rules.Rejection) *fdxv1.SubmitUpdateResponse {
+	cur, _ := s.snapshot()
+	resp := &fdxv1.SubmitUpdateResponse{Accepted: rej == nil, Round: cur.GetRound()}
+	if rej != nil {
+		resp.Reason, resp.RejectReason = rej.Error(), rej.Reason.Proto()
+	}
+	return resp
+}
+
+// submit hands u, of size encoded bytes, to the round loop and waits for
+// its verdict.
+func (s *Server) submit(ctx context.Context, u *fdxv1.Update, size int) (*fdxv1.SubmitUpdateResponse, error) {
 	if err := s.checkJob(u.GetJob()); err != nil {
 		s.refuse(u, rules.Reject(rules.WrongJob, "job %q, this aggregator runs %q", u.GetJob(), s.opt.Job))
 		return nil, err
@@ -362,7 +492,7 @@ func (s *Server) SubmitUpdate(ctx context.Context, u *fdxv1.Update) (*fdxv1.Subm
 		return nil, err
 	}
 	reply := make(chan *rules.Rejection, 1)
-	d := channel.NewDelivery(u, proto.Size(u), func() error { return s.store(u) }, func(rej *rules.Rejection) { reply <- rej })
+	d := channel.NewDelivery(u, size, func() error { return s.store(u) }, func(rej *rules.Rejection) { reply <- rej })
 	d.Key = u.GetClientId()
 	select {
 	case s.updates <- d:
@@ -372,12 +502,7 @@ func (s *Server) SubmitUpdate(ctx context.Context, u *fdxv1.Update) (*fdxv1.Subm
 		return nil, status.Error(codes.Unavailable, "aggregator shutting down")
 	}
 	answer := func(rej *rules.Rejection) (*fdxv1.SubmitUpdateResponse, error) {
-		cur, _ := s.snapshot()
-		resp := &fdxv1.SubmitUpdateResponse{Accepted: rej == nil, Round: cur.GetRound()}
-		if rej != nil {
-			resp.Reason, resp.RejectReason = rej.Error(), rej.Reason.Proto()
-		}
-		return resp, nil
+		return s.verdict(rej), nil
 	}
 	select {
 	case rej := <-reply:
@@ -413,12 +538,16 @@ func (s *Server) store(u *fdxv1.Update) error {
 	return nil
 }
 
-// refuse hands an update the transport refused to the round loop, so that
+// refuse hands an update the transport refused (nil: one that never
+// arrived whole) to the round loop, so that
 // it is counted and logged like every other rejection, without holding the
 // caller (who gets its gRPC status at once) or letting refused callers
 // queue up in the loop: when the queue is full the refusal is only logged.
 func (s *Server) refuse(u *fdxv1.Update, rej *rules.Rejection) {
-	d := channel.Delivery{Update: u, Key: u.GetClientId(), Size: proto.Size(u), Rejection: rej}
+	d := channel.Delivery{Key: u.GetClientId(), Rejection: rej}
+	if u != nil {
+		d.Update, d.Size = u, proto.Size(u)
+	}
 	select {
 	case s.refusals <- d:
 	default:

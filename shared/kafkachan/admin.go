@@ -16,6 +16,11 @@ import (
 type TopicOptions struct {
 	// UpdatePartitions is the partition count of the updates topic.
 	UpdatePartitions int
+	// ModelPartitions is the partition count of the model topic (0: 1).
+	// With more than one, the chunks of a model are spread over them, so
+	// that clients' downloads spread over their leaders; manifests stay on
+	// partition 0. An existing topic is raised to it.
+	ModelPartitions int
 	// MaxMessageBytes is the topics' max.message.bytes.
 	MaxMessageBytes int
 	// ReplicationFactor of new topics; -1 takes the broker's default, and 0
@@ -41,6 +46,7 @@ func EnsureTopics(ctx context.Context, o Options, to TopicOptions) error {
 	if to.UpdatePartitions < 1 {
 		to.UpdatePartitions = 1
 	}
+	to.ModelPartitions = max(1, to.ModelPartitions)
 	if to.MaxMessageBytes < MinMessageBytes {
 		to.MaxMessageBytes = MinMessageBytes
 	}
@@ -83,7 +89,7 @@ func EnsureTopics(ctx context.Context, o Options, to TopicOptions) error {
 		return c
 	}
 	specs := []kafka.TopicSpecification{
-		{Topic: ModelTopic(o.Job), NumPartitions: 1, ReplicationFactor: to.ReplicationFactor, Config: config()},
+		{Topic: ModelTopic(o.Job), NumPartitions: to.ModelPartitions, ReplicationFactor: to.ReplicationFactor, Config: config()},
 		{Topic: UpdatesTopic(o.Job), NumPartitions: to.UpdatePartitions, ReplicationFactor: to.ReplicationFactor, Config: config()},
 	}
 	res, err := ac.CreateTopics(ctx, specs)
@@ -97,8 +103,28 @@ func EnsureTopics(ctx context.Context, o Options, to TopicOptions) error {
 			if err := raiseMaxBytes(ctx, ac, r.Topic, to.MaxMessageBytes); err != nil {
 				return err
 			}
+			if r.Topic == ModelTopic(o.Job) && to.ModelPartitions > 1 {
+				if err := raisePartitions(ctx, ac, r.Topic, to.ModelPartitions); err != nil {
+					return err
+				}
+			}
 		default:
 			return fmt.Errorf("create topic %s: %w", r.Topic, unreachable(r.Error))
+		}
+	}
+	return nil
+}
+
+// raisePartitions gives topic at least n partitions.
+func raisePartitions(ctx context.Context, ac *kafka.AdminClient, topic string, n int) error {
+	res, err := ac.CreatePartitions(ctx, []kafka.PartitionsSpecification{{Topic: topic, IncreaseTo: n}})
+	if err != nil {
+		return fmt.Errorf("add partitions to %s: %w", topic, unreachable(err))
+	}
+	for _, r := range res {
+		// INVALID_PARTITIONS: it already has n or more.
+		if c := r.Error.Code(); c != kafka.ErrNoError && c != kafka.ErrInvalidPartitions {
+			return fmt.Errorf("add partitions to %s: %w", topic, r.Error)
 		}
 	}
 	return nil

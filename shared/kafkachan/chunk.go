@@ -33,6 +33,7 @@ import (
 	"hash/crc32"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
 	"google.golang.org/protobuf/proto"
@@ -53,6 +54,10 @@ const (
 	headerChunk = "fdx-chunk"
 	// headerManifest marks the manifest record.
 	headerManifest = "fdx-manifest"
+	// headerSpread replaces headerChunk on the chunks of a model spread
+	// over the model topic's partitions: the reader of partition 0 passes
+	// them by and fetches them where the manifest says.
+	headerSpread = "fdx-spread-chunk"
 )
 
 // Bounds on what a reader accepts from chunk headers before the manifest
@@ -132,6 +137,9 @@ func produceAll(ctx context.Context, p *kafka.Producer, msgs []*kafka.Message, a
 			m, ok := ev.(*kafka.Message)
 			if !ok {
 				return fmt.Errorf("unexpected delivery event %v", ev)
+			}
+			if at, ok := m.Opaque.(*kafka.TopicPartition); ok {
+				*at = m.TopicPartition // where a spread chunk landed
 			}
 			if err := m.TopicPartition.Error; err != nil && (first == nil || failedState(first)) {
 				// Once one record of a transaction fails, librdkafka
@@ -403,4 +411,209 @@ func (a *assembler) forget(partition *int32) {
 			delete(a.pending, pk)
 		}
 	}
+}
+
+// Spreading a model over partitions. A single-partition model topic makes
+// its leader serve every client's download. With ModelPartitions n > 1 the
+// aggregator puts chunk i on partition i mod n, inside the round's
+// transaction as before, and the manifest, still on partition 0 where
+// readers look for the newest model, lists each chunk's partition and
+// offset; a reader fetches them from every partition's leader. The
+// manifest is produced after the chunks are acknowledged (their offsets
+// are known only then) and signed after, so the signature covers where
+// they are as well as their checksums.
+
+// spread moves chunks over n partitions and marks them as spread.
+func spread(chunks []*kafka.Message, n int) {
+	for i, c := range chunks {
+		c.TopicPartition.Partition = int32(i % n)
+		for j := range c.Headers {
+			if c.Headers[j].Key == headerChunk {
+				c.Headers[j].Key = headerSpread
+			}
+		}
+	}
+}
+
+// produceModel produces a model's records inside the open transaction:
+// all at once, or, for a spread model, the chunks first and then the
+// manifest that says where they landed.
+func (s *Server) produceModel(ctx context.Context, records []*kafka.Message, after func(int)) error {
+	if len(records) < 2 || header(records[0], headerSpread) == nil {
+		return produceAll(ctx, s.p, records, after)
+	}
+	chunks, last := records[:len(records)-1], records[len(records)-1]
+	at := make([]kafka.TopicPartition, len(chunks))
+	for i, c := range chunks {
+		c.Opaque = &at[i]
+	}
+	if err := produceAll(ctx, s.p, chunks, after); err != nil {
+		return err
+	}
+	man := &fdxv1.TransferManifest{}
+	if err := proto.Unmarshal(last.Value, man); err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	for _, tp := range at {
+		man.ChunkPartitions = append(man.ChunkPartitions, tp.Partition)
+		man.ChunkOffsets = append(man.ChunkOffsets, int64(tp.Offset))
+	}
+	b, err := proto.Marshal(man)
+	if err != nil {
+		return fmt.Errorf("encode manifest: %w", err)
+	}
+	last.Value = b
+	s.sign(last)
+	return produceAll(ctx, s.p, []*kafka.Message{last}, nil)
+}
+
+// spreadTimeout bounds fetching a spread model's chunks once its manifest
+// is read: they are committed, so only an unreachable leader delays them.
+const spreadTimeout = 60 * time.Second
+
+// fetchSpread reads the chunks a spread manifest lists, from every
+// partition they are on (those of partition 0 that reading it passed are
+// held already), and returns the verified whole.
+func (r *modelReader) fetchSpread(ctx context.Context, man *fdxv1.TransferManifest) ([]byte, *transferError) {
+	defer clear(r.held)
+	n := int(man.GetChunkCount())
+	fail := func(reason rules.Reason, format string, args ...any) *transferError {
+		return &transferError{Reason: reason, Detail: fmt.Sprintf("spread transfer %s: ", man.GetTransferId()) + fmt.Sprintf(format, args...), Need: -1}
+	}
+	if n < 1 || n > maxChunks || len(man.GetChunkPartitions()) != n || len(man.GetChunkOffsets()) != n ||
+		len(man.GetChunkCrc32C()) != n || len(man.GetSha256()) != sha256.Size || man.GetTotalSize() > maxTransferBytes {
+		return nil, fail(rules.Undecodable, "inconsistent manifest (%d chunks)", n)
+	}
+	chunks := make([][]byte, n)
+	have := 0
+	// want maps each chunk still to fetch, by partition and offset, to its
+	// index; from and last are the lowest and highest such offsets per
+	// partition.
+	type at struct {
+		p int32
+		o int64
+	}
+	want := map[at]int{}
+	from, last := map[int32]int64{}, map[int32]int64{}
+	for i := range n {
+		p, o := man.GetChunkPartitions()[i], man.GetChunkOffsets()[i]
+		if p < 0 || o < 0 {
+			return nil, fail(rules.Undecodable, "chunk %d at partition %d offset %d", i, p, o)
+		}
+		if msg, ok := r.held[o]; ok && p == 0 && string(header(msg, headerTransfer)) == man.GetTransferId() {
+			chunks[i] = msg.Value
+			have++
+			continue
+		}
+		want[at{p, o}] = i
+		if f, ok := from[p]; !ok || o < f {
+			from[p] = o
+		}
+		last[p] = max(last[p], o)
+	}
+	if len(want) > 0 {
+		if err := r.fetchChunks(ctx, func(p int32, o int64, msg *kafka.Message) (bool, bool) {
+			i, ok := want[at{p, o}]
+			if ok && chunks[i] == nil && string(header(msg, headerTransfer)) == man.GetTransferId() {
+				chunks[i] = msg.Value
+				have++
+			}
+			return have == n, o >= last[p]
+		}, from, last); err != nil {
+			return nil, fail(rules.Incomplete, "%d of %d chunks: %v", have, n, err)
+		}
+	}
+	size := man.GetChunkSize()
+	whole := make([]byte, 0, man.GetTotalSize())
+	for i, c := range chunks {
+		if (i < n-1 && int32(len(c)) != size) || crc32.Checksum(c, castagnoli) != man.GetChunkCrc32C()[i] {
+			return nil, fail(rules.Checksum, "chunk %d of %d does not match the manifest", i, n)
+		}
+		whole = append(whole, c...)
+	}
+	if sum := sha256.Sum256(whole); int64(len(whole)) != man.GetTotalSize() || !bytes.Equal(sum[:], man.GetSha256()) {
+		return nil, fail(rules.Checksum, "SHA-256 of the reassembled %d bytes does not match", len(whole))
+	}
+	return whole, nil
+}
+
+// fetchChunks reads the model topic's partitions from the offsets in from
+// and hands every record to take, which says whether all are read (done)
+// and whether the record's partition is past its last chunk (passed). A
+// partition passed or ended before done is an error: the chunks are not
+// where the manifest says.
+func (r *modelReader) fetchChunks(ctx context.Context, take func(p int32, o int64, msg *kafka.Message) (done, passed bool), from, last map[int32]int64) error {
+	if r.spreadC == nil {
+		c, err := kafka.NewConsumer(&r.cm)
+		if err != nil {
+			return fmt.Errorf("consumer: %w", err)
+		}
+		r.spreadC = c
+	}
+	var tps []kafka.TopicPartition
+	for p, o := range from {
+		// A chunk past a partition's end is never coming: say so now
+		// rather than wait for an out-of-range reset.
+		_, high, err := r.spreadC.QueryWatermarkOffsets(r.topic, p, timeoutMs(ctx, 10*time.Second))
+		if err != nil {
+			return fmt.Errorf("partition %d: %w", p, err)
+		}
+		if last[p] >= high {
+			return fmt.Errorf("a chunk at offset %d of partition %d, which ends at %d", last[p], p, high)
+		}
+		tps = append(tps, kafka.TopicPartition{Topic: &r.topic, Partition: p, Offset: kafka.Offset(o)})
+	}
+	if err := r.spreadC.Assign(tps); err != nil {
+		return fmt.Errorf("assign: %w", err)
+	}
+	defer r.spreadC.Unassign()
+	ctx, cancel := context.WithTimeout(ctx, spreadTimeout)
+	defer cancel()
+	passed := map[int32]bool{}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		switch ev := r.spreadC.Poll(100).(type) {
+		case *kafka.Message:
+			tp := ev.TopicPartition
+			if tp.Error != nil {
+				return fmt.Errorf("read: %w", tp.Error)
+			}
+			r.count.Received(len(ev.Value) + len(ev.Key))
+			if passed[tp.Partition] {
+				continue
+			}
+			done, past := take(tp.Partition, int64(tp.Offset), ev)
+			if done {
+				return nil
+			}
+			if past {
+				passed[tp.Partition] = true
+				if len(passed) == len(from) {
+					return errors.New("not where the manifest says")
+				}
+			}
+		case kafka.PartitionEOF:
+			if !passed[ev.Partition] {
+				return fmt.Errorf("partition %d ended before its chunks", ev.Partition)
+			}
+		case kafka.Error:
+			if ev.IsFatal() {
+				return fmt.Errorf("read: %w", ev)
+			}
+		}
+	}
+}
+
+// spreadManifest returns msg's manifest if it is one of a spread model.
+func spreadManifest(msg *kafka.Message) *fdxv1.TransferManifest {
+	if !isManifest(msg) {
+		return nil
+	}
+	man := &fdxv1.TransferManifest{}
+	if proto.Unmarshal(msg.Value, man) != nil || len(man.GetChunkPartitions()) == 0 {
+		return nil
+	}
+	return man
 }

@@ -46,6 +46,17 @@ type modelReader struct {
 	// from is where the current readToEnd began: a chunked model whose
 	// chunks lie before it is not a bad record, only out of the window.
 	from int64
+	// cm configures spreadC, the consumer that fetches a spread model's
+	// chunks from the other partitions, made on first use.
+	cm      kafka.ConfigMap
+	spreadC *kafka.Consumer
+	// held keeps the spread chunks of transfer heldID that partition 0's
+	// reading passed, by offset, for their manifest: a waiting reader gets
+	// them anyway, and need not fetch them twice. Cleared with every
+	// manifest and when another transfer's chunk comes, so it holds at
+	// most one model's share.
+	held   map[int64]*kafka.Message
+	heldID string
 }
 
 // Fetch waits of model readers. A waiting reader keeps one fetch parked on
@@ -87,11 +98,16 @@ func newModelReader(o Options, count *channel.Counter, maxBytes int, client bool
 		return nil, fmt.Errorf("model consumer: %w", err)
 	}
 	startLogs(c, cm, o.logger())
-	return &modelReader{c: c, topic: ModelTopic(o.Job), job: o.Job, verifier: o.Verifier, count: count, log: o.logger(), knownEnd: client,
+	return &modelReader{c: c, cm: cm, held: map[int64]*kafka.Message{}, topic: ModelTopic(o.Job), job: o.Job, verifier: o.Verifier, count: count, log: o.logger(), knownEnd: client,
 		chunks: newAssembler(maxTransferBytes, maxTransferBytes), need: -1}, nil
 }
 
-func (r *modelReader) close() error { return closeConsumer(r.c, r.log) }
+func (r *modelReader) close() error {
+	if r.spreadC != nil {
+		closeConsumer(r.spreadC, r.log)
+	}
+	return closeConsumer(r.c, r.log)
+}
 
 // latest returns the newest committed model, or nil when the topic is empty.
 // It seeks close to the end and widens the window backwards until it finds a
@@ -111,6 +127,7 @@ func (r *modelReader) latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
 	for back := int64(2); ; {
 		start := max(low, high-back)
 		r.chunks.forget(nil)
+		clear(r.held)
 		r.need = -1
 		m, err := r.readToEnd(ctx, start, high)
 		if err != nil {
@@ -253,6 +270,16 @@ func (r *modelReader) pollFor(ctx context.Context, wait time.Duration) (*fdxv1.G
 			}
 			at := int64(ev.TopicPartition.Offset)
 			r.count.Received(len(ev.Value) + len(ev.Key))
+			if header(ev, headerSpread) != nil {
+				if id := string(header(ev, headerTransfer)); id != r.heldID {
+					clear(r.held)
+					r.heldID = id
+				}
+				if len(r.held) < maxChunks {
+					r.held[at] = ev // used with its manifest
+				}
+				return nil, at, false, nil
+			}
 			if isChunk(ev) {
 				for _, f := range r.chunks.add(ev, "") {
 					r.count.Rejected()
@@ -260,7 +287,7 @@ func (r *modelReader) pollFor(ctx context.Context, wait time.Duration) (*fdxv1.G
 				}
 				return nil, at, false, nil
 			}
-			m, err := r.decode(ev)
+			m, err := r.decode(ctx, ev)
 			var te *transferError
 			if errors.As(err, &te) && te.Need >= 0 && te.Need < r.from {
 				// Its chunks precede the window: latest reads them next.
@@ -293,14 +320,20 @@ func (r *modelReader) pollFor(ctx context.Context, wait time.Duration) (*fdxv1.G
 // decodes, its signature verifies (with a verifier), it belongs to the job
 // with a round inside it, and valid accepts it. A manifest's signature
 // covers the manifest, whose SHA-256 covers the reassembled model.
-func (r *modelReader) decode(msg *kafka.Message) (*fdxv1.GlobalModel, error) {
+func (r *modelReader) decode(ctx context.Context, msg *kafka.Message) (*fdxv1.GlobalModel, error) {
 	if r.verifier != nil {
 		if err := r.verifier.Verify(msg.Value, header(msg, trust.HeaderSignature), string(header(msg, trust.HeaderKeyID))); err != nil {
 			return nil, fmt.Errorf("signature: %w", err)
 		}
 	}
 	value := msg.Value
-	if isManifest(msg) {
+	if man := spreadManifest(msg); man != nil {
+		whole, failed := r.fetchSpread(ctx, man)
+		if failed != nil {
+			return nil, failed
+		}
+		value = whole
+	} else if isManifest(msg) {
 		whole, failed := r.chunks.complete(msg, "")
 		for i, f := range failed {
 			if f.Need >= 0 {

@@ -339,13 +339,23 @@ func (s *Server) modelRecords(round int64, value []byte) ([]*kafka.Message, erro
 			return nil, err
 		}
 		records, last = chunks, manifest
+		if s.opt.ModelPartitions > 1 {
+			// The manifest is signed once it says where they landed.
+			spread(chunks, s.opt.ModelPartitions)
+			return append(records, last), nil
+		}
 	}
+	s.sign(last)
+	return append(records, last), nil
+}
+
+// sign adds the model signature to a model record or manifest.
+func (s *Server) sign(msg *kafka.Message) {
 	if s.opt.Signer != nil {
-		last.Headers = append(last.Headers,
-			kafka.Header{Key: trust.HeaderSignature, Value: s.opt.Signer.Sign(last.Value)},
+		msg.Headers = append(msg.Headers,
+			kafka.Header{Key: trust.HeaderSignature, Value: s.opt.Signer.Sign(msg.Value)},
 			kafka.Header{Key: trust.HeaderKeyID, Value: []byte(s.opt.Signer.KeyID())})
 	}
-	return append(records, last), nil
 }
 
 func (s *Server) transact(ctx context.Context, round int64, records []*kafka.Message) error {
@@ -370,7 +380,7 @@ func (s *Server) transact(ctx context.Context, round int64, records []*kafka.Mes
 			}
 		}
 	}
-	if err := produceAll(ctx, s.p, records, after); err != nil {
+	if err := s.produceModel(ctx, records, after); err != nil {
 		return abort(err)
 	}
 	if len(s.consumed) > 0 {

@@ -1188,9 +1188,16 @@ type TransferManifest struct {
 	// SHA-256 of the whole serialized message.
 	Sha256 []byte `protobuf:"bytes,5,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	// CRC-32C (Castagnoli) of each chunk, in order.
-	ChunkCrc32C   []uint32 `protobuf:"fixed32,6,rep,packed,name=chunk_crc32c,json=chunkCrc32c,proto3" json:"chunk_crc32c,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ChunkCrc32C []uint32 `protobuf:"fixed32,6,rep,packed,name=chunk_crc32c,json=chunkCrc32c,proto3" json:"chunk_crc32c,omitempty"`
+	// Where the chunks are when they are spread over the topic's partitions
+	// (a model with --model-partitions): chunk i is the record at offset
+	// chunk_offsets[i] of partition chunk_partitions[i], in the same
+	// transaction as the manifest. Empty: the chunks precede the manifest on
+	// its own partition.
+	ChunkPartitions []int32 `protobuf:"varint,7,rep,packed,name=chunk_partitions,json=chunkPartitions,proto3" json:"chunk_partitions,omitempty"`
+	ChunkOffsets    []int64 `protobuf:"varint,8,rep,packed,name=chunk_offsets,json=chunkOffsets,proto3" json:"chunk_offsets,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *TransferManifest) Reset() {
@@ -1264,6 +1271,108 @@ func (x *TransferManifest) GetChunkCrc32C() []uint32 {
 	}
 	return nil
 }
+
+func (x *TransferManifest) GetChunkPartitions() []int32 {
+	if x != nil {
+		return x.ChunkPartitions
+	}
+	return nil
+}
+
+func (x *TransferManifest) GetChunkOffsets() []int64 {
+	if x != nil {
+		return x.ChunkOffsets
+	}
+	return nil
+}
+
+// TransferPart is one message of a chunked gRPC transfer of a serialized
+// GlobalModel or Update: first the manifest, then chunk_count chunks in
+// order, checked against it as on Kafka (where the manifest comes last,
+// since the chunks must be acknowledged first; on a stream the sender knows
+// the whole before it starts, and the reader can check each chunk as it
+// arrives and allocate the whole once).
+type TransferPart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Part:
+	//
+	//	*TransferPart_Manifest
+	//	*TransferPart_Chunk
+	Part          isTransferPart_Part `protobuf_oneof:"part"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferPart) Reset() {
+	*x = TransferPart{}
+	mi := &file_fdx_v1_fdx_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferPart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferPart) ProtoMessage() {}
+
+func (x *TransferPart) ProtoReflect() protoreflect.Message {
+	mi := &file_fdx_v1_fdx_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferPart.ProtoReflect.Descriptor instead.
+func (*TransferPart) Descriptor() ([]byte, []int) {
+	return file_fdx_v1_fdx_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *TransferPart) GetPart() isTransferPart_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *TransferPart) GetManifest() *TransferManifest {
+	if x != nil {
+		if x, ok := x.Part.(*TransferPart_Manifest); ok {
+			return x.Manifest
+		}
+	}
+	return nil
+}
+
+func (x *TransferPart) GetChunk() []byte {
+	if x != nil {
+		if x, ok := x.Part.(*TransferPart_Chunk); ok {
+			return x.Chunk
+		}
+	}
+	return nil
+}
+
+type isTransferPart_Part interface {
+	isTransferPart_Part()
+}
+
+type TransferPart_Manifest struct {
+	Manifest *TransferManifest `protobuf:"bytes,1,opt,name=manifest,proto3,oneof"`
+}
+
+type TransferPart_Chunk struct {
+	Chunk []byte `protobuf:"bytes,2,opt,name=chunk,proto3,oneof"`
+}
+
+func (*TransferPart_Manifest) isTransferPart_Part() {}
+
+func (*TransferPart_Chunk) isTransferPart_Part() {}
 
 var File_fdx_v1_fdx_proto protoreflect.FileDescriptor
 
@@ -1365,7 +1474,7 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\baccepted\x18\x01 \x01(\bR\baccepted\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x14\n" +
 	"\x05round\x18\x03 \x01(\x03R\x05round\x129\n" +
-	"\rreject_reason\x18\x04 \x01(\x0e2\x14.fdx.v1.RejectReasonR\frejectReason\"\xcd\x01\n" +
+	"\rreject_reason\x18\x04 \x01(\x0e2\x14.fdx.v1.RejectReasonR\frejectReason\"\x9d\x02\n" +
 	"\x10TransferManifest\x12\x1f\n" +
 	"\vtransfer_id\x18\x01 \x01(\tR\n" +
 	"transferId\x12\x1d\n" +
@@ -1376,7 +1485,13 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\n" +
 	"chunk_size\x18\x04 \x01(\x05R\tchunkSize\x12\x16\n" +
 	"\x06sha256\x18\x05 \x01(\fR\x06sha256\x12!\n" +
-	"\fchunk_crc32c\x18\x06 \x03(\aR\vchunkCrc32c*T\n" +
+	"\fchunk_crc32c\x18\x06 \x03(\aR\vchunkCrc32c\x12)\n" +
+	"\x10chunk_partitions\x18\a \x03(\x05R\x0fchunkPartitions\x12#\n" +
+	"\rchunk_offsets\x18\b \x03(\x03R\fchunkOffsets\"f\n" +
+	"\fTransferPart\x126\n" +
+	"\bmanifest\x18\x01 \x01(\v2\x18.fdx.v1.TransferManifestH\x00R\bmanifest\x12\x16\n" +
+	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x06\n" +
+	"\x04part*T\n" +
 	"\x05DType\x12\x15\n" +
 	"\x11DTYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rDTYPE_FLOAT32\x10\x01\x12\x11\n" +
@@ -1403,12 +1518,15 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\x1dREJECT_REASON_UNAUTHENTICATED\x10\x0f\x12\x1d\n" +
 	"\x19REJECT_REASON_NOT_SAMPLED\x10\x10\x12\x1c\n" +
 	"\x18REJECT_REASON_INCOMPLETE\x10\x11\x12\x1a\n" +
-	"\x16REJECT_REASON_CHECKSUM\x10\x122\xc6\x01\n" +
+	"\x16REJECT_REASON_CHECKSUM\x10\x122\x9d\x03\n" +
 	"\n" +
 	"Aggregator\x128\n" +
 	"\bGetModel\x12\x17.fdx.v1.GetModelRequest\x1a\x13.fdx.v1.GlobalModel\x12@\n" +
 	"\vWatchModels\x12\x1a.fdx.v1.WatchModelsRequest\x1a\x13.fdx.v1.GlobalModel0\x01\x12<\n" +
-	"\fSubmitUpdate\x12\x0e.fdx.v1.Update\x1a\x1c.fdx.v1.SubmitUpdateResponseB1Z/github.com/fdxkafka/fdxkafka/proto/fdx/v1;fdxv1b\x06proto3"
+	"\fSubmitUpdate\x12\x0e.fdx.v1.Update\x1a\x1c.fdx.v1.SubmitUpdateResponse\x12A\n" +
+	"\x0eGetModelChunks\x12\x17.fdx.v1.GetModelRequest\x1a\x14.fdx.v1.TransferPart0\x01\x12F\n" +
+	"\x10WatchModelChunks\x12\x1a.fdx.v1.WatchModelsRequest\x1a\x14.fdx.v1.TransferPart0\x01\x12J\n" +
+	"\x12SubmitUpdateChunks\x12\x14.fdx.v1.TransferPart\x1a\x1c.fdx.v1.SubmitUpdateResponse(\x01B1Z/github.com/fdxkafka/fdxkafka/proto/fdx/v1;fdxv1b\x06proto3"
 
 var (
 	file_fdx_v1_fdx_proto_rawDescOnce sync.Once
@@ -1423,7 +1541,7 @@ func file_fdx_v1_fdx_proto_rawDescGZIP() []byte {
 }
 
 var file_fdx_v1_fdx_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fdx_v1_fdx_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_fdx_v1_fdx_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_fdx_v1_fdx_proto_goTypes = []any{
 	(DType)(0),                    // 0: fdx.v1.DType
 	(RejectReason)(0),             // 1: fdx.v1.RejectReason
@@ -1438,9 +1556,10 @@ var file_fdx_v1_fdx_proto_goTypes = []any{
 	(*WatchModelsRequest)(nil),    // 10: fdx.v1.WatchModelsRequest
 	(*SubmitUpdateResponse)(nil),  // 11: fdx.v1.SubmitUpdateResponse
 	(*TransferManifest)(nil),      // 12: fdx.v1.TransferManifest
-	nil,                           // 13: fdx.v1.GlobalModel.MetricsEntry
-	nil,                           // 14: fdx.v1.Update.MetricsEntry
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*TransferPart)(nil),          // 13: fdx.v1.TransferPart
+	nil,                           // 14: fdx.v1.GlobalModel.MetricsEntry
+	nil,                           // 15: fdx.v1.Update.MetricsEntry
+	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
 }
 var file_fdx_v1_fdx_proto_depIdxs = []int32{
 	0,  // 0: fdx.v1.Tensor.dtype:type_name -> fdx.v1.DType
@@ -1448,29 +1567,36 @@ var file_fdx_v1_fdx_proto_depIdxs = []int32{
 	0,  // 2: fdx.v1.TrainConfig.update_dtype:type_name -> fdx.v1.DType
 	2,  // 3: fdx.v1.GlobalModel.params:type_name -> fdx.v1.Tensor
 	4,  // 4: fdx.v1.GlobalModel.train_config:type_name -> fdx.v1.TrainConfig
-	15, // 5: fdx.v1.GlobalModel.published_at:type_name -> google.protobuf.Timestamp
-	15, // 6: fdx.v1.GlobalModel.deadline:type_name -> google.protobuf.Timestamp
-	13, // 7: fdx.v1.GlobalModel.metrics:type_name -> fdx.v1.GlobalModel.MetricsEntry
+	16, // 5: fdx.v1.GlobalModel.published_at:type_name -> google.protobuf.Timestamp
+	16, // 6: fdx.v1.GlobalModel.deadline:type_name -> google.protobuf.Timestamp
+	14, // 7: fdx.v1.GlobalModel.metrics:type_name -> fdx.v1.GlobalModel.MetricsEntry
 	5,  // 8: fdx.v1.GlobalModel.sampling:type_name -> fdx.v1.Sampling
-	15, // 9: fdx.v1.Timings.model_received:type_name -> google.protobuf.Timestamp
-	15, // 10: fdx.v1.Timings.train_start:type_name -> google.protobuf.Timestamp
-	15, // 11: fdx.v1.Timings.train_end:type_name -> google.protobuf.Timestamp
-	15, // 12: fdx.v1.Timings.sent:type_name -> google.protobuf.Timestamp
+	16, // 9: fdx.v1.Timings.model_received:type_name -> google.protobuf.Timestamp
+	16, // 10: fdx.v1.Timings.train_start:type_name -> google.protobuf.Timestamp
+	16, // 11: fdx.v1.Timings.train_end:type_name -> google.protobuf.Timestamp
+	16, // 12: fdx.v1.Timings.sent:type_name -> google.protobuf.Timestamp
 	2,  // 13: fdx.v1.Update.params:type_name -> fdx.v1.Tensor
-	14, // 14: fdx.v1.Update.metrics:type_name -> fdx.v1.Update.MetricsEntry
+	15, // 14: fdx.v1.Update.metrics:type_name -> fdx.v1.Update.MetricsEntry
 	7,  // 15: fdx.v1.Update.timings:type_name -> fdx.v1.Timings
 	1,  // 16: fdx.v1.SubmitUpdateResponse.reject_reason:type_name -> fdx.v1.RejectReason
-	9,  // 17: fdx.v1.Aggregator.GetModel:input_type -> fdx.v1.GetModelRequest
-	10, // 18: fdx.v1.Aggregator.WatchModels:input_type -> fdx.v1.WatchModelsRequest
-	8,  // 19: fdx.v1.Aggregator.SubmitUpdate:input_type -> fdx.v1.Update
-	6,  // 20: fdx.v1.Aggregator.GetModel:output_type -> fdx.v1.GlobalModel
-	6,  // 21: fdx.v1.Aggregator.WatchModels:output_type -> fdx.v1.GlobalModel
-	11, // 22: fdx.v1.Aggregator.SubmitUpdate:output_type -> fdx.v1.SubmitUpdateResponse
-	20, // [20:23] is the sub-list for method output_type
-	17, // [17:20] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	12, // 17: fdx.v1.TransferPart.manifest:type_name -> fdx.v1.TransferManifest
+	9,  // 18: fdx.v1.Aggregator.GetModel:input_type -> fdx.v1.GetModelRequest
+	10, // 19: fdx.v1.Aggregator.WatchModels:input_type -> fdx.v1.WatchModelsRequest
+	8,  // 20: fdx.v1.Aggregator.SubmitUpdate:input_type -> fdx.v1.Update
+	9,  // 21: fdx.v1.Aggregator.GetModelChunks:input_type -> fdx.v1.GetModelRequest
+	10, // 22: fdx.v1.Aggregator.WatchModelChunks:input_type -> fdx.v1.WatchModelsRequest
+	13, // 23: fdx.v1.Aggregator.SubmitUpdateChunks:input_type -> fdx.v1.TransferPart
+	6,  // 24: fdx.v1.Aggregator.GetModel:output_type -> fdx.v1.GlobalModel
+	6,  // 25: fdx.v1.Aggregator.WatchModels:output_type -> fdx.v1.GlobalModel
+	11, // 26: fdx.v1.Aggregator.SubmitUpdate:output_type -> fdx.v1.SubmitUpdateResponse
+	13, // 27: fdx.v1.Aggregator.GetModelChunks:output_type -> fdx.v1.TransferPart
+	13, // 28: fdx.v1.Aggregator.WatchModelChunks:output_type -> fdx.v1.TransferPart
+	11, // 29: fdx.v1.Aggregator.SubmitUpdateChunks:output_type -> fdx.v1.SubmitUpdateResponse
+	24, // [24:30] is the sub-list for method output_type
+	18, // [18:24] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_fdx_v1_fdx_proto_init() }
@@ -1478,13 +1604,17 @@ func file_fdx_v1_fdx_proto_init() {
 	if File_fdx_v1_fdx_proto != nil {
 		return
 	}
+	file_fdx_v1_fdx_proto_msgTypes[11].OneofWrappers = []any{
+		(*TransferPart_Manifest)(nil),
+		(*TransferPart_Chunk)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fdx_v1_fdx_proto_rawDesc), len(file_fdx_v1_fdx_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

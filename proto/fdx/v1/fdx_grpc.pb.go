@@ -23,9 +23,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Aggregator_GetModel_FullMethodName     = "/fdx.v1.Aggregator/GetModel"
-	Aggregator_WatchModels_FullMethodName  = "/fdx.v1.Aggregator/WatchModels"
-	Aggregator_SubmitUpdate_FullMethodName = "/fdx.v1.Aggregator/SubmitUpdate"
+	Aggregator_GetModel_FullMethodName           = "/fdx.v1.Aggregator/GetModel"
+	Aggregator_WatchModels_FullMethodName        = "/fdx.v1.Aggregator/WatchModels"
+	Aggregator_SubmitUpdate_FullMethodName       = "/fdx.v1.Aggregator/SubmitUpdate"
+	Aggregator_GetModelChunks_FullMethodName     = "/fdx.v1.Aggregator/GetModelChunks"
+	Aggregator_WatchModelChunks_FullMethodName   = "/fdx.v1.Aggregator/WatchModelChunks"
+	Aggregator_SubmitUpdateChunks_FullMethodName = "/fdx.v1.Aggregator/SubmitUpdateChunks"
 )
 
 // AggregatorClient is the client API for Aggregator service.
@@ -38,6 +41,13 @@ type AggregatorClient interface {
 	GetModel(ctx context.Context, in *GetModelRequest, opts ...grpc.CallOption) (*GlobalModel, error)
 	WatchModels(ctx context.Context, in *WatchModelsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GlobalModel], error)
 	SubmitUpdate(ctx context.Context, in *Update, opts ...grpc.CallOption) (*SubmitUpdateResponse, error)
+	// The same three in chunks, for messages of any size under any gRPC
+	// message-size limit: each transfer is a TransferPart with the manifest,
+	// then its chunks in order (see TransferPart). GetModelChunks sends one
+	// model, WatchModelChunks one transfer per model.
+	GetModelChunks(ctx context.Context, in *GetModelRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TransferPart], error)
+	WatchModelChunks(ctx context.Context, in *WatchModelsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TransferPart], error)
+	SubmitUpdateChunks(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[TransferPart, SubmitUpdateResponse], error)
 }
 
 type aggregatorClient struct {
@@ -87,6 +97,57 @@ func (c *aggregatorClient) SubmitUpdate(ctx context.Context, in *Update, opts ..
 	return out, nil
 }
 
+func (c *aggregatorClient) GetModelChunks(ctx context.Context, in *GetModelRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TransferPart], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Aggregator_ServiceDesc.Streams[1], Aggregator_GetModelChunks_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[GetModelRequest, TransferPart]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Aggregator_GetModelChunksClient = grpc.ServerStreamingClient[TransferPart]
+
+func (c *aggregatorClient) WatchModelChunks(ctx context.Context, in *WatchModelsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TransferPart], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Aggregator_ServiceDesc.Streams[2], Aggregator_WatchModelChunks_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchModelsRequest, TransferPart]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Aggregator_WatchModelChunksClient = grpc.ServerStreamingClient[TransferPart]
+
+func (c *aggregatorClient) SubmitUpdateChunks(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[TransferPart, SubmitUpdateResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Aggregator_ServiceDesc.Streams[3], Aggregator_SubmitUpdateChunks_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[TransferPart, SubmitUpdateResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Aggregator_SubmitUpdateChunksClient = grpc.ClientStreamingClient[TransferPart, SubmitUpdateResponse]
+
 // AggregatorServer is the server API for Aggregator service.
 // All implementations must embed UnimplementedAggregatorServer
 // for forward compatibility.
@@ -97,6 +158,13 @@ type AggregatorServer interface {
 	GetModel(context.Context, *GetModelRequest) (*GlobalModel, error)
 	WatchModels(*WatchModelsRequest, grpc.ServerStreamingServer[GlobalModel]) error
 	SubmitUpdate(context.Context, *Update) (*SubmitUpdateResponse, error)
+	// The same three in chunks, for messages of any size under any gRPC
+	// message-size limit: each transfer is a TransferPart with the manifest,
+	// then its chunks in order (see TransferPart). GetModelChunks sends one
+	// model, WatchModelChunks one transfer per model.
+	GetModelChunks(*GetModelRequest, grpc.ServerStreamingServer[TransferPart]) error
+	WatchModelChunks(*WatchModelsRequest, grpc.ServerStreamingServer[TransferPart]) error
+	SubmitUpdateChunks(grpc.ClientStreamingServer[TransferPart, SubmitUpdateResponse]) error
 	mustEmbedUnimplementedAggregatorServer()
 }
 
@@ -115,6 +183,15 @@ func (UnimplementedAggregatorServer) WatchModels(*WatchModelsRequest, grpc.Serve
 }
 func (UnimplementedAggregatorServer) SubmitUpdate(context.Context, *Update) (*SubmitUpdateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SubmitUpdate not implemented")
+}
+func (UnimplementedAggregatorServer) GetModelChunks(*GetModelRequest, grpc.ServerStreamingServer[TransferPart]) error {
+	return status.Error(codes.Unimplemented, "method GetModelChunks not implemented")
+}
+func (UnimplementedAggregatorServer) WatchModelChunks(*WatchModelsRequest, grpc.ServerStreamingServer[TransferPart]) error {
+	return status.Error(codes.Unimplemented, "method WatchModelChunks not implemented")
+}
+func (UnimplementedAggregatorServer) SubmitUpdateChunks(grpc.ClientStreamingServer[TransferPart, SubmitUpdateResponse]) error {
+	return status.Error(codes.Unimplemented, "method SubmitUpdateChunks not implemented")
 }
 func (UnimplementedAggregatorServer) mustEmbedUnimplementedAggregatorServer() {}
 func (UnimplementedAggregatorServer) testEmbeddedByValue()                    {}
@@ -184,6 +261,35 @@ func _Aggregator_SubmitUpdate_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Aggregator_GetModelChunks_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GetModelRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AggregatorServer).GetModelChunks(m, &grpc.GenericServerStream[GetModelRequest, TransferPart]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Aggregator_GetModelChunksServer = grpc.ServerStreamingServer[TransferPart]
+
+func _Aggregator_WatchModelChunks_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchModelsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AggregatorServer).WatchModelChunks(m, &grpc.GenericServerStream[WatchModelsRequest, TransferPart]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Aggregator_WatchModelChunksServer = grpc.ServerStreamingServer[TransferPart]
+
+func _Aggregator_SubmitUpdateChunks_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AggregatorServer).SubmitUpdateChunks(&grpc.GenericServerStream[TransferPart, SubmitUpdateResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Aggregator_SubmitUpdateChunksServer = grpc.ClientStreamingServer[TransferPart, SubmitUpdateResponse]
+
 // Aggregator_ServiceDesc is the grpc.ServiceDesc for Aggregator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -205,6 +311,21 @@ var Aggregator_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "WatchModels",
 			Handler:       _Aggregator_WatchModels_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "GetModelChunks",
+			Handler:       _Aggregator_GetModelChunks_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchModelChunks",
+			Handler:       _Aggregator_WatchModelChunks_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "SubmitUpdateChunks",
+			Handler:       _Aggregator_SubmitUpdateChunks_Handler,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "fdx/v1/fdx.proto",
