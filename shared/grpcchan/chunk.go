@@ -95,8 +95,12 @@ func chunkAt(whole []byte, i, chunkBytes int) []byte {
 	return whole[min(i*chunkBytes, len(whole)):min((i+1)*chunkBytes, len(whole))]
 }
 
-// send writes the manifest, then the chunks, to a stream.
+// send writes the manifest, then the chunks, to a stream; a message of
+// one chunk goes whole, as the only part.
 func (x *encoded) send(send func(*fdxv1.TransferPart) error) error {
+	if x.man.GetChunkCount() == 1 {
+		return send(&fdxv1.TransferPart{Part: &fdxv1.TransferPart_Whole{Whole: x.whole}})
+	}
 	if err := send(&fdxv1.TransferPart{Part: &fdxv1.TransferPart_Manifest{Manifest: x.man}}); err != nil {
 		return err
 	}
@@ -119,6 +123,12 @@ func receive(recv func() (*fdxv1.TransferPart, error), maxWhole int64) ([]byte, 
 	}
 	if err != nil {
 		return nil, nil, err
+	}
+	if w, ok := first.GetPart().(*fdxv1.TransferPart_Whole); ok {
+		if int64(len(w.Whole)) > maxWhole {
+			return nil, rules.Reject(rules.Oversize, "message of %d bytes, over the limit %d", len(w.Whole), maxWhole), nil
+		}
+		return w.Whole, nil, nil
 	}
 	man := first.GetManifest()
 	if man == nil {

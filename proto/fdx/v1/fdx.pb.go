@@ -1298,6 +1298,7 @@ type TransferPart struct {
 	//
 	//	*TransferPart_Manifest
 	//	*TransferPart_Chunk
+	//	*TransferPart_Whole
 	Part          isTransferPart_Part `protobuf_oneof:"part"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1358,6 +1359,15 @@ func (x *TransferPart) GetChunk() []byte {
 	return nil
 }
 
+func (x *TransferPart) GetWhole() []byte {
+	if x != nil {
+		if x, ok := x.Part.(*TransferPart_Whole); ok {
+			return x.Whole
+		}
+	}
+	return nil
+}
+
 type isTransferPart_Part interface {
 	isTransferPart_Part()
 }
@@ -1370,9 +1380,19 @@ type TransferPart_Chunk struct {
 	Chunk []byte `protobuf:"bytes,2,opt,name=chunk,proto3,oneof"`
 }
 
+type TransferPart_Whole struct {
+	// A message that fits in one chunk travels whole, as the only part:
+	// one message on the stream, as the unary call would send, so that
+	// small models cost gRPC no more messages than before (gRPC's framing
+	// delivers it whole or not at all; nothing is reassembled).
+	Whole []byte `protobuf:"bytes,3,opt,name=whole,proto3,oneof"`
+}
+
 func (*TransferPart_Manifest) isTransferPart_Part() {}
 
 func (*TransferPart_Chunk) isTransferPart_Part() {}
+
+func (*TransferPart_Whole) isTransferPart_Part() {}
 
 var File_fdx_v1_fdx_proto protoreflect.FileDescriptor
 
@@ -1487,10 +1507,11 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\x06sha256\x18\x05 \x01(\fR\x06sha256\x12!\n" +
 	"\fchunk_crc32c\x18\x06 \x03(\aR\vchunkCrc32c\x12)\n" +
 	"\x10chunk_partitions\x18\a \x03(\x05R\x0fchunkPartitions\x12#\n" +
-	"\rchunk_offsets\x18\b \x03(\x03R\fchunkOffsets\"f\n" +
+	"\rchunk_offsets\x18\b \x03(\x03R\fchunkOffsets\"~\n" +
 	"\fTransferPart\x126\n" +
 	"\bmanifest\x18\x01 \x01(\v2\x18.fdx.v1.TransferManifestH\x00R\bmanifest\x12\x16\n" +
-	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunkB\x06\n" +
+	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunk\x12\x16\n" +
+	"\x05whole\x18\x03 \x01(\fH\x00R\x05wholeB\x06\n" +
 	"\x04part*T\n" +
 	"\x05DType\x12\x15\n" +
 	"\x11DTYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
@@ -1607,6 +1628,7 @@ func file_fdx_v1_fdx_proto_init() {
 	file_fdx_v1_fdx_proto_msgTypes[11].OneofWrappers = []any{
 		(*TransferPart_Manifest)(nil),
 		(*TransferPart_Chunk)(nil),
+		(*TransferPart_Whole)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
