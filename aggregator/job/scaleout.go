@@ -93,9 +93,7 @@ func RunRole(ctx context.Context, spec Spec, cc ChannelConfig, env Env, role, wo
 		log.Info("scale-out worker started", "job", spec.Job, "worker", worker)
 		return w.Run(ctx)
 	}
-	// A partial holds 16 bytes per parameter and the batch's client ids:
-	// the leader reassembles much more than a model.
-	so.MaxMessageBytes = 16*maxBytes + 64<<20
+	so.MaxMessageBytes = scaleout.LeaderMessageBytes(maxBytes)
 	ch, err := kafkachan.NewLeader(ctx, so)
 	if err != nil {
 		return err

@@ -42,6 +42,12 @@ type RoundRecord struct {
 	Merge time.Duration
 }
 
+// LeaderMessageBytes is what the leader's channel must reassemble
+// (kafkachan.ServerOptions.MaxMessageBytes) for a job whose models encode in
+// modelBytes: a partial holds 16 bytes per parameter (4 per encoded one),
+// more for values outside their windows, and the batch's client ids.
+func LeaderMessageBytes(modelBytes int) int { return 16*modelBytes + 64<<20 }
+
 // NewLeader returns the leader on ch, which kafkachan.NewLeader opened.
 func NewLeader(cfg Config, ch *kafkachan.Server, log *slog.Logger) (*Leader, error) {
 	specs, err := cfg.check()

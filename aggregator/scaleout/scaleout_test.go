@@ -44,7 +44,8 @@ func testConfig(job string) Config {
 }
 
 func serverOptions(brokers, job string) kafkachan.ServerOptions {
-	return kafkachan.ServerOptions{Options: kafkachan.Options{Brokers: brokers, Job: job},
+	// Small chunks: partials (and models) travel in several records.
+	return kafkachan.ServerOptions{Options: kafkachan.Options{Brokers: brokers, Job: job, ChunkBytes: 512},
 		TopicOptions: kafkachan.TopicOptions{UpdatePartitions: partitions}}
 }
 

@@ -138,7 +138,9 @@ func measure(ctx context.Context, o opts, w int) (float64, float64, error) {
 		}
 		return time.Since(start).Seconds(), cpuNow() - cpu0, nil
 	}
-	lch, err := kafkachan.NewLeader(ctx, so)
+	lo := so
+	lo.MaxMessageBytes = scaleout.LeaderMessageBytes(kafkachan.MessageBytesFor(net.NumParams()))
+	lch, err := kafkachan.NewLeader(ctx, lo)
 	if err != nil {
 		return 0, 0, err
 	}

@@ -51,6 +51,9 @@ func NewWorker(ctx context.Context, opt ServerOptions, worker string) (*Server, 
 		return nil, fmt.Errorf("worker name: %w", err)
 	}
 	opt.Partials = true
+	// A partial is larger than a model (16 bytes per parameter): the
+	// topics must take whole chunks even when the model needs none.
+	opt.MaxMessageBytes = max(opt.MaxMessageBytes, opt.chunkBytes()+recordOverhead)
 	return openServer(ctx, opt, role{topic: UpdatesTopic(opt.Job), group: GroupID(opt.Job),
 		instance: GroupID(opt.Job) + "." + worker, txID: WorkerTransactionalID(opt.Job, worker)})
 }
