@@ -83,7 +83,8 @@ type Worker struct {
 	specs []tensor.Spec
 	log   *slog.Logger
 	// FlushEvery closes a batch after this many deliveries (0: 1024);
-	// Idle closes it when no update came for this long (0: 20 ms).
+	// Idle closes it when no update came for this long (0: 20 ms; the
+	// channel polls in 100 ms steps, so in practice 100 ms).
 	FlushEvery int
 	Idle       time.Duration
 	// BeforeFlush, when set, runs before each partial is published
