@@ -63,6 +63,8 @@ type config struct {
 	logTo       logging.Format
 	logProject  string
 	metricsAddr string
+	// role and workerName select a scale-out process (job.RunRole).
+	role, workerName string
 }
 
 const synopsis = `usage: aggregator [flags]
@@ -76,6 +78,7 @@ updates, over Kafka (default) or gRPC (--grpc).
 
 var flagGroups = []cli.Group{
 	{Title: "Channel", Flags: []string{"broker", "grpc", "embedded", "job", "update-partitions", "model-partitions", "kafka-config", "state-file"}},
+	{Title: "Scale-out (FedAvg on Kafka)", Flags: []string{"role", "worker-name"}},
 	{Title: "Rounds", Flags: []string{"minclients", "numrounds", "target-clients", "round-timeout", "on-short", "target-accuracy"}},
 	{Title: "Asynchronous mode (FedBuff)", Flags: []string{"mode", "buffer-size", "staleness-exponent", "max-staleness"}},
 	{Title: "Sampling and federated evaluation (Flower's names)", Flags: []string{"fraction-fit", "min-fit-clients", "min-available-clients", "fraction-evaluate", "min-evaluate-clients", "holdout"}},
@@ -100,6 +103,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&o.MinEvaluateClients, "min-evaluate-clients", 0, "fewest clients asked to evaluate")
 	fs.Float64Var(&o.Holdout, "holdout", 0, "fraction of each client's shard held out of training for federated evaluation (default 0.2 with --fraction-evaluate)")
 	fs.IntVar(&o.NumRounds, "numrounds", 5, "training rounds before the final model")
+	fs.StringVar(&c.role, "role", "", "scale-out: worker (fold a share of the update partitions into partials) or leader (merge partials into models); empty: one aggregator does both. FedAvg only")
+	fs.StringVar(&c.workerName, "worker-name", "", "with --role worker: this worker's name, unique in the job and kept across restarts")
 	grpc := fs.Bool("grpc", false, "serve the gRPC channel instead of using Kafka")
 	embedded := fs.Bool("embedded", false, "start an in-memory Kafka broker (franz-go kfake) on --broker")
 	fs.StringVar(&o.Job, "job", "mnist", "job id; names the topics fdx.<job>.model and fdx.<job>.updates")
@@ -374,6 +379,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if c.channel.Transport != job.GRPC {
 		// Producer, updates consumer, model reader, and two per local client.
 		procs.Set(3 + 2*c.clients)
+	}
+	if c.role != "" {
+		if c.clients > 0 {
+			return cli.Usagef("--role runs no local clients: drop --clients")
+		}
+		return job.RunRole(ctx, c.spec, c.channel, env, c.role, c.workerName)
 	}
 	res, err := job.RunOn(ctx, c.spec, c.channel, env, ready)
 	if err != nil {

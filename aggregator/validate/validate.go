@@ -217,6 +217,11 @@ func (r *Round) MedianNorm() float64 {
 	}
 }
 
+// AdmittedNorms returns ||local - global|| of each admitted update, in
+// admission order: a scale-out worker ships them to the leader, which takes
+// the median over all workers.
+func (r *Round) AdmittedNorms() []float64 { return slices.Clone(r.admitted) }
+
 // Count is the number of admitted updates.
 func (r *Round) Count() int { return len(r.ids) }
 

@@ -220,6 +220,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 // runAggregator runs the aggregator for cfg until its job ends and returns
 // the number of contributors of each round; ready runs once clients may
 // connect. It is the one place that knows the aggregator's API.
+// maxShards is MNIST's 60,000 training examples in shards of 10.
+const maxShards = 6000
+
 func runAggregator(ctx context.Context, cfg Config, ready func()) ([]int, error) {
 	res, err := job.RunOn(ctx, job.Spec{
 		Job:           cfg.Job,
@@ -227,9 +230,12 @@ func runAggregator(ctx context.Context, cfg Config, ready func()) ([]int, error)
 		TargetClients: cfg.Clients,
 		NumRounds:     cfg.Rounds,
 		Model:         cfg.Model,
-		Partition:     dataset.PartitionSpec{Scheme: dataset.SchemeIID, NumPartitions: cfg.Clients},
-		Seed:          cfg.Seed,
-		EvalExamples:  cfg.EvalExamples,
+		// Numeric client ids k take shard k mod N: at most maxShards
+		// shards keep every shard at 10 MNIST examples or more, so that
+		// 100,000 clients claiming -examples 10 stay within their shards.
+		Partition:    dataset.PartitionSpec{Scheme: dataset.SchemeIID, NumPartitions: min(cfg.Clients, maxShards)},
+		Seed:         cfg.Seed,
+		EvalExamples: cfg.EvalExamples,
 	}, job.ChannelConfig{
 		Transport:        job.Kafka,
 		Brokers:          cfg.Brokers,

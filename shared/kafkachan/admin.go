@@ -29,6 +29,8 @@ type TopicOptions struct {
 	// an acknowledged update or model, and the job goes on), else the
 	// broker's default.
 	ReplicationFactor int
+	// Partials also creates the scale-out partials topic (role.go).
+	Partials bool
 }
 
 // replicatedMinISR is the min.insync.replicas of topics with 3 replicas:
@@ -91,6 +93,9 @@ func EnsureTopics(ctx context.Context, o Options, to TopicOptions) error {
 	specs := []kafka.TopicSpecification{
 		{Topic: ModelTopic(o.Job), NumPartitions: to.ModelPartitions, ReplicationFactor: to.ReplicationFactor, Config: config()},
 		{Topic: UpdatesTopic(o.Job), NumPartitions: to.UpdatePartitions, ReplicationFactor: to.ReplicationFactor, Config: config()},
+	}
+	if to.Partials {
+		specs = append(specs, kafka.TopicSpecification{Topic: PartialsTopic(o.Job), NumPartitions: 1, ReplicationFactor: to.ReplicationFactor, Config: config()})
 	}
 	res, err := ac.CreateTopics(ctx, specs)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
@@ -62,6 +63,12 @@ type Server struct {
 	queued  []channel.Delivery
 	// rejoins counts consumer re-creations since the last committed round.
 	rejoins int
+	// role names what the server consumes and the ids it uses (role.go).
+	role role
+	// revocations counts partition revocations and rejoins (Revocations).
+	revocations int
+	// assigned is the number of partitions held (Assigned).
+	assigned atomic.Int32
 }
 
 // maxRejoins bounds how often Next re-creates a fenced consumer between two
@@ -75,6 +82,10 @@ var _ channel.Server = (*Server)(nil)
 // InitTransactions fences any older aggregator of the same job and aborts
 // its open transaction, so at most one instance ever closes a round.
 func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
+	return openServer(ctx, opt, aggregatorRole(opt.Job))
+}
+
+func openServer(ctx context.Context, opt ServerOptions, rl role) (*Server, error) {
 	if err := opt.validate(); err != nil {
 		return nil, err
 	}
@@ -94,7 +105,7 @@ func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
 		opt.MaxPendingBytes = 1 << 30
 	}
 	pcm := opt.producerConfig(kafka.ConfigMap{
-		"transactional.id":       TransactionalID(opt.Job),
+		"transactional.id":       rl.txID,
 		"transaction.timeout.ms": int(opt.TransactionTimeout / time.Millisecond),
 		"enable.idempotence":     true,
 		"acks":                   "all",
@@ -108,7 +119,7 @@ func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
 	startLogs(p, pcm, opt.logger())
 	go drainEvents(p, opt.logger(), nil)
 	s := &Server{opt: opt, p: p, consumed: map[int32]kafka.Offset{}, maxBytes: maxBytes, recordBytes: recordBytes,
-		updates: newAssembler(int64(maxBytes), opt.MaxPendingBytes)}
+		updates: newAssembler(int64(maxBytes), opt.MaxPendingBytes), role: rl}
 	if err := p.InitTransactions(ctx); err != nil {
 		p.Close()
 		return nil, fmt.Errorf("init transactions for job %s: %w", opt.Job, unreachable(err))
@@ -129,7 +140,7 @@ func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
 func (s *Server) subscribe() error {
 	opt, maxBytes := s.opt, fetchBytes(s.maxBytes, s.recordBytes)
 	ccm := opt.configMap(kafka.ConfigMap{
-		"group.id":                  GroupID(opt.Job),
+		"group.id":                  s.role.group,
 		"enable.auto.commit":        false,
 		"auto.offset.reset":         "earliest",
 		"isolation.level":           "read_committed",
@@ -140,7 +151,7 @@ func (s *Server) subscribe() error {
 		// Static membership: a restarted aggregator takes over its
 		// partitions at once instead of waiting out the dead instance's
 		// session.
-		"group.instance.id":     GroupID(opt.Job),
+		"group.instance.id":     s.role.instance,
 		"session.timeout.ms":    10000,
 		"heartbeat.interval.ms": 1000,
 	})
@@ -149,9 +160,9 @@ func (s *Server) subscribe() error {
 		return fmt.Errorf("kafka updates consumer: %w", err)
 	}
 	startLogs(c, ccm, opt.logger())
-	if err := c.Subscribe(UpdatesTopic(opt.Job), s.rebalanced); err != nil {
+	if err := c.Subscribe(s.role.topic, s.rebalanced); err != nil {
 		closeConsumer(c, opt.logger())
-		return fmt.Errorf("subscribe %s: %w", UpdatesTopic(opt.Job), err)
+		return fmt.Errorf("subscribe %s: %w", s.role.topic, err)
 	}
 	s.c = c
 	return nil
@@ -168,6 +179,7 @@ func (s *Server) rejoin(cause kafka.Error) error {
 		return fmt.Errorf("consume %s: fenced %d times since the last round (another aggregator of job %s?): %w", UpdatesTopic(s.opt.Job), s.rejoins, s.opt.Job, cause)
 	}
 	s.rejoins++
+	s.revocations++
 	s.opt.logger().Warn("updates consumer fenced; rejoining the group", "job", s.opt.Job, "attempt", s.rejoins, "err", cause)
 	closeConsumer(s.c, s.opt.logger())
 	s.consumed = map[int32]kafka.Offset{}
@@ -178,7 +190,12 @@ func (s *Server) rejoin(cause kafka.Error) error {
 // rebalanced forgets uncommitted positions of partitions taken away from us:
 // their records will be re-delivered to whoever owns them next.
 func (s *Server) rebalanced(c *kafka.Consumer, ev kafka.Event) error {
+	if as, ok := ev.(kafka.AssignedPartitions); ok {
+		s.assigned.Store(int32(len(as.Partitions)))
+	}
 	if rev, ok := ev.(kafka.RevokedPartitions); ok {
+		s.revocations++
+		s.assigned.Add(-int32(len(rev.Partitions)))
 		for _, tp := range rev.Partitions {
 			delete(s.consumed, tp.Partition)
 			s.updates.forget(&tp.Partition)
@@ -385,7 +402,7 @@ func (s *Server) transact(ctx context.Context, round int64, records []*kafka.Mes
 	}
 	if len(s.consumed) > 0 {
 		offsets := make([]kafka.TopicPartition, 0, len(s.consumed))
-		updates := UpdatesTopic(s.opt.Job)
+		updates := s.role.topic
 		for part, off := range s.consumed {
 			// An update whose chunks are still arriving is read whole
 			// again after a restart.

@@ -1,0 +1,113 @@
+package job
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/fdxkafka/fdxkafka/aggregator/scaleout"
+	"github.com/fdxkafka/fdxkafka/shared/dataset"
+	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+	"github.com/fdxkafka/fdxkafka/shared/trust"
+)
+
+// Scale-out roles (aggregator --role): see package scaleout.
+const (
+	RoleWorker = "worker"
+	RoleLeader = "leader"
+)
+
+// RunRole runs one scale-out process of the job spec describes on the
+// Kafka brokers of cc: a worker named worker, or the leader. Only
+// synchronous FedAvg jobs scale out; anything else is refused with the
+// reason.
+func RunRole(ctx context.Context, spec Spec, cc ChannelConfig, env Env, role, worker string) error {
+	spec = spec.WithDefaults()
+	if err := spec.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case role != RoleWorker && role != RoleLeader:
+		return fmt.Errorf("--role %q: want %s or %s", role, RoleWorker, RoleLeader)
+	case cc.Transport != Kafka:
+		return errors.New("--role needs an external Kafka broker (--broker): workers and leader are separate processes")
+	case spec.Mode == ModeAsync:
+		return errors.New("--role: asynchronous jobs do not scale out (a version is the next K updates in one order)")
+	case role == RoleWorker && worker == "":
+		return errors.New("--role worker needs --worker-name, unique in the job and kept across restarts")
+	}
+	if err := scaleout.CheckStrategy(spec.Strategy.Name); err != nil {
+		return err
+	}
+	if spec.FractionFit < 1 || spec.FractionEvaluate > 0 || spec.TargetClients > spec.MinClients || spec.RoundTimeout > 0 || spec.TargetAccuracy > 0 {
+		return errors.New("--role: sampling, federated evaluation, --target-clients, --round-timeout and --target-accuracy are single-aggregator features")
+	}
+	log := env.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	data := env.Data
+	if data == nil {
+		data = dataset.NewCatalog()
+	}
+	trainSet, err := data.Load(spec.Dataset, dataset.SplitTrain)
+	if err != nil {
+		return err
+	}
+	_, maxBytes, err := spec.Shapes(data)
+	if err != nil {
+		return err
+	}
+	cfg := scaleout.Config{
+		Job: spec.Job, Strategy: spec.Strategy.Name, NumRounds: spec.NumRounds, MinClients: spec.MinClients,
+		Train: spec.TrainConfig(), InDim: trainSet.Dim, Classes: trainSet.Classes,
+		MaxNorm: spec.MaxNorm, NormFactor: max(spec.NormFactor, 0), MaxExamples: int64(trainSet.Len()),
+		ExamplesOf: shardSizes(data, spec), MaxUpdateBytes: maxBytes, Allowed: spec.Allowed,
+	}
+	parts := cc.UpdatePartitions
+	if parts == 0 {
+		parts = 4
+	}
+	ko := kafkachan.Options{Brokers: cc.Brokers, Job: spec.Job, Properties: cc.KafkaProperties, Logger: log}
+	if cc.Signer != nil {
+		ko.Verifier = trust.NewVerifier(cc.Signer.Public())
+	}
+	so := kafkachan.ServerOptions{
+		Options:      ko,
+		TopicOptions: kafkachan.TopicOptions{UpdatePartitions: parts, MaxMessageBytes: maxBytes},
+		BeforeCommit: cc.BeforeCommit,
+		Signer:       cc.Signer,
+		Tokens:       cc.Tokens,
+	}
+	if role == RoleWorker {
+		ch, err := kafkachan.NewWorker(ctx, so, worker)
+		if err != nil {
+			return err
+		}
+		defer ch.Close()
+		w, err := scaleout.NewWorker(cfg, worker, ch, log)
+		if err != nil {
+			return err
+		}
+		log.Info("scale-out worker started", "job", spec.Job, "worker", worker)
+		return w.Run(ctx)
+	}
+	so.MaxMessageBytes = scaleout.LeaderMessageBytes(maxBytes)
+	ch, err := kafkachan.NewLeader(ctx, so)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	l, err := scaleout.NewLeader(cfg, ch, log)
+	if err != nil {
+		return err
+	}
+	log.Info("scale-out leader started", "job", spec.Job, "partials_topic", kafkachan.PartialsTopic(spec.Job))
+	final, _, err := l.Run(ctx)
+	if err != nil {
+		return err
+	}
+	log.Info("final model published", "round", final.GetRound())
+	return nil
+}

@@ -1,0 +1,167 @@
+package kafkachan
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+
+	"github.com/fdxkafka/fdxkafka/shared/rules"
+)
+
+// Scale-out (aggregator --role worker / leader). Workers share the
+// aggregator's consumer group over fdx.<job>.updates, so Kafka spreads the
+// update partitions over them; each folds its partitions into a partial and
+// publishes it, together with the offsets of the updates it folded, in one
+// transaction of its own to fdx.<job>.partials. The leader reads partials
+// (read_committed, its own group) and closes a round as the single
+// aggregator does: one transaction with the model and the offsets of the
+// partials it merged. An update is therefore folded into exactly one
+// committed partial, and a partial into exactly one model.
+
+// PartialsTopic carries the workers' partial aggregates (one partition:
+// the leader reads them in commit order).
+func PartialsTopic(job string) string { return "fdx." + job + ".partials" }
+
+// LeaderGroupID is the leader's consumer group over the partials topic.
+func LeaderGroupID(job string) string { return "fdx." + job + ".leader" }
+
+// WorkerTransactionalID is stable per worker name, so that a restarted
+// worker fences its killed predecessor and aborts its open transaction.
+func WorkerTransactionalID(job, worker string) string { return "fdx." + job + ".worker." + worker }
+
+// role is what a Server consumes, in which group, and as which
+// transactional producer.
+type role struct {
+	topic, group, instance, txID string
+}
+
+func aggregatorRole(job string) role {
+	return role{topic: UpdatesTopic(job), group: GroupID(job), instance: GroupID(job), txID: TransactionalID(job)}
+}
+
+// NewWorker opens a scale-out worker named worker: a member of the
+// aggregator's group over the updates topic (static member
+// fdx.<job>.aggregator.<worker>) with its own transactional producer. Next
+// delivers its partitions' updates; PublishPartial closes a batch.
+func NewWorker(ctx context.Context, opt ServerOptions, worker string) (*Server, error) {
+	if err := rules.ValidateJob(worker); err != nil {
+		return nil, fmt.Errorf("worker name: %w", err)
+	}
+	opt.Partials = true
+	// A partial is larger than a model (16 bytes per parameter): the
+	// topics must take whole chunks even when the model needs none.
+	opt.MaxMessageBytes = max(opt.MaxMessageBytes, opt.chunkBytes()+recordOverhead)
+	return openServer(ctx, opt, role{topic: UpdatesTopic(opt.Job), group: GroupID(opt.Job),
+		instance: GroupID(opt.Job) + "." + worker, txID: WorkerTransactionalID(opt.Job, worker)})
+}
+
+// NewLeader opens the scale-out leader: it consumes the partials topic and
+// publishes models with the aggregator's transactional id, so it fences a
+// single aggregator of the same job (and is fenced by one). NextPartial
+// delivers partials; Publish commits a model with the partials' offsets.
+func NewLeader(ctx context.Context, opt ServerOptions) (*Server, error) {
+	opt.Partials = true
+	return openServer(ctx, opt, role{topic: PartialsTopic(opt.Job), group: LeaderGroupID(opt.Job),
+		instance: LeaderGroupID(opt.Job), txID: TransactionalID(opt.Job)})
+}
+
+// PublishPartial is a worker's commit: one transaction with the partial
+// (in chunks if large) keyed by the worker, and the offsets of every update
+// delivered since the last commit. Nothing is committed when ctx ends or
+// the worker was fenced; its updates are then read again by whoever owns
+// their partitions.
+func (s *Server) PublishPartial(ctx context.Context, round int64, key string, value []byte) error {
+	topic := PartialsTopic(s.opt.Job)
+	var records []*kafka.Message
+	if len(value) > s.opt.chunkBytes() {
+		chunks, manifest, err := transferRecords(topic, 0, []byte(key), value, s.opt.chunkBytes())
+		if err != nil {
+			return fmt.Errorf("partial round %d: %w", round, err)
+		}
+		records = append(chunks, manifest)
+	} else {
+		records = []*kafka.Message{{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: 0}, Key: []byte(key), Value: value}}
+	}
+	for attempt := 0; ; attempt++ {
+		err := s.transact(ctx, round, records)
+		if err == nil {
+			s.consumed = map[int32]kafka.Offset{}
+			s.rejoins = 0
+			for _, r := range records {
+				s.count.Sent(len(r.Value) + len(r.Key))
+			}
+			return nil
+		}
+		var ke kafka.Error
+		if ctx.Err() == nil && errors.As(err, &ke) && !ke.IsFatal() && (ke.IsRetriable() || ke.TxnRequiresAbort() || ke.IsTimeout()) {
+			select {
+			case <-ctx.Done():
+			case <-time.After(min(time.Duration(attempt+1)*200*time.Millisecond, 2*time.Second)):
+			}
+			continue
+		}
+		return fmt.Errorf("publish partial round %d: %w", round, err)
+	}
+}
+
+// Partial is one committed record of the partials topic.
+type Partial struct {
+	Key   string
+	Value []byte
+	// Where it was read, for messages.
+	Offset int64
+}
+
+// NextPartial is the leader's read: the next committed partial, whole
+// (chunks reassembled and checked). It returns ctx's error when ctx ends
+// first.
+func (s *Server) NextPartial(ctx context.Context) (Partial, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return Partial{}, err
+		}
+		switch ev := s.c.Poll(int(pollInterval / time.Millisecond)).(type) {
+		case *kafka.Message:
+			tp := ev.TopicPartition
+			if tp.Error != nil {
+				return Partial{}, fmt.Errorf("consume %s: %w", s.role.topic, tp.Error)
+			}
+			s.consumed[tp.Partition] = tp.Offset + 1
+			s.count.Received(len(ev.Value) + len(ev.Key))
+			switch {
+			case isChunk(ev):
+				if failed := s.updates.add(ev, string(ev.Key)); len(failed) > 0 {
+					return Partial{}, fmt.Errorf("partial of %q: %v", failed[0].Key, failed[0])
+				}
+				continue
+			case isManifest(ev):
+				whole, failed := s.updates.complete(ev, string(ev.Key))
+				if len(failed) > 0 {
+					return Partial{}, fmt.Errorf("partial of %q: %v", failed[0].Key, failed[0])
+				}
+				if whole == nil {
+					continue
+				}
+				return Partial{Key: string(ev.Key), Value: whole, Offset: int64(tp.Offset)}, nil
+			}
+			return Partial{Key: string(ev.Key), Value: ev.Value, Offset: int64(tp.Offset)}, nil
+		case kafka.Error:
+			if ev.IsFatal() {
+				return Partial{}, fmt.Errorf("consume %s: %w", s.role.topic, ev)
+			}
+			s.opt.logger().Debug("kafka consumer error", "err", ev)
+		}
+	}
+}
+
+// Revocations counts how often the server lost partitions (a rebalance or
+// a rejoin). A worker that sees it change drops the batch it has not
+// committed: those records are delivered again, to it or to another member.
+func (s *Server) Revocations() int { return s.revocations }
+
+// Assigned is the number of partitions the server's consumer holds now.
+// Safe to call from any goroutine.
+func (s *Server) Assigned() int { return int(s.assigned.Load()) }
