@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
@@ -106,13 +107,14 @@ type Channel struct {
 	Name string
 	// Addr is where clients connect: the Kafka bootstrap list or the gRPC
 	// address.
-	Addr  string
-	close func()
+	Addr      string
+	close     func()
+	closeOnce sync.Once
 }
 
 // Close closes the server and stops the embedded broker, if any.
 func (c *Channel) Close() error {
-	c.close()
+	c.closeOnce.Do(c.close)
 	return nil
 }
 

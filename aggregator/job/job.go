@@ -446,6 +446,12 @@ func RunOn(ctx context.Context, spec Spec, cc ChannelConfig, env Env, ready func
 	if res == nil && err == nil {
 		err = errors.New("job ended without a result")
 	}
+	// Closing lets calls in flight finish (the final model's downloads on
+	// gRPC): count the traffic once they have.
+	ch.Close()
+	if res != nil {
+		res.Stats = ch.Stats()
+	}
 	return res, err
 }
 
