@@ -320,6 +320,16 @@ func TestBadModelTransfers(t *testing.T) {
 	}
 	rawProduce(ctx, t, brokers, msgs)
 
+	s2 := newServer(t, brokers, job, MessageBytesFor(n))
+	defer s2.Close()
+	keptGoodModel(ctx, t, brokers, job, good, s2)
+}
+
+// keptGoodModel checks that, after two bad transfers on top of good, a new
+// client and the restarted aggregator s2 both still read good, and the
+// client counted both bad transfers.
+func keptGoodModel(ctx context.Context, t *testing.T, brokers, job string, good *fdxv1.GlobalModel, s2 *Server) {
+	t.Helper()
 	c := dial(t, brokers, job)
 	if m, err := c.Model(ctx, 0); err != nil || !proto.Equal(m, good) {
 		t.Fatalf("client Model(0) = round %d, %v; want the good model 1", m.GetRound(), err)
@@ -327,8 +337,6 @@ func TestBadModelTransfers(t *testing.T) {
 	if st := c.Stats(); st.RecordsRejected < 2 {
 		t.Errorf("client rejected %d records; want both bad transfers counted", st.RecordsRejected)
 	}
-	s2 := newServer(t, brokers, job, MessageBytesFor(n))
-	defer s2.Close()
 	if m, err := s2.Latest(ctx, nil); err != nil || !proto.Equal(m, good) {
 		t.Fatalf("Latest = round %d, %v; want the good model 1", m.GetRound(), err)
 	}
