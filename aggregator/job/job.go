@@ -52,6 +52,10 @@ type Spec struct {
 	// default: local weights), "float16" or "int8" (the delta from the
 	// global model, int8 with a per-tensor scale).
 	UpdateEncoding string
+	// ModelEncoding is how the aggregator publishes models: "float32" (the
+	// default) or "float16", which halves every download and keeps the
+	// global model on the float16 grid (TrainConfig.model_dtype).
+	ModelEncoding string
 
 	Strategy strategy.Config
 	MaxNorm  float64
@@ -186,6 +190,9 @@ func (s Spec) Validate() error {
 	if _, err := UpdateDType(s.UpdateEncoding); err != nil {
 		return err
 	}
+	if _, err := ModelDType(s.ModelEncoding); err != nil {
+		return err
+	}
 	if !model.Known(s.Model) {
 		return fmt.Errorf("model %q: want one of %v", s.Model, model.Kinds())
 	}
@@ -237,7 +244,21 @@ func (s Spec) TrainConfig() *fdxv1.TrainConfig {
 		// Federated evaluation needs examples no client trained on.
 		HoldoutFraction: s.Holdout,
 		UpdateDtype:     must(UpdateDType(s.UpdateEncoding)),
+		ModelDtype:      must(ModelDType(s.ModelEncoding)),
 	}
+}
+
+// ModelDType maps a model encoding's name ("" is float32) to its dtype.
+// There is no int8 model: it would put the global weights themselves on a
+// 255-level grid per tensor (int8 is for updates, which are deltas).
+func ModelDType(name string) (fdxv1.DType, error) {
+	switch name {
+	case "", "float32":
+		return fdxv1.DType_DTYPE_FLOAT32, nil
+	case "float16":
+		return fdxv1.DType_DTYPE_FLOAT16, nil
+	}
+	return 0, fmt.Errorf("model encoding %q: want float32 or float16", name)
 }
 
 // UpdateDType maps an update encoding's name ("" is float32) to its dtype.

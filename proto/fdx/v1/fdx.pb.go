@@ -393,7 +393,14 @@ type TrainConfig struct {
 	// local weights as float32; FLOAT16 and INT8 (per-tensor scale) send the
 	// delta from the global model in that type, flagged is_delta. (A high
 	// field number leaves room for other additions.)
-	UpdateDtype   DType `protobuf:"varint,21,opt,name=update_dtype,json=updateDtype,proto3,enum=fdx.v1.DType" json:"update_dtype,omitempty"`
+	UpdateDtype DType `protobuf:"varint,21,opt,name=update_dtype,json=updateDtype,proto3,enum=fdx.v1.DType" json:"update_dtype,omitempty"`
+	// Encoding of the published model's params: UNSPECIFIED or FLOAT32, or
+	// FLOAT16, which halves every download. With FLOAT16 the aggregator keeps
+	// the global model itself on the float16 grid (each new model is rounded
+	// once, before it is evaluated and published), so what clients receive
+	// is the global model exactly: deltas, norms and a restart from the model
+	// topic all see the same values.
+	ModelDtype    DType `protobuf:"varint,22,opt,name=model_dtype,json=modelDtype,proto3,enum=fdx.v1.DType" json:"model_dtype,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -508,6 +515,13 @@ func (x *TrainConfig) GetHoldoutFraction() float64 {
 func (x *TrainConfig) GetUpdateDtype() DType {
 	if x != nil {
 		return x.UpdateDtype
+	}
+	return DType_DTYPE_UNSPECIFIED
+}
+
+func (x *TrainConfig) GetModelDtype() DType {
+	if x != nil {
+		return x.ModelDtype
 	}
 	return DType_DTYPE_UNSPECIFIED
 }
@@ -1410,7 +1424,7 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\x0enum_partitions\x18\x02 \x01(\x05R\rnumPartitions\x12\x12\n" +
 	"\x04seed\x18\x03 \x01(\x04R\x04seed\x12\x14\n" +
 	"\x05alpha\x18\x04 \x01(\x01R\x05alpha\x12*\n" +
-	"\x11shards_per_client\x18\x05 \x01(\x05R\x0fshardsPerClient\"\xa4\x03\n" +
+	"\x11shards_per_client\x18\x05 \x01(\x05R\x0fshardsPerClient\"\xd4\x03\n" +
 	"\vTrainConfig\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
 	"\rlearning_rate\x18\x02 \x01(\x01R\flearningRate\x12\x1d\n" +
@@ -1425,7 +1439,9 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"proximalMu\x12\x14\n" +
 	"\x05async\x18\x10 \x01(\bR\x05async\x12)\n" +
 	"\x10holdout_fraction\x18\x14 \x01(\x01R\x0fholdoutFraction\x120\n" +
-	"\fupdate_dtype\x18\x15 \x01(\x0e2\r.fdx.v1.DTypeR\vupdateDtype\"\xf2\x02\n" +
+	"\fupdate_dtype\x18\x15 \x01(\x0e2\r.fdx.v1.DTypeR\vupdateDtype\x12.\n" +
+	"\vmodel_dtype\x18\x16 \x01(\x0e2\r.fdx.v1.DTypeR\n" +
+	"modelDtype\"\xf2\x02\n" +
 	"\bSampling\x12\x12\n" +
 	"\x04seed\x18\x01 \x01(\x04R\x04seed\x12\x1e\n" +
 	"\n" +
@@ -1586,38 +1602,39 @@ var file_fdx_v1_fdx_proto_depIdxs = []int32{
 	0,  // 0: fdx.v1.Tensor.dtype:type_name -> fdx.v1.DType
 	3,  // 1: fdx.v1.TrainConfig.partition:type_name -> fdx.v1.PartitionSpec
 	0,  // 2: fdx.v1.TrainConfig.update_dtype:type_name -> fdx.v1.DType
-	2,  // 3: fdx.v1.GlobalModel.params:type_name -> fdx.v1.Tensor
-	4,  // 4: fdx.v1.GlobalModel.train_config:type_name -> fdx.v1.TrainConfig
-	16, // 5: fdx.v1.GlobalModel.published_at:type_name -> google.protobuf.Timestamp
-	16, // 6: fdx.v1.GlobalModel.deadline:type_name -> google.protobuf.Timestamp
-	14, // 7: fdx.v1.GlobalModel.metrics:type_name -> fdx.v1.GlobalModel.MetricsEntry
-	5,  // 8: fdx.v1.GlobalModel.sampling:type_name -> fdx.v1.Sampling
-	16, // 9: fdx.v1.Timings.model_received:type_name -> google.protobuf.Timestamp
-	16, // 10: fdx.v1.Timings.train_start:type_name -> google.protobuf.Timestamp
-	16, // 11: fdx.v1.Timings.train_end:type_name -> google.protobuf.Timestamp
-	16, // 12: fdx.v1.Timings.sent:type_name -> google.protobuf.Timestamp
-	2,  // 13: fdx.v1.Update.params:type_name -> fdx.v1.Tensor
-	15, // 14: fdx.v1.Update.metrics:type_name -> fdx.v1.Update.MetricsEntry
-	7,  // 15: fdx.v1.Update.timings:type_name -> fdx.v1.Timings
-	1,  // 16: fdx.v1.SubmitUpdateResponse.reject_reason:type_name -> fdx.v1.RejectReason
-	12, // 17: fdx.v1.TransferPart.manifest:type_name -> fdx.v1.TransferManifest
-	9,  // 18: fdx.v1.Aggregator.GetModel:input_type -> fdx.v1.GetModelRequest
-	10, // 19: fdx.v1.Aggregator.WatchModels:input_type -> fdx.v1.WatchModelsRequest
-	8,  // 20: fdx.v1.Aggregator.SubmitUpdate:input_type -> fdx.v1.Update
-	9,  // 21: fdx.v1.Aggregator.GetModelChunks:input_type -> fdx.v1.GetModelRequest
-	10, // 22: fdx.v1.Aggregator.WatchModelChunks:input_type -> fdx.v1.WatchModelsRequest
-	13, // 23: fdx.v1.Aggregator.SubmitUpdateChunks:input_type -> fdx.v1.TransferPart
-	6,  // 24: fdx.v1.Aggregator.GetModel:output_type -> fdx.v1.GlobalModel
-	6,  // 25: fdx.v1.Aggregator.WatchModels:output_type -> fdx.v1.GlobalModel
-	11, // 26: fdx.v1.Aggregator.SubmitUpdate:output_type -> fdx.v1.SubmitUpdateResponse
-	13, // 27: fdx.v1.Aggregator.GetModelChunks:output_type -> fdx.v1.TransferPart
-	13, // 28: fdx.v1.Aggregator.WatchModelChunks:output_type -> fdx.v1.TransferPart
-	11, // 29: fdx.v1.Aggregator.SubmitUpdateChunks:output_type -> fdx.v1.SubmitUpdateResponse
-	24, // [24:30] is the sub-list for method output_type
-	18, // [18:24] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	0,  // 3: fdx.v1.TrainConfig.model_dtype:type_name -> fdx.v1.DType
+	2,  // 4: fdx.v1.GlobalModel.params:type_name -> fdx.v1.Tensor
+	4,  // 5: fdx.v1.GlobalModel.train_config:type_name -> fdx.v1.TrainConfig
+	16, // 6: fdx.v1.GlobalModel.published_at:type_name -> google.protobuf.Timestamp
+	16, // 7: fdx.v1.GlobalModel.deadline:type_name -> google.protobuf.Timestamp
+	14, // 8: fdx.v1.GlobalModel.metrics:type_name -> fdx.v1.GlobalModel.MetricsEntry
+	5,  // 9: fdx.v1.GlobalModel.sampling:type_name -> fdx.v1.Sampling
+	16, // 10: fdx.v1.Timings.model_received:type_name -> google.protobuf.Timestamp
+	16, // 11: fdx.v1.Timings.train_start:type_name -> google.protobuf.Timestamp
+	16, // 12: fdx.v1.Timings.train_end:type_name -> google.protobuf.Timestamp
+	16, // 13: fdx.v1.Timings.sent:type_name -> google.protobuf.Timestamp
+	2,  // 14: fdx.v1.Update.params:type_name -> fdx.v1.Tensor
+	15, // 15: fdx.v1.Update.metrics:type_name -> fdx.v1.Update.MetricsEntry
+	7,  // 16: fdx.v1.Update.timings:type_name -> fdx.v1.Timings
+	1,  // 17: fdx.v1.SubmitUpdateResponse.reject_reason:type_name -> fdx.v1.RejectReason
+	12, // 18: fdx.v1.TransferPart.manifest:type_name -> fdx.v1.TransferManifest
+	9,  // 19: fdx.v1.Aggregator.GetModel:input_type -> fdx.v1.GetModelRequest
+	10, // 20: fdx.v1.Aggregator.WatchModels:input_type -> fdx.v1.WatchModelsRequest
+	8,  // 21: fdx.v1.Aggregator.SubmitUpdate:input_type -> fdx.v1.Update
+	9,  // 22: fdx.v1.Aggregator.GetModelChunks:input_type -> fdx.v1.GetModelRequest
+	10, // 23: fdx.v1.Aggregator.WatchModelChunks:input_type -> fdx.v1.WatchModelsRequest
+	13, // 24: fdx.v1.Aggregator.SubmitUpdateChunks:input_type -> fdx.v1.TransferPart
+	6,  // 25: fdx.v1.Aggregator.GetModel:output_type -> fdx.v1.GlobalModel
+	6,  // 26: fdx.v1.Aggregator.WatchModels:output_type -> fdx.v1.GlobalModel
+	11, // 27: fdx.v1.Aggregator.SubmitUpdate:output_type -> fdx.v1.SubmitUpdateResponse
+	13, // 28: fdx.v1.Aggregator.GetModelChunks:output_type -> fdx.v1.TransferPart
+	13, // 29: fdx.v1.Aggregator.WatchModelChunks:output_type -> fdx.v1.TransferPart
+	11, // 30: fdx.v1.Aggregator.SubmitUpdateChunks:output_type -> fdx.v1.SubmitUpdateResponse
+	25, // [25:31] is the sub-list for method output_type
+	19, // [19:25] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_fdx_v1_fdx_proto_init() }
