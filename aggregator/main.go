@@ -122,7 +122,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&o.BatchSize, "batch", 10, "client minibatch size")
 	fs.IntVar(&o.LocalEpochs, "epochs", 1, "client local epochs per round")
 	fs.Float64Var(&o.ProximalMu, "prox-mu", 0, "FedProx proximal term (0: off)")
-	fs.StringVar(&o.UpdateEncoding, "update-encoding", "float32", "how clients encode updates: float32 (weights), float16 or int8 (per-tensor scale; both send the delta from the global model)")
+	fs.StringVar(&o.UpdateEncoding, "update-encoding", "float32", "how clients encode updates: float32 (weights), float16, int8 (per-tensor scale) or topk:<fraction> (the largest entries, with error feedback in long-running clients); all but float32 send the delta from the global model")
 	fs.StringVar(&o.ModelEncoding, "model-encoding", "float32", "how models are published: float32, or float16 (half the download; the global model is kept on the float16 grid)")
 	fs.Uint64Var(&o.Seed, "seed", 1, "job seed: initial model, partition, client shuffles")
 	fs.StringVar(&o.Strategy.Name, "strategy", "fedavg", strings.Join(strategy.Names(), ", "))

@@ -18,7 +18,7 @@ func TestCompressedUpdates(t *testing.T) {
 	brokers := kafkatest.Brokers(t)
 	perUpdate := map[string]float64{}
 	acc := map[string]float64{}
-	for _, enc := range []string{"float32", "float16", "int8"} {
+	for _, enc := range []string{"float32", "float16", "int8", "topk:0.05"} {
 		spec := Spec{Job: kafkatest.Job(t), MinClients: 3, NumRounds: 2, Model: "logreg", MaxExamples: 300, EvalExamples: 2000,
 			Partition: dataset.PartitionSpec{NumPartitions: 3}, Seed: 5, UpdateEncoding: enc}
 		res := runFederation(t, spec, ChannelConfig{Transport: Kafka, Brokers: brokers}, Env{Data: data}, 3)
@@ -34,6 +34,15 @@ func TestCompressedUpdates(t *testing.T) {
 	}
 	if r := perUpdate["int8"] / perUpdate["float32"]; r > 0.3 {
 		t.Errorf("int8 updates are %.2f of float32's size; want about 0.25", r)
+	}
+	// Top-k sends 5% of the entries at 8 bytes each: 0.1 of float32.
+	if r := perUpdate["topk:0.05"] / perUpdate["float32"]; r > 0.12 {
+		t.Errorf("top-k 5%% updates are %.2f of float32's size; want about 0.1", r)
+	}
+	// Without error feedback (these clients are serverless calls) top-k
+	// learns more slowly, but it learns: the initial model is at chance.
+	if a := acc["topk:0.05"]; a < 0.5 {
+		t.Errorf("top-k 5%% reaches accuracy %.4f after two rounds; want above 0.5", a)
 	}
 	for _, enc := range []string{"float16", "int8"} {
 		if d := acc["float32"] - acc[enc]; d > 0.02 {
@@ -113,8 +122,14 @@ func TestFloat16Models(t *testing.T) {
 		f32.Stats.BytesSent, f32.Rounds[2].Accuracy, f16.Stats.BytesSent, m.Accuracy)
 }
 
-// TestModelEncodingRefused checks the encodings a job refuses.
-func TestModelEncodingRefused(t *testing.T) {
+// TestEncodingRefused checks the encodings a job refuses.
+func TestEncodingRefused(t *testing.T) {
+	for _, enc := range []string{"topk:0", "topk:1.5", "topk:x", "topk", "int4"} {
+		spec := Spec{Job: "refused", MinClients: 1, NumRounds: 1, UpdateEncoding: enc}.WithDefaults()
+		if err := spec.Validate(); err == nil || !strings.Contains(err.Error(), "update encoding") {
+			t.Errorf("update encoding %q: got %v, want an update encoding error", enc, err)
+		}
+	}
 	for _, enc := range []string{"int8", "bfloat16"} {
 		spec := Spec{Job: "refused", MinClients: 1, NumRounds: 1, ModelEncoding: enc}.WithDefaults()
 		if err := spec.Validate(); err == nil || !strings.Contains(err.Error(), "model encoding") {

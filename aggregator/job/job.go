@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -245,6 +246,7 @@ func (s Spec) TrainConfig() *fdxv1.TrainConfig {
 		HoldoutFraction: s.Holdout,
 		UpdateDtype:     must(UpdateDType(s.UpdateEncoding)),
 		ModelDtype:      must(ModelDType(s.ModelEncoding)),
+		TopkFraction:    topKFraction(s.UpdateEncoding),
 	}
 }
 
@@ -261,7 +263,9 @@ func ModelDType(name string) (fdxv1.DType, error) {
 	return 0, fmt.Errorf("model encoding %q: want float32 or float16", name)
 }
 
-// UpdateDType maps an update encoding's name ("" is float32) to its dtype.
+// UpdateDType maps an update encoding's name ("" is float32) to its dtype:
+// float32, float16, int8, or topk:<fraction>, the fraction in (0, 1] of
+// each tensor's entries a client sends (SPARSE_FLOAT32).
 func UpdateDType(name string) (fdxv1.DType, error) {
 	switch name {
 	case "", "float32":
@@ -271,7 +275,23 @@ func UpdateDType(name string) (fdxv1.DType, error) {
 	case "int8":
 		return fdxv1.DType_DTYPE_INT8, nil
 	}
-	return 0, fmt.Errorf("update encoding %q: want float32, float16 or int8", name)
+	if f, ok := strings.CutPrefix(name, "topk:"); ok {
+		if v, err := strconv.ParseFloat(f, 64); err == nil && v > 0 && v <= 1 {
+			return fdxv1.DType_DTYPE_SPARSE_FLOAT32, nil
+		}
+		return 0, fmt.Errorf("update encoding %q: the top-k fraction must be in (0, 1], e.g. topk:0.01", name)
+	}
+	return 0, fmt.Errorf("update encoding %q: want float32, float16, int8 or topk:<fraction>", name)
+}
+
+// topKFraction is the fraction of a valid topk:<fraction> encoding, else 0.
+func topKFraction(name string) float64 {
+	f, ok := strings.CutPrefix(name, "topk:")
+	if !ok {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f, 64)
+	return v
 }
 
 // must returns d; Validate has refused the encodings whose err is set.

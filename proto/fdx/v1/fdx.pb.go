@@ -37,6 +37,11 @@ const (
 	DType_DTYPE_FLOAT16 DType = 2
 	// Signed bytes; the real value is data[i] * scale.
 	DType_DTYPE_INT8 DType = 3
+	// Sparse binary32: data holds k little-endian uint32 indices, strictly
+	// increasing and below product(shape), then the k little-endian binary32
+	// values at those indices; every other element is zero. For top-k
+	// updates (TrainConfig.topk_fraction).
+	DType_DTYPE_SPARSE_FLOAT32 DType = 4
 )
 
 // Enum value maps for DType.
@@ -46,12 +51,14 @@ var (
 		1: "DTYPE_FLOAT32",
 		2: "DTYPE_FLOAT16",
 		3: "DTYPE_INT8",
+		4: "DTYPE_SPARSE_FLOAT32",
 	}
 	DType_value = map[string]int32{
-		"DTYPE_UNSPECIFIED": 0,
-		"DTYPE_FLOAT32":     1,
-		"DTYPE_FLOAT16":     2,
-		"DTYPE_INT8":        3,
+		"DTYPE_UNSPECIFIED":    0,
+		"DTYPE_FLOAT32":        1,
+		"DTYPE_FLOAT16":        2,
+		"DTYPE_INT8":           3,
+		"DTYPE_SPARSE_FLOAT32": 4,
 	}
 )
 
@@ -206,7 +213,8 @@ type Tensor struct {
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Shape []int64                `protobuf:"varint,2,rep,packed,name=shape,proto3" json:"shape,omitempty"`
 	Dtype DType                  `protobuf:"varint,3,opt,name=dtype,proto3,enum=fdx.v1.DType" json:"dtype,omitempty"`
-	// Raw little-endian elements, len = product(shape) * sizeof(dtype).
+	// Raw little-endian elements, len = product(shape) * sizeof(dtype)
+	// (DTYPE_SPARSE_FLOAT32: 8 bytes per element sent).
 	Data []byte `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
 	// Dequantization scale for DTYPE_INT8.
 	Scale         float32 `protobuf:"fixed32,5,opt,name=scale,proto3" json:"scale,omitempty"`
@@ -400,7 +408,12 @@ type TrainConfig struct {
 	// once, before it is evaluated and published), so what clients receive
 	// is the global model exactly: deltas, norms and a restart from the model
 	// topic all see the same values.
-	ModelDtype    DType `protobuf:"varint,22,opt,name=model_dtype,json=modelDtype,proto3,enum=fdx.v1.DType" json:"model_dtype,omitempty"`
+	ModelDtype DType `protobuf:"varint,22,opt,name=model_dtype,json=modelDtype,proto3,enum=fdx.v1.DType" json:"model_dtype,omitempty"`
+	// With update_dtype SPARSE_FLOAT32: the fraction of each tensor's
+	// entries a client sends, those of the largest magnitude in its delta
+	// (top-k, at least one per tensor). A long-running client keeps what it
+	// did not send and adds it to its next delta (error feedback).
+	TopkFraction  float64 `protobuf:"fixed64,23,opt,name=topk_fraction,json=topkFraction,proto3" json:"topk_fraction,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -524,6 +537,13 @@ func (x *TrainConfig) GetModelDtype() DType {
 		return x.ModelDtype
 	}
 	return DType_DTYPE_UNSPECIFIED
+}
+
+func (x *TrainConfig) GetTopkFraction() float64 {
+	if x != nil {
+		return x.TopkFraction
+	}
+	return 0
 }
 
 // Sampling names the clients a round asks to train and to evaluate. Client c
@@ -1424,7 +1444,7 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\x0enum_partitions\x18\x02 \x01(\x05R\rnumPartitions\x12\x12\n" +
 	"\x04seed\x18\x03 \x01(\x04R\x04seed\x12\x14\n" +
 	"\x05alpha\x18\x04 \x01(\x01R\x05alpha\x12*\n" +
-	"\x11shards_per_client\x18\x05 \x01(\x05R\x0fshardsPerClient\"\xd4\x03\n" +
+	"\x11shards_per_client\x18\x05 \x01(\x05R\x0fshardsPerClient\"\xf9\x03\n" +
 	"\vTrainConfig\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
 	"\rlearning_rate\x18\x02 \x01(\x01R\flearningRate\x12\x1d\n" +
@@ -1441,7 +1461,8 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\x10holdout_fraction\x18\x14 \x01(\x01R\x0fholdoutFraction\x120\n" +
 	"\fupdate_dtype\x18\x15 \x01(\x0e2\r.fdx.v1.DTypeR\vupdateDtype\x12.\n" +
 	"\vmodel_dtype\x18\x16 \x01(\x0e2\r.fdx.v1.DTypeR\n" +
-	"modelDtype\"\xf2\x02\n" +
+	"modelDtype\x12#\n" +
+	"\rtopk_fraction\x18\x17 \x01(\x01R\ftopkFraction\"\xf2\x02\n" +
 	"\bSampling\x12\x12\n" +
 	"\x04seed\x18\x01 \x01(\x04R\x04seed\x12\x1e\n" +
 	"\n" +
@@ -1528,13 +1549,14 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\bmanifest\x18\x01 \x01(\v2\x18.fdx.v1.TransferManifestH\x00R\bmanifest\x12\x16\n" +
 	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunk\x12\x16\n" +
 	"\x05whole\x18\x03 \x01(\fH\x00R\x05wholeB\x06\n" +
-	"\x04part*T\n" +
+	"\x04part*n\n" +
 	"\x05DType\x12\x15\n" +
 	"\x11DTYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rDTYPE_FLOAT32\x10\x01\x12\x11\n" +
 	"\rDTYPE_FLOAT16\x10\x02\x12\x0e\n" +
 	"\n" +
-	"DTYPE_INT8\x10\x03*\xdd\x04\n" +
+	"DTYPE_INT8\x10\x03\x12\x18\n" +
+	"\x14DTYPE_SPARSE_FLOAT32\x10\x04*\xdd\x04\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19REJECT_REASON_UNDECODABLE\x10\x01\x12\x1b\n" +
