@@ -33,7 +33,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	rounds := fs.Int("rounds", 10, "rounds")
 	kind := fs.String("model", "2nn", "model kind")
 	maxEx := fs.Int("max-examples", 0, "examples per client (0: the whole shard)")
-	encodings := fs.String("encodings", "float32,float16,int8,float16/float16,int8/float16",
+	encodings := fs.String("encodings", "float32,float16,int8,topk:0.1,topk:0.01,float16/float16,int8/float16",
 		"encodings to compare, in order: an update encoding, or update/model")
 	seed := fs.Uint64("seed", 1, "job seed")
 	if err := cli.Parse(fs, args); err != nil {
