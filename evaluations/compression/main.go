@@ -48,7 +48,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			mod = "float32"
 		}
 		spec := job.Spec{
-			Job: "compression-" + upd + "-" + mod + "-" + strconv.FormatInt(time.Now().UnixNano(), 36), MinClients: *clients, NumRounds: *rounds,
+			Job: "compression-" + strings.ReplaceAll(upd, ":", "") + "-" + mod + "-" + strconv.FormatInt(time.Now().UnixNano(), 36), MinClients: *clients, NumRounds: *rounds,
 			Model: *kind, MaxExamples: *maxEx, Partition: dataset.PartitionSpec{Scheme: dataset.SchemeIID, NumPartitions: *clients},
 			Seed: *seed, UpdateEncoding: upd, ModelEncoding: mod, NormFactor: -1,
 		}
