@@ -153,6 +153,9 @@ type Report struct {
 	// Traffic is what the aggregator's channel moved over the whole run,
 	// by its own counters.
 	Traffic channel.Stats `json:"aggregator_traffic"`
+	// FleetCPUSeconds is this process's CPU (the fleet, and the embedded
+	// broker if any) while the aggregator ran as a child.
+	FleetCPUSeconds float64 `json:"fleet_cpu_s,omitempty"`
 	// Raw is a bare consumer reading and decoding the same records.
 	Raw RawReport `json:"raw"`
 	// IngestToRaw is the aggregator's median ingest rate over the raw rate.
@@ -249,6 +252,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep.Rounds, rep.Contributors, rep.Traffic = rounds, agg.res.Contributors, agg.res.Traffic
 	if agg.cost != nil {
 		rep.Aggregator = *agg.cost
+		rep.FleetCPUSeconds = cpuSeconds(after) - cpuSeconds(before)
 	} else {
 		rep.Aggregator = AggregatorCost{
 			InProcess:  true,

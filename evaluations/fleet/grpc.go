@@ -104,7 +104,8 @@ func generateGRPC(ctx context.Context, cfg Config, addr string) ([]RoundReport, 
 		rr.UpdatesPerSec = float64(rr.Updates) / visible.Sub(g.firstSent).Seconds()
 		rr.MBPerSec = float64(rr.Bytes) / 1e6 / visible.Sub(g.firstSent).Seconds()
 		cfg.Log.Info("round closed", "round", rr.Round, "downloads", rr.Downloads, "fan_out_ms", rr.FanOutMs,
-			"updates", rr.Updates, "updates_per_s", int(rr.UpdatesPerSec), "close_ms", rr.CloseMs)
+			"fan_out_mb", float64(rr.FanOutBytes)/1e6, "updates", rr.Updates, "updates_per_s", int(rr.UpdatesPerSec),
+			"send_per_s", int(rr.SendPerSec), "close_ms", rr.CloseMs)
 		out = append(out, rr)
 		m = next
 	}
@@ -147,11 +148,15 @@ func (g *grpcFleet) round(ctx context.Context, m *fdxv1.GlobalModel) (RoundRepor
 		return nil
 	})
 	if err != nil {
-		return rr, err
+		// How far the fan-out got says how it failed (a timeout at the
+		// last few downloads, or at the first).
+		return rr, fmt.Errorf("round %d fan-out, after %d of %d downloads, %.1f MB, %.1f s: %w",
+			round, downloads.Load(), g.cfg.Clients, float64(g.received()-before)/1e6, time.Since(start).Seconds(), err)
 	}
 	rr.Downloads = int(downloads.Load())
 	rr.FanOutMs = ms(last.Sub(start))
 	rr.FanOutBytes = g.received() - before
+	g.cfg.Log.Info("fan-out done", "round", round, "downloads", rr.Downloads, "fan_out_ms", rr.FanOutMs, "fan_out_mb", float64(rr.FanOutBytes)/1e6)
 
 	start = time.Now()
 	f := &fleet{cfg: g.cfg}
@@ -176,7 +181,7 @@ func (g *grpcFleet) round(ctx context.Context, m *fdxv1.GlobalModel) (RoundRepor
 		return nil
 	})
 	if err != nil {
-		return rr, err
+		return rr, fmt.Errorf("round %d updates, after %d of %d accepted: %w", round, accepted.Load(), g.cfg.Clients, err)
 	}
 	g.lastAck = last
 	rr.Updates = int(accepted.Load())
@@ -270,6 +275,11 @@ func writeGRPCTable(w io.Writer, r *Report) {
 	fmt.Fprintf(w, "\nAggregator (%s): CPU %.2f s, peak RSS %.1f MB, wall %.0f ms; contributors per round %v\n",
 		where, r.Aggregator.CPUSeconds, r.Aggregator.PeakRSSMB, r.Aggregator.WallMs, r.Contributors)
 	writeTraffic(w, r)
+	if !r.Aggregator.InProcess {
+		// The fleet shares the machine: when it is busy decoding N
+		// downloads, the fan-out time is partly its own.
+		fmt.Fprintf(w, "Fleet process (the %d clients): CPU %.2f s\n", r.Clients, r.FleetCPUSeconds)
+	}
 }
 
 // writeTraffic prints the aggregator's own traffic counters, and its egress
