@@ -162,12 +162,13 @@ func childAggregator(exe string, args []string) aggregatorFunc {
 		}
 		err = cmd.Wait()
 		if err != nil {
-			// What it had used says how it died (memory, or stuck).
-			if ps := cmd.ProcessState; ps == nil {
-				// Wait failed before the process ended: nothing to add.
-			} else if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-				return nil, nil, fmt.Errorf("aggregator process (CPU %.2f s, peak RSS %.1f MB, wall %.0f ms): %w",
-					cpuSeconds(*ru), float64(ru.Maxrss)/1024, msSince(start), err)
+			// What it had used says how it died (memory, or stuck); no
+			// ProcessState: Wait failed before the process ended.
+			if ps := cmd.ProcessState; ps != nil {
+				if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+					return nil, nil, fmt.Errorf("aggregator process (CPU %.2f s, peak RSS %.1f MB, wall %.0f ms): %w",
+						cpuSeconds(*ru), float64(ru.Maxrss)/1024, msSince(start), err)
+				}
 			}
 			return nil, nil, fmt.Errorf("aggregator process: %w", err)
 		}
