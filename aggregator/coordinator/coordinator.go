@@ -275,7 +275,7 @@ func (c *Coordinator) start(ctx context.Context, res *Result) (*fdxv1.GlobalMode
 		res.Resumed = latest.GetRound()
 		c.medianNorm = latest.GetMetrics()[metricMedianNorm]
 		c.log.Info("resumed from checkpoint", "round", latest.GetRound(), "final", latest.GetFinal(),
-			"contributors", len(latest.GetContributors()))
+			"contributors", latest.GetNumContributors())
 		return latest, params, nil
 	}
 	net, err := model.New(c.cfg.Train.GetModel(), c.cfg.InDim, c.cfg.Classes, c.cfg.Train.GetSeed())
@@ -367,12 +367,12 @@ func (c *Coordinator) model(round int64, params [][]float32, contributors []stri
 		TrainConfig:   c.cfg.Train,
 		Final:         round > int64(c.cfg.NumRounds),
 		PublishedAt:   timestamppb.New(now),
-		Contributors:  contributors,
 		Metrics:       metrics,
 		StrategyState: state,
 		NumRounds:     int64(c.cfg.NumRounds),
 		MinClients:    int32(c.cfg.MinClients),
 	}
+	rules.SetContributors(m, contributors)
 	if c.cfg.RoundTimeout > 0 && !m.Final {
 		m.Deadline = timestamppb.New(now.Add(c.cfg.RoundTimeout))
 	}

@@ -686,7 +686,11 @@ type GlobalModel struct {
 	PublishedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=published_at,json=publishedAt,proto3" json:"published_at,omitempty"`
 	// Updates for this round arriving after the deadline may be dropped.
 	Deadline *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=deadline,proto3" json:"deadline,omitempty"`
-	// Client ids whose updates were aggregated into this model, sorted.
+	// Client ids whose updates were aggregated into this model, sorted;
+	// only when there are at most 1,000 of them (rules.MaxListedContributors):
+	// every client downloads this record, and a list of 100,000 ids would
+	// be 700 KB of each download. num_contributors and contributors_sha256
+	// are always set.
 	Contributors []string `protobuf:"bytes,8,rep,name=contributors,proto3" json:"contributors,omitempty"`
 	// Centralized evaluation of these parameters (e.g. "accuracy", "loss").
 	Metrics map[string]float64 `protobuf:"bytes,9,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
@@ -698,9 +702,15 @@ type GlobalModel struct {
 	// Minimum number of updates that closes a round.
 	MinClients int32 `protobuf:"varint,12,opt,name=min_clients,json=minClients,proto3" json:"min_clients,omitempty"`
 	// Who takes part in this round; unset: every client trains.
-	Sampling      *Sampling `protobuf:"bytes,20,opt,name=sampling,proto3" json:"sampling,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Sampling *Sampling `protobuf:"bytes,20,opt,name=sampling,proto3" json:"sampling,omitempty"`
+	// How many updates were aggregated into this model.
+	NumContributors int64 `protobuf:"varint,21,opt,name=num_contributors,json=numContributors,proto3" json:"num_contributors,omitempty"`
+	// SHA-256 of the sorted contributor ids, each followed by a newline
+	// (rules.ContributorsDigest): the signed record vouches for the full
+	// list in the aggregator's round records even when it does not carry it.
+	ContributorsSha256 []byte `protobuf:"bytes,22,opt,name=contributors_sha256,json=contributorsSha256,proto3" json:"contributors_sha256,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *GlobalModel) Reset() {
@@ -820,6 +830,20 @@ func (x *GlobalModel) GetMinClients() int32 {
 func (x *GlobalModel) GetSampling() *Sampling {
 	if x != nil {
 		return x.Sampling
+	}
+	return nil
+}
+
+func (x *GlobalModel) GetNumContributors() int64 {
+	if x != nil {
+		return x.NumContributors
+	}
+	return 0
+}
+
+func (x *GlobalModel) GetContributorsSha256() []byte {
+	if x != nil {
+		return x.ContributorsSha256
 	}
 	return nil
 }
@@ -1477,7 +1501,7 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\x12evaluate_threshold\x18\b \x01(\x04R\x11evaluateThreshold\x12%\n" +
 	"\x0eevaluate_count\x18\t \x01(\x05R\revaluateCount\x12)\n" +
 	"\x10evaluate_clients\x18\n" +
-	" \x03(\tR\x0fevaluateClients\"\xd3\x04\n" +
+	" \x03(\tR\x0fevaluateClients\"\xaf\x05\n" +
 	"\vGlobalModel\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\x03R\x05round\x12&\n" +
@@ -1494,7 +1518,9 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"num_rounds\x18\v \x01(\x03R\tnumRounds\x12\x1f\n" +
 	"\vmin_clients\x18\f \x01(\x05R\n" +
 	"minClients\x12,\n" +
-	"\bsampling\x18\x14 \x01(\v2\x10.fdx.v1.SamplingR\bsampling\x1a:\n" +
+	"\bsampling\x18\x14 \x01(\v2\x10.fdx.v1.SamplingR\bsampling\x12)\n" +
+	"\x10num_contributors\x18\x15 \x01(\x03R\x0fnumContributors\x12/\n" +
+	"\x13contributors_sha256\x18\x16 \x01(\fR\x12contributorsSha256\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xf2\x01\n" +
