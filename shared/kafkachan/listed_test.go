@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
@@ -203,5 +204,47 @@ func TestWholeBuilder(t *testing.T) {
 	}
 	if !listingConsistent(listed()) {
 		t.Error("the true manifest is not accepted")
+	}
+}
+
+// TestUnmarshalModel: the aliasing decoder of reassembled models decodes
+// what proto.Unmarshal does, every field, and refuses what it refuses.
+func TestUnmarshalModel(t *testing.T) {
+	m := randomModel("job", 7, 1000)
+	m.Params = append(m.Params, &fdxv1.Tensor{Name: "q", Shape: []int64{2, 3}, Dtype: fdxv1.DType_DTYPE_INT8, Data: []byte{1, 2, 3, 4, 5, 6}, Scale: 0.5},
+		&fdxv1.Tensor{Name: "empty", Shape: []int64{0}})
+	m.TrainConfig = &fdxv1.TrainConfig{LocalEpochs: 2, LearningRate: 0.1, UpdateDtype: fdxv1.DType_DTYPE_FLOAT16}
+	m.Final, m.Contributors, m.Metrics = true, []string{"a", "b"}, map[string]float64{"accuracy": 0.9}
+	m.StrategyState, m.NumRounds, m.MinClients = []byte("state"), 9, 3
+	m.Sampling = &fdxv1.Sampling{Seed: 4, FitClients: []string{"a"}}
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A repeated data field: the last one wins, as in proto.
+	b = protowire.AppendTag(b, fieldModelParams, protowire.BytesType)
+	var tb []byte
+	tb = protowire.AppendTag(tb, fieldTensorData, protowire.BytesType)
+	tb = protowire.AppendBytes(tb, []byte{9, 9})
+	tb = protowire.AppendTag(tb, fieldTensorData, protowire.BytesType)
+	tb = protowire.AppendBytes(tb, []byte{7})
+	b = protowire.AppendBytes(b, tb)
+
+	want := &fdxv1.GlobalModel{}
+	if err := proto.Unmarshal(b, want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := unmarshalModel(b)
+	if err != nil || !proto.Equal(got, want) {
+		t.Fatalf("unmarshalModel = %v, %v; want what proto.Unmarshal decodes", got, err)
+	}
+	if last := got.Params[len(got.Params)-1].GetData(); !bytes.Equal(last, []byte{7}) || cap(last) != 1 {
+		t.Errorf("repeated data decoded as %v (cap %d); want the last, capped", last, cap(last))
+	}
+	for cut := 1; cut < len(b); cut += len(b) / 97 {
+		perr := proto.Unmarshal(b[:cut], &fdxv1.GlobalModel{})
+		if _, err := unmarshalModel(b[:cut]); (err == nil) != (perr == nil) {
+			t.Errorf("cut at %d: unmarshalModel err %v, proto.Unmarshal err %v", cut, err, perr)
+		}
 	}
 }
