@@ -489,7 +489,7 @@ const positionalFetchBytes = 16 << 20
 // held already), and returns the verified whole. Each chunk goes into the
 // whole as it arrives (see wholeBuilder), so the whole is ready, hashed,
 // soon after the last chunk.
-func (r *modelReader) fetchSpread(ctx context.Context, man *fdxv1.TransferManifest) ([]byte, *transferError) {
+func (r *modelReader) fetchSpread(ctx context.Context, man *fdxv1.TransferManifest, manifestAt int64) ([]byte, *transferError) {
 	defer clear(r.held)
 	n := int(man.GetChunkCount())
 	fail := func(reason rules.Reason, format string, args ...any) *transferError {
@@ -543,7 +543,7 @@ func (r *modelReader) fetchSpread(ctx context.Context, man *fdxv1.TransferManife
 	}()
 	if len(want) == 0 {
 		begin()
-	} else if err := r.fetchChunks(ctx, begin, func(p int32, o int64, msg *kafka.Message) (bool, bool) {
+	} else if err := r.fetchChunks(ctx, manifestAt, begin, func(p int32, o int64, msg *kafka.Message) (bool, bool) {
 		i, ok := want[at{p, o}]
 		if ok && bad == nil && !w.has(i) && string(header(msg, headerTransfer)) == man.GetTransferId() {
 			bad = w.put(i, msg.Value)
@@ -670,12 +670,14 @@ func (w *wholeBuilder) close() {
 	}
 }
 
-// fetchChunks reads the model topic's partitions from the offsets in from,
-// calls begin once the fetch is assigned, and hands every record to take, which says whether all are read (done)
-// and whether the record's partition is past its last chunk (passed). A
+// fetchChunks reads the model topic's partitions from the offsets in from
+// (the manifest being at manifestAt of partition 0), calls begin once the
+// fetch is assigned, and hands every record to take, which says whether
+// all are read (done) and whether the record's partition is past its last
+// chunk (passed). A
 // partition passed or ended before done is an error: the chunks are not
 // where the manifest says.
-func (r *modelReader) fetchChunks(ctx context.Context, begin func(), take func(p int32, o int64, msg *kafka.Message) (done, passed bool), from, last map[int32]int64) error {
+func (r *modelReader) fetchChunks(ctx context.Context, manifestAt int64, begin func(), take func(p int32, o int64, msg *kafka.Message) (done, passed bool), from, last map[int32]int64) error {
 	if r.spreadC == nil {
 		cm := kafka.ConfigMap{}
 		for k, v := range r.cm {
@@ -701,6 +703,13 @@ func (r *modelReader) fetchChunks(ctx context.Context, begin func(), take func(p
 	}
 	var tps []kafka.TopicPartition
 	for p, o := range from {
+		tps = append(tps, kafka.TopicPartition{Topic: &r.topic, Partition: p, Offset: kafka.Offset(o)})
+		if p == 0 && last[p] < manifestAt {
+			// Partition 0 holds records up to the manifest's offset at
+			// least: no need to ask (one round trip less for a new
+			// client of a one-partition model).
+			continue
+		}
 		// A chunk past a partition's end is never coming: say so now
 		// rather than wait for an out-of-range reset.
 		_, high, err := r.spreadC.QueryWatermarkOffsets(r.topic, p, timeoutMs(ctx, 10*time.Second))
@@ -710,7 +719,6 @@ func (r *modelReader) fetchChunks(ctx context.Context, begin func(), take func(p
 		if last[p] >= high {
 			return fmt.Errorf("a chunk at offset %d of partition %d, which ends at %d", last[p], p, high)
 		}
-		tps = append(tps, kafka.TopicPartition{Topic: &r.topic, Partition: p, Offset: kafka.Offset(o)})
 	}
 	if err := r.spreadC.Assign(tps); err != nil {
 		return fmt.Errorf("assign: %w", err)

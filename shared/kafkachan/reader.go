@@ -329,7 +329,7 @@ func (r *modelReader) decode(ctx context.Context, msg *kafka.Message) (*fdxv1.Gl
 	value := msg.Value
 	var m *fdxv1.GlobalModel
 	if man := spreadManifest(msg); man != nil {
-		whole, failed := r.fetchSpread(ctx, man)
+		whole, failed := r.fetchSpread(ctx, man, int64(msg.TopicPartition.Offset))
 		if failed != nil {
 			return nil, failed
 		}
