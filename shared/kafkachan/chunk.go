@@ -158,10 +158,19 @@ func produceAll(ctx context.Context, p *kafka.Producer, msgs []*kafka.Message, a
 }
 
 // failedState reports whether err is librdkafka's failure of a record
-// for an earlier one's failure.
+// for an earlier one's failure: the transaction's erroneous state, or the
+// purge of the records still queued once it failed (whose reports may come
+// before the cause's).
 func failedState(err error) bool {
 	var ke kafka.Error
-	return errors.As(err, &ke) && ke.Code() == kafka.ErrState
+	if !errors.As(err, &ke) {
+		return false
+	}
+	switch ke.Code() {
+	case kafka.ErrState, kafka.ErrPurgeQueue, kafka.ErrPurgeInflight:
+		return true
+	}
+	return false
 }
 
 // isChunk and isManifest tell the records of a chunked transfer apart.
