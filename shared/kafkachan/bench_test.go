@@ -57,3 +57,42 @@ func BenchmarkColdInvocation(b *testing.B) {
 	b.ReportMetric(float64(closing.Microseconds())/1000/n, "close-ms/op")
 	b.ReportMetric(float64((dial+first+submit).Microseconds())/1000/n, "answer-ms/op")
 }
+
+// BenchmarkColdModelFetch times a new client's first Model of a 100 MB
+// chunked model on one partition (dial excluded): the cold path of a
+// large model, read where its manifest says and reassembled.
+func BenchmarkColdModelFetch(b *testing.B) {
+	brokers, job := kafkatest.Brokers(b), kafkatest.Job(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	const n = 25 << 20 // float32s: 100 MiB
+	s, err := NewServer(ctx, ServerOptions{Options: Options{Brokers: brokers, Job: job},
+		TopicOptions: TopicOptions{UpdatePartitions: 1, MaxMessageBytes: 4*n + 1<<20}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Publish(ctx, model(job, 1, n)); err != nil {
+		b.Fatal(err)
+	}
+	var fetch time.Duration
+	b.SetBytes(4 * n)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		c, err := Dial(ctx, ClientOptions{Options: Options{Brokers: brokers, Job: job}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		t0 := time.Now()
+		if m, err := c.Model(ctx, 1); err != nil || m.GetRound() != 1 {
+			b.Fatalf("Model = round %d, %v", m.GetRound(), err)
+		}
+		fetch += time.Since(t0)
+		b.StopTimer()
+		c.Close()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(fetch.Microseconds())/1000/float64(b.N), "fetch-ms/op")
+}

@@ -158,10 +158,19 @@ func produceAll(ctx context.Context, p *kafka.Producer, msgs []*kafka.Message, a
 }
 
 // failedState reports whether err is librdkafka's failure of a record
-// for an earlier one's failure.
+// for an earlier one's failure: the transaction's erroneous state, or the
+// purge of the records still queued once it failed (whose reports may come
+// before the cause's).
 func failedState(err error) bool {
 	var ke kafka.Error
-	return errors.As(err, &ke) && ke.Code() == kafka.ErrState
+	if !errors.As(err, &ke) {
+		return false
+	}
+	switch ke.Code() {
+	case kafka.ErrState, kafka.ErrPurgeQueue, kafka.ErrPurgeInflight:
+		return true
+	}
+	return false
 }
 
 // isChunk and isManifest tell the records of a chunked transfer apart.
@@ -422,6 +431,15 @@ func (a *assembler) forget(partition *int32) {
 // manifest is produced after the chunks are acknowledged (their offsets
 // are known only then) and signed after, so the signature covers where
 // they are as well as their checksums.
+//
+// A model on one partition (n = 1) lists its chunks' offsets the same
+// way. A new client reads the newest record, the manifest, and then reads
+// the chunks where it says with a positional consumer of its own: without
+// the list it had to go back and re-read the partition with the consumer
+// that had just parked a long poll past the end, which librdkafka lets
+// finish (fetch.wait.max.ms, 500 ms for clients) before it fetches again.
+// Manifests without the list (models published before it, by older
+// aggregators) are read as before: chunks, then the manifest.
 
 // spread moves chunks over n partitions and marks them as spread.
 func spread(chunks []*kafka.Message, n int) {
@@ -471,38 +489,41 @@ func (s *Server) produceModel(ctx context.Context, records []*kafka.Message, aft
 // is read: they are committed, so only an unreachable leader delays them.
 const spreadTimeout = 60 * time.Second
 
-// fetchSpread reads the chunks a spread manifest lists, from every
+// positionalFetchBytes bounds one partition's share of a fetch of listed
+// chunks: 16 chunks of 1 MiB.
+const positionalFetchBytes = 16 << 20
+
+// fetchSpread reads the chunks a listing manifest names, from every
 // partition they are on (those of partition 0 that reading it passed are
-// held already), and returns the verified whole.
-func (r *modelReader) fetchSpread(ctx context.Context, man *fdxv1.TransferManifest) ([]byte, *transferError) {
+// held already), and returns the verified whole. Each chunk goes into the
+// whole as it arrives (see wholeBuilder), so the whole is ready, hashed,
+// soon after the last chunk.
+func (r *modelReader) fetchSpread(ctx context.Context, man *fdxv1.TransferManifest, manifestAt int64) ([]byte, *transferError) {
 	defer clear(r.held)
 	n := int(man.GetChunkCount())
 	fail := func(reason rules.Reason, format string, args ...any) *transferError {
 		return &transferError{Reason: reason, Detail: fmt.Sprintf("spread transfer %s: ", man.GetTransferId()) + fmt.Sprintf(format, args...), Need: -1}
 	}
-	if n < 1 || n > maxChunks || len(man.GetChunkPartitions()) != n || len(man.GetChunkOffsets()) != n ||
-		len(man.GetChunkCrc32C()) != n || len(man.GetSha256()) != sha256.Size || man.GetTotalSize() > maxTransferBytes {
-		return nil, fail(rules.Undecodable, "inconsistent manifest (%d chunks)", n)
+	if !listingConsistent(man) {
+		return nil, fail(rules.Undecodable, "inconsistent manifest (%d chunks of %d bytes, %d in all)", n, man.GetChunkSize(), man.GetTotalSize())
 	}
-	chunks := make([][]byte, n)
-	have := 0
 	// want maps each chunk still to fetch, by partition and offset, to its
 	// index; from and last are the lowest and highest such offsets per
-	// partition.
+	// partition; held are the chunks partition 0's reading passed.
 	type at struct {
 		p int32
 		o int64
 	}
 	want := map[at]int{}
 	from, last := map[int32]int64{}, map[int32]int64{}
+	held := map[int][]byte{}
 	for i := range n {
 		p, o := man.GetChunkPartitions()[i], man.GetChunkOffsets()[i]
 		if p < 0 || o < 0 {
 			return nil, fail(rules.Undecodable, "chunk %d at partition %d offset %d", i, p, o)
 		}
 		if msg, ok := r.held[o]; ok && p == 0 && string(header(msg, headerTransfer)) == man.GetTransferId() {
-			chunks[i] = msg.Value
-			have++
+			held[i] = msg.Value
 			continue
 		}
 		want[at{p, o}] = i
@@ -511,40 +532,179 @@ func (r *modelReader) fetchSpread(ctx context.Context, man *fdxv1.TransferManife
 		}
 		last[p] = max(last[p], o)
 	}
-	if len(want) > 0 {
-		if err := r.fetchChunks(ctx, func(p int32, o int64, msg *kafka.Message) (bool, bool) {
-			i, ok := want[at{p, o}]
-			if ok && chunks[i] == nil && string(header(msg, headerTransfer)) == man.GetTransferId() {
-				chunks[i] = msg.Value
-				have++
+	// The whole is allocated once the chunks' fetch is under way: zeroing
+	// it (about 10 ms per 100 MB) overlaps the first fetch.
+	var w *wholeBuilder
+	var bad error
+	begin := func() {
+		w = newWholeBuilder(man)
+		for i, c := range held {
+			if err := w.put(i, c); err != nil && bad == nil {
+				bad = err
 			}
-			return have == n, o >= last[p]
-		}, from, last); err != nil {
-			return nil, fail(rules.Incomplete, "%d of %d chunks: %v", have, n, err)
 		}
+		clear(r.held) // copied: let them go
 	}
-	size := man.GetChunkSize()
-	whole := make([]byte, 0, man.GetTotalSize())
-	for i, c := range chunks {
-		if (i < n-1 && int32(len(c)) != size) || crc32.Checksum(c, castagnoli) != man.GetChunkCrc32C()[i] {
-			return nil, fail(rules.Checksum, "chunk %d of %d does not match the manifest", i, n)
+	defer func() {
+		if w != nil {
+			w.close()
 		}
-		whole = append(whole, c...)
+	}()
+	if len(want) == 0 {
+		begin()
+	} else if err := r.fetchChunks(ctx, manifestAt, begin, func(p int32, o int64, msg *kafka.Message) (bool, bool) {
+		i, ok := want[at{p, o}]
+		if ok && bad == nil && !w.has(i) && string(header(msg, headerTransfer)) == man.GetTransferId() {
+			bad = w.put(i, msg.Value)
+		}
+		return bad != nil || w.complete(), o >= last[p]
+	}, from, last); err != nil {
+		got := 0
+		if w != nil {
+			got = w.got
+		}
+		return nil, fail(rules.Incomplete, "%d of %d chunks: %v", got, n, err)
 	}
-	if sum := sha256.Sum256(whole); int64(len(whole)) != man.GetTotalSize() || !bytes.Equal(sum[:], man.GetSha256()) {
-		return nil, fail(rules.Checksum, "SHA-256 of the reassembled %d bytes does not match", len(whole))
+	if bad != nil {
+		return nil, fail(rules.Checksum, "%v", bad)
+	}
+	if !w.complete() {
+		return nil, fail(rules.Incomplete, "%d of %d chunks", w.got, n)
+	}
+	whole, err := w.finish()
+	if err != nil {
+		return nil, fail(rules.Checksum, "%v", err)
 	}
 	return whole, nil
 }
 
+// listingConsistent reports whether a manifest that lists its chunks'
+// places describes a whole that its chunk count and size can make up, so
+// that a reader may allocate the whole and place every chunk in it before
+// the chunks are checked.
+func listingConsistent(man *fdxv1.TransferManifest) bool {
+	n, size, total := int64(man.GetChunkCount()), int64(man.GetChunkSize()), man.GetTotalSize()
+	return n >= 1 && n <= maxChunks && size > 0 && total > 0 && total <= maxTransferBytes &&
+		(n-1)*size < total && total <= n*size &&
+		int64(len(man.GetChunkPartitions())) == n && int64(len(man.GetChunkOffsets())) == n &&
+		int64(len(man.GetChunkCrc32C())) == n && len(man.GetSha256()) == sha256.Size
+}
+
+// wholeBuilder reassembles a transfer whose manifest is known, chunk by
+// chunk in any order, into one buffer of the manifest's total size: every
+// chunk is checked against its CRC-32C and copied once, to its place, and
+// a goroutine hashes the whole's filled prefix meanwhile, so that the
+// SHA-256 of a 100 MB model, about 60 ms on one core, overlaps the fetch
+// instead of following it. The whole is allocated before any chunk is
+// checked: listingConsistent bounds it by the manifest, and
+// maxTransferBytes bounds that. Where models are signed the manifest is
+// the aggregator's; where they are not, a forged one can make a reader
+// allocate up to 2 GiB once, freed when its chunks fail to match.
+type wholeBuilder struct {
+	man   *fdxv1.TransferManifest
+	size  int
+	whole []byte
+	have  []bool
+	got   int
+	// next is the first chunk not yet handed to the hasher, which reads
+	// feed in chunk order and sends the digest on sum.
+	next int
+	feed chan []byte
+	sum  chan []byte
+	shut bool
+}
+
+// newWholeBuilder starts reassembling the transfer man describes, which
+// must be listingConsistent. Call close when done.
+func newWholeBuilder(man *fdxv1.TransferManifest) *wholeBuilder {
+	n := int(man.GetChunkCount())
+	w := &wholeBuilder{man: man, size: int(man.GetChunkSize()), whole: make([]byte, man.GetTotalSize()),
+		have: make([]bool, n), feed: make(chan []byte, n), sum: make(chan []byte, 1)}
+	go func() {
+		h := sha256.New()
+		for b := range w.feed {
+			h.Write(b)
+		}
+		w.sum <- h.Sum(nil)
+	}()
+	return w
+}
+
+// part is chunk i's place in the whole.
+func (w *wholeBuilder) part(i int) []byte {
+	return w.whole[i*w.size : min((i+1)*w.size, len(w.whole))]
+}
+
+func (w *wholeBuilder) has(i int) bool { return w.have[i] }
+func (w *wholeBuilder) complete() bool { return w.got == len(w.have) }
+
+// put checks chunk i against the manifest and copies it to its place; a
+// repeated chunk is ignored.
+func (w *wholeBuilder) put(i int, chunk []byte) error {
+	if w.have[i] {
+		return nil
+	}
+	dst := w.part(i)
+	if len(chunk) != len(dst) {
+		return fmt.Errorf("chunk %d of %d holds %d bytes, the manifest says %d", i, len(w.have), len(chunk), len(dst))
+	}
+	if crc32.Checksum(chunk, castagnoli) != w.man.GetChunkCrc32C()[i] {
+		return fmt.Errorf("chunk %d of %d does not match its CRC-32C", i, len(w.have))
+	}
+	copy(dst, chunk)
+	w.have[i] = true
+	w.got++
+	for w.next < len(w.have) && w.have[w.next] {
+		w.feed <- w.part(w.next) // never blocks: feed holds every chunk
+		w.next++
+	}
+	return nil
+}
+
+// finish waits for the hash of the complete whole and returns the whole if
+// it matches the manifest's SHA-256.
+func (w *wholeBuilder) finish() ([]byte, error) {
+	w.close()
+	if sum := <-w.sum; !bytes.Equal(sum, w.man.GetSha256()) {
+		return nil, fmt.Errorf("SHA-256 of the reassembled %d bytes does not match", len(w.whole))
+	}
+	return w.whole, nil
+}
+
+// close ends the hasher; the whole is not used unless finish returned it.
+func (w *wholeBuilder) close() {
+	if !w.shut {
+		w.shut = true
+		close(w.feed)
+	}
+}
+
 // fetchChunks reads the model topic's partitions from the offsets in from
-// and hands every record to take, which says whether all are read (done)
-// and whether the record's partition is past its last chunk (passed). A
+// (the manifest being at manifestAt of partition 0), calls begin once the
+// fetch is assigned, and hands every record to take, which says whether
+// all are read (done) and whether the record's partition is past its last
+// chunk (passed). A
 // partition passed or ended before done is an error: the chunks are not
 // where the manifest says.
-func (r *modelReader) fetchChunks(ctx context.Context, take func(p int32, o int64, msg *kafka.Message) (done, passed bool), from, last map[int32]int64) error {
+func (r *modelReader) fetchChunks(ctx context.Context, manifestAt int64, begin func(), take func(p int32, o int64, msg *kafka.Message) (done, passed bool), from, last map[int32]int64) error {
 	if r.spreadC == nil {
-		c, err := kafka.NewConsumer(&r.cm)
+		cm := kafka.ConfigMap{}
+		for k, v := range r.cm {
+			cm[k] = v
+		}
+		// The chunks are committed records: a fetch never needs to wait
+		// for data, and the one librdkafka parks past the last chunk
+		// would delay the next model's positional read by its whole
+		// wait. 10 ms keeps such a parked fetch short at the cost of at
+		// most 100 empty fetches a second, and only while assigned.
+		cm["fetch.wait.max.ms"] = 10
+		// Smaller fetches than a waiting reader's let the chunks of one
+		// be checked and copied while librdkafka fetches the next, where
+		// one 64 MiB fetch would deliver nothing until all of it is in.
+		if mb, ok := cm["max.partition.fetch.bytes"].(int); ok {
+			cm["max.partition.fetch.bytes"] = min(mb, positionalFetchBytes)
+		}
+		c, err := kafka.NewConsumer(&cm)
 		if err != nil {
 			return fmt.Errorf("consumer: %w", err)
 		}
@@ -552,6 +712,13 @@ func (r *modelReader) fetchChunks(ctx context.Context, take func(p int32, o int6
 	}
 	var tps []kafka.TopicPartition
 	for p, o := range from {
+		tps = append(tps, kafka.TopicPartition{Topic: &r.topic, Partition: p, Offset: kafka.Offset(o)})
+		if p == 0 && last[p] < manifestAt {
+			// Partition 0 holds records up to the manifest's offset at
+			// least: no need to ask (one round trip less for a new
+			// client of a one-partition model).
+			continue
+		}
 		// A chunk past a partition's end is never coming: say so now
 		// rather than wait for an out-of-range reset.
 		_, high, err := r.spreadC.QueryWatermarkOffsets(r.topic, p, timeoutMs(ctx, 10*time.Second))
@@ -561,12 +728,12 @@ func (r *modelReader) fetchChunks(ctx context.Context, take func(p int32, o int6
 		if last[p] >= high {
 			return fmt.Errorf("a chunk at offset %d of partition %d, which ends at %d", last[p], p, high)
 		}
-		tps = append(tps, kafka.TopicPartition{Topic: &r.topic, Partition: p, Offset: kafka.Offset(o)})
 	}
 	if err := r.spreadC.Assign(tps); err != nil {
 		return fmt.Errorf("assign: %w", err)
 	}
 	defer r.spreadC.Unassign()
+	begin()
 	ctx, cancel := context.WithTimeout(ctx, spreadTimeout)
 	defer cancel()
 	passed := map[int32]bool{}

@@ -431,7 +431,7 @@ func chunkRecords(ctx context.Context, t *testing.T, brokers, topic string) int 
 	for ctx.Err() == nil {
 		switch ev := c.Poll(100).(type) {
 		case *kafka.Message:
-			if isChunk(ev) {
+			if isChunk(ev) || header(ev, headerSpread) != nil {
 				n++
 			}
 		case kafka.PartitionEOF:

@@ -327,12 +327,16 @@ func (r *modelReader) decode(ctx context.Context, msg *kafka.Message) (*fdxv1.Gl
 		}
 	}
 	value := msg.Value
+	var m *fdxv1.GlobalModel
 	if man := spreadManifest(msg); man != nil {
-		whole, failed := r.fetchSpread(ctx, man)
+		whole, failed := r.fetchSpread(ctx, man, int64(msg.TopicPartition.Offset))
 		if failed != nil {
 			return nil, failed
 		}
-		value = whole
+		var err error
+		if m, err = unmarshalModel(whole); err != nil {
+			return nil, fmt.Errorf("undecodable: %w", err)
+		}
 	} else if isManifest(msg) {
 		whole, failed := r.chunks.complete(msg, "")
 		for i, f := range failed {
@@ -352,12 +356,14 @@ func (r *modelReader) decode(ctx context.Context, msg *kafka.Message) (*fdxv1.Gl
 		}
 		value = whole
 	}
-	if len(value) == 0 {
-		return nil, errors.New("empty record")
-	}
-	m := &fdxv1.GlobalModel{}
-	if err := proto.Unmarshal(value, m); err != nil {
-		return nil, fmt.Errorf("undecodable: %w", err)
+	if m == nil {
+		if len(value) == 0 {
+			return nil, errors.New("empty record")
+		}
+		m = &fdxv1.GlobalModel{}
+		if err := proto.Unmarshal(value, m); err != nil {
+			return nil, fmt.Errorf("undecodable: %w", err)
+		}
 	}
 	if err := rules.CheckModel(m, r.job); err != nil {
 		return nil, err

@@ -348,22 +348,21 @@ func (s *Server) Publish(ctx context.Context, m *fdxv1.GlobalModel) error {
 func (s *Server) modelRecords(round int64, value []byte) ([]*kafka.Message, error) {
 	topic := ModelTopic(s.opt.Job)
 	key := []byte(strconv.FormatInt(round, 10))
-	last := &kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: 0}, Key: key, Value: value}
-	var records []*kafka.Message
 	if len(value) > s.opt.chunkBytes() {
 		chunks, manifest, err := transferRecords(topic, 0, key, value, s.opt.chunkBytes())
 		if err != nil {
 			return nil, err
 		}
-		records, last = chunks, manifest
-		if s.opt.ModelPartitions > 1 {
-			// The manifest is signed once it says where they landed.
-			spread(chunks, s.opt.ModelPartitions)
-			return append(records, last), nil
-		}
+		// The manifest lists where every chunk landed, on one partition
+		// as over several, so that a new client reads them from there
+		// instead of reading the manifest first and then going back, and
+		// it is signed once it says so (produceModel).
+		spread(chunks, max(1, s.opt.ModelPartitions))
+		return append(chunks, manifest), nil
 	}
+	last := &kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: 0}, Key: key, Value: value}
 	s.sign(last)
-	return append(records, last), nil
+	return []*kafka.Message{last}, nil
 }
 
 // sign adds the model signature to a model record or manifest.

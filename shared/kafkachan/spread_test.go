@@ -101,9 +101,10 @@ func TestSpreadModel(t *testing.T) {
 	}
 }
 
-// forgeSpread writes model m spread over 3 partitions as a writer outside
-// the transaction could, after tamper edits its chunks and manifest.
-func forgeSpread(ctx context.Context, t *testing.T, brokers string, m *fdxv1.GlobalModel, tamper func(chunks []*kafka.Message, man *fdxv1.TransferManifest)) {
+// forgeSpread writes model m spread over parts partitions, its manifest
+// listing the chunks, as a writer outside the transaction could, after
+// tamper edits its chunks and manifest.
+func forgeSpread(ctx context.Context, t *testing.T, brokers string, m *fdxv1.GlobalModel, parts int, tamper func(chunks []*kafka.Message, man *fdxv1.TransferManifest)) {
 	t.Helper()
 	b, err := proto.Marshal(m)
 	if err != nil {
@@ -113,7 +114,7 @@ func forgeSpread(ctx context.Context, t *testing.T, brokers string, m *fdxv1.Glo
 	if err != nil {
 		t.Fatal(err)
 	}
-	spread(chunks, 3)
+	spread(chunks, parts)
 	man := &fdxv1.TransferManifest{}
 	if err := proto.Unmarshal(last.Value, man); err != nil {
 		t.Fatal(err)
@@ -155,13 +156,13 @@ func TestBadSpreadModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	forgeSpread(ctx, t, brokers, randomModel(job, 2, n), func(chunks []*kafka.Message, _ *fdxv1.TransferManifest) {
+	forgeSpread(ctx, t, brokers, randomModel(job, 2, n), 3, func(chunks []*kafka.Message, _ *fdxv1.TransferManifest) {
 		if chunks != nil {
 			chunks[1].Value = slices.Clone(chunks[1].Value)
 			chunks[1].Value[7] ^= 0x80
 		}
 	})
-	forgeSpread(ctx, t, brokers, randomModel(job, 3, n), func(_ []*kafka.Message, man *fdxv1.TransferManifest) {
+	forgeSpread(ctx, t, brokers, randomModel(job, 3, n), 3, func(_ []*kafka.Message, man *fdxv1.TransferManifest) {
 		if man != nil {
 			man.ChunkOffsets[2] += 100
 		}
