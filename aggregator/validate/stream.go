@@ -185,3 +185,7 @@ func (s *Scan) verdict(u *fdxv1.Update) (float64, *rules.Rejection) {
 	}
 	return norm, nil
 }
+
+// Global is the round's global model, which the round does not copy: the
+// caller must not change it.
+func (r *Round) Global() [][]float32 { return r.e.Global }
