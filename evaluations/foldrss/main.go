@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"sync"
@@ -103,13 +104,24 @@ func produce(ctx context.Context, brokers, job, kind string, updates int) error 
 	return nil
 }
 
-// sampler tracks the peak RSS per phase.
+// sampler tracks, per phase, the peak RSS, the peak live Go heap (as of
+// the last GC: what the program holds, whatever the GC's pacing lets the
+// heap grow to) and the peak of RSS less Go's resident memory (librdkafka's
+// buffers and queues, C allocations, the binary).
 type sampler struct {
 	mu    sync.Mutex
 	phase string
 	peak  map[string]int64
+	live  map[string]int64
+	other map[string]int64
 	order []string
 	page  int64
+	m     []metrics.Sample
+}
+
+func newSampler() *sampler {
+	return &sampler{peak: map[string]int64{}, live: map[string]int64{}, other: map[string]int64{}, page: int64(os.Getpagesize()),
+		m: []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}}
 }
 
 func (s *sampler) set(phase string) {
@@ -133,9 +145,12 @@ func (s *sampler) sampleLocked() {
 		return
 	}
 	pages, _ := strconv.ParseInt(f[1], 10, 64)
-	if rss := pages * s.page; rss > s.peak[s.phase] {
-		s.peak[s.phase] = rss
-	}
+	rss := pages * s.page
+	s.peak[s.phase] = max(s.peak[s.phase], rss)
+	metrics.Read(s.m)
+	s.live[s.phase] = max(s.live[s.phase], int64(s.m[0].Value.Uint64()))
+	goRes := int64(s.m[1].Value.Uint64()) - int64(s.m[2].Value.Uint64())
+	s.other[s.phase] = max(s.other[s.phase], rss-goRes)
 }
 
 func (s *sampler) run(ctx context.Context) {
@@ -197,7 +212,7 @@ func aggregate(ctx context.Context, brokers, job, kind string, mb, updates int, 
 	}
 	produced := time.Since(start)
 
-	s := &sampler{peak: map[string]int64{}, page: int64(os.Getpagesize())}
+	s := newSampler()
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
 	s.set("start")
@@ -234,8 +249,10 @@ func aggregate(ctx context.Context, brokers, job, kind string, mb, updates int, 
 	mbOf := func(b int64) string { return fmt.Sprintf("%.0f MB", float64(b)/1e6) }
 	fmt.Fprintf(stdout, "model %s: %d parameters, %s as float32; %d updates (%d MB each) sent in %.1f s; round of %d clients folded and published in %.1f s\n",
 		kind, params, mbOf(int64(4*params)), updates, mb, produced.Seconds(), res.Rounds[0].Clients, ran.Seconds())
+	fmt.Fprintf(stdout, "aggregate (fold and finish) %.1f s of the round\n", res.Rounds[0].AggregateMs/1000)
 	for _, ph := range s.order {
-		fmt.Fprintf(stdout, "peak RSS %-8s %s (%.2f× the model)\n", ph+":", mbOf(s.peak[ph]), float64(s.peak[ph])/float64(4*params))
+		fmt.Fprintf(stdout, "peak RSS %-8s %s (%.2f× the model); peak live Go heap %s; peak RSS outside Go's heap %s\n",
+			ph+":", mbOf(s.peak[ph]), float64(s.peak[ph])/float64(4*params), mbOf(s.live[ph]), mbOf(s.other[ph]))
 	}
 	fmt.Fprintf(stdout, "VmHWM: %s\n", hwm)
 	fmt.Fprintf(stdout, "Go heap in use after the last fold: %s; accumulator alone (16 B/param): %s; global model (float32): %s\n",

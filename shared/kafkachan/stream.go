@@ -365,6 +365,9 @@ func (s *Server) newReplayConsumer() (*kafka.Consumer, error) {
 		"fetch.max.bytes":            fetch,
 		"receive.message.max.bytes":  fetch + 1<<20,
 		"queued.max.messages.kbytes": max(1, 2*fetch/1024),
+		// With so small a queue, the default back-off of 1 s whenever it
+		// is full would stall every transfer read again.
+		"fetch.queue.backoff.ms": 1,
 	})
 	c, err := kafka.NewConsumer(&cm)
 	if err != nil {
