@@ -99,7 +99,7 @@ func (c *Coordinator) foldStreamed(ctx context.Context, st *roundState, sr strat
 	}
 	sink := &foldSink{fold: f, delta: u.GetIsDelta(), global: st.check.Global()}
 	if err := d.Stream.Replay(ctx, sink); err != nil {
-		return err
+		return f.Abort(err)
 	}
 	return f.End()
 }

@@ -186,6 +186,10 @@ func (s *StreamAdd) Held() int { return 4 * cap(s.buf) }
 type Fold interface {
 	Fold(tensor, off int, vals []float32) error
 	End() error
+	// Abort gives up a fold that cannot be completed (its values could
+	// not be read): part of the update may be in the round, which is
+	// broken from then on. It returns the round's error.
+	Abort(cause error) error
 }
 
 // StreamRound is a Round that can fold an update piece by piece: the mean
@@ -256,6 +260,10 @@ func (f *roundFold) End() error {
 	}
 	f.r.count++
 	return nil
+}
+
+func (f *roundFold) Abort(cause error) error {
+	return f.fail(fmt.Errorf("%w: %w", ErrPartialFold, cause))
 }
 
 func (f *roundFold) fail(err error) error {

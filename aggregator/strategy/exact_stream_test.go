@@ -164,3 +164,32 @@ func TestStreamRefusals(t *testing.T) {
 		t.Error("a median round claims to stream")
 	}
 }
+
+// TestStreamAbort: a fold given up mid-way breaks its round.
+func TestStreamAbort(t *testing.T) {
+	fa, err := New(Config{Name: "fedavg"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd, err := fa.Begin([][]float32{make([]float32, 600)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := rd.(StreamRound).BeginStream("a", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Fold(0, 0, make([]float32, 300)); err != nil {
+		t.Fatal(err)
+	}
+	cause := errors.New("broker gone")
+	if err := f.Abort(cause); !errors.Is(err, ErrPartialFold) || !errors.Is(err, cause) {
+		t.Errorf("Abort = %v", err)
+	}
+	if err := rd.Add(Update{ClientID: "b", NumExamples: 1, Params: [][]float32{make([]float32, 600)}}); !errors.Is(err, ErrPartialFold) {
+		t.Errorf("Add after Abort = %v", err)
+	}
+	if _, err := rd.Finish(); err == nil {
+		t.Error("Finish after Abort succeeded")
+	}
+}
