@@ -6,7 +6,11 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"os"
+	"os/exec"
 	"slices"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,7 +22,9 @@ import (
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	fdxmodel "github.com/fdxkafka/fdxkafka/shared/model"
+	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
+	"github.com/fdxkafka/fdxkafka/shared/updatestream"
 )
 
 // streamJob is a one-round FedAvg job of the 2NN (199,210 parameters, an
@@ -87,21 +93,12 @@ func streamUpdates(t *testing.T, job string) (good []*fdxv1.Update, whole *fdxv1
 	return good, whole, bad
 }
 
-// runStreamJob runs the job once, streaming or holding updates, and returns
-// its result and the most update bytes the server held at once.
-func runStreamJob(t *testing.T, ctx context.Context, brokers string, hold bool) (*coordinator.Result, int64) {
-	job := kafkatest.Job(t)
-	s, err := NewServer(ctx, ServerOptions{
-		Options:      Options{Brokers: brokers, Job: job},
-		TopicOptions: TopicOptions{UpdatePartitions: 1},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+// sendStreamUpdates sends the job's updates: the bad ones first (when
+// asked), so that a round sees them before it closes, then the good ones.
+// It returns the number of good ones.
+func sendStreamUpdates(t *testing.T, ctx context.Context, brokers, job string, withBad bool) int {
+	t.Helper()
 	good, whole, bad := streamUpdates(t, job)
-
-	// The bad ones first, so the round sees them before it closes.
 	var msgs []*kafka.Message
 	transfer := func(u *fdxv1.Update) ([]*kafka.Message, *kafka.Message) {
 		b, err := proto.Marshal(u)
@@ -117,26 +114,27 @@ func runStreamJob(t *testing.T, ctx context.Context, brokers string, hold bool) 
 		}
 		return chunks, man
 	}
-	chunks, man := transfer(bad["corrupt"])
-	chunks[len(chunks)/2].Value[7] ^= 1
-	msgs = append(append(msgs, chunks...), man)
-	chunks, man = transfer(bad["missing"])
-	msgs = append(append(msgs, chunks[:3]...), chunks[4:]...)
-	msgs = append(msgs, man)
-	chunks, man = transfer(bad["forged"])
-	m := &fdxv1.TransferManifest{}
-	if err := proto.Unmarshal(man.Value, m); err != nil {
-		t.Fatal(err)
-	}
-	m.Sha256[5] ^= 1
-	man.Value, _ = proto.Marshal(m)
-	msgs = append(append(msgs, chunks...), man)
-	for _, id := range []string{"far", "nan"} {
-		chunks, man = transfer(bad[id])
+	if withBad {
+		chunks, man := transfer(bad["corrupt"])
+		chunks[len(chunks)/2].Value[7] ^= 1
 		msgs = append(append(msgs, chunks...), man)
+		chunks, man = transfer(bad["missing"])
+		msgs = append(append(msgs, chunks[:3]...), chunks[4:]...)
+		msgs = append(msgs, man)
+		chunks, man = transfer(bad["forged"])
+		m := &fdxv1.TransferManifest{}
+		if err := proto.Unmarshal(man.Value, m); err != nil {
+			t.Fatal(err)
+		}
+		m.Sha256[5] ^= 1
+		man.Value, _ = proto.Marshal(m)
+		msgs = append(append(msgs, chunks...), man)
+		for _, id := range []string{"far", "nan"} {
+			chunks, man = transfer(bad[id])
+			msgs = append(append(msgs, chunks...), man)
+		}
+		rawProduce(ctx, t, brokers, msgs)
 	}
-	rawProduce(ctx, t, brokers, msgs)
-
 	submit := func(u *fdxv1.Update, chunk int) {
 		c, err := Dial(ctx, ClientOptions{Options: Options{Brokers: brokers, Job: job, ChunkBytes: chunk}})
 		if err != nil {
@@ -151,20 +149,48 @@ func runStreamJob(t *testing.T, ctx context.Context, brokers string, hold bool) 
 		submit(u, streamChunk)
 	}
 	submit(whole, 0)
+	return len(good) + 1
+}
 
+// streamServer opens the job's server: one updates partition, so that
+// updates are read in the order sent.
+func streamServer(t *testing.T, ctx context.Context, brokers, job string) *Server {
+	t.Helper()
+	s, err := NewServer(ctx, ServerOptions{
+		Options:      Options{Brokers: brokers, Job: job},
+		TopicOptions: TopicOptions{UpdatePartitions: 1},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// runStreamRound runs the one-round job over srv.
+func runStreamRound(ctx context.Context, t *testing.T, srv channel.Server, job string, clients int, hold bool) (*coordinator.Result, error) {
 	strat, err := strategy.New(strategy.Config{Name: "fedavg"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	co, err := coordinator.New(coordinator.Config{
-		Job: job, NumRounds: 1, MinClients: len(good) + 1, MaxNorm: 10,
+		Job: job, NumRounds: 1, MinClients: clients, MaxNorm: 10,
 		Train: &fdxv1.TrainConfig{Model: fdxmodel.Kind2NN, Seed: streamSeed}, InDim: streamInDim, Classes: streamLabels,
 		HoldUpdates: hold,
-	}, s, strat, nil, nil, slog.New(slog.DiscardHandler))
+	}, srv, strat, nil, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := co.Run(ctx)
+	return co.Run(ctx)
+}
+
+// runStreamJob runs the job once, streaming or holding updates, and returns
+// its result and the most update bytes the server held at once.
+func runStreamJob(t *testing.T, ctx context.Context, brokers string, hold bool) (*coordinator.Result, int64) {
+	job := kafkatest.Job(t)
+	s := streamServer(t, ctx, brokers, job)
+	defer s.Close()
+	n := sendStreamUpdates(t, ctx, brokers, job, true)
+	res, err := runStreamRound(ctx, t, s, job, n, hold)
 	if err != nil {
 		t.Fatalf("run (hold %v): %v", hold, err)
 	}
@@ -212,5 +238,103 @@ func TestStreamedFold(t *testing.T) {
 		t.Errorf("holding: peak %d bytes, below one update's %d: the counter misses what it should count", holdPeak, updateBytes)
 	}
 	t.Logf("peak update bytes held: streaming %d, holding %d", streamPeak, holdPeak)
-	_ = errors.New
+}
+
+// envStreamKill runs TestStreamedFoldKilled's child aggregator:
+// "brokers|job".
+const envStreamKill = "FDX_TEST_STREAM_KILL_CHILD"
+
+// killingServer kills its process with SIGKILL half way through pass 2 of
+// the second streamed update: the round holds one update and part of
+// another.
+type killingServer struct {
+	*Server
+	streamed int
+}
+
+func (k *killingServer) Next(ctx context.Context) (channel.Delivery, error) {
+	d, err := k.Server.Next(ctx)
+	if d.Stream != nil {
+		if k.streamed++; k.streamed == 2 {
+			replay := d.Stream.Replay
+			d.Stream.Replay = func(ctx context.Context, sink updatestream.Sink) error {
+				return replay(ctx, &killAfter{Sink: sink, left: 100_000})
+			}
+		}
+	}
+	return d, err
+}
+
+// killAfter passes values on until left are folded, then kills the process.
+type killAfter struct {
+	updatestream.Sink
+	left int
+}
+
+func (k *killAfter) Values(i, off int, vals []float32) error {
+	if k.left -= len(vals); k.left < 0 {
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+	return k.Sink.Values(i, off, vals)
+}
+
+// TestStreamedFoldKilled kills the aggregator with SIGKILL while it folds
+// a streamed update chunk by chunk (pass 2). Its round was never published:
+// the restarted aggregator resumes from the last committed round, reads
+// the updates again from the committed offsets and publishes the model a
+// run without the kill publishes, bit for bit.
+func TestStreamedFoldKilled(t *testing.T) {
+	if v := os.Getenv(envStreamKill); v != "" {
+		brokers, job, _ := strings.Cut(v, "|")
+		ctx := testCtx(t, 120*time.Second)
+		s := streamServer(t, ctx, brokers, job)
+		_, err := runStreamRound(ctx, t, &killingServer{Server: s}, job, 7, false)
+		t.Fatalf("Run returned %v; the process should have been killed in pass 2", err)
+	}
+	brokers := kafkatest.Brokers(t)
+	ctx := testCtx(t, 240*time.Second)
+	job := kafkatest.Job(t)
+	s := streamServer(t, ctx, brokers, job)
+	n := sendStreamUpdates(t, ctx, brokers, job, false)
+	s.Close()
+
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestStreamedFoldKilled$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envStreamKill+"="+brokers+"|"+job)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ProcessState.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("child aggregator = %v; want killed by SIGKILL in pass 2\n%s", err, out)
+	}
+
+	s2 := streamServer(t, ctx, brokers, job)
+	defer s2.Close()
+	if m, err := s2.Latest(ctx, nil); err != nil || m.GetRound() != 1 {
+		t.Fatalf("Latest after the kill = round %d, %v; want the initial model, round 1", m.GetRound(), err)
+	}
+	restarted, err := runStreamRound(ctx, t, s2, job, n, false)
+	if err != nil {
+		t.Fatalf("restarted aggregator: %v", err)
+	}
+	if restarted.Resumed != 1 {
+		t.Errorf("restart resumed from round %d, want 1", restarted.Resumed)
+	}
+
+	refJob := kafkatest.Job(t) + "-ref"
+	ref := streamServer(t, ctx, brokers, refJob)
+	defer ref.Close()
+	sendStreamUpdates(t, ctx, brokers, refJob, false)
+	want, err := runStreamRound(ctx, t, ref, refJob, n, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := restarted.Final.GetParams(), want.Final.GetParams()
+	if len(a) != len(b) || len(a) == 0 {
+		t.Fatalf("final models of %d and %d tensors", len(a), len(b))
+	}
+	for i := range a {
+		if !slices.Equal(a[i].GetData(), b[i].GetData()) {
+			t.Fatalf("tensor %s: the model after the kill differs from the model of an uninterrupted run", a[i].GetName())
+		}
+	}
 }
