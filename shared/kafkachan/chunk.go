@@ -17,7 +17,9 @@ package kafkachan
 // until its manifest arrives, checks every chunk and the whole, and uses the
 // whole only if all match; a transfer that lacks chunks (its sender died, or
 // a newer transfer of the same key started first) is dropped as
-// rules.Incomplete, one that does not match as rules.Checksum.
+// rules.Incomplete, one that does not match as rules.Checksum. (An
+// aggregator whose round folds updates piece by piece keeps no update
+// chunks at all: stream.go.)
 //
 // The model's signature and the update's MAC are computed over the
 // manifest, which carries the whole's SHA-256: they authenticate the whole.
