@@ -24,6 +24,7 @@ type streamServer struct {
 	newSink    func() updatestream.Sink
 	failReplay map[string]bool
 	streamed   int
+	wholes     int // Whole calls
 }
 
 func (s *streamServer) StreamUpdates(f func() updatestream.Sink) { s.newSink = f }
@@ -65,7 +66,10 @@ func (s *streamServer) Next(ctx context.Context) (channel.Delivery, error) {
 				_, err := p.Close()
 				return err
 			},
-			Whole: func(context.Context) (*fdxv1.Update, error) { return u, nil },
+			Whole: func(context.Context) (*fdxv1.Update, error) {
+				s.wholes++
+				return u, nil
+			},
 		}}, nil
 	case <-ctx.Done():
 		return channel.Delivery{}, ctx.Err()
@@ -136,5 +140,55 @@ func TestStreamedMatchesWhole(t *testing.T) {
 	}
 	if _, n := run(strategy.Config{Name: "median"}, true); n != 0 {
 		t.Errorf("median: %d updates streamed; want none (it holds updates)", n)
+	}
+}
+
+// staleSinkServer streams every update with the first round's sinks, as
+// when a transfer began before the round it is delivered in.
+type staleSinkServer struct {
+	*streamServer
+	first func() updatestream.Sink
+}
+
+func (s *staleSinkServer) StreamUpdates(f func() updatestream.Sink) {
+	if s.first == nil {
+		s.first = f
+	}
+	s.streamServer.StreamUpdates(s.first)
+}
+
+// TestStreamedScanOfAnotherRound: an update scanned with an earlier round's
+// model is read again whole and checked against its own round, giving the
+// model of the whole path.
+func TestStreamedScanOfAnotherRound(t *testing.T) {
+	specs := testSpecs(t)
+	run := func(stale bool) *fdxv1.GlobalModel {
+		inner := &streamServer{fakeServer: newFakeServer(), raw: make(chan *fdxv1.Update, 8)}
+		var srv channel.Server = inner
+		if stale {
+			srv = &staleSinkServer{streamServer: inner}
+		}
+		inner.raw <- newUpdate(specs, "c1", 1, 10, localParams(specs, 1))
+		inner.raw <- newUpdate(specs, "c2", 2, 10, localParams(specs, 2))
+		cfg := testConfig(1)
+		cfg.NumRounds = 2
+		cfg.HoldUpdates = !stale
+		c := newCoordinator(t, cfg, srv, nil)
+		ctx, cancel := context.WithTimeout(context.Background(), testWait)
+		defer cancel()
+		res, err := c.Run(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Rounds) != 2 || res.Rounds[1].Clients != 1 || len(res.Rejected) != 0 {
+			t.Fatalf("rounds %+v, rejected %v; want 2 rounds of one client each", res.Rounds, res.Rejected)
+		}
+		if stale && inner.wholes != 1 {
+			t.Errorf("%d updates read again whole; want the one scanned in round 1 and delivered in round 2", inner.wholes)
+		}
+		return res.Final
+	}
+	if got, want := run(true), run(false); !proto.Equal(&fdxv1.GlobalModel{Params: got.GetParams()}, &fdxv1.GlobalModel{Params: want.GetParams()}) {
+		t.Error("the model with a stale scan differs from the whole path's")
 	}
 }

@@ -321,8 +321,8 @@ func (a *assembler) superseded(t *transfer, key string) *transferError {
 		return t.dropped
 	}
 	have := 0
-	for _, c := range t.chunks {
-		if c != nil {
+	for i, c := range t.chunks {
+		if c != nil || (t.stream != nil && t.stream.offsets[i] >= 0) {
 			have++
 		}
 	}
