@@ -5,10 +5,11 @@
 //
 // The parser relies on the order in which Go (and every protobuf
 // implementation that serializes in field-number order) writes a Tensor:
-// name, shape and dtype before data. An int8 tensor's scale (field 5)
-// follows its data, so its values cannot be known while they stream: such a
-// tensor, a tensor field repeated after the data, or anything the parser
-// does not follow makes Write fail with ErrNotStreamable, and the caller
+// name, shape and dtype before data. It decodes float32 and float16 data.
+// An int8 tensor's scale (field 5) follows its data, so its values cannot be
+// known while they stream: such a tensor, one of another encoding, a tensor
+// field repeated after the data, or anything the parser does not follow
+// makes Write fail with ErrNotStreamable, and the caller
 // falls back to decoding the whole message as before. Fields of the Update
 // other than params (job, client id, metrics, timings, is_delta, …) may come
 // in any order: they are kept, as raw bytes, and decoded at the end.
@@ -287,12 +288,13 @@ func (p *Parser) announce(dataBytes int) error {
 		p.elem = 4
 	case fdxv1.DType_DTYPE_FLOAT16:
 		p.elem = 2
-	case fdxv1.DType_DTYPE_INT8:
-		if dataBytes > 0 {
-			// Its scale comes after its data.
-			return fmt.Errorf("%w: int8 tensor %d", ErrNotStreamable, p.tensor)
-		}
 	default:
+		// int8's scale comes after its data; a sparse or unknown
+		// encoding is left to the whole message's decoder, which knows
+		// it (or refuses it).
+		if dataBytes > 0 {
+			return fmt.Errorf("%w: tensor %d in %v", ErrNotStreamable, p.tensor, t.GetDtype())
+		}
 		p.elem = 0
 	}
 	return p.sink.Tensor(p.tensor, t.GetName(), t.GetShape(), t.GetDtype(), dataBytes)

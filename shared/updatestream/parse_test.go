@@ -124,3 +124,13 @@ func TestNotStreamable(t *testing.T) {
 		}
 	}
 }
+
+// TestUnknownDtypeNotStreamable: data of an encoding the parser does not
+// decode is left to the whole decoder.
+func TestUnknownDtypeNotStreamable(t *testing.T) {
+	u := &fdxv1.Update{Job: "j", Params: []*fdxv1.Tensor{{Name: "s", Shape: []int64{2}, Dtype: 77, Data: []byte{1, 2, 3, 4}}}}
+	b, _ := proto.Marshal(u)
+	if err := New(&collect{}, 0).Write(b); !errors.Is(err, ErrNotStreamable) {
+		t.Errorf("dtype 77: Write = %v, want ErrNotStreamable", err)
+	}
+}
