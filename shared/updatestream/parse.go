@@ -292,10 +292,7 @@ func (p *Parser) announce(dataBytes int) error {
 		// int8's scale comes after its data; a sparse or unknown
 		// encoding is left to the whole message's decoder, which knows
 		// it (or refuses it).
-		if dataBytes > 0 {
-			return fmt.Errorf("%w: tensor %d in %v", ErrNotStreamable, p.tensor, t.GetDtype())
-		}
-		p.elem = 0
+		return fmt.Errorf("%w: tensor %d in %v", ErrNotStreamable, p.tensor, t.GetDtype())
 	}
 	return p.sink.Tensor(p.tensor, t.GetName(), t.GetShape(), t.GetDtype(), dataBytes)
 }
