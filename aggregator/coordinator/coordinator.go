@@ -96,6 +96,13 @@ func (c *Config) validate() error {
 	case c.TargetAccuracy < 0 || c.TargetAccuracy > 1:
 		return fmt.Errorf("target accuracy %v outside [0, 1]", c.TargetAccuracy)
 	}
+	switch d := c.Train.GetModelDtype(); d {
+	case fdxv1.DType_DTYPE_UNSPECIFIED, fdxv1.DType_DTYPE_FLOAT32, fdxv1.DType_DTYPE_FLOAT16:
+	default:
+		// An int8 model would put the global weights themselves on a
+		// 255-level grid per tensor; int8 is for updates (deltas).
+		return fmt.Errorf("model encoding %v: want float32 or float16", d)
+	}
 	if c.Async != nil {
 		return c.Async.Validate()
 	}
@@ -271,7 +278,7 @@ func (c *Coordinator) start(ctx context.Context, res *Result) (*fdxv1.GlobalMode
 		res.Resumed = latest.GetRound()
 		c.medianNorm = latest.GetMetrics()[metricMedianNorm]
 		c.log.Info("resumed from checkpoint", "round", latest.GetRound(), "final", latest.GetFinal(),
-			"contributors", len(latest.GetContributors()))
+			"contributors", latest.GetNumContributors())
 		return latest, params, nil
 	}
 	net, err := model.New(c.cfg.Train.GetModel(), c.cfg.InDim, c.cfg.Classes, c.cfg.Train.GetSeed())
@@ -279,6 +286,9 @@ func (c *Coordinator) start(ctx context.Context, res *Result) (*fdxv1.GlobalMode
 		return nil, nil, err
 	}
 	params := net.Params()
+	if err := c.snap(params); err != nil {
+		return nil, nil, fmt.Errorf("initial model: %w", err)
+	}
 	metrics := map[string]float64{}
 	if c.eval != nil {
 		m, err := c.eval(params)
@@ -331,21 +341,41 @@ func (c *Coordinator) restorable(m *fdxv1.GlobalModel) error {
 	return nil
 }
 
+// snap puts a new global model on the grid of the job's model encoding,
+// before it is evaluated, published or used as the next round's global:
+// the model clients decode is then the aggregator's own, value for value
+// (see TrainConfig.model_dtype).
+func (c *Coordinator) snap(params [][]float32) error {
+	if c.cfg.Train.GetModelDtype() != fdxv1.DType_DTYPE_FLOAT16 {
+		return nil
+	}
+	if err := tensor.SnapHalf(params); err != nil {
+		return fmt.Errorf("float16 model encoding: %w", err)
+	}
+	return nil
+}
+
+// model builds the record of a model that snap has put on its grid.
 func (c *Coordinator) model(round int64, params [][]float32, contributors []string, metrics map[string]float64, state []byte) *fdxv1.GlobalModel {
 	now := time.Now()
+	ts := tensor.Encode(params, c.specs)
+	if c.cfg.Train.GetModelDtype() == fdxv1.DType_DTYPE_FLOAT16 {
+		// Validate admitted only float32 and float16.
+		ts, _ = tensor.EncodeAs(params, c.specs, fdxv1.DType_DTYPE_FLOAT16)
+	}
 	m := &fdxv1.GlobalModel{
 		Job:           c.cfg.Job,
 		Round:         round,
-		Params:        tensor.Encode(params, c.specs),
+		Params:        ts,
 		TrainConfig:   c.cfg.Train,
 		Final:         round > int64(c.cfg.NumRounds),
 		PublishedAt:   timestamppb.New(now),
-		Contributors:  contributors,
 		Metrics:       metrics,
 		StrategyState: state,
 		NumRounds:     int64(c.cfg.NumRounds),
 		MinClients:    int32(c.cfg.MinClients),
 	}
+	rules.SetContributors(m, contributors)
 	if c.cfg.RoundTimeout > 0 && !m.Final {
 		m.Deadline = timestamppb.New(now.Add(c.cfg.RoundTimeout))
 	}
@@ -590,6 +620,9 @@ func (c *Coordinator) close(ctx context.Context, st *roundState, next [][]float3
 	c.summarize(st)
 	metrics := map[string]float64{}
 	c.medianNorm = st.check.MedianNorm()
+	if err := c.snap(next); err != nil {
+		return nil, fmt.Errorf("round %d's model: %w", r, err)
+	}
 	if c.eval != nil {
 		m, err := c.eval(next)
 		if err != nil {

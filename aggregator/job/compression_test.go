@@ -1,10 +1,13 @@
 package job
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
+	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
+	"github.com/fdxkafka/fdxkafka/shared/model"
 )
 
 // TestCompressedUpdates runs the same logistic-regression job with float32,
@@ -15,7 +18,7 @@ func TestCompressedUpdates(t *testing.T) {
 	brokers := kafkatest.Brokers(t)
 	perUpdate := map[string]float64{}
 	acc := map[string]float64{}
-	for _, enc := range []string{"float32", "float16", "int8"} {
+	for _, enc := range []string{"float32", "float16", "int8", "topk:0.05"} {
 		spec := Spec{Job: kafkatest.Job(t), MinClients: 3, NumRounds: 2, Model: "logreg", MaxExamples: 300, EvalExamples: 2000,
 			Partition: dataset.PartitionSpec{NumPartitions: 3}, Seed: 5, UpdateEncoding: enc}
 		res := runFederation(t, spec, ChannelConfig{Transport: Kafka, Brokers: brokers}, Env{Data: data}, 3)
@@ -32,9 +35,105 @@ func TestCompressedUpdates(t *testing.T) {
 	if r := perUpdate["int8"] / perUpdate["float32"]; r > 0.3 {
 		t.Errorf("int8 updates are %.2f of float32's size; want about 0.25", r)
 	}
+	// Top-k sends 5% of the entries at 8 bytes each: 0.1 of float32.
+	if r := perUpdate["topk:0.05"] / perUpdate["float32"]; r > 0.12 {
+		t.Errorf("top-k 5%% updates are %.2f of float32's size; want about 0.1", r)
+	}
+	// Without error feedback (these clients are serverless calls) top-k
+	// learns more slowly, but it learns: the initial model is at chance.
+	if a := acc["topk:0.05"]; a < 0.5 {
+		t.Errorf("top-k 5%% reaches accuracy %.4f after two rounds; want above 0.5", a)
+	}
 	for _, enc := range []string{"float16", "int8"} {
 		if d := acc["float32"] - acc[enc]; d > 0.02 {
 			t.Errorf("%s costs %.4f accuracy against float32; want under 0.02", enc, d)
+		}
+	}
+}
+
+// TestFloat16Models publishes float16 models on both channels: the final
+// models are float16 and bit-identical across channels, the aggregator
+// sends about half the bytes, the accuracy it records is that of the model
+// clients decode (the global model lives on the float16 grid), and the
+// accuracy cost against float32 models is small.
+func TestFloat16Models(t *testing.T) {
+	data := dataset.NewCatalog()
+	brokers := kafkatest.Brokers(t)
+	base := Spec{MinClients: 3, NumRounds: 3, Model: "logreg", MaxExamples: 300, EvalExamples: 2000,
+		Partition: dataset.PartitionSpec{NumPartitions: 3}, Seed: 5, UpdateEncoding: "float16"}
+	run := func(enc string, cc ChannelConfig) *Result {
+		spec := base
+		spec.Job, spec.ModelEncoding = kafkatest.Job(t), enc
+		res := runFederation(t, spec, cc, Env{Data: data}, 3)
+		if len(res.Rounds) != 3 || len(res.Rejected) != 0 {
+			t.Fatalf("%s: %d rounds, rejections %v", enc, len(res.Rounds), res.Rejected)
+		}
+		return res
+	}
+	f32 := run("float32", ChannelConfig{Transport: Kafka, Brokers: brokers})
+	f16 := run("float16", ChannelConfig{Transport: Kafka, Brokers: brokers})
+	f16g := run("float16", ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0"})
+
+	for _, ts := range [][]*fdxv1.Tensor{f16.Final.GetParams(), f16g.Final.GetParams()} {
+		for _, tn := range ts {
+			if tn.GetDtype() != fdxv1.DType_DTYPE_FLOAT16 {
+				t.Fatalf("final model tensor %q has dtype %v, want FLOAT16", tn.GetName(), tn.GetDtype())
+			}
+		}
+	}
+	if a, b := Digest(f16.Final), Digest(f16g.Final); a != b {
+		t.Fatalf("float16 final models differ between Kafka (%s) and gRPC (%s)", a, b)
+	}
+	if r := float64(f16.Stats.BytesSent) / float64(f32.Stats.BytesSent); r > 0.6 {
+		t.Errorf("float16 models: the aggregator sent %.2f of float32's bytes; want about 0.5", r)
+	}
+
+	// The recorded accuracy is that of the published model, decoded.
+	spec := base.WithDefaults()
+	net, err := model.New(spec.Model, 784, 10, spec.Seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := net.SetTensors(f16.Final.GetParams()); err != nil {
+		t.Fatal(err)
+	}
+	test, err := data.Load(spec.Dataset, dataset.SplitTest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := make([]int, spec.EvalExamples)
+	for i := range idx {
+		idx[i] = i
+	}
+	if test, err = test.Subset(idx); err != nil {
+		t.Fatal(err)
+	}
+	m, err := net.Evaluate(test)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f16.Rounds[2].Accuracy; m.Accuracy != got || m.Loss != f16.Rounds[2].Loss {
+		t.Fatalf("recorded accuracy %v loss %v; the published model scores %v, %v", got, f16.Rounds[2].Loss, m.Accuracy, m.Loss)
+	}
+	if d := f32.Rounds[2].Accuracy - m.Accuracy; d > 0.02 {
+		t.Errorf("float16 models cost %.4f accuracy against float32; want under 0.02", d)
+	}
+	t.Logf("float32 models: sent %d bytes, accuracy %.4f; float16: %d bytes, %.4f",
+		f32.Stats.BytesSent, f32.Rounds[2].Accuracy, f16.Stats.BytesSent, m.Accuracy)
+}
+
+// TestEncodingRefused checks the encodings a job refuses.
+func TestEncodingRefused(t *testing.T) {
+	for _, enc := range []string{"topk:0", "topk:1.5", "topk:x", "topk", "int4"} {
+		spec := Spec{Job: "refused", MinClients: 1, NumRounds: 1, UpdateEncoding: enc}.WithDefaults()
+		if err := spec.Validate(); err == nil || !strings.Contains(err.Error(), "update encoding") {
+			t.Errorf("update encoding %q: got %v, want an update encoding error", enc, err)
+		}
+	}
+	for _, enc := range []string{"int8", "bfloat16"} {
+		spec := Spec{Job: "refused", MinClients: 1, NumRounds: 1, ModelEncoding: enc}.WithDefaults()
+		if err := spec.Validate(); err == nil || !strings.Contains(err.Error(), "model encoding") {
+			t.Errorf("model encoding %q: got %v, want a model encoding error", enc, err)
 		}
 	}
 }

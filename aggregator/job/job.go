@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -52,6 +53,10 @@ type Spec struct {
 	// default: local weights), "float16" or "int8" (the delta from the
 	// global model, int8 with a per-tensor scale).
 	UpdateEncoding string
+	// ModelEncoding is how the aggregator publishes models: "float32" (the
+	// default) or "float16", which halves every download and keeps the
+	// global model on the float16 grid (TrainConfig.model_dtype).
+	ModelEncoding string
 
 	Strategy strategy.Config
 	MaxNorm  float64
@@ -186,6 +191,9 @@ func (s Spec) Validate() error {
 	if _, err := UpdateDType(s.UpdateEncoding); err != nil {
 		return err
 	}
+	if _, err := ModelDType(s.ModelEncoding); err != nil {
+		return err
+	}
 	if !model.Known(s.Model) {
 		return fmt.Errorf("model %q: want one of %v", s.Model, model.Kinds())
 	}
@@ -237,10 +245,27 @@ func (s Spec) TrainConfig() *fdxv1.TrainConfig {
 		// Federated evaluation needs examples no client trained on.
 		HoldoutFraction: s.Holdout,
 		UpdateDtype:     must(UpdateDType(s.UpdateEncoding)),
+		ModelDtype:      must(ModelDType(s.ModelEncoding)),
+		TopkFraction:    topKFraction(s.UpdateEncoding),
 	}
 }
 
-// UpdateDType maps an update encoding's name ("" is float32) to its dtype.
+// ModelDType maps a model encoding's name ("" is float32) to its dtype.
+// There is no int8 model: it would put the global weights themselves on a
+// 255-level grid per tensor (int8 is for updates, which are deltas).
+func ModelDType(name string) (fdxv1.DType, error) {
+	switch name {
+	case "", "float32":
+		return fdxv1.DType_DTYPE_FLOAT32, nil
+	case "float16":
+		return fdxv1.DType_DTYPE_FLOAT16, nil
+	}
+	return 0, fmt.Errorf("model encoding %q: want float32 or float16", name)
+}
+
+// UpdateDType maps an update encoding's name ("" is float32) to its dtype:
+// float32, float16, int8, or topk:<fraction>, the fraction in (0, 1] of
+// each tensor's entries a client sends (SPARSE_FLOAT32).
 func UpdateDType(name string) (fdxv1.DType, error) {
 	switch name {
 	case "", "float32":
@@ -250,7 +275,23 @@ func UpdateDType(name string) (fdxv1.DType, error) {
 	case "int8":
 		return fdxv1.DType_DTYPE_INT8, nil
 	}
-	return 0, fmt.Errorf("update encoding %q: want float32, float16 or int8", name)
+	if f, ok := strings.CutPrefix(name, "topk:"); ok {
+		if v, err := strconv.ParseFloat(f, 64); err == nil && v > 0 && v <= 1 {
+			return fdxv1.DType_DTYPE_SPARSE_FLOAT32, nil
+		}
+		return 0, fmt.Errorf("update encoding %q: the top-k fraction must be in (0, 1], e.g. topk:0.01", name)
+	}
+	return 0, fmt.Errorf("update encoding %q: want float32, float16, int8 or topk:<fraction>", name)
+}
+
+// topKFraction is the fraction of a valid topk:<fraction> encoding, else 0.
+func topKFraction(name string) float64 {
+	f, ok := strings.CutPrefix(name, "topk:")
+	if !ok {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f, 64)
+	return v
 }
 
 // must returns d; Validate has refused the encodings whose err is set.

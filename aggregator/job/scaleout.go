@@ -36,6 +36,8 @@ func RunRole(ctx context.Context, spec Spec, cc ChannelConfig, env Env, role, wo
 		return errors.New("--role: asynchronous jobs do not scale out (a version is the next K updates in one order)")
 	case role == RoleWorker && worker == "":
 		return errors.New("--role worker needs --worker-name, unique in the job and kept across restarts")
+	case spec.ModelEncoding != "" && spec.ModelEncoding != "float32":
+		return errors.New("--role: the leader publishes float32 models (--model-encoding float16 is a single-aggregator feature)")
 	}
 	if err := scaleout.CheckStrategy(spec.Strategy.Name); err != nil {
 		return err

@@ -184,18 +184,19 @@ func median(xs []float64) float64 {
 
 // model builds a model record as the coordinator does.
 func (l *Leader) model(round int64, params [][]float32, contributors []string, metrics map[string]float64) *fdxv1.GlobalModel {
-	return &fdxv1.GlobalModel{
-		Job:          l.cfg.Job,
-		Round:        round,
-		Params:       tensor.Encode(params, l.specs),
-		TrainConfig:  l.cfg.Train,
-		Final:        round > int64(l.cfg.NumRounds),
-		PublishedAt:  timestamppb.Now(),
-		Contributors: contributors,
-		Metrics:      metrics,
-		NumRounds:    int64(l.cfg.NumRounds),
-		MinClients:   int32(l.cfg.MinClients),
+	m := &fdxv1.GlobalModel{
+		Job:         l.cfg.Job,
+		Round:       round,
+		Params:      tensor.Encode(params, l.specs),
+		TrainConfig: l.cfg.Train,
+		Final:       round > int64(l.cfg.NumRounds),
+		PublishedAt: timestamppb.Now(),
+		Metrics:     metrics,
+		NumRounds:   int64(l.cfg.NumRounds),
+		MinClients:  int32(l.cfg.MinClients),
 	}
+	rules.SetContributors(m, contributors)
+	return m
 }
 
 func (l *Leader) restorable(m *fdxv1.GlobalModel) error {

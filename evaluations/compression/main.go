@@ -1,9 +1,11 @@
-// Command compression measures what compressed updates cost and save: it
-// runs the same job (by default the FedAvg paper's 2NN on MNIST, 10 IID
-// clients, 10 rounds) once per update encoding over the in-process Kafka
-// broker, and prints, per encoding, the bytes of one update and the test
-// accuracy after every round. float16 and int8 updates carry the delta from
-// the global model (see job.Spec.UpdateEncoding); the models stay float32.
+// Command compression measures what compressed updates and models cost and
+// save: it runs the same job (by default the FedAvg paper's 2NN on MNIST,
+// 10 IID clients, 10 rounds) once per encoding over the in-process Kafka
+// broker, and prints, per encoding, the bytes of one update and of one
+// model record and the test accuracy after rounds 1, 5 and the last.
+// float16 and int8 updates carry the delta from the global model (see
+// job.Spec.UpdateEncoding); "update/model" names also set the model
+// encoding (job.Spec.ModelEncoding, float32 or float16).
 package main
 
 import (
@@ -31,19 +33,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	rounds := fs.Int("rounds", 10, "rounds")
 	kind := fs.String("model", "2nn", "model kind")
 	maxEx := fs.Int("max-examples", 0, "examples per client (0: the whole shard)")
-	encodings := fs.String("encodings", "float32,float16,int8", "update encodings to compare, in order")
+	encodings := fs.String("encodings", "float32,float16,int8,topk:0.1,topk:0.01,float16/float16,int8/float16",
+		"encodings to compare, in order: an update encoding, or update/model")
 	seed := fs.Uint64("seed", 1, "job seed")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	data := dataset.NewCatalog()
-	fmt.Fprintf(stdout, "| encoding | bytes per update | vs float32 | accuracy after round 1, 5, %d | final loss |\n|---|---|---|---|---|\n", *rounds)
-	var base float64
+	fmt.Fprintf(stdout, "| update / model encoding | bytes per update | vs float32 | bytes per model | vs float32 | accuracy after round 1, 5, %d | final loss |\n|---|---|---|---|---|---|---|\n", *rounds)
+	var base, baseModel float64
 	for _, enc := range strings.Split(*encodings, ",") {
+		upd, mod, _ := strings.Cut(enc, "/")
+		if mod == "" {
+			mod = "float32"
+		}
 		spec := job.Spec{
-			Job: "compression-" + enc + "-" + strconv.FormatInt(time.Now().UnixNano(), 36), MinClients: *clients, NumRounds: *rounds,
+			Job: "compression-" + strings.ReplaceAll(upd, ":", "") + "-" + mod + "-" + strconv.FormatInt(time.Now().UnixNano(), 36), MinClients: *clients, NumRounds: *rounds,
 			Model: *kind, MaxExamples: *maxEx, Partition: dataset.PartitionSpec{Scheme: dataset.SchemeIID, NumPartitions: *clients},
-			Seed: *seed, UpdateEncoding: enc, NormFactor: -1,
+			Seed: *seed, UpdateEncoding: upd, ModelEncoding: mod, NormFactor: -1,
 		}
 		res, err := runJob(ctx, spec, data, *clients)
 		if err != nil {
@@ -54,8 +61,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			updates += r.Clients
 		}
 		per := float64(res.Stats.BytesReceived) / float64(max(updates, 1))
+		// The aggregator's only records are its models, one per round
+		// and the initial one.
+		perModel := float64(res.Stats.BytesSent) / float64(max(res.Stats.MessagesSent, 1))
 		if base == 0 {
-			base = per
+			base, baseModel = per, perModel
 		}
 		acc := func(r int) string {
 			if r < 1 || r > len(res.Rounds) {
@@ -64,7 +74,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Sprintf("%.4f", res.Rounds[r-1].Accuracy)
 		}
 		last := res.Rounds[len(res.Rounds)-1]
-		fmt.Fprintf(stdout, "| %s | %.0f | %.2f× | %s, %s, %s | %.4f |\n", enc, per, per/base, acc(1), acc(5), acc(*rounds), last.Loss)
+		fmt.Fprintf(stdout, "| %s / %s | %.0f | %.2f× | %.0f | %.2f× | %s, %s, %s | %.4f |\n",
+			upd, mod, per, per/base, perModel, perModel/baseModel, acc(1), acc(5), acc(*rounds), last.Loss)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/job"
+	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
 )
@@ -27,8 +28,17 @@ type Config struct {
 	Clients int
 	Rounds  int
 	Model   string // logreg or 2nn
+	// Channel is ChannelKafka (the default) or ChannelGRPC: the channel the
+	// aggregator serves and the fleet reaches it through.
+	Channel string
 	// Producers is how many Kafka producers send the fleet's updates.
 	Producers int
+	// Conns is how many gRPC connections the fleet's N clients share
+	// (gRPC only): N clients must not mean N connections.
+	Conns int
+	// InFlight bounds the fleet's gRPC calls in flight at once, downloads
+	// or updates (gRPC only).
+	InFlight int
 	// Variants is how many full perturbations of the model are built per
 	// round; client i uses variant i mod Variants, and its own perturbation
 	// of the last tensor, so that no two updates are equal.
@@ -49,9 +59,19 @@ type Config struct {
 }
 
 // aggregatorFunc runs the aggregator for cfg until its job ends, calling
-// ready once clients may connect, and returns the contributors per round
-// and, when it can tell them apart from the fleet's, its CPU and memory.
-type aggregatorFunc func(ctx context.Context, cfg Config, ready func()) ([]int, *AggregatorCost, error)
+// ready with the address clients connect to once they may, and returns
+// what it reported and, when it can tell them apart from the fleet's, its
+// CPU and memory.
+type aggregatorFunc func(ctx context.Context, cfg Config, ready func(addr string)) (*aggregatorResult, *AggregatorCost, error)
+
+// aggregatorResult is what the aggregator reports at the end of its job.
+type aggregatorResult struct {
+	// Contributors per round.
+	Contributors []int `json:"contributors"`
+	// Traffic is what the aggregator's channel moved: on gRPC, every
+	// model download it served.
+	Traffic channel.Stats `json:"traffic"`
+}
 
 func (c *Config) defaults() {
 	if c.Job == "" {
@@ -60,8 +80,17 @@ func (c *Config) defaults() {
 	if c.Model == "" {
 		c.Model = "logreg"
 	}
+	if c.Channel == "" {
+		c.Channel = ChannelKafka
+	}
 	if c.Producers == 0 {
 		c.Producers = 4
+	}
+	if c.Conns == 0 {
+		c.Conns = defaultConns
+	}
+	if c.InFlight == 0 {
+		c.InFlight = defaultInFlight
 	}
 	if c.Variants == 0 {
 		c.Variants = 8
@@ -97,6 +126,12 @@ func (c *Config) validate() error {
 		return fmt.Errorf("-rounds %d: want at least 1", c.Rounds)
 	case c.Producers < 1 || c.Variants < 1:
 		return fmt.Errorf("-producers %d, -variants %d: want at least 1", c.Producers, c.Variants)
+	case c.Conns < 1 || c.InFlight < 1:
+		return fmt.Errorf("-conns %d, -inflight %d: want at least 1", c.Conns, c.InFlight)
+	case c.Channel != ChannelKafka && c.Channel != ChannelGRPC:
+		return fmt.Errorf("-channel %q: want %q or %q", c.Channel, ChannelKafka, ChannelGRPC)
+	case c.Channel == ChannelGRPC && (c.Brokers != "" || len(c.KafkaProperties) > 0):
+		return errors.New("-broker and -kafka-config are for -channel kafka")
 	case c.Spread < 0 || math.IsNaN(c.Spread) || math.IsInf(c.Spread, 0):
 		return fmt.Errorf("-spread %g: want a finite value ≥ 0", c.Spread)
 	}
@@ -110,8 +145,17 @@ type Report struct {
 	Model      string         `json:"model"`
 	Clients    int            `json:"clients"`
 	Producers  int            `json:"producers"`
+	Channel    string         `json:"channel"`
+	Conns      int            `json:"conns,omitempty"`
+	InFlight   int            `json:"in_flight,omitempty"`
 	Rounds     []RoundReport  `json:"rounds"`
 	Aggregator AggregatorCost `json:"aggregator"`
+	// Traffic is what the aggregator's channel moved over the whole run,
+	// by its own counters.
+	Traffic channel.Stats `json:"aggregator_traffic"`
+	// FleetCPUSeconds is this process's CPU (the fleet, and the embedded
+	// broker if any) while the aggregator ran as a child.
+	FleetCPUSeconds float64 `json:"fleet_cpu_s,omitempty"`
 	// Raw is a bare consumer reading and decoding the same records.
 	Raw RawReport `json:"raw"`
 	// IngestToRaw is the aggregator's median ingest rate over the raw rate.
@@ -139,7 +183,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	brokerName := cfg.Brokers
-	if cfg.Brokers == "" {
+	if cfg.Channel == ChannelGRPC {
+		brokerName = "none (gRPC)"
+	} else if cfg.Brokers == "" {
 		b, err := embedded.Start(embedded.Options{Addr: "127.0.0.1:0"})
 		if err != nil {
 			return nil, err
@@ -147,7 +193,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		defer b.Close()
 		cfg.Brokers, brokerName = b.Addr(), "embedded (kfake, in process)"
 	}
-	rep := &Report{Job: cfg.Job, Broker: brokerName, Model: cfg.Model, Clients: cfg.Clients, Producers: cfg.Producers}
+	rep := &Report{Job: cfg.Job, Broker: brokerName, Model: cfg.Model, Clients: cfg.Clients, Producers: cfg.Producers, Channel: cfg.Channel}
+	if cfg.Channel == ChannelGRPC {
+		rep.Producers, rep.Conns, rep.InFlight = 0, cfg.Conns, cfg.InFlight
+	}
 
 	var before syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
@@ -157,32 +206,37 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	ctx, fail := context.WithCancelCause(ctx)
 	defer fail(nil)
 	ready := make(chan struct{})
+	var addr string // where clients connect, set before ready closes
 	type aggResult struct {
-		contributors []int
-		cost         *AggregatorCost
-		err          error
+		res  *aggregatorResult
+		cost *AggregatorCost
+		err  error
 	}
 	aggDone := make(chan aggResult, 1)
 	runAgg := cfg.aggregator
 	if runAgg == nil {
-		runAgg = func(ctx context.Context, cfg Config, ready func()) ([]int, *AggregatorCost, error) {
-			c, err := runAggregator(ctx, cfg, ready)
-			return c, nil, err
+		runAgg = func(ctx context.Context, cfg Config, ready func(string)) (*aggregatorResult, *AggregatorCost, error) {
+			r, err := runAggregator(ctx, cfg, ready)
+			return r, nil, err
 		}
 	}
 	go func() {
 		var once sync.Once
-		c, cost, err := runAgg(ctx, cfg, func() { once.Do(func() { close(ready) }) })
+		r, cost, err := runAgg(ctx, cfg, func(a string) { once.Do(func() { addr = a; close(ready) }) })
 		if err != nil {
 			fail(fmt.Errorf("aggregator: %w", err))
 		}
-		aggDone <- aggResult{c, cost, err}
+		aggDone <- aggResult{r, cost, err}
 	}()
 	var rounds []RoundReport
 	var genErr error
 	select {
 	case <-ready:
-		rounds, genErr = generate(ctx, cfg)
+		if cfg.Channel == ChannelGRPC {
+			rounds, genErr = generateGRPC(ctx, cfg, addr)
+		} else {
+			rounds, genErr = generate(ctx, cfg)
+		}
 	case <-ctx.Done():
 		genErr = context.Cause(ctx)
 	}
@@ -195,9 +249,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	var after syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &after)
-	rep.Rounds, rep.Contributors = rounds, agg.contributors
+	rep.Rounds, rep.Contributors, rep.Traffic = rounds, agg.res.Contributors, agg.res.Traffic
 	if agg.cost != nil {
 		rep.Aggregator = *agg.cost
+		rep.FleetCPUSeconds = cpuSeconds(after) - cpuSeconds(before)
 	} else {
 		rep.Aggregator = AggregatorCost{
 			InProcess:  true,
@@ -205,6 +260,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			PeakRSSMB:  float64(after.Maxrss) / 1024,
 			WallMs:     msSince(start),
 		}
+	}
+	if cfg.Channel == ChannelGRPC {
+		return rep, nil // no records to read back
 	}
 	raw, err := rawRate(ctx, cfg, cfg.Clients*len(rounds))
 	if err != nil {
@@ -217,13 +275,24 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	return rep, nil
 }
 
-// runAggregator runs the aggregator for cfg until its job ends and returns
-// the number of contributors of each round; ready runs once clients may
-// connect. It is the one place that knows the aggregator's API.
 // maxShards is MNIST's 60,000 training examples in shards of 10.
 const maxShards = 6000
 
-func runAggregator(ctx context.Context, cfg Config, ready func()) ([]int, error) {
+// runAggregator runs the aggregator for cfg until its job ends and returns
+// the number of contributors of each round and its channel's traffic;
+// ready runs, with the address clients connect to, once they may. It is
+// the one place that knows the aggregator's API.
+func runAggregator(ctx context.Context, cfg Config, ready func(addr string)) (*aggregatorResult, error) {
+	cc := job.ChannelConfig{
+		Transport:        job.Kafka,
+		Brokers:          cfg.Brokers,
+		KafkaProperties:  cfg.KafkaProperties,
+		UpdatePartitions: cfg.UpdatePartitions,
+	}
+	if cfg.Channel == ChannelGRPC {
+		// Loopback, any free port: the fleet runs on the same machine.
+		cc = job.ChannelConfig{Transport: job.GRPC, Listen: "127.0.0.1:0"}
+	}
 	res, err := job.RunOn(ctx, job.Spec{
 		Job:           cfg.Job,
 		MinClients:    cfg.Clients,
@@ -236,18 +305,13 @@ func runAggregator(ctx context.Context, cfg Config, ready func()) ([]int, error)
 		Partition:    dataset.PartitionSpec{Scheme: dataset.SchemeIID, NumPartitions: min(cfg.Clients, maxShards)},
 		Seed:         cfg.Seed,
 		EvalExamples: cfg.EvalExamples,
-	}, job.ChannelConfig{
-		Transport:        job.Kafka,
-		Brokers:          cfg.Brokers,
-		KafkaProperties:  cfg.KafkaProperties,
-		UpdatePartitions: cfg.UpdatePartitions,
-	}, job.Env{Log: cfg.Log.With("part", "aggregator")}, func(string) { ready() })
+	}, cc, job.Env{Log: cfg.Log.With("part", "aggregator")}, ready)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]int, len(res.Rounds))
+	out := &aggregatorResult{Contributors: make([]int, len(res.Rounds)), Traffic: res.Stats}
 	for i, r := range res.Rounds {
-		out[i] = len(r.Contributors)
+		out.Contributors[i] = len(r.Contributors)
 	}
 	return out, nil
 }

@@ -44,6 +44,14 @@ type RoundReport struct {
 	UpdatesPerSec float64 `json:"updates_per_s"`
 	MBPerSec      float64 `json:"mb_per_s"`
 	SendPerSec    float64 `json:"send_per_s"`
+	// Downloads, FanOutMs and FanOutBytes are the gRPC mode's fan-out: the
+	// round's N model downloads, the time from the first request to the
+	// last model received, and the bytes the aggregator sent for them (at
+	// the wire, as the fleet's connections count them). On Kafka the
+	// brokers fan the model out, not the aggregator.
+	Downloads   int     `json:"downloads,omitempty"`
+	FanOutMs    float64 `json:"fan_out_ms,omitempty"`
+	FanOutBytes int64   `json:"fan_out_bytes,omitempty"`
 }
 
 // generate plays the fleet: for each round's model as it appears, it sends
@@ -188,13 +196,18 @@ func (f *fleet) build(m *fdxv1.GlobalModel) (*templates, error) {
 
 // update returns client i's encoded update.
 func (t *templates) update(cfg Config, round int64, i int) ([]byte, error) {
+	prefix := t.prefixes[i%len(t.prefixes)]
+	return proto.MarshalOptions{}.MarshalAppend(slices.Clip(prefix), t.own(cfg, round, i))
+}
+
+// own is client i's own part of its update: its id and its perturbation of
+// the last tensor.
+func (t *templates) own(cfg Config, round int64, i int) *fdxv1.Update {
 	rng := rand.New(rand.NewPCG(cfg.Seed^0x9e3779b97f4a7c15, uint64(round)<<32|uint64(i)))
-	own := &fdxv1.Update{
+	return &fdxv1.Update{
 		ClientId: strconv.Itoa(i),
 		Params:   []*fdxv1.Tensor{tensor.FromFloat32(t.last.GetName(), t.last.GetShape(), perturb(rng, t.global[len(t.global)-1], cfg.Spread))},
 	}
-	prefix := t.prefixes[i%len(t.prefixes)]
-	return proto.MarshalOptions{}.MarshalAppend(slices.Clip(prefix), own)
 }
 
 func perturb(rng *rand.Rand, x []float32, spread float64) []float32 {

@@ -11,8 +11,16 @@
 // child process, so these are its own), and, in the same run, the rate of a
 // bare consumer that only decodes the same records.
 //
+// With -channel grpc the aggregator serves the gRPC channel instead, and
+// the fleet plays its N clients over a few connections (-conns), at most
+// -inflight calls at once: every round, N model downloads (the fan-out the
+// aggregator itself serves on gRPC, timed and counted in bytes), then N
+// SubmitUpdate calls. It reports the same figures, and the aggregator's
+// egress, but no raw rate: there are no records to read back.
+//
 //	go run ./evaluations/fleet -clients 10000 -rounds 3
 //	go run ./evaluations/fleet -clients 1000 -model 2nn -broker 127.0.0.1:9092
+//	go run ./evaluations/fleet -clients 10000 -channel grpc -conns 8
 package main
 
 import (
@@ -26,6 +34,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 
@@ -50,7 +59,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.Clients, "clients", 1000, "clients per round (client ids 0..N-1); every round waits for all")
 	fs.IntVar(&cfg.Rounds, "rounds", 3, "rounds")
 	fs.StringVar(&cfg.Model, "model", "logreg", "logreg or 2nn")
+	fs.StringVar(&cfg.Channel, "channel", ChannelKafka, "the aggregator's channel: kafka or grpc")
 	fs.IntVar(&cfg.Producers, "producers", 4, "Kafka producers the fleet sends through")
+	fs.IntVar(&cfg.Conns, "conns", defaultConns, "gRPC connections the fleet's clients share (-channel grpc)")
+	fs.IntVar(&cfg.InFlight, "inflight", defaultInFlight, "gRPC calls in flight at once (-channel grpc)")
 	fs.IntVar(&cfg.Variants, "variants", 8, "full model perturbations built per round")
 	fs.Float64Var(&cfg.Spread, "spread", 1e-3, "standard deviation of the perturbations")
 	fs.Int64Var(&cfg.Examples, "examples", 10, "num_examples of every update")
@@ -106,22 +118,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 // aggregatorChild runs the aggregator and speaks to its parent on stdout:
-// a "ready" line once clients may connect, then the contributors per round
-// as a JSON line.
+// a "ready <addr>" line once clients may connect, then its result (the
+// contributors per round, its traffic) as a JSON line.
 func aggregatorChild(ctx context.Context, cfg Config, stdout io.Writer) error {
 	cfg.defaults()
-	contributors, err := runAggregator(ctx, cfg, func() { fmt.Fprintln(stdout, "ready") })
+	res, err := runAggregator(ctx, cfg, func(addr string) { fmt.Fprintln(stdout, readyLine+addr) })
 	if err != nil {
 		return err
 	}
-	return json.NewEncoder(stdout).Encode(contributors)
+	return json.NewEncoder(stdout).Encode(res)
 }
+
+// readyLine starts the child's line that gives its address.
+const readyLine = "ready "
 
 // childAggregator runs the aggregator as a child process (this binary with
 // -role aggregator and the parent's flags), so that its CPU and peak RSS
 // are its own.
 func childAggregator(exe string, args []string) aggregatorFunc {
-	return func(ctx context.Context, cfg Config, ready func()) ([]int, *AggregatorCost, error) {
+	return func(ctx context.Context, cfg Config, ready func(string)) (*aggregatorResult, *AggregatorCost, error) {
 		cargs := append(append([]string(nil), args...), "-role", roleAggregator, "-broker", cfg.Brokers, "-job", cfg.Job)
 		cmd := exec.CommandContext(ctx, exe, cargs...)
 		cmd.Stderr = os.Stderr
@@ -133,29 +148,38 @@ func childAggregator(exe string, args []string) aggregatorFunc {
 		if err := cmd.Start(); err != nil {
 			return nil, nil, fmt.Errorf("start aggregator process: %w", err)
 		}
-		var contributors []int
+		var res *aggregatorResult
 		var protoErr error
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			switch line := sc.Bytes(); {
-			case string(line) == "ready":
-				ready()
-			case len(line) > 0 && line[0] == '[':
-				protoErr = json.Unmarshal(line, &contributors)
+			switch line := sc.Text(); {
+			case strings.HasPrefix(line, readyLine):
+				ready(strings.TrimPrefix(line, readyLine))
+			case strings.HasPrefix(line, "{"):
+				res = &aggregatorResult{}
+				protoErr = json.Unmarshal([]byte(line), res)
 			}
 		}
 		err = cmd.Wait()
 		if err != nil {
+			// What it had used says how it died (memory, or stuck); no
+			// ProcessState: Wait failed before the process ended.
+			if ps := cmd.ProcessState; ps != nil {
+				if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+					return nil, nil, fmt.Errorf("aggregator process (CPU %.2f s, peak RSS %.1f MB, wall %.0f ms): %w",
+						cpuSeconds(*ru), float64(ru.Maxrss)/1024, msSince(start), err)
+				}
+			}
 			return nil, nil, fmt.Errorf("aggregator process: %w", err)
 		}
-		if protoErr != nil || contributors == nil {
+		if protoErr != nil || res == nil || res.Contributors == nil {
 			return nil, nil, errors.Join(errors.New("aggregator process reported no result"), protoErr)
 		}
 		ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
 		if !ok {
 			return nil, nil, errors.New("no resource usage for the aggregator process")
 		}
-		return contributors, &AggregatorCost{
+		return res, &AggregatorCost{
 			CPUSeconds: cpuSeconds(*ru),
 			PeakRSSMB:  float64(ru.Maxrss) / 1024, // Linux: KiB
 			WallMs:     msSince(start),
@@ -164,6 +188,10 @@ func childAggregator(exe string, args []string) aggregatorFunc {
 }
 
 func writeTable(w io.Writer, r *Report) {
+	if r.Channel == ChannelGRPC {
+		writeGRPCTable(w, r)
+		return
+	}
 	fmt.Fprintf(w, "Fleet: %d clients, model %s, %d producers, broker %s\n\n", r.Clients, r.Model, r.Producers, r.Broker)
 	fmt.Fprintln(w, "| round | updates | MB | ingest updates/s | ingest MB/s | fleet send/s | round close ms |")
 	fmt.Fprintln(w, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -177,6 +205,7 @@ func writeTable(w io.Writer, r *Report) {
 	}
 	fmt.Fprintf(w, "\nAggregator (%s): CPU %.2f s, peak RSS %.1f MB, wall %.0f ms; contributors per round %v\n",
 		where, r.Aggregator.CPUSeconds, r.Aggregator.PeakRSSMB, r.Aggregator.WallMs, r.Contributors)
+	writeTraffic(w, r)
 	fmt.Fprintf(w, "Raw consumer (decode only): %d records, %.0f updates/s, %.1f MB/s; ingest/raw %.2f\n",
 		r.Raw.Updates, r.Raw.UpdatesPerSec, r.Raw.MBPerSec, r.IngestToRaw)
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/tensor"
 	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
 
@@ -102,11 +103,13 @@ func (p *Participant) Follow(ctx context.Context, tr Transport, t Target, opt Fo
 	const firstBackoff = 200 * time.Millisecond
 	backoff := firstBackoff
 	next := opt.Round
+	// One error-feedback memory for the whole job, across reconnects.
+	residual := new(tensor.Residual)
 	for {
 		ch, err := tr.Dial(ctx, t)
 		if err == nil {
 			before := next
-			next, err = p.follow(ctx, ch, t, next, opt.RoundTimeout, log)
+			next, err = p.follow(ctx, ch, t, next, opt.RoundTimeout, residual, log)
 			ch.Close()
 			if err == nil {
 				return nil
@@ -130,13 +133,13 @@ func (p *Participant) Follow(ctx context.Context, tr Transport, t Target, opt Fo
 }
 
 // follow runs rounds on one connection; it returns nil at the final model.
-func (p *Participant) follow(ctx context.Context, ch channel.Client, t Target, next int64, timeout time.Duration, log *slog.Logger) (int64, error) {
+func (p *Participant) follow(ctx context.Context, ch channel.Client, t Target, next int64, timeout time.Duration, residual *tensor.Residual, log *slog.Logger) (int64, error) {
 	for {
 		rctx, cancel := ctx, context.CancelFunc(func() {})
 		if timeout > 0 {
 			rctx, cancel = context.WithTimeout(ctx, timeout)
 		}
-		sum, err := p.Run(rctx, ch, Options{Job: t.Job, ClientID: t.ClientID, Round: next, Rounds: 1})
+		sum, err := p.Run(rctx, ch, Options{Job: t.Job, ClientID: t.ClientID, Round: next, Rounds: 1, Residual: residual})
 		cancel()
 		switch {
 		case err == nil && sum.Final:

@@ -46,6 +46,10 @@ type Options struct {
 	Exact bool
 	// Rounds is how many successive rounds to take part in (default 1).
 	Rounds int
+	// Residual, when set, is the client's error-feedback memory for top-k
+	// updates, kept across calls by a long-running client (Follow). Nil
+	// sends each top-k update without memory, as a serverless call must.
+	Residual *tensor.Residual
 }
 
 // What a client did in a round (RoundResult.Status).
@@ -145,7 +149,7 @@ func (p *Participant) Run(ctx context.Context, ch channel.Client, opt Options) (
 			want = m.GetRound() + 1
 			continue
 		}
-		res, u, err := p.work(ctx, m, opt.ClientID, fit, eval)
+		res, u, err := p.work(ctx, m, opt.ClientID, fit, eval, opt.Residual)
 		if err != nil {
 			return sum, fmt.Errorf("round %d: %w", m.GetRound(), err)
 		}
@@ -168,7 +172,7 @@ func (p *Participant) Run(ctx context.Context, ch channel.Client, opt Options) (
 // work does what the round asks of the client: train (fit), evaluate the
 // global model on its held-out examples (eval), or both, and builds the
 // message to send: an update, or an evaluate-only one.
-func (p *Participant) work(ctx context.Context, m *fdxv1.GlobalModel, clientID string, fit, eval bool) (RoundResult, *fdxv1.Update, error) {
+func (p *Participant) work(ctx context.Context, m *fdxv1.GlobalModel, clientID string, fit, eval bool, residual *tensor.Residual) (RoundResult, *fdxv1.Update, error) {
 	cfg := m.GetTrainConfig()
 	if cfg == nil {
 		return RoundResult{}, nil, errors.New("model carries no train config")
@@ -218,7 +222,8 @@ func (p *Participant) work(ctx context.Context, m *fdxv1.GlobalModel, clientID s
 	// Two kinds of update send the step rather than the weights: an
 	// asynchronous aggregator's, which folds it into a model that may by now
 	// be versions ahead of the one we trained on, and a compressed one,
-	// whose small values float16 and int8 keep well.
+	// whose small values float16 and int8 keep well (and of which top-k
+	// sends the largest).
 	dtype := cfg.GetUpdateDtype()
 	compressed := dtype != fdxv1.DType_DTYPE_UNSPECIFIED && dtype != fdxv1.DType_DTYPE_FLOAT32
 	var global [][]float32
@@ -250,7 +255,12 @@ func (p *Participant) work(ctx context.Context, m *fdxv1.GlobalModel, clientID s
 		},
 	}
 	if global != nil {
-		step, err := tensor.EncodeAs(delta(net.Params(), global), net.Specs(), dtype)
+		var step []*fdxv1.Tensor
+		if dtype == fdxv1.DType_DTYPE_SPARSE_FLOAT32 {
+			step, err = residual.EncodeTopK(delta(net.Params(), global), net.Specs(), cfg.GetTopkFraction())
+		} else {
+			step, err = tensor.EncodeAs(delta(net.Params(), global), net.Specs(), dtype)
+		}
 		if err != nil {
 			return RoundResult{}, nil, fmt.Errorf("encode update: %w", err)
 		}

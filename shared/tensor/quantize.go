@@ -119,3 +119,28 @@ func fromHalf(h uint16) float32 {
 	}
 	return math.Float32frombits(sign | (exp+127-15)<<23 | mant<<13)
 }
+
+// halfOverflow is the smallest float32 magnitude that binary16 rounding
+// takes to infinity: halfway between 65504 and the next binade's 65536.
+const halfOverflow = 65520
+
+// SnapHalf rounds every value in place to the nearest binary16 value (ties
+// to even), so that FromFloat16 then encodes it without loss. A model kept
+// this way is published as float16 exactly. It refuses, changing nothing,
+// values that binary16 cannot hold (|v| ≥ 65520, or non-finite), where
+// saturating would silently move a weight.
+func SnapHalf(values [][]float32) error {
+	for i, v := range values {
+		for j, x := range v {
+			if a := math.Abs(float64(x)); a >= halfOverflow || math.IsNaN(a) {
+				return fmt.Errorf("tensor %d: value %v at %d is outside the float16 range (±65504)", i, x, j)
+			}
+		}
+	}
+	for _, v := range values {
+		for j, x := range v {
+			v[j] = fromHalf(toHalf(x))
+		}
+	}
+	return nil
+}

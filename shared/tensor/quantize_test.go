@@ -93,3 +93,38 @@ func TestEncodeAs(t *testing.T) {
 		t.Error("Float32s accepted 5 bytes for 3 float16 values")
 	}
 }
+
+// TestSnapHalf checks that snapped values survive a float16 round trip
+// bit for bit, and that a value float16 cannot hold is refused with the
+// values left as they were.
+func TestSnapHalf(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	vals := [][]float32{make([]float32, 1000), {0, -0.0, 65504, 65519.99, -1e-9}}
+	for i := range vals[0] {
+		vals[0][i] = float32(r.NormFloat64() * 0.1)
+	}
+	if err := SnapHalf(vals); err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range vals {
+		got, err := Float32s(nil, FromFloat16("t", []int64{int64(len(v))}, v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j := range v {
+			if math.Float32bits(got[j]) != math.Float32bits(v[j]) {
+				t.Fatalf("tensor %d value %d: snapped %v decodes as %v", i, j, v[j], got[j])
+			}
+		}
+	}
+	bad := [][]float32{{1.5, 65520}}
+	if err := SnapHalf(bad); err == nil {
+		t.Fatal("65520 was snapped; want an error")
+	}
+	if bad[0][0] != 1.5 {
+		t.Fatalf("a refused snap changed a value: %v", bad[0][0])
+	}
+	if err := SnapHalf([][]float32{{float32(math.NaN())}}); err == nil {
+		t.Fatal("NaN was snapped; want an error")
+	}
+}

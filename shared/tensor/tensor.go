@@ -55,13 +55,20 @@ func Float32s(dst []float32, t *fdxv1.Tensor) ([]float32, error) {
 	// Count elements one dimension at a time, stopping as soon as the
 	// count exceeds what the data could hold, so a hostile shape can
 	// neither overflow the product nor make us allocate.
+	// A sparse tensor's data does not bound its size: its shape is capped
+	// at maxSparseElements instead (callers that decode untrusted tensors
+	// compare the shape with the model's first, as Decode does).
+	limit := len(t.GetData())
+	if t.GetDtype() == fdxv1.DType_DTYPE_SPARSE_FLOAT32 {
+		limit = maxSparseElements
+	}
 	n := 1
 	for _, d := range t.GetShape() {
 		if d <= 0 || d > 1<<31 {
 			return nil, fmt.Errorf("tensor %q: bad dimension %d in shape %v", t.GetName(), d, t.GetShape())
 		}
 		n *= int(d)
-		if n > len(t.GetData()) {
+		if n > limit {
 			return nil, fmt.Errorf("tensor %q: shape %v needs more than the %d data bytes", t.GetName(), t.GetShape(), len(t.GetData()))
 		}
 	}
@@ -84,6 +91,8 @@ func Float32s(dst []float32, t *fdxv1.Tensor) ([]float32, error) {
 			dst[i] = fromHalf(binary.LittleEndian.Uint16(t.Data[2*i:]))
 		}
 		return dst, nil
+	case fdxv1.DType_DTYPE_SPARSE_FLOAT32:
+		return sparseFloat32s(dst, t, n)
 	case fdxv1.DType_DTYPE_INT8:
 		if len(t.GetData()) != n {
 			return nil, fmt.Errorf("tensor %q: %d data bytes for shape %v (want %d)", t.GetName(), len(t.GetData()), t.GetShape(), n)

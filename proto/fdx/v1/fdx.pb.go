@@ -37,6 +37,11 @@ const (
 	DType_DTYPE_FLOAT16 DType = 2
 	// Signed bytes; the real value is data[i] * scale.
 	DType_DTYPE_INT8 DType = 3
+	// Sparse binary32: data holds k little-endian uint32 indices, strictly
+	// increasing and below product(shape), then the k little-endian binary32
+	// values at those indices; every other element is zero. For top-k
+	// updates (TrainConfig.topk_fraction).
+	DType_DTYPE_SPARSE_FLOAT32 DType = 4
 )
 
 // Enum value maps for DType.
@@ -46,12 +51,14 @@ var (
 		1: "DTYPE_FLOAT32",
 		2: "DTYPE_FLOAT16",
 		3: "DTYPE_INT8",
+		4: "DTYPE_SPARSE_FLOAT32",
 	}
 	DType_value = map[string]int32{
-		"DTYPE_UNSPECIFIED": 0,
-		"DTYPE_FLOAT32":     1,
-		"DTYPE_FLOAT16":     2,
-		"DTYPE_INT8":        3,
+		"DTYPE_UNSPECIFIED":    0,
+		"DTYPE_FLOAT32":        1,
+		"DTYPE_FLOAT16":        2,
+		"DTYPE_INT8":           3,
+		"DTYPE_SPARSE_FLOAT32": 4,
 	}
 )
 
@@ -206,7 +213,8 @@ type Tensor struct {
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Shape []int64                `protobuf:"varint,2,rep,packed,name=shape,proto3" json:"shape,omitempty"`
 	Dtype DType                  `protobuf:"varint,3,opt,name=dtype,proto3,enum=fdx.v1.DType" json:"dtype,omitempty"`
-	// Raw little-endian elements, len = product(shape) * sizeof(dtype).
+	// Raw little-endian elements, len = product(shape) * sizeof(dtype)
+	// (DTYPE_SPARSE_FLOAT32: 8 bytes per element sent).
 	Data []byte `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
 	// Dequantization scale for DTYPE_INT8.
 	Scale         float32 `protobuf:"fixed32,5,opt,name=scale,proto3" json:"scale,omitempty"`
@@ -393,7 +401,19 @@ type TrainConfig struct {
 	// local weights as float32; FLOAT16 and INT8 (per-tensor scale) send the
 	// delta from the global model in that type, flagged is_delta. (A high
 	// field number leaves room for other additions.)
-	UpdateDtype   DType `protobuf:"varint,21,opt,name=update_dtype,json=updateDtype,proto3,enum=fdx.v1.DType" json:"update_dtype,omitempty"`
+	UpdateDtype DType `protobuf:"varint,21,opt,name=update_dtype,json=updateDtype,proto3,enum=fdx.v1.DType" json:"update_dtype,omitempty"`
+	// Encoding of the published model's params: UNSPECIFIED or FLOAT32, or
+	// FLOAT16, which halves every download. With FLOAT16 the aggregator keeps
+	// the global model itself on the float16 grid (each new model is rounded
+	// once, before it is evaluated and published), so what clients receive
+	// is the global model exactly: deltas, norms and a restart from the model
+	// topic all see the same values.
+	ModelDtype DType `protobuf:"varint,22,opt,name=model_dtype,json=modelDtype,proto3,enum=fdx.v1.DType" json:"model_dtype,omitempty"`
+	// With update_dtype SPARSE_FLOAT32: the fraction of each tensor's
+	// entries a client sends, those of the largest magnitude in its delta
+	// (top-k, at least one per tensor). A long-running client keeps what it
+	// did not send and adds it to its next delta (error feedback).
+	TopkFraction  float64 `protobuf:"fixed64,23,opt,name=topk_fraction,json=topkFraction,proto3" json:"topk_fraction,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -510,6 +530,20 @@ func (x *TrainConfig) GetUpdateDtype() DType {
 		return x.UpdateDtype
 	}
 	return DType_DTYPE_UNSPECIFIED
+}
+
+func (x *TrainConfig) GetModelDtype() DType {
+	if x != nil {
+		return x.ModelDtype
+	}
+	return DType_DTYPE_UNSPECIFIED
+}
+
+func (x *TrainConfig) GetTopkFraction() float64 {
+	if x != nil {
+		return x.TopkFraction
+	}
+	return 0
 }
 
 // Sampling names the clients a round asks to train and to evaluate. Client c
@@ -652,7 +686,11 @@ type GlobalModel struct {
 	PublishedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=published_at,json=publishedAt,proto3" json:"published_at,omitempty"`
 	// Updates for this round arriving after the deadline may be dropped.
 	Deadline *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=deadline,proto3" json:"deadline,omitempty"`
-	// Client ids whose updates were aggregated into this model, sorted.
+	// Client ids whose updates were aggregated into this model, sorted;
+	// only when there are at most 1,000 of them (rules.MaxListedContributors):
+	// every client downloads this record, and a list of 100,000 ids would
+	// be 700 KB of each download. num_contributors and contributors_sha256
+	// are always set.
 	Contributors []string `protobuf:"bytes,8,rep,name=contributors,proto3" json:"contributors,omitempty"`
 	// Centralized evaluation of these parameters (e.g. "accuracy", "loss").
 	Metrics map[string]float64 `protobuf:"bytes,9,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
@@ -664,9 +702,15 @@ type GlobalModel struct {
 	// Minimum number of updates that closes a round.
 	MinClients int32 `protobuf:"varint,12,opt,name=min_clients,json=minClients,proto3" json:"min_clients,omitempty"`
 	// Who takes part in this round; unset: every client trains.
-	Sampling      *Sampling `protobuf:"bytes,20,opt,name=sampling,proto3" json:"sampling,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Sampling *Sampling `protobuf:"bytes,20,opt,name=sampling,proto3" json:"sampling,omitempty"`
+	// How many updates were aggregated into this model.
+	NumContributors int64 `protobuf:"varint,21,opt,name=num_contributors,json=numContributors,proto3" json:"num_contributors,omitempty"`
+	// SHA-256 of the sorted contributor ids, each followed by a newline
+	// (rules.ContributorsDigest): the signed record vouches for the full
+	// list in the aggregator's round records even when it does not carry it.
+	ContributorsSha256 []byte `protobuf:"bytes,22,opt,name=contributors_sha256,json=contributorsSha256,proto3" json:"contributors_sha256,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *GlobalModel) Reset() {
@@ -786,6 +830,20 @@ func (x *GlobalModel) GetMinClients() int32 {
 func (x *GlobalModel) GetSampling() *Sampling {
 	if x != nil {
 		return x.Sampling
+	}
+	return nil
+}
+
+func (x *GlobalModel) GetNumContributors() int64 {
+	if x != nil {
+		return x.NumContributors
+	}
+	return 0
+}
+
+func (x *GlobalModel) GetContributorsSha256() []byte {
+	if x != nil {
+		return x.ContributorsSha256
 	}
 	return nil
 }
@@ -1410,7 +1468,7 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\x0enum_partitions\x18\x02 \x01(\x05R\rnumPartitions\x12\x12\n" +
 	"\x04seed\x18\x03 \x01(\x04R\x04seed\x12\x14\n" +
 	"\x05alpha\x18\x04 \x01(\x01R\x05alpha\x12*\n" +
-	"\x11shards_per_client\x18\x05 \x01(\x05R\x0fshardsPerClient\"\xa4\x03\n" +
+	"\x11shards_per_client\x18\x05 \x01(\x05R\x0fshardsPerClient\"\xf9\x03\n" +
 	"\vTrainConfig\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
 	"\rlearning_rate\x18\x02 \x01(\x01R\flearningRate\x12\x1d\n" +
@@ -1425,7 +1483,10 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"proximalMu\x12\x14\n" +
 	"\x05async\x18\x10 \x01(\bR\x05async\x12)\n" +
 	"\x10holdout_fraction\x18\x14 \x01(\x01R\x0fholdoutFraction\x120\n" +
-	"\fupdate_dtype\x18\x15 \x01(\x0e2\r.fdx.v1.DTypeR\vupdateDtype\"\xf2\x02\n" +
+	"\fupdate_dtype\x18\x15 \x01(\x0e2\r.fdx.v1.DTypeR\vupdateDtype\x12.\n" +
+	"\vmodel_dtype\x18\x16 \x01(\x0e2\r.fdx.v1.DTypeR\n" +
+	"modelDtype\x12#\n" +
+	"\rtopk_fraction\x18\x17 \x01(\x01R\ftopkFraction\"\xf2\x02\n" +
 	"\bSampling\x12\x12\n" +
 	"\x04seed\x18\x01 \x01(\x04R\x04seed\x12\x1e\n" +
 	"\n" +
@@ -1440,7 +1501,7 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\x12evaluate_threshold\x18\b \x01(\x04R\x11evaluateThreshold\x12%\n" +
 	"\x0eevaluate_count\x18\t \x01(\x05R\revaluateCount\x12)\n" +
 	"\x10evaluate_clients\x18\n" +
-	" \x03(\tR\x0fevaluateClients\"\xd3\x04\n" +
+	" \x03(\tR\x0fevaluateClients\"\xaf\x05\n" +
 	"\vGlobalModel\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\x03R\x05round\x12&\n" +
@@ -1457,7 +1518,9 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"num_rounds\x18\v \x01(\x03R\tnumRounds\x12\x1f\n" +
 	"\vmin_clients\x18\f \x01(\x05R\n" +
 	"minClients\x12,\n" +
-	"\bsampling\x18\x14 \x01(\v2\x10.fdx.v1.SamplingR\bsampling\x1a:\n" +
+	"\bsampling\x18\x14 \x01(\v2\x10.fdx.v1.SamplingR\bsampling\x12)\n" +
+	"\x10num_contributors\x18\x15 \x01(\x03R\x0fnumContributors\x12/\n" +
+	"\x13contributors_sha256\x18\x16 \x01(\fR\x12contributorsSha256\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xf2\x01\n" +
@@ -1512,13 +1575,14 @@ const file_fdx_v1_fdx_proto_rawDesc = "" +
 	"\bmanifest\x18\x01 \x01(\v2\x18.fdx.v1.TransferManifestH\x00R\bmanifest\x12\x16\n" +
 	"\x05chunk\x18\x02 \x01(\fH\x00R\x05chunk\x12\x16\n" +
 	"\x05whole\x18\x03 \x01(\fH\x00R\x05wholeB\x06\n" +
-	"\x04part*T\n" +
+	"\x04part*n\n" +
 	"\x05DType\x12\x15\n" +
 	"\x11DTYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rDTYPE_FLOAT32\x10\x01\x12\x11\n" +
 	"\rDTYPE_FLOAT16\x10\x02\x12\x0e\n" +
 	"\n" +
-	"DTYPE_INT8\x10\x03*\xdd\x04\n" +
+	"DTYPE_INT8\x10\x03\x12\x18\n" +
+	"\x14DTYPE_SPARSE_FLOAT32\x10\x04*\xdd\x04\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19REJECT_REASON_UNDECODABLE\x10\x01\x12\x1b\n" +
@@ -1586,38 +1650,39 @@ var file_fdx_v1_fdx_proto_depIdxs = []int32{
 	0,  // 0: fdx.v1.Tensor.dtype:type_name -> fdx.v1.DType
 	3,  // 1: fdx.v1.TrainConfig.partition:type_name -> fdx.v1.PartitionSpec
 	0,  // 2: fdx.v1.TrainConfig.update_dtype:type_name -> fdx.v1.DType
-	2,  // 3: fdx.v1.GlobalModel.params:type_name -> fdx.v1.Tensor
-	4,  // 4: fdx.v1.GlobalModel.train_config:type_name -> fdx.v1.TrainConfig
-	16, // 5: fdx.v1.GlobalModel.published_at:type_name -> google.protobuf.Timestamp
-	16, // 6: fdx.v1.GlobalModel.deadline:type_name -> google.protobuf.Timestamp
-	14, // 7: fdx.v1.GlobalModel.metrics:type_name -> fdx.v1.GlobalModel.MetricsEntry
-	5,  // 8: fdx.v1.GlobalModel.sampling:type_name -> fdx.v1.Sampling
-	16, // 9: fdx.v1.Timings.model_received:type_name -> google.protobuf.Timestamp
-	16, // 10: fdx.v1.Timings.train_start:type_name -> google.protobuf.Timestamp
-	16, // 11: fdx.v1.Timings.train_end:type_name -> google.protobuf.Timestamp
-	16, // 12: fdx.v1.Timings.sent:type_name -> google.protobuf.Timestamp
-	2,  // 13: fdx.v1.Update.params:type_name -> fdx.v1.Tensor
-	15, // 14: fdx.v1.Update.metrics:type_name -> fdx.v1.Update.MetricsEntry
-	7,  // 15: fdx.v1.Update.timings:type_name -> fdx.v1.Timings
-	1,  // 16: fdx.v1.SubmitUpdateResponse.reject_reason:type_name -> fdx.v1.RejectReason
-	12, // 17: fdx.v1.TransferPart.manifest:type_name -> fdx.v1.TransferManifest
-	9,  // 18: fdx.v1.Aggregator.GetModel:input_type -> fdx.v1.GetModelRequest
-	10, // 19: fdx.v1.Aggregator.WatchModels:input_type -> fdx.v1.WatchModelsRequest
-	8,  // 20: fdx.v1.Aggregator.SubmitUpdate:input_type -> fdx.v1.Update
-	9,  // 21: fdx.v1.Aggregator.GetModelChunks:input_type -> fdx.v1.GetModelRequest
-	10, // 22: fdx.v1.Aggregator.WatchModelChunks:input_type -> fdx.v1.WatchModelsRequest
-	13, // 23: fdx.v1.Aggregator.SubmitUpdateChunks:input_type -> fdx.v1.TransferPart
-	6,  // 24: fdx.v1.Aggregator.GetModel:output_type -> fdx.v1.GlobalModel
-	6,  // 25: fdx.v1.Aggregator.WatchModels:output_type -> fdx.v1.GlobalModel
-	11, // 26: fdx.v1.Aggregator.SubmitUpdate:output_type -> fdx.v1.SubmitUpdateResponse
-	13, // 27: fdx.v1.Aggregator.GetModelChunks:output_type -> fdx.v1.TransferPart
-	13, // 28: fdx.v1.Aggregator.WatchModelChunks:output_type -> fdx.v1.TransferPart
-	11, // 29: fdx.v1.Aggregator.SubmitUpdateChunks:output_type -> fdx.v1.SubmitUpdateResponse
-	24, // [24:30] is the sub-list for method output_type
-	18, // [18:24] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	0,  // 3: fdx.v1.TrainConfig.model_dtype:type_name -> fdx.v1.DType
+	2,  // 4: fdx.v1.GlobalModel.params:type_name -> fdx.v1.Tensor
+	4,  // 5: fdx.v1.GlobalModel.train_config:type_name -> fdx.v1.TrainConfig
+	16, // 6: fdx.v1.GlobalModel.published_at:type_name -> google.protobuf.Timestamp
+	16, // 7: fdx.v1.GlobalModel.deadline:type_name -> google.protobuf.Timestamp
+	14, // 8: fdx.v1.GlobalModel.metrics:type_name -> fdx.v1.GlobalModel.MetricsEntry
+	5,  // 9: fdx.v1.GlobalModel.sampling:type_name -> fdx.v1.Sampling
+	16, // 10: fdx.v1.Timings.model_received:type_name -> google.protobuf.Timestamp
+	16, // 11: fdx.v1.Timings.train_start:type_name -> google.protobuf.Timestamp
+	16, // 12: fdx.v1.Timings.train_end:type_name -> google.protobuf.Timestamp
+	16, // 13: fdx.v1.Timings.sent:type_name -> google.protobuf.Timestamp
+	2,  // 14: fdx.v1.Update.params:type_name -> fdx.v1.Tensor
+	15, // 15: fdx.v1.Update.metrics:type_name -> fdx.v1.Update.MetricsEntry
+	7,  // 16: fdx.v1.Update.timings:type_name -> fdx.v1.Timings
+	1,  // 17: fdx.v1.SubmitUpdateResponse.reject_reason:type_name -> fdx.v1.RejectReason
+	12, // 18: fdx.v1.TransferPart.manifest:type_name -> fdx.v1.TransferManifest
+	9,  // 19: fdx.v1.Aggregator.GetModel:input_type -> fdx.v1.GetModelRequest
+	10, // 20: fdx.v1.Aggregator.WatchModels:input_type -> fdx.v1.WatchModelsRequest
+	8,  // 21: fdx.v1.Aggregator.SubmitUpdate:input_type -> fdx.v1.Update
+	9,  // 22: fdx.v1.Aggregator.GetModelChunks:input_type -> fdx.v1.GetModelRequest
+	10, // 23: fdx.v1.Aggregator.WatchModelChunks:input_type -> fdx.v1.WatchModelsRequest
+	13, // 24: fdx.v1.Aggregator.SubmitUpdateChunks:input_type -> fdx.v1.TransferPart
+	6,  // 25: fdx.v1.Aggregator.GetModel:output_type -> fdx.v1.GlobalModel
+	6,  // 26: fdx.v1.Aggregator.WatchModels:output_type -> fdx.v1.GlobalModel
+	11, // 27: fdx.v1.Aggregator.SubmitUpdate:output_type -> fdx.v1.SubmitUpdateResponse
+	13, // 28: fdx.v1.Aggregator.GetModelChunks:output_type -> fdx.v1.TransferPart
+	13, // 29: fdx.v1.Aggregator.WatchModelChunks:output_type -> fdx.v1.TransferPart
+	11, // 30: fdx.v1.Aggregator.SubmitUpdateChunks:output_type -> fdx.v1.SubmitUpdateResponse
+	25, // [25:31] is the sub-list for method output_type
+	19, // [19:25] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_fdx_v1_fdx_proto_init() }
