@@ -161,7 +161,7 @@ func (c *Coordinator) version(ctx context.Context, cur *fdxv1.GlobalModel, param
 			}
 			return nil, nil, st.rec, fmt.Errorf("version %d: receive: %w", v, err)
 		}
-		if err := c.take(st, d); err != nil {
+		if err := c.take(ctx, st, d); err != nil {
 			return nil, nil, st.rec, fmt.Errorf("version %d: %w", v, err)
 		}
 	}

@@ -74,6 +74,9 @@ type Config struct {
 	// Sampling, when set, asks a sample of the clients to train and to
 	// evaluate in each round (sampling.go).
 	Sampling *Sampling
+	// HoldUpdates turns off streaming chunked updates (stream.go): each
+	// is then held whole, as on channels that cannot stream.
+	HoldUpdates bool
 }
 
 func (c *Config) validate() error {
@@ -462,6 +465,7 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 	if c.cfg.RoundTimeout > 0 {
 		st.deadline = st.published.Add(c.cfg.RoundTimeout)
 	}
+	c.streamUpdates(st)
 	next, err := c.collect(ctx, st)
 	if err != nil {
 		return nil, nil, st.rec, fmt.Errorf("round %d: %w", r, err)
@@ -481,7 +485,7 @@ func (c *Coordinator) collect(ctx context.Context, st *roundState) ([][]float32,
 			d, err := c.receive(ctx, st)
 			switch {
 			case err == nil:
-				if err := c.take(st, d); err != nil {
+				if err := c.take(ctx, st, d); err != nil {
 					return nil, err
 				}
 			case ctx.Err() != nil:
@@ -541,10 +545,13 @@ func (c *Coordinator) deadlinePassed(st *roundState) error {
 // take validates a delivery, has the channel accept it, and folds it. Only
 // a strategy refusing a validated update is an error: that is a bug, and
 // the job stops rather than publish a model without it.
-func (c *Coordinator) take(st *roundState, d channel.Delivery) error {
+func (c *Coordinator) take(ctx context.Context, st *roundState, d channel.Delivery) error {
 	if d.Err == nil && d.Update.GetEvaluateOnly() {
 		c.takeEvaluation(st, d)
 		return nil
+	}
+	if d.Stream != nil && d.Rejection == nil && d.Err == nil {
+		return c.takeStreamed(ctx, st, d)
 	}
 	vals, rej := c.validate(st, d)
 	if rej == nil {
@@ -564,6 +571,13 @@ func (c *Coordinator) take(st *roundState, d channel.Delivery) error {
 	if err != nil {
 		return fmt.Errorf("aggregate the validated update of %q: %w", u.GetClientId(), err)
 	}
+	c.admitted(st, d)
+	return nil
+}
+
+// admitted counts a folded update in the round and answers its sender.
+func (c *Coordinator) admitted(st *roundState, d channel.Delivery) {
+	u := d.Update
 	st.check.Admit(u)
 	st.rec.Examples += u.GetNumExamples()
 	if t := u.GetTimings().GetModelReceived(); t != nil && u.GetBaseRound() == st.rec.Round {
@@ -572,7 +586,6 @@ func (c *Coordinator) take(st *roundState, d channel.Delivery) error {
 	c.noteFit(st, u)
 	c.obs.UpdateAccepted(u.GetClientId(), d.Size)
 	d.Reply(nil)
-	return nil
 }
 
 // reject counts, logs and answers a refused delivery.

@@ -126,32 +126,41 @@ func (r *Round) CheckEnvelope(u *fdxv1.Update, size int) *rules.Rejection {
 
 // checkRest continues Check after the envelope and the sample.
 func (r *Round) checkRest(u *fdxv1.Update, id string) ([][]float32, *rules.Rejection) {
+	if rej := r.admissible(u, id); rej != nil {
+		return nil, rej
+	}
+	vals, norm, rej := weights(u, r.e)
+	if rej == nil {
+		r.checked[id] = norm
+	}
+	return vals, rej
+}
+
+// admissible checks what comes between the envelope and the tensors: a
+// duplicate and the example count (shared by Check and CheckStreamed).
+func (r *Round) admissible(u *fdxv1.Update, id string) *rules.Rejection {
 	e := r.e
 	// An async client's repeats were refused by the envelope (checkAsync).
 	if e.Async == nil && r.seen[id] {
-		return nil, rules.Reject(rules.Duplicate, "client %q already contributed to round %d", id, e.Round)
+		return rules.Reject(rules.Duplicate, "client %q already contributed to round %d", id, e.Round)
 	}
 	maxExamples := int64(rules.MaxWeight)
 	if e.MaxExamples > 0 {
 		maxExamples = min(maxExamples, e.MaxExamples)
 	}
 	if n := u.GetNumExamples(); n < 1 || n > maxExamples {
-		return nil, rules.Reject(rules.BadNumExamples, "num_examples %d, want 1 to %d", n, maxExamples)
+		return rules.Reject(rules.BadNumExamples, "num_examples %d, want 1 to %d", n, maxExamples)
 	}
 	if e.ExamplesOf != nil {
 		held, err := e.ExamplesOf(id)
 		if err != nil {
-			return nil, rules.Reject(rules.BadNumExamples, "client %q has no shard: %v", id, err)
+			return rules.Reject(rules.BadNumExamples, "client %q has no shard: %v", id, err)
 		}
 		if n := u.GetNumExamples(); n > held {
-			return nil, rules.Reject(rules.BadNumExamples, "num_examples %d, but client %q's shard holds %d", n, id, held)
+			return rules.Reject(rules.BadNumExamples, "num_examples %d, but client %q's shard holds %d", n, id, held)
 		}
 	}
-	vals, norm, rej := weights(u, e)
-	if rej == nil {
-		r.checked[id] = norm
-	}
-	return vals, rej
+	return nil
 }
 
 // checkAsync checks an asynchronous update's base round and that it is a

@@ -66,6 +66,10 @@ type Delivery struct {
 	// incomplete or corrupt, with no Update): the round loop counts and
 	// answers it like a validation failure.
 	Rejection *rules.Rejection
+	// Stream, when set, is an update the channel did not hold whole
+	// (Streamer): Update has no Params, and the values are read through
+	// Stream.
+	Stream *Stream
 	// accept and reply, when set, are a synchronous transport's (gRPC)
 	// durable store and answer to the waiting caller.
 	accept func() error

@@ -17,7 +17,9 @@ package kafkachan
 // until its manifest arrives, checks every chunk and the whole, and uses the
 // whole only if all match; a transfer that lacks chunks (its sender died, or
 // a newer transfer of the same key started first) is dropped as
-// rules.Incomplete, one that does not match as rules.Checksum.
+// rules.Incomplete, one that does not match as rules.Checksum. (An
+// aggregator whose round folds updates piece by piece keeps no update
+// chunks at all: stream.go.)
 //
 // The model's signature and the update's MAC are computed over the
 // manifest, which carries the whole's SHA-256: they authenticate the whole.
@@ -40,6 +42,7 @@ import (
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/updatestream"
 )
 
 // DefaultChunkBytes is the chunk size, and the size above which a message
@@ -218,6 +221,9 @@ type transfer struct {
 	// dropped, when set, says why the chunks were let go before the
 	// manifest (oversize, over the buffer limit, inconsistent headers).
 	dropped *transferError
+	// stream, when set, streams the transfer instead of buffering its
+	// chunks (stream.go).
+	stream *streamState
 }
 
 // assembler reassembles chunked transfers. Not safe for concurrent use.
@@ -230,6 +236,10 @@ type assembler struct {
 	// would exceed it drops its transfer as rules.Incomplete.
 	limit    int64
 	buffered int64
+	// newSink, when set, streams the transfers that start (stream.go);
+	// peak is the most bytes held at once.
+	newSink func() updatestream.Sink
+	peak    int64
 }
 
 func newAssembler(maxWhole, limit int64) *assembler {
@@ -288,6 +298,9 @@ func (a *assembler) add(msg *kafka.Message, key string) []*transferError {
 	if t == nil {
 		t = &transfer{id: id, count: count, total: total, chunks: make([][]byte, count), first: tp.Offset}
 		a.pending[pk] = t
+		if a.newSink != nil && total <= a.maxWhole {
+			t.stream = newStreamState(a.newSink(), count)
+		}
 		if total > a.maxWhole {
 			a.drop(t, &transferError{Reason: rules.Oversize, Detail: fmt.Sprintf("transfer %s of %d bytes, over the limit %d", id, total, a.maxWhole), Key: key, Need: -1})
 		}
@@ -298,6 +311,9 @@ func (a *assembler) add(msg *kafka.Message, key string) []*transferError {
 		return out
 	case count != t.count || total != t.total:
 		a.drop(t, &transferError{Reason: rules.Undecodable, Detail: fmt.Sprintf("transfer %s: chunk headers disagree (%d/%d/%d after %d chunks of %d bytes)", id, index, count, total, t.count, t.total), Key: key, Need: -1})
+		return out
+	case t.stream != nil:
+		t.stream.take(index, msg)
 		return out
 	case a.buffered+int64(len(msg.Value))-int64(len(t.chunks[index])) > a.limit:
 		a.drop(t, &transferError{Reason: rules.Incomplete, Detail: fmt.Sprintf("transfer %s dropped: chunks buffered over the limit of %d bytes", id, a.limit), Key: key, Need: -1})
@@ -314,8 +330,8 @@ func (a *assembler) superseded(t *transfer, key string) *transferError {
 		return t.dropped
 	}
 	have := 0
-	for _, c := range t.chunks {
-		if c != nil {
+	for i, c := range t.chunks {
+		if c != nil || (t.stream != nil && t.stream.offsets[i] >= 0) {
 			have++
 		}
 	}

@@ -69,6 +69,8 @@ type Server struct {
 	revocations int
 	// assigned is the number of partitions held (Assigned).
 	assigned atomic.Int32
+	// replayC reads streamed update chunks again (stream.go).
+	replayC *kafka.Consumer
 }
 
 // maxRejoins bounds how often Next re-creates a fenced consumer between two
@@ -239,8 +241,13 @@ func (s *Server) Next(ctx context.Context) (channel.Delivery, error) {
 			switch {
 			case isChunk(ev):
 				s.dropped(s.updates.add(ev, string(ev.Key)))
+				s.updates.notePeak()
 				continue
 			case isManifest(ev):
+				if d, ok := s.streamed(ctx, ev); ok {
+					s.queued = append(s.queued, d)
+					continue
+				}
 				whole, failed := s.updates.complete(ev, string(ev.Key))
 				s.dropped(failed)
 				if whole != nil {
@@ -289,18 +296,24 @@ func (s *Server) delivery(msg *kafka.Message, value []byte, size int) channel.De
 		return d
 	}
 	d.Update = u
-	if len(s.opt.Tokens) > 0 {
-		tok, ok := s.opt.Tokens[u.GetClientId()]
-		switch {
-		case !ok:
-			d.Rejection = rules.Reject(rules.Unauthenticated, "client %q has no token", u.GetClientId())
-		default:
-			if err := trust.CheckMAC(tok, msg.Value, header(msg, trust.HeaderMAC)); err != nil {
-				d.Rejection = rules.Reject(rules.Unauthenticated, "client %q: %v", u.GetClientId(), err)
-			}
-		}
-	}
+	d.Rejection = s.authenticate(msg, u)
 	return d
+}
+
+// authenticate checks msg's MAC (over the record, or a transfer's
+// manifest) with u's client's token, when the job has tokens.
+func (s *Server) authenticate(msg *kafka.Message, u *fdxv1.Update) *rules.Rejection {
+	if len(s.opt.Tokens) == 0 {
+		return nil
+	}
+	tok, ok := s.opt.Tokens[u.GetClientId()]
+	if !ok {
+		return rules.Reject(rules.Unauthenticated, "client %q has no token", u.GetClientId())
+	}
+	if err := trust.CheckMAC(tok, msg.Value, header(msg, trust.HeaderMAC)); err != nil {
+		return rules.Reject(rules.Unauthenticated, "client %q: %v", u.GetClientId(), err)
+	}
+	return nil
 }
 
 // Publish implements channel.Server: one transaction produces the model (in
@@ -450,6 +463,9 @@ func (s *Server) Close() error {
 	}
 	if s.c != nil {
 		errs = append(errs, closeConsumer(s.c, s.opt.logger()))
+	}
+	if s.replayC != nil {
+		errs = append(errs, closeConsumer(s.replayC, s.opt.logger()))
 	}
 	s.p.Close()
 	return errors.Join(errs...)

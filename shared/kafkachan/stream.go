@@ -1,0 +1,378 @@
+package kafkachan
+
+// Streaming chunked updates (issue 15: "the aggregator folds a chunked
+// update chunk by chunk, where the strategy allows, instead of holding the
+// whole update").
+//
+// When the round loop asks for it (StreamUpdates), the server keeps none of
+// an update transfer's chunk bytes. Pass 1, as the chunks arrive in order:
+// it hashes them (SHA-256 of the whole, CRC-32C of each) and parses them
+// with updatestream into the round's sink, which gathers what validation
+// needs; it keeps each chunk's offset. The manifest comes last (the client
+// sends it once every chunk is acknowledged); the server checks it as the
+// assembler does (chunk count, sizes, every CRC, the SHA-256; the MAC over
+// the manifest) and delivers the update's other fields with a
+// channel.Stream. Pass 2, only for an update the round loop accepted:
+// Replay reads the chunks again from the broker by offset (a positional
+// consumer; the records are recent, usually in the page cache) and hands
+// their values to the strategy's fold, checking each chunk's CRC before it
+// is parsed and the SHA-256 at the end.
+//
+// Nothing unauthenticated or unvalidated is folded: pass 2 starts after
+// the MAC and the checks passed, and re-reads records at fixed offsets,
+// which Kafka never rewrites. If pass 2 still fails (the broker went away,
+// a record was lost to an unclean leader election, the bytes differ), the
+// round holds part of an update and must not be published: the round loop
+// fails the job, and the restarted aggregator rebuilds the round from the
+// offsets its last round committed.
+//
+// An update whose bytes the parser cannot follow (an int8 tensor, whose
+// scale follows its data; fields out of the usual order) or whose chunks
+// arrived out of order is read again whole at its manifest and delivered
+// whole, as without streaming.
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"time"
+
+	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"google.golang.org/protobuf/proto"
+
+	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/channel"
+	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/updatestream"
+)
+
+var _ channel.Streamer = (*Server)(nil)
+
+// StreamUpdates implements channel.Streamer. Transfers already under way
+// keep the mode they started in.
+func (s *Server) StreamUpdates(newSink func() updatestream.Sink) {
+	s.updates.newSink = newSink
+}
+
+// HeldUpdateBytes is the number of bytes of update transfers the server
+// holds now (chunks buffered, or the parsers' state of streamed ones), and
+// the most it held at once: with streaming, O(chunk) per transfer in
+// flight, whatever the update's size.
+func (s *Server) HeldUpdateBytes() (now, peak int64) {
+	return s.updates.held(), s.updates.peak
+}
+
+// streamState is pass 1 of one streamed transfer.
+type streamState struct {
+	sink    updatestream.Sink
+	parser  *updatestream.Parser
+	sha     hash.Hash
+	crcs    []uint32
+	offsets []int64 // per chunk index; -1 until it arrives
+	next    int     // the chunk index the parser expects
+	bytes   int64
+	// broken says why the values could not be streamed; the update is then
+	// read again whole at its manifest.
+	broken error
+}
+
+func newStreamState(sink updatestream.Sink, count int) *streamState {
+	st := &streamState{sink: sink, parser: updatestream.New(sink, 0), sha: sha256.New(),
+		crcs: make([]uint32, count), offsets: make([]int64, count)}
+	for i := range st.offsets {
+		st.offsets[i] = -1
+	}
+	return st
+}
+
+// take is pass 1 for chunk index of msg.
+func (st *streamState) take(index int, msg *kafka.Message) {
+	if st.offsets[index] >= 0 {
+		return // a retried duplicate: the first copy is the one read again
+	}
+	st.offsets[index] = int64(msg.TopicPartition.Offset)
+	st.crcs[index] = crc32.Checksum(msg.Value, castagnoli)
+	st.bytes += int64(len(msg.Value))
+	if st.broken != nil {
+		return
+	}
+	if index != st.next {
+		st.breakOff(fmt.Errorf("chunk %d arrived before chunk %d", index, st.next))
+		return
+	}
+	st.next++
+	st.sha.Write(msg.Value)
+	if err := st.parser.Write(msg.Value); err != nil {
+		st.breakOff(err)
+	}
+}
+
+func (st *streamState) breakOff(err error) {
+	st.broken, st.parser = err, nil
+}
+
+func (st *streamState) held() int64 {
+	if st.parser == nil {
+		return 0
+	}
+	return int64(st.parser.Held())
+}
+
+// held is what the assembler holds: buffered chunks and parser state.
+func (a *assembler) held() int64 {
+	n := a.buffered
+	for _, t := range a.pending {
+		if t.stream != nil {
+			n += t.stream.held()
+		}
+	}
+	return n
+}
+
+// notePeak records the most held at once.
+func (a *assembler) notePeak() {
+	if h := a.held(); h > a.peak {
+		a.peak = h
+	}
+}
+
+// chunkSpan says where a verified transfer's chunks are and what they must
+// match.
+type chunkSpan struct {
+	topic     string
+	partition int32
+	id        string
+	offsets   []int64
+	crcs      []uint32
+	sha       []byte
+	total     int64
+}
+
+// streamed completes a streamed transfer at its manifest msg. ok is false
+// when msg is not the manifest of a pending streamed transfer: the
+// assembler's complete then handles it as before.
+func (s *Server) streamed(ctx context.Context, msg *kafka.Message) (d channel.Delivery, ok bool) {
+	tp := msg.TopicPartition
+	key := string(msg.Key)
+	t := s.updates.pending[pendingKey{tp.Partition, key}]
+	if t == nil || t.stream == nil || t.done || t.dropped != nil {
+		return d, false
+	}
+	man := &fdxv1.TransferManifest{}
+	if proto.Unmarshal(msg.Value, man) != nil || man.GetTransferId() != t.id {
+		return d, false
+	}
+	st := t.stream
+	t.done, t.stream = true, nil
+	fail := func(r rules.Reason, format string, args ...any) channel.Delivery {
+		f := &transferError{Reason: r, Detail: fmt.Sprintf("transfer %s: ", t.id) + fmt.Sprintf(format, args...), Key: key, Need: -1}
+		s.opt.logger().Warn("chunked update dropped", "topic", UpdatesTopic(s.opt.Job), "key", key, "reason", f.Reason, "err", f.Detail)
+		return channel.Delivery{Key: key, Rejection: f.rejection()}
+	}
+	n := int(man.GetChunkCount())
+	if n != t.count || man.GetTotalSize() != t.total || len(man.GetChunkCrc32C()) != n || len(man.GetSha256()) != sha256.Size {
+		return fail(rules.Checksum, "manifest (%d chunks, %d bytes) does not describe its chunks (%d, %d bytes)", n, man.GetTotalSize(), t.count, t.total), true
+	}
+	missing := 0
+	for _, o := range st.offsets {
+		if o < 0 {
+			missing++
+		}
+	}
+	if missing > 0 {
+		return fail(rules.Incomplete, "%d of %d chunks missing", missing, n), true
+	}
+	if st.bytes != t.total {
+		return fail(rules.Checksum, "chunks hold %d bytes, manifest says %d", st.bytes, t.total), true
+	}
+	for i, c := range st.crcs {
+		if c != man.GetChunkCrc32C()[i] {
+			return fail(rules.Checksum, "chunk %d of %d does not match its CRC-32C", i, n), true
+		}
+	}
+	span := chunkSpan{topic: *tp.Topic, partition: tp.Partition, id: t.id, offsets: st.offsets,
+		crcs: man.GetChunkCrc32C(), sha: man.GetSha256(), total: t.total}
+	if st.broken != nil {
+		// Not streamable: read it again whole and deliver it as before.
+		s.opt.logger().Debug("chunked update not streamable; reading it whole", "key", key, "why", st.broken)
+		whole, err := s.readWhole(ctx, span)
+		if err != nil {
+			return fail(rules.Incomplete, "reading the chunks again: %v", err), true
+		}
+		return s.delivery(msg, whole, len(whole)+len(msg.Key)), true
+	}
+	if !bytes.Equal(st.sha.Sum(nil), man.GetSha256()) {
+		return fail(rules.Checksum, "SHA-256 of the %d bytes does not match", st.bytes), true
+	}
+	d = channel.Delivery{Key: key, Size: int(t.total) + len(msg.Key)}
+	u, err := st.parser.Close()
+	if err != nil {
+		d.Err = fmt.Errorf("decode update at %s[%d]@%d: %w", *tp.Topic, tp.Partition, tp.Offset, err)
+		return d, true
+	}
+	d.Update = u
+	d.Rejection = s.authenticate(msg, u)
+	if d.Rejection == nil {
+		d.Stream = &channel.Stream{
+			Sink: st.sink,
+			Replay: func(ctx context.Context, sink updatestream.Sink) error {
+				return s.replay(ctx, span, sink)
+			},
+			Whole: func(ctx context.Context) (*fdxv1.Update, error) {
+				b, err := s.readWhole(ctx, span)
+				if err != nil {
+					return nil, err
+				}
+				u := &fdxv1.Update{}
+				if err := proto.Unmarshal(b, u); err != nil {
+					return nil, fmt.Errorf("decode update read again: %w", err)
+				}
+				return u, nil
+			},
+		}
+	}
+	return d, true
+}
+
+// replay is pass 2: it parses the chunks of span again into sink, checking
+// each chunk's CRC before parsing it and the SHA-256 of the whole at the
+// end.
+func (s *Server) replay(ctx context.Context, span chunkSpan, sink updatestream.Sink) error {
+	p := updatestream.New(sink, 0)
+	sum := sha256.New()
+	next := 0
+	err := s.readChunks(ctx, span, func(i int, b []byte) error {
+		if i != next {
+			return fmt.Errorf("chunk %d read before chunk %d", i, next)
+		}
+		next++
+		sum.Write(b)
+		return p.Write(b)
+	})
+	if err != nil {
+		return fmt.Errorf("replay update transfer %s: %w", span.id, err)
+	}
+	if _, err := p.Close(); err != nil {
+		return fmt.Errorf("replay update transfer %s: %w", span.id, err)
+	}
+	if !bytes.Equal(sum.Sum(nil), span.sha) {
+		return fmt.Errorf("replay update transfer %s: SHA-256 does not match", span.id)
+	}
+	return nil
+}
+
+// readWhole reads the chunks of span again and returns the verified whole.
+func (s *Server) readWhole(ctx context.Context, span chunkSpan) ([]byte, error) {
+	chunks := make([][]byte, len(span.offsets))
+	if err := s.readChunks(ctx, span, func(i int, b []byte) error {
+		chunks[i] = b
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	whole := make([]byte, 0, span.total)
+	for _, c := range chunks {
+		whole = append(whole, c...)
+	}
+	if sum := sha256.Sum256(whole); int64(len(whole)) != span.total || !bytes.Equal(sum[:], span.sha) {
+		return nil, errors.New("SHA-256 of the chunks read again does not match")
+	}
+	return whole, nil
+}
+
+// replayTimeout bounds reading a transfer's chunks again: they are in the
+// broker's log, so only an unreachable leader delays them.
+const replayTimeout = 60 * time.Second
+
+// readChunks reads the records of span's partition from its first chunk's
+// offset on and hands each chunk, CRC checked, to take, in offset order.
+func (s *Server) readChunks(ctx context.Context, span chunkSpan, take func(i int, b []byte) error) error {
+	if s.replayC == nil {
+		c, err := s.newReplayConsumer()
+		if err != nil {
+			return err
+		}
+		s.replayC = c
+	}
+	at := make(map[int64]int, len(span.offsets))
+	first, last := span.offsets[0], span.offsets[0]
+	for i, o := range span.offsets {
+		at[o] = i
+		first, last = min(first, o), max(last, o)
+	}
+	if err := s.replayC.Assign([]kafka.TopicPartition{{Topic: &span.topic, Partition: span.partition, Offset: kafka.Offset(first)}}); err != nil {
+		return fmt.Errorf("assign %s[%d]@%d: %w", span.topic, span.partition, first, err)
+	}
+	defer s.replayC.Unassign()
+	ctx, cancel := context.WithTimeout(ctx, replayTimeout)
+	defer cancel()
+	left := len(at)
+	for left > 0 {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("%d of %d chunks read: %w", len(at)-left, len(at), err)
+		}
+		switch ev := s.replayC.Poll(100).(type) {
+		case *kafka.Message:
+			tp := ev.TopicPartition
+			if tp.Error != nil {
+				return fmt.Errorf("read: %w", tp.Error)
+			}
+			o := int64(tp.Offset)
+			i, ok := at[o]
+			if !ok {
+				if o > last {
+					return fmt.Errorf("%d chunks not at their offsets", left)
+				}
+				continue // another sender's record
+			}
+			delete(at, o)
+			left--
+			if string(header(ev, headerTransfer)) != span.id || crc32.Checksum(ev.Value, castagnoli) != span.crcs[i] {
+				return fmt.Errorf("chunk %d at offset %d is not the one checked", i, o)
+			}
+			if err := take(i, ev.Value); err != nil {
+				return err
+			}
+		case kafka.PartitionEOF:
+			return fmt.Errorf("partition ended with %d chunks unread", left)
+		case kafka.Error:
+			if ev.IsFatal() {
+				return fmt.Errorf("read: %w", ev)
+			}
+		}
+	}
+	return nil
+}
+
+// newReplayConsumer opens the positional consumer of pass 2: assigned,
+// never subscribed, so it joins no group (the client requires an id; the
+// aggregator's own has the rights it needs). Its prefetch is a few chunks:
+// pass 2 reads one transfer at a time, and a larger queue would hold
+// update bytes the streaming is meant not to hold.
+func (s *Server) newReplayConsumer() (*kafka.Consumer, error) {
+	fetch := 2 * s.recordBytes
+	cm := s.opt.configMap(kafka.ConfigMap{
+		"group.id":                   s.role.group,
+		"enable.auto.commit":         false,
+		"isolation.level":            "read_committed",
+		"enable.partition.eof":       true,
+		"fetch.wait.max.ms":          50,
+		"max.partition.fetch.bytes":  s.recordBytes,
+		"fetch.max.bytes":            fetch,
+		"receive.message.max.bytes":  fetch + 1<<20,
+		"queued.max.messages.kbytes": max(1, 2*fetch/1024),
+		// With so small a queue, the default back-off of 1 s whenever it
+		// is full would stall every transfer read again.
+		"fetch.queue.backoff.ms": 1,
+	})
+	c, err := kafka.NewConsumer(&cm)
+	if err != nil {
+		return nil, fmt.Errorf("update replay consumer: %w", err)
+	}
+	startLogs(c, cm, s.opt.logger())
+	return c, nil
+}
