@@ -61,21 +61,35 @@ type Async struct {
 // Round checks the updates of one open round. It holds the round's one
 // "seen" set, so that a duplicate is refused from its envelope, before its
 // tensors are decoded. Not safe for concurrent use: the round loop owns it.
+//
+// Its memory grows with the round's updates, and a round may take 100,000
+// of them or more, so it keeps per admitted client only what it must: the
+// id once in seen and once in ids, and the update's norm (about 60 bytes
+// with the map's overhead). Per-client state that is only needed in async
+// mode (last) or between Check and Admit (checked) is not kept for every
+// client.
 type Round struct {
 	e    Expect
-	seen map[string]bool
-	// last is the async base round admitted per client in this version.
+	seen map[string]struct{}
+	// last is the async base round admitted per client in this version;
+	// nil in a synchronous round.
 	last map[string]int64
 	ids  []string
-	// norms of the last checked update per client and of the admitted
-	// ones: the next round's norm bound derives from their median.
+	// checked holds the norm of each update that passed Check and is not
+	// yet admitted (usually one: the round loop admits an update right
+	// after checking it); admitted holds the norms of the admitted ones,
+	// from whose median the next round's norm bound derives.
 	checked  map[string]float64
 	admitted []float64
 }
 
 // NewRound returns the validator of the round e describes.
 func NewRound(e Expect) *Round {
-	return &Round{e: e, seen: map[string]bool{}, last: map[string]int64{}, checked: map[string]float64{}}
+	r := &Round{e: e, seen: map[string]struct{}{}, checked: map[string]float64{}}
+	if e.Async != nil {
+		r.last = map[string]int64{}
+	}
+	return r
 }
 
 // Check validates u, of encoded size size, and returns the client's full
@@ -128,7 +142,7 @@ func (r *Round) CheckEnvelope(u *fdxv1.Update, size int) *rules.Rejection {
 func (r *Round) checkRest(u *fdxv1.Update, id string) ([][]float32, *rules.Rejection) {
 	e := r.e
 	// An async client's repeats were refused by the envelope (checkAsync).
-	if e.Async == nil && r.seen[id] {
+	if _, dup := r.seen[id]; e.Async == nil && dup {
 		return nil, rules.Reject(rules.Duplicate, "client %q already contributed to round %d", id, e.Round)
 	}
 	maxExamples := int64(rules.MaxWeight)
@@ -185,10 +199,13 @@ func (r *Round) checkAsync(u *fdxv1.Update) *rules.Rejection {
 // Admit records that u, which Check passed, was accepted.
 func (r *Round) Admit(u *fdxv1.Update) {
 	id := u.GetClientId()
-	r.seen[id] = true
-	r.last[id] = u.GetBaseRound()
+	r.seen[id] = struct{}{}
+	if r.last != nil {
+		r.last[id] = u.GetBaseRound()
+	}
 	r.ids = append(r.ids, id)
 	r.admitted = append(r.admitted, r.checked[id])
+	delete(r.checked, id)
 }
 
 // LastBase returns e.Async.LastBase updated with this version's admitted

@@ -17,6 +17,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -42,7 +43,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("fleet", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg Config
-	var role, kafkaConfig, jsonPath, logLevel string
+	var role, kafkaConfig, jsonPath, logLevel, heapProfile string
 	var inProcess bool
 	fs.StringVar(&cfg.Brokers, "broker", "", "Kafka bootstrap list (default: an embedded broker)")
 	fs.StringVar(&kafkaConfig, "kafka-config", "", "librdkafka properties file (SASL/TLS) for -broker")
@@ -61,6 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&inProcess, "in-process", false, "run the aggregator in this process (CPU and RSS then include the fleet)")
 	fs.StringVar(&jsonPath, "json", "", "write the report as JSON to this file")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&heapProfile, "heap-profile", "", "write the aggregator's heap profile near its peak to this file (go tool pprof)")
 	fs.StringVar(&role, "role", "", "internal: \"aggregator\" runs the aggregator child")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
@@ -78,7 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cfg.KafkaProperties = props
 	}
 	if role == roleAggregator {
-		return aggregatorChild(ctx, cfg, stdout)
+		return aggregatorChild(ctx, cfg, heapProfile, stdout)
 	}
 	if role != "" {
 		return fmt.Errorf("-role %q: unknown", role)
@@ -106,14 +108,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 // aggregatorChild runs the aggregator and speaks to its parent on stdout:
-// a "ready" line once clients may connect, then the contributors per round
-// as a JSON line.
-func aggregatorChild(ctx context.Context, cfg Config, stdout io.Writer) error {
+// a "ready" line once clients may connect, then the Go runtime's peak
+// memory ("mem" and a JSON object) and the contributors per round as a
+// JSON line.
+func aggregatorChild(ctx context.Context, cfg Config, heapProfile string, stdout io.Writer) error {
 	cfg.defaults()
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	peak, err := sampleMemory(sctx, heapProfile)
+	if err != nil {
+		return err
+	}
 	contributors, err := runAggregator(ctx, cfg, func() { fmt.Fprintln(stdout, "ready") })
 	if err != nil {
 		return err
 	}
+	stop()
+	mem, err := json.Marshal(peak())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "mem %s\n", mem)
 	return json.NewEncoder(stdout).Encode(contributors)
 }
 
@@ -134,6 +149,7 @@ func childAggregator(exe string, args []string) aggregatorFunc {
 			return nil, nil, fmt.Errorf("start aggregator process: %w", err)
 		}
 		var contributors []int
+		var mem GoMemory
 		var protoErr error
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
@@ -141,7 +157,9 @@ func childAggregator(exe string, args []string) aggregatorFunc {
 			case string(line) == "ready":
 				ready()
 			case len(line) > 0 && line[0] == '[':
-				protoErr = json.Unmarshal(line, &contributors)
+				protoErr = errors.Join(protoErr, json.Unmarshal(line, &contributors))
+			case bytes.HasPrefix(line, []byte("mem ")):
+				protoErr = errors.Join(protoErr, json.Unmarshal(line[4:], &mem))
 			}
 		}
 		err = cmd.Wait()
@@ -159,6 +177,7 @@ func childAggregator(exe string, args []string) aggregatorFunc {
 			CPUSeconds: cpuSeconds(*ru),
 			PeakRSSMB:  float64(ru.Maxrss) / 1024, // Linux: KiB
 			WallMs:     msSince(start),
+			Go:         &mem,
 		}, nil
 	}
 }
@@ -177,6 +196,10 @@ func writeTable(w io.Writer, r *Report) {
 	}
 	fmt.Fprintf(w, "\nAggregator (%s): CPU %.2f s, peak RSS %.1f MB, wall %.0f ms; contributors per round %v\n",
 		where, r.Aggregator.CPUSeconds, r.Aggregator.PeakRSSMB, r.Aggregator.WallMs, r.Contributors)
+	if g := r.Aggregator.Go; g != nil {
+		fmt.Fprintf(w, "Aggregator Go runtime peaks: mapped %.1f MB, heap objects %.1f MB, live heap %.1f MB (RSS beyond mapped is C memory: librdkafka)\n",
+			g.PeakTotalMB, g.PeakHeapMB, g.PeakLiveMB)
+	}
 	fmt.Fprintf(w, "Raw consumer (decode only): %d records, %.0f updates/s, %.1f MB/s; ingest/raw %.2f\n",
 		r.Raw.Updates, r.Raw.UpdatesPerSec, r.Raw.MBPerSec, r.IngestToRaw)
 }
