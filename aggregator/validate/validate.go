@@ -64,17 +64,18 @@ type Async struct {
 //
 // Its memory grows with the round's updates, and a round may take 100,000
 // of them or more, so it keeps per admitted client only what it must: the
-// id once in seen and once in ids, and the update's norm (about 60 bytes
-// with the map's overhead). Per-client state that is only needed in async
-// mode (last) or between Check and Admit (checked) is not kept for every
-// client.
+// id in seen and the update's norm (about 40 bytes with the map's
+// overhead). Per-client state that is only needed in async mode (last,
+// ids) or between Check and Admit (checked) is not kept for every client.
 type Round struct {
 	e    Expect
 	seen map[string]struct{}
 	// last is the async base round admitted per client in this version;
 	// nil in a synchronous round.
 	last map[string]int64
-	ids  []string
+	// ids are the admitted clients in async mode, where one may count
+	// twice; nil in a synchronous round.
+	ids []string
 	// checked holds the norm of each update that passed Check and is not
 	// yet admitted (usually one: the round loop admits an update right
 	// after checking it); admitted holds the norms of the admitted ones,
@@ -202,8 +203,10 @@ func (r *Round) Admit(u *fdxv1.Update) {
 	r.seen[id] = struct{}{}
 	if r.last != nil {
 		r.last[id] = u.GetBaseRound()
+		// A client may be admitted twice in an async version; in a
+		// synchronous round, seen's keys are the admitted ids.
+		r.ids = append(r.ids, id)
 	}
-	r.ids = append(r.ids, id)
 	r.admitted = append(r.admitted, r.checked[id])
 	delete(r.checked, id)
 }
@@ -240,12 +243,15 @@ func (r *Round) MedianNorm() float64 {
 func (r *Round) AdmittedNorms() []float64 { return slices.Clone(r.admitted) }
 
 // Count is the number of admitted updates.
-func (r *Round) Count() int { return len(r.ids) }
+func (r *Round) Count() int { return len(r.admitted) }
 
 // Admitted returns the client ids of the admitted updates, sorted; in an
 // asynchronous version a client whose two updates (on different base
 // versions) were both admitted appears twice.
 func (r *Round) Admitted() []string {
+	if r.last == nil {
+		return slices.Sorted(maps.Keys(r.seen))
+	}
 	ids := slices.Clone(r.ids)
 	slices.Sort(ids)
 	return ids

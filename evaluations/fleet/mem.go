@@ -29,8 +29,9 @@ const memSampleEvery = 50 * time.Millisecond
 
 // sampleMemory records the Go runtime's peak memory until ctx ends and
 // returns it. With profile set, it writes a heap profile there each time
-// the live heap has grown by a tenth over the last one written, so that the
-// file shows the heap at (close to) its peak.
+// the live heap has grown by a megabyte over the last one written, so that
+// the file shows the heap at (close to) its peak; the runtime's profile
+// lags by a GC cycle or two.
 func sampleMemory(ctx context.Context, profile string) (func() GoMemory, error) {
 	samples := []metrics.Sample{
 		{Name: "/memory/classes/total:bytes"},
@@ -46,7 +47,7 @@ func sampleMemory(ctx context.Context, profile string) (func() GoMemory, error) 
 		peak.PeakTotalMB = max(peak.PeakTotalMB, mb(0)-mb(1))
 		peak.PeakHeapMB = max(peak.PeakHeapMB, mb(2))
 		peak.PeakLiveMB = max(peak.PeakLiveMB, mb(3))
-		if live := samples[3].Value.Uint64(); profile != "" && live > written+written/10 {
+		if live := samples[3].Value.Uint64(); profile != "" && live > written+1<<20 {
 			written = live
 			return writeHeapProfile(profile)
 		}
