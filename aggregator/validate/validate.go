@@ -236,18 +236,55 @@ func (r *Round) Admitted() []string {
 
 // weights decodes u's tensors, checks their values and returns them with
 // the norm of the update's delta from the global model.
+//
+// The values of full float32 weights (the common update) are views of the
+// message's bytes (tensor.View): no copy is made, and the checks run in one
+// pass over them. Such values must never be written: the strategies only
+// read them (strategy.Round.Add), or copy what they keep. The values of a
+// synchronous delta become global + delta, so they are decoded into a
+// slice of their own; float16 and int8 tensors are always decoded.
 func weights(u *fdxv1.Update, e Expect) ([][]float32, float64, *rules.Rejection) {
-	vals, err := tensor.Decode(u.GetParams(), e.Specs)
-	if err != nil {
-		if isNonFinite(u.GetParams(), e.Specs) {
-			return nil, 0, rules.Reject(rules.NonFinite, "%v", err)
-		}
-		return nil, 0, rules.Reject(rules.WrongShape, "%v", err)
+	ts := u.GetParams()
+	if len(ts) != len(e.Specs) {
+		return nil, 0, rules.Reject(rules.WrongShape, "got %d tensors, want %d", len(ts), len(e.Specs))
 	}
 	// An asynchronous job folds the delta itself (checkAsync made sure it
 	// is one): its norm is that of the step it asks for. Otherwise the
 	// local weights are folded, and the step is their distance from Global.
 	async := e.Async != nil
+	addGlobal := u.GetIsDelta() && !async
+	vals := make([][]float32, len(ts))
+	for i, t := range ts {
+		if err := tensor.CheckSpec(i, t, e.Specs[i]); err != nil {
+			return nil, 0, rules.Reject(rules.WrongShape, "%v", err)
+		}
+		var v []float32
+		var err error
+		if addGlobal {
+			v, err = tensor.Float32s(nil, t)
+		} else {
+			v, _, err = tensor.View(t)
+		}
+		if err != nil {
+			return nil, 0, rules.Reject(rules.WrongShape, "%v", err)
+		}
+		vals[i] = v
+	}
+	// One pass: the largest |value| (as float32 bits, which for finite
+	// values order like the values, and put NaN and infinities above them)
+	// and, for full weights, the squared distance from Global.
+	var mx uint32
+	var ss float64
+	for i, v := range vals {
+		var g []float32
+		if !addGlobal && !async {
+			g = e.Global[i]
+		}
+		mx, ss = scan(v, g, mx, ss)
+	}
+	if mx >= 0x7f800000 {
+		return nil, 0, rules.Reject(rules.NonFinite, "%v", firstNonFinite(vals, e.Specs))
+	}
 	if async {
 		// The version the delta lands on is the current one (Global): a
 		// delta that would overflow it is refused here rather than stop
@@ -260,24 +297,16 @@ func weights(u *fdxv1.Update, e Expect) ([][]float32, float64, *rules.Rejection)
 			}
 		}
 	}
-	if u.GetIsDelta() && !async {
+	if addGlobal {
+		mx, ss = 0, 0
 		for i := range vals {
-			for j := range vals[i] {
-				vals[i][j] += e.Global[i][j]
-				if f := float64(vals[i][j]); math.IsInf(f, 0) || math.IsNaN(f) {
-					return nil, 0, rules.Reject(rules.NonFinite, "global plus delta overflows in %q", e.Specs[i].Name)
-				}
+			v, g := vals[i], e.Global[i][:len(vals[i])]
+			for j := range v {
+				v[j] += g[j]
 			}
-		}
-	}
-	var ss float64
-	for i := range vals {
-		for j, x := range vals[i] {
-			d := float64(x)
-			if !async {
-				d -= float64(e.Global[i][j])
+			if mx, ss = scan(v, g, mx, ss); mx >= 0x7f800000 {
+				return nil, 0, rules.Reject(rules.NonFinite, "global plus delta overflows in %q", e.Specs[i].Name)
 			}
-			ss += d * d
 		}
 	}
 	norm := math.Sqrt(ss)
@@ -288,33 +317,46 @@ func weights(u *fdxv1.Update, e Expect) ([][]float32, float64, *rules.Rejection)
 	// trust every term to fit. The float64 product may round, but never
 	// below 2^MaxTermLog2 when the exact one is not: this errs only towards
 	// rejecting.
-	var maxAbs float64
-	for _, v := range vals {
-		for _, x := range v {
-			maxAbs = max(maxAbs, math.Abs(float64(x)))
-		}
-	}
+	maxAbs := float64(math.Float32frombits(mx))
 	if t := float64(u.GetNumExamples()) * maxAbs; t >= math.Ldexp(1, rules.MaxTermLog2) {
 		return nil, 0, rules.Reject(rules.OutOfRange, "num_examples %d times |value| %.4g is not below 2^%d", u.GetNumExamples(), maxAbs, rules.MaxTermLog2)
 	}
 	return vals, norm, nil
 }
 
-// isNonFinite tells a shape problem from a value problem once Decode failed.
-func isNonFinite(ts []*fdxv1.Tensor, specs []tensor.Spec) bool {
-	if len(ts) != len(specs) {
-		return false
-	}
-	for i, t := range ts {
-		if t.GetName() != specs[i].Name || fmt.Sprint(t.GetShape()) != fmt.Sprint(specs[i].Shape) {
-			return false
+// scan folds xs into a running maximum of |x| as float32 bits and a
+// running Σ (x − g)² (Σ x² for g nil), summed in coordinate order in
+// float64, and returns both. Once a value is NaN or infinite the sum is
+// meaningless, and the maximum says so.
+func scan(xs, g []float32, mx uint32, ss float64) (uint32, float64) {
+	if g == nil {
+		for _, x := range xs {
+			mx = max(mx, math.Float32bits(x)&0x7fffffff)
+			d := float64(x)
+			ss += d * d
 		}
-		v, err := tensor.Float32s(nil, t)
-		if err != nil || len(v) != specs[i].Size() {
-			return false
+		return mx, ss
+	}
+	g = g[:len(xs)]
+	for j, x := range xs {
+		mx = max(mx, math.Float32bits(x)&0x7fffffff)
+		d := float64(x) - float64(g[j])
+		ss += d * d
+	}
+	return mx, ss
+}
+
+// firstNonFinite describes the first NaN or infinity of vals, as
+// tensor.Decode would.
+func firstNonFinite(vals [][]float32, specs []tensor.Spec) error {
+	for i, v := range vals {
+		for j, x := range v {
+			if math.Float32bits(x)&0x7f800000 == 0x7f800000 {
+				return fmt.Errorf("tensor %q: non-finite value %v at %d", specs[i].Name, x, j)
+			}
 		}
 	}
-	return true
+	return nil
 }
 
 // Update checks one update as the only one of a round that e describes.
