@@ -1,4 +1,4 @@
-package validate
+package validate_test
 
 import (
 	"fmt"
@@ -10,16 +10,29 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
+	"github.com/fdxkafka/fdxkafka/aggregator/validate"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/model"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
 
+// check validates u as the only update of the round e describes and
+// returns its values and the norm the validator measured.
+func check(u *fdxv1.Update, e validate.Expect) (*validate.Values, float64, *rules.Rejection) {
+	r := validate.NewRound(e)
+	v, rej := r.CheckValues(u, proto.Size(u))
+	if rej != nil {
+		return nil, 0, rej
+	}
+	r.Admit(u)
+	return v, r.AdmittedNorms()[0], nil
+}
+
 // refWeights is weights as it was before the values were read in place:
 // tensor.Decode's full copy, then one pass per check. The tests below hold
 // the view path to its verdicts, details and values, bit for bit.
-func refWeights(u *fdxv1.Update, e Expect) ([][]float32, float64, *rules.Rejection) {
+func refWeights(u *fdxv1.Update, e validate.Expect) ([][]float32, float64, *rules.Rejection) {
 	vals, err := tensor.Decode(u.GetParams(), e.Specs)
 	if err != nil {
 		if refIsNonFinite(u.GetParams(), e.Specs) {
@@ -90,7 +103,7 @@ func refIsNonFinite(ts []*fdxv1.Tensor, specs []tensor.Spec) bool {
 }
 
 // ingestExpect is a logistic regression round with a seeded global model.
-func ingestExpect(t testing.TB) Expect {
+func ingestExpect(t testing.TB) validate.Expect {
 	t.Helper()
 	specs, err := model.SpecsFor(model.KindLogReg, 784, 10)
 	if err != nil {
@@ -104,7 +117,7 @@ func ingestExpect(t testing.TB) Expect {
 			global[i][j] = float32(rng.NormFloat64() / 10)
 		}
 	}
-	return Expect{Job: "ingest", Round: 2, Specs: specs, Global: global, MaxNorm: 1e3}
+	return validate.Expect{Job: "ingest", Round: 2, Specs: specs, Global: global, MaxNorm: 1e3}
 }
 
 // perturbed is global plus seeded noise of standard deviation sd.
@@ -151,7 +164,7 @@ func unaligned(u *fdxv1.Update) *fdxv1.Update {
 // and each way to be refused.
 func ingestCases(t testing.TB) map[string]struct {
 	u *fdxv1.Update
-	e Expect
+	e validate.Expect
 } {
 	e := ingestExpect(t)
 	rng := rand.New(rand.NewPCG(5, 6))
@@ -171,12 +184,12 @@ func ingestCases(t testing.TB) map[string]struct {
 	}
 	cases := map[string]struct {
 		u *fdxv1.Update
-		e Expect
+		e validate.Expect
 	}{}
-	add := func(name string, u *fdxv1.Update, e Expect) {
+	add := func(name string, u *fdxv1.Update, e validate.Expect) {
 		cases[name] = struct {
 			u *fdxv1.Update
-			e Expect
+			e validate.Expect
 		}{wire(t, u), e}
 	}
 	add("float32 weights", base(), e)
@@ -190,7 +203,7 @@ func ingestCases(t testing.TB) map[string]struct {
 	i8.Params[0] = tensor.FromInt8(e.Specs[0].Name, e.Specs[0].Shape, e.Global[0])
 	add("int8 weights", i8, e)
 	async := e
-	async.Async = &Async{}
+	async.Async = &validate.Async{}
 	add("async float32 delta", delta(fdxv1.DType_DTYPE_FLOAT32), async)
 	add("async int8 delta", delta(fdxv1.DType_DTYPE_INT8), async)
 
@@ -237,7 +250,7 @@ func ingestCases(t testing.TB) map[string]struct {
 	bigGlobal.Global = withValueAll(e.Global, 0, 5, math.MaxFloat32)
 	add("delta overflows the global", over, bigGlobal)
 	asyncOver := bigGlobal
-	asyncOver.Async = &Async{}
+	asyncOver.Async = &validate.Async{}
 	add("async delta overflows the global", over, asyncOver)
 	i8inf := base()
 	i8inf.Params[1] = tensor.FromInt8(e.Specs[1].Name, e.Specs[1].Shape, e.Global[1])
@@ -301,7 +314,7 @@ func TestWeightsMatchDecodePath(t *testing.T) {
 			}
 			t.Run(name+"/"+variant, func(t *testing.T) {
 				wantVals, wantNorm, wantRej := refWeights(u, c.e)
-				vals, norm, rej := weights(u, c.e)
+				vals, norm, rej := check(u, c.e)
 				if reason(rej) != reason(wantRej) {
 					t.Fatalf("verdict %v, want %v", rej, wantRej)
 				}
@@ -318,8 +331,19 @@ func TestWeightsMatchDecodePath(t *testing.T) {
 				if math.Float64bits(norm) != math.Float64bits(wantNorm) {
 					t.Errorf("norm %v, want %v", norm, wantNorm)
 				}
-				if !sameBits(vals, wantVals) {
+				if !sameBits(vals.Params(), wantVals) {
 					t.Errorf("values differ from the decode path's")
+				}
+				// Block by block, in the accumulator's blocks and others.
+				for _, blk := range []int{256, 7, 10000} {
+					for i, want := range wantVals {
+						for off := 0; off < len(want); off += blk {
+							scratch := make([]float32, min(blk, len(want)-off))
+							if !sameBits([][]float32{vals.Block(i, off, scratch)}, [][]float32{want[off : off+len(scratch)]}) {
+								t.Fatalf("Block(%d, %d) of %d differs from the decode path's", i, off, len(scratch))
+							}
+						}
+					}
 				}
 			})
 		}
@@ -362,10 +386,11 @@ func TestViewsAreReadInPlaceAndNeverWritten(t *testing.T) {
 	u := wire(t, &fdxv1.Update{Job: e.Job, ClientId: "c1", BaseRound: e.Round, NumExamples: 30,
 		Params: tensor.Encode(perturbed(rng, e.Global, 1e-2), e.Specs)})
 	before := proto.Clone(u).(*fdxv1.Update)
-	vals, _, rej := weights(u, e)
+	v, _, rej := check(u, e)
 	if rej != nil {
 		t.Fatal(rej)
 	}
+	vals := v.Params()
 	if _, aliased, _ := tensor.View(u.Params[0]); !aliased {
 		t.Skip("this machine cannot read float32 tensors in place (big-endian)")
 	}
@@ -381,7 +406,7 @@ func TestViewsAreReadInPlaceAndNeverWritten(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := r.Add(strategy.Update{ClientID: "c1", NumExamples: 30, Params: vals}); err != nil {
+		if err := r.Add(strategy.Update{ClientID: "c1", NumExamples: 30, Checked: v}); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
 		_, _ = r.Finish() // Krum and adaptive DP refuse one update: only the bytes matter here
@@ -391,20 +416,36 @@ func TestViewsAreReadInPlaceAndNeverWritten(t *testing.T) {
 	}
 }
 
-// TestViewAndCopyFoldBitIdentical: a round of updates read in place and
-// the same round read from unaligned copies give the same model, bit for
-// bit, with FedAvg and FedAdam, whatever the order.
-func TestViewAndCopyFoldBitIdentical(t *testing.T) {
+// TestFoldPathsBitIdentical: a round of updates (full float32 weights,
+// float32, float16 and int8 deltas, int8 weights) gives the same model, bit
+// for bit, whether the strategies fold the validated values in place and
+// block by block (Checked), the same bytes at odd addresses (decoded block
+// by block), or the old decode path's full copies (Params, through the
+// checked Accumulator.Add); in any order.
+func TestFoldPathsBitIdentical(t *testing.T) {
 	e := ingestExpect(t)
 	e.MaxNorm = 0
 	rng := rand.New(rand.NewPCG(9, 10))
 	var ups []*fdxv1.Update
-	for i := range 12 {
-		ups = append(ups, wire(t, &fdxv1.Update{Job: e.Job, ClientId: fmt.Sprint("c", i), BaseRound: e.Round, NumExamples: int64(1 + i),
-			Params: tensor.Encode(perturbed(rng, e.Global, 1e-2), e.Specs)}))
+	for i := range 15 {
+		u := &fdxv1.Update{Job: e.Job, ClientId: fmt.Sprint("c", i), BaseRound: e.Round, NumExamples: int64(1 + i*i*1000)}
+		var err error
+		switch i % 5 {
+		case 0, 1:
+			u.Params = tensor.Encode(perturbed(rng, e.Global, 1e-2), e.Specs)
+		case 2, 3:
+			u.IsDelta = true
+			u.Params, err = tensor.EncodeAs(perturbed(rng, make2(e.Global), 1e-2), e.Specs, []fdxv1.DType{fdxv1.DType_DTYPE_FLOAT16, fdxv1.DType_DTYPE_INT8}[i%5-2])
+		case 4:
+			u.Params, err = tensor.EncodeAs(perturbed(rng, e.Global, 1e-2), e.Specs, fdxv1.DType_DTYPE_INT8)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		ups = append(ups, wire(t, u))
 	}
 	for _, name := range []string{"fedavg", "fedadam", "median"} {
-		model := func(order []int, copyPath bool) [][]float32 {
+		model := func(order []int, path string) [][]float32 {
 			s, err := strategy.New(strategy.Config{Name: name})
 			if err != nil {
 				t.Fatal(err)
@@ -415,14 +456,25 @@ func TestViewAndCopyFoldBitIdentical(t *testing.T) {
 			}
 			for _, i := range order {
 				u := ups[i]
-				if copyPath {
+				su := strategy.Update{ClientID: u.ClientId, NumExamples: u.NumExamples}
+				switch path {
+				case "decode":
+					vals, _, rej := refWeights(u, e)
+					if rej != nil {
+						t.Fatal(rej)
+					}
+					su.Params = vals
+				case "unaligned":
 					u = unaligned(u)
+					fallthrough
+				default:
+					v, _, rej := check(u, e)
+					if rej != nil {
+						t.Fatal(rej)
+					}
+					su.Checked = v
 				}
-				vals, _, rej := weights(u, e)
-				if rej != nil {
-					t.Fatal(rej)
-				}
-				if err := r.Add(strategy.Update{ClientID: u.ClientId, NumExamples: u.NumExamples, Params: vals}); err != nil {
+				if err := r.Add(su); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -432,19 +484,22 @@ func TestViewAndCopyFoldBitIdentical(t *testing.T) {
 			}
 			return m
 		}
-		order := rng.Perm(len(ups))
-		view := model(order, false)
-		if cp := model(rng.Perm(len(ups)), true); !sameBits(view, cp) {
-			t.Errorf("%s: the view and the copy path give different models", name)
+		want := model(rng.Perm(len(ups)), "decode")
+		for _, path := range []string{"checked", "unaligned"} {
+			if got := model(rng.Perm(len(ups)), path); !sameBits(got, want) {
+				t.Errorf("%s: the %s path gives another model than the decode path", name, path)
+			}
 		}
 	}
 }
 
 // BenchmarkIngestPath is the aggregator's work per logistic regression
-// update once the record is decoded: check the values (weights) and fold
-// them into a FedAvg round. "decode" is what the fleet's raw consumer does
-// with the same update (tensor.Float32s into a reused buffer), and
-// "before" is the former path (tensor.Decode's copy, then the checks).
+// update once the record is decoded: check the values and fold them into a
+// FedAvg round. "decode" is what the fleet's raw consumer does with the
+// same update (tensor.Float32s into a reused buffer); "before" is the
+// former path (tensor.Decode's full copy, a pass per check, then the
+// checked Accumulator.Add), "after" the validator's Values folded by the
+// trusted path (Round.CheckValues, strategy.Update.Checked).
 func BenchmarkIngestPath(b *testing.B) {
 	cases := ingestCases(b)
 	for _, bc := range []struct{ name, cas string }{
@@ -468,10 +523,6 @@ func BenchmarkIngestPath(b *testing.B) {
 			}
 		})
 		for _, path := range []string{"before", "after"} {
-			check := weights
-			if path == "before" {
-				check = refWeights
-			}
 			b.Run(bc.name+"/"+path, func(b *testing.B) {
 				b.SetBytes(bytes)
 				b.ReportAllocs()
@@ -483,19 +534,26 @@ func BenchmarkIngestPath(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				n := 0
+				// One validator for the benchmark: an update of a client
+				// already checked (not admitted) is checked again in full.
+				check := validate.NewRound(c.e)
+				size := proto.Size(c.u)
 				for b.Loop() {
-					if n++; n == 1<<20 {
-						b.StopTimer()
-						r, _ = s.Begin(c.e.Global)
-						n = 0
-						b.StartTimer()
+					su := strategy.Update{ClientID: "c1", NumExamples: c.u.NumExamples}
+					if path == "before" {
+						vals, _, rej := refWeights(c.u, c.e)
+						if rej != nil {
+							b.Fatal(rej)
+						}
+						su.Params = vals
+					} else {
+						v, rej := check.CheckValues(c.u, size)
+						if rej != nil {
+							b.Fatal(rej)
+						}
+						su.Checked = v
 					}
-					vals, _, rej := check(c.u, c.e)
-					if rej != nil {
-						b.Fatal(rej)
-					}
-					if err := r.Add(strategy.Update{ClientID: "c1", NumExamples: c.u.NumExamples, Params: vals}); err != nil {
+					if err := r.Add(su); err != nil {
 						b.Fatal(err)
 					}
 				}

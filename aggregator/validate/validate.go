@@ -71,6 +71,8 @@ type Round struct {
 	// ones: the next round's norm bound derives from their median.
 	checked  map[string]float64
 	admitted []float64
+	// scratch holds one block of decoded values while an update is checked.
+	scratch []float32
 }
 
 // NewRound returns the validator of the round e describes.
@@ -85,6 +87,17 @@ func NewRound(e Expect) *Round {
 // as seen: call Admit once the update is accepted, so that an update the
 // channel failed to store may be sent again.
 func (r *Round) Check(u *fdxv1.Update, size int) ([][]float32, *rules.Rejection) {
+	v, rej := r.CheckValues(u, size)
+	if rej != nil {
+		return nil, rej
+	}
+	return v.Params(), nil
+}
+
+// CheckValues is Check, returning the values as Values: read in place or a
+// block at a time, never copied whole. The averaging strategies fold them
+// as they are (strategy.Update.Checked).
+func (r *Round) CheckValues(u *fdxv1.Update, size int) (*Values, *rules.Rejection) {
 	if rej := r.CheckEnvelope(u, size); rej != nil {
 		return nil, rej
 	}
@@ -125,7 +138,7 @@ func (r *Round) CheckEnvelope(u *fdxv1.Update, size int) *rules.Rejection {
 }
 
 // checkRest continues Check after the envelope and the sample.
-func (r *Round) checkRest(u *fdxv1.Update, id string) ([][]float32, *rules.Rejection) {
+func (r *Round) checkRest(u *fdxv1.Update, id string) (*Values, *rules.Rejection) {
 	e := r.e
 	// An async client's repeats were refused by the envelope (checkAsync).
 	if e.Async == nil && r.seen[id] {
@@ -147,7 +160,10 @@ func (r *Round) checkRest(u *fdxv1.Update, id string) ([][]float32, *rules.Rejec
 			return nil, rules.Reject(rules.BadNumExamples, "num_examples %d, but client %q's shard holds %d", n, id, held)
 		}
 	}
-	vals, norm, rej := weights(u, e)
+	if r.scratch == nil {
+		r.scratch = make([]float32, scanBlock)
+	}
+	vals, norm, rej := weights(u, e, r.scratch)
 	if rej == nil {
 		r.checked[id] = norm
 	}
@@ -234,16 +250,100 @@ func (r *Round) Admitted() []string {
 	return ids
 }
 
-// weights decodes u's tensors, checks their values and returns them with
-// the norm of the update's delta from the global model.
+// Values are the local weights of an update that Check passed, as the
+// strategies fold them: global + delta for a synchronous delta, the values
+// sent otherwise. They are never copied whole:
 //
-// The values of full float32 weights (the common update) are views of the
-// message's bytes (tensor.View): no copy is made, and the checks run in one
-// pass over them. Such values must never be written: the strategies only
-// read them (strategy.Round.Add), or copy what they keep. The values of a
-// synchronous delta become global + delta, so they are decoded into a
-// slice of their own; float16 and int8 tensors are always decoded.
-func weights(u *fdxv1.Update, e Expect) ([][]float32, float64, *rules.Rejection) {
+//   - A float32 tensor (aligned, on a little-endian machine) is read in
+//     place, from the message's bytes (tensor.ViewOf): the usual full
+//     weights cost no copy at all.
+//   - Other tensors (float16, int8, unaligned float32) and a delta's sum
+//     with the global model are decoded a block at a time (Block), into
+//     the reader's scratch memory.
+//
+// A *Values exists only once the checks passed, so a strategy given one
+// trusts it: it is finite, of the round's shapes, and every
+// |NumExamples × value| is below 2^rules.MaxTermLog2. Values read the
+// message and the round's global model: neither may change while they are
+// used, and nothing may write into a slice they return.
+type Values struct {
+	ts    []*fdxv1.Tensor
+	specs []tensor.Spec
+	// views[i] is tensor i read in place, or nil: decode it.
+	views [][]float32
+	// global, for a synchronous delta, is the model the values add to.
+	global [][]float32
+	maxAbs float32
+}
+
+// Tensors returns the number of tensors.
+func (v *Values) Tensors() int { return len(v.ts) }
+
+// Len returns the number of values of tensor i.
+func (v *Values) Len(i int) int { return v.specs[i].Size() }
+
+// MaxAbs returns the largest |value|, which the checks measured.
+func (v *Values) MaxAbs() float32 { return v.maxAbs }
+
+// Block returns values [off, off+len(scratch)) of tensor i: a view of the
+// message (which the caller must not write) or scratch, filled. It returns
+// nil for a range outside the tensor.
+func (v *Values) Block(i, off int, scratch []float32) []float32 {
+	if i < 0 || i >= len(v.ts) || off < 0 || off+len(scratch) > v.Len(i) {
+		return nil
+	}
+	x := v.sent(i, off, scratch)
+	if v.global == nil || x == nil {
+		return x
+	}
+	// x may be a view: the sum goes to scratch, element by element, which
+	// is also right when x is scratch itself.
+	g, out := v.global[i][off:off+len(x)], scratch[:len(x)]
+	for j := range x {
+		out[j] = x[j] + g[j]
+	}
+	return out
+}
+
+// sent returns values [off, off+len(scratch)) of tensor i as the client
+// sent them (the delta, for a delta).
+func (v *Values) sent(i, off int, scratch []float32) []float32 {
+	if w := v.views[i]; w != nil {
+		return w[off : off+len(scratch)]
+	}
+	if err := tensor.DecodeAt(scratch, v.ts[i], off); err != nil {
+		return nil // unreachable: weights checked the tensor with tensor.Len
+	}
+	return scratch
+}
+
+// Params returns the values per tensor: the views, and a decoded copy of
+// the tensors that are not read in place. The strategies that keep
+// updates (the robust ones) or transform them (DP, FedBuff) take these.
+func (v *Values) Params() [][]float32 {
+	out := make([][]float32, len(v.ts))
+	for i := range v.ts {
+		if v.views[i] != nil && v.global == nil {
+			out[i] = v.views[i]
+			continue
+		}
+		x := make([]float32, v.Len(i))
+		for off := 0; off < len(x); off += scanBlock {
+			v.Block(i, off, x[off:min(off+scanBlock, len(x))])
+		}
+		out[i] = x
+	}
+	return out
+}
+
+// scanBlock is how many values of a decoded tensor the checks take at a
+// time: the accumulator's block length (strategy's blockLen), 1 KiB of
+// float32s, small enough to stay in the L1 cache between decode and use.
+const scanBlock = 256
+
+// weights checks u's tensors and values and returns them with the norm of
+// the update's delta from the global model. scratch holds scanBlock values.
+func weights(u *fdxv1.Update, e Expect, scratch []float32) (*Values, float64, *rules.Rejection) {
 	ts := u.GetParams()
 	if len(ts) != len(e.Specs) {
 		return nil, 0, rules.Reject(rules.WrongShape, "got %d tensors, want %d", len(ts), len(e.Specs))
@@ -252,62 +352,69 @@ func weights(u *fdxv1.Update, e Expect) ([][]float32, float64, *rules.Rejection)
 	// is one): its norm is that of the step it asks for. Otherwise the
 	// local weights are folded, and the step is their distance from Global.
 	async := e.Async != nil
-	addGlobal := u.GetIsDelta() && !async
-	vals := make([][]float32, len(ts))
+	v := &Values{ts: ts, specs: e.Specs, views: make([][]float32, len(ts))}
+	if u.GetIsDelta() && !async {
+		v.global = e.Global
+	}
 	for i, t := range ts {
 		if err := tensor.CheckSpec(i, t, e.Specs[i]); err != nil {
 			return nil, 0, rules.Reject(rules.WrongShape, "%v", err)
 		}
-		var v []float32
-		var err error
-		if addGlobal {
-			v, err = tensor.Float32s(nil, t)
-		} else {
-			v, _, err = tensor.View(t)
-		}
-		if err != nil {
+		if _, err := tensor.Len(t); err != nil {
 			return nil, 0, rules.Reject(rules.WrongShape, "%v", err)
 		}
-		vals[i] = v
+		v.views[i] = tensor.ViewOf(t)
 	}
-	// One pass: the largest |value| (as float32 bits, which for finite
-	// values order like the values, and put NaN and infinities above them)
-	// and, for full weights, the squared distance from Global.
-	var mx uint32
+	// One pass over every value, a block at a time where the values are
+	// decoded: the largest |value| sent (as float32 bits, which for finite
+	// values order like the values, and put NaN and infinities above them),
+	// the largest |value| folded, and Σ (folded − global)², or Σ delta² for
+	// an asynchronous delta, in coordinate order.
+	var sentMax, mx uint32
 	var ss float64
-	for i, v := range vals {
+	overflow := -1 // the first tensor where global + delta is not finite
+	for i := range ts {
 		var g []float32
-		if !addGlobal && !async {
+		if !async {
 			g = e.Global[i]
 		}
-		mx, ss = scan(v, g, mx, ss)
+		n := v.Len(i)
+		if w := v.views[i]; w != nil && v.global == nil && !async {
+			mx, ss = scan(w, g, mx, ss) // the usual full weights: one pass, in place
+			sentMax = max(sentMax, mx)
+			continue
+		}
+		for off := 0; off < n; off += scanBlock {
+			blk := scratch[:min(scanBlock, n-off)]
+			x := v.sent(i, off, blk)
+			bm := maxAbs(x)
+			sentMax = max(sentMax, bm)
+			switch {
+			case async:
+				if overflow < 0 && bm < 0x7f800000 && sumOverflows(e.Global[i][off:off+len(x)], x) {
+					overflow = i
+				}
+				mx, ss = scan(x, nil, mx, ss)
+			case v.global != nil:
+				y := v.Block(i, off, blk)
+				m, s := scan(y, g[off:off+len(y)], 0, ss)
+				if m >= 0x7f800000 && bm < 0x7f800000 && overflow < 0 {
+					overflow = i
+				}
+				mx, ss = max(mx, m), s
+			default:
+				mx, ss = scan(x, g[off:off+len(x)], mx, ss)
+			}
+		}
 	}
-	if mx >= 0x7f800000 {
-		return nil, 0, rules.Reject(rules.NonFinite, "%v", firstNonFinite(vals, e.Specs))
-	}
-	if async {
+	switch {
+	case sentMax >= 0x7f800000:
+		return nil, 0, rules.Reject(rules.NonFinite, "%v", v.firstNonFinite(scratch))
+	case overflow >= 0:
 		// The version the delta lands on is the current one (Global): a
 		// delta that would overflow it is refused here rather than stop
 		// the job when the buffer steps the model.
-		for i := range vals {
-			for j, x := range vals[i] {
-				if f := float32(float64(e.Global[i][j]) + float64(x)); math.IsInf(float64(f), 0) {
-					return nil, 0, rules.Reject(rules.NonFinite, "global plus delta overflows in %q", e.Specs[i].Name)
-				}
-			}
-		}
-	}
-	if addGlobal {
-		mx, ss = 0, 0
-		for i := range vals {
-			v, g := vals[i], e.Global[i][:len(vals[i])]
-			for j := range v {
-				v[j] += g[j]
-			}
-			if mx, ss = scan(v, g, mx, ss); mx >= 0x7f800000 {
-				return nil, 0, rules.Reject(rules.NonFinite, "global plus delta overflows in %q", e.Specs[i].Name)
-			}
-		}
+		return nil, 0, rules.Reject(rules.NonFinite, "global plus delta overflows in %q", e.Specs[overflow].Name)
 	}
 	norm := math.Sqrt(ss)
 	if e.MaxNorm > 0 && norm > e.MaxNorm {
@@ -317,11 +424,12 @@ func weights(u *fdxv1.Update, e Expect) ([][]float32, float64, *rules.Rejection)
 	// trust every term to fit. The float64 product may round, but never
 	// below 2^MaxTermLog2 when the exact one is not: this errs only towards
 	// rejecting.
-	maxAbs := float64(math.Float32frombits(mx))
+	v.maxAbs = math.Float32frombits(mx)
+	maxAbs := float64(v.maxAbs)
 	if t := float64(u.GetNumExamples()) * maxAbs; t >= math.Ldexp(1, rules.MaxTermLog2) {
 		return nil, 0, rules.Reject(rules.OutOfRange, "num_examples %d times |value| %.4g is not below 2^%d", u.GetNumExamples(), maxAbs, rules.MaxTermLog2)
 	}
-	return vals, norm, nil
+	return v, norm, nil
 }
 
 // scan folds xs into a running maximum of |x| as float32 bits and a
@@ -346,13 +454,35 @@ func scan(xs, g []float32, mx uint32, ss float64) (uint32, float64) {
 	return mx, ss
 }
 
-// firstNonFinite describes the first NaN or infinity of vals, as
+// maxAbs returns the largest |x| over xs as float32 bits.
+func maxAbs(xs []float32) uint32 {
+	var mx uint32
+	for _, x := range xs {
+		mx = max(mx, math.Float32bits(x)&0x7fffffff)
+	}
+	return mx
+}
+
+// sumOverflows reports whether some g + x, rounded to float32, is infinite.
+func sumOverflows(g, x []float32) bool {
+	for j := range x {
+		if f := float32(float64(g[j]) + float64(x[j])); math.IsInf(float64(f), 0) {
+			return true
+		}
+	}
+	return false
+}
+
+// firstNonFinite describes the first NaN or infinity sent, as
 // tensor.Decode would.
-func firstNonFinite(vals [][]float32, specs []tensor.Spec) error {
-	for i, v := range vals {
-		for j, x := range v {
-			if math.Float32bits(x)&0x7f800000 == 0x7f800000 {
-				return fmt.Errorf("tensor %q: non-finite value %v at %d", specs[i].Name, x, j)
+func (v *Values) firstNonFinite(scratch []float32) error {
+	for i := range v.ts {
+		n := v.Len(i)
+		for off := 0; off < n; off += scanBlock {
+			for j, x := range v.sent(i, off, scratch[:min(scanBlock, n-off)]) {
+				if math.Float32bits(x)&0x7f800000 == 0x7f800000 {
+					return fmt.Errorf("tensor %q: non-finite value %v at %d", v.specs[i].Name, x, off+j)
+				}
 			}
 		}
 	}
