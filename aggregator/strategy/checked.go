@@ -33,19 +33,22 @@ func (u Update) params() [][]float32 {
 // when the validator made it, else through Add, which checks them.
 func addTo(acc *Accumulator, u Update) error {
 	if u.Checked != nil {
-		return acc.addChecked(u.NumExamples, u.Checked)
+		return acc.AddChecked(u.NumExamples, u.Checked)
 	}
 	return acc.Add(u.NumExamples, u.Params)
 }
 
-// addChecked is Add for values package validate passed: finite, of the
+// AddChecked is Add for values package validate passed: finite, of the
 // round's shapes, with MaxAbs their largest |value| and weight × MaxAbs
-// within range (rules.MaxTermLog2, the accumulator's MaxTermLog2). It
-// trusts the values and checks only what costs O(1) per tensor: the
-// weight, the count, the shapes, and the range from MaxAbs. The values
-// are read a block of blockLen at a time, into one block of scratch when
-// they are decoded.
-func (a *Accumulator) addChecked(weight int64, v *validate.Values) error {
+// within range (rules.MaxTermLog2, the accumulator's MaxTermLog2). Only
+// the validator makes a *validate.Values, so AddChecked trusts the values
+// and checks only what costs O(1) per tensor: the weight, the count, the
+// shapes, and the range from MaxAbs. It is as atomic as Add: the one
+// failure it cannot check first, a block the values do not return (a bug),
+// leaves the accumulator refusing every later call. The values are read a
+// block of blockLen at a time, in place or into one block of scratch, so
+// a decoded update is never copied whole.
+func (a *Accumulator) AddChecked(weight int64, v *validate.Values) error {
 	if a.broken {
 		return errBroken
 	}

@@ -158,7 +158,7 @@ type Accumulator struct {
 	denseWeight int64
 	count       int
 	weight      int64
-	// broken: a trusted fold stopped halfway (see addChecked); the sums
+	// broken: a trusted fold stopped halfway (see AddChecked); the sums
 	// are incomplete and nothing reads them.
 	broken bool
 }

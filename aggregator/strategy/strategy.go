@@ -11,7 +11,9 @@
 // in different, random orders and must yield the same model. The averaging
 // strategies stream: they fold each update into an exact fixed-point
 // accumulator (see Accumulator) and hold O(model) memory however many
-// clients report. The robust strategies must see all updates at once; they
+// clients report. An update the validator passed (Update.Checked) is folded
+// from the message's own bytes, or decoded a block at a time, never copied
+// whole and never checked twice (Accumulator.AddChecked). The robust strategies must see all updates at once; they
 // hold copies and sort them by client id, or per coordinate by value, before
 // computing anything.
 //

@@ -3,6 +3,11 @@
 // stable reason (package rules), counted per reason in metrics and in the
 // job's result so an operator can tell a buggy client from a hostile one.
 // The strategies trust what it passes and check nothing again.
+//
+// The ingest path copies no update whole: float32 tensors are read in place
+// from the decoded message (tensor.ViewOf), the others, and a delta's sum
+// with the global model, a block at a time (Values), and every value check
+// (finiteness, norm, range) is one pass over them.
 package validate
 
 import (

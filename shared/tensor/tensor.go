@@ -1,6 +1,9 @@
 // Package tensor converts model parameters to and from the wire Tensor and
 // checks received tensors against the shapes a model expects, so that no
 // malformed or non-finite parameter reaches training or aggregation.
+// The aggregator reads received float32 tensors in place (View, ViewOf)
+// and others a block at a time (DecodeAt), so that it never copies an
+// update whole (view.go).
 package tensor
 
 import (
