@@ -376,7 +376,7 @@ func weights(u *fdxv1.Update, e Expect, scratch []float32) (*Values, float64, *r
 	// the largest |value| folded, and Σ (folded − global)², or Σ delta² for
 	// an asynchronous delta, in coordinate order.
 	var sentMax, mx uint32
-	var ss float64
+	var ss sumSquares
 	overflow := -1 // the first tensor where global + delta is not finite
 	for i := range ts {
 		var g []float32
@@ -385,7 +385,7 @@ func weights(u *fdxv1.Update, e Expect, scratch []float32) (*Values, float64, *r
 		}
 		n := v.Len(i)
 		if w := v.views[i]; w != nil && v.global == nil && !async {
-			mx, ss = scan(w, g, mx, ss) // the usual full weights: one pass, in place
+			mx = scan(w, g, mx, &ss) // the usual full weights: one pass, in place
 			sentMax = max(sentMax, mx)
 			continue
 		}
@@ -399,16 +399,16 @@ func weights(u *fdxv1.Update, e Expect, scratch []float32) (*Values, float64, *r
 				if overflow < 0 && bm < 0x7f800000 && sumOverflows(e.Global[i][off:off+len(x)], x) {
 					overflow = i
 				}
-				mx, ss = scan(x, nil, mx, ss)
+				mx = scan(x, nil, mx, &ss)
 			case v.global != nil:
 				y := v.Block(i, off, blk)
-				m, s := scan(y, g[off:off+len(y)], 0, ss)
+				m := scan(y, g[off:off+len(y)], 0, &ss)
 				if m >= 0x7f800000 && bm < 0x7f800000 && overflow < 0 {
 					overflow = i
 				}
-				mx, ss = max(mx, m), s
+				mx = max(mx, m)
 			default:
-				mx, ss = scan(x, g[off:off+len(x)], mx, ss)
+				mx = scan(x, g[off:off+len(x)], mx, &ss)
 			}
 		}
 	}
@@ -421,7 +421,7 @@ func weights(u *fdxv1.Update, e Expect, scratch []float32) (*Values, float64, *r
 		// the job when the buffer steps the model.
 		return nil, 0, rules.Reject(rules.NonFinite, "global plus delta overflows in %q", e.Specs[overflow].Name)
 	}
-	norm := math.Sqrt(ss)
+	norm := math.Sqrt(ss.total())
 	if e.MaxNorm > 0 && norm > e.MaxNorm {
 		return nil, 0, rules.Reject(rules.NormBound, "update norm %.4g over the bound %.4g", norm, e.MaxNorm)
 	}
@@ -437,26 +437,54 @@ func weights(u *fdxv1.Update, e Expect, scratch []float32) (*Values, float64, *r
 	return v, norm, nil
 }
 
-// scan folds xs into a running maximum of |x| as float32 bits and a
-// running Σ (x − g)² (Σ x² for g nil), summed in coordinate order in
-// float64, and returns both. Once a value is NaN or infinite the sum is
-// meaningless, and the maximum says so.
-func scan(xs, g []float32, mx uint32, ss float64) (uint32, float64) {
+// sumSquares is Σ d² over an update's coordinates, in four float64 sums:
+// coordinate j of each tensor goes to sum j mod 4. One running sum would
+// make every addition wait for the previous one, which bounded the whole
+// check at about one value per four cycles; four independent sums take
+// about one per cycle. The order is fixed by the coordinates alone (blocks
+// start at multiples of 4), so the norm is deterministic: the same update
+// gives the same bits, read in place or block by block, on every machine:
+// float64(d*d) forbids fusing the product into an FMA.
+type sumSquares [4]float64
+
+func (s *sumSquares) total() float64 { return (s[0] + s[1]) + (s[2] + s[3]) }
+
+// scan folds xs, coordinates [off, off+len(xs)) of a tensor with off a
+// multiple of 4, into a running maximum of |x| as float32 bits (returned)
+// and into ss: Σ (x − g)², or Σ x² for g nil. Once a value is NaN or
+// infinite the sums are meaningless, and the maximum says so.
+func scan(xs, g []float32, mx uint32, ss *sumSquares) uint32 {
+	s0, s1, s2, s3 := ss[0], ss[1], ss[2], ss[3]
+	n := len(xs) &^ 3
 	if g == nil {
-		for _, x := range xs {
-			mx = max(mx, math.Float32bits(x)&0x7fffffff)
-			d := float64(x)
-			ss += d * d
+		for j := 0; j < n; j += 4 {
+			x := xs[j : j+4 : j+4]
+			mx = max(mx, math.Float32bits(x[0])&0x7fffffff, math.Float32bits(x[1])&0x7fffffff,
+				math.Float32bits(x[2])&0x7fffffff, math.Float32bits(x[3])&0x7fffffff)
+			d0, d1, d2, d3 := float64(x[0]), float64(x[1]), float64(x[2]), float64(x[3])
+			s0, s1, s2, s3 = s0+float64(d0*d0), s1+float64(d1*d1), s2+float64(d2*d2), s3+float64(d3*d3)
 		}
-		return mx, ss
+	} else {
+		g = g[:len(xs)]
+		for j := 0; j < n; j += 4 {
+			x, y := xs[j:j+4:j+4], g[j:j+4:j+4]
+			mx = max(mx, math.Float32bits(x[0])&0x7fffffff, math.Float32bits(x[1])&0x7fffffff,
+				math.Float32bits(x[2])&0x7fffffff, math.Float32bits(x[3])&0x7fffffff)
+			d0, d1 := float64(x[0])-float64(y[0]), float64(x[1])-float64(y[1])
+			d2, d3 := float64(x[2])-float64(y[2]), float64(x[3])-float64(y[3])
+			s0, s1, s2, s3 = s0+float64(d0*d0), s1+float64(d1*d1), s2+float64(d2*d2), s3+float64(d3*d3)
+		}
 	}
-	g = g[:len(xs)]
-	for j, x := range xs {
-		mx = max(mx, math.Float32bits(x)&0x7fffffff)
-		d := float64(x) - float64(g[j])
-		ss += d * d
+	*ss = sumSquares{s0, s1, s2, s3}
+	for j := n; j < len(xs); j++ {
+		mx = max(mx, math.Float32bits(xs[j])&0x7fffffff)
+		d := float64(xs[j])
+		if g != nil {
+			d -= float64(g[j])
+		}
+		ss[j%4] += float64(d * d)
 	}
-	return mx, ss
+	return mx
 }
 
 // maxAbs returns the largest |x| over xs as float32 bits.
