@@ -427,7 +427,7 @@ func TestViewsAreReadInPlaceAndNeverWritten(t *testing.T) {
 }
 
 // TestFoldPathsBitIdentical: a round of updates (full float32 weights,
-// float32, float16 and int8 deltas, int8 weights) gives the same model, bit
+// float16 and int8 deltas, int8 weights; light and heavy) gives the same model, bit
 // for bit, whether the strategies fold the validated values in place and
 // block by block (Checked), the same bytes at odd addresses (decoded block
 // by block), or the old decode path's full copies (Params, through the
@@ -439,6 +439,11 @@ func TestFoldPathsBitIdentical(t *testing.T) {
 	var ups []*fdxv1.Update
 	for i := range 15 {
 		u := &fdxv1.Update{Job: e.Job, ClientId: fmt.Sprint("c", i), BaseRound: e.Round, NumExamples: int64(1 + i*i*1000)}
+		if i >= 13 {
+			// Heavier than one fold takes (the accumulator's maxPartWeight,
+			// 2^29 − 1): folded in parts, each reading the values again.
+			u.NumExamples = rules.MaxWeight - int64(i)
+		}
 		var err error
 		switch i % 5 {
 		case 0, 1:
