@@ -62,7 +62,7 @@ type holdRound struct {
 }
 
 func (h *holdRound) add(u Update) error {
-	h.ups = append(h.ups, heldUpdate{id: u.ClientID, n: u.NumExamples, x: flatten(u.Params, h.total)})
+	h.ups = append(h.ups, heldUpdate{id: u.ClientID, n: u.NumExamples, x: flatten(u.params(), h.total)})
 	return nil
 }
 

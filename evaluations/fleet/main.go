@@ -13,6 +13,7 @@
 //
 //	go run ./evaluations/fleet -clients 10000 -rounds 3
 //	go run ./evaluations/fleet -clients 1000 -model 2nn -broker 127.0.0.1:9092
+//	go run ./evaluations/fleet -clients 10000 -rounds 2 -cpuprofile agg.pprof  # the aggregator child's profile
 package main
 
 import (
@@ -27,6 +28,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -43,7 +45,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("fleet", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg Config
-	var role, kafkaConfig, jsonPath, logLevel, heapProfile string
+	var role, kafkaConfig, jsonPath, logLevel, heapProfile, cpuProfile string
 	var inProcess bool
 	fs.StringVar(&cfg.Brokers, "broker", "", "Kafka bootstrap list (default: an embedded broker)")
 	fs.StringVar(&kafkaConfig, "kafka-config", "", "librdkafka properties file (SASL/TLS) for -broker")
@@ -62,7 +64,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&inProcess, "in-process", false, "run the aggregator in this process (CPU and RSS then include the fleet)")
 	fs.StringVar(&jsonPath, "json", "", "write the report as JSON to this file")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&heapProfile, "heap-profile", "", "write the aggregator's heap profile near its peak to this file (go tool pprof)")
+	fs.StringVar(&heapProfile, "heap-profile", "", "write the aggregator child's heap profile near its peak to this file (go tool pprof)")
+	fs.StringVar(&cpuProfile, "cpuprofile", "", "write the aggregator's CPU profile to this file (with -in-process, the whole process's)")
 	fs.StringVar(&role, "role", "", "internal: \"aggregator\" runs the aggregator child")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
@@ -79,11 +82,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		cfg.KafkaProperties = props
 	}
+	if role != "" && role != roleAggregator {
+		return fmt.Errorf("-role %q: unknown", role)
+	}
+	// The aggregator child profiles itself (it gets the parent's flags);
+	// the parent only when the aggregator runs in it.
+	if cpuProfile != "" && (role == roleAggregator || inProcess) {
+		stop, err := startCPUProfile(cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	if role == roleAggregator {
 		return aggregatorChild(ctx, cfg, heapProfile, stdout)
-	}
-	if role != "" {
-		return fmt.Errorf("-role %q: unknown", role)
 	}
 	if !inProcess {
 		exe, err := os.Executable()
@@ -105,6 +117,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return os.WriteFile(jsonPath, append(b, '\n'), 0o644)
 	}
 	return nil
+}
+
+// startCPUProfile profiles this process into path until stop is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("-cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("-cpuprofile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // aggregatorChild runs the aggregator and speaks to its parent on stdout:
