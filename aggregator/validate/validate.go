@@ -69,12 +69,12 @@ type Async struct {
 //
 // Its memory grows with the round's updates, and a round may take 100,000
 // of them or more, so it keeps per admitted client only what it must: the
-// id in seen and the update's norm (about 40 bytes with the map's
-// overhead). Per-client state that is only needed in async mode (last,
-// ids) or between Check and Admit (checked) is not kept for every client.
+// id in seen (one bit for a numbered client, see idSet) and the update's
+// norm. Per-client state that is only needed in async mode (last, ids) or
+// between Check and Admit (checked) is not kept for every client.
 type Round struct {
 	e    Expect
-	seen map[string]struct{}
+	seen idSet
 	// last is the async base round admitted per client in this version;
 	// nil in a synchronous round.
 	last map[string]int64
@@ -93,7 +93,7 @@ type Round struct {
 
 // NewRound returns the validator of the round e describes.
 func NewRound(e Expect) *Round {
-	r := &Round{e: e, seen: map[string]struct{}{}, checked: map[string]float64{}}
+	r := &Round{e: e, checked: map[string]float64{}}
 	if e.Async != nil {
 		r.last = map[string]int64{}
 	}
@@ -161,7 +161,7 @@ func (r *Round) CheckEnvelope(u *fdxv1.Update, size int) *rules.Rejection {
 func (r *Round) checkRest(u *fdxv1.Update, id string) (*Values, *rules.Rejection) {
 	e := r.e
 	// An async client's repeats were refused by the envelope (checkAsync).
-	if _, dup := r.seen[id]; e.Async == nil && dup {
+	if e.Async == nil && r.seen.has(id) {
 		return nil, rules.Reject(rules.Duplicate, "client %q already contributed to round %d", id, e.Round)
 	}
 	maxExamples := int64(rules.MaxWeight)
@@ -221,7 +221,7 @@ func (r *Round) checkAsync(u *fdxv1.Update) *rules.Rejection {
 // Admit records that u, which Check passed, was accepted.
 func (r *Round) Admit(u *fdxv1.Update) {
 	id := u.GetClientId()
-	r.seen[id] = struct{}{}
+	r.seen.add(id)
 	if r.last != nil {
 		r.last[id] = u.GetBaseRound()
 		// A client may be admitted twice in an async version; in a
@@ -271,7 +271,7 @@ func (r *Round) Count() int { return len(r.admitted) }
 // versions) were both admitted appears twice.
 func (r *Round) Admitted() []string {
 	if r.last == nil {
-		return slices.Sorted(maps.Keys(r.seen))
+		return r.seen.sorted()
 	}
 	ids := slices.Clone(r.ids)
 	slices.Sort(ids)
