@@ -252,6 +252,14 @@ func (s *Server) Latest(ctx context.Context, valid func(*fdxv1.GlobalModel) erro
 	if err != nil {
 		return nil, fmt.Errorf("restore from %s: %w", ModelTopic(s.opt.Job), err)
 	}
+	// The aggregator reads the model topic only to restore. Left
+	// assigned, the reader would prefetch every model the aggregator
+	// then publishes (each with its round's contributor list, ~0.7 MB at
+	// 100,000 clients) into a queue nobody polls, up to librdkafka's
+	// 64 MiB.
+	if err := s.reader.c.Unassign(); err != nil {
+		return nil, fmt.Errorf("release %s after the restore: %w", ModelTopic(s.opt.Job), err)
+	}
 	return m, nil
 }
 
