@@ -29,6 +29,37 @@ func (u Update) params() [][]float32 {
 	return u.Params
 }
 
+// flat copies u's values, total in all, into one new slice: from Checked a
+// block at a time, with no copy per tensor first.
+func (u Update) flat(total int) ([]float32, error) {
+	v := u.Checked
+	if v == nil {
+		return flatten(u.Params, total), nil
+	}
+	n := 0
+	for t := range v.Tensors() {
+		n += v.Len(t)
+	}
+	if n != total {
+		return nil, fmt.Errorf("%w: %d values, want %d", ErrShape, n, total)
+	}
+	out := make([]float32, total)
+	off := 0
+	for t := range v.Tensors() {
+		n := v.Len(t)
+		for j := 0; j < n; j += blockLen {
+			dst := out[off+j : off+min(j+blockLen, n)]
+			x := v.Block(t, j, dst)
+			if len(x) != len(dst) {
+				return nil, fmt.Errorf("%w: tensor %d has no values at %d", ErrShape, t, j)
+			}
+			copy(dst, x) // a no-op when x is dst
+		}
+		off += n
+	}
+	return out, nil
+}
+
 // add folds u into acc: from u.Checked without checking the values again
 // when the validator made it, else through Add, which checks them.
 func addTo(acc *Accumulator, u Update) error {

@@ -11,11 +11,11 @@
 // in different, random orders and must yield the same model. The averaging
 // strategies stream: they fold each update into an exact fixed-point
 // accumulator (see Accumulator) and hold O(model) memory however many
-// clients report. An update the validator passed (Update.Checked) is folded
-// from the message's own bytes, or decoded a block at a time, never copied
-// whole and never checked twice (Accumulator.AddChecked). The robust strategies must see all updates at once; they
-// hold copies and sort them by client id, or per coordinate by value, before
-// computing anything.
+// clients report. An update the validator passed (Update.Checked) is
+// folded from the message's own bytes, or decoded a block at a time, never
+// copied whole and never checked twice (Accumulator.AddChecked). The robust
+// strategies must see all updates at once; they hold copies and sort them
+// by client id, or per coordinate by value, before computing anything.
 //
 // Server optimizer state (momentum, Adam moments) survives a restart through
 // Strategy.State and Strategy.Restore, so an aggregator resumed from its
@@ -85,7 +85,7 @@ type Update struct {
 	NumExamples int64
 	Params      [][]float32
 	// Checked, when set, holds the values as package validate passed
-	// them, and Params may be nil. The averaging strategies then fold
+	// them, and is read instead of Params, which may be nil. The averaging strategies then fold
 	// from it without checking the values again, a block at a time: full
 	// float32 weights straight from the message's bytes, a delta or a
 	// float16 or int8 update decoded block by block, never copied whole.

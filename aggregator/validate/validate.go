@@ -397,7 +397,7 @@ func weights(u *fdxv1.Update, e Expect, scratch []float32) (*Values, float64, *r
 	// decoded: the largest |value| sent (as float32 bits, which for finite
 	// values order like the values, and put NaN and infinities above them),
 	// the largest |value| folded, and Σ (folded − global)², or Σ delta² for
-	// an asynchronous delta, in coordinate order.
+	// an asynchronous delta (in the fixed order of sumSquares).
 	var sentMax, mx uint32
 	var ss sumSquares
 	overflow := -1 // the first tensor where global + delta is not finite
