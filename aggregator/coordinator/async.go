@@ -140,9 +140,9 @@ func (c *Coordinator) version(ctx context.Context, cur *fdxv1.GlobalModel, param
 			Async: &validate.Async{MaxStaleness: a.MaxStaleness, LastBase: c.lastBase},
 		}),
 		published: cur.GetPublishedAt().AsTime(),
-		fold: func(u *fdxv1.Update, delta [][]float32) error {
+		fold: func(u *fdxv1.Update, delta *validate.Values) error {
 			tau := v - u.GetBaseRound() // validate bounds it to [0, MaxStaleness]
-			if err := buf.Add(u.GetNumExamples(), uint64(tau), delta); err != nil {
+			if err := buf.Add(u.GetNumExamples(), uint64(tau), delta.Params()); err != nil {
 				return err
 			}
 			if tau > 0 {

@@ -421,8 +421,9 @@ type roundState struct {
 	propagation time.Duration
 	aggregate   time.Duration // folding and finishing
 
-	// fold adds a validated update's values to the aggregate.
-	fold    func(u *fdxv1.Update, vals [][]float32) error
+	// fold adds a validated update's values to the aggregate. The values
+	// may be read in place from u (validate.Values): nothing writes them.
+	fold    func(u *fdxv1.Update, vals *validate.Values) error
 	plan    *roundPlan
 	metrics roundMetrics
 }
@@ -451,8 +452,8 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 	st := &roundState{
 		rec: RoundRecord{Round: r, Rejected: map[string]int64{}},
 		agg: agg,
-		fold: func(u *fdxv1.Update, vals [][]float32) error {
-			return agg.Add(strategy.Update{ClientID: u.GetClientId(), NumExamples: u.GetNumExamples(), Params: vals})
+		fold: func(u *fdxv1.Update, vals *validate.Values) error {
+			return agg.Add(strategy.Update{ClientID: u.GetClientId(), NumExamples: u.GetNumExamples(), Checked: vals})
 		},
 		check: validate.NewRound(validate.Expect{
 			Job: c.cfg.Job, Round: r, Specs: c.specs, Global: params,
@@ -597,7 +598,7 @@ func (c *Coordinator) reject(st *roundState, d channel.Delivery, rej *rules.Reje
 	d.Reply(rej)
 }
 
-func (c *Coordinator) validate(st *roundState, d channel.Delivery) ([][]float32, *rules.Rejection) {
+func (c *Coordinator) validate(st *roundState, d channel.Delivery) (*validate.Values, *rules.Rejection) {
 	if d.Rejection != nil {
 		// The transport's own verdict, with or without an update (a
 		// chunked transfer it dropped has none).
@@ -606,7 +607,7 @@ func (c *Coordinator) validate(st *roundState, d channel.Delivery) ([][]float32,
 	if d.Err != nil || d.Update == nil {
 		return nil, rules.Reject(rules.Undecodable, "%v", d.Err)
 	}
-	return st.check.Check(d.Update, d.Size)
+	return st.check.CheckValues(d.Update, d.Size)
 }
 
 // close evaluates the aggregate and publishes it as the next model.

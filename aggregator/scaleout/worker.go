@@ -223,14 +223,14 @@ func (w *Worker) Run(ctx context.Context) error {
 // take validates and folds one delivery, as coordinator.take does.
 func (w *Worker) take(b *batch, d channel.Delivery) error {
 	b.pending++
-	var vals [][]float32
+	var vals *validate.Values
 	rej := d.Rejection
 	switch {
 	case rej != nil:
 	case d.Err != nil || d.Update == nil:
 		rej = rules.Reject(rules.Undecodable, "%v", d.Err)
 	default:
-		vals, rej = b.check.Check(d.Update, d.Size)
+		vals, rej = b.check.CheckValues(d.Update, d.Size)
 	}
 	if rej != nil {
 		b.part.Rejected[string(rej.Reason)]++
@@ -239,7 +239,7 @@ func (w *Worker) take(b *batch, d channel.Delivery) error {
 		return nil
 	}
 	u := d.Update
-	if err := b.acc.Add(u.GetNumExamples(), vals); err != nil {
+	if err := b.acc.AddChecked(u.GetNumExamples(), vals); err != nil {
 		return fmt.Errorf("fold the validated update of %q: %w", u.GetClientId(), err)
 	}
 	b.check.Admit(u)

@@ -185,10 +185,11 @@ func (r *dpRound) add(u Update) error {
 	// Accept exactly what the other strategies accept (finite values with
 	// |NumExamples × x| < 2^MaxTermLog2), so that an update is never taken
 	// by one strategy and refused by another.
-	if err := checkTerms(u.NumExamples, u.Params); err != nil {
+	params := u.params()
+	if err := checkTerms(u.NumExamples, params); err != nil {
 		return err
 	}
-	clipped, unclipped, err := clipDelta(u.Params, r.global, r.clip)
+	clipped, unclipped, err := clipDelta(params, r.global, r.clip)
 	if err != nil {
 		return err
 	}

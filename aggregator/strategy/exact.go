@@ -158,6 +158,9 @@ type Accumulator struct {
 	denseWeight int64
 	count       int
 	weight      int64
+	// broken: a trusted fold stopped halfway (see AddChecked); the sums
+	// are incomplete and nothing reads them.
+	broken bool
 }
 
 // block is a run of coordinates sharing an exponent window.
@@ -237,6 +240,9 @@ func (a *Accumulator) Reset() {
 // |weight × x| ≥ 2^MaxTermLog2 (ErrOverflow), and more than MaxTerms adds.
 // Params are read, not retained.
 func (a *Accumulator) Add(weight int64, params [][]float32) error {
+	if a.broken {
+		return errBroken
+	}
 	if weight < 1 || weight > MaxWeight {
 		return fmt.Errorf("%w: weight %d outside [1, %d]", ErrNumExamples, weight, MaxWeight)
 	}
@@ -445,6 +451,9 @@ func (a *Accumulator) Mean64() ([][]float64, error) {
 }
 
 func (a *Accumulator) meanFlat() ([]float32, error) {
+	if a.broken {
+		return nil, errBroken
+	}
 	if a.count == 0 {
 		return nil, fmt.Errorf("accumulator: %w", ErrNoUpdates)
 	}
@@ -461,6 +470,9 @@ func (a *Accumulator) meanFlat() ([]float32, error) {
 }
 
 func (a *Accumulator) mean64Flat() ([]float64, error) {
+	if a.broken {
+		return nil, errBroken
+	}
 	if a.count == 0 {
 		return nil, fmt.Errorf("accumulator: %w", ErrNoUpdates)
 	}
@@ -485,6 +497,9 @@ func (a *Accumulator) mean64Flat() ([]float64, error) {
 func (a *Accumulator) Merge(other *Accumulator) error {
 	if other == a {
 		return errors.New("accumulator: merge with itself")
+	}
+	if a.broken || other.broken {
+		return errBroken
 	}
 	if err := sameSizes(a.sizes, other.sizes); err != nil {
 		return fmt.Errorf("accumulator: merge: %w", err)
@@ -580,6 +595,9 @@ const marshalMagic = "FDXA\x01"
 // another process merges (UnmarshalBinary, then Merge). It carries lo into
 // hi first, which changes the representation but not the sums.
 func (a *Accumulator) MarshalBinary() ([]byte, error) {
+	if a.broken {
+		return nil, errBroken
+	}
 	a.renormalize()
 	out := []byte(marshalMagic)
 	out = binary.AppendUvarint(out, uint64(len(a.sizes)))

@@ -120,7 +120,7 @@ type optRound struct {
 	acc    *Accumulator
 }
 
-func (r *optRound) add(u Update) error { return r.acc.Add(u.NumExamples, u.Params) }
+func (r *optRound) add(u Update) error { return addTo(r.acc, u) }
 
 func (r *optRound) finish() ([][]float32, error) {
 	mean, err := r.acc.mean64Flat()

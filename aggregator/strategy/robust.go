@@ -62,7 +62,11 @@ type holdRound struct {
 }
 
 func (h *holdRound) add(u Update) error {
-	h.ups = append(h.ups, heldUpdate{id: u.ClientID, n: u.NumExamples, x: flatten(u.Params, h.total)})
+	x, err := u.flat(h.total)
+	if err != nil {
+		return err
+	}
+	h.ups = append(h.ups, heldUpdate{id: u.ClientID, n: u.NumExamples, x: x})
 	return nil
 }
 

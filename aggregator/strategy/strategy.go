@@ -11,9 +11,11 @@
 // in different, random orders and must yield the same model. The averaging
 // strategies stream: they fold each update into an exact fixed-point
 // accumulator (see Accumulator) and hold O(model) memory however many
-// clients report. The robust strategies must see all updates at once; they
-// hold copies and sort them by client id, or per coordinate by value, before
-// computing anything.
+// clients report. An update the validator passed (Update.Checked) is
+// folded from the message's own bytes, or decoded a block at a time, never
+// copied whole and never checked twice (Accumulator.AddChecked). The robust
+// strategies must see all updates at once; they hold copies and sort them
+// by client id, or per coordinate by value, before computing anything.
 //
 // Server optimizer state (momentum, Adam moments) survives a restart through
 // Strategy.State and Strategy.Restore, so an aggregator resumed from its
@@ -25,6 +27,8 @@ import (
 	"fmt"
 	"math"
 	"strings"
+
+	"github.com/fdxkafka/fdxkafka/aggregator/validate"
 )
 
 // Errors a Round or an Accumulator wraps. A Round trusts its updates
@@ -80,6 +84,14 @@ type Update struct {
 	ClientID    string
 	NumExamples int64
 	Params      [][]float32
+	// Checked, when set, holds the values as package validate passed
+	// them, and is read instead of Params, which may be nil. The averaging strategies then fold
+	// from it without checking the values again, a block at a time: full
+	// float32 weights straight from the message's bytes, a delta or a
+	// float16 or int8 update decoded block by block, never copied whole.
+	// The other strategies take Checked.Params(). Only the validator
+	// makes a *validate.Values, so holding one is proof of its checks.
+	Checked *validate.Values
 }
 
 // Strategy turns the updates of a round into the next global model.
@@ -487,6 +499,6 @@ func restoreStateless(name string, state []byte) error {
 // meanRound streams updates into an Accumulator and returns their mean.
 type meanRound struct{ acc *Accumulator }
 
-func (m meanRound) add(u Update) error { return m.acc.Add(u.NumExamples, u.Params) }
+func (m meanRound) add(u Update) error { return addTo(m.acc, u) }
 
 func (m meanRound) finish() ([][]float32, error) { return m.acc.Mean() }

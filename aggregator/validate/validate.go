@@ -3,6 +3,11 @@
 // stable reason (package rules), counted per reason in metrics and in the
 // job's result so an operator can tell a buggy client from a hostile one.
 // The strategies trust what it passes and check nothing again.
+//
+// The ingest path copies no update whole: float32 tensors are read in place
+// from the decoded message (tensor.ViewOf), the others, and a delta's sum
+// with the global model, a block at a time (Values), and every value check
+// (finiteness, norm, range) is one pass over them.
 package validate
 
 import (
@@ -61,21 +66,38 @@ type Async struct {
 // Round checks the updates of one open round. It holds the round's one
 // "seen" set, so that a duplicate is refused from its envelope, before its
 // tensors are decoded. Not safe for concurrent use: the round loop owns it.
+//
+// Its memory grows with the round's updates, and a round may take 100,000
+// of them or more, so it keeps per admitted client only what it must: the
+// id in seen (one bit for a numbered client, see idSet) and the update's
+// norm. Per-client state that is only needed in async mode (last, ids) or
+// between Check and Admit (checked) is not kept for every client.
 type Round struct {
 	e    Expect
-	seen map[string]bool
-	// last is the async base round admitted per client in this version.
+	seen idSet
+	// last is the async base round admitted per client in this version;
+	// nil in a synchronous round.
 	last map[string]int64
-	ids  []string
-	// norms of the last checked update per client and of the admitted
-	// ones: the next round's norm bound derives from their median.
+	// ids are the admitted clients in async mode, where one may count
+	// twice; nil in a synchronous round.
+	ids []string
+	// checked holds the norm of each update that passed Check and is not
+	// yet admitted (usually one: the round loop admits an update right
+	// after checking it); admitted holds the norms of the admitted ones,
+	// from whose median the next round's norm bound derives.
 	checked  map[string]float64
 	admitted []float64
+	// scratch holds one block of decoded values while an update is checked.
+	scratch []float32
 }
 
 // NewRound returns the validator of the round e describes.
 func NewRound(e Expect) *Round {
-	return &Round{e: e, seen: map[string]bool{}, last: map[string]int64{}, checked: map[string]float64{}}
+	r := &Round{e: e, checked: map[string]float64{}}
+	if e.Async != nil {
+		r.last = map[string]int64{}
+	}
+	return r
 }
 
 // Check validates u, of encoded size size, and returns the client's full
@@ -85,6 +107,17 @@ func NewRound(e Expect) *Round {
 // as seen: call Admit once the update is accepted, so that an update the
 // channel failed to store may be sent again.
 func (r *Round) Check(u *fdxv1.Update, size int) ([][]float32, *rules.Rejection) {
+	v, rej := r.CheckValues(u, size)
+	if rej != nil {
+		return nil, rej
+	}
+	return v.Params(), nil
+}
+
+// CheckValues is Check, returning the values as Values: read in place or a
+// block at a time, never copied whole. The averaging strategies fold them
+// as they are (strategy.Update.Checked).
+func (r *Round) CheckValues(u *fdxv1.Update, size int) (*Values, *rules.Rejection) {
 	if rej := r.CheckEnvelope(u, size); rej != nil {
 		return nil, rej
 	}
@@ -125,11 +158,14 @@ func (r *Round) CheckEnvelope(u *fdxv1.Update, size int) *rules.Rejection {
 }
 
 // checkRest continues Check after the envelope and the sample.
-func (r *Round) checkRest(u *fdxv1.Update, id string) ([][]float32, *rules.Rejection) {
+func (r *Round) checkRest(u *fdxv1.Update, id string) (*Values, *rules.Rejection) {
 	if rej := r.admissible(u, id); rej != nil {
 		return nil, rej
 	}
-	vals, norm, rej := weights(u, r.e)
+	if r.scratch == nil {
+		r.scratch = make([]float32, scanBlock)
+	}
+	vals, norm, rej := weights(u, r.e, r.scratch)
 	if rej == nil {
 		r.checked[id] = norm
 	}
@@ -141,7 +177,7 @@ func (r *Round) checkRest(u *fdxv1.Update, id string) ([][]float32, *rules.Rejec
 func (r *Round) admissible(u *fdxv1.Update, id string) *rules.Rejection {
 	e := r.e
 	// An async client's repeats were refused by the envelope (checkAsync).
-	if e.Async == nil && r.seen[id] {
+	if e.Async == nil && r.seen.has(id) {
 		return rules.Reject(rules.Duplicate, "client %q already contributed to round %d", id, e.Round)
 	}
 	maxExamples := int64(rules.MaxWeight)
@@ -194,10 +230,15 @@ func (r *Round) checkAsync(u *fdxv1.Update) *rules.Rejection {
 // Admit records that u, which Check passed, was accepted.
 func (r *Round) Admit(u *fdxv1.Update) {
 	id := u.GetClientId()
-	r.seen[id] = true
-	r.last[id] = u.GetBaseRound()
-	r.ids = append(r.ids, id)
+	r.seen.add(id)
+	if r.last != nil {
+		r.last[id] = u.GetBaseRound()
+		// A client may be admitted twice in an async version; in a
+		// synchronous round, seen's keys are the admitted ids.
+		r.ids = append(r.ids, id)
+	}
 	r.admitted = append(r.admitted, r.checked[id])
+	delete(r.checked, id)
 }
 
 // LastBase returns e.Async.LastBase updated with this version's admitted
@@ -232,64 +273,187 @@ func (r *Round) MedianNorm() float64 {
 func (r *Round) AdmittedNorms() []float64 { return slices.Clone(r.admitted) }
 
 // Count is the number of admitted updates.
-func (r *Round) Count() int { return len(r.ids) }
+func (r *Round) Count() int { return len(r.admitted) }
 
 // Admitted returns the client ids of the admitted updates, sorted; in an
 // asynchronous version a client whose two updates (on different base
 // versions) were both admitted appears twice.
 func (r *Round) Admitted() []string {
+	if r.last == nil {
+		return r.seen.sorted()
+	}
 	ids := slices.Clone(r.ids)
 	slices.Sort(ids)
 	return ids
 }
 
-// weights decodes u's tensors, checks their values and returns them with
-// the norm of the update's delta from the global model.
-func weights(u *fdxv1.Update, e Expect) ([][]float32, float64, *rules.Rejection) {
-	vals, err := tensor.Decode(u.GetParams(), e.Specs)
-	if err != nil {
-		if isNonFinite(u.GetParams(), e.Specs) {
-			return nil, 0, rules.Reject(rules.NonFinite, "%v", err)
+// Values are the local weights of an update that Check passed, as the
+// strategies fold them: global + delta for a synchronous delta, the values
+// sent otherwise. They are never copied whole:
+//
+//   - A float32 tensor (aligned, on a little-endian machine) is read in
+//     place, from the message's bytes (tensor.ViewOf): the usual full
+//     weights cost no copy at all.
+//   - Other tensors (float16, int8, unaligned float32) and a delta's sum
+//     with the global model are decoded a block at a time (Block), into
+//     the reader's scratch memory.
+//
+// A *Values exists only once the checks passed, so a strategy given one
+// trusts it: it is finite, of the round's shapes, and every
+// |NumExamples × value| is below 2^rules.MaxTermLog2. Values read the
+// message and the round's global model: neither may change while they are
+// used, and nothing may write into a slice they return.
+type Values struct {
+	ts    []*fdxv1.Tensor
+	specs []tensor.Spec
+	// views[i] is tensor i read in place, or nil: decode it.
+	views [][]float32
+	// global, for a synchronous delta, is the model the values add to.
+	global [][]float32
+	maxAbs float32
+}
+
+// Tensors returns the number of tensors.
+func (v *Values) Tensors() int { return len(v.ts) }
+
+// Len returns the number of values of tensor i.
+func (v *Values) Len(i int) int { return v.specs[i].Size() }
+
+// MaxAbs returns the largest |value|, which the checks measured.
+func (v *Values) MaxAbs() float32 { return v.maxAbs }
+
+// Block returns values [off, off+len(scratch)) of tensor i: a view of the
+// message (which the caller must not write) or scratch, filled. It returns
+// nil for a range outside the tensor.
+func (v *Values) Block(i, off int, scratch []float32) []float32 {
+	if i < 0 || i >= len(v.ts) || off < 0 || off+len(scratch) > v.Len(i) {
+		return nil
+	}
+	x := v.sent(i, off, scratch)
+	if v.global == nil || x == nil {
+		return x
+	}
+	// x may be a view: the sum goes to scratch, element by element, which
+	// is also right when x is scratch itself.
+	g, out := v.global[i][off:off+len(x)], scratch[:len(x)]
+	for j := range x {
+		out[j] = x[j] + g[j]
+	}
+	return out
+}
+
+// sent returns values [off, off+len(scratch)) of tensor i as the client
+// sent them (the delta, for a delta).
+func (v *Values) sent(i, off int, scratch []float32) []float32 {
+	if w := v.views[i]; w != nil {
+		return w[off : off+len(scratch)]
+	}
+	if err := tensor.DecodeAt(scratch, v.ts[i], off); err != nil {
+		return nil // unreachable: weights checked the tensor with tensor.Len
+	}
+	return scratch
+}
+
+// Params returns the values per tensor: the views, and a decoded copy of
+// the tensors that are not read in place. The strategies that keep
+// updates (the robust ones) or transform them (DP, FedBuff) take these.
+func (v *Values) Params() [][]float32 {
+	out := make([][]float32, len(v.ts))
+	for i := range v.ts {
+		if v.views[i] != nil && v.global == nil {
+			out[i] = v.views[i]
+			continue
 		}
-		return nil, 0, rules.Reject(rules.WrongShape, "%v", err)
+		x := make([]float32, v.Len(i))
+		for off := 0; off < len(x); off += scanBlock {
+			v.Block(i, off, x[off:min(off+scanBlock, len(x))])
+		}
+		out[i] = x
+	}
+	return out
+}
+
+// scanBlock is how many values of a decoded tensor the checks take at a
+// time: the accumulator's block length (strategy's blockLen), 1 KiB of
+// float32s, small enough to stay in the L1 cache between decode and use.
+const scanBlock = 256
+
+// weights checks u's tensors and values and returns them with the norm of
+// the update's delta from the global model. scratch holds scanBlock values.
+func weights(u *fdxv1.Update, e Expect, scratch []float32) (*Values, float64, *rules.Rejection) {
+	ts := u.GetParams()
+	if len(ts) != len(e.Specs) {
+		return nil, 0, rules.Reject(rules.WrongShape, "got %d tensors, want %d", len(ts), len(e.Specs))
 	}
 	// An asynchronous job folds the delta itself (checkAsync made sure it
 	// is one): its norm is that of the step it asks for. Otherwise the
 	// local weights are folded, and the step is their distance from Global.
 	async := e.Async != nil
-	if async {
+	v := &Values{ts: ts, specs: e.Specs, views: make([][]float32, len(ts))}
+	if u.GetIsDelta() && !async {
+		v.global = e.Global
+	}
+	for i, t := range ts {
+		if err := tensor.CheckSpec(i, t, e.Specs[i]); err != nil {
+			return nil, 0, rules.Reject(rules.WrongShape, "%v", err)
+		}
+		if _, err := tensor.Len(t); err != nil {
+			return nil, 0, rules.Reject(rules.WrongShape, "%v", err)
+		}
+		v.views[i] = tensor.ViewOf(t)
+	}
+	// One pass over every value, a block at a time where the values are
+	// decoded: the largest |value| sent (as float32 bits, which for finite
+	// values order like the values, and put NaN and infinities above them),
+	// the largest |value| folded, and Σ (folded − global)², or Σ delta² for
+	// an asynchronous delta (in the fixed order of sumSquares).
+	var sentMax, mx uint32
+	var ss sumSquares
+	overflow := -1 // the first tensor where global + delta is not finite
+	for i := range ts {
+		var g []float32
+		if !async {
+			g = e.Global[i]
+		}
+		n := v.Len(i)
+		if w := v.views[i]; w != nil && v.global == nil && !async {
+			mx = scan(w, g, mx, &ss) // the usual full weights: one pass, in place
+			sentMax = max(sentMax, mx)
+			continue
+		}
+		for off := 0; off < n; off += scanBlock {
+			blk := scratch[:min(scanBlock, n-off)]
+			x := v.sent(i, off, blk)
+			bm := maxAbs(x)
+			sentMax = max(sentMax, bm)
+			switch {
+			case async:
+				if overflow < 0 && bm < 0x7f800000 && sumOverflows(e.Global[i][off:off+len(x)], x) {
+					overflow = i
+				}
+				mx = scan(x, nil, mx, &ss)
+			case v.global != nil:
+				y := v.Block(i, off, blk)
+				m := scan(y, g[off:off+len(y)], 0, &ss)
+				if m >= 0x7f800000 && bm < 0x7f800000 && overflow < 0 {
+					overflow = i
+				}
+				mx = max(mx, m)
+			default:
+				mx = scan(x, g[off:off+len(x)], mx, &ss)
+			}
+		}
+	}
+	switch {
+	case sentMax >= 0x7f800000:
+		return nil, 0, rules.Reject(rules.NonFinite, "%v", v.firstNonFinite(scratch))
+	case overflow >= 0:
 		// The version the delta lands on is the current one (Global): a
 		// delta that would overflow it is refused here rather than stop
 		// the job when the buffer steps the model.
-		for i := range vals {
-			for j, x := range vals[i] {
-				if f := float32(float64(e.Global[i][j]) + float64(x)); math.IsInf(float64(f), 0) {
-					return nil, 0, rules.Reject(rules.NonFinite, "global plus delta overflows in %q", e.Specs[i].Name)
-				}
-			}
-		}
+		return nil, 0, rules.Reject(rules.NonFinite, "global plus delta overflows in %q", e.Specs[overflow].Name)
 	}
-	if u.GetIsDelta() && !async {
-		for i := range vals {
-			for j := range vals[i] {
-				vals[i][j] += e.Global[i][j]
-				if f := float64(vals[i][j]); math.IsInf(f, 0) || math.IsNaN(f) {
-					return nil, 0, rules.Reject(rules.NonFinite, "global plus delta overflows in %q", e.Specs[i].Name)
-				}
-			}
-		}
-	}
-	var ss float64
-	for i := range vals {
-		for j, x := range vals[i] {
-			d := float64(x)
-			if !async {
-				d -= float64(e.Global[i][j])
-			}
-			ss += d * d
-		}
-	}
-	norm := math.Sqrt(ss)
+	norm := math.Sqrt(ss.total())
 	if e.MaxNorm > 0 && norm > e.MaxNorm {
 		return nil, 0, rules.Reject(rules.NormBound, "update norm %.4g over the bound %.4g", norm, e.MaxNorm)
 	}
@@ -297,33 +461,97 @@ func weights(u *fdxv1.Update, e Expect) ([][]float32, float64, *rules.Rejection)
 	// trust every term to fit. The float64 product may round, but never
 	// below 2^MaxTermLog2 when the exact one is not: this errs only towards
 	// rejecting.
-	var maxAbs float64
-	for _, v := range vals {
-		for _, x := range v {
-			maxAbs = max(maxAbs, math.Abs(float64(x)))
-		}
-	}
+	v.maxAbs = math.Float32frombits(mx)
+	maxAbs := float64(v.maxAbs)
 	if t := float64(u.GetNumExamples()) * maxAbs; t >= math.Ldexp(1, rules.MaxTermLog2) {
 		return nil, 0, rules.Reject(rules.OutOfRange, "num_examples %d times |value| %.4g is not below 2^%d", u.GetNumExamples(), maxAbs, rules.MaxTermLog2)
 	}
-	return vals, norm, nil
+	return v, norm, nil
 }
 
-// isNonFinite tells a shape problem from a value problem once Decode failed.
-func isNonFinite(ts []*fdxv1.Tensor, specs []tensor.Spec) bool {
-	if len(ts) != len(specs) {
-		return false
-	}
-	for i, t := range ts {
-		if t.GetName() != specs[i].Name || fmt.Sprint(t.GetShape()) != fmt.Sprint(specs[i].Shape) {
-			return false
+// sumSquares is Σ d² over an update's coordinates, in four float64 sums:
+// coordinate j of each tensor goes to sum j mod 4. One running sum would
+// make every addition wait for the previous one, which bounded the whole
+// check at about one value per four cycles; four independent sums take
+// about one per cycle. The order is fixed by the coordinates alone (blocks
+// start at multiples of 4), so the norm is deterministic: the same update
+// gives the same bits, read in place or block by block, on every machine:
+// float64(d*d) forbids fusing the product into an FMA.
+type sumSquares [4]float64
+
+func (s *sumSquares) total() float64 { return (s[0] + s[1]) + (s[2] + s[3]) }
+
+// scan folds xs, coordinates [off, off+len(xs)) of a tensor with off a
+// multiple of 4, into a running maximum of |x| as float32 bits (returned)
+// and into ss: Σ (x − g)², or Σ x² for g nil. Once a value is NaN or
+// infinite the sums are meaningless, and the maximum says so.
+func scan(xs, g []float32, mx uint32, ss *sumSquares) uint32 {
+	s0, s1, s2, s3 := ss[0], ss[1], ss[2], ss[3]
+	n := len(xs) &^ 3
+	if g == nil {
+		for j := 0; j < n; j += 4 {
+			x := xs[j : j+4 : j+4]
+			mx = max(mx, math.Float32bits(x[0])&0x7fffffff, math.Float32bits(x[1])&0x7fffffff,
+				math.Float32bits(x[2])&0x7fffffff, math.Float32bits(x[3])&0x7fffffff)
+			d0, d1, d2, d3 := float64(x[0]), float64(x[1]), float64(x[2]), float64(x[3])
+			s0, s1, s2, s3 = s0+float64(d0*d0), s1+float64(d1*d1), s2+float64(d2*d2), s3+float64(d3*d3)
 		}
-		v, err := tensor.Float32s(nil, t)
-		if err != nil || len(v) != specs[i].Size() {
-			return false
+	} else {
+		g = g[:len(xs)]
+		for j := 0; j < n; j += 4 {
+			x, y := xs[j:j+4:j+4], g[j:j+4:j+4]
+			mx = max(mx, math.Float32bits(x[0])&0x7fffffff, math.Float32bits(x[1])&0x7fffffff,
+				math.Float32bits(x[2])&0x7fffffff, math.Float32bits(x[3])&0x7fffffff)
+			d0, d1 := float64(x[0])-float64(y[0]), float64(x[1])-float64(y[1])
+			d2, d3 := float64(x[2])-float64(y[2]), float64(x[3])-float64(y[3])
+			s0, s1, s2, s3 = s0+float64(d0*d0), s1+float64(d1*d1), s2+float64(d2*d2), s3+float64(d3*d3)
 		}
 	}
-	return true
+	*ss = sumSquares{s0, s1, s2, s3}
+	for j := n; j < len(xs); j++ {
+		mx = max(mx, math.Float32bits(xs[j])&0x7fffffff)
+		d := float64(xs[j])
+		if g != nil {
+			d -= float64(g[j])
+		}
+		ss[j%4] += float64(d * d)
+	}
+	return mx
+}
+
+// maxAbs returns the largest |x| over xs as float32 bits.
+func maxAbs(xs []float32) uint32 {
+	var mx uint32
+	for _, x := range xs {
+		mx = max(mx, math.Float32bits(x)&0x7fffffff)
+	}
+	return mx
+}
+
+// sumOverflows reports whether some g + x, rounded to float32, is infinite.
+func sumOverflows(g, x []float32) bool {
+	for j := range x {
+		if f := float32(float64(g[j]) + float64(x[j])); math.IsInf(float64(f), 0) {
+			return true
+		}
+	}
+	return false
+}
+
+// firstNonFinite describes the first NaN or infinity sent, as
+// tensor.Decode would.
+func (v *Values) firstNonFinite(scratch []float32) error {
+	for i := range v.ts {
+		n := v.Len(i)
+		for off := 0; off < n; off += scanBlock {
+			for j, x := range v.sent(i, off, scratch[:min(scanBlock, n-off)]) {
+				if math.Float32bits(x)&0x7f800000 == 0x7f800000 {
+					return fmt.Errorf("tensor %q: non-finite value %v at %d", v.specs[i].Name, x, off+j)
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // Update checks one update as the only one of a round that e describes.

@@ -171,6 +171,8 @@ type AggregatorCost struct {
 	CPUSeconds float64 `json:"cpu_s"`
 	PeakRSSMB  float64 `json:"peak_rss_mb"`
 	WallMs     float64 `json:"wall_ms"`
+	// Go is the Go runtime's share, when the aggregator ran as a child.
+	Go *GoMemory `json:"go,omitempty"`
 }
 
 // Run runs the aggregator in this process (through runAggregator) and the

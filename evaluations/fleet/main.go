@@ -21,6 +21,7 @@
 //	go run ./evaluations/fleet -clients 10000 -rounds 3
 //	go run ./evaluations/fleet -clients 1000 -model 2nn -broker 127.0.0.1:9092
 //	go run ./evaluations/fleet -clients 10000 -channel grpc -conns 8
+//	go run ./evaluations/fleet -clients 10000 -rounds 2 -cpuprofile agg.pprof  # the aggregator child's profile
 package main
 
 import (
@@ -34,6 +35,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -51,7 +53,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("fleet", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg Config
-	var role, kafkaConfig, jsonPath, logLevel string
+	var role, kafkaConfig, jsonPath, logLevel, heapProfile, cpuProfile string
 	var inProcess bool
 	fs.StringVar(&cfg.Brokers, "broker", "", "Kafka bootstrap list (default: an embedded broker)")
 	fs.StringVar(&kafkaConfig, "kafka-config", "", "librdkafka properties file (SASL/TLS) for -broker")
@@ -73,6 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&inProcess, "in-process", false, "run the aggregator in this process (CPU and RSS then include the fleet)")
 	fs.StringVar(&jsonPath, "json", "", "write the report as JSON to this file")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&heapProfile, "heap-profile", "", "write the aggregator child's heap profile near its peak to this file (go tool pprof)")
+	fs.StringVar(&cpuProfile, "cpuprofile", "", "write the aggregator's CPU profile to this file (with -in-process, the whole process's)")
 	fs.StringVar(&role, "role", "", "internal: \"aggregator\" runs the aggregator child")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
@@ -89,11 +93,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		cfg.KafkaProperties = props
 	}
-	if role == roleAggregator {
-		return aggregatorChild(ctx, cfg, stdout)
-	}
-	if role != "" {
+	if role != "" && role != roleAggregator {
 		return fmt.Errorf("-role %q: unknown", role)
+	}
+	// The aggregator child profiles itself (it gets the parent's flags);
+	// the parent only when the aggregator runs in it.
+	if cpuProfile != "" && (role == roleAggregator || inProcess) {
+		stop, err := startCPUProfile(cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	if role == roleAggregator {
+		return aggregatorChild(ctx, cfg, heapProfile, stdout)
 	}
 	if !inProcess {
 		exe, err := os.Executable()
@@ -117,15 +130,44 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// startCPUProfile profiles this process into path until stop is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("-cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("-cpuprofile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
 // aggregatorChild runs the aggregator and speaks to its parent on stdout:
-// a "ready <addr>" line once clients may connect, then its result (the
-// contributors per round, its traffic) as a JSON line.
-func aggregatorChild(ctx context.Context, cfg Config, stdout io.Writer) error {
+// a "ready <addr>" line once clients may connect, then the Go runtime's
+// peak memory ("mem" and a JSON object), then its result (the contributors
+// per round, its traffic) as a JSON line.
+func aggregatorChild(ctx context.Context, cfg Config, heapProfile string, stdout io.Writer) error {
 	cfg.defaults()
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	peak, err := sampleMemory(sctx, heapProfile)
+	if err != nil {
+		return err
+	}
 	res, err := runAggregator(ctx, cfg, func(addr string) { fmt.Fprintln(stdout, readyLine+addr) })
 	if err != nil {
 		return err
 	}
+	stop()
+	mem, err := json.Marshal(peak())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "mem %s\n", mem)
 	return json.NewEncoder(stdout).Encode(res)
 }
 
@@ -149,15 +191,18 @@ func childAggregator(exe string, args []string) aggregatorFunc {
 			return nil, nil, fmt.Errorf("start aggregator process: %w", err)
 		}
 		var res *aggregatorResult
+		var mem GoMemory
 		var protoErr error
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			switch line := sc.Text(); {
 			case strings.HasPrefix(line, readyLine):
 				ready(strings.TrimPrefix(line, readyLine))
+			case strings.HasPrefix(line, "mem "):
+				protoErr = errors.Join(protoErr, json.Unmarshal([]byte(line[4:]), &mem))
 			case strings.HasPrefix(line, "{"):
 				res = &aggregatorResult{}
-				protoErr = json.Unmarshal([]byte(line), res)
+				protoErr = errors.Join(protoErr, json.Unmarshal([]byte(line), res))
 			}
 		}
 		err = cmd.Wait()
@@ -183,6 +228,7 @@ func childAggregator(exe string, args []string) aggregatorFunc {
 			CPUSeconds: cpuSeconds(*ru),
 			PeakRSSMB:  float64(ru.Maxrss) / 1024, // Linux: KiB
 			WallMs:     msSince(start),
+			Go:         &mem,
 		}, nil
 	}
 }
@@ -205,6 +251,10 @@ func writeTable(w io.Writer, r *Report) {
 	}
 	fmt.Fprintf(w, "\nAggregator (%s): CPU %.2f s, peak RSS %.1f MB, wall %.0f ms; contributors per round %v\n",
 		where, r.Aggregator.CPUSeconds, r.Aggregator.PeakRSSMB, r.Aggregator.WallMs, r.Contributors)
+	if g := r.Aggregator.Go; g != nil {
+		fmt.Fprintf(w, "Aggregator Go runtime peaks: mapped %.1f MB, heap objects %.1f MB, live heap %.1f MB (RSS beyond mapped is C memory: librdkafka)\n",
+			g.PeakTotalMB, g.PeakHeapMB, g.PeakLiveMB)
+	}
 	writeTraffic(w, r)
 	fmt.Fprintf(w, "Raw consumer (decode only): %d records, %.0f updates/s, %.1f MB/s; ingest/raw %.2f\n",
 		r.Raw.Updates, r.Raw.UpdatesPerSec, r.Raw.MBPerSec, r.IngestToRaw)

@@ -1,6 +1,7 @@
 package dataset
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 )
@@ -110,6 +111,31 @@ func (c *Catalog) ClientShard(name, split string, spec PartitionSpec, clientID s
 		return nil, fmt.Errorf("client shard of %s/%s: %w", name, split, err)
 	}
 	return shardOf(set, parts, clientID, maxExamples)
+}
+
+// ShardSize is the number of examples c.ClientShard would return, without
+// copying them: the aggregator bounds every client's num_examples by it, for
+// each of up to 100,000 clients a round, and needs no pixels for that.
+func (c *Catalog) ShardSize(name, split string, spec PartitionSpec, clientID string, maxExamples int) (int, error) {
+	set, err := c.Load(name, split)
+	if err != nil {
+		return 0, fmt.Errorf("client shard: %w", err)
+	}
+	if err := spec.Validate(); err != nil {
+		return 0, fmt.Errorf("client shard: %w", err)
+	}
+	parts, err := c.partition(name, split, set, spec)
+	if err != nil {
+		return 0, fmt.Errorf("client shard of %s/%s: %w", name, split, err)
+	}
+	if len(parts) == 0 {
+		return 0, errors.New("client shard: no partitions")
+	}
+	n := len(parts[ShardIndex(clientID, len(parts))])
+	if maxExamples > 0 {
+		n = min(n, maxExamples)
+	}
+	return n, nil
 }
 
 // partitionKey identifies a cached partition. The spec is canonical, so specs

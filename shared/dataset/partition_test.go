@@ -521,6 +521,19 @@ func TestCatalogClientShard(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	// ShardSize counts what ClientShard copies, capped or not.
+	for _, id := range []string{"42", "7", "client-x"} {
+		for _, maxEx := range []int{0, 3} {
+			shard, err := c.ClientShard(NameMNIST, SplitTrain, spec, id, maxEx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := c.ShardSize(NameMNIST, SplitTrain, spec, id, maxEx)
+			if err != nil || n != shard.Len() {
+				t.Errorf("ShardSize(%q, max %d) = %d, %v; ClientShard has %d examples", id, maxEx, n, err, shard.Len())
+			}
+		}
+	}
 	c.mu.Lock()
 	entries := len(c.parts)
 	c.mu.Unlock()

@@ -88,6 +88,49 @@ func sparseFloat32s(dst []float32, t *fdxv1.Tensor, n int) ([]float32, error) {
 	return dst, nil
 }
 
+// checkSparse checks a DTYPE_SPARSE_FLOAT32 tensor of n elements as
+// sparseFloat32s does, without decoding it.
+func checkSparse(t *fdxv1.Tensor, n int) error {
+	data := t.GetData()
+	if len(data)%8 != 0 || len(data)/8 > n {
+		return fmt.Errorf("tensor %q: %d sparse data bytes for %d elements (want 8 per entry sent, at most %d entries)", t.GetName(), len(data), n, n)
+	}
+	prev := -1
+	for j := range len(data) / 8 {
+		i := int(binary.LittleEndian.Uint32(data[4*j:]))
+		if i <= prev || i >= n {
+			return fmt.Errorf("tensor %q: sparse index %d after %d (want increasing, below %d)", t.GetName(), i, prev, n)
+		}
+		prev = i
+	}
+	return nil
+}
+
+// sparseAt decodes elements [off, off+len(dst)) of sparse data that
+// checkSparse accepted: the indices are sorted, so the range's entries are
+// found by binary search.
+func sparseAt(dst []float32, data []byte, off int) {
+	clear(dst)
+	k := len(data) / 8
+	index := func(j int) int { return int(binary.LittleEndian.Uint32(data[4*j:])) }
+	lo, hi := 0, k
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if index(m) < off {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	for j := lo; j < k; j++ {
+		i := index(j)
+		if i >= off+len(dst) {
+			break
+		}
+		dst[i-off] = math.Float32frombits(binary.LittleEndian.Uint32(data[4*k+4*j:]))
+	}
+}
+
 // Residual is a client's error-feedback memory for top-k updates: what it
 // computed but did not send. Not safe for concurrent use; one per client.
 type Residual struct {

@@ -1,6 +1,9 @@
 // Package tensor converts model parameters to and from the wire Tensor and
 // checks received tensors against the shapes a model expects, so that no
 // malformed or non-finite parameter reaches training or aggregation.
+// The aggregator reads received float32 tensors in place (View, ViewOf)
+// and others a block at a time (DecodeAt), so that it never copies an
+// update whole (view.go).
 package tensor
 
 import (
@@ -49,28 +52,9 @@ func FromFloat32(name string, shape []int64, data []float32) *fdxv1.Tensor {
 // Float32s decodes t into dst (grown as needed) and returns it. It checks the
 // dtype, the shape and the byte length; it does not check finiteness.
 func Float32s(dst []float32, t *fdxv1.Tensor) ([]float32, error) {
-	if t == nil {
-		return nil, fmt.Errorf("tensor: nil")
-	}
-	// Count elements one dimension at a time, stopping as soon as the
-	// count exceeds what the data could hold, so a hostile shape can
-	// neither overflow the product nor make us allocate.
-	// A sparse tensor's data does not bound its size: its shape is capped
-	// at maxSparseElements instead (callers that decode untrusted tensors
-	// compare the shape with the model's first, as Decode does).
-	limit := len(t.GetData())
-	if t.GetDtype() == fdxv1.DType_DTYPE_SPARSE_FLOAT32 {
-		limit = maxSparseElements
-	}
-	n := 1
-	for _, d := range t.GetShape() {
-		if d <= 0 || d > 1<<31 {
-			return nil, fmt.Errorf("tensor %q: bad dimension %d in shape %v", t.GetName(), d, t.GetShape())
-		}
-		n *= int(d)
-		if n > limit {
-			return nil, fmt.Errorf("tensor %q: shape %v needs more than the %d data bytes", t.GetName(), t.GetShape(), len(t.GetData()))
-		}
+	n, err := elements(t)
+	if err != nil {
+		return nil, err
 	}
 	switch t.GetDtype() {
 	case fdxv1.DType_DTYPE_FLOAT32:
@@ -107,6 +91,34 @@ func Float32s(dst []float32, t *fdxv1.Tensor) ([]float32, error) {
 	}
 }
 
+// elements returns the number of elements of t's shape, which must be
+// positive in every dimension. It counts one dimension at a time, stopping
+// as soon as the count exceeds what the data could hold, so a hostile shape
+// can neither overflow the product nor make us allocate.
+func elements(t *fdxv1.Tensor) (int, error) {
+	if t == nil {
+		return 0, fmt.Errorf("tensor: nil")
+	}
+	// A sparse tensor's data does not bound its size: its shape is capped
+	// at maxSparseElements instead (callers that decode untrusted tensors
+	// compare the shape with the model's first, as Decode does).
+	limit := len(t.GetData())
+	if t.GetDtype() == fdxv1.DType_DTYPE_SPARSE_FLOAT32 {
+		limit = maxSparseElements
+	}
+	n := 1
+	for _, d := range t.GetShape() {
+		if d <= 0 || d > 1<<31 {
+			return 0, fmt.Errorf("tensor %q: bad dimension %d in shape %v", t.GetName(), d, t.GetShape())
+		}
+		n *= int(d)
+		if n > limit {
+			return 0, fmt.Errorf("tensor %q: shape %v needs more than the %d data bytes", t.GetName(), t.GetShape(), len(t.GetData()))
+		}
+	}
+	return n, nil
+}
+
 func grow(dst []float32, n int) []float32 {
 	if cap(dst) < n {
 		return make([]float32, n)
@@ -123,11 +135,8 @@ func Decode(ts []*fdxv1.Tensor, specs []Spec) ([][]float32, error) {
 	out := make([][]float32, len(ts))
 	for i, t := range ts {
 		sp := specs[i]
-		if t.GetName() != sp.Name {
-			return nil, fmt.Errorf("tensor %d: name %q, want %q", i, t.GetName(), sp.Name)
-		}
-		if !equalShape(t.GetShape(), sp.Shape) {
-			return nil, fmt.Errorf("tensor %q: shape %v, want %v", sp.Name, t.GetShape(), sp.Shape)
+		if err := CheckSpec(i, t, sp); err != nil {
+			return nil, err
 		}
 		v, err := Float32s(nil, t)
 		if err != nil {
@@ -141,6 +150,18 @@ func Decode(ts []*fdxv1.Tensor, specs []Spec) ([][]float32, error) {
 		out[i] = v
 	}
 	return out, nil
+}
+
+// CheckSpec checks that t, the i-th tensor of a message, has sp's name and
+// shape (not its data: see Float32s and View).
+func CheckSpec(i int, t *fdxv1.Tensor, sp Spec) error {
+	if t.GetName() != sp.Name {
+		return fmt.Errorf("tensor %d: name %q, want %q", i, t.GetName(), sp.Name)
+	}
+	if !equalShape(t.GetShape(), sp.Shape) {
+		return fmt.Errorf("tensor %q: shape %v, want %v", sp.Name, t.GetShape(), sp.Shape)
+	}
+	return nil
 }
 
 func equalShape(a, b []int64) bool {
