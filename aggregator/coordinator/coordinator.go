@@ -556,10 +556,7 @@ func (c *Coordinator) take(ctx context.Context, st *roundState, d channel.Delive
 	}
 	vals, rej := c.validate(st, d)
 	if rej == nil {
-		if err := d.Accept(); err != nil {
-			c.log.Error("update could not be stored", "round", st.rec.Round, "client_id", d.ClientID(), "err", err)
-			rej = rules.Reject(rules.NotStored, "%v", err)
-		}
+		rej = c.accept(st, d)
 	}
 	if rej != nil {
 		c.reject(st, d, rej)
@@ -587,6 +584,16 @@ func (c *Coordinator) admitted(st *roundState, d channel.Delivery) {
 	c.noteFit(st, u)
 	c.obs.UpdateAccepted(u.GetClientId(), d.Size)
 	d.Reply(nil)
+}
+
+// accept makes a validated delivery durable (channel.Delivery.Accept), or
+// says why it could not: an update is folded only once accepted.
+func (c *Coordinator) accept(st *roundState, d channel.Delivery) *rules.Rejection {
+	if err := d.Accept(); err != nil {
+		c.log.Error("update could not be stored", "round", st.rec.Round, "client_id", d.ClientID(), "err", err)
+		return rules.Reject(rules.NotStored, "%v", err)
+	}
+	return nil
 }
 
 // reject counts, logs and answers a refused delivery.

@@ -65,10 +65,7 @@ func (c *Coordinator) takeStreamed(ctx context.Context, st *roundState, d channe
 		return c.take(ctx, st, d)
 	}
 	if rej == nil {
-		if err := d.Accept(); err != nil {
-			c.log.Error("update could not be stored", "round", st.rec.Round, "client_id", d.ClientID(), "err", err)
-			rej = rules.Reject(rules.NotStored, "%v", err)
-		}
+		rej = c.accept(st, d)
 	}
 	if rej != nil {
 		c.reject(st, d, rej)

@@ -80,14 +80,8 @@ func addTo(acc *Accumulator, u Update) error {
 // block of blockLen at a time, in place or into one block of scratch, so
 // a decoded update is never copied whole.
 func (a *Accumulator) AddChecked(weight int64, v *validate.Values) error {
-	if a.broken {
-		return errBroken
-	}
-	if weight < 1 || weight > MaxWeight {
-		return fmt.Errorf("%w: weight %d outside [1, %d]", ErrNumExamples, weight, MaxWeight)
-	}
-	if a.count >= MaxTerms {
-		return fmt.Errorf("%w: accumulator already holds its maximum of %d vectors", ErrOverflow, MaxTerms)
+	if err := a.checkTerm(weight); err != nil {
+		return err
 	}
 	if v.Tensors() != len(a.sizes) {
 		return fmt.Errorf("%w: %d tensors, want %d", ErrShape, v.Tensors(), len(a.sizes))

@@ -240,14 +240,8 @@ func (a *Accumulator) Reset() {
 // |weight × x| ≥ 2^MaxTermLog2 (ErrOverflow), and more than MaxTerms adds.
 // Params are read, not retained.
 func (a *Accumulator) Add(weight int64, params [][]float32) error {
-	if a.broken {
-		return errBroken
-	}
-	if weight < 1 || weight > MaxWeight {
-		return fmt.Errorf("%w: weight %d outside [1, %d]", ErrNumExamples, weight, MaxWeight)
-	}
-	if a.count >= MaxTerms {
-		return fmt.Errorf("%w: accumulator already holds its maximum of %d vectors", ErrOverflow, MaxTerms)
+	if err := a.checkTerm(weight); err != nil {
+		return err
 	}
 	if err := checkShapes(a.sizes, params); err != nil {
 		return err
@@ -271,6 +265,22 @@ func (a *Accumulator) Add(weight int64, params [][]float32) error {
 	a.count++
 	a.weight += weight
 	a.denseWeight += weight
+	return nil
+}
+
+// checkTerm checks what every way of adding checks before the values: the
+// accumulator is whole, the weight is in range, and there is room for one
+// more term.
+func (a *Accumulator) checkTerm(weight int64) error {
+	if a.broken {
+		return errBroken
+	}
+	if weight < 1 || weight > MaxWeight {
+		return fmt.Errorf("%w: weight %d outside [1, %d]", ErrNumExamples, weight, MaxWeight)
+	}
+	if a.count >= MaxTerms {
+		return fmt.Errorf("%w: accumulator already holds its maximum of %d vectors", ErrOverflow, MaxTerms)
+	}
 	return nil
 }
 

@@ -53,11 +53,8 @@ type StreamAdd struct {
 // BeginStream starts folding weight × an update's values. It checks the
 // weight and the term count, as Add does; values are checked as they come.
 func (a *Accumulator) BeginStream(weight int64) (*StreamAdd, error) {
-	if weight < 1 || weight > MaxWeight {
-		return nil, fmt.Errorf("%w: weight %d outside [1, %d]", ErrNumExamples, weight, MaxWeight)
-	}
-	if a.count >= MaxTerms {
-		return nil, fmt.Errorf("%w: accumulator already holds its maximum of %d vectors", ErrOverflow, MaxTerms)
+	if err := a.checkTerm(weight); err != nil {
+		return nil, err
 	}
 	if a.denseWeight > denseWeightLimit-weight {
 		a.spillAll()
