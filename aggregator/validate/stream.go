@@ -39,8 +39,11 @@ type Scan struct {
 	// first NaN or infinity.
 	shape, nonFinite string
 	// Figures for the local-weights reading and for the delta reading.
-	ssLocal, maxLocal float64
-	ssDelta, maxDelta float64
+	// The sums of squares run in weights()'s four lanes (sumSquares,
+	// coordinate j of a tensor into lane j mod 4), so that the norm comes
+	// out bit-identical to the whole path's.
+	ssLocal, ssDelta   sumSquares
+	maxLocal, maxDelta float64
 	overflow          string // the delta reading overflows float32
 }
 
@@ -105,7 +108,8 @@ func (s *Scan) measure(i, off int, vals []float32) {
 		}
 		d := float64(x)
 		d -= float64(g[j])
-		ssL += d * d
+		lane := (off + j) % 4
+		ssL[lane] += float64(d * d)
 		mxL = max(mxL, math.Abs(float64(x)))
 		if s.overflow == "" {
 			v := x
@@ -115,7 +119,7 @@ func (s *Scan) measure(i, off int, vals []float32) {
 			}
 			dd := float64(v)
 			dd -= float64(g[j])
-			ssD += dd * dd
+			ssD[lane] += float64(dd * dd)
 			mxD = max(mxD, math.Abs(float64(v)))
 		}
 	}
@@ -176,7 +180,7 @@ func (s *Scan) verdict(u *fdxv1.Update) (float64, *rules.Rejection) {
 		}
 		ss, maxAbs = s.ssDelta, s.maxDelta
 	}
-	norm := math.Sqrt(ss)
+	norm := math.Sqrt(ss.total())
 	if e.MaxNorm > 0 && norm > e.MaxNorm {
 		return 0, rules.Reject(rules.NormBound, "update norm %.4g over the bound %.4g", norm, e.MaxNorm)
 	}
