@@ -44,7 +44,7 @@ type Scan struct {
 	// out bit-identical to the whole path's.
 	ssLocal, ssDelta   sumSquares
 	maxLocal, maxDelta float64
-	overflow          string // the delta reading overflows float32
+	overflow           string // the delta reading overflows float32
 }
 
 // NewScan returns a Scan for one update of this round.
