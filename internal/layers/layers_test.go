@@ -1,6 +1,6 @@
 // Package layers holds the test that keeps FDxKafka's dependencies pointing
 // one way: function → participant → channels → shared, and aggregator →
-// coordinator → strategy/validate → shared. Neither binary links the
+// coordinator → strategy → validate → shared. Neither binary links the
 // other's packages, and the shared layer links neither.
 package layers
 
@@ -40,7 +40,9 @@ func TestDependenciesPointDown(t *testing.T) {
 		{mod + "shared/...", []string{mod + "function", mod + "aggregator", mod + "evaluations"}},
 		{mod + "shared/rules", []string{mod + "shared/channel", mod + "shared/kafkachan", mod + "shared/grpcchan", mod + "shared/participant"}},
 		// Strategies and validation know nothing of transports or rounds.
-		{mod + "aggregator/strategy", []string{mod + "aggregator/validate", mod + "aggregator/coordinator", mod + "shared/channel"}},
+		// A strategy folds what the validator checked (validate.Values,
+		// read in place), so strategy sits above validate, never below.
+		{mod + "aggregator/strategy", []string{mod + "aggregator/coordinator", mod + "shared/channel"}},
 		{mod + "aggregator/validate", []string{mod + "aggregator/strategy", mod + "aggregator/coordinator", mod + "shared/channel"}},
 	} {
 		for _, d := range deps(t, tc.pattern) {

@@ -128,13 +128,20 @@ func transferRecords(topic string, partition int32, key, whole []byte, chunkByte
 // delivery error.
 func produceAll(ctx context.Context, p *kafka.Producer, msgs []*kafka.Message, after func(i int)) error {
 	done := make(chan kafka.Event, len(msgs))
-	for _, m := range msgs {
+	var first error
+	produced := len(msgs)
+	for i, m := range msgs {
 		if err := p.Produce(m, done); err != nil {
-			return err
+			if !failedState(err) {
+				return err
+			}
+			// The transaction failed on a record already produced: wait
+			// for those reports, whose error is the cause.
+			first, produced = err, i
+			break
 		}
 	}
-	var first error
-	for i := range msgs {
+	for i := range produced {
 		select {
 		case ev := <-done:
 			m, ok := ev.(*kafka.Message)
