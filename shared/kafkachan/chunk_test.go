@@ -165,11 +165,17 @@ func TestChunkedModelAndUpdate(t *testing.T) {
 // copy that a test may damage.
 func updateTransfer(t *testing.T, job string, u *fdxv1.Update) ([]*kafka.Message, *kafka.Message) {
 	t.Helper()
+	return updateTransferSized(t, job, u, DefaultChunkBytes)
+}
+
+// updateTransferSized is updateTransfer with chunks of chunkBytes.
+func updateTransferSized(t *testing.T, job string, u *fdxv1.Update, chunkBytes int) ([]*kafka.Message, *kafka.Message) {
+	t.Helper()
 	b, err := proto.Marshal(u)
 	if err != nil {
 		t.Fatal(err)
 	}
-	chunks, man, err := transferRecords(UpdatesTopic(job), kafka.PartitionAny, []byte(u.GetClientId()), b, DefaultChunkBytes)
+	chunks, man, err := transferRecords(UpdatesTopic(job), kafka.PartitionAny, []byte(u.GetClientId()), b, chunkBytes)
 	if err != nil {
 		t.Fatal(err)
 	}

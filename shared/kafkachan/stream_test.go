@@ -101,18 +101,7 @@ func sendStreamUpdates(t *testing.T, ctx context.Context, brokers, job string, w
 	good, whole, bad := streamUpdates(t, job)
 	var msgs []*kafka.Message
 	transfer := func(u *fdxv1.Update) ([]*kafka.Message, *kafka.Message) {
-		b, err := proto.Marshal(u)
-		if err != nil {
-			t.Fatal(err)
-		}
-		chunks, man, err := transferRecords(UpdatesTopic(job), kafka.PartitionAny, []byte(u.GetClientId()), b, streamChunk)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, c := range chunks {
-			c.Value = slices.Clone(c.Value)
-		}
-		return chunks, man
+		return updateTransferSized(t, job, u, streamChunk)
 	}
 	if withBad {
 		chunks, man := transfer(bad["corrupt"])
