@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"github.com/fdxkafka/fdxkafka/internal/tensortest"
 )
 
 // testConfig returns a valid config for name; Krum tolerates 2 Byzantine
@@ -84,7 +86,7 @@ func shuffled(rng *rand.Rand, ups []Update) []Update {
 
 func assertBitEqual(t testing.TB, what string, got, want [][]float32) {
 	t.Helper()
-	if i, j, ok := firstBitDiff(got, want); !ok {
+	if i, j, ok := tensortest.FirstBitDiff(got, want); !ok {
 		if j < 0 {
 			t.Fatalf("%s: shapes differ at tensor %d", what, i)
 		}
