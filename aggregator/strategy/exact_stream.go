@@ -3,7 +3,7 @@ package strategy
 // Folding one update piece by piece. The aggregator receives a large update
 // as chunk records (package kafkachan) and, for the mean strategies, folds
 // its values as it re-reads them, chunk by chunk, instead of holding the
-// whole update (issue 15). The result is bit-identical to Add's: the
+// whole update, so that memory per update is one chunk. The result is bit-identical to Add's: the
 // Accumulator holds exact integer sums whatever order and grouping values
 // arrive in, and the stream keeps the two invariants its exactness proof
 // needs (see Accumulator):
