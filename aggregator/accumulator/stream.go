@@ -3,7 +3,8 @@ package accumulator
 // Folding one update piece by piece. The aggregator receives a large update
 // as chunk records (package kafkachan) and, for the mean strategies, folds
 // its values as it re-reads them, chunk by chunk, instead of holding the
-// whole update. The result is bit-identical to Add's: the
+// whole update, so that memory per update is one chunk. The result is
+// bit-identical to Add's: the
 // Accumulator holds exact integer sums whatever order and grouping values
 // arrive in, and the stream keeps the two invariants its exactness proof
 // needs (see Accumulator):
@@ -21,7 +22,7 @@ package accumulator
 // fold begins), but the stream checks every value again, as Add does, and
 // a value it refuses mid-way leaves the accumulator holding part of the
 // update: unlike Add, a stream is not atomic. The round then refuses to
-// finish (see round.BeginStream), so that the model is never published and
+// finish (see strategy's round.BeginStream), so that the model is never published and
 // the aggregator rebuilds the round from its last checkpoint.
 
 import (
