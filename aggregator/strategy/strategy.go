@@ -46,8 +46,10 @@ var (
 	// ErrTooFewUpdates: a robust strategy needs more updates than it has
 	// (Krum needs more than 2f+2); the round stays open for more.
 	ErrTooFewUpdates = errors.New("too few updates")
-	// ErrRoundClosed: the round was already finished.
-	ErrRoundClosed = errors.New("round already finished")
+	// ErrRoundFinished: the round was already finished (a bug in the caller;
+	// unrelated to channel.ErrRoundClosed, which a client gets for an
+	// update to a superseded round).
+	ErrRoundFinished = errors.New("round already finished")
 	// ErrStaleRound: the strategy's optimizer state moved on (another round
 	// finished, or state was restored) after this round began; finishing it
 	// would apply a step to the wrong state.
@@ -385,7 +387,7 @@ func newRound(name string, _ []int, impl roundImpl) *round {
 
 func (r *round) Add(u Update) error {
 	if r.done {
-		return fmt.Errorf("strategy %s: update from %q: %w", r.name, u.ClientID, ErrRoundClosed)
+		return fmt.Errorf("strategy %s: update from %q: %w", r.name, u.ClientID, ErrRoundFinished)
 	}
 	if err := r.impl.add(u); err != nil {
 		return fmt.Errorf("strategy %s: update from %q: %w", r.name, u.ClientID, err)
@@ -398,7 +400,7 @@ func (r *round) Count() int { return r.count }
 
 func (r *round) Finish() ([][]float32, error) {
 	if r.done {
-		return nil, fmt.Errorf("strategy %s: finish: %w", r.name, ErrRoundClosed)
+		return nil, fmt.Errorf("strategy %s: finish: %w", r.name, ErrRoundFinished)
 	}
 	if r.count == 0 {
 		return nil, fmt.Errorf("strategy %s: finish: %w", r.name, ErrNoUpdates)

@@ -221,11 +221,11 @@ func TestFinishLifecycle(t *testing.T) {
 			if _, err := r.Finish(); err != nil {
 				t.Fatalf("Finish: %v", err)
 			}
-			if _, err := r.Finish(); !errors.Is(err, ErrRoundClosed) {
-				t.Errorf("second Finish = %v, want ErrRoundClosed", err)
+			if _, err := r.Finish(); !errors.Is(err, ErrRoundFinished) {
+				t.Errorf("second Finish = %v, want ErrRoundFinished", err)
 			}
-			if err := r.Add(Update{ClientID: "late", NumExamples: 1, Params: [][]float32{{1, 1}}}); !errors.Is(err, ErrRoundClosed) {
-				t.Errorf("Add after Finish = %v, want ErrRoundClosed", err)
+			if err := r.Add(Update{ClientID: "late", NumExamples: 1, Params: [][]float32{{1, 1}}}); !errors.Is(err, ErrRoundFinished) {
+				t.Errorf("Add after Finish = %v, want ErrRoundFinished", err)
 			}
 			if r.Count() != 3 {
 				t.Errorf("Count after Finish = %d, want 3", r.Count())

@@ -51,7 +51,7 @@ func (r *round) Streams() bool {
 // BeginStream implements StreamRound.
 func (r *round) BeginStream(clientID string, numExamples int64) (Fold, error) {
 	if r.done {
-		return nil, fmt.Errorf("strategy %s: update from %q: %w", r.name, clientID, ErrRoundClosed)
+		return nil, fmt.Errorf("strategy %s: update from %q: %w", r.name, clientID, ErrRoundFinished)
 	}
 	acc, ok := r.impl.(accumulating)
 	if !ok {

@@ -2,7 +2,11 @@
 // decoded update into trusted local weights, or into a rejection with a
 // stable reason (package rules), counted per reason in metrics and in the
 // job's result so an operator can tell a buggy client from a hostile one.
-// The strategies trust what it passes and check nothing again.
+// The mean strategies fold what it passes without checking it again;
+// DP-FedAvg and FedBuff, which fold something other than the update as
+// received (a clipped delta, a staleness-scaled delta), check the values
+// and weights they are given once more, so that each accepts exactly what
+// the others accept.
 //
 // The ingest path copies no update whole: float32 tensors are read in place
 // from the decoded message (tensor.ViewOf), the others, and a delta's sum
