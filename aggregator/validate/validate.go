@@ -49,6 +49,9 @@ type Expect struct {
 	// Sample, when non-nil, is the round's training sample: other clients'
 	// updates are refused as not_sampled.
 	Sample map[string]bool
+	// EvalSample is the round's evaluation sample: the clients whose
+	// evaluation counts (see CheckEvaluation).
+	EvalSample map[string]bool
 
 	// Async checks updates for an asynchronous (FedBuff) job, where Round
 	// is the current model version; nil for a synchronous round.
@@ -93,6 +96,8 @@ type Round struct {
 	admitted []float64
 	// scratch holds one block of decoded values while an update is checked.
 	scratch []float32
+	// evaluated is the clients whose evaluation was admitted.
+	evaluated map[string]bool
 }
 
 // NewRound returns the validator of the round e describes.
