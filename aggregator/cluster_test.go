@@ -3,15 +3,12 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -64,9 +61,7 @@ func TestBrokerLoss(t *testing.T) {
 	base := kafkatest.Job(t)
 	ref := brokerLossJob(brokers, base+"-ref", t.TempDir())
 	wait := startClients(ctx, t, ref)
-	if err := superviseAggregator(t, bin, ref).wait(ctx, t); err != nil {
-		t.Fatalf("undisturbed run: %v", err)
-	}
+	startAggregator(t, bin, ref).finish(t, 3*time.Minute)
 	wait()
 	want := readOut(t, ref.out).Final.SHA256
 
@@ -110,7 +105,7 @@ func brokerLossCase(t *testing.T, c *cluster, bin string, k killJob, want string
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	wait := startClients(ctx, t, k)
-	agg := superviseAggregator(t, bin, k)
+	r := startAggregator(t, bin, k)
 	opts := kafkachan.Options{Brokers: k.brokers, Job: k.job}
 
 	// Mid-job: a few rounds are committed, most are not.
@@ -119,10 +114,10 @@ func brokerLossCase(t *testing.T, c *cluster, bin string, k killJob, want string
 	defer tick.Stop()
 	for committed < killAfter {
 		select {
-		case <-agg.done:
-			agg.fail(t, fmt.Sprintf("aggregator ended after %d committed models, before the kill: %v", committed, agg.result))
+		case err := <-r.exited:
+			r.fatalf(t, "aggregator ended after %d committed models, before the kill: %v", committed, err)
 		case <-ctx.Done():
-			agg.overrun(t, fmt.Sprintf("only %d models committed before the deadline", committed))
+			r.wait(t, 0)
 		case <-tick.C:
 		}
 		if hist, err := kafkachan.History(ctx, opts); err == nil {
@@ -140,9 +135,10 @@ func brokerLossCase(t *testing.T, c *cluster, bin string, k killJob, want string
 	pid := c.kill(t, node)
 	t.Logf("SIGKILLed node %d (pid %d) after %d committed models; it was %s", node, pid, committed, strings.Join(roles[node], ", "))
 
-	if err := agg.wait(ctx, t); err != nil {
-		t.Fatalf("aggregator after the broker loss: %v", err)
-	}
+	// The aggregator rides out the loss, or exits with
+	// cli.ExitOutcomeUnknown when a transaction's outcome is lost with the
+	// node, and finish restarts it as its supervisor would.
+	_, restarts := r.finish(t, 3*time.Minute)
 	wait()
 	got := readOut(t, k.out)
 	if got.Final.SHA256 != want {
@@ -157,7 +153,7 @@ func brokerLossCase(t *testing.T, c *cluster, bin string, k killJob, want string
 	}
 	after := c.roles(ctx, t, k.job)
 	t.Logf("job finished: final round %d sha256 %s; %d aggregator restart(s) for an unknown outcome; now %v",
-		got.Final.Round, got.Final.SHA256, agg.restarts(), after)
+		got.Final.Round, got.Final.SHA256, restarts, after)
 }
 
 // cluster is the 3-node cluster of kafka.sh under dir.
@@ -354,195 +350,6 @@ func coordinatorOf(rs kadm.FindCoordinatorResponses, key string) (int32, error) 
 		return 0, fmt.Errorf("coordinator of %s: %w (%s)", key, r.Err, r.ErrMessage)
 	}
 	return r.NodeID, nil
-}
-
-// exitUnknownOutcome is the aggregator's exit code when it cannot know
-// whether a round's transaction committed; its supervisor restarts it and
-// the restart reads what was committed.
-const exitUnknownOutcome = 3
-
-// maxRestarts bounds the restarts of one supervised run: each broker loss
-// may cost one, a loop of them is a bug.
-const maxRestarts = 5
-
-// supervised is an aggregator run under a supervisor that restarts it
-// after exitUnknownOutcome, as systemd's Restart=on-failure does, and
-// keeps its stderr for the test to print.
-type supervised struct {
-	bin  string
-	k    killJob
-	err  *tail
-	done chan struct{} // closed at the run's end, with result set
-
-	mu      sync.Mutex
-	cmd     *exec.Cmd
-	runs    int
-	stopped bool  // no more restarts: the test is over
-	result  error // nil when the job finished
-}
-
-func superviseAggregator(t *testing.T, bin string, k killJob) *supervised {
-	t.Helper()
-	s := &supervised{bin: bin, k: k, err: newTail(200, os.Getenv("FDX_TEST_AGG_LOG") != "", t), done: make(chan struct{})}
-	go s.loop()
-	// A test that fails midway leaves no aggregator behind, nor a
-	// goroutine that logs into a finished test.
-	t.Cleanup(func() {
-		s.mu.Lock()
-		s.stopped = true
-		if s.cmd != nil && s.cmd.Process != nil {
-			s.cmd.Process.Kill()
-		}
-		s.mu.Unlock()
-		<-s.done
-		s.err.quiet()
-	})
-	return s
-}
-
-func (s *supervised) loop() {
-	defer close(s.done)
-	for {
-		cmd := exec.Command(s.bin, s.k.args()...)
-		cmd.Stderr = s.err
-		s.mu.Lock()
-		if s.stopped {
-			s.result = errors.New("stopped by the test")
-			s.mu.Unlock()
-			return
-		}
-		s.cmd = cmd
-		s.runs++
-		runs := s.runs
-		err := cmd.Start()
-		s.mu.Unlock()
-		if err != nil {
-			s.result = fmt.Errorf("start aggregator: %w", err)
-			return
-		}
-		err = cmd.Wait()
-		var exit *exec.ExitError
-		if !errors.As(err, &exit) || exit.ExitCode() != exitUnknownOutcome {
-			s.result = err
-			return
-		}
-		if runs > maxRestarts {
-			s.result = fmt.Errorf("exited %d times with code %d (unknown transaction outcome)", runs, exitUnknownOutcome)
-			return
-		}
-		s.err.note(fmt.Sprintf("--- test supervisor: aggregator exited %d (unknown transaction outcome); restart %d", exitUnknownOutcome, runs))
-	}
-}
-
-// restarts is how often the supervisor restarted the aggregator.
-func (s *supervised) restarts() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.runs - 1
-}
-
-// wait returns the run's end; at ctx's deadline it fails t through
-// overrun.
-func (s *supervised) wait(ctx context.Context, t *testing.T) error {
-	t.Helper()
-	select {
-	case <-s.done:
-		if s.result != nil {
-			t.Logf("aggregator's last stderr lines:\n%s", s.err.String())
-		}
-		return s.result
-	case <-ctx.Done():
-		s.overrun(t, "the job did not finish before the deadline")
-		return ctx.Err()
-	}
-}
-
-// fail fails t with msg and the aggregator's last stderr lines.
-func (s *supervised) fail(t *testing.T, msg string) {
-	t.Helper()
-	t.Fatalf("%s; aggregator's last stderr lines:\n%s", msg, s.err.String())
-}
-
-// overrun sends the aggregator SIGQUIT, whose goroutine dump ends its
-// stderr, and fails t with msg and those last lines.
-func (s *supervised) overrun(t *testing.T, msg string) {
-	t.Helper()
-	s.mu.Lock()
-	cmd := s.cmd
-	s.mu.Unlock()
-	if cmd != nil && cmd.Process != nil {
-		cmd.Process.Signal(syscall.SIGQUIT)
-	}
-	select {
-	case <-s.done:
-	case <-time.After(30 * time.Second):
-		if cmd != nil && cmd.Process != nil {
-			cmd.Process.Kill()
-		}
-		<-s.done
-	}
-	s.fail(t, msg+" (sent SIGQUIT)")
-}
-
-// tail is an io.Writer that keeps the last n lines written to it.
-type tail struct {
-	mu      sync.Mutex
-	lines   []string
-	n       int
-	partial []byte
-	log     testing.TB // echo every line when set
-}
-
-func newTail(n int, echo bool, t testing.TB) *tail {
-	tl := &tail{n: n}
-	if echo {
-		tl.log = t
-	}
-	return tl
-}
-
-func (w *tail) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.partial = append(w.partial, p...)
-	for {
-		i := slices.Index(w.partial, '\n')
-		if i < 0 {
-			break
-		}
-		w.add(string(w.partial[:i]))
-		w.partial = w.partial[i+1:]
-	}
-	return len(p), nil
-}
-
-// quiet stops the echo: the test that logs it is over.
-func (w *tail) quiet() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.log = nil
-}
-
-func (w *tail) note(line string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.add(line)
-}
-
-func (w *tail) add(line string) {
-	if w.log != nil {
-		w.log.Log(line)
-	}
-	if len(w.lines) == w.n {
-		w.lines = slices.Delete(w.lines, 0, 1)
-	}
-	w.lines = append(w.lines, line)
-}
-
-func (w *tail) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return strings.Join(append(slices.Clone(w.lines), string(w.partial)), "\n")
 }
 
 // repoRoot is the directory of go.mod above the test's working directory.
