@@ -47,6 +47,35 @@ type ServerOptions struct {
 	// update must carry (trust.HeaderMAC); others are rejected as
 	// unauthenticated.
 	Tokens map[string]string
+	// OnStall, when set, is called from a watchdog goroutine when a
+	// transactional step (the producer's initialization, a round's
+	// transaction) runs stallGrace past its deadline: the Kafka client
+	// did not return when asked to. The outcome of that step is unknown
+	// and the call may never return, so the aggregator sets OnStall to
+	// end the process with cli.ExitOutcomeUnknown; its supervisor
+	// restarts it.
+	OnStall func(step string, after time.Duration)
+}
+
+// stallGrace is how long a transactional step may overrun its deadline
+// before the watchdog calls OnStall: long enough for a call that honours
+// its deadline to unwind, short enough that a hung aggregator is replaced
+// well within a round timeout.
+const stallGrace = 15 * time.Second
+
+// watch arms the watchdog for a step bounded by ctx's deadline plus extra
+// (the time an abort may take after it). The returned function disarms it.
+func (s *Server) watch(ctx context.Context, step string, extra time.Duration) func() {
+	if s.opt.OnStall == nil {
+		return func() {}
+	}
+	start := time.Now()
+	limit := extra
+	if dl, ok := ctx.Deadline(); ok {
+		limit += time.Until(dl)
+	}
+	t := time.AfterFunc(limit+stallGrace, func() { s.opt.OnStall(step, time.Since(start)) })
+	return func() { t.Stop() }
 }
 
 // Server is the aggregator's Kafka channel: a transactional producer for
@@ -132,9 +161,12 @@ func openServer(ctx context.Context, opt ServerOptions, rl role) (*Server, error
 	s := &Server{opt: opt, p: p, consumed: map[int32]int64{}, maxBytes: maxBytes, recordBytes: recordBytes,
 		updates: newAssembler(int64(maxBytes), opt.MaxPendingBytes), role: rl, group: &groupEvents{}}
 	// The producer id's initialization fences the previous instance.
-	initCtx, cancel := withDefaultTimeout(ctx, opt.TransactionTimeout)
-	defer cancel()
-	if _, _, err := p.ProducerID(initCtx); err != nil {
+	initCtx, cancel := context.WithTimeout(ctx, 2*opt.TransactionTimeout)
+	disarm := s.watch(initCtx, "init transactions", 0)
+	_, _, err = p.ProducerID(initCtx)
+	disarm()
+	cancel()
+	if err != nil {
 		p.Close()
 		return nil, fmt.Errorf("init transactions for job %s: %w", opt.Job, unreachable(err))
 	}

@@ -5,17 +5,19 @@ package kafkachan
 // for it, committed together, so that a crash at any instant loses no
 // update and counts none twice.
 //
-// Every step has a deadline: the caller's, or TransactionTimeout when the
-// caller has none. A failure before the commit is requested aborts the
-// transaction; when the failure may pass (a broker restarting, a group
-// rebalancing) the round is tried again until the caller's deadline. Once
-// the commit is requested, only a reply tells what happened: an error
-// instead of a reply (a timeout, a lost connection, a fenced producer)
-// leaves the outcome unknown. kgo may even report "context canceled" for
-// an EndTxn that the broker carried out. The server does not guess: it
-// returns ErrUnknownOutcome and refuses to go on, and the aggregator exits
-// with its own exit code so that its supervisor restarts it; the restart
-// reads what was committed (the model topic is the checkpoint).
+// Every step has a deadline: each attempt at most TransactionTimeout, the
+// round with its retries at most two, and an abort at most one more. A
+// failure before the commit is requested aborts the transaction; when the
+// failure may pass (a broker restarting, a group rebalancing) the round is
+// tried again until the deadline. Once the commit is requested, only a
+// reply tells what happened: an error instead of a reply (a timeout, a
+// lost connection, a fenced producer) leaves the outcome unknown. kgo may
+// even report "context canceled" for an EndTxn that the broker carried
+// out. The server does not guess: it returns channel.ErrOutcomeUnknown and
+// refuses to go on, and the aggregator exits with its own exit code so
+// that its supervisor restarts it; the restart reads what was committed
+// (the model topic is the checkpoint). A Kafka call that does not return
+// at all is caught by the watchdog (ServerOptions.OnStall).
 
 import (
 	"context"
@@ -26,27 +28,31 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/fdxkafka/fdxkafka/shared/channel"
 )
 
-// ErrUnknownOutcome marks a transaction whose outcome this process cannot
-// know or can no longer make known: its commit was requested and no answer
-// came, its producer was fenced by another instance, or it could not be
-// aborted before its deadline. The Server that returned it refuses further
-// work; the process should exit and let a restart read what was committed.
-var ErrUnknownOutcome = errors.New("kafka transaction outcome unknown")
+// maxAbortTimeout bounds aborting a failed transaction (at most one
+// TransactionTimeout), whatever is left of the caller's deadline: an abort
+// that cannot finish leaves the producer in a state only a restart clears.
+const maxAbortTimeout = 30 * time.Second
 
-// abortTimeout bounds aborting a failed transaction, whatever is left of
-// the caller's deadline: an abort that cannot finish leaves the producer
-// in a state only a restart clears.
-const abortTimeout = 30 * time.Second
+func (s *Server) abortTimeout() time.Duration {
+	return min(maxAbortTimeout, s.opt.TransactionTimeout)
+}
 
 // commitRound commits one round's records, built anew by build for every
 // attempt, with the consumed offsets, retrying what may pass until ctx
-// ends.
+// ends or two transaction timeouts pass: retries ride out a broker
+// restart, but past that the round is better retried by a fresh process
+// than by this producer. The watchdog (OnStall) is armed throughout.
 func (s *Server) commitRound(ctx context.Context, round int64, build func() ([]*kgo.Record, error)) error {
 	if s.broken != nil {
 		return s.broken
 	}
+	ctx, cancel := context.WithTimeout(ctx, 2*s.opt.TransactionTimeout)
+	defer cancel()
+	defer s.watch(ctx, fmt.Sprintf("round %d transaction", round), s.abortTimeout())()
 	for attempt := 0; ; attempt++ {
 		records, err := build()
 		if err != nil {
@@ -61,7 +67,7 @@ func (s *Server) commitRound(ctx context.Context, round int64, build func() ([]*
 			}
 			return nil
 		}
-		if errors.Is(err, ErrUnknownOutcome) {
+		if errors.Is(err, channel.ErrOutcomeUnknown) {
 			s.broken = err
 			s.opt.logger().Error("round transaction outcome unknown; this aggregator must restart", "round", round, "err", err)
 			return err
@@ -89,7 +95,7 @@ func (s *Server) transact(ctx context.Context, round int64, records []*kgo.Recor
 	defer cancel()
 	if err := s.p.BeginTransaction(); err != nil {
 		if errors.Is(err, kerr.ProducerFenced) || !retriable(err) {
-			return fmt.Errorf("%w: begin transaction (fenced by another instance?): %w", ErrUnknownOutcome, err)
+			return fmt.Errorf("%w: begin transaction (fenced by another instance?): %w", channel.ErrOutcomeUnknown, err)
 		}
 		return fmt.Errorf("begin transaction: %w", err)
 	}
@@ -130,22 +136,22 @@ func (s *Server) transact(ctx context.Context, round int64, records []*kgo.Recor
 		// Refused before anything was committed: abort and try again.
 		return s.abort(ctx, fmt.Errorf("commit: %w", err))
 	}
-	return fmt.Errorf("%w: commit of round %d: %w", ErrUnknownOutcome, round, err)
+	return fmt.Errorf("%w: commit of round %d: %w", channel.ErrOutcomeUnknown, round, err)
 }
 
 // abort aborts the open transaction after cause and returns cause, or
-// ErrUnknownOutcome when the abort fails: the producer is then in a state
+// channel.ErrOutcomeUnknown when the abort fails: the producer is then in a state
 // only a restart clears. It has a deadline of its own, as the caller's may
 // be what ended the transaction.
 func (s *Server) abort(ctx context.Context, cause error) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.abortTimeout())
 	defer cancel()
 	err := s.p.AbortBufferedRecords(ctx)
 	if err == nil {
 		err = s.p.EndTransaction(ctx, kgo.TryAbort)
 	}
 	if err != nil {
-		return fmt.Errorf("%w: abort after %w: %w", ErrUnknownOutcome, cause, err)
+		return fmt.Errorf("%w: abort after %w: %w", channel.ErrOutcomeUnknown, cause, err)
 	}
 	return cause
 }
