@@ -41,7 +41,6 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/linefile"
 	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"github.com/fdxkafka/fdxkafka/shared/logging/cloudlog"
-	"github.com/fdxkafka/fdxkafka/shared/procs"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
@@ -156,7 +155,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.tokensFile, "tokens-file", "", "file of \"client_id token\" lines: on gRPC each client's bearer token, on Kafka the key of its updates' HMAC; updates without it are rejected as unauthenticated")
 	fs.StringVar(&c.modelKey, "model-key", "", "Ed25519 private key (PEM, PKCS #8) that signs every model; clients verify with its public key (FDX_MODEL_PUBKEY)")
 	fs.StringVar(&c.clientList, "client-list", "", "file of allowed client ids, one per line ('#' comments); updates from others are rejected as unknown_client")
-	fs.StringVar(&c.kafkaConf, "kafka-config", "", "librdkafka properties file (SASL/TLS settings)")
+	fs.StringVar(&c.kafkaConf, "kafka-config", "", "Kafka client properties file (SASL/TLS settings)")
 	fs.IntVar(&c.clients, "clients", 0, "also run this many local clients in-process (a self-contained demo)")
 	fs.StringVar(&c.out, "out", "", "write the final model and per-round history as JSON to this file")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -412,10 +411,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	} else {
 		close(clientsDone)
-	}
-	if c.channel.Transport != job.GRPC {
-		// Producer, updates consumer, model reader, and two per local client.
-		procs.Set(3 + 2*c.clients)
 	}
 	if c.role != "" {
 		if c.clients > 0 {

@@ -16,7 +16,7 @@ const (
 	// EnvSecureBrokers is its bootstrap address.
 	EnvSecureBrokers = "FDX_KAFKA_SECURE_BROKERS"
 	// EnvSecureDir is its state dir, whose secrets/ holds the principals'
-	// librdkafka settings.
+	// Kafka client properties.
 	EnvSecureDir = "FDX_KAFKA_SECURE_DIR"
 )
 
@@ -38,7 +38,7 @@ func SecureBroker(t testing.TB) *Secure {
 	return &Secure{Brokers: b, dir: dir}
 }
 
-// Props returns the librdkafka settings of role: "aggregator", "client" or
+// Props returns the Kafka client properties of role: "aggregator", "client" or
 // "admin".
 func (s *Secure) Props(t testing.TB, role string) map[string]string {
 	t.Helper()

@@ -40,7 +40,7 @@ type Files struct {
 
 // Generate creates a new CA, a server certificate for 127.0.0.1, ::1 and
 // localhost, and a client certificate, and writes them as PEM files into dir.
-// Keys are unencrypted PKCS #8 so that both Go and OpenSSL (librdkafka) read
+// Keys are unencrypted PKCS #8 so that Go, OpenSSL and Java (a Kafka broker) read
 // them. Every call makes new keys: tests never trust each other's CA.
 func Generate(t testing.TB, dir string) Files {
 	t.Helper()
