@@ -36,6 +36,7 @@ import (
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
+	"github.com/fdxkafka/fdxkafka/shared/embedded"
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/linefile"
@@ -396,6 +397,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("--metrics-addr: %w", err)
 		}
 		log.Info("metrics listening", "addr", addr)
+	}
+	if c.channel.Transport == job.EmbeddedKafka {
+		// The broker outlives the job: the local clients read the final
+		// model and close against a live broker, not a vanished one.
+		b, err := embedded.Start(embedded.Options{Addr: c.channel.Listen})
+		if err != nil {
+			return fmt.Errorf("embedded broker: %w", err)
+		}
+		defer b.Close()
+		log.Info("embedded Kafka broker started (in memory)", "addr", b.Addr())
+		c.channel.Transport, c.channel.Brokers, c.channel.Listen = job.Kafka, b.Addr(), ""
 	}
 	clientsDone := make(chan error, 1)
 	var ready func(addr string)

@@ -59,6 +59,17 @@ func GenerateHosts(t testing.TB, dir string, hosts ...string) Files {
 	return f
 }
 
+// Write is GenerateHosts for programs: scripts/test.sh gives the secure
+// broker of deploy/kafka/kafka.sh a TLS listener with it (through
+// internal/testcerts/cmd/testcerts). Without hosts the server certificate
+// is Generate's.
+func Write(dir string, hosts ...string) (Files, error) {
+	if len(hosts) == 0 {
+		hosts = []string{"127.0.0.1", "::1", ServerName}
+	}
+	return generate(dir, time.Now(), hosts)
+}
+
 func generate(dir string, now time.Time, hosts []string) (Files, error) {
 	f := Files{
 		CA:         filepath.Join(dir, "ca.pem"),
