@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -11,7 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
@@ -24,39 +27,22 @@ const (
 	envClusterDir     = "FDX_KAFKA_CLUSTER_DIR"
 )
 
-// partitionLeaders returns the node id leading each partition of topic.
-func partitionLeaders(t *testing.T, brokers, topic string) []int32 {
-	t.Helper()
-	cm := kafka.ConfigMap{"bootstrap.servers": brokers, "go.logs.channel.enable": true}
-	p, err := kafka.NewProducer(&cm)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	go func() {
-		for range p.Logs() {
-		}
-	}()
-	md, err := p.GetMetadata(&topic, false, 10000)
-	if err != nil {
-		t.Fatalf("metadata of %s: %v", topic, err)
-	}
-	tm := md.Topics[topic]
-	leaders := make([]int32, len(tm.Partitions))
-	for _, pm := range tm.Partitions {
-		if len(pm.Replicas) != 3 || len(pm.Isrs) < 2 {
-			t.Errorf("%s[%d]: replicas %v, ISR %v; want 3 replicas", topic, pm.ID, pm.Replicas, pm.Isrs)
-		}
-		leaders[pm.ID] = pm.Leader
-	}
-	return leaders
-}
-
-// TestBrokerLoss runs a job on a 3-broker cluster and SIGKILLs the broker
-// that leads the model partition (and, with 3 updates partitions spread over
-// 3 brokers, one updates partition) after a few rounds. The job finishes,
-// every round is committed exactly once with every client, and the final
-// model is bit-identical to that of the same job run undisturbed.
+// TestBrokerLoss runs a job on a 3-broker cluster and, once a few rounds
+// are committed, SIGKILLs the broker that plays one part in it:
+//   - model-leader: the leader of the model partition (with 3 updates
+//     partitions spread over 3 brokers, it leads one of those too);
+//   - txn-coordinator: the transaction coordinator of the aggregator's
+//     transactional id, which holds the open round's transaction;
+//   - group-coordinator: the coordinator of the aggregator's consumer
+//     group, which takes the round's offsets.
+//
+// Each case is its own job. It finishes, every round is committed exactly
+// once with every client, and the final model is bit-identical to that of
+// the same job run undisturbed. An aggregator that exits because it cannot
+// know a transaction's outcome is restarted, as its supervisor would. The
+// killed node comes back (kafka.sh start --keep-data) and every partition
+// has its full ISR again before the next case, so each case starts from a
+// whole cluster.
 func TestBrokerLoss(t *testing.T) {
 	brokers, dir := os.Getenv(envClusterBrokers), os.Getenv(envClusterDir)
 	if brokers == "" || dir == "" {
@@ -66,68 +52,94 @@ func TestBrokerLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const clients, rounds, killAfter = 3, 30, 3
-	if n := clusterSize(t, brokers); n != 3 {
-		t.Fatalf("the cluster at %s has %d live brokers, want 3 (a node killed by an earlier run comes back with FDX_KAFKA_NODES=3 kafka.sh start --keep-data)", brokers, n)
-	}
+	c := newCluster(t, brokers, dir)
+	// A node killed by an earlier run (or case) comes back first.
+	c.heal(t)
+
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	tmp := t.TempDir()
-	k := killJob{brokers: brokers, job: kafkatest.Job(t), out: filepath.Join(tmp, "out.json"), clients: clients, rounds: rounds}
-
-	ref := k
-	ref.job, ref.out = k.job+"-ref", k.out+".ref"
+	base := kafkatest.Job(t)
+	ref := brokerLossJob(brokers, base+"-ref", t.TempDir())
 	wait := startClients(ctx, t, ref)
 	startAggregator(t, bin, ref).finish(t, 3*time.Minute)
 	wait()
 	want := readOut(t, ref.out).Final.SHA256
 
-	wait = startClients(ctx, t, k)
+	cases := []struct {
+		name string
+		// victim names the node to kill and the part it plays.
+		victim func(ctx context.Context, adm *kadm.Client, job string) (int32, error)
+	}{
+		{"model-leader", func(ctx context.Context, adm *kadm.Client, job string) (int32, error) {
+			return partitionLeader(ctx, adm, kafkachan.ModelTopic(job), 0)
+		}},
+		{"txn-coordinator", func(ctx context.Context, adm *kadm.Client, job string) (int32, error) {
+			return coordinatorOf(adm.FindTxnCoordinators(ctx, kafkachan.TransactionalID(job)), kafkachan.TransactionalID(job))
+		}},
+		{"group-coordinator", func(ctx context.Context, adm *kadm.Client, job string) (int32, error) {
+			return coordinatorOf(adm.FindGroupCoordinators(ctx, kafkachan.GroupID(job)), kafkachan.GroupID(job))
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c.heal(t)
+			brokerLossCase(t, c, bin, brokerLossJob(brokers, base+"-"+tc.name, t.TempDir()), want, tc.victim)
+		})
+	}
+	// The next test (or run) finds the cluster whole.
+	c.heal(t)
+}
+
+// brokerLossJob is the job every case of TestBrokerLoss runs: enough
+// rounds that the kill lands mid-job.
+func brokerLossJob(brokers, job, dir string) killJob {
+	return killJob{brokers: brokers, job: job, out: filepath.Join(dir, "out.json"), clients: 3, rounds: 30}
+}
+
+// brokerLossCase runs k, kills the node victim names once killAfter
+// models are committed, and checks the job's end against want, the final
+// model's digest of an undisturbed run.
+func brokerLossCase(t *testing.T, c *cluster, bin string, k killJob, want string,
+	victim func(context.Context, *kadm.Client, string) (int32, error)) {
+	const killAfter = 4
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	wait := startClients(ctx, t, k)
 	r := startAggregator(t, bin, k)
-	opts := kafkachan.Options{Brokers: brokers, Job: k.job}
-	// Wait until a few rounds are committed, then kill mid-job.
-	var committed int
-	for committed < killAfter+1 {
+	opts := kafkachan.Options{Brokers: k.brokers, Job: k.job}
+
+	// Mid-job: a few rounds are committed, most are not.
+	committed := 0
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for committed < killAfter {
 		select {
 		case err := <-r.exited:
-			r.fatalf(t, "aggregator exited after %d models, before the kill: %v", committed, err)
+			r.fatalf(t, "aggregator ended after %d committed models, before the kill: %v", committed, err)
 		case <-ctx.Done():
 			r.wait(t, 0)
-		case <-time.After(100 * time.Millisecond):
+		case <-tick.C:
 		}
-		hist, err := kafkachan.History(ctx, opts)
-		if err == nil {
+		if hist, err := kafkachan.History(ctx, opts); err == nil {
 			committed = len(hist)
 		}
 	}
-	modelLeader := partitionLeaders(t, brokers, kafkachan.ModelTopic(k.job))[0]
-	updLeaders := partitionLeaders(t, brokers, kafkachan.UpdatesTopic(k.job))
-	if !strings.Contains(fmt.Sprint(updLeaders), strconv.Itoa(int(modelLeader))) {
-		t.Logf("note: node %d leads the model partition but none of the updates partitions (leaders %v)", modelLeader, updLeaders)
-	}
-	pidFile := filepath.Join(dir, fmt.Sprintf("node-%d", modelLeader), "kafka.pid")
-	b, err := os.ReadFile(pidFile)
-	if err != nil {
-		t.Fatalf("pid of node %d: %v", modelLeader, err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatalf("pid file %s: %v", pidFile, err)
-	}
-	if committed >= rounds+1 {
+	if committed >= k.rounds+1 {
 		t.Fatalf("the job committed all %d models before the kill; raise the rounds", committed)
 	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatalf("SIGKILL node %d (pid %d): %v", modelLeader, pid, err)
+	node, err := victim(ctx, c.adm, k.job)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("SIGKILLed node %d (pid %d), leader of the model partition and of updates partitions %v, after %d committed models", modelLeader, pid, updLeaders, committed)
+	roles := c.roles(ctx, t, k.job)
+	pid := c.kill(t, node)
+	t.Logf("SIGKILLed node %d (pid %d) after %d committed models; it was %s", node, pid, committed, strings.Join(roles[node], ", "))
 
 	// The aggregator rides out the loss, or exits with
 	// cli.ExitOutcomeUnknown when a transaction's outcome is lost with the
 	// node, and finish restarts it as its supervisor would.
 	_, restarts := r.finish(t, 3*time.Minute)
 	wait()
-	t.Logf("aggregator restarts after the broker loss: %d", restarts)
 	got := readOut(t, k.out)
 	if got.Final.SHA256 != want {
 		t.Errorf("final model %s differs from the undisturbed run's %s", got.Final.SHA256, want)
@@ -136,29 +148,225 @@ func TestBrokerLoss(t *testing.T) {
 	if err != nil {
 		t.Fatalf("history: %v", err)
 	}
-	if err := checkHistory(hist, clients, rounds); err != nil {
+	if err := checkHistory(hist, k.clients, k.rounds); err != nil {
 		t.Error(err)
 	}
-	newLeader := partitionLeaders(t, brokers, kafkachan.ModelTopic(k.job))[0]
-	t.Logf("job finished: final round %d sha256 %s; model partition now led by node %d", got.Final.Round, got.Final.SHA256, newLeader)
+	after := c.roles(ctx, t, k.job)
+	t.Logf("job finished: final round %d sha256 %s; %d aggregator restart(s) for an unknown outcome; now %v",
+		got.Final.Round, got.Final.SHA256, restarts, after)
 }
 
-// clusterSize is the number of live brokers.
-func clusterSize(t *testing.T, brokers string) int {
+// cluster is the 3-node cluster of kafka.sh under dir.
+type cluster struct {
+	brokers, dir string
+	adm          *kadm.Client
+}
+
+func newCluster(t *testing.T, brokers, dir string) *cluster {
 	t.Helper()
-	cm := kafka.ConfigMap{"bootstrap.servers": brokers, "go.logs.channel.enable": true}
-	p, err := kafka.NewProducer(&cm)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(brokers, ",")...))
+	if err != nil {
+		t.Fatalf("admin client: %v", err)
+	}
+	t.Cleanup(cl.Close)
+	return &cluster{brokers: brokers, dir: dir, adm: kadm.NewClient(cl)}
+}
+
+// kill SIGKILLs node and returns its pid.
+func (c *cluster) kill(t *testing.T, node int32) int {
+	t.Helper()
+	pidFile := filepath.Join(c.dir, fmt.Sprintf("node-%d", node), "kafka.pid")
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatalf("pid of node %d: %v", node, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("pid file %s: %v", pidFile, err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("SIGKILL node %d (pid %d): %v", node, pid, err)
+	}
+	return pid
+}
+
+// heal starts the nodes that are down (kafka.sh leaves running nodes
+// alone and keeps every node's data) and waits until all three serve and
+// every partition, internal ones included, has its full ISR again: a node
+// killed while another still catches up would leave partitions below
+// their min ISR of 2.
+func (c *cluster) heal(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if n, err := c.live(ctx); err != nil || n < 3 {
+		port, ctrl, err := c.ports()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%d of 3 brokers live (%v): restarting the missing node(s) with kafka.sh start --keep-data", n, err)
+		cmd := exec.CommandContext(ctx, "bash", filepath.Join(repoRoot(t), "deploy", "kafka", "kafka.sh"), "start", "--keep-data")
+		cmd.Env = append(os.Environ(), "FDX_KAFKA_NODES=3", "FDX_KAFKA_DIR="+c.dir,
+			"FDX_KAFKA_PORT="+port, "FDX_KAFKA_CONTROLLER_PORT="+ctrl)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("kafka.sh start --keep-data: %v\n%s", err, out)
+		}
+	}
+	var last string
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		n, err := c.live(ctx)
+		if err == nil && n == 3 {
+			short, err := c.underReplicated(ctx)
+			if err == nil && len(short) == 0 {
+				return
+			}
+			last = fmt.Sprintf("partitions below their full ISR: %v (%v)", short, err)
+		} else {
+			last = fmt.Sprintf("%d live brokers (%v)", n, err)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the cluster did not heal: %s", last)
+		case <-tick.C:
+		}
+	}
+}
+
+// ports are the client and controller ports of node 1, as kafka.sh's
+// cluster mode numbers them; read from its generated config, so that a
+// cluster started with any FDX_KAFKA_CONTROLLER_PORT restarts alike.
+func (c *cluster) ports() (port, ctrl string, err error) {
+	path := filepath.Join(c.dir, "node-1", "config", "server.properties")
+	f, err := os.Open(path)
+	if err != nil {
+		return "", "", fmt.Errorf("node 1's config: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		v, ok := strings.CutPrefix(sc.Text(), "listeners=")
+		if !ok {
+			continue
+		}
+		for _, l := range strings.Split(v, ",") {
+			name, addr, _ := strings.Cut(l, "://")
+			_, p, _ := strings.Cut(addr, ":")
+			if name == "CONTROLLER" {
+				ctrl = p
+			} else {
+				port = p
+			}
+		}
+	}
+	if port == "" || ctrl == "" {
+		return "", "", fmt.Errorf("%s: no client and controller listeners (%v)", path, sc.Err())
+	}
+	return port, ctrl, nil
+}
+
+// live is the number of brokers the cluster's metadata lists.
+func (c *cluster) live(ctx context.Context) (int, error) {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	md, err := c.adm.BrokerMetadata(rctx)
+	if err != nil {
+		return 0, err
+	}
+	return len(md.Brokers), nil
+}
+
+// underReplicated lists the partitions of every topic whose ISR is short
+// of their replicas, or that have no leader.
+func (c *cluster) underReplicated(ctx context.Context) ([]string, error) {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	md, err := c.adm.Metadata(rctx)
+	if err != nil {
+		return nil, err
+	}
+	var short []string
+	for _, td := range md.Topics {
+		if td.Err != nil {
+			return nil, fmt.Errorf("topic %s: %w", td.Topic, td.Err)
+		}
+		for _, p := range td.Partitions.Sorted() {
+			if p.Leader < 0 || len(p.ISR) < len(p.Replicas) || p.Err != nil {
+				short = append(short, fmt.Sprintf("%s[%d] leader %d ISR %v of %v", p.Topic, p.Partition, p.Leader, p.ISR, p.Replicas))
+			}
+		}
+	}
+	return short, nil
+}
+
+// roles names what each node is to job: leader of which partitions,
+// coordinator of what.
+func (c *cluster) roles(ctx context.Context, t *testing.T, job string) map[int32][]string {
+	t.Helper()
+	out := map[int32][]string{}
+	for _, topic := range []string{kafkachan.ModelTopic(job), kafkachan.UpdatesTopic(job)} {
+		md, err := c.adm.Metadata(ctx, topic)
+		if err != nil {
+			t.Logf("metadata of %s: %v", topic, err)
+			continue
+		}
+		for _, p := range md.Topics[topic].Partitions.Sorted() {
+			if len(p.Replicas) != 3 {
+				t.Errorf("%s[%d]: replicas %v; want 3", topic, p.Partition, p.Replicas)
+			}
+			out[p.Leader] = append(out[p.Leader], fmt.Sprintf("leader of %s[%d]", topic, p.Partition))
+		}
+	}
+	if n, err := coordinatorOf(c.adm.FindTxnCoordinators(ctx, kafkachan.TransactionalID(job)), kafkachan.TransactionalID(job)); err == nil {
+		out[n] = append(out[n], "transaction coordinator")
+	}
+	if n, err := coordinatorOf(c.adm.FindGroupCoordinators(ctx, kafkachan.GroupID(job)), kafkachan.GroupID(job)); err == nil {
+		out[n] = append(out[n], "group coordinator")
+	}
+	return out
+}
+
+// partitionLeader is the node that leads topic's partition p.
+func partitionLeader(ctx context.Context, adm *kadm.Client, topic string, p int32) (int32, error) {
+	md, err := adm.Metadata(ctx, topic)
+	if err != nil {
+		return 0, fmt.Errorf("metadata of %s: %w", topic, err)
+	}
+	pd, ok := md.Topics[topic].Partitions[p]
+	if !ok || pd.Err != nil || pd.Leader < 0 {
+		return 0, fmt.Errorf("%s[%d]: no leader (%+v)", topic, p, pd)
+	}
+	return pd.Leader, nil
+}
+
+// coordinatorOf is the node of key in a FindCoordinator answer.
+func coordinatorOf(rs kadm.FindCoordinatorResponses, key string) (int32, error) {
+	r, ok := rs[key]
+	if !ok {
+		return 0, fmt.Errorf("no coordinator answer for %s", key)
+	}
+	if r.Err != nil {
+		return 0, fmt.Errorf("coordinator of %s: %w (%s)", key, r.Err, r.ErrMessage)
+	}
+	return r.NodeID, nil
+}
+
+// repoRoot is the directory of go.mod above the test's working directory.
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	dir, err := os.Getwd()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
-	go func() {
-		for range p.Logs() {
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
 		}
-	}()
-	md, err := p.GetMetadata(nil, false, 10000)
-	if err != nil {
-		t.Fatalf("cluster metadata: %v", err)
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the test's directory")
+		}
+		dir = parent
 	}
-	return len(md.Brokers)
 }

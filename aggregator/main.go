@@ -36,12 +36,12 @@ import (
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
+	"github.com/fdxkafka/fdxkafka/shared/embedded"
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/linefile"
 	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"github.com/fdxkafka/fdxkafka/shared/logging/cloudlog"
-	"github.com/fdxkafka/fdxkafka/shared/procs"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
@@ -158,7 +158,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.tokensFile, "tokens-file", "", "file of \"client_id token\" lines: on gRPC each client's bearer token, on Kafka the key of its updates' HMAC; updates without it are rejected as unauthenticated")
 	fs.StringVar(&c.modelKey, "model-key", "", "Ed25519 private key (PEM, PKCS #8) that signs every model; clients verify with its public key (FDX_MODEL_PUBKEY)")
 	fs.StringVar(&c.clientList, "client-list", "", "file of allowed client ids, one per line ('#' comments); updates from others are rejected as unknown_client")
-	fs.StringVar(&c.kafkaConf, "kafka-config", "", "librdkafka properties file (SASL/TLS settings)")
+	fs.StringVar(&c.kafkaConf, "kafka-config", "", "Kafka client properties file (SASL/TLS settings)")
 	fs.IntVar(&c.clients, "clients", 0, "also run this many local clients in-process (a self-contained demo)")
 	fs.StringVar(&c.out, "out", "", "write the final model and per-round history as JSON to this file")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -400,6 +400,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		log.Info("metrics listening", "addr", addr)
 	}
+	if c.channel.Transport == job.EmbeddedKafka {
+		// The broker outlives the job: the local clients read the final
+		// model and close against a live broker, not a vanished one.
+		b, err := embedded.Start(embedded.Options{Addr: c.channel.Listen})
+		if err != nil {
+			return fmt.Errorf("embedded broker: %w", err)
+		}
+		defer b.Close()
+		log.Info("embedded Kafka broker started (in memory)", "addr", b.Addr())
+		c.channel.Transport, c.channel.Brokers, c.channel.Listen = job.Kafka, b.Addr(), ""
+	}
 	clientsDone := make(chan error, 1)
 	var ready func(addr string)
 	if c.clients > 0 {
@@ -414,10 +425,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	} else {
 		close(clientsDone)
-	}
-	if c.channel.Transport != job.GRPC {
-		// Producer, updates consumer, model reader, and two per local client.
-		procs.Set(3 + 2*c.clients)
 	}
 	if c.role != "" {
 		if c.clients > 0 {

@@ -29,7 +29,6 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"github.com/fdxkafka/fdxkafka/shared/participant"
-	"github.com/fdxkafka/fdxkafka/shared/procs"
 	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
 
@@ -53,16 +52,15 @@ var instance = sync.OnceValue(func() http.Handler {
 	}
 	cfg.Logger = log
 	// Warm instances reuse their channels: a Cloud Functions instance
-	// serves invocation after invocation, and a dial costs two librdkafka
-	// handles and their connections.
+	// serves invocation after invocation, and a dial costs two Kafka
+	// clients and their connections.
 	cfg.Cache = dialcache.New(dialcache.Options{MaxIdle: maxIdleChannels, Log: log})
-	procs.Set(2 * (1 + maxIdleChannels))
 	s := NewServer(cfg)
 	return logging.HTTPMiddleware(WarnUnauthenticated(s, log), os.Getenv("GOOGLE_CLOUD_PROJECT"))
 })
 
 // maxIdleChannels bounds the channels a warm instance keeps: it serves
-// few jobs, and each Kafka channel holds two librdkafka handles.
+// few jobs, and each Kafka channel holds two Kafka clients.
 const maxIdleChannels = 4
 
 func init() {
@@ -88,7 +86,7 @@ type Config struct {
 }
 
 // ConfigFromEnv reads the function's deployment settings: FDX_BROKER,
-// FDX_JOB, FDX_CHANNEL (request defaults), FDX_KAFKA_CONFIG (a librdkafka
+// FDX_JOB, FDX_CHANNEL (request defaults), FDX_KAFKA_CONFIG (a Kafka
 // properties file for SASL/TLS), FDX_GRPC_CA / FDX_GRPC_CERT / FDX_GRPC_KEY
 // (TLS to the gRPC aggregator), FDX_CLIENT_TOKEN (the client's token: gRPC
 // bearer token and Kafka update MAC key; FDX_GRPC_TOKEN is its older name)
@@ -179,7 +177,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), req.Timeout)
 	defer cancel()
 	sum, warm, done, err := s.run(ctx, req)
-	// Closing (or returning to the cache) a channel waits on librdkafka;
+	// Closing (or returning to the cache) a channel waits on the Kafka client;
 	// the caller need not: it has the whole answer once it is flushed.
 	defer done(err)
 	if err != nil {

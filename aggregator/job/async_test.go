@@ -6,10 +6,12 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fdxkafka/fdxkafka/internal/fedtest"
@@ -156,46 +158,51 @@ func firstDiff(a, b [][]float32) string {
 // partition in async mode), in log order.
 func readUpdates(ctx context.Context, t *testing.T, brokers, job string) []*fdxv1.Update {
 	t.Helper()
-	c, err := kafka.NewConsumer(&kafka.ConfigMap{
-		"bootstrap.servers": brokers, "group.id": job + "-reader", "enable.auto.commit": false,
-		"isolation.level": "read_committed", "log_level": 3,
-	})
+	topic := kafkachan.UpdatesTopic(job)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(brokers, ",")...), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	topic := kafkachan.UpdatesTopic(job)
-	md, err := c.GetMetadata(&topic, false, 10_000)
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	md, err := adm.Metadata(ctx, topic)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n := len(md.Topics[topic].Partitions); n != 1 {
 		t.Fatalf("async job's updates topic has %d partitions, want 1", n)
 	}
-	_, high, err := c.QueryWatermarkOffsets(topic, 0, 10_000)
+	ends, err := adm.ListEndOffsets(ctx, topic)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Assign([]kafka.TopicPartition{{Topic: &topic, Partition: 0, Offset: kafka.OffsetBeginning}}); err != nil {
-		t.Fatal(err)
+	end, ok := ends.Lookup(topic, 0)
+	if !ok || end.Err != nil {
+		t.Fatalf("end offset of %s[0]: %v", topic, end.Err)
 	}
+	cl.AddConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().AtStart()}})
 	var out []*fdxv1.Update
-	for int64(len(out)) < high {
+	// Clients write updates without transactions: every offset below
+	// the end holds a record.
+	for next := int64(0); next < end.Offset; {
+		fs := cl.PollFetches(ctx)
 		if ctx.Err() != nil {
-			t.Fatalf("read %d of %d updates: %v", len(out), high, ctx.Err())
+			t.Fatalf("read %d updates, up to offset %d of %d: %v", len(out), next, end.Offset, ctx.Err())
 		}
-		msg, err := c.ReadMessage(time.Second)
-		if err != nil {
-			if ke, ok := err.(kafka.Error); ok && ke.IsTimeout() {
-				continue
-			}
+		if err := fs.Err(); err != nil {
 			t.Fatal(err)
 		}
-		u := &fdxv1.Update{}
-		if err := proto.Unmarshal(msg.Value, u); err != nil {
-			t.Fatalf("update at offset %v: %v", msg.TopicPartition.Offset, err)
+		for _, r := range fs.Records() {
+			next = r.Offset + 1
+			if r.Offset >= end.Offset {
+				continue
+			}
+			u := &fdxv1.Update{}
+			if err := proto.Unmarshal(r.Value, u); err != nil {
+				t.Fatalf("update at offset %d: %v", r.Offset, err)
+			}
+			out = append(out, u)
 		}
-		out = append(out, u)
 	}
 	return out
 }

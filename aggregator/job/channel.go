@@ -40,7 +40,7 @@ type ChannelConfig struct {
 	// Listen is the address the gRPC server or the embedded broker listens
 	// on; port 0 picks a free one.
 	Listen string
-	// KafkaProperties are extra librdkafka settings (SASL, TLS).
+	// KafkaProperties are Kafka client properties (SASL, TLS).
 	KafkaProperties map[string]string
 	// UpdatePartitions of the Kafka updates topic (0: 4).
 	UpdatePartitions int

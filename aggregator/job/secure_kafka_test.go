@@ -23,9 +23,21 @@ import (
 // aggregator as its SASL principal, three clients through the function as
 // the client principal, with only the ACLs `kafka.sh acls JOB` grants.
 // A function holding a wrong password is refused with 403 and says why,
-// and nothing it sent reaches the model.
+// and nothing it sent reaches the model. It runs once on the broker's
+// SASL_PLAINTEXT listener and once on its SASL_SSL one, where every
+// client verifies the broker's certificate against the test CA.
 func TestKafkaSecured(t *testing.T) {
 	sb := kafkatest.SecureBroker(t)
+	t.Run("SASL_PLAINTEXT", func(t *testing.T) { kafkaSecured(t, sb, "SASL_PLAINTEXT") })
+	t.Run("SASL_SSL", func(t *testing.T) { kafkaSecured(t, sb.TLS(t), "SASL_SSL") })
+}
+
+func kafkaSecured(t *testing.T, sb *kafkatest.Secure, protocol string) {
+	for _, role := range []string{"aggregator", "client"} {
+		if p := sb.Props(t, role)["security.protocol"]; p != protocol {
+			t.Fatalf("%s properties of %s: security.protocol %q, want %s", role, sb.Brokers, p, protocol)
+		}
+	}
 	o := Spec{Job: kafkatest.Job(t), MinClients: 3, NumRounds: 2,
 		Dataset: "synthetic", MaxExamples: 60, EvalExamples: 200, Partition: dataset.PartitionSpec{NumPartitions: 3}, Seed: 5}
 	cc := ChannelConfig{Transport: Kafka, Brokers: sb.Brokers, KafkaProperties: sb.Props(t, "aggregator")}

@@ -4,10 +4,11 @@ import (
 	"context"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fdxkafka/fdxkafka/internal/fedtest"
@@ -24,21 +25,17 @@ import (
 // produceRaw writes records straight to topic, without a transaction and
 // without any key the job trusts: what anyone who can reach the broker can
 // do.
-func produceRaw(t *testing.T, brokers, topic string, recs ...*kafka.Message) {
+func produceRaw(t *testing.T, brokers, topic string, recs ...*kgo.Record) {
 	t.Helper()
-	p, err := kafka.NewProducer(&kafka.ConfigMap{"bootstrap.servers": brokers, "go.delivery.reports": false})
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(brokers, ",")...), kgo.DefaultProduceTopic(topic))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
-	for _, m := range recs {
-		m.TopicPartition = kafka.TopicPartition{Topic: &topic, Partition: kafka.PartitionAny}
-		if err := p.Produce(m, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n := p.Flush(30_000); n != 0 {
-		t.Fatalf("%d forged records not delivered", n)
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		t.Fatalf("forged records not delivered: %v", err)
 	}
 }
 
@@ -130,22 +127,22 @@ func TestForgeriesChangeNothing(t *testing.T) {
 	weights := tensor.Encode(big, specs)
 	final := marshal(t, &fdxv1.GlobalModel{Job: spec.Job, Round: rounds + 1, Final: true, NumRounds: rounds, Params: weights})
 	chosen := marshal(t, &fdxv1.GlobalModel{Job: spec.Job, Round: 2, NumRounds: rounds, Params: weights})
-	sign := func(v []byte, s *trust.Signer, keyID string) []kafka.Header {
-		return []kafka.Header{{Key: trust.HeaderSignature, Value: s.Sign(v)}, {Key: trust.HeaderKeyID, Value: []byte(keyID)}}
+	sign := func(v []byte, s *trust.Signer, keyID string) []kgo.RecordHeader {
+		return []kgo.RecordHeader{{Key: trust.HeaderSignature, Value: s.Sign(v)}, {Key: trust.HeaderKeyID, Value: []byte(keyID)}}
 	}
 	produceRaw(t, brokers, kafkachan.ModelTopic(spec.Job),
-		&kafka.Message{Value: chosen, Headers: sign(chosen, evil, signer.KeyID())},
-		&kafka.Message{Value: marshal(t, &fdxv1.GlobalModel{Job: spec.Job, Round: 1<<63 - 1, Params: weights})},
-		&kafka.Message{Value: final, Headers: sign(final, evil, evil.KeyID())},
-		&kafka.Message{Value: nil},
-		&kafka.Message{Value: final},
+		&kgo.Record{Value: chosen, Headers: sign(chosen, evil, signer.KeyID())},
+		&kgo.Record{Value: marshal(t, &fdxv1.GlobalModel{Job: spec.Job, Round: 1<<63 - 1, Params: weights})},
+		&kgo.Record{Value: final, Headers: sign(final, evil, evil.KeyID())},
+		&kgo.Record{Value: nil},
+		&kgo.Record{Value: final},
 	)
-	var forged []*kafka.Message
+	var forged []*kgo.Record
 	for id := range tokens {
 		u := marshal(t, &fdxv1.Update{Job: spec.Job, ClientId: id, BaseRound: 1, NumExamples: 60, Params: weights})
 		forged = append(forged,
-			&kafka.Message{Key: []byte(id), Value: u},
-			&kafka.Message{Key: []byte(id), Value: u, Headers: []kafka.Header{{Key: trust.HeaderMAC, Value: trust.MAC("guessed", u)}}})
+			&kgo.Record{Key: []byte(id), Value: u},
+			&kgo.Record{Key: []byte(id), Value: u, Headers: []kgo.RecordHeader{{Key: trust.HeaderMAC, Value: trust.MAC("guessed", u)}}})
 	}
 	produceRaw(t, brokers, kafkachan.UpdatesTopic(spec.Job), forged...)
 
@@ -200,16 +197,16 @@ func TestRestartWalksPastDamage(t *testing.T) {
 	}
 	wrong := tensor.Encode([][]float32{{1, 2, 3}}, []tensor.Spec{{Name: "fc0.weight", Shape: []int64{3}}})
 	produceRaw(t, brokers, kafkachan.ModelTopic(spec.Job),
-		&kafka.Message{Value: marshal(t, &fdxv1.GlobalModel{Job: spec.Job, Round: 2, NumRounds: 1, Final: true, Params: wrong})},
-		&kafka.Message{Value: marshal(t, &fdxv1.GlobalModel{Job: spec.Job, Round: 1<<63 - 1})},
-		&kafka.Message{Value: nil},
+		&kgo.Record{Value: marshal(t, &fdxv1.GlobalModel{Job: spec.Job, Round: 2, NumRounds: 1, Final: true, Params: wrong})},
+		&kgo.Record{Value: marshal(t, &fdxv1.GlobalModel{Job: spec.Job, Round: 1<<63 - 1})},
+		&kgo.Record{Value: nil},
 	)
 	zeros := make([][]float32, len(specs))
 	for i, sp := range specs {
 		zeros[i] = make([]float32, sp.Size())
 	}
 	update := marshal(t, &fdxv1.Update{Job: spec.Job, ClientId: "0", BaseRound: 1, NumExamples: 10, Params: tensor.Encode(zeros, specs)})
-	produceRaw(t, brokers, kafkachan.UpdatesTopic(spec.Job), &kafka.Message{Key: []byte("0"), Value: update})
+	produceRaw(t, brokers, kafkachan.UpdatesTopic(spec.Job), &kgo.Record{Key: []byte("0"), Value: update})
 	res, err := RunOn(ctx, spec, cc, Env{Data: data}, nil)
 	if err != nil {
 		t.Fatalf("restart over damaged records: %v", err)

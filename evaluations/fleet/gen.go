@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -13,7 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
@@ -72,7 +72,7 @@ func generate(ctx context.Context, cfg Config) ([]RoundReport, error) {
 	var out []RoundReport
 	for !m.GetFinal() {
 		if f == nil {
-			if f, err = newFleet(cfg, m); err != nil {
+			if f, err = newFleet(ctx, cfg, m); err != nil {
 				return nil, err
 			}
 			defer f.close()
@@ -101,46 +101,45 @@ func generate(ctx context.Context, cfg Config) ([]RoundReport, error) {
 // fleet holds the producers and the per-round update templates.
 type fleet struct {
 	cfg       Config
-	producers []*kafka.Producer
+	producers []*kgo.Client
 	topic     string
 	firstSent time.Time
 	lastAck   time.Time
 }
 
-func newFleet(cfg Config, m *fdxv1.GlobalModel) (*fleet, error) {
+func newFleet(ctx context.Context, cfg Config, m *fdxv1.GlobalModel) (*fleet, error) {
 	size := 0
 	for _, t := range m.GetParams() {
 		size += len(t.GetData())
 	}
 	f := &fleet{cfg: cfg, topic: kafkachan.UpdatesTopic(cfg.Job)}
+	opt := kafkachan.Options{Brokers: cfg.Brokers, Job: cfg.Job, Properties: cfg.KafkaProperties, Logger: cfg.Log.With("part", "fleet")}
+	opts, err := opt.ClientOpts(
+		kgo.DefaultProduceTopic(f.topic),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(5*time.Millisecond),
+		kgo.ProducerBatchMaxBytes(int32(kafkachan.MessageBytesFor(size/4))),
+		kgo.ProducerBatchCompression(kgo.NoCompression()),
+		// Bound what the producers buffer: the fleet must not eat the
+		// memory the aggregator is measured on.
+		kgo.MaxBufferedBytes(64<<20),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("fleet producer: %w", err)
+	}
 	for range cfg.Producers {
-		cm := kafka.ConfigMap{
-			"bootstrap.servers":      cfg.Brokers,
-			"enable.idempotence":     true,
-			"acks":                   "all",
-			"linger.ms":              5,
-			"message.max.bytes":      kafkachan.MessageBytesFor(size / 4),
-			"compression.type":       "none",
-			"go.delivery.reports":    true,
-			"go.events.channel.size": 1024,
-			// Bound what librdkafka queues: the fleet must not eat the
-			// memory the aggregator is measured on.
-			"queue.buffering.max.kbytes": 64 << 10,
-			"go.logs.channel.enable":     true,
-		}
-		for k, v := range cfg.KafkaProperties {
-			cm[k] = v
-		}
-		p, err := kafka.NewProducer(&cm)
+		cl, err := kgo.NewClient(opts...)
 		if err != nil {
 			f.close()
 			return nil, fmt.Errorf("fleet producer: %w", err)
 		}
-		f.producers = append(f.producers, p)
-		go forwardLogs(p.Logs(), cfg.Log)
+		f.producers = append(f.producers, cl)
 		// Connect now, so that the first round's timing is not the
 		// connection setup's.
-		if _, err := p.GetMetadata(&f.topic, false, 10000); err != nil {
+		mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err = kadm.NewClient(cl).Metadata(mctx, f.topic)
+		cancel()
+		if err != nil {
 			f.close()
 			return nil, fmt.Errorf("fleet producer: %w", err)
 		}
@@ -150,7 +149,9 @@ func newFleet(cfg Config, m *fdxv1.GlobalModel) (*fleet, error) {
 
 func (f *fleet) close() {
 	for _, p := range f.producers {
-		p.Flush(5000)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		p.Flush(ctx)
+		cancel()
 		p.Close()
 	}
 }
@@ -264,74 +265,41 @@ func (f *fleet) round(ctx context.Context, m *fdxv1.GlobalModel) (RoundReport, e
 
 // send produces the updates of clients j, j+P, j+2P, ... through p and
 // returns when the last is acknowledged, with that time.
-func (f *fleet) send(ctx context.Context, p *kafka.Producer, t *templates, round int64, j int, bytes *atomic.Int64) (time.Time, error) {
-	type result struct {
+func (f *fleet) send(ctx context.Context, p *kgo.Client, t *templates, round int64, j int, bytes *atomic.Int64) (time.Time, error) {
+	var (
+		mu   sync.Mutex
 		last time.Time
-		err  error
-	}
-	reports := make(chan kafka.Event, 4096)
-	target := make(chan int, 1)
-	acked := make(chan result, 1)
-	stop := make(chan struct{})
-	defer close(stop)
-	// Reports are read while producing, so that librdkafka never blocks
-	// on a full channel; the count to wait for is known only at the end.
-	go func() {
-		want, n := -1, 0
-		var r result
-		for want < 0 || n < want {
-			select {
-			case want = <-target:
-			case ev := <-reports:
-				n++
-				r.last = time.Now()
-				if msg, ok := ev.(*kafka.Message); !ok {
-					r.err = cmp.Or(r.err, fmt.Errorf("unexpected event %v", ev))
-				} else if msg.TopicPartition.Error != nil {
-					r.err = cmp.Or(r.err, fmt.Errorf("client %s: %w", msg.Key, msg.TopicPartition.Error))
-				}
-			case <-stop:
-				return
-			}
-		}
-		acked <- r
-	}()
-	sent := 0
+		werr error
+		wg   sync.WaitGroup
+	)
 	for i := j; i < f.cfg.Clients; i += len(f.producers) {
 		v, err := t.update(f.cfg, round, i)
 		if err != nil {
+			wg.Wait()
 			return time.Time{}, err
 		}
 		key := []byte(strconv.Itoa(i))
-		msg := &kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &f.topic, Partition: kafka.PartitionAny}, Key: key, Value: v}
-		for {
-			err := p.Produce(msg, reports)
-			if err == nil {
-				break
+		wg.Add(1)
+		// Produce blocks while the buffer is full, until ctx ends.
+		p.Produce(ctx, &kgo.Record{Key: key, Value: v}, func(r *kgo.Record, err error) {
+			defer wg.Done()
+			mu.Lock()
+			defer mu.Unlock()
+			last = time.Now()
+			if err != nil {
+				werr = cmp.Or(werr, fmt.Errorf("client %s: %w", r.Key, err))
 			}
-			var kerr kafka.Error
-			if !errors.As(err, &kerr) || kerr.Code() != kafka.ErrQueueFull {
-				return time.Time{}, fmt.Errorf("produce client %d: %w", i, err)
-			}
-			// librdkafka's queue is full: let it drain.
-			p.Flush(10)
-			if err := ctx.Err(); err != nil {
-				return time.Time{}, err
-			}
-		}
-		sent++
+		})
 		bytes.Add(int64(len(v) + len(key)))
 	}
-	target <- sent
-	select {
-	case r := <-acked:
-		if sent == 0 {
-			r.last = f.firstSent
-		}
-		return r.last, r.err
-	case <-ctx.Done():
-		return time.Time{}, ctx.Err()
+	wg.Wait()
+	if werr != nil {
+		return time.Time{}, werr
 	}
+	if last.IsZero() {
+		last = f.firstSent
+	}
+	return last, nil
 }
 
 func collect(errs <-chan error) []error {
@@ -343,10 +311,3 @@ func collect(errs <-chan error) []error {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-// forwardLogs sends librdkafka's log lines to log at debug level.
-func forwardLogs(ch chan kafka.LogEvent, log *slog.Logger) {
-	for ev := range ch {
-		log.Debug("librdkafka", "name", ev.Name, "tag", ev.Tag, "msg", ev.Message)
-	}
-}

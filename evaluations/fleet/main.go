@@ -56,7 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var role, kafkaConfig, jsonPath, logLevel, heapProfile, cpuProfile string
 	var inProcess bool
 	fs.StringVar(&cfg.Brokers, "broker", "", "Kafka bootstrap list (default: an embedded broker)")
-	fs.StringVar(&kafkaConfig, "kafka-config", "", "librdkafka properties file (SASL/TLS) for -broker")
+	fs.StringVar(&kafkaConfig, "kafka-config", "", "Kafka client properties file (SASL/TLS) for -broker")
 	fs.StringVar(&cfg.Job, "job", "", "job id (default: fleet-<clients>-<time>)")
 	fs.IntVar(&cfg.Clients, "clients", 1000, "clients per round (client ids 0..N-1); every round waits for all")
 	fs.IntVar(&cfg.Rounds, "rounds", 3, "rounds")
@@ -252,7 +252,7 @@ func writeTable(w io.Writer, r *Report) {
 	fmt.Fprintf(w, "\nAggregator (%s): CPU %.2f s, peak RSS %.1f MB, wall %.0f ms; contributors per round %v\n",
 		where, r.Aggregator.CPUSeconds, r.Aggregator.PeakRSSMB, r.Aggregator.WallMs, r.Contributors)
 	if g := r.Aggregator.Go; g != nil {
-		fmt.Fprintf(w, "Aggregator Go runtime peaks: mapped %.1f MB, heap objects %.1f MB, live heap %.1f MB (RSS beyond mapped is C memory: librdkafka)\n",
+		fmt.Fprintf(w, "Aggregator Go runtime peaks: mapped %.1f MB, heap objects %.1f MB, live heap %.1f MB (RSS beyond mapped: the binary and thread stacks)\n",
 			g.PeakTotalMB, g.PeakHeapMB, g.PeakLiveMB)
 	}
 	writeTraffic(w, r)

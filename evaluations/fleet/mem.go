@@ -10,8 +10,8 @@ import (
 )
 
 // GoMemory is the Go runtime's share of the aggregator's memory, sampled
-// while it runs: what RSS holds beyond it is C memory, mostly librdkafka's
-// prefetched records.
+// while it runs: what RSS holds beyond it is memory the Go runtime does
+// not account for (the binary, stacks of threads).
 type GoMemory struct {
 	// PeakTotalMB is the most memory the Go runtime had mapped (heap,
 	// stacks, metadata; runtime/metrics /memory/classes/total), released

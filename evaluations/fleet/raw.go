@@ -6,7 +6,7 @@ import (
 	"sort"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
@@ -25,34 +25,29 @@ type RawReport struct {
 }
 
 // rawRate reads want records of the job's updates topic from the start
-// with a consumer of its own, as the aggregator does (read_committed, same
-// fetch sizes), and only decodes them: the protobuf and the tensors.
+// with a consumer of its own (no group), as the aggregator does
+// (read_committed, same fetch sizes), and only decodes them: the protobuf
+// and the tensors.
 func rawRate(ctx context.Context, cfg Config, want int) (RawReport, error) {
-	maxBytes := 64 << 20
-	cm := kafka.ConfigMap{
-		"bootstrap.servers":         cfg.Brokers,
-		"group.id":                  "fleet-raw-" + cfg.Job,
-		"enable.auto.commit":        false,
-		"auto.offset.reset":         "earliest",
-		"isolation.level":           "read_committed",
-		"fetch.wait.max.ms":         50,
-		"max.partition.fetch.bytes": maxBytes,
-		"fetch.max.bytes":           maxBytes * 2,
-		"receive.message.max.bytes": maxBytes*2 + 1<<20,
-		"go.logs.channel.enable":    true,
+	maxBytes := int32(64 << 20)
+	opt := kafkachan.Options{Brokers: cfg.Brokers, Job: cfg.Job, Properties: cfg.KafkaProperties, Logger: cfg.Log.With("part", "raw")}
+	opts, err := opt.ClientOpts(
+		kgo.ConsumeTopics(kafkachan.UpdatesTopic(cfg.Job)),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.FetchMaxWait(50*time.Millisecond),
+		kgo.FetchMaxPartitionBytes(maxBytes),
+		kgo.FetchMaxBytes(2*maxBytes),
+		kgo.BrokerMaxReadBytes(2*maxBytes+1<<20),
+	)
+	if err != nil {
+		return RawReport{}, err
 	}
-	for k, v := range cfg.KafkaProperties {
-		cm[k] = v
-	}
-	c, err := kafka.NewConsumer(&cm)
+	c, err := kgo.NewClient(opts...)
 	if err != nil {
 		return RawReport{}, err
 	}
 	defer c.Close()
-	go forwardLogs(c.Logs(), cfg.Log)
-	if err := c.Subscribe(kafkachan.UpdatesTopic(cfg.Job), nil); err != nil {
-		return RawReport{}, err
-	}
 	var rep RawReport
 	var start time.Time
 	var buf []float32
@@ -61,16 +56,20 @@ func rawRate(ctx context.Context, cfg Config, want int) (RawReport, error) {
 		if err := ctx.Err(); err != nil {
 			return rep, fmt.Errorf("after %d of %d records: %w", rep.Updates, want, err)
 		}
-		switch ev := c.Poll(100).(type) {
-		case *kafka.Message:
-			if ev.TopicPartition.Error != nil {
-				return rep, ev.TopicPartition.Error
-			}
+		fs := c.PollRecords(ctx, want-rep.Updates)
+		if err := ctx.Err(); err != nil {
+			return rep, fmt.Errorf("after %d of %d records: %w", rep.Updates, want, err)
+		}
+		if err := fs.Err(); err != nil {
+			return rep, err
+		}
+		for it := fs.RecordIter(); !it.Done(); {
+			r := it.Next()
 			if rep.Updates == 0 {
 				start = time.Now()
 			}
 			u.Reset()
-			if err := proto.Unmarshal(ev.Value, u); err != nil {
+			if err := proto.Unmarshal(r.Value, u); err != nil {
 				return rep, fmt.Errorf("record %d: %w", rep.Updates, err)
 			}
 			for _, t := range u.GetParams() {
@@ -79,11 +78,7 @@ func rawRate(ctx context.Context, cfg Config, want int) (RawReport, error) {
 				}
 			}
 			rep.Updates++
-			rep.Bytes += int64(len(ev.Key) + len(ev.Value))
-		case kafka.Error:
-			if ev.IsFatal() {
-				return rep, ev
-			}
+			rep.Bytes += int64(len(r.Key) + len(r.Value))
 		}
 	}
 	// The first record's fetch latency is not part of the rate.

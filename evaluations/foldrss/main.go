@@ -106,8 +106,8 @@ func produce(ctx context.Context, brokers, job, kind string, updates int) error 
 
 // sampler tracks, per phase, the peak RSS, the peak live Go heap (as of
 // the last GC: what the program holds, whatever the GC's pacing lets the
-// heap grow to) and the peak of RSS less Go's resident memory (librdkafka's
-// buffers and queues, C allocations, the binary).
+// heap grow to) and the peak of RSS less Go's resident memory (C
+// allocations, the binary).
 type sampler struct {
 	mu    sync.Mutex
 	phase string

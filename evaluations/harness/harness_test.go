@@ -13,7 +13,6 @@ import (
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
-	"github.com/fdxkafka/fdxkafka/shared/procs"
 )
 
 // smallConfig is a run small enough for a test: 6 lightweight clients, half
@@ -174,14 +173,13 @@ func checkCommon(t *testing.T, ch *ChannelReport, c, r int64) {
 	}
 	checkRounds(t, ch, c, r)
 	// Timing split: the publication is part of the round, the overhead
-	// is the round less training, and a Kafka run holds librdkafka
-	// threads and extra Ps (package procs) where gRPC holds none.
+	// is the round less training.
 	if ch.PublishMeanMs <= 0 || ch.PublishMeanMs > ch.RoundMeanMs || ch.OverheadMeanMs > ch.RoundMeanMs || ch.OverheadMeanMs <= 0 {
 		t.Errorf("round %.1f ms, publication %.1f ms, overhead %.1f ms: want 0 < publication, overhead <= round",
 			ch.RoundMeanMs, ch.PublishMeanMs, ch.OverheadMeanMs)
 	}
-	if ch.Channel == Kafka && (ch.ThreadsPerClient <= 0 || (os.Getenv("GOMAXPROCS") == "" && ch.GOMAXPROCS < procs.Floor)) {
-		t.Errorf("kafka run: %.1f threads per client, GOMAXPROCS %d; want threads and at least %d Ps", ch.ThreadsPerClient, ch.GOMAXPROCS, procs.Floor)
+	if ch.GOMAXPROCS < 1 {
+		t.Errorf("%s run: GOMAXPROCS %d not reported", ch.Channel, ch.GOMAXPROCS)
 	}
 }
 

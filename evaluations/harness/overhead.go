@@ -15,7 +15,6 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/participant"
-	"github.com/fdxkafka/fdxkafka/shared/procs"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
 
@@ -47,7 +46,7 @@ type OverheadReport struct {
 const overheadParams = 7850
 
 // Overhead measures cold and warm invocation overhead per channel, with
-// GOMAXPROCS sized as the stress runs size it and again with GOMAXPROCS=1,
+// the runtime's GOMAXPROCS and again with GOMAXPROCS=1,
 // the share a 1-vCPU Cloud Function instance gets. Before every
 // invocation the aggregator side publishes a new round, so that a warm
 // client, too, must receive a model it has not seen. The aggregator side
@@ -73,7 +72,6 @@ func overheadRun(ctx context.Context, cfg Config, ch string, oneCPU bool) (Overh
 	job := fmt.Sprintf("%s-overhead-%s-%d", cfg.JobPrefix, ch, time.Now().UnixNano())
 	var srv channel.Server
 	var addr string
-	handles := 0
 	switch ch {
 	case Kafka:
 		addr = cfg.Broker
@@ -91,9 +89,6 @@ func overheadRun(ctx context.Context, cfg Config, ch string, oneCPU bool) (Overh
 			return OverheadReport{}, err
 		}
 		srv = s
-		// The aggregator side's three handles, a cold client's two and
-		// a cached client's two.
-		handles = 7
 	case GRPC:
 		s, err := grpcchan.NewServer(grpcchan.ServerOptions{Addr: "127.0.0.1:0", Job: job})
 		if err != nil {
@@ -114,10 +109,9 @@ func overheadRun(ctx context.Context, cfg Config, ch string, oneCPU bool) (Overh
 		}()
 	}
 	defer srv.Close()
-	n := procs.Set(handles)
-	defer procs.Set(0)
+	n := runtime.GOMAXPROCS(0)
 	if oneCPU {
-		runtime.GOMAXPROCS(1) // the deferred procs.Set(0) restores it
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 		n = 1
 	}
 

@@ -9,10 +9,6 @@ import (
 // the aggregator log every round of every client at Info; in a run of a
 // thousand clients that drowns the harness's own progress lines, so their
 // loggers only pass warnings and errors (and debug, when asked for).
-// librdkafka's own warnings are dropped too unless debugging: hundreds of
-// clients starting at once each log transient, retried conditions (such as
-// "Failed to acquire idempotence PID ... retrying"), and a real failure
-// surfaces as the client's error anyway.
 type quietHandler struct {
 	slog.Handler
 	min slog.Level
@@ -29,13 +25,6 @@ func quiet(l *slog.Logger, component string) *slog.Logger {
 
 func (q quietHandler) Enabled(ctx context.Context, l slog.Level) bool {
 	return l >= q.min && q.Handler.Enabled(ctx, l)
-}
-
-func (q quietHandler) Handle(ctx context.Context, r slog.Record) error {
-	if q.min > slog.LevelDebug && r.Level < slog.LevelError && r.Message == "librdkafka" {
-		return nil
-	}
-	return q.Handler.Handle(ctx, r)
 }
 
 func (q quietHandler) WithAttrs(as []slog.Attr) slog.Handler {

@@ -122,7 +122,7 @@ type ChannelReport struct {
 	// SubmitMeanMs is the clients' mean time to submit an update, over
 	// rounds 2..N.
 	SubmitMeanMs float64 `json:"client_submit_mean_ms"`
-	// GOMAXPROCS the run had (see package procs), and the most OS threads
+	// GOMAXPROCS the run had, and the most OS threads
 	// the process had during the run, above what it had before it.
 	GOMAXPROCS       int     `json:"gomaxprocs"`
 	Threads          int     `json:"threads"`

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -24,7 +25,6 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
 	"github.com/fdxkafka/fdxkafka/shared/participant"
-	"github.com/fdxkafka/fdxkafka/shared/procs"
 )
 
 // session is one channel's run: the job, its clients and what they report.
@@ -100,10 +100,6 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 		Seed:         cfg.Seed,
 	}
 	brokerName := "grpc://127.0.0.1 (in process)"
-	// Size GOMAXPROCS for the run's librdkafka handles (package procs):
-	// the aggregator's three and two per Kafka client. gRPC runs keep the
-	// runtime's default, their goroutines block in Go, not in C.
-	handles := 0
 	cc := job.ChannelConfig{Transport: job.GRPC, Listen: "127.0.0.1:0"}
 	switch ch {
 	case GRPCDurable:
@@ -115,7 +111,6 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 		cc.StateFile = filepath.Join(dir, "aggregator.state")
 		brokerName = "grpc://127.0.0.1 (in process, --state-file)"
 	case Kafka:
-		handles = 3 + 2*cfg.Clients
 		cc = job.ChannelConfig{Transport: job.Kafka, Brokers: cfg.Broker, KafkaProperties: cfg.KafkaProperties}
 		brokerName = cfg.Broker
 		if cfg.Broker == "" {
@@ -134,8 +129,7 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 	// aggregator while it runs: they drive per-round invocations and the
 	// progress lines.
 	env := job.Env{Log: quiet(s.log, "aggregator"), Metrics: metrics.New(s.job, ch), Data: cfg.Data}
-	gomaxprocs := procs.Set(handles)
-	defer procs.Set(0)
+	gomaxprocs := runtime.GOMAXPROCS(0)
 	threadsBefore := threads()
 	started := make(chan int64, cfg.Rounds+1)
 	stopWatch := s.watch(ctx, env.Metrics, started)

@@ -7,9 +7,8 @@ import (
 )
 
 // threads is the process's OS thread count (Linux /proc), 0 where unknown.
-// librdkafka runs several threads per handle (main, one per broker
-// connection, internal), which is what a client weighs beyond its
-// goroutines.
+// A pure-Go client adds goroutines, not threads; the count shows what a
+// run holds beyond the runtime's own.
 func threads() int {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {

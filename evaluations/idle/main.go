@@ -33,7 +33,6 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/model"
-	"github.com/fdxkafka/fdxkafka/shared/procs"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
 
@@ -90,7 +89,6 @@ func run() error {
 		})
 		*brokers = b.Addr()
 	}
-	procs.Set(2 * *clients)
 	ctx, cancel := context.WithTimeout(context.Background(), *window+5*time.Minute)
 	defer cancel()
 	job := fmt.Sprintf("idle-%d-%d", *clients, time.Now().UnixNano())

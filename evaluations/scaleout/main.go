@@ -9,6 +9,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -21,7 +22,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
@@ -182,13 +183,16 @@ func measure(ctx context.Context, o opts, w int) (float64, float64, error) {
 // of the initial parameters (one of 8 variants, plus a per-client change
 // of the last tensor so that no two are equal).
 func fill(ctx context.Context, o opts, job string, global [][]float32, specs []tensor.Spec) error {
-	p, err := kafka.NewProducer(&kafka.ConfigMap{"bootstrap.servers": o.brokers, "linger.ms": 5, "acks": "all",
-		"go.produce.channel.size": 16, "go.events.channel.size": 64})
+	popts, err := kafkachan.Options{Brokers: o.brokers, Job: job}.ClientOpts(kgo.DefaultProduceTopic(kafkachan.UpdatesTopic(job)),
+		kgo.ProducerLinger(5*time.Millisecond), kgo.RequiredAcks(kgo.AllISRAcks()), kgo.MaxBufferedRecords(1024))
+	if err != nil {
+		return err
+	}
+	p, err := kgo.NewClient(popts...)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
-	topic := kafkachan.UpdatesTopic(job)
 	var variants [][][]float32
 	for v := range 8 {
 		rng := rand.New(rand.NewPCG(1, uint64(v)))
@@ -201,18 +205,10 @@ func fill(ctx context.Context, o opts, job string, global [][]float32, specs []t
 		}
 		variants = append(variants, vv)
 	}
-	reports := make(chan kafka.Event, 1024)
-	done := make(chan error, 1)
-	go func() {
-		var first error
-		for range o.clients {
-			ev := <-reports
-			if m, ok := ev.(*kafka.Message); ok && m.TopicPartition.Error != nil && first == nil {
-				first = m.TopicPartition.Error
-			}
-		}
-		done <- first
-	}()
+	var (
+		mu    sync.Mutex
+		first error
+	)
 	for i := range o.clients {
 		v := variants[i%len(variants)]
 		local := append([][]float32(nil), v...)
@@ -224,22 +220,19 @@ func fill(ctx context.Context, o opts, job string, global [][]float32, specs []t
 		if err != nil {
 			return err
 		}
-		for {
-			err := p.Produce(&kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: kafka.PartitionAny},
-				Key: []byte(u.ClientId), Value: b}, reports)
-			if err == nil {
-				break
+		// Produce blocks while 1,024 records are buffered.
+		p.Produce(ctx, &kgo.Record{Key: []byte(u.ClientId), Value: b}, func(_ *kgo.Record, err error) {
+			if err != nil {
+				mu.Lock()
+				first = cmp.Or(first, err)
+				mu.Unlock()
 			}
-			if ke, ok := err.(kafka.Error); !ok || ke.Code() != kafka.ErrQueueFull {
-				return err
-			}
-			p.Flush(100)
-		}
+		})
 	}
-	select {
-	case err := <-done:
+	if err := p.Flush(ctx); err != nil {
 		return err
-	case <-ctx.Done():
-		return ctx.Err()
 	}
+	mu.Lock()
+	defer mu.Unlock()
+	return first
 }

@@ -69,7 +69,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&c.EvalExamples, "eval-examples", 2000, "test examples the aggregator scores each round (0: all)")
 	fs.Uint64Var(&c.Seed, "seed", 1, "job seed: initial model, partition, client shuffles")
 	fs.StringVar(&c.Broker, "broker", "", "a real Kafka broker's bootstrap list for the Kafka runs (default: an embedded in-process broker)")
-	fs.StringVar(&o.kafkaConf, "kafka-config", "", "librdkafka properties file (SASL/TLS) for -broker")
+	fs.StringVar(&o.kafkaConf, "kafka-config", "", "Kafka client properties file (SASL/TLS) for -broker")
 	fs.DurationVar(&c.Timeout, "timeout", 30*time.Minute, "limit on each channel's run")
 	fs.StringVar(&o.jsonPath, "json", "", "JSON report file (default: <plots>/stress.json, or <plots>/sweep.json with -sweep)")
 	fs.StringVar(&o.plots, "plots", filepath.Join("evaluations", "results"), "directory for the PNG plots (empty: no plots)")

@@ -18,7 +18,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -26,7 +25,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fdxkafka/fdxkafka/internal/cli"
@@ -178,23 +178,21 @@ func grpcTransfer(ctx context.Context, m *fdxv1.GlobalModel, u *fdxv1.Update) (g
 // with a new consumer (cold). Every consumer's connection is up before its
 // clock starts, as the channel's are.
 func raw(ctx context.Context, brokers, topic string, size int) (produce, endToEnd, cold time.Duration, err error) {
-	p, err := kafka.NewProducer(&kafka.ConfigMap{"bootstrap.servers": brokers, "acks": "all", "enable.idempotence": true,
-		"linger.ms": 0, "message.max.bytes": 2 << 20, "go.events.channel.size": 64})
+	seeds := strings.Split(brokers, ",")
+	p, err := kgo.NewClient(kgo.SeedBrokers(seeds...), kgo.DefaultProduceTopic(topic), kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(0), kgo.ProducerBatchMaxBytes(2<<20))
 	if err != nil {
 		return 0, 0, 0, err
 	}
 	defer p.Close()
-	ac, err := kafka.NewAdminClientFromProducer(p)
+	res, err := kadm.NewClient(p).CreateTopic(ctx, 1, -1, map[string]*string{"max.message.bytes": kadm.StringPtr(strconv.Itoa(2 << 20))}, topic)
+	if err == nil {
+		err = res.Err
+	}
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, fmt.Errorf("create %s: %w", topic, err)
 	}
-	res, err := ac.CreateTopics(ctx, []kafka.TopicSpecification{{Topic: topic, NumPartitions: 1, ReplicationFactor: -1,
-		Config: map[string]string{"max.message.bytes": strconv.Itoa(2 << 20)}}})
-	ac.Close()
-	if err != nil || res[0].Error.Code() != kafka.ErrNoError {
-		return 0, 0, 0, fmt.Errorf("create %s: %v %v", topic, err, res)
-	}
-	live, err := consumer(ctx, brokers, topic)
+	live, err := consumer(ctx, seeds, topic)
 	if err != nil {
 		return 0, 0, 0, err
 	}
@@ -202,27 +200,22 @@ func raw(ctx context.Context, brokers, topic string, size int) (produce, endToEn
 	buf := make([]byte, size)
 	const chunk = 1 << 20
 	n := (size + chunk - 1) / chunk
-	done := make(chan kafka.Event, n)
+	recs := make([]*kgo.Record, n)
+	for i := range n {
+		recs[i] = &kgo.Record{Value: buf[i*chunk : min(size, (i+1)*chunk)]}
+	}
 	consumed := make(chan error, 1)
 	start := time.Now()
 	go func() { consumed <- readAll(ctx, live, size) }()
-	for i := range n {
-		if err := p.Produce(&kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: 0},
-			Value: buf[i*chunk : min(size, (i+1)*chunk)]}, done); err != nil {
-			return 0, 0, 0, err
-		}
-	}
-	for range n {
-		if m := (<-done).(*kafka.Message); m.TopicPartition.Error != nil {
-			return 0, 0, 0, m.TopicPartition.Error
-		}
+	if err := p.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		return 0, 0, 0, err
 	}
 	produce = time.Since(start)
 	if err := <-consumed; err != nil {
 		return 0, 0, 0, err
 	}
 	endToEnd = time.Since(start)
-	c, err := consumer(ctx, brokers, topic)
+	c, err := consumer(ctx, seeds, topic)
 	if err != nil {
 		return 0, 0, 0, err
 	}
@@ -236,17 +229,15 @@ func raw(ctx context.Context, brokers, topic string, size int) (produce, endToEn
 
 // consumer returns a read_committed consumer of topic's partition 0 from
 // the beginning, connected.
-func consumer(ctx context.Context, brokers, topic string) (*kafka.Consumer, error) {
-	c, err := kafka.NewConsumer(&kafka.ConfigMap{"bootstrap.servers": brokers, "group.id": topic, "isolation.level": "read_committed",
-		"enable.auto.commit": false, "fetch.wait.max.ms": 50, "fetch.max.bytes": 128 << 20, "max.partition.fetch.bytes": 64 << 20, "receive.message.max.bytes": 129 << 20})
+func consumer(ctx context.Context, seeds []string, topic string) (*kgo.Client, error) {
+	c, err := kgo.NewClient(kgo.SeedBrokers(seeds...), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.FetchMaxWait(50*time.Millisecond), kgo.FetchMaxBytes(128<<20), kgo.FetchMaxPartitionBytes(64<<20), kgo.BrokerMaxReadBytes(129<<20),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().AtStart()}}))
 	if err != nil {
 		return nil, err
 	}
-	if _, _, err := c.QueryWatermarkOffsets(topic, 0, 10000); err != nil {
-		c.Close()
-		return nil, err
-	}
-	if err := c.Assign([]kafka.TopicPartition{{Topic: &topic, Partition: 0, Offset: kafka.OffsetBeginning}}); err != nil {
+	// Connect, and learn the partition's leader, before the clock starts.
+	if _, err := kadm.NewClient(c).ListEndOffsets(ctx, topic); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -254,19 +245,16 @@ func consumer(ctx context.Context, brokers, topic string) (*kafka.Consumer, erro
 }
 
 // readAll polls c until it has read size bytes.
-func readAll(ctx context.Context, c *kafka.Consumer, size int) error {
+func readAll(ctx context.Context, c *kgo.Client, size int) error {
 	for got := 0; got < size; {
-		if ctx.Err() != nil {
-			return ctx.Err()
+		fs := c.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return err
 		}
-		switch ev := c.Poll(100).(type) {
-		case *kafka.Message:
-			got += len(ev.Value)
-		case kafka.Error:
-			if ev.IsFatal() {
-				return errors.New(ev.Error())
-			}
+		if err := fs.Err(); err != nil {
+			return err
 		}
+		fs.EachRecord(func(r *kgo.Record) { got += len(r.Value) })
 	}
 	return nil
 }

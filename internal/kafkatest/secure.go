@@ -16,8 +16,12 @@ const (
 	// EnvSecureBrokers is its bootstrap address.
 	EnvSecureBrokers = "FDX_KAFKA_SECURE_BROKERS"
 	// EnvSecureDir is its state dir, whose secrets/ holds the principals'
-	// librdkafka settings.
+	// Kafka client properties.
 	EnvSecureDir = "FDX_KAFKA_SECURE_DIR"
+	// EnvSecureTLSBrokers is the bootstrap address of its SASL_SSL
+	// listener (kafka.sh's FDX_KAFKA_TLS_PORT), whose principals'
+	// properties are secrets/<role>-tls.properties.
+	EnvSecureTLSBrokers = "FDX_KAFKA_SECURE_TLS_BROKERS"
 )
 
 // Secure is a real broker in kafka.sh's secure mode: SASL/SCRAM users for
@@ -25,6 +29,10 @@ const (
 type Secure struct {
 	Brokers string
 	dir     string
+	// suffix names the properties files of this listener.
+	suffix string
+	// plain is the SASL_PLAINTEXT listener, which kafka.sh's tools use.
+	plain string
 }
 
 // SecureBroker returns the secure broker, and skips t when none is
@@ -35,14 +43,26 @@ func SecureBroker(t testing.TB) *Secure {
 	if b == "" || dir == "" {
 		t.Skipf("no secure broker: set %s and %s (scripts/test.sh does)", EnvSecureBrokers, EnvSecureDir)
 	}
-	return &Secure{Brokers: b, dir: dir}
+	return &Secure{Brokers: b, dir: dir, plain: b}
 }
 
-// Props returns the librdkafka settings of role: "aggregator", "client" or
+// TLS returns the same broker's SASL_SSL listener: the same users and
+// ACLs, over TLS. It fails t when the secure broker has none
+// (scripts/test.sh gives it one).
+func (s *Secure) TLS(t testing.TB) *Secure {
+	t.Helper()
+	b := os.Getenv(EnvSecureTLSBrokers)
+	if b == "" {
+		t.Fatalf("the secure broker %s has no SASL_SSL listener: set %s (kafka.sh start --secure with FDX_KAFKA_TLS_CERT, _KEY, _CA; scripts/test.sh does)", s.Brokers, EnvSecureTLSBrokers)
+	}
+	return &Secure{Brokers: b, dir: s.dir, suffix: "-tls", plain: s.plain}
+}
+
+// Props returns the Kafka client properties of role: "aggregator", "client" or
 // "admin".
 func (s *Secure) Props(t testing.TB, role string) map[string]string {
 	t.Helper()
-	path := filepath.Join(s.dir, "secrets", role+".properties")
+	path := filepath.Join(s.dir, "secrets", role+s.suffix+".properties")
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatalf("secure broker credentials: %v", err)
@@ -65,9 +85,9 @@ func (s *Secure) Props(t testing.TB, role string) map[string]string {
 // Grant runs `kafka.sh acls job`: the ACLs the deployment grants for a job.
 func (s *Secure) Grant(t testing.TB, job string) {
 	t.Helper()
-	_, port, err := net.SplitHostPort(strings.Split(s.Brokers, ",")[0])
+	_, port, err := net.SplitHostPort(strings.Split(s.plain, ",")[0])
 	if err != nil {
-		t.Fatalf("%s=%s: %v", EnvSecureBrokers, s.Brokers, err)
+		t.Fatalf("%s=%s: %v", EnvSecureBrokers, s.plain, err)
 	}
 	cmd := exec.Command("bash", filepath.Join(repoRoot(t), "deploy", "kafka", "kafka.sh"), "acls", job)
 	cmd.Env = append(os.Environ(), "FDX_KAFKA_DIR="+s.dir, "FDX_KAFKA_PORT="+port)

@@ -40,7 +40,7 @@ type Files struct {
 
 // Generate creates a new CA, a server certificate for 127.0.0.1, ::1 and
 // localhost, and a client certificate, and writes them as PEM files into dir.
-// Keys are unencrypted PKCS #8 so that both Go and OpenSSL (librdkafka) read
+// Keys are unencrypted PKCS #8 so that Go, OpenSSL and Java (a Kafka broker) read
 // them. Every call makes new keys: tests never trust each other's CA.
 func Generate(t testing.TB, dir string) Files {
 	t.Helper()
@@ -57,6 +57,17 @@ func GenerateHosts(t testing.TB, dir string, hosts ...string) Files {
 		t.Fatalf("testcerts: %v", err)
 	}
 	return f
+}
+
+// Write is GenerateHosts for programs: scripts/test.sh gives the secure
+// broker of deploy/kafka/kafka.sh a TLS listener with it (through
+// internal/testcerts/cmd/testcerts). Without hosts the server certificate
+// is Generate's.
+func Write(dir string, hosts ...string) (Files, error) {
+	if len(hosts) == 0 {
+		hosts = []string{"127.0.0.1", "::1", ServerName}
+	}
+	return generate(dir, time.Now(), hosts)
 }
 
 func generate(dir string, now time.Time, hosts []string) (Files, error) {

@@ -1,5 +1,5 @@
 // Package dialcache keeps dialed channel clients warm between invocations of
-// a function instance. A cold invocation pays a dial (two librdkafka handles
+// a function instance. A cold invocation pays a dial (two Kafka clients
 // and their broker connections, or a gRPC connection and a health check);
 // a warm one should pay only the transport, as a long-running client does.
 //
@@ -73,7 +73,7 @@ type HealthChecker interface {
 type Options struct {
 	// MaxIdle bounds the idle clients kept, over all keys (default 4). A
 	// function instance serves few jobs; every cached Kafka client holds
-	// two librdkafka handles and their threads.
+	// two Kafka clients and their connections.
 	MaxIdle int
 	// IdleTimeout evicts a client unused for this long (default 5 min,
 	// below the 9-10 min after which brokers and load balancers drop idle

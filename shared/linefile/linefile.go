@@ -1,5 +1,5 @@
 // Package linefile reads the small configuration files FDxKafka takes (a
-// tokens file, librdkafka properties, a client list): text with one entry a
+// tokens file, Kafka client properties, a client list): text with one entry a
 // line, blank lines and whole-line '#' comments ignored. Comments take whole
 // lines only, so that a value (a token, a password) may contain '#'.
 package linefile

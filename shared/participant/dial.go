@@ -50,7 +50,7 @@ func (t Target) Validate() error {
 // Transport holds how this process reaches aggregators: the security
 // settings every dial shares.
 type Transport struct {
-	// KafkaProperties are extra librdkafka settings (SASL, TLS).
+	// KafkaProperties are Kafka client properties (SASL, TLS).
 	KafkaProperties map[string]string
 	// GRPCTLS, when set, dials the gRPC aggregator over TLS.
 	GRPCTLS *tls.Config

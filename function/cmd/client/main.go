@@ -32,7 +32,7 @@ func run(ctx context.Context, args []string, _, stderr io.Writer) error {
 	id := fs.String("client-id", "", "this client's id; a number k trains on shard k mod N")
 	job := fs.String("job", "mnist", "job id")
 	wait := fs.Duration("wait", 10*time.Minute, "how long to wait for one round's model")
-	props := fs.String("kafka-config", "", "librdkafka properties file (SASL, TLS)")
+	props := fs.String("kafka-config", "", "Kafka client properties file (SASL, TLS)")
 	grpcCA := fs.String("grpc-ca", "", "gRPC: CA of the aggregator's certificate (enables TLS)")
 	grpcCert := fs.String("grpc-cert", "", "gRPC: client certificate for mutual TLS")
 	grpcKey := fs.String("grpc-key", "", "gRPC: client key for mutual TLS")
