@@ -429,12 +429,27 @@ func (r *modelReader) await(ctx context.Context, minRound int64) (*fdxv1.GlobalM
 			return m, nil
 		}
 		if _, _, err := r.next(ctx); err != nil {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("wait for model round %d on %s: %w", minRound, r.topic, ctx.Err())
+			if ctx.Err() == nil {
+				return nil, err
 			}
-			return nil, err
+			if r.newest == nil && r.topicAbsent() {
+				return nil, fmt.Errorf("wait for model round %d on %s: %w (no aggregator created it): %w", minRound, r.topic, channel.ErrJobNotFound, ctx.Err())
+			}
+			return nil, fmt.Errorf("wait for model round %d on %s: %w", minRound, r.topic, ctx.Err())
 		}
 	}
+}
+
+// topicAbsent reports whether the broker says the model topic does not
+// exist. It is asked once a wait for the job's first model has run out,
+// to tell "no such job" (the caller's error: a 404 for the function) from
+// "no model yet"; the caller's context is done by then, so the question
+// has a short deadline of its own.
+func (r *modelReader) topicAbsent() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := r.listOffset(ctx, r.adm.ListEndOffsets)
+	return errors.Is(err, kerr.UnknownTopicOrPartition)
 }
 
 // History reads every committed model of a job, oldest first: the job's
