@@ -159,6 +159,8 @@ func renderFile(fsys fs.FS, name string) (string, error) {
 		body, err = renderStress(raw)
 	case has("sizes", "runs"):
 		body, err = renderSweep(raw)
+	case has("builds", "sizes"):
+		body, err = renderComparison(raw)
 	case has("command", "runs") && strings.Contains(string(top["command"]), "evaluations/strategies"):
 		body, err = renderStrategies(raw)
 	default:
@@ -190,6 +192,20 @@ func renderStress(raw []byte) (string, error) {
 		fmt.Fprintf(&b, "\nAggregator egress as a multiple of Kafka's: %s.\n", r)
 	}
 	fmt.Fprintf(&b, "\nRun started %s, %.1f s wall time.\n", rep.StartedAt.UTC().Format("2006-01-02 15:04 MST"), rep.WallMs/1000)
+	return b.String(), nil
+}
+
+func renderComparison(raw []byte) (string, error) {
+	var c harness.Comparison
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return "", err
+	}
+	if len(c.Sizes) == 0 {
+		return "", errors.New("a comparison with no client counts")
+	}
+	var b bytes.Buffer
+	harness.WriteComparisonMarkdown(&b, &c)
+	fmt.Fprintf(&b, "\nProduced by `%s`, started %s, %.1f s wall time.\n", c.Command, c.StartedAt.UTC().Format("2006-01-02 15:04 MST"), c.WallMs/1000)
 	return b.String(), nil
 }
 
