@@ -3,10 +3,7 @@ package kafkachan
 // Reassembling chunked transfers read from a partition, grouped by sender.
 
 import (
-	"bytes"
-	"crypto/sha256"
 	"fmt"
-	"hash/crc32"
 	"strconv"
 	"strings"
 
@@ -15,6 +12,7 @@ import (
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/transfer"
 	"github.com/fdxkafka/fdxkafka/shared/updatestream"
 )
 
@@ -24,8 +22,8 @@ type pendingKey struct {
 	key       string
 }
 
-// transfer is one transfer being reassembled.
-type transfer struct {
+// inflight is one transfer being reassembled.
+type inflight struct {
 	id     string
 	count  int
 	total  int64
@@ -47,7 +45,7 @@ type transfer struct {
 
 // assembler reassembles chunked transfers. Not safe for concurrent use.
 type assembler struct {
-	pending map[pendingKey]*transfer
+	pending map[pendingKey]*inflight
 	// maxWhole bounds one transfer's total size; bigger ones are dropped as
 	// rules.Oversize before they are buffered.
 	maxWhole int64
@@ -62,7 +60,7 @@ type assembler struct {
 }
 
 func newAssembler(maxWhole, limit int64) *assembler {
-	return &assembler{pending: map[pendingKey]*transfer{}, maxWhole: maxWhole, limit: limit}
+	return &assembler{pending: map[pendingKey]*inflight{}, maxWhole: maxWhole, limit: limit}
 }
 
 // parseChunk reads a chunk record's headers.
@@ -82,13 +80,13 @@ func parseChunk(msg *kgo.Record) (id string, index, count int, total int64, err 
 }
 
 // free releases t's chunks.
-func (a *assembler) free(t *transfer) {
+func (a *assembler) free(t *inflight) {
 	a.buffered -= t.bytes
 	t.chunks, t.bytes = nil, 0
 }
 
 // drop lets t's chunks go and remembers why.
-func (a *assembler) drop(t *transfer, e *transferError) {
+func (a *assembler) drop(t *inflight, e *transferError) {
 	a.free(t)
 	if t.dropped == nil {
 		t.dropped = e
@@ -115,7 +113,7 @@ func (a *assembler) add(msg *kgo.Record, key string) []*transferError {
 		t = nil
 	}
 	if t == nil {
-		t = &transfer{id: id, count: count, total: total, chunks: make([][]byte, count), first: tp.Offset}
+		t = &inflight{id: id, count: count, total: total, chunks: make([][]byte, count), first: tp.Offset}
 		a.pending[pk] = t
 		if a.newSink != nil && total <= a.maxWhole {
 			t.stream = newStreamState(a.newSink(), count)
@@ -144,7 +142,7 @@ func (a *assembler) add(msg *kgo.Record, key string) []*transferError {
 	return out
 }
 
-func (a *assembler) superseded(t *transfer, key string) *transferError {
+func (a *assembler) superseded(t *inflight, key string) *transferError {
 	if t.dropped != nil {
 		return t.dropped
 	}
@@ -200,7 +198,7 @@ func (a *assembler) complete(msg *kgo.Record, key string) ([]byte, []*transferEr
 	if t.dropped != nil {
 		return nil, append(out, t.dropped)
 	}
-	if n != t.count || man.GetTotalSize() != t.total || len(man.GetChunkCrc32C()) != n || len(man.GetSha256()) != sha256.Size {
+	if n != t.count || man.GetTotalSize() != t.total {
 		return nil, append(out, fail(rules.Checksum, "manifest (%d chunks, %d bytes) does not describe its chunks (%d, %d bytes)", n, man.GetTotalSize(), t.count, t.total))
 	}
 	missing := 0
@@ -212,18 +210,19 @@ func (a *assembler) complete(msg *kgo.Record, key string) ([]byte, []*transferEr
 	if missing > 0 {
 		return nil, append(out, fail(rules.Incomplete, "%d of %d chunks missing", missing, n))
 	}
-	if t.bytes != t.total {
-		return nil, append(out, fail(rules.Checksum, "chunks hold %d bytes, manifest says %d", t.bytes, t.total))
+	v, rej := transfer.NewVerifier(man, a.maxWhole)
+	if rej != nil {
+		return nil, append(out, rejected(rej, key))
 	}
 	whole := make([]byte, 0, t.total)
-	for i, c := range t.chunks {
-		if crc32.Checksum(c, castagnoli) != man.GetChunkCrc32C()[i] {
-			return nil, append(out, fail(rules.Checksum, "chunk %d of %d does not match its CRC-32C", i, n))
+	for _, c := range t.chunks {
+		if rej := v.Write(c); rej != nil {
+			return nil, append(out, rejected(rej, key))
 		}
 		whole = append(whole, c...)
 	}
-	if sum := sha256.Sum256(whole); !bytes.Equal(sum[:], man.GetSha256()) {
-		return nil, append(out, fail(rules.Checksum, "SHA-256 of the reassembled %d bytes does not match", len(whole)))
+	if rej := v.Finish(); rej != nil {
+		return nil, append(out, rejected(rej, key))
 	}
 	return whole, out
 }

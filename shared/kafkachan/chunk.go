@@ -14,8 +14,9 @@ package kafkachan
 // the client sends the manifest only once every chunk is acknowledged, so
 // the manifest follows its chunks even when the producer retries out of
 // order. A reader keeps the chunks of one transfer per (partition, key)
-// until its manifest arrives, checks every chunk and the whole, and uses the
-// whole only if all match; a transfer that lacks chunks (its sender died, or
+// until its manifest arrives, checks every chunk and the whole (package
+// transfer, as the gRPC channel does), and uses the whole only if all
+// match; a transfer that lacks chunks (its sender died, or
 // a newer transfer of the same key started first) is dropped as
 // rules.Incomplete, one that does not match as rules.Checksum. (An
 // aggregator whose round folds updates piece by piece keeps no update
@@ -26,18 +27,14 @@ package kafkachan
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/crc32"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
-	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/transfer"
 )
 
 // DefaultChunkBytes is the chunk size, and the size above which a message
@@ -59,14 +56,11 @@ const (
 )
 
 // Bounds on what a reader accepts from chunk headers before the manifest
-// vouches for them: a protobuf message is at most 2 GiB, and a chunk count
-// bounds the index slice a reader allocates.
+// vouches for them.
 const (
-	maxTransferBytes = 2<<30 - 1
-	maxChunks        = 1 << 16
+	maxTransferBytes = transfer.MaxBytes
+	maxChunks        = transfer.MaxChunks
 )
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // chunkBytes is the effective chunk size.
 func (o Options) chunkBytes() int {
@@ -80,26 +74,19 @@ func (o Options) chunkBytes() int {
 // that closes them, all for topic's partition (byKey: by key) with key. The
 // caller adds the manifest's signature or MAC.
 func transferRecords(topic string, partition int32, key, whole []byte, chunkBytes int) ([]*kgo.Record, *kgo.Record, error) {
-	var idb [12]byte
-	if _, err := rand.Read(idb[:]); err != nil {
-		return nil, nil, fmt.Errorf("transfer id: %w", err)
+	man, err := transfer.Split(whole, chunkBytes)
+	if err != nil {
+		return nil, nil, err
 	}
-	id := []byte(hex.EncodeToString(idb[:]))
-	n := (len(whole) + chunkBytes - 1) / chunkBytes
-	sum := sha256.Sum256(whole)
-	man := &fdxv1.TransferManifest{
-		TransferId: string(id), TotalSize: int64(len(whole)), ChunkCount: int32(n),
-		ChunkSize: int32(chunkBytes), Sha256: sum[:], ChunkCrc32C: make([]uint32, n),
-	}
+	id := []byte(man.GetTransferId())
+	n := int(man.GetChunkCount())
 	chunks := make([]*kgo.Record, n)
 	for i := range n {
-		part := whole[i*chunkBytes : min((i+1)*chunkBytes, len(whole))]
-		man.ChunkCrc32C[i] = crc32.Checksum(part, castagnoli)
 		chunks[i] = &kgo.Record{
 			Topic:     topic,
 			Partition: partition,
 			Key:       key,
-			Value:     part,
+			Value:     transfer.Chunk(whole, i, chunkBytes),
 			Headers: []kgo.RecordHeader{
 				{Key: headerTransfer, Value: id},
 				{Key: headerChunk, Value: fmt.Appendf(nil, "%d/%d/%d", i, n, len(whole))},
@@ -176,6 +163,11 @@ type transferError struct {
 }
 
 func (e *transferError) Error() string { return string(e.Reason) + ": " + e.Detail }
+
+// rejected is a transfer check's rejection as a transferError of key.
+func rejected(rej *rules.Rejection, key string) *transferError {
+	return &transferError{Reason: rej.Reason, Detail: rej.Detail, Key: key, Need: -1}
+}
 
 // rejection is e as an update rejection.
 func (e *transferError) rejection() *rules.Rejection {

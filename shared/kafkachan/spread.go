@@ -21,7 +21,6 @@ package kafkachan
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"time"
@@ -32,6 +31,7 @@ import (
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/transfer"
 )
 
 // spread moves chunks over n partitions and marks them as spread.
@@ -172,11 +172,9 @@ func (r *modelReader) fetchSpread(ctx context.Context, man *fdxv1.TransferManife
 // that a reader may allocate the whole and place every chunk in it before
 // the chunks are checked.
 func listingConsistent(man *fdxv1.TransferManifest) bool {
-	n, size, total := int64(man.GetChunkCount()), int64(man.GetChunkSize()), man.GetTotalSize()
-	return n >= 1 && n <= maxChunks && size > 0 && total > 0 && total <= maxTransferBytes &&
-		(n-1)*size < total && total <= n*size &&
-		int64(len(man.GetChunkPartitions())) == n && int64(len(man.GetChunkOffsets())) == n &&
-		int64(len(man.GetChunkCrc32C())) == n && len(man.GetSha256()) == sha256.Size
+	n := int(man.GetChunkCount())
+	return transfer.CheckManifest(man, maxTransferBytes) == nil && man.GetTotalSize() > 0 &&
+		len(man.GetChunkPartitions()) == n && len(man.GetChunkOffsets()) == n
 }
 
 // positionalFetchWait is how long the broker may park a fetch of listed

@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"fmt"
-	"hash/crc32"
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/transfer"
 )
 
 // wholeBuilder reassembles a transfer whose manifest is known, chunk by
@@ -63,14 +63,10 @@ func (w *wholeBuilder) put(i int, chunk []byte) error {
 	if w.have[i] {
 		return nil
 	}
-	dst := w.part(i)
-	if len(chunk) != len(dst) {
-		return fmt.Errorf("chunk %d of %d holds %d bytes, the manifest says %d", i, len(w.have), len(chunk), len(dst))
+	if rej := transfer.CheckChunk(w.man, i, chunk); rej != nil {
+		return rej
 	}
-	if crc32.Checksum(chunk, castagnoli) != w.man.GetChunkCrc32C()[i] {
-		return fmt.Errorf("chunk %d of %d does not match its CRC-32C", i, len(w.have))
-	}
-	copy(dst, chunk)
+	copy(w.part(i), chunk)
 	w.have[i] = true
 	w.got++
 	for w.next < len(w.have) && w.have[w.next] {
