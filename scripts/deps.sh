@@ -2,8 +2,9 @@
 # Installs the system packages the build and tests need, from Debian's
 # archive, only when missing: unzip (proto/gen.sh unpacks its pinned protoc's
 # well-known types), shellcheck
-# (deploy/gcp/check.sh). Go, gcc (cgo for confluent-kafka-go), Java 17 and
-# Maven (deploy/kafka/kafka.sh) are expected on the machine.
+# (deploy/gcp/check.sh). Go, gcc (only for go test -race, which needs cgo;
+# the binaries build without it), Java 17 and Maven (deploy/kafka/kafka.sh)
+# are expected on the machine.
 set -euo pipefail
 need=()
 command -v unzip >/dev/null 2>&1 || need+=(unzip)

@@ -146,7 +146,7 @@ function_secrets() {
   fi
 }
 
-# warn_kafka_files: a librdkafka properties file that names other files
+# warn_kafka_files: a Kafka properties file that names other files
 # (ssl.ca.location=...) would need those mounted too.
 warn_kafka_files() {
   note "kafka-config secret: put TLS material inline (ssl.ca.pem=..., ssl.certificate.pem=...), not as file paths"

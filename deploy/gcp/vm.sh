@@ -52,7 +52,7 @@ make_bundle() {
   local out=$1 dir
   if ((DRY_RUN)); then
     if ((!BUILD_ON_VM)); then
-      note "CGO_ENABLED=1 GOOS=linux GOARCH=amd64 go build -trimpath -o bin/aggregator ./aggregator  (uploaded in the bundle; the VM does not build)"
+      note "CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath -o bin/aggregator ./aggregator  (uploaded in the bundle; the VM does not build)"
     fi
     note "deploy/gcp/vm.sh bundle $out  (tar of the working tree without .git, evaluations/, .tools/, bin/, out/; plus bin/aggregator)"
     return 0
@@ -68,19 +68,13 @@ make_bundle() {
   log "bundle $out: $(du -h "$out" | cut -f1)"
 }
 
-# build_aggregator OUT builds the aggregator for the VM. cgo links glibc
-# dynamically, so the build host's glibc must not be newer than Debian 12's.
+# build_aggregator OUT builds the aggregator for the VM: pure Go
+# (CGO_ENABLED=0), a static binary that runs on any linux/amd64 host,
+# whatever machine builds it.
 build_aggregator() {
-  local glibc
-  [[ $(uname -sm) == "Linux x86_64" ]] ||
-    die "building the aggregator for the VM needs Linux x86_64 (cgo); here: $(uname -sm). Pass --build-on-vm"
   command -v go >/dev/null 2>&1 || die "go not found: install Go or pass --build-on-vm"
-  glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')
-  if [[ -n $glibc && $(printf '%s\n2.36\n' "$glibc" | sort -V | tail -n 1) != 2.36 ]]; then
-    die "this host's glibc $glibc is newer than Debian 12's 2.36: the binary may not start on the VM. Build on Debian 12 (Cloud Shell) or pass --build-on-vm"
-  fi
   log "building the aggregator for linux/amd64 with $(go version | cut -d' ' -f3)"
-  (cd "$FDX_REPO" && CGO_ENABLED=1 GOOS=linux GOARCH=amd64 go build -trimpath -o "$1" ./aggregator) ||
+  (cd "$FDX_REPO" && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath -o "$1" ./aggregator) ||
     die "building the aggregator failed"
 }
 
