@@ -205,7 +205,7 @@ func (c *cluster) heal(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("%d of 3 brokers live (%v): restarting the missing node(s) with kafka.sh start --keep-data", n, err)
-		cmd := exec.CommandContext(ctx, "bash", filepath.Join(repoRoot(t), "deploy", "kafka", "kafka.sh"), "start", "--keep-data")
+		cmd := exec.CommandContext(ctx, "bash", filepath.Join(kafkatest.RepoRoot(t), "deploy", "kafka", "kafka.sh"), "start", "--keep-data")
 		cmd.Env = append(os.Environ(), "FDX_KAFKA_NODES=3", "FDX_KAFKA_DIR="+c.dir,
 			"FDX_KAFKA_PORT="+port, "FDX_KAFKA_CONTROLLER_PORT="+ctrl)
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -350,23 +350,4 @@ func coordinatorOf(rs kadm.FindCoordinatorResponses, key string) (int32, error) 
 		return 0, fmt.Errorf("coordinator of %s: %w (%s)", key, r.Err, r.ErrMessage)
 	}
 	return r.NodeID, nil
-}
-
-// repoRoot is the directory of go.mod above the test's working directory.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test's directory")
-		}
-		dir = parent
-	}
 }

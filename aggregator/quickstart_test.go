@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 )
 
 // TestQuickStart runs the README's first command (the Quick start's
@@ -84,7 +86,7 @@ func TestQuickStart(t *testing.T) {
 // Quick start, which must be `go run ./aggregator ...`.
 func quickStartArgs(t *testing.T) []string {
 	t.Helper()
-	f, err := os.Open(filepath.Join(repoRoot(t), "README.md"))
+	f, err := os.Open(filepath.Join(kafkatest.RepoRoot(t), "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -89,7 +89,7 @@ func (s *Secure) Grant(t testing.TB, job string) {
 	if err != nil {
 		t.Fatalf("%s=%s: %v", EnvSecureBrokers, s.plain, err)
 	}
-	cmd := exec.Command("bash", filepath.Join(repoRoot(t), "deploy", "kafka", "kafka.sh"), "acls", job)
+	cmd := exec.Command("bash", filepath.Join(RepoRoot(t), "deploy", "kafka", "kafka.sh"), "acls", job)
 	cmd.Env = append(os.Environ(), "FDX_KAFKA_DIR="+s.dir, "FDX_KAFKA_PORT="+port)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -98,8 +98,9 @@ func (s *Secure) Grant(t testing.TB, job string) {
 	t.Logf("kafka.sh acls %s: %s", job, strings.TrimSpace(string(out)))
 }
 
-// repoRoot is the directory of go.mod above the test's working directory.
-func repoRoot(t testing.TB) string {
+// RepoRoot is the directory of go.mod above the test's working directory:
+// where tests find the repo's scripts (deploy/kafka/kafka.sh) and README.
+func RepoRoot(t testing.TB) string {
 	t.Helper()
 	dir, err := os.Getwd()
 	if err != nil {

@@ -240,14 +240,8 @@ func (r *modelReader) fetchChunks(ctx context.Context, manifestAt int64, begin f
 			return err
 		}
 		fs := r.spreadC.PollFetches(ctx)
-		var failed error
-		fs.EachError(func(_ string, p int32, err error) {
-			if ctx.Err() == nil && (p < 0 || denied(err) != nil) {
-				failed = err
-			}
-		})
-		if failed != nil {
-			return fmt.Errorf("read: %w", failed)
+		if err := fetchFailure(ctx, fs); err != nil {
+			return fmt.Errorf("read: %w", err)
 		}
 		for it := fs.RecordIter(); !it.Done(); {
 			rec := it.Next()
@@ -284,4 +278,18 @@ func spreadManifest(msg *kgo.Record) *fdxv1.TransferManifest {
 		return nil
 	}
 	return man
+}
+
+// fetchFailure returns the error of fs that ends a read: a client-wide one
+// (partition -1) or a refused authorization. The others are retried by the
+// client on the next poll, and a poll cut short by ctx is the caller's to
+// report.
+func fetchFailure(ctx context.Context, fs kgo.Fetches) error {
+	var failed error
+	fs.EachError(func(_ string, p int32, err error) {
+		if ctx.Err() == nil && (p < 0 || denied(err) != nil) {
+			failed = err
+		}
+	})
+	return failed
 }

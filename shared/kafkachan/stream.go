@@ -300,14 +300,8 @@ func (s *Server) readChunks(ctx context.Context, span chunkSpan, take func(i int
 			return fmt.Errorf("%d of %d chunks read: %w", len(at)-left, len(at), err)
 		}
 		fs := s.replayC.PollFetches(ctx)
-		var failed error
-		fs.EachError(func(_ string, p int32, err error) {
-			if ctx.Err() == nil && (p < 0 || denied(err) != nil) {
-				failed = err
-			}
-		})
-		if failed != nil {
-			return fmt.Errorf("read: %w", failed)
+		if err := fetchFailure(ctx, fs); err != nil {
+			return fmt.Errorf("read: %w", err)
 		}
 		for it := fs.RecordIter(); !it.Done() && left > 0; {
 			rec := it.Next()
