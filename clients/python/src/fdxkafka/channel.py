@@ -21,6 +21,10 @@ class Stats:
     bytes_sent: int = 0
     bytes_received: int = 0
     records_rejected: int = 0
+    # Verified models read on Kafka: signed with job, topic, round and
+    # final bound (v2), or over the value alone (Verifier.allow_value_only).
+    models_bound: int = 0
+    models_value_only: int = 0
 
     def sent(self, n: int) -> None:
         self.messages_sent += 1

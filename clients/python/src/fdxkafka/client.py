@@ -120,6 +120,8 @@ class Summary:
     bytes_sent: int = 0
     bytes_received: int = 0
     records_rejected: int = 0
+    models_bound: int = 0
+    models_value_only: int = 0
 
 
 def client_seed(job_seed: int, client_id: str, round: int) -> int:  # noqa: A002
@@ -325,6 +327,7 @@ def _summarize(s: Summary, ch: Channel) -> Summary:
     st = ch.stats
     s.messages_sent, s.messages_received = st.messages_sent, st.messages_received
     s.bytes_sent, s.bytes_received, s.records_rejected = st.bytes_sent, st.bytes_received, st.records_rejected
+    s.models_bound, s.models_value_only = st.models_bound, st.models_value_only
     s.rejected = list(ch.rejections)
     return s
 

@@ -353,11 +353,9 @@ class KafkaChannel:
         value = msg.value() or b""
         claims = None
         if self._verifier is not None:
+            headers = {k: (v if v is not None else b"") for k, v in reversed(msg.headers() or ())}
             try:
-                claims = trust.ModelClaims.parse(self.job, self.topic, _header(msg, trust.HEADER_ROUND),
-                                                 _header(msg, trust.HEADER_FINAL))
-                self._verifier.verify_model(claims, value, _header(msg, trust.HEADER_SIGNATURE),
-                                            _header(msg, trust.HEADER_KEY_ID))
+                claims = self._verifier.verify_record(self.job, self.topic, value, headers)
             except trust.VerificationError as e:
                 raise _Rejected(f"signature: {e}") from None
         if _header(msg, transfer.HEADER_MANIFEST) is not None:
@@ -374,6 +372,11 @@ class KafkaChannel:
                             f"job {claims.job!r} round {claims.round} final {claims.final}")
         if (why := rules.check_model(m, self.job)) is not None:
             raise _Rejected(why)
+        if self._verifier is not None:
+            if claims is None:
+                self.stats.models_value_only += 1
+            else:
+                self.stats.models_bound += 1
         return m
 
     def _whole(self, manifest_value: bytes, at: int) -> bytes:

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -81,15 +82,27 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 
 class Verifier:
     """Checks model signatures against one or more trusted Ed25519 keys
-    (several for key rotation)."""
+    (several for key rotation).
 
-    def __init__(self, keys: list[Ed25519PublicKey]) -> None:
+    Args:
+        keys: the trusted public keys.
+        allow_value_only: also accept a signature over the record's value
+            alone, on a record that carries neither ``fdx-round`` nor
+            ``fdx-final`` (aggregators that predate the binding sign so).
+            Such a model's own job and round are still checked, and rounds
+            never go back, but nothing binds it to its topic. Off by
+            default; a record with either header is always held to the
+            binding.
+    """
+
+    def __init__(self, keys: list[Ed25519PublicKey], *, allow_value_only: bool = False) -> None:
         if not keys:
             raise ConfigError("no public key to verify models with")
         self._keys = {key_id(k): k for k in keys}
+        self.allow_value_only = allow_value_only
 
     @classmethod
-    def from_pem(cls, pem: bytes | str) -> "Verifier":
+    def from_pem(cls, pem: bytes | str, *, allow_value_only: bool = False) -> "Verifier":
         """Trusts the Ed25519 keys of every PEM "PUBLIC KEY" block in pem."""
         text = pem.decode() if isinstance(pem, bytes) else pem
         keys: list[Ed25519PublicKey] = []
@@ -107,24 +120,43 @@ class Verifier:
             keys.append(k)
         if not keys:
             raise ConfigError('model public key: no PEM "PUBLIC KEY" block')
-        return cls(keys)
+        return cls(keys, allow_value_only=allow_value_only)
 
     @classmethod
-    def load(cls, pem_or_path: str | bytes | Path) -> "Verifier":
+    def load(cls, pem_or_path: str | bytes | Path, *, allow_value_only: bool = False) -> "Verifier":
         """From inline PEM (an environment variable set from a secret) or the
         path of a PEM file, as the Go client's --model-pubkey."""
         if isinstance(pem_or_path, bytes):
-            return cls.from_pem(pem_or_path)
+            return cls.from_pem(pem_or_path, allow_value_only=allow_value_only)
         if isinstance(pem_or_path, str) and pem_or_path.lstrip().startswith("-----BEGIN"):
-            return cls.from_pem(pem_or_path)
+            return cls.from_pem(pem_or_path, allow_value_only=allow_value_only)
         try:
-            return cls.from_pem(Path(pem_or_path).read_bytes())
+            return cls.from_pem(Path(pem_or_path).read_bytes(), allow_value_only=allow_value_only)
         except OSError as e:
             raise ConfigError(f"model public key: {e}") from None
+
+    def verify_record(self, job: str, topic: str, value: bytes, headers: Mapping[str, bytes]) -> ModelClaims | None:
+        """Verifies a model record of job's topic from its headers: the
+        claims its signature binds, which the decoded model must repeat, or
+        None for a value-only signature (allow_value_only). Raises
+        VerificationError."""
+        sig, kid = headers.get(HEADER_SIGNATURE), headers.get(HEADER_KEY_ID)
+        r, f = headers.get(HEADER_ROUND), headers.get(HEADER_FINAL)
+        if r is None and f is None:
+            if not self.allow_value_only:
+                raise VerificationError("no fdx-round/fdx-final headers: a value-only signature, not accepted")
+            self._verify(value, sig, kid)
+            return None
+        claims = ModelClaims.parse(job, topic, r, f)
+        self.verify_model(claims, value, sig, kid)
+        return claims
 
     def verify_model(self, claims: ModelClaims, value: bytes, signature: bytes | None, kid: bytes | None) -> None:
         """Raises VerificationError unless signature, by the key kid names,
         covers claims and value."""
+        self._verify(claims.signing_input(value), signature, kid)
+
+    def _verify(self, message: bytes, signature: bytes | None, kid: bytes | None) -> None:
         if not signature:
             raise VerificationError("unsigned")
         name = (kid or b"").decode("ascii", "replace")
@@ -132,7 +164,7 @@ class Verifier:
         if key is None:
             raise VerificationError(f"bad signature: unknown key id {name!r}")
         try:
-            key.verify(signature, claims.signing_input(value))
+            key.verify(signature, message)
         except InvalidSignature:
             raise VerificationError(f"bad signature: signature of key {name} does not match the record") from None
 
