@@ -173,3 +173,57 @@ def test_chunked_update_over_broker_limit(kind: str, go_bins: dict[str, Path], t
     assert s.final and [r.status for r in s.rounds] == ["trained"]
     assert s.bytes_sent > limit and s.messages_sent > 2  # chunks and their manifest
     assert sum(p.nbytes for p in s.final_parameters) > limit
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fdx test aggregator")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp / "server.pem", tmp / "server.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_grpc_tls_and_bearer_token(go_bins: dict[str, Path], tmp_path: Path, job: str, mnist_train) -> None:
+    """Over TLS with a bearer token a round completes; without TLS, with a CA
+    that did not sign the server's certificate, or without the token the
+    client gets typed errors."""
+    x, y = mnist_train
+    cert, key = self_signed(tmp_path)
+    (tmp_path / "other").mkdir()
+    other, _ = self_signed(tmp_path / "other")
+    c = Cluster(go_bins, tmp_path, "grpc")
+    try:
+        agg, addr, out = c.aggregator(job, "--minclients", "1", "--numrounds", "1", "--max-examples", "200",
+                                      "--eval-examples", "500", "--tls-cert", str(cert), "--tls-key", str(key),
+                                      tokens={"3": "tok-3"})
+        kw = dict(broker=addr, job=job, client_id="3", channel="grpc", connect_timeout=3, timeout=30)
+        with pytest.raises(fdxkafka.BrokerUnavailable):
+            fdxkafka.run_once(LogRegClient(x, y), token="tok-3", **kw)  # plaintext to a TLS server
+        with pytest.raises(fdxkafka.BrokerUnavailable):
+            fdxkafka.run_once(LogRegClient(x, y), token="tok-3", tls=fdxkafka.TLS(ca_file=str(other)), **kw)
+        with pytest.raises(fdxkafka.Unauthenticated):
+            fdxkafka.run_once(LogRegClient(x, y), tls=fdxkafka.TLS(ca_file=str(cert)), **kw)
+        s = fdxkafka.run_once(LogRegClient(x, y), token="tok-3", tls=fdxkafka.TLS(ca_file=str(cert)), **kw)
+        assert [(r.round, r.status) for r in s.rounds] == [(1, "trained")]
+        res = read_out(agg, out, 60)
+    finally:
+        c.stop()
+    assert [r["contributors"] for r in res["rounds"]] == [["3"]]
