@@ -80,11 +80,14 @@ def main() -> None:
     ap.add_argument("--client-id", required=True)
     ap.add_argument("--token")
     ap.add_argument("--model-pubkey", help="the aggregator's model-signing public key (PEM file)")
+    ap.add_argument("--allow-value-only-signatures", action="store_true",
+                    help="also accept models signed over the value alone (aggregators that predate the binding)")
     a = ap.parse_args()
+    key = a.model_pubkey and fdxkafka.Verifier.load(a.model_pubkey, allow_value_only=a.allow_value_only_signatures)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     x, y = mnist.load("train")
     s = fdxkafka.run_client(LogRegClient(x, y), broker=a.broker, job=a.job, client_id=a.client_id,
-                            channel=a.channel, token=a.token, model_public_key=a.model_pubkey)
+                            channel=a.channel, token=a.token, model_public_key=key or None)
     print(f"job {s.job} finished at round {s.last_round}: {s.final_metrics}")
 
 
