@@ -192,3 +192,18 @@ def read_out(p: Proc, out: Path, timeout: float = 180) -> dict:
     """Waits for the aggregator to finish its job and returns its --out file."""
     p.wait(timeout)
     return json.loads(out.read_text())
+
+
+@pytest.fixture(params=["embedded", "kafka"])
+def broker(request: pytest.FixtureRequest, go_bins: dict[str, Path], tmp_path: Path) -> Iterator[str]:
+    """A Kafka broker: the embedded one of an aggregator that runs a job of
+    its own, or the real one."""
+    if request.param == "kafka":
+        yield kafka_brokers()
+        return
+    c = Cluster(go_bins, tmp_path, "embedded")
+    try:
+        _, addr, _ = c.aggregator(job_id("host"), "--numrounds", "1")
+        yield addr
+    finally:
+        c.stop()

@@ -76,3 +76,29 @@ def test_bad_arguments() -> None:
         args = dict(broker="127.0.0.1:1", job="j", client_id="0", channel="kafka") | kw
         with pytest.raises(fdxkafka.ConfigError):
             fdxkafka.run_once(LogRegClient(np.zeros((1, 784)), np.zeros(1)), **args)
+
+
+def test_update_over_topic_limit(broker: str, job: str) -> None:
+    """An update the broker refuses for its size is Oversize, not a Kafka
+    library error."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from fdxkafka._pb.fdx.v1 import fdx_pb2 as pb
+    from fdxkafka.kafka_channel import KafkaChannel
+
+    admin = AdminClient({"bootstrap.servers": broker})
+    for t in (fdxkafka.rules.model_topic(job), fdxkafka.rules.updates_topic(job)):
+        nt = NewTopic(t, 1, 1, config={"max.message.bytes": "100000"})
+        admin.create_topics([nt], operation_timeout=30)[t].result(30)
+    u = pb.Update(job=job, client_id="0", base_round=1, num_examples=1)
+    u.metrics["pad"] = 0.0
+    u.params.add(name="w", shape=[50000], data=b"\x00" * 200000)
+    with KafkaChannel(broker, job, chunk_bytes=1 << 20) as ch:
+        with pytest.raises(fdxkafka.Oversize, match="round 1"):
+            ch.submit(u, 30)
+    with KafkaChannel(broker, job, chunk_bytes=16 << 10) as ch:
+        # In chunks below the limit, which bounds record batches: the
+        # chunks, produced at once, must not share one.
+        ch.submit(u, 30)
+        assert ch.stats.messages_sent == 14
+    del admin

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterator
 
 import confluent_kafka as ck
 import numpy as np
@@ -15,26 +14,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import fdxkafka
-from conftest import Cluster, job_id, kafka_brokers, read_out
+from conftest import Cluster, kafka_brokers, read_out
 from fdxkafka import tensors, trust
 from fdxkafka._pb.fdx.v1 import fdx_pb2 as pb
 from fdxkafka.kafka_channel import KafkaChannel
 from logreg_numpy import LogRegClient
-
-
-@pytest.fixture(params=["embedded", "kafka"])
-def broker(request: pytest.FixtureRequest, go_bins: dict[str, Path], tmp_path: Path) -> Iterator[str]:
-    """A Kafka broker: the embedded one of an aggregator that runs a job of
-    its own, or the real one."""
-    if request.param == "kafka":
-        yield kafka_brokers()
-        return
-    c = Cluster(go_bins, tmp_path, "embedded")
-    try:
-        _, addr, _ = c.aggregator(job_id("host"), "--numrounds", "1")
-        yield addr
-    finally:
-        c.stop()
 
 
 def model(job: str, round_: int, final: bool = False) -> bytes:
@@ -104,7 +88,6 @@ def test_forged_and_replayed_models(broker: str, job: str) -> None:
     finally:
         ch.close()
         prod.flush(5)
-        del prod, admin
 
 
 def test_another_clients_token(cluster: Cluster, job: str, mnist_train) -> None:

@@ -8,13 +8,12 @@ train and/or evaluate, send the update.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -259,21 +258,21 @@ class Participant:
                 return res, u
         train_start = _now()
         t0 = time.monotonic()
-        out = self.client.fit([p.copy() for p in params], dict(cfg))
+        fitted = self.client.fit([p.copy() for p in params], dict(cfg))
         res.train_ms = (time.monotonic() - t0) * 1000
-        if not isinstance(out, tuple) or len(out) != 3:
+        if not isinstance(fitted, tuple) or len(fitted) != 3:
             raise FitResultError("fit must return (parameters, num_examples, metrics)")
-        new, n, fm = out
+        new, n, fm = fitted
         if not isinstance(new, (list, tuple)):
             raise FitResultError(f"fit must return a list of arrays, got {type(new).__name__}")
-        new = [np.asarray(a) for a in new]
-        tensors.check_shapes(new, specs, f"fit's parameters for round {m.round}")
-        local = []
-        for a, s in zip(new, specs):
-            v = a.astype(np.float32)
-            if not np.all(np.isfinite(v)):
+        arrays = [np.asarray(a) for a in new]
+        tensors.check_shapes(arrays, specs, f"fit's parameters for round {m.round}")
+        local: list[np.ndarray] = []
+        for a, s in zip(arrays, specs):
+            f32 = a.astype(np.float32)
+            if not np.all(np.isfinite(f32)):
                 raise FitResultError(f"fit's parameters for round {m.round}: tensor {s.name!r} has non-finite values")
-            local.append(v)
+            local.append(f32)
         res.examples = _examples(n, "fit")
         res.metrics = _metrics(fm, "fit")
         u = pb.Update(job=m.job, client_id=self.client_id, base_round=m.round, num_examples=res.examples,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -102,7 +102,7 @@ class GrpcChannel:
         self.stats = Stats()
         self.rejections: list[str] = []
         self._newest: Optional[pb.GlobalModel] = None
-        options = [("grpc.max_send_message_length", max_message_bytes),
+        options: list[tuple[str, Any]] = [("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.max_receive_message_length", max_message_bytes)]
         if tls is not None and tls.server_name:
             options.append(("grpc.ssl_target_name_override", tls.server_name))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import confluent_kafka as ck
 from google.protobuf.message import DecodeError
@@ -29,8 +29,14 @@ _AUTH_CODES = {
         "GROUP_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED",
     ) if hasattr(ck.KafkaError, name)
 }
+_SIZE_CODES = {
+    getattr(ck.KafkaError, name) for name in ("MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE") if hasattr(ck.KafkaError, name)
+}
 _DOWN_CODES = {ck.KafkaError._TRANSPORT, ck.KafkaError._ALL_BROKERS_DOWN, ck.KafkaError._TIMED_OUT,
                ck.KafkaError._RESOLVE, ck.KafkaError._MSG_TIMED_OUT}
+
+
+Headers = list[tuple[str, Union[str, bytes, None]]]
 
 
 def _header(msg: Any, key: str) -> Optional[bytes]:
@@ -90,13 +96,17 @@ class KafkaChannel:
             "log.connection.close": False,
         }
         extra = dict(properties or {})
-        self._producer = ck.Producer({
+        self._producer: Optional[ck.Producer] = ck.Producer({
             **base,
             # As the Go client: no idempotence (one more round trip per cold
             # start; a duplicate is rejected by the aggregator), acks=all.
             "enable.idempotence": False,
             "acks": "all",
             "linger.ms": 0,
+            # A record batch of several chunks could exceed the topic's
+            # max.message.bytes, which bounds batches, not records: a chunk
+            # fills a batch by itself.
+            "batch.size": chunk_bytes,
             "message.max.bytes": max_message_bytes,
             "compression.type": "none",
             "delivery.timeout.ms": 120000,
@@ -115,7 +125,7 @@ class KafkaChannel:
             "receive.message.max.bytes": max_message_bytes * 2 + (1 << 20),
             **extra,
         }
-        self._consumer = ck.Consumer(self._consumer_conf)
+        self._consumer: Optional[ck.Consumer] = ck.Consumer(self._consumer_conf)
         self._positional: Optional[ck.Consumer] = None
         self._started = False
         self._newest: Optional[pb.GlobalModel] = None
@@ -150,6 +160,7 @@ class KafkaChannel:
 
     def _probe(self, deadline: Deadline) -> None:
         """Waits until the brokers answer a metadata request."""
+        assert self._producer is not None
         while True:
             try:
                 self._producer.list_topics(timeout=max(0.05, min(0.5, deadline.left())))
@@ -291,7 +302,7 @@ class KafkaChannel:
                 raise BrokerUnavailable(f"read {self.topic}: {err.str()}")
             log.debug("kafka consumer error on %s: %s", self.topic, err.str())
             return -1, False
-        at = int(msg.offset())
+        at = int(msg.offset() or 0)
         value = msg.value() or b""
         self.stats.received(len(value) + len(msg.key() or b""))
         self._take(msg, at)
@@ -457,7 +468,7 @@ class KafkaChannel:
                     if err.fatal():
                         raise TransferError(err.str())
                     continue
-                p, o = int(msg.partition()), int(msg.offset())
+                p, o = int(msg.partition() or 0), int(msg.offset() or 0)
                 value = msg.value() or b""
                 self.stats.received(len(value) + len(msg.key() or b""))
                 i = want.pop((p, o), None)
@@ -481,20 +492,20 @@ class KafkaChannel:
         value = update.SerializeToString()
         key = update.client_id.encode()
         topic = rules.updates_topic(self.job)
-        batches: list[list[tuple[bytes, list[tuple[str, bytes]]]]] = []
+        batches: list[list[tuple[bytes, Headers]]] = []
         if len(value) > self._chunk:
             x = transfer.split(value, self._chunk)
             chunks = []
             for i in range(x.count):
                 c = x.chunk(i)
-                headers = [(transfer.HEADER_TRANSFER, x.transfer_id.encode()),
+                headers: Headers = [(transfer.HEADER_TRANSFER, x.transfer_id.encode()),
                            (transfer.HEADER_CHUNK, f"{i}/{x.count}/{len(value)}".encode())]
                 if self._token:
                     headers.append((trust.HEADER_MAC, trust.chunk_mac(self._token, x.transfer_id, i, c)))
                 chunks.append((c, headers))
             batches.append(chunks)
             value = x.manifest.SerializeToString()
-            last_headers = [(transfer.HEADER_TRANSFER, x.transfer_id.encode()), (transfer.HEADER_MANIFEST, b"1")]
+            last_headers: Headers = [(transfer.HEADER_TRANSFER, x.transfer_id.encode()), (transfer.HEADER_MANIFEST, b"1")]
         else:
             last_headers = []
         if self._token:
@@ -503,7 +514,7 @@ class KafkaChannel:
         for batch in batches:
             self._produce_all(topic, key, batch, deadline, update.base_round)
 
-    def _produce_all(self, topic: str, key: bytes, batch: list[tuple[bytes, list[tuple[str, bytes]]]],
+    def _produce_all(self, topic: str, key: bytes, batch: list[tuple[bytes, Headers]],
                      deadline: Deadline, round_: int) -> None:
         assert self._producer is not None
         reports: list[Optional[ck.KafkaError]] = []
@@ -538,6 +549,6 @@ class KafkaChannel:
         what = f"produce update round {round_}: {err.str()}"
         if err.code() in _AUTH_CODES:
             return Unauthenticated(what)
-        if err.code() in (ck.KafkaError.MSG_SIZE_TOO_LARGE, ck.KafkaError._MSG_SIZE_TOO_LARGE):
+        if err.code() in _SIZE_CODES:
             return Oversize(what)
         return BrokerUnavailable(what + self._last_error())

@@ -6,7 +6,7 @@ per-tensor scale, and sparse float32 (top-k with error feedback).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -154,7 +154,9 @@ class Residual:
 
 def encode_as(values: Sequence[np.ndarray], specs: Sequence[Spec], dtype: int) -> list[pb.Tensor]:
     """Encodes values in dtype (UNSPECIFIED is float32)."""
-    enc = {pb.DTYPE_UNSPECIFIED: from_float32, FLOAT32: from_float32, FLOAT16: from_float16, INT8: from_int8}.get(dtype)
+    encoders: dict[int, Callable[[Spec, np.ndarray], pb.Tensor]] = {
+        pb.DTYPE_UNSPECIFIED: from_float32, FLOAT32: from_float32, FLOAT16: from_float16, INT8: from_int8}
+    enc = encoders.get(dtype)
     if enc is None:
         raise ValueError(f"unsupported update encoding {pb.DType.Name(dtype) if dtype in pb.DType.values() else dtype}")
     return [enc(sp, v) for sp, v in zip(specs, values)]
