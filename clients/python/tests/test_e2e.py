@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import pytest
 
 import fdxkafka
 from conftest import Cluster, job_id, read_out
@@ -61,6 +62,7 @@ def test_mixed_job(cluster: Cluster, mnist_train) -> None:
         assert s.records_rejected == 0, s.rejected
         if cluster.channel == "kafka":
             assert s.models_bound + s.models_value_only >= 1
+            print(f"client {c}: {s.models_bound} models signed with the binding, {s.models_value_only} value-only")
         assert s.final_metrics["accuracy"] == mixed["final_model"]["metrics"]["accuracy"]
         want = [np.asarray(t["values"], np.float32).reshape(t["shape"]) for t in mixed["final_model"]["tensors"]]
         assert all(np.array_equal(a, b) for a, b in zip(s.final_parameters, want))
@@ -77,3 +79,34 @@ def test_mixed_job(cluster: Cluster, mnist_train) -> None:
     print(f"{cluster.kind}: final accuracy 3 Go + 2 Python {a_mixed:.4f}, 5 Go {a_go:.4f}")
     assert abs(a_mixed - a_go) <= 0.01
     assert a_mixed > 0.5
+
+
+@pytest.mark.parametrize("encoding", ["int8", "topk:0.2"])
+def test_sampling_evaluation_encodings(cluster: Cluster, mnist_train, encoding: str) -> None:
+    """Python clients follow the aggregator's sample: exactly the sampled
+    clients train, the clients asked to evaluate report held-out metrics,
+    and compressed update encodings (deltas) are accepted."""
+    x, y = mnist_train
+    ids = [str(i) for i in range(6)]
+    job = job_id(f"sampling-{encoding}-{cluster.kind}")
+    toks = tokens(ids, job)
+    agg, addr, out = cluster.aggregator(
+        job, "--numrounds", "3", "--minclients", "2", "--partitions", "6", "--max-examples", "300",
+        "--eval-examples", "1000", "--fraction-fit", "0.5", "--fraction-evaluate", "0.5", "--update-encoding",
+        encoding, "--round-timeout", "2m", tokens=toks)
+    py = run_python(cluster, addr, job, {c: LogRegClient(x, y) for c in ids}, toks)
+    res = read_out(agg, out)
+    assert not res.get("rejected"), res.get("rejected")
+    assert len(res["rounds"]) == 3
+    for r in res["rounds"]:
+        n = r["round"]
+        trained = sorted(c for c, s in py.items() for rr in s.rounds if rr.round == n and rr.status == "trained")
+        evaluated = [c for c, s in py.items() for rr in s.rounds if rr.round == n and rr.eval_loss is not None]
+        assert sorted(r["contributors"]) == trained == sorted(r["sampled"]), n
+        assert 0 < len(trained) < len(ids)
+        assert evaluated and r["federated"], n
+    for c, s in py.items():
+        assert s.final and s.records_rejected == 0, c
+        assert {rr.round for rr in s.rounds} == {1, 2, 3}, (c, s.rounds)
+    print(f"{cluster.kind} {encoding}: accuracy {res['rounds'][-1]['accuracy']:.4f}")
+    assert res["rounds"][-1]["accuracy"] > 0.5
