@@ -38,8 +38,9 @@ bash scripts/deps.sh
 step "generated protobuf code is up to date"
 bash proto/gen.sh --check
 
-# python_tests runs the Python client's tests; FDX_KAFKA_BROKERS, when
-# set, adds the real broker to the embedded one and gRPC.
+# python_tests runs the Python client's tests; FDX_KAFKA_BROKERS and
+# FDX_KAFKA_SECURE_BROKERS/_DIR, when set, add the real brokers to the
+# embedded one and gRPC.
 python_tests() {
   local py
   py=$(bash scripts/python-env.sh)
@@ -81,8 +82,10 @@ else
     FDX_KAFKA_CLUSTER_BROKERS="127.0.0.1:$cluster_port,127.0.0.1:$((cluster_port + 1)),127.0.0.1:$((cluster_port + 2))" \
     FDX_KAFKA_CLUSTER_DIR="/tmp/fdxkafka-broker-$cluster_port" \
     go test -count=1 -timeout "$timeout" ./...
-  step "Python client tests (embedded broker, real broker 127.0.0.1:$FDX_KAFKA_PORT, gRPC)"
-  FDX_KAFKA_BROKERS="127.0.0.1:$FDX_KAFKA_PORT" python_tests
+  step "Python client tests (embedded broker, real brokers 127.0.0.1:$FDX_KAFKA_PORT and :$secure_port (secure), gRPC)"
+  FDX_KAFKA_BROKERS="127.0.0.1:$FDX_KAFKA_PORT" \
+    FDX_KAFKA_SECURE_BROKERS="127.0.0.1:$secure_port" FDX_KAFKA_SECURE_DIR="/tmp/fdxkafka-broker-$secure_port" \
+    python_tests
 fi
 
 step "bounded fuzz runs"

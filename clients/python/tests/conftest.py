@@ -129,15 +129,17 @@ class Cluster:
         self.channel = "grpc" if kind == "grpc" else "kafka"
 
     def aggregator(self, job: str, *args: str, tokens: Optional[dict[str, str]] = None,
-                   name: str = "aggregator") -> tuple[Proc, str, Path]:
-        """Starts the job's aggregator; its Proc, the address clients dial
-        and the --out file."""
+                   name: str = "aggregator", brokers: Optional[str] = None) -> tuple[Proc, str, Path]:
+        """Starts the job's aggregator (on the real broker: FDX_KAFKA_BROKERS
+        or brokers); its Proc, the address clients dial and the --out file."""
+        if self.kind == "kafka" and brokers is None:
+            brokers = kafka_brokers()
         out = self.tmp / f"{name}-{job}.json"
         argv = [str(self.bins["aggregator"]), "--job", job, "--log-to", "text", "--out", str(out)]
         if self.kind == "embedded":
             argv += ["--embedded", "--broker", "127.0.0.1:0", "--model-key", str(self.key_file)]
         elif self.kind == "kafka":
-            argv += ["--broker", kafka_brokers(), "--model-key", str(self.key_file)]
+            argv += ["--broker", str(brokers), "--model-key", str(self.key_file)]
         else:
             argv += ["--grpc", "--broker", "127.0.0.1:0"]
         if tokens:
@@ -151,7 +153,7 @@ class Cluster:
         elif self.kind == "grpc":
             addr = p.wait_for(r'gRPC aggregator listening.* addr=(\S+)', 60).group(1)
         else:
-            addr = kafka_brokers()
+            addr = str(brokers)
         p.wait_for(r'msg="job started"', 60)
         return p, addr, out
 

@@ -4,7 +4,9 @@ the broker's message limit that the aggregator folds."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import confluent_kafka as ck
@@ -14,7 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import fdxkafka
-from conftest import Cluster, kafka_brokers, read_out
+from conftest import REPO, Cluster, kafka_brokers, read_out
 from fdxkafka import tensors, trust
 from fdxkafka._pb.fdx.v1 import fdx_pb2 as pb
 from fdxkafka.kafka_channel import KafkaChannel
@@ -210,3 +212,51 @@ def test_grpc_tls_and_bearer_token(go_bins: dict[str, Path], tmp_path: Path, job
     finally:
         c.stop()
     assert [r["contributors"] for r in res["rounds"]] == [["3"]]
+
+
+def secure_props(role: str) -> dict[str, str]:
+    """librdkafka settings of role on the secure broker (kafka.sh secure
+    mode: SASL/SCRAM, ACLs)."""
+    d = os.environ.get("FDX_KAFKA_SECURE_DIR", "")
+    props = {}
+    for line in (Path(d) / "secrets" / f"{role}.properties").read_text().splitlines():
+        k, sep, v = line.strip().partition("=")
+        if sep and not line.lstrip().startswith("#"):
+            props[k.strip()] = v.strip()
+    return props
+
+
+def test_secure_broker(go_bins: dict[str, Path], tmp_path: Path, job: str, mnist_train) -> None:
+    """On a broker with SASL and ACLs (kafka.sh acls: the client principal may
+    read the model topic and write the updates topic of the job, and use no
+    group) a Python client finishes a job; a wrong password is
+    Unauthenticated, another job's topics are refused."""
+    brokers, d = os.environ.get("FDX_KAFKA_SECURE_BROKERS", ""), os.environ.get("FDX_KAFKA_SECURE_DIR", "")
+    if not brokers or not d:
+        pytest.skip("no secure broker: set FDX_KAFKA_SECURE_BROKERS and FDX_KAFKA_SECURE_DIR (scripts/test.sh does)")
+    x, y = mnist_train
+    port = brokers.split(",")[0].rsplit(":", 1)[1]
+    r = subprocess.run(["bash", str(REPO / "deploy" / "kafka" / "kafka.sh"), "acls", job], capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "FDX_KAFKA_DIR": d, "FDX_KAFKA_PORT": port})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    c = Cluster(go_bins, tmp_path, "kafka")
+    conf = tmp_path / "aggregator.properties"
+    conf.write_text("".join(f"{k}={v}\n" for k, v in secure_props("aggregator").items()))
+    try:
+        agg, _, out = c.aggregator(job, "--minclients", "1", "--numrounds", "2", "--max-examples", "200",
+                                   "--eval-examples", "500", "--kafka-config", str(conf), brokers=brokers)
+        props = secure_props("client")
+        key = fdxkafka.Verifier.load(c.pub_file, allow_value_only=True)
+        with pytest.raises(fdxkafka.Unauthenticated):
+            fdxkafka.run_once(LogRegClient(x, y), broker=brokers, job=job, client_id="0", connect_timeout=10,
+                              kafka_properties={**props, "sasl.password": "wrong"}, model_public_key=key)
+        with pytest.raises(fdxkafka.Unauthenticated):
+            fdxkafka.run_once(LogRegClient(x, y), broker=brokers, job=job + "-other", client_id="0", timeout=10,
+                              kafka_properties=props, model_public_key=key)
+        s = fdxkafka.run_client(LogRegClient(x, y), broker=brokers, job=job, client_id="0", timeout=120,
+                                kafka_properties=props, model_public_key=key)
+        res = read_out(agg, out, 120)
+    finally:
+        c.stop()
+    assert s.final and [r.status for r in s.rounds] == ["trained", "trained"]
+    assert [r["contributors"] for r in res["rounds"]] == [["0"], ["0"]]
