@@ -36,6 +36,17 @@ def run_python(cluster: Cluster, addr: str, job: str, clients: dict[str, fdxkafk
         return {c: f.result(timeout + 30) for c, f in futs.items()}
 
 
+def finished(cluster: Cluster, s: fdxkafka.Summary) -> bool:
+    """Whether s holds the final model. Over gRPC a client may ask for it
+    after the aggregator stopped serving (the final model is not durable
+    there): then it must say so; on Kafka it always has it."""
+    if cluster.channel == "grpc" and not s.final:
+        assert s.final_missed, s
+        return False
+    assert s.final and not s.final_missed, s
+    return True
+
+
 def test_mixed_job(cluster: Cluster, mnist_train) -> None:
     """3 Go and 2 Python logistic-regression clients finish a job; the
     Python updates are counted in every round and the final accuracy is
@@ -57,12 +68,14 @@ def test_mixed_job(cluster: Cluster, mnist_train) -> None:
         assert sorted(r["contributors"]) == ids, f"round {r['round']}"
     assert not mixed.get("rejected"), mixed.get("rejected")
     for c, s in py.items():
-        assert s.final and s.last_round == 4, (c, s)
         assert [(r.round, r.status) for r in s.rounds] == [(1, "trained"), (2, "trained"), (3, "trained")], c
         assert s.records_rejected == 0, s.rejected
         if cluster.channel == "kafka":
             assert s.models_bound + s.models_value_only >= 1
             print(f"client {c}: {s.models_bound} models signed with the binding, {s.models_value_only} value-only")
+        if not finished(cluster, s):
+            continue
+        assert s.last_round == 4
         assert s.final_metrics["accuracy"] == mixed["final_model"]["metrics"]["accuracy"]
         want = [np.asarray(t["values"], np.float32).reshape(t["shape"]) for t in mixed["final_model"]["tensors"]]
         assert all(np.array_equal(a, b) for a, b in zip(s.final_parameters, want))
@@ -106,7 +119,8 @@ def test_sampling_evaluation_encodings(cluster: Cluster, mnist_train, encoding: 
         assert 0 < len(trained) < len(ids)
         assert evaluated and r["federated"], n
     for c, s in py.items():
-        assert s.final and s.records_rejected == 0, c
+        finished(cluster, s)
+        assert s.records_rejected == 0, c
         assert {rr.round for rr in s.rounds} == {1, 2, 3}, (c, s.rounds)
     print(f"{cluster.kind} {encoding}: accuracy {res['rounds'][-1]['accuracy']:.4f}")
     assert res["rounds"][-1]["accuracy"] > 0.5

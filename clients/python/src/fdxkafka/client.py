@@ -119,6 +119,9 @@ class Summary:
     bytes_sent: int = 0
     bytes_received: int = 0
     records_rejected: int = 0
+    # gRPC: the job's last round had passed and the aggregator stopped
+    # serving before this client fetched the final model.
+    final_missed: bool = False
     models_bound: int = 0
     models_value_only: int = 0
 
@@ -370,9 +373,15 @@ def run_client(client: Client, *, broker: str, job: str, client_id: str, channel
                token: Optional[str] = None, model_public_key: Union[None, str, bytes, Path, Verifier] = None,
                tls: Optional[TLS] = None, kafka_properties: Optional[dict[str, Any]] = None,
                round_timeout: float = 600.0, timeout: Optional[float] = None, connect_timeout: float = 10.0,
-               chunk_bytes: int = transfer.DEFAULT_CHUNK_BYTES) -> Summary:
+               chunk_bytes: int = transfer.DEFAULT_CHUNK_BYTES, final_grace: float = 10.0) -> Summary:
     """Takes part in every round until the job's final model, and returns
     it in the summary (``final_parameters``).
+
+    A gRPC aggregator stops serving once it has published the final model
+    and the calls in flight have ended; a client that asks for the final
+    model later finds no one. After the job's last round such a client
+    retries for ``final_grace`` seconds (a restarted aggregator serves the
+    final model again) and then returns with ``final_missed`` set.
 
     Waiting ``round_timeout`` seconds for a round's model without one is
     not an error: the client keeps waiting, until ``timeout`` (None: no
@@ -385,13 +394,32 @@ def run_client(client: Client, *, broker: str, job: str, client_id: str, channel
     s = Summary(job, client_id)
     residual = tensors.Residual()
     want = 0
+    num_rounds = 0
     backoff = 0.2
+    grace: Optional[Deadline] = None
+
+    def gone() -> bool:
+        """Whether the gRPC aggregator has gone for good after the last round."""
+        nonlocal grace
+        if channel != "grpc" or num_rounds <= 0 or want <= num_rounds:
+            return False
+        if grace is None:
+            grace = Deadline(final_grace)
+        if not grace.passed():
+            return False
+        log.warning("client %s: the aggregator stopped after round %d before this client had the final model",
+                    client_id, num_rounds)
+        s.final_missed = True
+        return True
+
     while True:
         try:
             ch = connect(broker=broker, job=job, client_id=client_id, channel=channel, token=token,
                          model_public_key=model_public_key, tls=tls, kafka_properties=kafka_properties,
-                         connect_timeout=connect_timeout, chunk_bytes=chunk_bytes)
+                         connect_timeout=min(connect_timeout, max(total.left(), 0.05)), chunk_bytes=chunk_bytes)
         except BrokerUnavailable as e:
+            if gone():
+                return s
             if total.passed() or total.left() < backoff:
                 raise
             log.warning("client %s: %s; reconnecting in %.1f s", client_id, e, backoff)
@@ -417,7 +445,9 @@ def run_client(client: Client, *, broker: str, job: str, client_id: str, channel
                     want = max(want, base + 1)
                     continue
                 backoff = 0.2
+                grace = None
                 s.last_round = m.round
+                num_rounds = m.num_rounds
                 if res is None:
                     _final(s, m)
                     log.info("client %s: job %s finished at round %d", client_id, job, m.round)
@@ -425,6 +455,8 @@ def run_client(client: Client, *, broker: str, job: str, client_id: str, channel
                 s.rounds.append(res)
                 want = m.round + 1
         except BrokerUnavailable as e:
+            if gone():
+                return _summarize(s, ch)
             if total.passed():
                 raise
             log.warning("client %s: transport failed (%s); reconnecting", client_id, e)
