@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and tests need, from Debian's
 # archive, only when missing: unzip (proto/gen.sh unpacks its pinned protoc's
-# well-known types), python3 and its venv module (the Python client's tests),
-# shellcheck
-# (deploy/gcp/check.sh). Go, gcc (cgo for confluent-kafka-go), Java 17 and
+# well-known types), python3 and its venv module (the Python client's
+# tests), shellcheck (deploy/gcp/check.sh). Go, gcc (cgo for confluent-kafka-go), Java 17 and
 # Maven (deploy/kafka/kafka.sh) are expected on the machine.
 set -euo pipefail
 need=()
