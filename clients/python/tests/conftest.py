@@ -127,6 +127,20 @@ class Cluster:
         self.pub_file.write_bytes(self.key.public_key().public_bytes(serialization.Encoding.PEM,
                                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
         self.channel = "grpc" if kind == "grpc" else "kafka"
+        self._embedded: Optional[str] = None
+
+    def embedded_broker(self) -> str:
+        """The address of an embedded broker (kfake) that outlives the jobs
+        run on it: it belongs to an aggregator of a job of its own that no
+        client joins, so that a client reading a finished job's final model
+        still finds the broker (a job's own --embedded broker ends with it)."""
+        if self._embedded is None:
+            p = Proc("embedded broker host", [str(self.bins["aggregator"]), "--embedded", "--broker", "127.0.0.1:0",
+                                              "--job", job_id("host"), "--numrounds", "1", "--log-to", "text"],
+                     self.tmp / "embedded-broker.log")
+            self.procs.append(p)
+            self._embedded = p.wait_for(r'embedded Kafka broker started.* addr=(\S+)', 60).group(1)
+        return self._embedded
 
     def aggregator(self, job: str, *args: str, tokens: Optional[dict[str, str]] = None,
                    name: str = "aggregator", brokers: Optional[str] = None) -> tuple[Proc, str, Path]:
@@ -137,7 +151,8 @@ class Cluster:
         out = self.tmp / f"{name}-{job}.json"
         argv = [str(self.bins["aggregator"]), "--job", job, "--log-to", "text", "--out", str(out)]
         if self.kind == "embedded":
-            argv += ["--embedded", "--broker", "127.0.0.1:0", "--model-key", str(self.key_file)]
+            brokers = self.embedded_broker()
+            argv += ["--broker", brokers, "--model-key", str(self.key_file)]
         elif self.kind == "kafka":
             argv += ["--broker", str(brokers), "--model-key", str(self.key_file)]
         else:
@@ -148,9 +163,7 @@ class Cluster:
             argv += ["--tokens-file", str(f)]
         p = Proc(name, argv + list(args), self.tmp / f"{name}-{job}.log")
         self.procs.append(p)
-        if self.kind == "embedded":
-            addr = p.wait_for(r'embedded Kafka broker started.* addr=(\S+)', 60).group(1)
-        elif self.kind == "grpc":
+        if self.kind == "grpc":
             addr = p.wait_for(r'gRPC aggregator listening.* addr=(\S+)', 60).group(1)
         else:
             addr = str(brokers)
@@ -169,7 +182,7 @@ class Cluster:
         return p
 
     def stop(self) -> None:
-        for p in self.procs:
+        for p in reversed(self.procs):
             p.stop()
 
 
@@ -205,7 +218,6 @@ def broker(request: pytest.FixtureRequest, go_bins: dict[str, Path], tmp_path: P
         return
     c = Cluster(go_bins, tmp_path, "embedded")
     try:
-        _, addr, _ = c.aggregator(job_id("host"), "--numrounds", "1")
-        yield addr
+        yield c.embedded_broker()
     finally:
         c.stop()
