@@ -1,6 +1,6 @@
 """The Python client computes what the Go packages compute (sampling
 hashes, shard assignment, partitions, holdout, client seeds, update
-encodings), read from the Go code itself (tests/goref), and maps every
+encodings), read from the Go code itself (tests/testdata/goref), and maps every
 wire rejection reason to its exception."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fdxkafka._pb.fdx.v1 import fdx_pb2 as pb
 
 @pytest.fixture(scope="module")
 def goref() -> dict:
-    r = subprocess.run(["go", "run", "./clients/python/tests/goref"], cwd=REPO, capture_output=True, text=True,
+    r = subprocess.run(["go", "run", "./clients/python/tests/testdata/goref"], cwd=REPO, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout)

@@ -4,7 +4,10 @@
 // tests compare the two, so that the Python client follows the Go rules
 // and not a copy of them that drifted.
 //
-//	go run ./clients/python/tests/goref
+//	go run ./clients/python/tests/testdata/goref
+//
+// It lives under testdata so that ./... patterns skip it: it is the Python
+// tests' helper, not a package of the module (test_rules.py builds it).
 package main
 
 import (
