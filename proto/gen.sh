@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Regenerates the Go code for proto/fdx/v1 with pinned generators.
+# Regenerates the Go and Python code for proto/fdx/v1 with pinned generators.
 #   bash proto/gen.sh          write the generated files
 #   bash proto/gen.sh --check  fail if the committed files are stale
+#
+# Go: proto/fdx/v1/fdx.pb.go and fdx_grpc.pb.go. Python (the fdxkafka
+# package in clients/python): src/fdxkafka/_pb/fdx/v1/fdx_pb2.py and
+# fdx_pb2.pyi, from the same pinned protoc, and the gRPC stubs
+# fdx_pb2_grpc.py from grpcio-tools' plugin at a pinned version.
 #
 # Everything that writes the generated files is pinned, protoc included:
 # its version lands in the files' headers ("protoc v3.21.12"), so a check
@@ -10,14 +15,21 @@
 # the artifact Maven and Gradle builds use) and the well-known types it
 # imports (google/protobuf/timestamp.proto) from the same release's
 # protobuf-java jar there, both checked against the SHA-256s below, into
-# .tools/; the plugins come from the Go module proxy at fixed versions.
-# Needs curl and unzip the first time, then runs offline.
+# .tools/; the Go plugins come from the Go module proxy at fixed versions.
+# The gRPC Python plugin exists only inside grpcio-tools (PyPI), compiled
+# into its own copy of protoc: it runs from a venv in .tools/ with that
+# version pinned. Only the stubs come from it, and they do not depend on
+# its protoc's version; the messages come from the pinned protoc above.
+# Needs curl, unzip and python3 the first time, then runs offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PROTOC_VERSION=3.21.12
 PROTOC_GEN_GO_VERSION=v1.36.12      # matches google.golang.org/protobuf in go.mod
 PROTOC_GEN_GO_GRPC_VERSION=v1.6.0
+# The stubs it writes require grpcio >= this version at run time
+# (clients/python/pyproject.toml says so).
+GRPCIO_TOOLS_VERSION=1.70.0
 tools="$PWD/.tools/bin"
 
 # protoc_sha256 PLATFORM prints the pinned SHA-256 of Maven Central's
@@ -91,10 +103,21 @@ if [ ! -x "$protoc" ] || [ ! -f "$include/google/protobuf/timestamp.proto" ]; th
 fi
 [ -x "$tools/protoc-gen-go" ] || GOBIN="$tools" go install "google.golang.org/protobuf/cmd/protoc-gen-go@$PROTOC_GEN_GO_VERSION"
 [ -x "$tools/protoc-gen-go-grpc" ] || GOBIN="$tools" go install "google.golang.org/grpc/cmd/protoc-gen-go-grpc@$PROTOC_GEN_GO_GRPC_VERSION"
+grpcvenv="$PWD/.tools/grpcio-tools-$GRPCIO_TOOLS_VERSION"
+if [ ! -x "$grpcvenv/bin/python" ] || ! "$grpcvenv/bin/python" -c 'import grpc_tools.protoc' 2>/dev/null; then
+  echo "proto/gen.sh: installing grpcio-tools==$GRPCIO_TOOLS_VERSION into $grpcvenv" >&2
+  rm -rf "$grpcvenv"
+  python3 -m venv "$grpcvenv"
+  "$grpcvenv/bin/pip" install --quiet --disable-pip-version-check --only-binary=:all: "grpcio-tools==$GRPCIO_TOOLS_VERSION"
+fi
 
 out=proto
+pyout=clients/python/src
+pydir=fdxkafka/_pb/fdx/v1
 if [ "${1:-}" = "--check" ]; then
   out=$(mktemp -d)
+  pyout="$out/py"
+  mkdir -p "$pyout"
   trap 'rm -rf "$out"' EXIT
 fi
 # Only the pinned plugins on PATH's front; protoc is called by its path, so
@@ -103,6 +126,13 @@ PATH="$tools:$PATH" "$protoc" -I proto -I "$include" \
   --go_out="$out" --go_opt=paths=source_relative \
   --go-grpc_out="$out" --go-grpc_opt=paths=source_relative \
   proto/fdx/v1/fdx.proto
+# Python: the .proto is mapped to fdxkafka/_pb/fdx/v1/fdx.proto so that the
+# generated modules import each other inside the package
+# (fdxkafka._pb.fdx.v1.fdx_pb2) and cannot clash with another package's
+# fdx.v1; the proto package, and with it every message and gRPC method
+# name on the wire, stays fdx.v1.
+"$protoc" -I fdxkafka/_pb=proto -I "$include" --python_out="$pyout" --pyi_out="$pyout" proto/fdx/v1/fdx.proto
+"$grpcvenv/bin/python" -m grpc_tools.protoc -I fdxkafka/_pb=proto -I "$include" --grpc_python_out="$pyout" proto/fdx/v1/fdx.proto
 if [ "${1:-}" = "--check" ]; then
   for f in fdx.pb.go fdx_grpc.pb.go; do
     if ! diff -u "proto/fdx/v1/$f" "$out/fdx/v1/$f"; then
@@ -110,5 +140,11 @@ if [ "${1:-}" = "--check" ]; then
       exit 1
     fi
   done
-  echo "proto/gen.sh: generated code is up to date (protoc $PROTOC_VERSION, protoc-gen-go $PROTOC_GEN_GO_VERSION, protoc-gen-go-grpc $PROTOC_GEN_GO_GRPC_VERSION)"
+  for f in fdx_pb2.py fdx_pb2.pyi fdx_pb2_grpc.py; do
+    if ! diff -u "clients/python/src/$pydir/$f" "$pyout/$pydir/$f"; then
+      echo "proto/gen.sh: clients/python/src/$pydir/$f is stale; run: bash proto/gen.sh" >&2
+      exit 1
+    fi
+  done
+  echo "proto/gen.sh: generated code is up to date (protoc $PROTOC_VERSION, protoc-gen-go $PROTOC_GEN_GO_VERSION, protoc-gen-go-grpc $PROTOC_GEN_GO_GRPC_VERSION, grpcio-tools $GRPCIO_TOOLS_VERSION)"
 fi

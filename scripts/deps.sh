@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and tests need, from Debian's
 # archive, only when missing: unzip (proto/gen.sh unpacks its pinned protoc's
-# well-known types), shellcheck
-# (deploy/gcp/check.sh). Go, gcc (only for go test -race, which needs cgo;
-# the binaries build without it), Java 17 and Maven (deploy/kafka/kafka.sh)
-# are expected on the machine.
+# well-known types), python3 and its venv module (the Python client's
+# tests), shellcheck (deploy/gcp/check.sh). Go, gcc (only for go test -race,
+# which needs cgo; the binaries build without it), Java 17 and Maven
+# (deploy/kafka/kafka.sh) are expected on the machine.
 set -euo pipefail
 need=()
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+# The Python client's tests run in a venv (scripts/python-env.sh); Debian
+# ships venv's pip bootstrap apart from python3.
+if ! command -v python3 >/dev/null 2>&1; then
+  need+=(python3 python3-venv)
+elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  need+=(python3-venv)
+fi
 if [ "${#need[@]}" -gt 0 ]; then
   echo "deps.sh: installing ${need[*]}" >&2
   sudo=""

@@ -8,9 +8,14 @@
 #    two more beside it for the tests that need them: a broker in secure
 #    mode (SASL/SCRAM + ACLs: FDX_KAFKA_SECURE_BROKERS, FDX_KAFKA_SECURE_DIR)
 #    and a 3-node cluster (FDX_KAFKA_CLUSTER_BROKERS, FDX_KAFKA_CLUSTER_DIR);
-# 4. short bounded fuzz runs and the deploy/ script checks.
+# 4. the Python client's tests (clients/python, pytest in a venv that
+#    scripts/python-env.sh makes from PyPI): Python clients in jobs of the
+#    Go aggregator on the embedded broker, over gRPC and, unless quick, on
+#    the real broker;
+# 5. short bounded fuzz runs and the deploy/ script checks.
 #
-# FDX_TEST_QUICK=1 skips step 3 (no Java/Maven needed).
+# FDX_TEST_QUICK=1 skips step 3 and the Python tests' real-broker runs (no
+# Java/Maven needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +38,15 @@ bash scripts/deps.sh
 step "generated protobuf code is up to date"
 bash proto/gen.sh --check
 
+# python_tests runs the Python client's tests; FDX_KAFKA_BROKERS and
+# FDX_KAFKA_SECURE_BROKERS/_DIR, when set, add the real brokers to the
+# embedded one and gRPC.
+python_tests() {
+  local py
+  py=$(bash scripts/python-env.sh)
+  (cd clients/python && "$py" -m pytest -p no:cacheprovider -q -rs tests)
+}
+
 step "gofmt and go vet"
 unformatted=$(gofmt -l .)
 if [ -n "$unformatted" ]; then
@@ -48,7 +62,10 @@ fi
 step "go test on the embedded broker"
 go test -count=1 -timeout "$timeout" ./...
 
-if [ "${FDX_TEST_QUICK:-0}" != 1 ]; then
+if [ "${FDX_TEST_QUICK:-0}" = 1 ]; then
+  step "Python client tests (embedded broker, gRPC)"
+  python_tests
+else
   step "starting real Apache Kafka brokers (deploy/kafka/kafka.sh): plain, secure, 3-node cluster"
   secure() { FDX_KAFKA_PORT=$secure_port FDX_KAFKA_CONTROLLER_PORT=$((secure_port + 1)) FDX_KAFKA_SECURE=1 bash deploy/kafka/kafka.sh "$@"; }
   cluster() { FDX_KAFKA_PORT=$cluster_port FDX_KAFKA_CONTROLLER_PORT=$((cluster_port + 3)) FDX_KAFKA_NODES=3 bash deploy/kafka/kafka.sh "$@"; }
@@ -65,6 +82,10 @@ if [ "${FDX_TEST_QUICK:-0}" != 1 ]; then
     FDX_KAFKA_CLUSTER_BROKERS="127.0.0.1:$cluster_port,127.0.0.1:$((cluster_port + 1)),127.0.0.1:$((cluster_port + 2))" \
     FDX_KAFKA_CLUSTER_DIR="/tmp/fdxkafka-broker-$cluster_port" \
     go test -count=1 -timeout "$timeout" ./...
+  step "Python client tests (embedded broker, real brokers 127.0.0.1:$FDX_KAFKA_PORT and :$secure_port (secure), gRPC)"
+  FDX_KAFKA_BROKERS="127.0.0.1:$FDX_KAFKA_PORT" \
+    FDX_KAFKA_SECURE_BROKERS="127.0.0.1:$secure_port" FDX_KAFKA_SECURE_DIR="/tmp/fdxkafka-broker-$secure_port" \
+    python_tests
 fi
 
 step "bounded fuzz runs"
