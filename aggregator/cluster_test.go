@@ -197,7 +197,10 @@ func (c *cluster) kill(t *testing.T, node int32) int {
 // their min ISR of 2.
 func (c *cluster) heal(t *testing.T) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	// A restarted node replays its log and rejoins the quorum: well under
+	// a minute on an idle machine, several on a loaded one (the deadline
+	// bounds a broken restart, it is not a timing goal).
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	if n, err := c.live(ctx); err != nil || n < 3 {
 		port, ctrl, err := c.ports()
