@@ -34,6 +34,12 @@ type Config struct {
 	ExamplesOf     func(clientID string) (int64, error)
 	MaxUpdateBytes int
 	Allowed        map[string]bool
+	// PartialKey authenticates partials: each worker appends a MAC
+	// binding the job and its name to every partial, and the leader merges
+	// only partials that verify. Workers and leader derive it from the
+	// model key they share (trust.Signer.DeriveKey). Nil: partials carry
+	// no MAC, and anyone who can write the partials topic can forge one.
+	PartialKey []byte
 }
 
 // metricMedianNorm is the coordinator's metric of the same name: a round's
@@ -199,12 +205,18 @@ func (w *Worker) Run(ctx context.Context) error {
 					return err
 				}
 			}
-			m, err := w.await(ctx, r)
+			// A client trains only on a published model, so a newer
+			// model is on the topic already; when there is none, the
+			// update claims a round that does not exist and is refused
+			// as any future update is, rather than stall this worker.
+			m, err := w.ch.Latest(ctx, w.restorable)
 			if err != nil {
 				return err
 			}
-			if b, err = w.newBatch(m); err != nil {
-				return err
+			if m != nil && m.GetRound() > b.model.GetRound() {
+				if b, err = w.newBatch(m); err != nil {
+					return err
+				}
 			}
 		}
 		if err := w.take(b, d); err != nil {
@@ -265,7 +277,7 @@ func (w *Worker) flush(ctx context.Context, b *batch) error {
 	if w.BeforeFlush != nil {
 		w.BeforeFlush(b.part.Round, int(b.part.Count))
 	}
-	if err := w.ch.PublishPartial(ctx, b.part.Round, w.name, b.part.marshal()); err != nil {
+	if err := w.ch.PublishPartial(ctx, b.part.Round, w.name, b.part.seal(w.cfg.PartialKey, w.cfg.Job, w.name)); err != nil {
 		return err
 	}
 	w.log.Debug("partial published", "round", b.part.Round, "updates", b.part.Count, "deliveries", b.pending)
