@@ -79,11 +79,13 @@ func RunRole(ctx context.Context, spec Spec, cc ChannelConfig, env Env, role, wo
 		cfg.PartialKey = cc.Signer.DeriveKey("partials")
 	}
 	so := kafkachan.ServerOptions{
-		Options:      ko,
-		TopicOptions: kafkachan.TopicOptions{UpdatePartitions: parts, MaxMessageBytes: maxBytes},
-		BeforeCommit: cc.BeforeCommit,
-		Signer:       cc.Signer,
-		Tokens:       cc.Tokens,
+		Options:            ko,
+		TopicOptions:       kafkachan.TopicOptions{UpdatePartitions: parts, MaxMessageBytes: maxBytes},
+		BeforeCommit:       cc.BeforeCommit,
+		OnStall:            cc.OnStall,
+		TransactionTimeout: cc.TransactionTimeout,
+		Signer:             cc.Signer,
+		Tokens:             cc.Tokens,
 	}
 	if role == RoleWorker {
 		ch, err := kafkachan.NewWorker(ctx, so, worker)
