@@ -7,9 +7,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
-
-	"github.com/fdxkafka/fdxkafka/shared/channel"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // TopicOptions size the job's topics.
@@ -38,6 +38,9 @@ type TopicOptions struct {
 // down.
 const replicatedMinISR = 2
 
+// adminTimeout bounds EnsureTopics when its caller set no deadline.
+const adminTimeout = 30 * time.Second
+
 // EnsureTopics creates the job's topics, or raises max.message.bytes on
 // existing ones that are too small for the model, so that a model record is
 // never refused mid-job.
@@ -45,6 +48,8 @@ func EnsureTopics(ctx context.Context, o Options, to TopicOptions) error {
 	if err := o.validate(); err != nil {
 		return err
 	}
+	ctx, cancel := withDefaultTimeout(ctx, adminTimeout)
+	defer cancel()
 	if to.UpdatePartitions < 1 {
 		to.UpdatePartitions = 1
 	}
@@ -52,29 +57,23 @@ func EnsureTopics(ctx context.Context, o Options, to TopicOptions) error {
 	if to.MaxMessageBytes < MinMessageBytes {
 		to.MaxMessageBytes = MinMessageBytes
 	}
-	// An admin client made from a producer shares its log channel (when
-	// enabled, see configMap).
-	cm := o.producerConfig(nil)
-	p, err := kafka.NewProducer(&cm)
+	opts, err := o.clientOpts()
 	if err != nil {
-		return fmt.Errorf("admin client: %w", err)
-	}
-	startLogs(p, cm, o.logger())
-	var auth authWatch
-	go drainEvents(p, o.logger(), func(e kafka.Error) { auth.see(e) })
-	defer p.Close()
-	// Fail fast on a wrong password or no broker, rather than when the
-	// admin request below times out.
-	if err := probeBrokers(ctx, p, &auth, o.Brokers, 10*time.Second); err != nil {
 		return err
 	}
-	ac, err := kafka.NewAdminClientFromProducer(p)
+	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return fmt.Errorf("admin client: %w", err)
 	}
-	defer ac.Close()
+	defer cl.Close()
+	// Fail fast on a wrong password or no broker, rather than when the
+	// admin request below times out.
+	if err := probeBrokers(ctx, cl, o.Brokers, 10*time.Second); err != nil {
+		return err
+	}
+	adm := kadm.NewClient(cl)
 	if to.ReplicationFactor == 0 {
-		md, err := p.GetMetadata(nil, false, timeoutMs(ctx, 10*time.Second))
+		md, err := adm.BrokerMetadata(ctx)
 		if err != nil {
 			return fmt.Errorf("count brokers: %w", unreachable(err))
 		}
@@ -83,101 +82,103 @@ func EnsureTopics(ctx context.Context, o Options, to TopicOptions) error {
 			to.ReplicationFactor = 3
 		}
 	}
-	config := func() map[string]string {
-		c := map[string]string{"max.message.bytes": strconv.Itoa(to.MaxMessageBytes)}
-		if to.ReplicationFactor >= 3 {
-			c["min.insync.replicas"] = strconv.Itoa(replicatedMinISR)
-		}
-		return c
+	config := map[string]*string{"max.message.bytes": kadm.StringPtr(strconv.Itoa(to.MaxMessageBytes))}
+	if to.ReplicationFactor >= 3 {
+		config["min.insync.replicas"] = kadm.StringPtr(strconv.Itoa(replicatedMinISR))
 	}
-	specs := []kafka.TopicSpecification{
-		{Topic: ModelTopic(o.Job), NumPartitions: to.ModelPartitions, ReplicationFactor: to.ReplicationFactor, Config: config()},
-		{Topic: UpdatesTopic(o.Job), NumPartitions: to.UpdatePartitions, ReplicationFactor: to.ReplicationFactor, Config: config()},
-	}
+	specs := []struct {
+		topic      string
+		partitions int
+	}{{ModelTopic(o.Job), to.ModelPartitions}, {UpdatesTopic(o.Job), to.UpdatePartitions}}
 	if to.Partials {
-		specs = append(specs, kafka.TopicSpecification{Topic: PartialsTopic(o.Job), NumPartitions: 1, ReplicationFactor: to.ReplicationFactor, Config: config()})
+		specs = append(specs, struct {
+			topic      string
+			partitions int
+		}{PartialsTopic(o.Job), 1})
 	}
-	res, err := ac.CreateTopics(ctx, specs)
-	if err != nil {
-		return fmt.Errorf("create topics: %w", unreachable(err))
-	}
-	for _, r := range res {
-		switch r.Error.Code() {
-		case kafka.ErrNoError:
-		case kafka.ErrTopicAlreadyExists:
-			if err := raiseMaxBytes(ctx, ac, r.Topic, to.MaxMessageBytes); err != nil {
+	for _, sp := range specs {
+		res, err := adm.CreateTopics(ctx, int32(sp.partitions), int16(to.ReplicationFactor), config, sp.topic)
+		if err != nil {
+			return fmt.Errorf("create topic %s: %w", sp.topic, unreachable(err))
+		}
+		r, ok := res[sp.topic]
+		if !ok {
+			return fmt.Errorf("create topic %s: no answer for it", sp.topic)
+		}
+		switch {
+		case r.Err == nil:
+		case errors.Is(r.Err, kerr.TopicAlreadyExists):
+			if err := raiseMaxBytes(ctx, adm, sp.topic, to.MaxMessageBytes); err != nil {
 				return err
 			}
-			if r.Topic == ModelTopic(o.Job) && to.ModelPartitions > 1 {
-				if err := raisePartitions(ctx, ac, r.Topic, to.ModelPartitions); err != nil {
+			if sp.topic == ModelTopic(o.Job) && to.ModelPartitions > 1 {
+				if err := raisePartitions(ctx, adm, sp.topic, to.ModelPartitions); err != nil {
 					return err
 				}
 			}
 		default:
-			return fmt.Errorf("create topic %s: %w", r.Topic, unreachable(r.Error))
+			return fmt.Errorf("create topic %s: %w", sp.topic, unreachable(r.Err))
 		}
 	}
 	return nil
 }
 
 // raisePartitions gives topic at least n partitions.
-func raisePartitions(ctx context.Context, ac *kafka.AdminClient, topic string, n int) error {
-	res, err := ac.CreatePartitions(ctx, []kafka.PartitionsSpecification{{Topic: topic, IncreaseTo: n}})
+func raisePartitions(ctx context.Context, adm *kadm.Client, topic string, n int) error {
+	res, err := adm.UpdatePartitions(ctx, n, topic)
 	if err != nil {
 		return fmt.Errorf("add partitions to %s: %w", topic, unreachable(err))
 	}
 	for _, r := range res {
 		// INVALID_PARTITIONS: it already has n or more.
-		if c := r.Error.Code(); c != kafka.ErrNoError && c != kafka.ErrInvalidPartitions {
-			return fmt.Errorf("add partitions to %s: %w", topic, r.Error)
+		if r.Err != nil && !errors.Is(r.Err, kerr.InvalidPartitions) {
+			return fmt.Errorf("add partitions to %s: %w", topic, unreachable(r.Err))
 		}
 	}
 	return nil
 }
 
-func raiseMaxBytes(ctx context.Context, ac *kafka.AdminClient, topic string, want int) error {
-	res, err := ac.DescribeConfigs(ctx, []kafka.ConfigResource{{Type: kafka.ResourceTopic, Name: topic}})
+// topicMaxMessageBytes reads a topic's max.message.bytes.
+func topicMaxMessageBytes(ctx context.Context, adm *kadm.Client, topic string) (int, error) {
+	res, err := adm.DescribeTopicConfigs(ctx, topic)
 	if err != nil {
-		return fmt.Errorf("describe topic %s: %w", topic, err)
+		return 0, fmt.Errorf("describe topic %s: %w", topic, unreachable(err))
 	}
-	if len(res) != 1 {
-		return fmt.Errorf("describe topic %s: %d results", topic, len(res))
+	rc, err := res.On(topic, nil)
+	if err == nil {
+		err = rc.Err
 	}
-	if res[0].Error.Code() != kafka.ErrNoError {
-		return fmt.Errorf("describe topic %s: %w", topic, unreachable(res[0].Error))
+	if err != nil {
+		return 0, fmt.Errorf("describe topic %s: %w", topic, unreachable(err))
 	}
-	cur, err := strconv.Atoi(res[0].Config["max.message.bytes"].Value)
+	for _, c := range rc.Configs {
+		if c.Key == "max.message.bytes" && c.Value != nil {
+			return strconv.Atoi(*c.Value)
+		}
+	}
+	return 0, fmt.Errorf("describe topic %s: no max.message.bytes", topic)
+}
+
+// setMaxMessageBytes sets a topic's max.message.bytes.
+func setMaxMessageBytes(ctx context.Context, adm *kadm.Client, topic string, n int) error {
+	alt, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Op: kadm.SetConfig, Name: "max.message.bytes", Value: kadm.StringPtr(strconv.Itoa(n))}}, topic)
+	if err == nil {
+		for _, r := range alt {
+			if r.Err != nil {
+				err = r.Err
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("set max.message.bytes of %s to %d: %w", topic, n, unreachable(err))
+	}
+	return nil
+}
+
+func raiseMaxBytes(ctx context.Context, adm *kadm.Client, topic string, want int) error {
+	cur, err := topicMaxMessageBytes(ctx, adm, topic)
 	if err == nil && cur >= want {
 		return nil
 	}
-	alt, err := ac.IncrementalAlterConfigs(ctx, []kafka.ConfigResource{{
-		Type: kafka.ResourceTopic, Name: topic,
-		Config: []kafka.ConfigEntry{{Name: "max.message.bytes", Value: strconv.Itoa(want), IncrementalOperation: kafka.AlterConfigOpTypeSet}},
-	}})
-	if err != nil {
-		return fmt.Errorf("raise max.message.bytes of %s to %d: %w", topic, want, err)
-	}
-	for _, r := range alt {
-		if r.Error.Code() != kafka.ErrNoError {
-			return fmt.Errorf("raise max.message.bytes of %s to %d: %w", topic, want, unreachable(r.Error))
-		}
-	}
-	return nil
-}
-
-// unreachable marks transport failures so callers can tell "nothing there"
-// from other errors, and refused logins and ACL denials as
-// channel.ErrUnauthenticated.
-func unreachable(err error) error {
-	if d := denied(err); d != nil {
-		return d
-	}
-	var ke kafka.Error
-	if errors.As(err, &ke) {
-		switch ke.Code() {
-		case kafka.ErrTransport, kafka.ErrAllBrokersDown, kafka.ErrResolve, kafka.ErrTimedOut:
-			return fmt.Errorf("%w: %w", channel.ErrUnreachable, err)
-		}
-	}
-	return err
+	return setMaxMessageBytes(ctx, adm, topic, want)
 }

@@ -2,24 +2,31 @@ package kafkachan
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
-	"sync/atomic"
+	"io"
+	"net"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 )
 
-// authCode classifies a Kafka error code: "authentication" for a refused
+// authKind classifies a Kafka error: "authentication" for a refused
 // login, "authorization" for an ACL denial, "" otherwise.
-func authCode(c kafka.ErrorCode) string {
-	switch c {
-	case kafka.ErrAuthentication, kafka.ErrSaslAuthenticationFailed:
+func authKind(err error) string {
+	switch {
+	case errors.Is(err, kerr.SaslAuthenticationFailed), errors.Is(err, kerr.IllegalSaslState),
+		errors.Is(err, kerr.UnsupportedSaslMechanism):
 		return "authentication"
-	case kafka.ErrTopicAuthorizationFailed, kafka.ErrGroupAuthorizationFailed, kafka.ErrClusterAuthorizationFailed,
-		kafka.ErrTransactionalIDAuthorizationFailed, kafka.ErrDelegationTokenAuthorizationFailed:
+	case errors.Is(err, kerr.TopicAuthorizationFailed), errors.Is(err, kerr.GroupAuthorizationFailed),
+		errors.Is(err, kerr.ClusterAuthorizationFailed), errors.Is(err, kerr.TransactionalIDAuthorizationFailed),
+		errors.Is(err, kerr.DelegationTokenAuthorizationFailed):
 		return "authorization"
 	}
 	return ""
@@ -28,11 +35,7 @@ func authCode(c kafka.ErrorCode) string {
 // denied wraps a refused login or an ACL denial as channel.ErrUnauthenticated
 // with a hint at the fix; it returns nil for other errors.
 func denied(err error) error {
-	var ke kafka.Error
-	if !errors.As(err, &ke) {
-		return nil
-	}
-	switch authCode(ke.Code()) {
+	switch authKind(err) {
 	case "authentication":
 		return fmt.Errorf("%w (the broker refused the SASL login: check sasl.username and sasl.password): %w", channel.ErrUnauthenticated, err)
 	case "authorization":
@@ -41,39 +44,75 @@ func denied(err error) error {
 	return nil
 }
 
-// authWatch keeps the first authentication failure that librdkafka reports
-// on a handle's event channel: a wrong password never fails a call by
-// itself, librdkafka only retries the connection and says why there.
-type authWatch struct{ first atomic.Pointer[kafka.Error] }
-
-func (w *authWatch) see(ev kafka.Event) {
-	if e, ok := ev.(kafka.Error); ok && authCode(e.Code()) != "" {
-		w.first.CompareAndSwap(nil, &e)
-	}
+// transportErr reports whether err says the brokers could not be reached or
+// spoken to: a dial or connection failure, a TLS handshake refused either
+// way, a broker that closed the connection at once (as one does to a client
+// that does not speak its listener's security protocol), or a deadline
+// that passed while the client was retrying those.
+func transportErr(err error) bool {
+	var ne net.Error
+	var first *kgo.ErrFirstReadEOF
+	var unknownAuth x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var certErr x509.CertificateInvalidError
+	var verifyErr *tls.CertificateVerificationError
+	var alert tls.AlertError
+	var recordErr tls.RecordHeaderError
+	return errors.As(err, &ne) || errors.As(err, &first) || errors.As(err, &unknownAuth) || errors.As(err, &hostErr) ||
+		errors.As(err, &certErr) || errors.As(err, &verifyErr) || errors.As(err, &alert) || errors.As(err, &recordErr) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, kerr.RequestTimedOut) || errors.Is(err, kgo.ErrClientClosed)
 }
 
-func (w *authWatch) err() error {
-	if e := w.first.Load(); e != nil {
-		return denied(*e)
+// unreachable marks transport failures so callers can tell "nothing there"
+// from other errors, and refused logins and ACL denials as
+// channel.ErrUnauthenticated.
+func unreachable(err error) error {
+	if err == nil {
+		return nil
 	}
-	return nil
+	if d := denied(err); d != nil {
+		return d
+	}
+	if transportErr(err) && !errors.Is(err, channel.ErrUnreachable) {
+		return fmt.Errorf("%w: %w", channel.ErrUnreachable, err)
+	}
+	return err
 }
 
 // probeBrokers waits until the brokers answer a metadata request, up to
-// ctx's deadline or def, and fails early once a login was refused.
-func probeBrokers(ctx context.Context, p *kafka.Producer, w *authWatch, brokers string, def time.Duration) error {
-	deadline := time.Now().Add(time.Duration(timeoutMs(ctx, def)) * time.Millisecond)
+// ctx's deadline or def, and fails at once when a login or an ACL is
+// refused. A refused connection is retried: a broker may be restarting.
+func probeBrokers(ctx context.Context, cl *kgo.Client, brokers string, def time.Duration) error {
+	ctx, cancel := withDefaultTimeout(ctx, def)
+	defer cancel()
+	var last error
 	for {
-		step := min(500*time.Millisecond, time.Until(deadline))
-		_, err := p.GetMetadata(nil, false, max(int(step/time.Millisecond), 1))
+		req := kmsg.NewPtrMetadataRequest()
+		step, stepCancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := req.RequestWith(step, cl)
+		stepCancel()
 		if err == nil {
 			return nil
 		}
-		if aerr := w.err(); aerr != nil {
-			return fmt.Errorf("kafka brokers %s: %w", brokers, aerr)
+		if d := denied(err); d != nil {
+			return fmt.Errorf("kafka brokers %s: %w", brokers, d)
 		}
-		if ctx.Err() != nil || !time.Now().Before(deadline) {
-			return fmt.Errorf("kafka brokers %s: %w: %w", brokers, channel.ErrUnreachable, err)
+		if !errors.Is(err, context.DeadlineExceeded) || last == nil {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("kafka brokers %s: %w (last broker error: %w)", brokers, channel.ErrUnreachable, last)
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// withDefaultTimeout bounds ctx by def when ctx has no earlier deadline.
+func withDefaultTimeout(ctx context.Context, def time.Duration) (context.Context, context.CancelFunc) {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= def {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, def)
 }

@@ -37,7 +37,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
@@ -82,9 +83,9 @@ func (o Options) chunkBytes() int {
 }
 
 // transferRecords splits whole into chunk records and the manifest record
-// that closes them, all for topic's partition (kafka.PartitionAny: by key)
-// with key. The caller adds the manifest's signature or MAC.
-func transferRecords(topic string, partition int32, key, whole []byte, chunkBytes int) ([]*kafka.Message, *kafka.Message, error) {
+// that closes them, all for topic's partition (byKey: by key) with key. The
+// caller adds the manifest's signature or MAC.
+func transferRecords(topic string, partition int32, key, whole []byte, chunkBytes int) ([]*kgo.Record, *kgo.Record, error) {
 	var idb [12]byte
 	if _, err := rand.Read(idb[:]); err != nil {
 		return nil, nil, fmt.Errorf("transfer id: %w", err)
@@ -96,15 +97,16 @@ func transferRecords(topic string, partition int32, key, whole []byte, chunkByte
 		TransferId: string(id), TotalSize: int64(len(whole)), ChunkCount: int32(n),
 		ChunkSize: int32(chunkBytes), Sha256: sum[:], ChunkCrc32C: make([]uint32, n),
 	}
-	chunks := make([]*kafka.Message, n)
+	chunks := make([]*kgo.Record, n)
 	for i := range n {
 		part := whole[i*chunkBytes : min((i+1)*chunkBytes, len(whole))]
 		man.ChunkCrc32C[i] = crc32.Checksum(part, castagnoli)
-		chunks[i] = &kafka.Message{
-			TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: partition},
-			Key:            key,
-			Value:          part,
-			Headers: []kafka.Header{
+		chunks[i] = &kgo.Record{
+			Topic:     topic,
+			Partition: partition,
+			Key:       key,
+			Value:     part,
+			Headers: []kgo.RecordHeader{
 				{Key: headerTransfer, Value: id},
 				{Key: headerChunk, Value: fmt.Appendf(nil, "%d/%d/%d", i, n, len(whole))},
 			},
@@ -114,47 +116,33 @@ func transferRecords(topic string, partition int32, key, whole []byte, chunkByte
 	if err != nil {
 		return nil, nil, fmt.Errorf("encode manifest: %w", err)
 	}
-	manifest := &kafka.Message{
-		TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: partition},
-		Key:            key,
-		Value:          mb,
-		Headers:        []kafka.Header{{Key: headerTransfer, Value: id}, {Key: headerManifest, Value: []byte("1")}},
+	manifest := &kgo.Record{
+		Topic:     topic,
+		Partition: partition,
+		Key:       key,
+		Value:     mb,
+		Headers:   []kgo.RecordHeader{{Key: headerTransfer, Value: id}, {Key: headerManifest, Value: []byte("1")}},
 	}
 	return chunks, manifest, nil
 }
 
-// produceAll produces msgs and waits for every delivery report; after, when
-// set, runs after the i-th report (fault injection). It returns the first
-// delivery error.
-func produceAll(ctx context.Context, p *kafka.Producer, msgs []*kafka.Message, after func(i int)) error {
-	done := make(chan kafka.Event, len(msgs))
-	var first error
-	produced := len(msgs)
-	for i, m := range msgs {
-		if err := p.Produce(m, done); err != nil {
-			if !failedState(err) {
-				return err
-			}
-			// The transaction failed on a record already produced: wait
-			// for those reports, whose error is the cause.
-			first, produced = err, i
-			break
-		}
+// produceAll produces recs and waits for every acknowledgement; after,
+// when set, runs after the i-th one (fault injection). It returns the first
+// error that is not the consequence of another record's failure. kgo sets
+// each record's Partition and Offset where it landed.
+func produceAll(ctx context.Context, cl *kgo.Client, recs []*kgo.Record, after func(i int)) error {
+	done := make(chan error, len(recs))
+	for _, r := range recs {
+		cl.Produce(ctx, r, func(_ *kgo.Record, err error) { done <- err })
 	}
-	for i := range produced {
+	var first error
+	for i := range recs {
 		select {
-		case ev := <-done:
-			m, ok := ev.(*kafka.Message)
-			if !ok {
-				return fmt.Errorf("unexpected delivery event %v", ev)
-			}
-			if at, ok := m.Opaque.(*kafka.TopicPartition); ok {
-				*at = m.TopicPartition // where a spread chunk landed
-			}
-			if err := m.TopicPartition.Error; err != nil && (first == nil || failedState(first)) {
-				// Once one record of a transaction fails, librdkafka
-				// fails the others as "erroneous state": the cause is
-				// the one that is not.
+		case err := <-done:
+			// Once one record of a transaction fails, kgo fails the
+			// records buffered behind it as aborting: the cause is the
+			// one that is not.
+			if err != nil && (first == nil || errors.Is(first, kgo.ErrAborting)) {
 				first = err
 			}
 			if after != nil && first == nil {
@@ -167,25 +155,19 @@ func produceAll(ctx context.Context, p *kafka.Producer, msgs []*kafka.Message, a
 	return first
 }
 
-// failedState reports whether err is librdkafka's failure of a record
-// for an earlier one's failure: the transaction's erroneous state, or the
-// purge of the records still queued once it failed (whose reports may come
-// before the cause's).
-func failedState(err error) bool {
-	var ke kafka.Error
-	if !errors.As(err, &ke) {
-		return false
-	}
-	switch ke.Code() {
-	case kafka.ErrState, kafka.ErrPurgeQueue, kafka.ErrPurgeInflight:
-		return true
-	}
-	return false
-}
-
 // isChunk and isManifest tell the records of a chunked transfer apart.
-func isChunk(msg *kafka.Message) bool    { return header(msg, headerChunk) != nil }
-func isManifest(msg *kafka.Message) bool { return header(msg, headerManifest) != nil }
+func isChunk(r *kgo.Record) bool    { return header(r, headerChunk) != nil }
+func isManifest(r *kgo.Record) bool { return header(r, headerManifest) != nil }
+
+// header returns the value of r's first header named key, nil if none.
+func header(r *kgo.Record, key string) []byte {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return h.Value
+		}
+	}
+	return nil
+}
 
 // transferError is a dropped transfer: why, and, for an incomplete one, the
 // offset where its chunks should start (-1 if unknown), so that a reader
@@ -221,7 +203,7 @@ type transfer struct {
 	bytes  int64
 	// first is the lowest offset of its chunks: where a consumer must
 	// restart to read it whole.
-	first kafka.Offset
+	first int64
 	// done: completed or reported; later chunks of the same id (retried
 	// duplicates) are ignored.
 	done bool
@@ -254,7 +236,7 @@ func newAssembler(maxWhole, limit int64) *assembler {
 }
 
 // parseChunk reads a chunk record's headers.
-func parseChunk(msg *kafka.Message) (id string, index, count int, total int64, err error) {
+func parseChunk(msg *kgo.Record) (id string, index, count int, total int64, err error) {
 	id = string(header(msg, headerTransfer))
 	f := strings.Split(string(header(msg, headerChunk)), "/")
 	if id == "" || len(f) != 3 {
@@ -286,8 +268,8 @@ func (a *assembler) drop(t *transfer, e *transferError) {
 // add takes a chunk record, grouped under key. It returns the transfers it
 // dropped: one of the same key left unfinished, which this chunk's newer
 // transfer supersedes.
-func (a *assembler) add(msg *kafka.Message, key string) []*transferError {
-	tp := msg.TopicPartition
+func (a *assembler) add(msg *kgo.Record, key string) []*transferError {
+	tp := msg
 	pk := pendingKey{tp.Partition, key}
 	id, index, count, total, err := parseChunk(msg)
 	if err != nil {
@@ -349,8 +331,8 @@ func (a *assembler) superseded(t *transfer, key string) *transferError {
 // reassembled whole, or why the transfer is dropped. Dropped, too, is an
 // unfinished transfer of the same key that the manifest does not close.
 // A repeated manifest of a finished transfer returns neither.
-func (a *assembler) complete(msg *kafka.Message, key string) ([]byte, []*transferError) {
-	tp := msg.TopicPartition
+func (a *assembler) complete(msg *kgo.Record, key string) ([]byte, []*transferError) {
+	tp := msg
 	pk := pendingKey{tp.Partition, key}
 	man := &fdxv1.TransferManifest{}
 	if err := proto.Unmarshal(msg.Value, man); err != nil {
@@ -360,7 +342,7 @@ func (a *assembler) complete(msg *kafka.Message, key string) ([]byte, []*transfe
 	fail := func(r rules.Reason, format string, args ...any) *transferError {
 		need := int64(-1)
 		if r == rules.Incomplete && n > 0 && n <= maxChunks {
-			need = int64(tp.Offset) - int64(n)
+			need = tp.Offset - int64(n)
 		}
 		return &transferError{Reason: r, Detail: fmt.Sprintf("transfer %s: ", man.GetTransferId()) + fmt.Sprintf(format, args...), Key: key, Need: need}
 	}
@@ -419,8 +401,8 @@ func (a *assembler) complete(msg *kafka.Message, key string) ([]byte, []*transfe
 // firstPending returns the lowest offset of an unfinished transfer's chunks
 // in partition, if any: the aggregator commits no further than that, so
 // that a restart reads the transfer whole again.
-func (a *assembler) firstPending(partition int32) (kafka.Offset, bool) {
-	var first kafka.Offset
+func (a *assembler) firstPending(partition int32) (int64, bool) {
+	var first int64
 	found := false
 	for pk, t := range a.pending {
 		if pk.partition != partition || t.done || t.dropped != nil {
@@ -465,9 +447,9 @@ func (a *assembler) forget(partition *int32) {
 // aggregators) are read as before: chunks, then the manifest.
 
 // spread moves chunks over n partitions and marks them as spread.
-func spread(chunks []*kafka.Message, n int) {
+func spread(chunks []*kgo.Record, n int) {
 	for i, c := range chunks {
-		c.TopicPartition.Partition = int32(i % n)
+		c.Partition = int32(i % n)
 		for j := range c.Headers {
 			if c.Headers[j].Key == headerChunk {
 				c.Headers[j].Key = headerSpread
@@ -479,15 +461,11 @@ func spread(chunks []*kafka.Message, n int) {
 // produceModel produces a model's records inside the open transaction:
 // all at once, or, for a spread model, the chunks first and then the
 // manifest that says where they landed.
-func (s *Server) produceModel(ctx context.Context, records []*kafka.Message, after func(int)) error {
+func (s *Server) produceModel(ctx context.Context, records []*kgo.Record, after func(int)) error {
 	if len(records) < 2 || header(records[0], headerSpread) == nil {
 		return produceAll(ctx, s.p, records, after)
 	}
 	chunks, last := records[:len(records)-1], records[len(records)-1]
-	at := make([]kafka.TopicPartition, len(chunks))
-	for i, c := range chunks {
-		c.Opaque = &at[i]
-	}
 	if err := produceAll(ctx, s.p, chunks, after); err != nil {
 		return err
 	}
@@ -495,9 +473,9 @@ func (s *Server) produceModel(ctx context.Context, records []*kafka.Message, aft
 	if err := proto.Unmarshal(last.Value, man); err != nil {
 		return fmt.Errorf("manifest: %w", err)
 	}
-	for _, tp := range at {
-		man.ChunkPartitions = append(man.ChunkPartitions, tp.Partition)
-		man.ChunkOffsets = append(man.ChunkOffsets, int64(tp.Offset))
+	for _, c := range chunks {
+		man.ChunkPartitions = append(man.ChunkPartitions, c.Partition)
+		man.ChunkOffsets = append(man.ChunkOffsets, c.Offset)
 	}
 	b, err := proto.Marshal(man)
 	if err != nil {
@@ -505,7 +483,7 @@ func (s *Server) produceModel(ctx context.Context, records []*kafka.Message, aft
 	}
 	last.Value = b
 	s.sign(last)
-	return produceAll(ctx, s.p, []*kafka.Message{last}, nil)
+	return produceAll(ctx, s.p, []*kgo.Record{last}, nil)
 }
 
 // spreadTimeout bounds fetching a spread model's chunks once its manifest
@@ -575,7 +553,7 @@ func (r *modelReader) fetchSpread(ctx context.Context, man *fdxv1.TransferManife
 	}()
 	if len(want) == 0 {
 		begin()
-	} else if err := r.fetchChunks(ctx, manifestAt, begin, func(p int32, o int64, msg *kafka.Message) (bool, bool) {
+	} else if err := r.fetchChunks(ctx, manifestAt, begin, func(p int32, o int64, msg *kgo.Record) (bool, bool) {
 		i, ok := want[at{p, o}]
 		if ok && bad == nil && !w.has(i) && string(header(msg, headerTransfer)) == man.GetTransferId() {
 			bad = w.put(i, msg.Value)
@@ -702,60 +680,60 @@ func (w *wholeBuilder) close() {
 	}
 }
 
+// positionalFetchWait is how long the broker may park a fetch of listed
+// chunks. The chunks are committed records: a fetch never needs to wait for
+// data, and one parked past the last chunk would delay the next model's
+// positional read by its whole wait.
+const positionalFetchWait = 10 * time.Millisecond
+
 // fetchChunks reads the model topic's partitions from the offsets in from
 // (the manifest being at manifestAt of partition 0), calls begin once the
-// fetch is assigned, and hands every record to take, which says whether
+// fetch is under way, and hands every record to take, which says whether
 // all are read (done) and whether the record's partition is past its last
-// chunk (passed). A
-// partition passed or ended before done is an error: the chunks are not
-// where the manifest says.
-func (r *modelReader) fetchChunks(ctx context.Context, manifestAt int64, begin func(), take func(p int32, o int64, msg *kafka.Message) (done, passed bool), from, last map[int32]int64) error {
+// chunk (passed). A partition passed before done is an error: the chunks
+// are not where the manifest says. Markers count as records here: an
+// aborted chunk is never delivered, but the marker after it is.
+func (r *modelReader) fetchChunks(ctx context.Context, manifestAt int64, begin func(), take func(p int32, o int64, msg *kgo.Record) (done, passed bool), from, last map[int32]int64) error {
 	if r.spreadC == nil {
-		cm := kafka.ConfigMap{}
-		for k, v := range r.cm {
-			cm[k] = v
-		}
-		// The chunks are committed records: a fetch never needs to wait
-		// for data, and the one librdkafka parks past the last chunk
-		// would delay the next model's positional read by its whole
-		// wait. 10 ms keeps such a parked fetch short at the cost of at
-		// most 100 empty fetches a second, and only while assigned.
-		cm["fetch.wait.max.ms"] = 10
-		// Smaller fetches than a waiting reader's let the chunks of one
-		// be checked and copied while librdkafka fetches the next, where
-		// one 64 MiB fetch would deliver nothing until all of it is in.
-		if mb, ok := cm["max.partition.fetch.bytes"].(int); ok {
-			cm["max.partition.fetch.bytes"] = min(mb, positionalFetchBytes)
-		}
-		c, err := kafka.NewConsumer(&cm)
+		c, err := kgo.NewClient(r.spreadOpts...)
 		if err != nil {
-			return fmt.Errorf("consumer: %w", err)
+			return fmt.Errorf("chunk reader: %w", err)
 		}
 		r.spreadC = c
 	}
-	var tps []kafka.TopicPartition
-	for p, o := range from {
-		tps = append(tps, kafka.TopicPartition{Topic: &r.topic, Partition: p, Offset: kafka.Offset(o)})
-		if p == 0 && last[p] < manifestAt {
-			// Partition 0 holds records up to the manifest's offset at
-			// least: no need to ask (one round trip less for a new
-			// client of a one-partition model).
-			continue
-		}
-		// A chunk past a partition's end is never coming: say so now
-		// rather than wait for an out-of-range reset.
-		_, high, err := r.spreadC.QueryWatermarkOffsets(r.topic, p, timeoutMs(ctx, 10*time.Second))
+	// A chunk past a partition's end is never coming: say so now rather
+	// than wait out spreadTimeout. Partition 0 holds records up to the
+	// manifest's offset at least: no need to ask for it (one round trip
+	// less for a new client of a one-partition model).
+	check := false
+	for p := range from {
+		check = check || p != 0 || last[p] >= manifestAt
+	}
+	if check {
+		ends, err := kadm.NewClient(r.spreadC).ListEndOffsets(ctx, r.topic)
 		if err != nil {
-			return fmt.Errorf("partition %d: %w", p, err)
+			return fmt.Errorf("partition ends: %w", err)
 		}
-		if last[p] >= high {
-			return fmt.Errorf("a chunk at offset %d of partition %d, which ends at %d", last[p], p, high)
+		for p := range from {
+			end, ok := ends.Lookup(r.topic, p)
+			switch {
+			case !ok:
+				return fmt.Errorf("partition %d: no such partition", p)
+			case end.Err != nil:
+				return fmt.Errorf("partition %d: %w", p, end.Err)
+			case last[p] >= end.Offset:
+				return fmt.Errorf("a chunk at offset %d of partition %d, which ends at %d", last[p], p, end.Offset)
+			}
 		}
 	}
-	if err := r.spreadC.Assign(tps); err != nil {
-		return fmt.Errorf("assign: %w", err)
+	at := map[int32]kgo.Offset{}
+	parts := make([]int32, 0, len(from))
+	for p, o := range from {
+		at[p] = kgo.NewOffset().At(o)
+		parts = append(parts, p)
 	}
-	defer r.spreadC.Unassign()
+	r.spreadC.AddConsumePartitions(map[string]map[int32]kgo.Offset{r.topic: at})
+	defer r.spreadC.RemoveConsumePartitions(map[string][]int32{r.topic: parts})
 	begin()
 	ctx, cancel := context.WithTimeout(ctx, spreadTimeout)
 	defer cancel()
@@ -764,40 +742,43 @@ func (r *modelReader) fetchChunks(ctx context.Context, manifestAt int64, begin f
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		switch ev := r.spreadC.Poll(100).(type) {
-		case *kafka.Message:
-			tp := ev.TopicPartition
-			if tp.Error != nil {
-				return fmt.Errorf("read: %w", tp.Error)
+		fs := r.spreadC.PollFetches(ctx)
+		var failed error
+		fs.EachError(func(_ string, p int32, err error) {
+			if ctx.Err() == nil && (p < 0 || denied(err) != nil) {
+				failed = err
 			}
-			r.count.Received(len(ev.Value) + len(ev.Key))
-			if passed[tp.Partition] {
+		})
+		if failed != nil {
+			return fmt.Errorf("read: %w", failed)
+		}
+		for it := fs.RecordIter(); !it.Done(); {
+			rec := it.Next()
+			if rec.Topic != r.topic || passed[rec.Partition] || rec.Offset < from[rec.Partition] {
 				continue
 			}
-			done, past := take(tp.Partition, int64(tp.Offset), ev)
+			var done, past bool
+			if rec.Attrs.IsControl() {
+				past = rec.Offset >= last[rec.Partition]
+			} else {
+				r.count.Received(len(rec.Value) + len(rec.Key))
+				done, past = take(rec.Partition, rec.Offset, rec)
+			}
 			if done {
 				return nil
 			}
 			if past {
-				passed[tp.Partition] = true
+				passed[rec.Partition] = true
 				if len(passed) == len(from) {
 					return errors.New("not where the manifest says")
 				}
-			}
-		case kafka.PartitionEOF:
-			if !passed[ev.Partition] {
-				return fmt.Errorf("partition %d ended before its chunks", ev.Partition)
-			}
-		case kafka.Error:
-			if ev.IsFatal() {
-				return fmt.Errorf("read: %w", ev)
 			}
 		}
 	}
 }
 
 // spreadManifest returns msg's manifest if it is one of a spread model.
-func spreadManifest(msg *kafka.Message) *fdxv1.TransferManifest {
+func spreadManifest(msg *kgo.Record) *fdxv1.TransferManifest {
 	if !isManifest(msg) {
 		return nil
 	}

@@ -2,14 +2,12 @@ package kafkachan
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"log/slog"
+	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
@@ -29,21 +27,24 @@ type ClientOptions struct {
 	Token string
 }
 
-// Client is a participant's Kafka channel. It is not safe for concurrent
-// Model calls; Submit may run concurrently with Model.
+// Client is a participant's Kafka channel: one kgo client that produces
+// updates and reads the model topic, so a cold function opens one set of
+// broker connections. It is not safe for concurrent Model calls; Submit
+// may run concurrently with Model.
 type Client struct {
 	opt    ClientOptions
-	p      *kafka.Producer
+	cl     *kgo.Client
 	reader *modelReader
 	count  channel.Counter
 	mu     sync.Mutex // serializes Model
-	// down is set once librdkafka reports every broker down.
-	down atomic.Bool
-	// lastErr is the last other error event, for Dial's error.
-	lastErr atomic.Pointer[kafka.Error]
+	conns  *connWatch
 }
 
 var _ channel.Client = (*Client)(nil)
+
+// submitTimeout bounds an update's delivery when the caller's context has
+// no deadline.
+const submitTimeout = 2 * time.Minute
 
 // Dial connects to the brokers. It fails fast, with an error wrapping
 // channel.ErrUnreachable, when no broker answers before ctx's deadline, so a
@@ -55,77 +56,47 @@ func Dial(ctx context.Context, opt ClientOptions) (*Client, error) {
 	if opt.MaxMessageBytes <= 0 {
 		opt.MaxMessageBytes = 64 << 20
 	}
-	cm := opt.producerConfig(kafka.ConfigMap{
+	conns := &connWatch{up: map[int32]bool{}}
+	opts, err := opt.clientOpts(append(readerOpts(opt.MaxMessageBytes, clientFetchWait),
 		// Idempotence off, acks=all kept. An idempotent producer must
 		// obtain a producer id (InitProducerId) before its first record:
 		// one more broker round trip on every cold invocation, for a
 		// client that sends one record per round. Without it, a retry
-		// after a lost acknowledgement can write an update twice. That
-		// is harmless: the aggregator accepts one update per (client,
-		// round) and rejects the copy as a duplicate (see
-		// aggregator/job's TestDuplicateDeliveryDropped). acks=all keeps
-		// an acknowledged update durable on every in-sync replica.
-		"enable.idempotence":  false,
-		"acks":                "all",
-		"linger.ms":           0,
-		"message.max.bytes":   opt.MaxMessageBytes,
-		"compression.type":    "none",
-		"go.delivery.reports": true,
-		"delivery.timeout.ms": 120000,
-	})
-	p, err := kafka.NewProducer(&cm)
+		// after a lost acknowledgement can write an update twice. That is
+		// harmless: the aggregator accepts one update per (client, round)
+		// and rejects the copy as a duplicate (see aggregator/job's
+		// TestDuplicateDeliveryDropped). acks=all keeps an acknowledged
+		// update durable on every in-sync replica.
+		kgo.DisableIdempotentWrite(),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(0),
+		kgo.ProducerBatchCompression(kgo.NoCompression()),
+		// One batch holds at most one record of the size the topics
+		// take (a chunk and its headers), whatever MaxMessageBytes is:
+		// the broker refuses a batch over the topic's max.message.bytes.
+		kgo.ProducerBatchMaxBytes(int32(min(opt.MaxMessageBytes, max(MinMessageBytes, opt.chunkBytes()+recordOverhead)))),
+		kgo.RecordDeliveryTimeout(submitTimeout),
+		kgo.WithHooks(conns),
+	)...)
 	if err != nil {
-		return nil, fmt.Errorf("kafka producer: %w", err)
+		return nil, err
 	}
-	startLogs(p, cm, opt.logger())
-	c := &Client{opt: opt, p: p}
-	var auth authWatch
-	go drainEvents(p, opt.logger(), func(e kafka.Error) { c.noteError(e); auth.see(e) })
-	// The reader's consumer starts connecting as soon as it exists, so it
-	// is created before waiting on the producer's metadata: both
-	// connections are set up at the same time.
-	c.reader, err = newModelReader(opt.Options, &c.count, opt.MaxMessageBytes, true)
+	cl, err := kgo.NewClient(opts...)
 	if err != nil {
-		p.Close()
+		return nil, fmt.Errorf("kafka client: %w", err)
+	}
+	c := &Client{opt: opt, cl: cl, conns: conns}
+	if c.reader, err = newModelReader(cl, false, opt.Options, &c.count, opt.MaxMessageBytes); err != nil {
+		cl.Close()
 		return nil, err
 	}
 	// probeBrokers fails fast on a refused login; on a timeout the last
 	// broker error says why (refused, TLS, SASL) where the timeout does not.
-	if err := probeBrokers(ctx, p, &auth, opt.Brokers, 10*time.Second); err != nil {
+	if err := probeBrokers(ctx, cl, opt.Brokers, 10*time.Second); err != nil {
 		c.Close()
-		if last := c.lastErr.Load(); last != nil && errors.Is(err, channel.ErrUnreachable) {
-			err = fmt.Errorf("%w (last broker error: %v)", err, *last)
-		}
 		return nil, err
 	}
 	return c, nil
-}
-
-// drainEvents empties a producer's event channel of what is not a per-call
-// delivery report, so that it never fills up, and logs error events. Those
-// carry the reason of a failed connection or handshake (refused, TLS
-// verification, SASL): with the Go log channel off (see configMap) they
-// are how the reason reaches slog. It runs on the producer's own event
-// poller's output, so it adds no goroutine in C. onErr, when set, sees
-// every error first.
-func drainEvents(p *kafka.Producer, log *slog.Logger, onErr func(kafka.Error)) {
-	for ev := range p.Events() {
-		if e, ok := ev.(kafka.Error); ok {
-			if onErr != nil {
-				onErr(e)
-			}
-			log.Warn("kafka client error", "client", p.String(), "code", e.Code().String(), "err", e.Error())
-		}
-	}
-}
-
-// noteError remembers e for Dial's error and Healthy.
-func (c *Client) noteError(e kafka.Error) {
-	if e.Code() == kafka.ErrAllBrokersDown {
-		c.down.Store(true)
-		return
-	}
-	c.lastErr.Store(&e)
 }
 
 // Model implements channel.Client.
@@ -138,40 +109,34 @@ func (c *Client) Model(ctx context.Context, minRound int64) (*fdxv1.GlobalModel,
 // Submit implements channel.Client: it produces the update keyed by client id
 // and waits for the broker's acknowledgement. An update larger than a chunk
 // goes as chunks, then, once all of them are acknowledged, their manifest:
-// so the manifest follows every chunk in the partition even if librdkafka
-// retried one out of order.
+// so the manifest follows every chunk in the partition even if a chunk was
+// retried.
 func (c *Client) Submit(ctx context.Context, u *fdxv1.Update) error {
 	b, err := proto.Marshal(u)
 	if err != nil {
 		return fmt.Errorf("encode update: %w", err)
 	}
+	ctx, cancel := withDefaultTimeout(ctx, submitTimeout)
+	defer cancel()
 	topic := UpdatesTopic(c.opt.Job)
 	key := []byte(u.GetClientId())
-	last := &kafka.Message{
-		TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: kafka.PartitionAny},
-		Key:            key,
-		Value:          b,
-	}
-	var chunks []*kafka.Message
+	last := &kgo.Record{Topic: topic, Partition: byKey, Key: key, Value: b}
+	var chunks []*kgo.Record
 	if len(b) > c.opt.chunkBytes() {
-		chunks, last, err = transferRecords(topic, kafka.PartitionAny, key, b, c.opt.chunkBytes())
+		chunks, last, err = transferRecords(topic, byKey, key, b, c.opt.chunkBytes())
 		if err != nil {
 			return fmt.Errorf("update round %d: %w", u.GetBaseRound(), err)
 		}
 	}
 	if c.opt.Token != "" {
-		last.Headers = append(last.Headers, kafka.Header{Key: trust.HeaderMAC, Value: trust.MAC(c.opt.Token, last.Value)})
+		last.Headers = append(last.Headers, kgo.RecordHeader{Key: trust.HeaderMAC, Value: trust.MAC(c.opt.Token, last.Value)})
 	}
-	for _, batch := range [][]*kafka.Message{chunks, {last}} {
+	for _, batch := range [][]*kgo.Record{chunks, {last}} {
 		if len(batch) == 0 {
 			continue
 		}
-		if err := produceAll(ctx, c.p, batch, nil); err != nil {
+		if err := produceAll(ctx, c.cl, batch, nil); err != nil {
 			if ctx.Err() != nil {
-				// librdkafka still owns the messages; Purge drops them
-				// so a late delivery cannot surprise a caller that
-				// already gave up.
-				_ = c.p.Purge(kafka.PurgeQueue | kafka.PurgeInFlight)
 				return fmt.Errorf("produce update round %d: %w", u.GetBaseRound(), ctx.Err())
 			}
 			return fmt.Errorf("produce update round %d: %w", u.GetBaseRound(), unreachable(err))
@@ -186,33 +151,70 @@ func (c *Client) Submit(ctx context.Context, u *fdxv1.Update) error {
 // Stats implements channel.Client.
 func (c *Client) Stats() channel.Stats { return c.count.Stats() }
 
-// Close releases the connections. The producer and the reader close at the
-// same time: the producer waits for its event poller's current 100 ms poll
-// and the consumer for its in-flight fetch, and neither wait needs the
-// other. A caller that answers a request should close after answering.
-func (c *Client) Close() error {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.p.Flush(5000)
-		c.p.Close()
-	}()
-	err := c.reader.close()
-	<-done
-	return err
-}
+// closeTimeout bounds the flush of a closing client.
+const closeTimeout = 5 * time.Second
 
-// Healthy reports whether the client may be reused: the producer has no
-// fatal error and librdkafka has not reported every broker down since the
-// dial. It asks nothing of the brokers, so a warm invocation pays no round
-// trip for it; a connection that broke since is caught by the next call's
-// error, on which a cache evicts the client.
-func (c *Client) Healthy(context.Context) error {
-	if err := c.p.GetFatalError(); err != nil {
-		return fmt.Errorf("kafka producer: %w", err)
-	}
-	if c.down.Load() {
-		return fmt.Errorf("kafka brokers %s: %w: all brokers were down", c.opt.Brokers, channel.ErrUnreachable)
+// Close releases the connections, after waiting (up to closeTimeout) for
+// records still being sent. A caller that answers a request should close
+// after answering.
+func (c *Client) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	defer cancel()
+	err := c.cl.Flush(ctx)
+	c.reader.close()
+	c.cl.Close()
+	if err != nil {
+		return fmt.Errorf("close kafka client: %w", err)
 	}
 	return nil
+}
+
+// Healthy reports whether the client may be reused: the last connection
+// attempt to every broker it dialed did not fail. It asks nothing of the
+// brokers, so a warm invocation pays no round trip for it; a connection
+// that broke since is caught by the next call's error, on which a cache
+// evicts the client.
+func (c *Client) Healthy(context.Context) error {
+	if c.conns.allDown() {
+		return fmt.Errorf("kafka brokers %s: %w: every broker's last connection attempt failed", c.opt.Brokers, channel.ErrUnreachable)
+	}
+	return nil
+}
+
+// connWatch follows the outcome of the client's broker dials.
+type connWatch struct {
+	mu sync.Mutex
+	up map[int32]bool // by broker node id: did the last dial succeed
+}
+
+var _ kgo.HookBrokerConnect = (*connWatch)(nil)
+
+// OnBrokerConnect implements kgo.HookBrokerConnect.
+func (w *connWatch) OnBrokerConnect(meta kgo.BrokerMetadata, _ time.Duration, _ net.Conn, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.up[meta.NodeID] = err == nil
+}
+
+// allDown reports whether the last dial of every broker failed. Seed
+// brokers (negative ids) count only until a real broker was dialed: a
+// client talks to the seeds once, for the first metadata.
+func (w *connWatch) allDown() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	known := false
+	for id := range w.up {
+		known = known || id >= 0
+	}
+	n := 0
+	for id, ok := range w.up {
+		if known && id < 0 {
+			continue
+		}
+		if ok {
+			return false
+		}
+		n++
+	}
+	return n > 0
 }

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
@@ -16,14 +19,25 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
 
-// pollInterval bounds how long a Poll blocks, so ctx cancellation is seen
-// promptly.
+// pollInterval is how long the model reader waits between two looks for a
+// topic that does not exist yet.
 const pollInterval = 100 * time.Millisecond
 
-// modelReader reads the model topic's single partition with read_committed,
-// so a model whose transaction aborted (an aggregator crash) is never seen.
+// modelReader reads the model topic's partition 0 with read_committed, so a
+// model whose transaction aborted (an aggregator crash) is never seen.
+//
+// It keeps control records (transaction markers): they are never models,
+// but they tell the reader how far it has read. read_committed hides
+// aborted records and markers take offsets, so without them a reader could
+// not tell "nothing more up to the end" from "nothing yet".
 type modelReader struct {
-	c        *kafka.Consumer
+	cl *kgo.Client
+	// own: close closes cl (the client's reader shares its producer's).
+	own       bool
+	adm       *kadm.Client
+	consuming bool
+	// pending holds polled records not yet handled.
+	pending  []*kgo.Record
 	topic    string
 	job      string
 	verifier *trust.Verifier
@@ -34,10 +48,6 @@ type modelReader struct {
 	log     *slog.Logger
 	newest  *fdxv1.GlobalModel
 	started bool
-	// knownEnd lets latest stop at the high watermark it queried instead
-	// of waiting for the end-of-partition event (see readToEnd). Clients
-	// set it; the aggregator's restart path keeps the plain rule.
-	knownEnd bool
 	// chunks reassembles chunked models; need is where the chunks of the
 	// last incomplete one would start (-1: none), so that latest can go
 	// back for them.
@@ -46,16 +56,16 @@ type modelReader struct {
 	// from is where the current readToEnd began: a chunked model whose
 	// chunks lie before it is not a bad record, only out of the window.
 	from int64
-	// cm configures spreadC, the consumer that fetches a spread model's
-	// chunks from the other partitions, made on first use.
-	cm      kafka.ConfigMap
-	spreadC *kafka.Consumer
+	// spreadOpts configure spreadC, the client that fetches a listed
+	// model's chunks, made on first use.
+	spreadOpts []kgo.Opt
+	spreadC    *kgo.Client
 	// held keeps the spread chunks of transfer heldID that partition 0's
 	// reading passed, by offset, for their manifest: a waiting reader gets
 	// them anyway, and need not fetch them twice. Cleared with every
 	// manifest and when another transfer's chunk comes, so it holds at
 	// most one model's share.
-	held   map[int64]*kafka.Message
+	held   map[int64]*kgo.Record
 	heldID string
 }
 
@@ -63,50 +73,70 @@ type modelReader struct {
 // the broker, which answers it as soon as a new model commits, so the wait
 // bounds how often an idle reader asks again, not how late it learns of a
 // model. A client waits out most of a round, and 1,000 of them asking every
-// 50 ms were 20,000 empty fetches a second: at 1,000 clients in one process
-// the round time fell from 9.1 to 4.2 s with 500 ms (issue 11), with no
-// change at 100. Its cost used to be the cold path, whose read ended only
-// with an end-of-partition event after one whole empty wait; clients no
-// longer wait for it (knownEnd). The aggregator's reader, which reads to
-// the end-of-partition event on restart, keeps the short wait.
+// 50 ms were 20,000 empty fetches a second: 500 ms halved the round time
+// at 1,000 clients in one process. The aggregator's reader, which reads
+// only to restore, keeps the short wait.
 const (
 	clientFetchWait = 500 * time.Millisecond
 	serverFetchWait = 50 * time.Millisecond
 )
 
-// newModelReader opens a reader; client selects the participant's settings
-// (knownEnd, clientFetchWait) over the aggregator's.
-func newModelReader(o Options, count *channel.Counter, maxBytes int, client bool) (*modelReader, error) {
-	wait := serverFetchWait
-	if client {
-		wait = clientFetchWait
+// readerOpts are the kgo options of a model reader whose records are at
+// most maxBytes, whose fetches the broker parks for wait.
+func readerOpts(maxBytes int, wait time.Duration) []kgo.Opt {
+	fetchMax := min(2*maxBytes, 1<<30)
+	return []kgo.Opt{
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.KeepControlRecords(),
+		kgo.FetchMaxWait(wait),
+		kgo.FetchMaxPartitionBytes(int32(maxBytes)),
+		kgo.FetchMaxBytes(int32(fetchMax)),
+		kgo.BrokerMaxReadBytes(int32(fetchMax + 1<<20)),
+		// An offset the log no longer holds (retention) reads from its
+		// start.
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 	}
-	cm := o.configMap(kafka.ConfigMap{
-		// Assigned, never subscribed: the group is never joined, but the
-		// client requires an id.
-		"group.id":                  "fdx." + o.Job + ".reader",
-		"enable.auto.commit":        false,
-		"isolation.level":           "read_committed",
-		"enable.partition.eof":      true,
-		"fetch.wait.max.ms":         int(wait / time.Millisecond),
-		"max.partition.fetch.bytes": maxBytes,
-		"fetch.max.bytes":           maxBytes * 2,
-		"receive.message.max.bytes": maxBytes*2 + 1<<20,
-	})
-	c, err := kafka.NewConsumer(&cm)
+}
+
+// newModelReader reads with cl, which readerOpts configured; own says
+// whether close closes it.
+func newModelReader(cl *kgo.Client, own bool, o Options, count *channel.Counter, maxBytes int) (*modelReader, error) {
+	spreadOpts, err := o.clientOpts(readerOpts(min(maxBytes, positionalFetchBytes), positionalFetchWait)...)
 	if err != nil {
-		return nil, fmt.Errorf("model consumer: %w", err)
+		return nil, err
 	}
-	startLogs(c, cm, o.logger())
-	return &modelReader{c: c, cm: cm, held: map[int64]*kafka.Message{}, topic: ModelTopic(o.Job), job: o.Job, verifier: o.Verifier, count: count, log: o.logger(), knownEnd: client,
+	return &modelReader{cl: cl, own: own, adm: kadm.NewClient(cl), spreadOpts: spreadOpts, held: map[int64]*kgo.Record{},
+		topic: ModelTopic(o.Job), job: o.Job, verifier: o.Verifier, count: count, log: o.logger(),
 		chunks: newAssembler(maxTransferBytes, maxTransferBytes), need: -1}, nil
 }
 
-func (r *modelReader) close() error {
-	if r.spreadC != nil {
-		closeConsumer(r.spreadC, r.log)
+// openModelReader opens a reader with a client of its own.
+func openModelReader(o Options, count *channel.Counter, maxBytes int, wait time.Duration) (*modelReader, error) {
+	opts, err := o.clientOpts(readerOpts(maxBytes, wait)...)
+	if err != nil {
+		return nil, err
 	}
-	return closeConsumer(r.c, r.log)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("model reader: %w", err)
+	}
+	r, err := newModelReader(cl, true, o, count, maxBytes)
+	if err != nil {
+		cl.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *modelReader) close() {
+	if r.spreadC != nil {
+		r.spreadC.Close()
+	}
+	if r.own {
+		r.cl.Close()
+	} else if r.consuming {
+		r.cl.RemoveConsumePartitions(map[string][]int32{r.topic: {0}})
+	}
 }
 
 // latest returns the newest committed model, or nil when the topic is empty.
@@ -122,7 +152,8 @@ func (r *modelReader) latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
 	}
 	if high <= low {
 		r.started = true
-		return r.assign(ctx, high)
+		r.seek(high)
+		return nil, nil
 	}
 	for back := int64(2); ; {
 		start := max(low, high-back)
@@ -144,35 +175,40 @@ func (r *modelReader) latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
 	}
 }
 
+// watermarks returns the log start and the last stable offset (the end of
+// what read_committed reads) of the model partition; both 0 when the topic
+// does not exist yet. The two are asked for at once.
 func (r *modelReader) watermarks(ctx context.Context) (low, high int64, err error) {
-	for checked := false; ; checked = true {
-		low, high, err = r.c.QueryWatermarkOffsets(r.topic, 0, timeoutMs(ctx, 5*time.Second))
+	for {
+		var wg sync.WaitGroup
+		var lowErr error
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			low, lowErr = r.listOffset(ctx, r.adm.ListStartOffsets)
+		}()
+		high, err = r.listOffset(ctx, r.adm.ListCommittedOffsets)
+		wg.Wait()
+		if err == nil {
+			err = lowErr
+		}
 		if err == nil {
 			return low, high, nil
 		}
-		// A topic the principal may not describe looks like a missing
-		// one here; its metadata tells the two apart.
-		if !checked {
-			if derr := r.deniedTopic(ctx); derr != nil {
-				return 0, 0, fmt.Errorf("read %s: %w", r.topic, derr)
-			}
+		if d := denied(err); d != nil {
+			return 0, 0, fmt.Errorf("read %s: %w", r.topic, d)
 		}
-		var ke kafka.Error
-		if errors.As(err, &ke) && ke.Code() == kafka.ErrUnknownTopicOrPart {
+		if errors.Is(err, kerr.UnknownTopicOrPartition) {
 			// The aggregator has not created the job yet: no model.
 			return 0, 0, nil
-		}
-		missing := errors.As(err, &ke) && ke.Code() == kafka.ErrUnknownPartition
-		if ctx.Err() != nil && missing {
-			// Waited as long as the caller would for the job to appear.
-			return 0, 0, fmt.Errorf("read %s: %w (no aggregator created it): %w", r.topic, channel.ErrJobNotFound, ctx.Err())
 		}
 		if ctx.Err() != nil {
 			return 0, 0, fmt.Errorf("read %s watermarks: %w", r.topic, unreachable(err))
 		}
-		if errors.As(err, &ke) && (ke.Code() == kafka.ErrTransport || ke.Code() == kafka.ErrAllBrokersDown) {
+		if !kerr.IsRetriable(err) && !errors.Is(err, errNoPartition) {
 			return 0, 0, fmt.Errorf("read %s watermarks: %w", r.topic, unreachable(err))
 		}
+		// The topic exists but its partition has no leader yet.
 		select {
 		case <-ctx.Done():
 		case <-time.After(pollInterval):
@@ -180,147 +216,151 @@ func (r *modelReader) watermarks(ctx context.Context) (low, high int64, err erro
 	}
 }
 
-// deniedTopic returns an ErrUnauthenticated error when the broker refuses
-// this principal the model topic.
-func (r *modelReader) deniedTopic(ctx context.Context) error {
-	md, err := r.c.GetMetadata(&r.topic, false, timeoutMs(ctx, 5*time.Second))
+// errNoPartition: the model topic has no partition 0 in the answer.
+var errNoPartition = errors.New("no partition 0")
+
+// listOffset returns partition 0's offset from a kadm listing.
+func (r *modelReader) listOffset(ctx context.Context, list func(context.Context, ...string) (kadm.ListedOffsets, error)) (int64, error) {
+	ctx, cancel := withDefaultTimeout(ctx, 10*time.Second)
+	defer cancel()
+	res, err := list(ctx, r.topic)
 	if err != nil {
-		return denied(err)
+		return 0, err
 	}
-	if tm, ok := md.Topics[r.topic]; ok {
-		return denied(tm.Error)
+	if lo, ok := res.Lookup(r.topic, -1); ok && lo.Err != nil {
+		return 0, lo.Err // the topic itself: unknown or denied
 	}
-	return nil
+	lo, ok := res.Lookup(r.topic, 0)
+	if !ok {
+		return 0, errNoPartition
+	}
+	return lo.Offset, lo.Err
 }
 
-func (r *modelReader) assign(ctx context.Context, offset int64) (*fdxv1.GlobalModel, error) {
-	tp := kafka.TopicPartition{Topic: &r.topic, Partition: 0, Offset: kafka.Offset(offset)}
-	if err := r.c.Assign([]kafka.TopicPartition{tp}); err != nil {
-		return nil, fmt.Errorf("assign %s: %w", r.topic, err)
+// seek makes the reader read partition 0 from offset on.
+func (r *modelReader) seek(offset int64) {
+	r.pending = nil
+	if !r.consuming {
+		r.cl.AddConsumePartitions(map[string]map[int32]kgo.Offset{r.topic: {0: kgo.NewOffset().At(offset)}})
+		r.consuming = true
+		return
 	}
-	return nil, nil
+	r.cl.SetOffsets(map[string]map[int32]kgo.EpochOffset{r.topic: {0: {Epoch: -1, Offset: offset}}})
 }
 
-// readToEnd reads from offset up to the partition end and returns the last
-// model found (nil if none).
-//
-// The end is where librdkafka signals end-of-partition, which it does only
-// after a fetch from the end comes back empty: one whole fetch.wait.max.ms
-// long poll (50 ms) on every cold start. With knownEnd, readToEnd stops
-// earlier, at high, the high watermark (for read_committed, the last stable
-// offset) it queried just before. Every model record is written inside a
-// round transaction, so the partition ends with that transaction's commit
-// marker at high-1, which read_committed never delivers: the record at
-// high-2 is the newest model. One more check keeps this safe if a record
-// ever sat at high-1 after all: a fetch response's records reach the queue
-// together, so whatever followed high-2 in the same response is drained
-// with non-blocking polls before returning. When the tail is not a
-// committed record (an aborted round), no record reaches high-2 and the
-// end-of-partition event ends the read as before.
+// readToEnd reads from offset up to high, the last stable offset queried
+// just before, and returns the last model found (nil if none). The read
+// ends at the record at high-1: every offset below the last stable one
+// holds a committed record, an aborted one (skipped) or a marker, and the
+// last is never an aborted record, whose abort marker would follow it.
 func (r *modelReader) readToEnd(ctx context.Context, offset, high int64) (*fdxv1.GlobalModel, error) {
-	if _, err := r.assign(ctx, offset); err != nil {
-		return nil, err
-	}
+	r.seek(offset)
 	r.started, r.from = true, offset
 	var last *fdxv1.GlobalModel
-	wait := pollInterval
 	for {
-		m, at, eof, err := r.pollFor(ctx, wait)
+		m, at, err := r.next(ctx)
 		if err != nil {
 			return nil, err
 		}
 		if m != nil {
 			last = m
 		}
-		switch {
-		case eof, wait == 0 && m == nil && at < 0:
-			// The partition end, or nothing more was queued behind the
-			// record at high-2.
+		if at >= high-1 {
 			return last, nil
-		case r.knownEnd && at >= high-1:
-			return last, nil
-		case r.knownEnd && at >= high-2:
-			wait = 0
 		}
 	}
 }
 
-// poll returns one decoded model, or eof at the partition end.
-func (r *modelReader) poll(ctx context.Context) (*fdxv1.GlobalModel, bool, error) {
-	m, _, eof, err := r.pollFor(ctx, pollInterval)
-	return m, eof, err
+// next returns the model of the next record, if it holds one to trust, and
+// the record's offset.
+func (r *modelReader) next(ctx context.Context) (*fdxv1.GlobalModel, int64, error) {
+	rec, err := r.nextRecord(ctx)
+	if err != nil {
+		return nil, -1, err
+	}
+	at := rec.Offset
+	if rec.Attrs.IsControl() {
+		return nil, at, nil
+	}
+	r.count.Received(len(rec.Value) + len(rec.Key))
+	if header(rec, headerSpread) != nil {
+		if id := string(header(rec, headerTransfer)); id != r.heldID {
+			clear(r.held)
+			r.heldID = id
+		}
+		if len(r.held) < maxChunks {
+			r.held[at] = rec // used with its manifest
+		}
+		return nil, at, nil
+	}
+	if isChunk(rec) {
+		for _, f := range r.chunks.add(rec, "") {
+			r.count.Rejected()
+			r.log.Warn("chunked model dropped", "topic", r.topic, "offset", at, "reason", f.Reason, "err", f.Detail)
+		}
+		return nil, at, nil
+	}
+	m, err := r.decode(ctx, rec)
+	var te *transferError
+	if errors.As(err, &te) && te.Need >= 0 && te.Need < r.from {
+		// Its chunks precede the window: latest reads them next.
+		return nil, at, nil
+	}
+	if err != nil {
+		// Anyone who can reach the broker may write here: ignore the
+		// record and keep reading, rather than train on it, end on it or
+		// wedge on it.
+		r.count.Rejected()
+		r.log.Warn("model record ignored", "topic", r.topic, "offset", at, "err", err)
+		return nil, at, nil
+	}
+	if r.newest == nil || m.GetRound() >= r.newest.GetRound() {
+		r.newest = m
+	}
+	return m, at, nil
 }
 
-// pollFor is poll with a wait bound: it also returns the offset of the
-// record it read (-1 if none). With wait 0 it returns at once, with nothing,
-// when no event is queued.
-func (r *modelReader) pollFor(ctx context.Context, wait time.Duration) (*fdxv1.GlobalModel, int64, bool, error) {
-	for {
+// nextRecord returns the next record of partition 0, waiting for one until
+// ctx ends.
+func (r *modelReader) nextRecord(ctx context.Context) (*kgo.Record, error) {
+	for len(r.pending) == 0 {
 		if err := ctx.Err(); err != nil {
-			return nil, -1, false, err
+			return nil, err
 		}
-		ev := r.c.Poll(int(wait / time.Millisecond))
-		if ev == nil && wait == 0 {
-			return nil, -1, false, nil
-		}
-		switch ev := ev.(type) {
-		case *kafka.Message:
-			if ev.TopicPartition.Error != nil {
-				return nil, -1, false, fmt.Errorf("read %s: %w", r.topic, ev.TopicPartition.Error)
+		fs := r.cl.PollFetches(ctx)
+		var failed error
+		fs.EachError(func(topic string, p int32, err error) {
+			switch {
+			case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+				failed = err
+			case errors.Is(err, kgo.ErrClientClosed):
+				failed = fmt.Errorf("read %s: %w", r.topic, err)
+			case denied(err) != nil:
+				failed = fmt.Errorf("read %s: %w", r.topic, denied(err))
+			default:
+				r.log.Debug("kafka fetch error", "topic", topic, "partition", p, "err", err)
 			}
-			at := int64(ev.TopicPartition.Offset)
-			r.count.Received(len(ev.Value) + len(ev.Key))
-			if header(ev, headerSpread) != nil {
-				if id := string(header(ev, headerTransfer)); id != r.heldID {
-					clear(r.held)
-					r.heldID = id
-				}
-				if len(r.held) < maxChunks {
-					r.held[at] = ev // used with its manifest
-				}
-				return nil, at, false, nil
+		})
+		fs.EachRecord(func(rec *kgo.Record) {
+			if rec.Topic == r.topic && rec.Partition == 0 {
+				r.pending = append(r.pending, rec)
 			}
-			if isChunk(ev) {
-				for _, f := range r.chunks.add(ev, "") {
-					r.count.Rejected()
-					r.log.Warn("chunked model dropped", "topic", r.topic, "offset", at, "reason", f.Reason, "err", f.Detail)
-				}
-				return nil, at, false, nil
-			}
-			m, err := r.decode(ctx, ev)
-			var te *transferError
-			if errors.As(err, &te) && te.Need >= 0 && te.Need < r.from {
-				// Its chunks precede the window: latest reads them next.
-				return nil, at, false, nil
-			}
-			if err != nil {
-				// Anyone who can reach the broker may write here: ignore
-				// the record and keep reading, rather than train on it,
-				// end on it or wedge on it.
-				r.count.Rejected()
-				r.log.Warn("model record ignored", "topic", r.topic, "offset", at, "err", err)
-				return nil, at, false, nil
-			}
-			if r.newest == nil || m.GetRound() >= r.newest.GetRound() {
-				r.newest = m
-			}
-			return m, at, false, nil
-		case kafka.PartitionEOF:
-			return nil, -1, true, nil
-		case kafka.Error:
-			if ev.IsFatal() {
-				return nil, -1, false, fmt.Errorf("read %s: %w", r.topic, ev)
-			}
-			r.log.Debug("kafka consumer error", "topic", r.topic, "err", ev)
+		})
+		if failed != nil && len(r.pending) == 0 {
+			return nil, failed
 		}
 	}
+	rec := r.pending[0]
+	r.pending[0] = nil
+	r.pending = r.pending[1:]
+	return rec, nil
 }
 
 // decode returns the model a record holds if it is one to trust: it
 // decodes, its signature verifies (with a verifier), it belongs to the job
 // with a round inside it, and valid accepts it. A manifest's signature
 // covers the manifest, whose SHA-256 covers the reassembled model.
-func (r *modelReader) decode(ctx context.Context, msg *kafka.Message) (*fdxv1.GlobalModel, error) {
+func (r *modelReader) decode(ctx context.Context, msg *kgo.Record) (*fdxv1.GlobalModel, error) {
 	if r.verifier != nil {
 		if err := r.verifier.Verify(msg.Value, header(msg, trust.HeaderSignature), string(header(msg, trust.HeaderKeyID))); err != nil {
 			return nil, fmt.Errorf("signature: %w", err)
@@ -329,7 +369,7 @@ func (r *modelReader) decode(ctx context.Context, msg *kafka.Message) (*fdxv1.Gl
 	value := msg.Value
 	var m *fdxv1.GlobalModel
 	if man := spreadManifest(msg); man != nil {
-		whole, failed := r.fetchSpread(ctx, man, int64(msg.TopicPartition.Offset))
+		whole, failed := r.fetchSpread(ctx, man, msg.Offset)
 		if failed != nil {
 			return nil, failed
 		}
@@ -376,16 +416,6 @@ func (r *modelReader) decode(ctx context.Context, msg *kafka.Message) (*fdxv1.Gl
 	return m, nil
 }
 
-// header returns the value of msg's first header named key, nil if none.
-func header(msg *kafka.Message, key string) []byte {
-	for _, h := range msg.Headers {
-		if h.Key == key {
-			return h.Value
-		}
-	}
-	return nil
-}
-
 // await returns the newest model with round >= minRound (or a final one),
 // reading new records as the aggregator publishes them.
 func (r *modelReader) await(ctx context.Context, minRound int64) (*fdxv1.GlobalModel, error) {
@@ -398,25 +428,13 @@ func (r *modelReader) await(ctx context.Context, minRound int64) (*fdxv1.GlobalM
 		if m := r.newest; m != nil && (m.GetRound() >= minRound || m.GetFinal()) {
 			return m, nil
 		}
-		if _, _, err := r.poll(ctx); err != nil {
+		if _, _, err := r.next(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("wait for model round %d on %s: %w", minRound, r.topic, ctx.Err())
 			}
 			return nil, err
 		}
 	}
-}
-
-// timeoutMs converts the time left on ctx to a librdkafka timeout.
-func timeoutMs(ctx context.Context, def time.Duration) int {
-	d := def
-	if dl, ok := ctx.Deadline(); ok {
-		d = min(d, time.Until(dl))
-	}
-	if d < time.Millisecond {
-		d = time.Millisecond
-	}
-	return int(d / time.Millisecond)
 }
 
 // History reads every committed model of a job, oldest first: the job's
@@ -426,7 +444,7 @@ func History(ctx context.Context, o Options) ([]*fdxv1.GlobalModel, error) {
 		return nil, err
 	}
 	var count channel.Counter
-	r, err := newModelReader(o, &count, 64<<20, false)
+	r, err := openModelReader(o, &count, 64<<20, serverFetchWait)
 	if err != nil {
 		return nil, err
 	}
@@ -435,19 +453,18 @@ func History(ctx context.Context, o Options) ([]*fdxv1.GlobalModel, error) {
 	if err != nil || high <= low {
 		return nil, err
 	}
-	if _, err := r.assign(ctx, low); err != nil {
-		return nil, err
-	}
+	r.seek(low)
+	r.started, r.from = true, low
 	var out []*fdxv1.GlobalModel
 	for {
-		m, eof, err := r.poll(ctx)
+		m, at, err := r.next(ctx)
 		if err != nil {
 			return nil, err
 		}
 		if m != nil {
 			out = append(out, m)
 		}
-		if eof {
+		if at >= high-1 {
 			return out, nil
 		}
 	}

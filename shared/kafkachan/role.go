@@ -2,11 +2,9 @@ package kafkachan
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
@@ -75,36 +73,20 @@ func NewLeader(ctx context.Context, opt ServerOptions) (*Server, error) {
 // their partitions.
 func (s *Server) PublishPartial(ctx context.Context, round int64, key string, value []byte) error {
 	topic := PartialsTopic(s.opt.Job)
-	var records []*kafka.Message
-	if len(value) > s.opt.chunkBytes() {
+	err := s.commitRound(ctx, round, func() ([]*kgo.Record, error) {
+		if len(value) <= s.opt.chunkBytes() {
+			return []*kgo.Record{{Topic: topic, Partition: 0, Key: []byte(key), Value: value}}, nil
+		}
 		chunks, manifest, err := transferRecords(topic, 0, []byte(key), value, s.opt.chunkBytes())
 		if err != nil {
-			return fmt.Errorf("partial round %d: %w", round, err)
+			return nil, err
 		}
-		records = append(chunks, manifest)
-	} else {
-		records = []*kafka.Message{{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: 0}, Key: []byte(key), Value: value}}
-	}
-	for attempt := 0; ; attempt++ {
-		err := s.transact(ctx, round, records)
-		if err == nil {
-			s.consumed = map[int32]kafka.Offset{}
-			s.rejoins = 0
-			for _, r := range records {
-				s.count.Sent(len(r.Value) + len(r.Key))
-			}
-			return nil
-		}
-		var ke kafka.Error
-		if ctx.Err() == nil && errors.As(err, &ke) && !ke.IsFatal() && (ke.IsRetriable() || ke.TxnRequiresAbort() || ke.IsTimeout()) {
-			select {
-			case <-ctx.Done():
-			case <-time.After(min(time.Duration(attempt+1)*200*time.Millisecond, 2*time.Second)):
-			}
-			continue
-		}
+		return append(chunks, manifest), nil
+	})
+	if err != nil {
 		return fmt.Errorf("publish partial round %d: %w", round, err)
 	}
+	return nil
 }
 
 // Partial is one committed record of the partials topic.
@@ -123,37 +105,29 @@ func (s *Server) NextPartial(ctx context.Context) (Partial, error) {
 		if err := ctx.Err(); err != nil {
 			return Partial{}, err
 		}
-		switch ev := s.c.Poll(int(pollInterval / time.Millisecond)).(type) {
-		case *kafka.Message:
-			tp := ev.TopicPartition
-			if tp.Error != nil {
-				return Partial{}, fmt.Errorf("consume %s: %w", s.role.topic, tp.Error)
-			}
-			s.consumed[tp.Partition] = tp.Offset + 1
-			s.count.Received(len(ev.Value) + len(ev.Key))
-			switch {
-			case isChunk(ev):
-				if failed := s.updates.add(ev, string(ev.Key)); len(failed) > 0 {
-					return Partial{}, fmt.Errorf("partial of %q: %v", failed[0].Key, failed[0])
-				}
-				continue
-			case isManifest(ev):
-				whole, failed := s.updates.complete(ev, string(ev.Key))
-				if len(failed) > 0 {
-					return Partial{}, fmt.Errorf("partial of %q: %v", failed[0].Key, failed[0])
-				}
-				if whole == nil {
-					continue
-				}
-				return Partial{Key: string(ev.Key), Value: whole, Offset: int64(tp.Offset)}, nil
-			}
-			return Partial{Key: string(ev.Key), Value: ev.Value, Offset: int64(tp.Offset)}, nil
-		case kafka.Error:
-			if ev.IsFatal() {
-				return Partial{}, fmt.Errorf("consume %s: %w", s.role.topic, ev)
-			}
-			s.opt.logger().Debug("kafka consumer error", "err", ev)
+		rec, err := s.nextRecord(ctx)
+		if err != nil {
+			return Partial{}, fmt.Errorf("consume %s: %w", s.role.topic, err)
 		}
+		s.consumed[rec.Partition] = rec.Offset + 1
+		s.count.Received(len(rec.Value) + len(rec.Key))
+		switch {
+		case isChunk(rec):
+			if failed := s.updates.add(rec, string(rec.Key)); len(failed) > 0 {
+				return Partial{}, fmt.Errorf("partial of %q: %v", failed[0].Key, failed[0])
+			}
+			continue
+		case isManifest(rec):
+			whole, failed := s.updates.complete(rec, string(rec.Key))
+			if len(failed) > 0 {
+				return Partial{}, fmt.Errorf("partial of %q: %v", failed[0].Key, failed[0])
+			}
+			if whole == nil {
+				continue
+			}
+			return Partial{Key: string(rec.Key), Value: whole, Offset: rec.Offset}, nil
+		}
+		return Partial{Key: string(rec.Key), Value: rec.Value, Offset: rec.Offset}, nil
 	}
 }
 
@@ -164,4 +138,4 @@ func (s *Server) Revocations() int { return s.revocations }
 
 // Assigned is the number of partitions the server's consumer holds now.
 // Safe to call from any goroutine.
-func (s *Server) Assigned() int { return int(s.assigned.Load()) }
+func (s *Server) Assigned() int { return int(s.group.held.Load()) }

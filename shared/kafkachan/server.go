@@ -4,11 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/kversion"
 	"google.golang.org/protobuf/proto"
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
@@ -43,29 +48,31 @@ type ServerOptions struct {
 	// unauthenticated.
 	Tokens map[string]string
 	// OnStall, when set, is called from a watchdog goroutine when a
-	// transactional step (InitTransactions, a round's transaction) runs
-	// stallGrace past its deadline: the Kafka client did not return when
-	// asked to. The outcome of that step is unknown and the call may
-	// never return, so the aggregator sets OnStall to end the process
-	// with cli.ExitOutcomeUnknown; its supervisor restarts it.
+	// transactional step (the producer's initialization, a round's
+	// transaction) runs stallGrace past its deadline: the Kafka client
+	// did not return when asked to. The outcome of that step is unknown
+	// and the call may never return, so the aggregator sets OnStall to
+	// end the process with cli.ExitOutcomeUnknown; its supervisor
+	// restarts it.
 	OnStall func(step string, after time.Duration)
 }
 
 // stallGrace is how long a transactional step may overrun its deadline
 // before the watchdog calls OnStall: long enough for a call that honours
-// its deadline to unwind (an abort after a timed-out commit), short
-// enough that a hung aggregator is replaced well within a round timeout.
+// its deadline to unwind, short enough that a hung aggregator is replaced
+// well within a round timeout.
 const stallGrace = 15 * time.Second
 
-// watch arms the watchdog for a step bounded by ctx (or, without a
-// deadline, by limit). The returned function disarms it.
-func (s *Server) watch(ctx context.Context, step string, limit time.Duration) func() {
+// watch arms the watchdog for a step bounded by ctx's deadline plus extra
+// (the time an abort may take after it). The returned function disarms it.
+func (s *Server) watch(ctx context.Context, step string, extra time.Duration) func() {
 	if s.opt.OnStall == nil {
 		return func() {}
 	}
 	start := time.Now()
+	limit := extra
 	if dl, ok := ctx.Deadline(); ok {
-		limit = time.Until(dl)
+		limit += time.Until(dl)
 	}
 	t := time.AfterFunc(limit+stallGrace, func() { s.opt.OnStall(step, time.Since(start)) })
 	return func() { t.Stop() }
@@ -75,12 +82,14 @@ func (s *Server) watch(ctx context.Context, step string, limit time.Duration) fu
 // models and a read_committed group consumer for updates. Not safe for
 // concurrent use; the round loop owns it.
 type Server struct {
-	opt      ServerOptions
-	p        *kafka.Producer
-	c        *kafka.Consumer
-	reader   *modelReader
+	opt ServerOptions
+	// p is the transactional producer, c the updates consumer (a member
+	// of the role's group).
+	p, c     *kgo.Client
 	count    channel.Counter
-	consumed map[int32]kafka.Offset // next offset per partition, not yet committed
+	consumed map[int32]int64 // next offset per partition, not yet committed
+	// pending holds polled update records not yet handled.
+	pending []*kgo.Record
 	// maxBytes bounds a whole model or update, recordBytes one record (the
 	// topics' max.message.bytes).
 	maxBytes, recordBytes int
@@ -88,19 +97,23 @@ type Server struct {
 	// transfers it dropped, returned by the next calls of Next.
 	updates *assembler
 	queued  []channel.Delivery
-	// rejoins counts consumer re-creations since the last committed round.
+	// rejoins counts the times the group fenced the consumer since the
+	// last committed round.
 	rejoins int
 	// role names what the server consumes and the ids it uses (role.go).
 	role role
-	// revocations counts partition revocations and rejoins (Revocations).
+	// group receives the consumer's rebalance callbacks; revocations
+	// counts the revocations drained from it (Revocations).
+	group       *groupEvents
 	revocations int
-	// assigned is the number of partitions held (Assigned).
-	assigned atomic.Int32
 	// replayC reads streamed update chunks again (stream.go).
-	replayC *kafka.Consumer
+	replayC *kgo.Client
+	// broken, once set, is why the server may not go on: a transaction
+	// whose outcome it does not know (txn.go).
+	broken error
 }
 
-// maxRejoins bounds how often Next re-creates a fenced consumer between two
+// maxRejoins bounds how often the consumer may be fenced between two
 // committed rounds: a broker failover can fence it once, but a second
 // aggregator of the same job would fence it again and again.
 const maxRejoins = 3
@@ -108,8 +121,8 @@ const maxRejoins = 3
 var _ channel.Server = (*Server)(nil)
 
 // NewServer creates the job's topics and opens the transactional producer.
-// InitTransactions fences any older aggregator of the same job and aborts
-// its open transaction, so at most one instance ever closes a round.
+// Initializing the producer fences any older aggregator of the same job and
+// aborts its open transaction, so at most one instance ever closes a round.
 func NewServer(ctx context.Context, opt ServerOptions) (*Server, error) {
 	return openServer(ctx, opt, aggregatorRole(opt.Job))
 }
@@ -120,6 +133,10 @@ func openServer(ctx context.Context, opt ServerOptions, rl role) (*Server, error
 	}
 	if opt.TransactionTimeout <= 0 {
 		opt.TransactionTimeout = 60 * time.Second
+	}
+	props, err := parseProperties(opt.Properties)
+	if err != nil {
+		return nil, err
 	}
 	maxBytes := max(opt.MaxMessageBytes, MinMessageBytes)
 	// Whatever is bigger than a chunk travels in chunks: the topics need
@@ -133,166 +150,171 @@ func openServer(ctx context.Context, opt ServerOptions, rl role) (*Server, error
 	if opt.MaxPendingBytes <= 0 {
 		opt.MaxPendingBytes = 1 << 30
 	}
-	pcm := opt.producerConfig(kafka.ConfigMap{
-		"transactional.id":       rl.txID,
-		"transaction.timeout.ms": int(opt.TransactionTimeout / time.Millisecond),
-		"enable.idempotence":     true,
-		"acks":                   "all",
-		"linger.ms":              0,
-		"message.max.bytes":      recordBytes,
-	})
-	p, err := kafka.NewProducer(&pcm)
+	popts, err := opt.clientOpts(txnProducerOpts(rl, opt.TransactionTimeout, recordBytes)...)
+	if err != nil {
+		return nil, err
+	}
+	p, err := kgo.NewClient(popts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka transactional producer: %w", err)
 	}
-	startLogs(p, pcm, opt.logger())
-	go drainEvents(p, opt.logger(), nil)
-	s := &Server{opt: opt, p: p, consumed: map[int32]kafka.Offset{}, maxBytes: maxBytes, recordBytes: recordBytes,
-		updates: newAssembler(int64(maxBytes), opt.MaxPendingBytes), role: rl}
-	ictx, cancel := context.WithTimeout(ctx, 2*opt.TransactionTimeout)
-	disarm := s.watch(ictx, "init transactions", 0)
-	err = p.InitTransactions(ictx)
+	s := &Server{opt: opt, p: p, consumed: map[int32]int64{}, maxBytes: maxBytes, recordBytes: recordBytes,
+		updates: newAssembler(int64(maxBytes), opt.MaxPendingBytes), role: rl, group: &groupEvents{}}
+	// The producer id's initialization fences the previous instance.
+	initCtx, cancel := context.WithTimeout(ctx, 2*opt.TransactionTimeout)
+	disarm := s.watch(initCtx, "init transactions", 0)
+	_, _, err = p.ProducerID(initCtx)
 	disarm()
 	cancel()
 	if err != nil {
 		p.Close()
 		return nil, fmt.Errorf("init transactions for job %s: %w", opt.Job, unreachable(err))
 	}
-	if err := s.subscribe(); err != nil {
-		s.p.Close()
+	copts, err := opt.clientOpts(updatesConsumerOpts(rl, fetchBytes(maxBytes, recordBytes), props, s.group)...)
+	if err != nil {
+		p.Close()
 		return nil, err
 	}
-	s.reader, err = newModelReader(opt.Options, &s.count, fetchBytes(maxBytes, recordBytes), false)
-	if err != nil {
-		s.Close()
-		return nil, err
+	if s.c, err = kgo.NewClient(copts...); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("kafka updates consumer: %w", err)
 	}
 	return s, nil
 }
 
-// subscribe creates the updates consumer and joins the group.
-func (s *Server) subscribe() error {
-	opt := s.opt
-	ccm := opt.configMap(updatesConsumerConfig(s.role, fetchBytes(s.maxBytes, s.recordBytes)))
-	c, err := kafka.NewConsumer(&ccm)
-	if err != nil {
-		return fmt.Errorf("kafka updates consumer: %w", err)
+// txnProducerOpts configure a role's transactional producer for records of
+// up to recordBytes.
+//
+// Its transactions are those of Kafka before KIP-890 part 2 (EndTxn and
+// TxnOffsetCommit at most v4), which every broker of Kafka 2.5 on serves:
+// the round's offsets join the transaction with AddOffsetsToTxn and a
+// TxnOffsetCommit that carries the consumer's group generation (KIP-447,
+// txn.go), requests kgo leaves to its own group sessions, so we send them.
+func txnProducerOpts(rl role, timeout time.Duration, recordBytes int) []kgo.Opt {
+	versions := kversion.Stable()
+	versions.SetMaxKeyVersion(int16(kmsg.EndTxn), 4)
+	versions.SetMaxKeyVersion(int16(kmsg.TxnOffsetCommit), 4)
+	return []kgo.Opt{
+		kgo.TransactionalID(rl.txID),
+		kgo.TransactionTimeout(timeout),
+		kgo.RequiredAcks(kgo.AllISRAcks()),
+		kgo.ProducerLinger(0),
+		kgo.ProducerBatchCompression(kgo.NoCompression()),
+		kgo.ProducerBatchMaxBytes(int32(recordBytes)),
+		kgo.MaxVersions(versions),
 	}
-	startLogs(c, ccm, opt.logger())
-	if err := c.Subscribe(s.role.topic, s.rebalanced); err != nil {
-		closeConsumer(c, opt.logger())
-		return fmt.Errorf("subscribe %s: %w", s.role.topic, err)
-	}
-	s.c = c
-	return nil
 }
 
-// minPrefetchBytes is the floor of the updates consumer's prefetch queue
-// (see updatesConsumerConfig): 16 MiB is about 200 ms of work for an
-// aggregator that validates and folds 80 MB/s (2,500 logreg updates/s), far
-// more than a fetch round trip plus fetchQueueBackoff, so bounding the queue
-// does not starve the round loop.
-const minPrefetchBytes = 16 << 20
-
-// fetchQueueBackoff is how long librdkafka waits, once the prefetch queue
-// is full, before it looks again whether to fetch. Its default, 1 s, is
-// what made a bounded queue slow (ingest fell from ~2,400 to 407 updates/s
-// with an 8 MB queue): the round loop emptied the queue in a fraction of
-// that second and then waited. 10 ms is a few percent of the time the loop
-// takes to drain minPrefetchBytes, and costs the broker thread at most 100
-// wake-ups a second while the aggregator lags.
-const fetchQueueBackoff = 10 * time.Millisecond
-
-// updatesConsumerConfig is the updates consumer's configuration, before the
-// operator's properties (which win), for records of up to maxBytes.
+// updatesConsumerOpts configure the updates consumer for records of up to
+// maxBytes, reporting rebalances to events.
 //
-// The prefetch queue (queued.max.messages.kbytes) is what keeps the
-// aggregator's memory flat in the number of clients. librdkafka fetches
-// ahead until its queue holds that much, 64 MiB by default; an aggregator
-// that lags behind a fleet of clients holds all of it, and glibc keeps the
-// freed fetch buffers, so peak RSS grew with the round's size (166 MB at
-// 1,000 logreg updates a round, 278 MB at 100,000). The bound is the larger
-// of minPrefetchBytes and two whole fetches (fetch.max.bytes), so that a
-// fetch can always be in flight while the loop works on the one before:
-// the queue is checked before each fetch, and may overshoot by one.
-func updatesConsumerConfig(rl role, maxBytes int) kafka.ConfigMap {
-	fetchMax := maxBytes * 2
-	return kafka.ConfigMap{
-		"group.id":                   rl.group,
-		"enable.auto.commit":         false,
-		"auto.offset.reset":          "earliest",
-		"isolation.level":            "read_committed",
-		"fetch.wait.max.ms":          50,
-		"max.partition.fetch.bytes":  maxBytes,
-		"fetch.max.bytes":            fetchMax,
-		"receive.message.max.bytes":  fetchMax + 1<<20,
-		"queued.max.messages.kbytes": prefetchBytes(fetchMax) >> 10,
-		"fetch.queue.backoff.ms":     int(fetchQueueBackoff / time.Millisecond),
+// Its memory is bounded by the fetch size: kgo buffers one fetch per broker
+// and fetches again only once the round loop polled it, so the consumer
+// holds at most about two fetches (2 × fetch.max.bytes) however far the
+// aggregator lags behind a fleet of clients.
+//
+// Rebalances wait while the round loop holds polled records
+// (BlockRebalanceOnPoll): Next allows them only when it has handed out
+// every record it polled, so a round never commits the offset of a
+// partition that another member owns by then.
+func updatesConsumerOpts(rl role, maxBytes int, props *properties, events *groupEvents) []kgo.Opt {
+	fetchMax := min(2*maxBytes, 1<<30)
+	session, heartbeat := 10*time.Second, time.Second
+	if props.sessionTimeout > 0 {
+		session = props.sessionTimeout
+	}
+	if props.heartbeat > 0 {
+		heartbeat = props.heartbeat
+	}
+	return []kgo.Opt{
+		kgo.ConsumerGroup(rl.group),
+		kgo.ConsumeTopics(rl.topic),
 		// Static membership: a restarted aggregator takes over its
 		// partitions at once instead of waiting out the dead instance's
 		// session.
-		"group.instance.id":     rl.instance,
-		"session.timeout.ms":    10000,
-		"heartbeat.interval.ms": 1000,
+		kgo.InstanceID(rl.instance),
+		kgo.SessionTimeout(session),
+		kgo.HeartbeatInterval(heartbeat),
+		kgo.DisableAutoCommit(),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.FetchMaxWait(50 * time.Millisecond),
+		kgo.FetchMaxPartitionBytes(int32(maxBytes)),
+		kgo.FetchMaxBytes(int32(fetchMax)),
+		kgo.BrokerMaxReadBytes(int32(fetchMax + 1<<20)),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.OnPartitionsAssigned(events.assigned),
+		kgo.OnPartitionsRevoked(events.revoked),
+		kgo.OnPartitionsLost(events.revoked),
 	}
 }
 
-// prefetchBytes bounds the updates consumer's prefetch queue for fetches of
-// up to fetchMax bytes: see updatesConsumerConfig.
-func prefetchBytes(fetchMax int) int { return max(minPrefetchBytes, 2*fetchMax) }
+// groupEvents collects the consumer's rebalance callbacks, which kgo runs
+// on its own goroutine, for the round loop to apply (Server.drain).
+type groupEvents struct {
+	mu      sync.Mutex
+	revokes []int32 // partitions revoked or lost, not yet drained
+	// held is the number of partitions assigned now (Assigned).
+	held atomic.Int32
+}
 
-// rejoin replaces a consumer that the group coordinator fenced. When the
-// broker leading the group dies, its successor can fence the static member
-// (FENCED_INSTANCE_ID) although no other aggregator runs. Nothing is lost:
-// the open round's records are uncommitted, so the new consumer reads them
-// again from the last committed round, and the round loop rejects the ones
-// it already holds as duplicates.
-func (s *Server) rejoin(cause kafka.Error) error {
-	if s.rejoins >= maxRejoins {
-		return fmt.Errorf("consume %s: fenced %d times since the last round (another aggregator of job %s?): %w", UpdatesTopic(s.opt.Job), s.rejoins, s.opt.Job, cause)
+func (g *groupEvents) assigned(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+	for _, ps := range m {
+		g.held.Add(int32(len(ps)))
 	}
-	s.rejoins++
+}
+
+func (g *groupEvents) revoked(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, ps := range m {
+		g.held.Add(-int32(len(ps)))
+		g.revokes = append(g.revokes, ps...)
+	}
+}
+
+// take returns the revoked partitions not yet drained.
+func (g *groupEvents) take() []int32 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := g.revokes
+	g.revokes = nil
+	return out
+}
+
+// drain applies the revocations reported since the last drain: the
+// uncommitted positions and buffered records of partitions taken away from
+// us are forgotten, as their records will be delivered to whoever owns
+// them next (possibly us again, from the committed offset).
+func (s *Server) drain() {
+	revoked := s.group.take()
+	if len(revoked) == 0 {
+		return
+	}
 	s.revocations++
-	s.opt.logger().Warn("updates consumer fenced; rejoining the group", "job", s.opt.Job, "attempt", s.rejoins, "err", cause)
-	closeConsumer(s.c, s.opt.logger())
-	s.consumed = map[int32]kafka.Offset{}
-	s.updates.forget(nil)
-	return s.subscribe()
-}
-
-// rebalanced forgets uncommitted positions of partitions taken away from us:
-// their records will be re-delivered to whoever owns them next.
-func (s *Server) rebalanced(c *kafka.Consumer, ev kafka.Event) error {
-	if as, ok := ev.(kafka.AssignedPartitions); ok {
-		s.assigned.Store(int32(len(as.Partitions)))
+	for _, p := range revoked {
+		delete(s.consumed, p)
+		s.updates.forget(&p)
 	}
-	if rev, ok := ev.(kafka.RevokedPartitions); ok {
-		s.revocations++
-		s.assigned.Add(-int32(len(rev.Partitions)))
-		for _, tp := range rev.Partitions {
-			delete(s.consumed, tp.Partition)
-			s.updates.forget(&tp.Partition)
-		}
-	}
-	return nil
+	s.pending = slices.DeleteFunc(s.pending, func(r *kgo.Record) bool { return slices.Contains(revoked, r.Partition) })
 }
 
 // Latest implements channel.Server: it walks back from the newest record
 // to the newest one that verifies and that valid accepts.
+//
+// The aggregator reads the model topic only to restore, with a reader of
+// its own that it closes after: left open, it would keep fetching every
+// model the aggregator then publishes.
 func (s *Server) Latest(ctx context.Context, valid func(*fdxv1.GlobalModel) error) (*fdxv1.GlobalModel, error) {
-	s.reader.valid = valid
-	defer func() { s.reader.valid = nil }()
-	m, err := s.reader.latest(ctx)
+	r, err := openModelReader(s.opt.Options, &s.count, fetchBytes(s.maxBytes, s.recordBytes), serverFetchWait)
+	if err != nil {
+		return nil, err
+	}
+	defer r.close()
+	r.valid = valid
+	m, err := r.latest(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("restore from %s: %w", ModelTopic(s.opt.Job), err)
-	}
-	// The aggregator reads the model topic only to restore. Left
-	// assigned, the reader would prefetch every model the aggregator
-	// then publishes (each with its round's contributor list, ~0.7 MB at
-	// 100,000 clients) into a queue nobody polls, up to librdkafka's
-	// 64 MiB.
-	if err := s.reader.c.Unassign(); err != nil {
-		return nil, fmt.Errorf("release %s after the restore: %w", ModelTopic(s.opt.Job), err)
 	}
 	return m, nil
 }
@@ -308,46 +330,83 @@ func (s *Server) Next(ctx context.Context) (channel.Delivery, error) {
 		if err := ctx.Err(); err != nil {
 			return channel.Delivery{}, err
 		}
-		switch ev := s.c.Poll(int(pollInterval / time.Millisecond)).(type) {
-		case *kafka.Message:
-			tp := ev.TopicPartition
-			if tp.Error != nil {
-				return channel.Delivery{}, fmt.Errorf("consume %s: %w", UpdatesTopic(s.opt.Job), tp.Error)
+		rec, err := s.nextRecord(ctx)
+		if err != nil {
+			return channel.Delivery{}, fmt.Errorf("consume %s: %w", s.role.topic, err)
+		}
+		s.consumed[rec.Partition] = rec.Offset + 1
+		size := len(rec.Value) + len(rec.Key)
+		s.count.Received(size)
+		switch {
+		case isChunk(rec):
+			s.dropped(s.updates.add(rec, string(rec.Key)))
+			s.updates.notePeak()
+			continue
+		case isManifest(rec):
+			if d, ok := s.streamed(ctx, rec); ok {
+				s.queued = append(s.queued, d)
+				continue
 			}
-			s.consumed[tp.Partition] = tp.Offset + 1
-			size := len(ev.Value) + len(ev.Key)
-			s.count.Received(size)
+			whole, failed := s.updates.complete(rec, string(rec.Key))
+			s.dropped(failed)
+			if whole != nil {
+				s.queued = append(s.queued, s.delivery(rec, whole, len(whole)+len(rec.Key)))
+			}
+			continue
+		}
+		return s.delivery(rec, rec.Value, size), nil
+	}
+}
+
+// nextRecord returns the next polled record of the role's topic, polling
+// when none is left. Rebalances run only here, between polls.
+func (s *Server) nextRecord(ctx context.Context) (*kgo.Record, error) {
+	for len(s.pending) == 0 {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		s.c.AllowRebalance()
+		fs := s.c.PollFetches(ctx)
+		s.drain()
+		var failed error
+		fs.EachError(func(topic string, p int32, err error) {
+			var gs *kgo.ErrGroupSession
 			switch {
-			case isChunk(ev):
-				s.dropped(s.updates.add(ev, string(ev.Key)))
-				s.updates.notePeak()
-				continue
-			case isManifest(ev):
-				if d, ok := s.streamed(ctx, ev); ok {
-					s.queued = append(s.queued, d)
-					continue
+			case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, kgo.ErrClientClosed):
+				failed = err
+			case errors.As(err, &gs) && errors.Is(err, kerr.FencedInstanceID):
+				// When the broker leading the group dies, its successor
+				// can fence the static member although no other
+				// aggregator runs. kgo rejoins; nothing is lost: the
+				// open round's records are uncommitted, so they come
+				// again from the last committed round, and the round
+				// loop rejects those it holds as duplicates.
+				s.rejoins++
+				s.opt.logger().Warn("updates consumer fenced; rejoining the group", "job", s.opt.Job, "attempt", s.rejoins, "err", err)
+				if s.rejoins > maxRejoins {
+					failed = fmt.Errorf("fenced %d times since the last round (another aggregator of job %s?): %w", s.rejoins, s.opt.Job, err)
 				}
-				whole, failed := s.updates.complete(ev, string(ev.Key))
-				s.dropped(failed)
-				if whole != nil {
-					s.queued = append(s.queued, s.delivery(ev, whole, len(whole)+len(ev.Key)))
-				}
-				continue
+			case denied(err) != nil:
+				failed = denied(err)
+			case errors.As(err, &gs):
+				s.opt.logger().Warn("updates consumer left the group; rejoining", "job", s.opt.Job, "err", err)
+			default:
+				s.opt.logger().Debug("kafka fetch error", "topic", topic, "partition", p, "err", err)
 			}
-			return s.delivery(ev, ev.Value, size), nil
-		case kafka.Error:
-			if ev.IsFatal() && ev.Code() == kafka.ErrFencedInstanceID {
-				if err := s.rejoin(ev); err != nil {
-					return channel.Delivery{}, err
-				}
-				continue
+		})
+		fs.EachRecord(func(r *kgo.Record) {
+			if r.Topic == s.role.topic {
+				s.pending = append(s.pending, r)
 			}
-			if ev.IsFatal() {
-				return channel.Delivery{}, fmt.Errorf("consume %s: %w", UpdatesTopic(s.opt.Job), ev)
-			}
-			s.opt.logger().Debug("kafka consumer error", "err", ev)
+		})
+		if failed != nil && len(s.pending) == 0 {
+			return nil, failed
 		}
 	}
+	r := s.pending[0]
+	s.pending[0] = nil
+	s.pending = s.pending[1:]
+	return r, nil
 }
 
 // dropped queues a rejected delivery for every dropped update transfer, so
@@ -361,17 +420,17 @@ func (s *Server) dropped(failed []*transferError) {
 
 // delivery decodes an update, value (msg's value or, for a manifest, the
 // reassembled transfer), and authenticates it by msg's MAC.
-func (s *Server) delivery(msg *kafka.Message, value []byte, size int) channel.Delivery {
-	tp := msg.TopicPartition
+func (s *Server) delivery(msg *kgo.Record, value []byte, size int) channel.Delivery {
+	tp := msg
 	d := channel.Delivery{Key: string(msg.Key), Size: size}
 	if len(value) == 0 {
 		// proto would decode it as an empty update of no job.
-		d.Err = fmt.Errorf("empty record at %s[%d]@%d", *tp.Topic, tp.Partition, tp.Offset)
+		d.Err = fmt.Errorf("empty record at %s[%d]@%d", tp.Topic, tp.Partition, tp.Offset)
 		return d
 	}
 	u := &fdxv1.Update{}
 	if err := proto.Unmarshal(value, u); err != nil {
-		d.Err = fmt.Errorf("decode update at %s[%d]@%d: %w", *tp.Topic, tp.Partition, tp.Offset, err)
+		d.Err = fmt.Errorf("decode update at %s[%d]@%d: %w", tp.Topic, tp.Partition, tp.Offset, err)
 		return d
 	}
 	d.Update = u
@@ -381,7 +440,7 @@ func (s *Server) delivery(msg *kafka.Message, value []byte, size int) channel.De
 
 // authenticate checks msg's MAC (over the record, or a transfer's
 // manifest) with u's client's token, when the job has tokens.
-func (s *Server) authenticate(msg *kafka.Message, u *fdxv1.Update) *rules.Rejection {
+func (s *Server) authenticate(msg *kgo.Record, u *fdxv1.Update) *rules.Rejection {
 	if len(s.opt.Tokens) == 0 {
 		return nil
 	}
@@ -397,7 +456,7 @@ func (s *Server) authenticate(msg *kafka.Message, u *fdxv1.Update) *rules.Reject
 
 // Publish implements channel.Server: one transaction produces the model (in
 // chunks if it is larger than a chunk) and commits the offsets of every
-// update consumed since the last publish.
+// update consumed since the last publish (txn.go).
 func (s *Server) Publish(ctx context.Context, m *fdxv1.GlobalModel) error {
 	b, err := proto.Marshal(m)
 	if err != nil {
@@ -406,47 +465,16 @@ func (s *Server) Publish(ctx context.Context, m *fdxv1.GlobalModel) error {
 	if len(b) > s.maxBytes {
 		return fmt.Errorf("model round %d is %d bytes, over the job's limit %d", m.GetRound(), len(b), s.maxBytes)
 	}
-	// Retries ride out a broker restart, but not for longer than two
-	// transaction timeouts: past that the round is better retried by a
-	// fresh process than by this producer.
-	ctx, cancel := context.WithTimeout(ctx, 2*s.opt.TransactionTimeout)
-	defer cancel()
-	defer s.watch(ctx, fmt.Sprintf("round %d transaction", m.GetRound()), 0)()
-	for attempt := 0; ; attempt++ {
-		records, err := s.modelRecords(m.GetRound(), b)
-		if err != nil {
-			return fmt.Errorf("publish model round %d: %w", m.GetRound(), err)
-		}
-		err = s.transact(ctx, m.GetRound(), records)
-		if err == nil {
-			s.consumed = map[int32]kafka.Offset{}
-			s.rejoins = 0
-			for _, r := range records {
-				s.count.Sent(len(r.Value) + len(r.Key))
-			}
-			return nil
-		}
-		if errors.Is(err, channel.ErrOutcomeUnknown) {
-			return fmt.Errorf("publish model round %d: %w", m.GetRound(), err)
-		}
-		// A broker restart surfaces as retriable or abortable errors:
-		// keep trying until ctx gives up, so an outage only delays the job.
-		var ke kafka.Error
-		if ctx.Err() == nil && errors.As(err, &ke) && !ke.IsFatal() && (ke.IsRetriable() || ke.TxnRequiresAbort() || ke.IsTimeout()) {
-			s.opt.logger().Warn("round transaction failed, retrying", "round", m.GetRound(), "attempt", attempt+1, "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(min(time.Duration(attempt+1)*200*time.Millisecond, 2*time.Second)):
-			}
-			continue
-		}
+	err = s.commitRound(ctx, m.GetRound(), func() ([]*kgo.Record, error) { return s.modelRecords(m.GetRound(), b) })
+	if err != nil {
 		return fmt.Errorf("publish model round %d: %w", m.GetRound(), err)
 	}
+	return nil
 }
 
 // modelRecords returns the records of one model: the record itself, or its
 // chunks and manifest. The signature covers the record or the manifest.
-func (s *Server) modelRecords(round int64, value []byte) ([]*kafka.Message, error) {
+func (s *Server) modelRecords(round int64, value []byte) ([]*kgo.Record, error) {
 	topic := ModelTopic(s.opt.Job)
 	key := []byte(strconv.FormatInt(round, 10))
 	if len(value) > s.opt.chunkBytes() {
@@ -461,106 +489,36 @@ func (s *Server) modelRecords(round int64, value []byte) ([]*kafka.Message, erro
 		spread(chunks, max(1, s.opt.ModelPartitions))
 		return append(chunks, manifest), nil
 	}
-	last := &kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: 0}, Key: key, Value: value}
+	last := &kgo.Record{Topic: topic, Partition: 0, Key: key, Value: value}
 	s.sign(last)
-	return []*kafka.Message{last}, nil
+	return []*kgo.Record{last}, nil
 }
 
 // sign adds the model signature to a model record or manifest.
-func (s *Server) sign(msg *kafka.Message) {
+func (s *Server) sign(msg *kgo.Record) {
 	if s.opt.Signer != nil {
 		msg.Headers = append(msg.Headers,
-			kafka.Header{Key: trust.HeaderSignature, Value: s.opt.Signer.Sign(msg.Value)},
-			kafka.Header{Key: trust.HeaderKeyID, Value: []byte(s.opt.Signer.KeyID())})
-	}
-}
-
-func (s *Server) transact(ctx context.Context, round int64, records []*kafka.Message) error {
-	if err := s.p.BeginTransaction(); err != nil {
-		return err
-	}
-	abort := func(err error) error {
-		var ke kafka.Error
-		if errors.As(err, &ke) && ke.IsFatal() {
-			return err
-		}
-		if aerr := s.p.AbortTransaction(ctx); aerr != nil {
-			// Nothing was committed, but a producer that cannot
-			// abort cannot begin the next transaction either.
-			return fmt.Errorf("%w: %w (abort: %v)", channel.ErrOutcomeUnknown, err, aerr)
-		}
-		return err
-	}
-	var after func(int)
-	if s.opt.AfterChunk != nil && len(records) > 1 {
-		after = func(i int) {
-			if i < len(records)-1 {
-				s.opt.AfterChunk(round, i)
-			}
-		}
-	}
-	if err := s.produceModel(ctx, records, after); err != nil {
-		return abort(err)
-	}
-	if len(s.consumed) > 0 {
-		offsets := make([]kafka.TopicPartition, 0, len(s.consumed))
-		updates := s.role.topic
-		for part, off := range s.consumed {
-			// An update whose chunks are still arriving is read whole
-			// again after a restart.
-			if first, ok := s.updates.firstPending(part); ok && first < off {
-				off = first
-			}
-			offsets = append(offsets, kafka.TopicPartition{Topic: &updates, Partition: part, Offset: off})
-		}
-		meta, err := s.c.GetConsumerGroupMetadata()
-		if err != nil {
-			return abort(err)
-		}
-		if err := s.p.SendOffsetsToTransaction(ctx, offsets, meta); err != nil {
-			return abort(err)
-		}
-	}
-	if s.opt.BeforeCommit != nil {
-		s.opt.BeforeCommit(round)
-	}
-	for {
-		err := s.p.CommitTransaction(ctx)
-		if err == nil {
-			return nil
-		}
-		var ke kafka.Error
-		if errors.As(err, &ke) && ke.IsRetriable() && ctx.Err() == nil {
-			continue
-		}
-		if errors.As(err, &ke) && ke.TxnRequiresAbort() && ctx.Err() == nil {
-			return abort(err)
-		}
-		// A commit that timed out, was cancelled or was fenced may have
-		// committed or not: never guess.
-		return fmt.Errorf("commit round %d: %w: %w", round, channel.ErrOutcomeUnknown, err)
+			kgo.RecordHeader{Key: trust.HeaderSignature, Value: s.opt.Signer.Sign(msg.Value)},
+			kgo.RecordHeader{Key: trust.HeaderKeyID, Value: []byte(s.opt.Signer.KeyID())})
 	}
 }
 
 // Stats implements channel.Server.
 func (s *Server) Stats() channel.Stats { return s.count.Stats() }
 
-// Close leaves the consumer group and closes the producer. An open
-// transaction is aborted by the broker when the producer goes away or is
-// fenced by the next instance.
+// Close closes the consumer (a static member: its partitions wait for its
+// successor, up to the session timeout) and the producer. An open
+// transaction is aborted by the broker when it times out or by the next
+// instance, which fences this one.
 func (s *Server) Close() error {
-	var errs []error
-	if s.reader != nil {
-		errs = append(errs, s.reader.close())
+	if s.replayC != nil {
+		s.replayC.Close()
 	}
 	if s.c != nil {
-		errs = append(errs, closeConsumer(s.c, s.opt.logger()))
-	}
-	if s.replayC != nil {
-		errs = append(errs, closeConsumer(s.replayC, s.opt.logger()))
+		s.c.CloseAllowingRebalance()
 	}
 	s.p.Close()
-	return errors.Join(errs...)
+	return nil
 }
 
 // fetchBytes sizes a consumer's fetches: room for a whole record of up to

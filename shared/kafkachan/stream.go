@@ -41,7 +41,7 @@ import (
 	"hash/crc32"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
@@ -90,11 +90,11 @@ func newStreamState(sink updatestream.Sink, count int) *streamState {
 }
 
 // take is pass 1 for chunk index of msg.
-func (st *streamState) take(index int, msg *kafka.Message) {
+func (st *streamState) take(index int, msg *kgo.Record) {
 	if st.offsets[index] >= 0 {
 		return // a retried duplicate: the first copy is the one read again
 	}
-	st.offsets[index] = int64(msg.TopicPartition.Offset)
+	st.offsets[index] = msg.Offset
 	st.crcs[index] = crc32.Checksum(msg.Value, castagnoli)
 	st.bytes += int64(len(msg.Value))
 	if st.broken != nil {
@@ -155,8 +155,8 @@ type chunkSpan struct {
 // streamed completes a streamed transfer at its manifest msg. ok is false
 // when msg is not the manifest of a pending streamed transfer: the
 // assembler's complete then handles it as before.
-func (s *Server) streamed(ctx context.Context, msg *kafka.Message) (d channel.Delivery, ok bool) {
-	tp := msg.TopicPartition
+func (s *Server) streamed(ctx context.Context, msg *kgo.Record) (d channel.Delivery, ok bool) {
+	tp := msg
 	key := string(msg.Key)
 	t := s.updates.pending[pendingKey{tp.Partition, key}]
 	if t == nil || t.stream == nil || t.done || t.dropped != nil {
@@ -194,7 +194,7 @@ func (s *Server) streamed(ctx context.Context, msg *kafka.Message) (d channel.De
 			return fail(rules.Checksum, "chunk %d of %d does not match its CRC-32C", i, n), true
 		}
 	}
-	span := chunkSpan{topic: *tp.Topic, partition: tp.Partition, id: t.id, offsets: st.offsets,
+	span := chunkSpan{topic: tp.Topic, partition: tp.Partition, id: t.id, offsets: st.offsets,
 		crcs: man.GetChunkCrc32C(), sha: man.GetSha256(), total: t.total}
 	if st.broken != nil {
 		// Not streamable: read it again whole and deliver it as before.
@@ -211,7 +211,7 @@ func (s *Server) streamed(ctx context.Context, msg *kafka.Message) (d channel.De
 	d = channel.Delivery{Key: key, Size: int(t.total) + len(msg.Key)}
 	u, err := st.parser.Close()
 	if err != nil {
-		d.Err = fmt.Errorf("decode update at %s[%d]@%d: %w", *tp.Topic, tp.Partition, tp.Offset, err)
+		d.Err = fmt.Errorf("decode update at %s[%d]@%d: %w", tp.Topic, tp.Partition, tp.Offset, err)
 		return d, true
 	}
 	d.Update = u
@@ -304,10 +304,8 @@ func (s *Server) readChunks(ctx context.Context, span chunkSpan, take func(i int
 		at[o] = i
 		first, last = min(first, o), max(last, o)
 	}
-	if err := s.replayC.Assign([]kafka.TopicPartition{{Topic: &span.topic, Partition: span.partition, Offset: kafka.Offset(first)}}); err != nil {
-		return fmt.Errorf("assign %s[%d]@%d: %w", span.topic, span.partition, first, err)
-	}
-	defer s.replayC.Unassign()
+	s.replayC.AddConsumePartitions(map[string]map[int32]kgo.Offset{span.topic: {span.partition: kgo.NewOffset().At(first)}})
+	defer s.replayC.RemoveConsumePartitions(map[string][]int32{span.topic: {span.partition}})
 	ctx, cancel := context.WithTimeout(ctx, replayTimeout)
 	defer cancel()
 	left := len(at)
@@ -315,64 +313,62 @@ func (s *Server) readChunks(ctx context.Context, span chunkSpan, take func(i int
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("%d of %d chunks read: %w", len(at)-left, len(at), err)
 		}
-		switch ev := s.replayC.Poll(100).(type) {
-		case *kafka.Message:
-			tp := ev.TopicPartition
-			if tp.Error != nil {
-				return fmt.Errorf("read: %w", tp.Error)
+		fs := s.replayC.PollFetches(ctx)
+		var failed error
+		fs.EachError(func(_ string, p int32, err error) {
+			if ctx.Err() == nil && (p < 0 || denied(err) != nil) {
+				failed = err
 			}
-			o := int64(tp.Offset)
-			i, ok := at[o]
+		})
+		if failed != nil {
+			return fmt.Errorf("read: %w", failed)
+		}
+		for it := fs.RecordIter(); !it.Done() && left > 0; {
+			rec := it.Next()
+			if rec.Topic != span.topic || rec.Partition != span.partition || rec.Offset < first {
+				continue
+			}
+			i, ok := at[rec.Offset]
 			if !ok {
-				if o > last {
+				if rec.Offset > last {
 					return fmt.Errorf("%d chunks not at their offsets", left)
 				}
 				continue // another sender's record
 			}
-			delete(at, o)
+			delete(at, rec.Offset)
 			left--
-			if string(header(ev, headerTransfer)) != span.id || crc32.Checksum(ev.Value, castagnoli) != span.crcs[i] {
-				return fmt.Errorf("chunk %d at offset %d is not the one checked", i, o)
+			if string(header(rec, headerTransfer)) != span.id || crc32.Checksum(rec.Value, castagnoli) != span.crcs[i] {
+				return fmt.Errorf("chunk %d at offset %d is not the one checked", i, rec.Offset)
 			}
-			if err := take(i, ev.Value); err != nil {
+			if err := take(i, rec.Value); err != nil {
 				return err
-			}
-		case kafka.PartitionEOF:
-			return fmt.Errorf("partition ended with %d chunks unread", left)
-		case kafka.Error:
-			if ev.IsFatal() {
-				return fmt.Errorf("read: %w", ev)
 			}
 		}
 	}
 	return nil
 }
 
-// newReplayConsumer opens the positional consumer of pass 2: assigned,
-// never subscribed, so it joins no group (the client requires an id; the
-// aggregator's own has the rights it needs). Its prefetch is a few chunks:
-// pass 2 reads one transfer at a time, and a larger queue would hold
-// update bytes the streaming is meant not to hold.
-func (s *Server) newReplayConsumer() (*kafka.Consumer, error) {
-	fetch := 2 * s.recordBytes
-	cm := s.opt.configMap(kafka.ConfigMap{
-		"group.id":                   s.role.group,
-		"enable.auto.commit":         false,
-		"isolation.level":            "read_committed",
-		"enable.partition.eof":       true,
-		"fetch.wait.max.ms":          50,
-		"max.partition.fetch.bytes":  s.recordBytes,
-		"fetch.max.bytes":            fetch,
-		"receive.message.max.bytes":  fetch + 1<<20,
-		"queued.max.messages.kbytes": max(1, 2*fetch/1024),
-		// With so small a queue, the default back-off of 1 s whenever it
-		// is full would stall every transfer read again.
-		"fetch.queue.backoff.ms": 1,
-	})
-	c, err := kafka.NewConsumer(&cm)
+// newReplayConsumer opens the positional consumer of pass 2: it consumes
+// partitions directly, so it joins no group. It fetches a few chunks at a
+// time: pass 2 reads one transfer at a time, and larger fetches would hold
+// update bytes the streaming is meant not to hold. It keeps markers, so
+// that a chunk never delivered (aborted) is passed by instead of waited
+// for.
+func (s *Server) newReplayConsumer() (*kgo.Client, error) {
+	opts, err := s.opt.clientOpts(
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.KeepControlRecords(),
+		kgo.FetchMaxWait(50*time.Millisecond),
+		kgo.FetchMaxPartitionBytes(int32(s.recordBytes)),
+		kgo.FetchMaxBytes(int32(2*s.recordBytes)),
+		kgo.BrokerMaxReadBytes(int32(2*s.recordBytes+1<<20)),
+	)
+	if err != nil {
+		return nil, err
+	}
+	c, err := kgo.NewClient(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("update replay consumer: %w", err)
 	}
-	startLogs(c, cm, s.opt.logger())
 	return c, nil
 }
