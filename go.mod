@@ -20,7 +20,7 @@ require (
 	google.golang.org/protobuf v1.36.12
 )
 
-require github.com/twmb/franz-go/pkg/kadm v1.20.0 // indirect
+require github.com/twmb/franz-go/pkg/kadm v1.20.0
 
 require (
 	cloud.google.com/go v0.123.0 // indirect

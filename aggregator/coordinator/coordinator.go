@@ -20,6 +20,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/aggregator/validate"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
+	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"github.com/fdxkafka/fdxkafka/shared/model"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
@@ -201,8 +202,11 @@ type Coordinator struct {
 	eval       Evaluator
 	obs        Observer
 	log        *slog.Logger
-	specs      []tensor.Spec
-	rejected   map[string]int64
+	// warn rate-limits the lines about rejected updates: a client (or
+	// anyone, without tokens) can send thousands a second.
+	warn     *logging.Limited
+	specs    []tensor.Spec
+	rejected map[string]int64
 
 	// lastBase is async mode's duplicate guard (validate.Async.LastBase).
 	lastBase map[string]int64
@@ -234,7 +238,7 @@ func New(cfg Config, ch channel.Server, strat strategy.Strategy, eval Evaluator,
 		obs = NopObserver{}
 	}
 	return &Coordinator{cfg: cfg, ch: ch, strat: strat, eval: eval, obs: obs,
-		log: log.With("job", cfg.Job), specs: specs, rejected: map[string]int64{}}, nil
+		log: log.With("job", cfg.Job), warn: logging.NewLimited(log.With("job", cfg.Job), 0), specs: specs, rejected: map[string]int64{}}, nil
 }
 
 // Run runs the job to its final model, resuming from the channel's newest
@@ -600,7 +604,10 @@ func (c *Coordinator) accept(st *roundState, d channel.Delivery) *rules.Rejectio
 func (c *Coordinator) reject(st *roundState, d channel.Delivery, rej *rules.Rejection) {
 	st.rec.Rejected[string(rej.Reason)]++
 	c.rejected[string(rej.Reason)]++
-	c.log.Warn("update rejected", "round", st.rec.Round, "client_id", d.ClientID(), "reason", rej.Reason, "detail", rej.Detail)
+	// One line per reason and claimed client per interval: every
+	// client's first rejection is seen, a flood of one is not.
+	c.warn.Warn(context.Background(), string(rej.Reason)+"\x00"+d.ClientID(), "update rejected",
+		"round", st.rec.Round, "client_id", d.ClientID(), "reason", rej.Reason, "detail", rej.Detail)
 	c.obs.UpdateRejected(rej.Reason, d.ClientID(), d.Size)
 	d.Reply(rej)
 }

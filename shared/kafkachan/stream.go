@@ -170,7 +170,7 @@ func (s *Server) streamed(ctx context.Context, msg *kgo.Record) (d channel.Deliv
 	t.done, t.stream = true, nil
 	fail := func(r rules.Reason, format string, args ...any) channel.Delivery {
 		f := &transferError{Reason: r, Detail: fmt.Sprintf("transfer %s: ", t.id) + fmt.Sprintf(format, args...), Key: key, Need: -1}
-		s.opt.logger().Warn("chunked update dropped", "topic", UpdatesTopic(s.opt.Job), "key", key, "reason", f.Reason, "err", f.Detail)
+		s.warn.Warn(ctx, "dropped_"+string(f.Reason), "chunked update dropped", "topic", UpdatesTopic(s.opt.Job), "key", key, "err", f.Detail)
 		return channel.Delivery{Key: key, Rejection: f.rejection()}
 	}
 	n := int(man.GetChunkCount())

@@ -27,6 +27,19 @@ type limitState struct {
 	suppressed int64
 }
 
+// maxReasons bounds the reasons a Limited remembers.
+const maxReasons = 1 << 14
+
+// hasKey reports whether slog-style args hold the key.
+func hasKey(args []any, key string) bool {
+	for i := 0; i+1 < len(args); i += 2 {
+		if k, ok := args[i].(string); ok && k == key {
+			return true
+		}
+	}
+	return false
+}
+
 // NewLimited returns a Limited writing to log; interval 0 means ten seconds.
 func NewLimited(log *slog.Logger, interval time.Duration) *Limited {
 	if log == nil {
@@ -38,7 +51,8 @@ func NewLimited(log *slog.Logger, interval time.Duration) *Limited {
 	return &Limited{log: log, interval: interval, now: time.Now, reasons: map[string]*limitState{}}
 }
 
-// Warn logs msg with args and reason at warning level, unless a line of
+// Warn logs msg with args and reason (unless args has a "reason" of
+// its own) at warning level, unless a line of
 // the same reason was logged less than the interval ago. It reports
 // whether it logged.
 func (l *Limited) Warn(ctx context.Context, reason, msg string, args ...any) bool {
@@ -46,6 +60,11 @@ func (l *Limited) Warn(ctx context.Context, reason, msg string, args ...any) boo
 	now := l.now()
 	st := l.reasons[reason]
 	if st == nil {
+		if len(l.reasons) >= maxReasons {
+			// Reasons may carry what a remote party chose (a client
+			// id): bound the memory, at the price of one more line each.
+			clear(l.reasons)
+		}
 		st = &limitState{}
 		l.reasons[reason] = st
 	} else if now.Sub(st.last) < l.interval {
@@ -56,7 +75,9 @@ func (l *Limited) Warn(ctx context.Context, reason, msg string, args ...any) boo
 	suppressed := st.suppressed
 	st.last, st.suppressed = now, 0
 	l.mu.Unlock()
-	args = append(args, "reason", reason)
+	if !hasKey(args, "reason") {
+		args = append(args, "reason", reason)
+	}
 	if suppressed > 0 {
 		args = append(args, "suppressed", suppressed)
 	}
