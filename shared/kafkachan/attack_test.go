@@ -215,8 +215,8 @@ func TestModelConflictAlarm(t *testing.T) {
 }
 
 // TestWarmClientSeesFinal: a client that read round 3 and is used again
-// (a warm function instance) after the job's final model reads the final
-// model, as a new client would, not the round it read before.
+// (a warm function instance) once a new client reads the job's final
+// model reads the final model too, not the round it read before.
 func TestWarmClientSeesFinal(t *testing.T) {
 	ctx := testCtx(t, time.Minute)
 	brokers := kafkatest.Brokers(t)
@@ -234,6 +234,28 @@ func TestWarmClientSeesFinal(t *testing.T) {
 	last.Final = true
 	if err := s.Publish(ctx, last); err != nil {
 		t.Fatal(err)
+	}
+	// A commit's markers reach the partition shortly after the commit
+	// returns: wait until a new client reads the final model, then the
+	// warm one must read it too.
+	for {
+		cold, err := Dial(ctx, ClientOptions{Options: Options{Brokers: brokers, Job: job, Verifier: verifier}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := cold.Model(ctx, 0)
+		cold.Close()
+		if err != nil {
+			t.Fatalf("new client: %v", err)
+		}
+		if m.GetFinal() {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no new client read the final model: %v", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 	m, err := warm.Model(ctx, 0)
 	if err != nil || m.GetRound() != 4 || !m.GetFinal() {
