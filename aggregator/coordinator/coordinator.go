@@ -430,6 +430,10 @@ type roundState struct {
 	fold    func(u *fdxv1.Update, vals *validate.Values) error
 	plan    *roundPlan
 	metrics roundMetrics
+	// selfBound: the round bounds norms by its own median, and held are
+	// the updates waiting for it (selfbound.go).
+	selfBound bool
+	held      []heldUpdate
 }
 
 // target is the number of updates that closes the round now.
@@ -466,6 +470,7 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 		}),
 		published: cur.GetPublishedAt().AsTime(),
 		plan:      plan,
+		selfBound: c.selfBounded(),
 	}
 	if c.cfg.RoundTimeout > 0 {
 		st.deadline = st.published.Add(c.cfg.RoundTimeout)
@@ -486,7 +491,17 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 // strategy's aggregate.
 func (c *Coordinator) collect(ctx context.Context, st *roundState) ([][]float32, error) {
 	for {
-		for st.check.Count() < st.target(c.cfg) || c.evaluationsDue(st) {
+		for {
+			if len(st.held) > 0 && st.check.Count() >= st.target(c.cfg) {
+				// Decide the held updates now: their evaluations may be
+				// what the round still waits for, and refusals reopen it.
+				if err := c.resolveHeld(ctx, st); err != nil {
+					return nil, err
+				}
+			}
+			if st.check.Count() >= st.target(c.cfg) && !c.evaluationsDue(st) {
+				break
+			}
 			d, err := c.receive(ctx, st)
 			switch {
 			case err == nil:
@@ -566,6 +581,9 @@ func (c *Coordinator) take(ctx context.Context, st *roundState, d channel.Delive
 		c.reject(st, d, rej)
 		return nil
 	}
+	if c.hold(st, d, vals) {
+		return nil
+	}
 	u := d.Update
 	start := time.Now()
 	err := st.fold(u, vals)
@@ -579,8 +597,14 @@ func (c *Coordinator) take(ctx context.Context, st *roundState, d channel.Delive
 
 // admitted counts a folded update in the round and answers its sender.
 func (c *Coordinator) admitted(st *roundState, d channel.Delivery) {
+	st.check.Admit(d.Update)
+	c.counted(st, d)
+}
+
+// counted records an admitted update in the round's record and answers its
+// sender.
+func (c *Coordinator) counted(st *roundState, d channel.Delivery) {
 	u := d.Update
-	st.check.Admit(u)
 	st.rec.Examples += u.GetNumExamples()
 	if t := u.GetTimings().GetModelReceived(); t != nil && u.GetBaseRound() == st.rec.Round {
 		st.propagation = max(st.propagation, t.AsTime().Sub(st.published))
