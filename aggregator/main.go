@@ -241,7 +241,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		cc.Signer = signer
 	}
 	if c.tokensFile != "" {
-		toks, err := grpcchan.LoadTokens(c.tokensFile)
+		toks, err := trust.LoadTokens(c.tokensFile)
 		if err != nil {
 			return nil, err
 		}

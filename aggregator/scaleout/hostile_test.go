@@ -11,7 +11,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
+	"github.com/fdxkafka/fdxkafka/aggregator/accumulator"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/trust"
@@ -53,7 +53,7 @@ func forgedAccumulator(t *testing.T, cfg Config, n int) []byte {
 			vals[i][j] = 50
 		}
 	}
-	acc, err := strategy.NewAccumulator(sizes)
+	acc, err := accumulator.New(sizes)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
+	"github.com/fdxkafka/fdxkafka/aggregator/accumulator"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/logging"
@@ -112,7 +112,7 @@ func (l *Leader) Run(ctx context.Context) (*fdxv1.GlobalModel, []RoundRecord, er
 // valid updates, then commits model r+1 with the partials' offsets.
 func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundRecord, error) {
 	rec := RoundRecord{Round: r, Rejected: map[string]int64{}, Workers: map[string]int{}, Skipped: map[string]int{}}
-	acc, err := strategy.NewAccumulator(l.sizes)
+	acc, err := accumulator.New(l.sizes)
 	if err != nil {
 		return nil, rec, err
 	}
@@ -162,9 +162,9 @@ func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundR
 			skip(rp, "duplicate", fmt.Errorf("client %q is already merged in round %d", dup, r))
 			continue
 		}
-		var part *strategy.Accumulator
+		var part *accumulator.Accumulator
 		if p.Count > 0 {
-			if part, err = strategy.NewAccumulator(l.sizes); err != nil {
+			if part, err = accumulator.New(l.sizes); err != nil {
 				return nil, rec, err
 			}
 			if err := part.UnmarshalBinary(p.Acc); err != nil {

@@ -9,8 +9,7 @@
 // equal to 2 cores and hundreds of such goroutines, runnable Go work —
 // training, delivery reports, the aggregator's round loop — waits for a P
 // although the cores are idle: a Kafka run with 100 clients kept the two
-// cores 30% busy where gRPC kept them 90% busy for the same work (issue
-// 11). Extra Ps cost little (a P is a scheduler slot, not a thread; threads
+// cores 30% busy where gRPC kept them 90% busy for the same work. Extra Ps cost little (a P is a scheduler slot, not a thread; threads
 // exist for the C calls anyway), so the floor gives blocked C calls room,
 // and the per-handle term keeps a slot free per PerP parked goroutines.
 // The cost of too many Ps is more GC worker and idle-spinning overhead,
@@ -28,8 +27,8 @@ import (
 const (
 	// Floor is the fewest Ps for a process with any librdkafka handle. In
 	// stress runs on 2 cores, GOMAXPROCS 8 took the Kafka/gRPC round-time
-	// ratio from 1.65 to 1.16 at 10 clients (issue 11), and 2 → 8 cut it
-	// from 1.45 to 0.8 after the client changes of that issue.
+	// ratio from 1.65 to 1.16 at 10 clients, and from 1.45 to 0.8 with
+	// today's client settings (cheaper dial, 500 ms model fetch wait).
 	Floor = 8
 	// PerP handles share one P above the floor: a poller spends nearly all
 	// its time in C, and a P freed by sysmon serves the others' returns.
