@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -48,25 +49,39 @@ func rawProduce(ctx context.Context, t *testing.T, brokers string, recs []*kgo.R
 }
 
 // readPartition returns the records of topic's partition, from its start
-// to its end when called: the committed ones (read_committed, up to the
-// last stable offset) or all of them, committed or not.
+// to its end when called: the committed ones (read_committed) or all of
+// them, committed or not.
 func readPartition(ctx context.Context, t *testing.T, brokers, topic string, partition int32, committed bool) []*kgo.Record {
 	t.Helper()
 	adm := admin(t, brokers)
-	list, iso := adm.ListEndOffsets, kgo.ReadUncommitted()
+	endOf := func(list func(context.Context, ...string) (kadm.ListedOffsets, error)) int64 {
+		t.Helper()
+		ends, err := list(ctx, topic)
+		if err != nil {
+			t.Fatalf("end offsets of %s: %v", topic, err)
+		}
+		end, ok := ends.Lookup(topic, partition)
+		if !ok || end.Err != nil {
+			t.Fatalf("end offset of %s[%d]: %v", topic, partition, end.Err)
+		}
+		return end.Offset
+	}
+	end, iso := endOf(adm.ListEndOffsets), kgo.ReadUncommitted()
 	if committed {
-		list, iso = adm.ListCommittedOffsets, kgo.ReadCommitted()
-	}
-	ends, err := list(ctx, topic)
-	if err != nil {
-		t.Fatalf("end offsets of %s: %v", topic, err)
-	}
-	end, ok := ends.Lookup(topic, partition)
-	if !ok || end.Err != nil {
-		t.Fatalf("end offset of %s[%d]: %v", topic, partition, end.Err)
+		// A commit returns before its markers are written: read once
+		// the last stable offset has caught up with the end, which it
+		// does when no transaction is left open on the partition.
+		iso = kgo.ReadCommitted()
+		for endOf(adm.ListCommittedOffsets) < end {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("read %s[%d]: a transaction stays open: %v", topic, partition, ctx.Err())
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
 	}
 	var out []*kgo.Record
-	if end.Offset == 0 {
+	if end == 0 {
 		return out
 	}
 	// Control records are kept so that the read can end on the commit
@@ -76,7 +91,7 @@ func readPartition(ctx context.Context, t *testing.T, brokers, topic string, par
 	for {
 		fs := cl.PollFetches(ctx)
 		if err := ctx.Err(); err != nil {
-			t.Fatalf("read %s[%d]: %v (at %d records of offsets below %d)", topic, partition, err, len(out), end.Offset)
+			t.Fatalf("read %s[%d]: %v (at %d records of offsets below %d)", topic, partition, err, len(out), end)
 		}
 		fs.EachError(func(_ string, _ int32, err error) { t.Logf("read %s[%d]: %v", topic, partition, err) })
 		last := int64(-1)
@@ -86,7 +101,7 @@ func readPartition(ctx context.Context, t *testing.T, brokers, topic string, par
 				out = append(out, r)
 			}
 		})
-		if last >= end.Offset-1 {
+		if last >= end-1 {
 			return out
 		}
 	}
