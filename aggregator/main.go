@@ -156,7 +156,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.tlsKey, "tls-key", "", "gRPC: server private key (PEM)")
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "gRPC: CA that client certificates must chain to (mutual TLS)")
 	fs.StringVar(&c.tokensFile, "tokens-file", "", "file of \"client_id token\" lines: on gRPC each client's bearer token, on Kafka the key of its updates' HMAC; updates without it are rejected as unauthenticated")
-	fs.StringVar(&c.modelKey, "model-key", "", "Ed25519 private key (PEM, PKCS #8) that signs every model; clients verify with its public key (FDX_MODEL_PUBKEY)")
+	fs.StringVar(&c.modelKey, "model-key", "", "Ed25519 private key (PEM, PKCS #8) that signs every model; clients verify with its public key (FDX_MODEL_PUBKEY). With --role, give the leader and every worker the same key: partials are MAC'd with a key derived from it")
 	fs.StringVar(&c.clientList, "client-list", "", "file of allowed client ids, one per line ('#' comments); updates from others are rejected as unknown_client")
 	fs.StringVar(&c.kafkaConf, "kafka-config", "", "Kafka client properties file (SASL/TLS settings)")
 	fs.IntVar(&c.clients, "clients", 0, "also run this many local clients in-process (a self-contained demo)")

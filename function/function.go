@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/GoogleCloudPlatform/functions-framework-go/functions"
@@ -83,6 +84,12 @@ type Config struct {
 	// Cache, when set, keeps channels warm between invocations: a warm
 	// invocation skips the dial and the close. Nil dials per invocation.
 	Cache *dialcache.Cache
+	// AllowedBrokers are the addresses (host:port), besides those of
+	// Defaults.Broker, that this deployment's credentials may be sent to.
+	// When Transport holds credentials, a request naming any other
+	// address is refused before a dial (see checkBroker); without
+	// credentials a request may name any broker.
+	AllowedBrokers []string
 }
 
 // ConfigFromEnv reads the function's deployment settings: FDX_BROKER,
@@ -90,8 +97,10 @@ type Config struct {
 // properties file for SASL/TLS), FDX_GRPC_CA / FDX_GRPC_CERT / FDX_GRPC_KEY
 // (TLS to the gRPC aggregator), FDX_CLIENT_TOKEN (the client's token: gRPC
 // bearer token and Kafka update MAC key; FDX_GRPC_TOKEN is its older name)
-// and FDX_MODEL_PUBKEY (the aggregator's model-signing public key, PEM or
-// a path to it).
+// FDX_MODEL_PUBKEY (the aggregator's model-signing public key, PEM or
+// a path to it) and FDX_ALLOWED_BROKERS (comma-separated host:port: where,
+// besides FDX_BROKER, the credentials may be sent). A deployment with
+// credentials and no broker to send them to is misconfigured.
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	cfg := Config{Defaults: Defaults{Broker: getenv("FDX_BROKER"), Job: getenv("FDX_JOB"), Channel: getenv("FDX_CHANNEL")}}
 	if f := getenv("FDX_KAFKA_CONFIG"); f != "" {
@@ -118,6 +127,14 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		}
 		cfg.Transport.ModelVerifier = v
 	}
+	for _, a := range strings.Split(getenv("FDX_ALLOWED_BROKERS"), ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			cfg.AllowedBrokers = append(cfg.AllowedBrokers, a)
+		}
+	}
+	if _, err := newBrokerPolicy(cfg.Transport, cfg.Defaults.Broker, cfg.AllowedBrokers); err != nil {
+		return cfg, fmt.Errorf("FDX_BROKER/FDX_ALLOWED_BROKERS: %w", err)
+	}
 	return cfg, nil
 }
 
@@ -126,6 +143,10 @@ type Server struct {
 	cfg  Config
 	part *participant.Participant
 	log  *slog.Logger
+	// brokers is the allow-list; brokersErr, when set, refuses every
+	// request (credentials and nowhere to send them).
+	brokers    brokerPolicy
+	brokersErr error
 }
 
 // NewServer returns a Server.
@@ -139,7 +160,22 @@ func NewServer(cfg Config) *Server {
 	if cfg.Data == nil {
 		cfg.Data = dataset.NewCatalog()
 	}
-	return &Server{cfg: cfg, part: &participant.Participant{Data: cfg.Data, Log: cfg.Logger}, log: cfg.Logger}
+	s := &Server{cfg: cfg, part: &participant.Participant{Data: cfg.Data, Log: cfg.Logger}, log: cfg.Logger}
+	s.brokers, s.brokersErr = newBrokerPolicy(cfg.Transport, cfg.Defaults.Broker, cfg.AllowedBrokers)
+	if s.brokersErr != nil {
+		s.brokers.guard = true // fail closed
+		s.log.Error("function configuration: every request will be refused", "err", s.brokersErr)
+	}
+	return s
+}
+
+// checkBroker refuses a request whose broker the deployment's credentials
+// may not go to; it runs before any dial, cached channels included.
+func (s *Server) checkBroker(req Request) error {
+	if s.brokersErr != nil {
+		return fmt.Errorf("%w: %w", ErrBrokerNotAllowed, s.brokersErr)
+	}
+	return s.brokers.check(req.Broker)
 }
 
 // Response is the JSON answer of a successful invocation.
@@ -174,6 +210,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, resp)
 		return
 	}
+	if err := s.checkBroker(req); err != nil {
+		s.log.WarnContext(r.Context(), "request refused: broker not allowed", "broker", req.Broker, "client_id", req.ClientID, "err", err)
+		writeJSON(w, http.StatusForbidden, errorResponse{Error: err.Error(), Field: "broker"})
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), req.Timeout)
 	defer cancel()
 	sum, warm, done, err := s.run(ctx, req)
@@ -203,6 +244,9 @@ func (s *Server) Run(ctx context.Context, req Request) (participant.Summary, err
 // a fresh one), and returns the func that gives it back: to be called once
 // the answer is written.
 func (s *Server) run(ctx context.Context, req Request) (sum participant.Summary, warm bool, done func(error), err error) {
+	if err := s.checkBroker(req); err != nil {
+		return participant.Summary{}, false, func(error) {}, err
+	}
 	dial := func(ctx context.Context) (channel.Client, error) { return s.cfg.Transport.Dial(ctx, req.Target()) }
 	var ch channel.Client
 	done = func(error) {}
@@ -258,6 +302,8 @@ func (c sinceLease) Stats() channel.Stats {
 // 502/504 are worth retrying, 409 means the round moved on.
 func statusFor(err error) int {
 	switch {
+	case errors.Is(err, ErrBrokerNotAllowed):
+		return http.StatusForbidden
 	case errors.Is(err, participant.ErrRoundClosed):
 		return http.StatusConflict
 	case errors.Is(err, channel.ErrRejected):

@@ -20,6 +20,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/aggregator/validate"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
+	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"github.com/fdxkafka/fdxkafka/shared/model"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
@@ -201,8 +202,11 @@ type Coordinator struct {
 	eval       Evaluator
 	obs        Observer
 	log        *slog.Logger
-	specs      []tensor.Spec
-	rejected   map[string]int64
+	// warn rate-limits the lines about rejected updates: a client (or
+	// anyone, without tokens) can send thousands a second.
+	warn     *logging.Limited
+	specs    []tensor.Spec
+	rejected map[string]int64
 
 	// lastBase is async mode's duplicate guard (validate.Async.LastBase).
 	lastBase map[string]int64
@@ -234,7 +238,7 @@ func New(cfg Config, ch channel.Server, strat strategy.Strategy, eval Evaluator,
 		obs = NopObserver{}
 	}
 	return &Coordinator{cfg: cfg, ch: ch, strat: strat, eval: eval, obs: obs,
-		log: log.With("job", cfg.Job), specs: specs, rejected: map[string]int64{}}, nil
+		log: log.With("job", cfg.Job), warn: logging.NewLimited(log.With("job", cfg.Job), 0), specs: specs, rejected: map[string]int64{}}, nil
 }
 
 // Run runs the job to its final model, resuming from the channel's newest
@@ -426,6 +430,10 @@ type roundState struct {
 	fold    func(u *fdxv1.Update, vals *validate.Values) error
 	plan    *roundPlan
 	metrics roundMetrics
+	// selfBound: the round bounds norms by its own median, and held are
+	// the updates waiting for it (selfbound.go).
+	selfBound bool
+	held      []heldUpdate
 }
 
 // target is the number of updates that closes the round now.
@@ -462,6 +470,7 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 		}),
 		published: cur.GetPublishedAt().AsTime(),
 		plan:      plan,
+		selfBound: c.selfBounded(),
 	}
 	if c.cfg.RoundTimeout > 0 {
 		st.deadline = st.published.Add(c.cfg.RoundTimeout)
@@ -482,7 +491,17 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 // strategy's aggregate.
 func (c *Coordinator) collect(ctx context.Context, st *roundState) ([][]float32, error) {
 	for {
-		for st.check.Count() < st.target(c.cfg) || c.evaluationsDue(st) {
+		for {
+			if len(st.held) > 0 && st.check.Count() >= st.target(c.cfg) {
+				// Decide the held updates now: their evaluations may be
+				// what the round still waits for, and refusals reopen it.
+				if err := c.resolveHeld(ctx, st); err != nil {
+					return nil, err
+				}
+			}
+			if st.check.Count() >= st.target(c.cfg) && !c.evaluationsDue(st) {
+				break
+			}
 			d, err := c.receive(ctx, st)
 			switch {
 			case err == nil:
@@ -562,6 +581,9 @@ func (c *Coordinator) take(ctx context.Context, st *roundState, d channel.Delive
 		c.reject(st, d, rej)
 		return nil
 	}
+	if c.hold(st, d, vals) {
+		return nil
+	}
 	u := d.Update
 	start := time.Now()
 	err := st.fold(u, vals)
@@ -575,8 +597,14 @@ func (c *Coordinator) take(ctx context.Context, st *roundState, d channel.Delive
 
 // admitted counts a folded update in the round and answers its sender.
 func (c *Coordinator) admitted(st *roundState, d channel.Delivery) {
+	st.check.Admit(d.Update)
+	c.counted(st, d)
+}
+
+// counted records an admitted update in the round's record and answers its
+// sender.
+func (c *Coordinator) counted(st *roundState, d channel.Delivery) {
 	u := d.Update
-	st.check.Admit(u)
 	st.rec.Examples += u.GetNumExamples()
 	if t := u.GetTimings().GetModelReceived(); t != nil && u.GetBaseRound() == st.rec.Round {
 		st.propagation = max(st.propagation, t.AsTime().Sub(st.published))
@@ -600,7 +628,10 @@ func (c *Coordinator) accept(st *roundState, d channel.Delivery) *rules.Rejectio
 func (c *Coordinator) reject(st *roundState, d channel.Delivery, rej *rules.Rejection) {
 	st.rec.Rejected[string(rej.Reason)]++
 	c.rejected[string(rej.Reason)]++
-	c.log.Warn("update rejected", "round", st.rec.Round, "client_id", d.ClientID(), "reason", rej.Reason, "detail", rej.Detail)
+	// One line per reason and claimed client per interval: every
+	// client's first rejection is seen, a flood of one is not.
+	c.warn.Warn(context.Background(), string(rej.Reason)+"\x00"+d.ClientID(), "update rejected",
+		"round", st.rec.Round, "client_id", d.ClientID(), "reason", rej.Reason, "detail", rej.Detail)
 	c.obs.UpdateRejected(rej.Reason, d.ClientID(), d.Size)
 	d.Reply(rej)
 }

@@ -72,6 +72,9 @@ func (c *Coordinator) takeStreamed(ctx context.Context, st *roundState, d channe
 		c.reject(st, d, rej)
 		return nil
 	}
+	if c.hold(st, d, nil) {
+		return nil
+	}
 	u := d.Update
 	sr, ok := st.agg.(strategy.StreamRound)
 	if !ok {

@@ -78,6 +78,9 @@ func RunRole(ctx context.Context, spec Spec, cc ChannelConfig, env Env, role, wo
 	ko := kafkachan.Options{Brokers: cc.Brokers, Job: spec.Job, Properties: cc.KafkaProperties, Logger: log}
 	if cc.Signer != nil {
 		ko.Verifier = trust.NewVerifier(cc.Signer.Public())
+		// Workers and the leader share the model key; partials are
+		// MAC'd with a key derived from it, so no second secret.
+		cfg.PartialKey = cc.Signer.DeriveKey("partials")
 	}
 	so := kafkachan.ServerOptions{
 		Options:            ko,

@@ -44,11 +44,11 @@ func kafkaSecured(t *testing.T, sb *kafkatest.Secure, protocol string) {
 	sb.Grant(t, o.Job)
 	data := dataset.NewCatalog()
 	cliProps := sb.Props(t, "client")
-	good := httptest.NewServer(function.NewServer(function.Config{Data: data, Transport: participant.Transport{KafkaProperties: cliProps}}))
+	good := httptest.NewServer(function.NewServer(function.Config{Data: data, Defaults: function.Defaults{Broker: sb.Brokers}, Transport: participant.Transport{KafkaProperties: cliProps}}))
 	defer good.Close()
 	badProps := maps.Clone(cliProps)
 	badProps["sasl.password"] = "guessed"
-	bad := httptest.NewServer(function.NewServer(function.Config{Data: data, Transport: participant.Transport{KafkaProperties: badProps}}))
+	bad := httptest.NewServer(function.NewServer(function.Config{Data: data, Defaults: function.Defaults{Broker: sb.Brokers}, Transport: participant.Transport{KafkaProperties: badProps}}))
 	defer bad.Close()
 
 	post := func(url, client string, rounds int) (int, string) {

@@ -34,10 +34,6 @@ func TestGRPCSecured(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	data := dataset.NewCatalog()
-	good := httptest.NewServer(function.NewServer(function.Config{Data: data, Transport: participant.Transport{GRPCTLS: cliTLS, Token: "tok-a"}}))
-	defer good.Close()
-	thief := httptest.NewServer(function.NewServer(function.Config{Data: data, Transport: participant.Transport{GRPCTLS: cliTLS, Token: "tok-a"}}))
-	defer thief.Close()
 	o := Spec{Job: kafkatest.Job(t), MinClients: 1, NumRounds: 1,
 		Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}
 	cc := ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0",
@@ -53,6 +49,12 @@ func TestGRPCSecured(t *testing.T) {
 		done <- outcome{res, err}
 	}()
 	a := <-addr
+	// Functions holding credentials are deployed for one aggregator.
+	deployed := function.Defaults{Broker: a}
+	good := httptest.NewServer(function.NewServer(function.Config{Data: data, Defaults: deployed, Transport: participant.Transport{GRPCTLS: cliTLS, Token: "tok-a"}}))
+	defer good.Close()
+	thief := httptest.NewServer(function.NewServer(function.Config{Data: data, Defaults: deployed, Transport: participant.Transport{GRPCTLS: cliTLS, Token: "tok-a"}}))
+	defer thief.Close()
 	invoke := func(url, client string) (int, string) {
 		return post(t, url, `{"broker": "`+a+`", "channel": "grpc", "job": "`+o.Job+`", "client_id": "`+client+`", "timeout_s": 30}`)
 	}

@@ -2,6 +2,7 @@ package scaleout
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/aggregator/accumulator"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"github.com/fdxkafka/fdxkafka/shared/model"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
@@ -24,6 +26,9 @@ type Leader struct {
 	specs []tensor.Spec
 	sizes []int
 	log   *slog.Logger
+	// warn rate-limits the lines about skipped partials: anyone who can
+	// write the partials topic can cause them.
+	warn *logging.Limited
 }
 
 // RoundRecord is what the leader saw of one round.
@@ -33,7 +38,12 @@ type RoundRecord struct {
 	Partials int
 	// Late counts partials of rounds already closed (their updates arrived
 	// after the close and count nowhere, as stale updates would).
-	Late     int
+	Late int
+	// Skipped counts partials refused per reason: they do not decode
+	// (malformed), do not authenticate (bad_mac), claim a round the
+	// leader has not opened (future_round), or hold a client already
+	// merged this round (duplicate, a replay).
+	Skipped  map[string]int
 	Rejected map[string]int64
 	// Workers counts the updates merged per worker.
 	Workers map[string]int
@@ -61,7 +71,11 @@ func NewLeader(cfg Config, ch *kafkachan.Server, log *slog.Logger) (*Leader, err
 	for i, s := range specs {
 		sizes[i] = s.Size()
 	}
-	return &Leader{cfg: cfg, ch: ch, specs: specs, sizes: sizes, log: log.With("job", cfg.Job, "role", "leader")}, nil
+	log = log.With("job", cfg.Job, "role", "leader")
+	if cfg.PartialKey == nil {
+		log.Warn("partials are not authenticated (no model key): anyone who can write the partials topic can add to a round")
+	}
+	return &Leader{cfg: cfg, ch: ch, specs: specs, sizes: sizes, log: log, warn: logging.NewLimited(log, 0)}, nil
 }
 
 // Run publishes the first model (or resumes from the newest one) and
@@ -97,7 +111,7 @@ func (l *Leader) Run(ctx context.Context) (*fdxv1.GlobalModel, []RoundRecord, er
 // round merges committed partials of round r until they hold MinClients
 // valid updates, then commits model r+1 with the partials' offsets.
 func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundRecord, error) {
-	rec := RoundRecord{Round: r, Rejected: map[string]int64{}, Workers: map[string]int{}}
+	rec := RoundRecord{Round: r, Rejected: map[string]int64{}, Workers: map[string]int{}, Skipped: map[string]int{}}
 	acc, err := accumulator.New(l.sizes)
 	if err != nil {
 		return nil, rec, err
@@ -105,28 +119,64 @@ func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundR
 	seen := map[string]bool{}
 	var contributors []string
 	var norms []float64
+	// A partial the leader cannot use is skipped and counted, never a
+	// reason to stop: whoever can write the topic could otherwise stop
+	// every restart of the job with one record.
+	skip := func(rp kafkachan.Partial, reason string, err error) {
+		rec.Skipped[reason]++
+		l.warn.Warn(ctx, reason, "partial skipped", "round", r, "worker", rp.Key, "offset", rp.Offset, "err", err)
+	}
 	for len(contributors) < l.cfg.MinClients {
 		rp, err := l.ch.NextPartial(ctx)
 		if err != nil {
 			return nil, rec, err
 		}
-		p, err := unmarshalPartial(rp.Value)
-		if err != nil {
-			return nil, rec, fmt.Errorf("partial of %q at offset %d: %w", rp.Key, rp.Offset, err)
-		}
+		p, err := openPartial(l.cfg.PartialKey, l.cfg.Job, rp.Key, rp.Value)
 		switch {
+		case errors.Is(err, errPartialMAC):
+			skip(rp, "bad_mac", err)
+			continue
+		case err != nil:
+			skip(rp, "malformed", err)
+			continue
 		case p.Round < r:
 			rec.Late++
-			l.log.Warn("late partial ignored", "round", r, "partial_round", p.Round, "worker", rp.Key, "updates", p.Count)
+			l.warn.Warn(ctx, "late", "late partial ignored", "round", r, "partial_round", p.Round, "worker", rp.Key, "updates", p.Count)
 			continue
 		case p.Round > r:
-			return nil, rec, fmt.Errorf("partial of %q is for round %d, ahead of the leader", rp.Key, p.Round)
+			skip(rp, "future_round", fmt.Errorf("partial for round %d, the open round is %d", p.Round, r))
+			continue
 		}
+		var dup string
 		for _, c := range p.Contributors {
 			if seen[c] {
-				// Its sum is already folded and cannot be taken out:
-				// stop rather than publish a model counting it twice.
-				return nil, rec, fmt.Errorf("client %q is in two partials of round %d", c, r)
+				dup = c
+				break
+			}
+		}
+		if dup != "" {
+			// Its sum cannot be taken apart: a partial holding a client
+			// already merged is a replay (an update's offset commits
+			// with the one partial that folded it), and merging it
+			// would count that client twice.
+			skip(rp, "duplicate", fmt.Errorf("client %q is already merged in round %d", dup, r))
+			continue
+		}
+		var part *accumulator.Accumulator
+		if p.Count > 0 {
+			if part, err = accumulator.New(l.sizes); err != nil {
+				return nil, rec, err
+			}
+			if err := part.UnmarshalBinary(p.Acc); err != nil {
+				skip(rp, "malformed", err)
+				continue
+			}
+		}
+		if part != nil {
+			if err := acc.Merge(part); err != nil {
+				// Merge checks shapes and bounds before it adds anything.
+				skip(rp, "malformed", fmt.Errorf("merge: %w", err))
+				continue
 			}
 		}
 		rec.Partials++
@@ -136,16 +186,6 @@ func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundR
 		}
 		if p.Count == 0 {
 			continue
-		}
-		part, err := accumulator.New(l.sizes)
-		if err != nil {
-			return nil, rec, err
-		}
-		if err := part.UnmarshalBinary(p.Acc); err != nil {
-			return nil, rec, fmt.Errorf("partial of %q: %w", rp.Key, err)
-		}
-		if err := acc.Merge(part); err != nil {
-			return nil, rec, fmt.Errorf("merge partial of %q: %w", rp.Key, err)
 		}
 		for _, c := range p.Contributors {
 			seen[c] = true
@@ -165,7 +205,7 @@ func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundR
 	}
 	rec.Clients = len(contributors)
 	rec.Merge = time.Since(start)
-	l.log.Info("round closed", "round", r, "clients", rec.Clients, "partials", rec.Partials, "late", rec.Late, "merge_ms", rec.Merge.Milliseconds())
+	l.log.Info("round closed", "round", r, "clients", rec.Clients, "partials", rec.Partials, "late", rec.Late, "skipped", rec.Skipped, "merge_ms", rec.Merge.Milliseconds())
 	return nm, rec, nil
 }
 

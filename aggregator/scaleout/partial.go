@@ -28,6 +28,8 @@
 package scaleout
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -171,4 +173,60 @@ func unmarshalPartial(b []byte) (*partial, error) {
 		return nil, fmt.Errorf("%w: count %d with %d accumulator bytes", errPartial, p.Count, len(p.Acc))
 	}
 	return p, nil
+}
+
+// partialDomain separates partial MACs from anything else keyed by the
+// same material.
+const partialDomain = "fdx-partial-v1"
+
+// partialMACSize is the length of the HMAC-SHA256 trailer of a sealed
+// partial.
+const partialMACSize = sha256.Size
+
+// partialMAC binds a partial's bytes to the job and the worker that
+// published it, so a record relabelled with another worker's key or
+// replayed into another job does not verify:
+//
+//	HMAC-SHA256(key, "fdx-partial-v1" 0x00 job 0x00 worker 0x00 SHA-256(body))
+func partialMAC(key []byte, job, worker string, body []byte) []byte {
+	sum := sha256.Sum256(body)
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(partialDomain))
+	m.Write([]byte{0})
+	m.Write([]byte(job))
+	m.Write([]byte{0})
+	m.Write([]byte(worker))
+	m.Write([]byte{0})
+	m.Write(sum[:])
+	return m.Sum(nil)
+}
+
+// seal returns the partial's record value: its bytes, followed by their
+// MAC when the job has a partial key.
+func (p *partial) seal(key []byte, job, worker string) []byte {
+	b := p.marshal()
+	if key == nil {
+		return b
+	}
+	return append(b, partialMAC(key, job, worker, b)...)
+}
+
+// errPartialMAC reports a partial whose MAC is missing or wrong: it was
+// not published by a worker holding the job's key.
+var errPartialMAC = errors.New("partial does not authenticate")
+
+// openPartial checks and decodes a partial record of worker. With a key,
+// only a record whose MAC verifies is decoded at all.
+func openPartial(key []byte, job, worker string, value []byte) (*partial, error) {
+	if key != nil {
+		if len(value) < partialMACSize {
+			return nil, errPartialMAC
+		}
+		body, mac := value[:len(value)-partialMACSize], value[len(value)-partialMACSize:]
+		if !hmac.Equal(mac, partialMAC(key, job, worker, body)) {
+			return nil, errPartialMAC
+		}
+		value = body
+	}
+	return unmarshalPartial(value)
 }

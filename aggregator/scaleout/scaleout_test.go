@@ -93,6 +93,13 @@ func workerMain(spec string) int {
 // updates. It returns the job's models, from round 1 to the final one.
 func drive(ctx context.Context, t *testing.T, brokers, job string, cfg Config) []*fdxv1.GlobalModel {
 	t.Helper()
+	return driveWith(ctx, t, brokers, job, cfg, nil)
+}
+
+// driveWith is drive, calling midRound (when set) after the first half of
+// each round's updates is sent: the round is open and cannot close yet.
+func driveWith(ctx context.Context, t *testing.T, brokers, job string, cfg Config, midRound func(round int64)) []*fdxv1.GlobalModel {
+	t.Helper()
 	cl, err := kafkachan.Dial(ctx, kafkachan.ClientOptions{Options: kafkachan.Options{Brokers: brokers, Job: job}})
 	if err != nil {
 		t.Fatalf("dial: %v", err)
@@ -112,6 +119,9 @@ func drive(ctx context.Context, t *testing.T, brokers, job string, cfg Config) [
 			t.Fatal(err)
 		}
 		for i := range testClients {
+			if i == testClients/2 && midRound != nil {
+				midRound(r)
+			}
 			rng := rand.New(rand.NewPCG(uint64(r), uint64(i)))
 			local := make([][]float32, len(global))
 			for k, g := range global {
@@ -120,7 +130,7 @@ func drive(ctx context.Context, t *testing.T, brokers, job string, cfg Config) [
 					local[k][j] = x + float32(rng.NormFloat64()*0.05)
 				}
 			}
-			u := &fdxv1.Update{Job: job, ClientId: fmt.Sprintf("c%03d", i), BaseRound: r,
+			u := &fdxv1.Update{Job: job, ClientId: clientName(i), BaseRound: r,
 				NumExamples: int64(10 + i%7), Params: tensor.Encode(local, specs)}
 			if err := cl.Submit(ctx, u); err != nil {
 				t.Fatalf("submit: %v", err)
@@ -136,6 +146,8 @@ func drive(ctx context.Context, t *testing.T, brokers, job string, cfg Config) [
 	}
 	return hist
 }
+
+func clientName(i int) string { return fmt.Sprintf("c%03d", i) }
 
 // reference runs the single aggregator on its own job and returns its
 // models.
@@ -202,11 +214,16 @@ type leaderResult struct {
 
 func startLeader(ctx context.Context, t *testing.T, brokers, job string) <-chan leaderResult {
 	t.Helper()
-	ch, err := kafkachan.NewLeader(ctx, serverOptions(brokers, job))
+	return startLeaderWith(ctx, t, serverOptions(brokers, job), testConfig(job))
+}
+
+func startLeaderWith(ctx context.Context, t *testing.T, opt kafkachan.ServerOptions, cfg Config) <-chan leaderResult {
+	t.Helper()
+	ch, err := kafkachan.NewLeader(ctx, opt)
 	if err != nil {
 		t.Fatalf("leader: %v", err)
 	}
-	l, err := NewLeader(testConfig(job), ch, nil)
+	l, err := NewLeader(cfg, ch, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,11 +238,16 @@ func startLeader(ctx context.Context, t *testing.T, brokers, job string) <-chan 
 
 func startWorker(ctx context.Context, t *testing.T, wg *sync.WaitGroup, brokers, job, name string, flushEvery int) *kafkachan.Server {
 	t.Helper()
-	ch, err := kafkachan.NewWorker(ctx, serverOptions(brokers, job), name)
+	return startWorkerWith(ctx, t, wg, serverOptions(brokers, job), testConfig(job), name, flushEvery)
+}
+
+func startWorkerWith(ctx context.Context, t *testing.T, wg *sync.WaitGroup, opt kafkachan.ServerOptions, cfg Config, name string, flushEvery int) *kafkachan.Server {
+	t.Helper()
+	ch, err := kafkachan.NewWorker(ctx, opt, name)
 	if err != nil {
 		t.Fatalf("worker %s: %v", name, err)
 	}
-	w, err := NewWorker(testConfig(job), name, ch, nil)
+	w, err := NewWorker(cfg, name, ch, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,6 +34,12 @@ type Config struct {
 	ExamplesOf     func(clientID string) (int64, error)
 	MaxUpdateBytes int
 	Allowed        map[string]bool
+	// PartialKey authenticates partials: each worker appends a MAC
+	// binding the job and its name to every partial, and the leader merges
+	// only partials that verify. Workers and leader derive it from the
+	// model key they share (trust.Signer.DeriveKey). Nil: partials carry
+	// no MAC, and anyone who can write the partials topic can forge one.
+	PartialKey []byte
 }
 
 // metricMedianNorm is the coordinator's metric of the same name: a round's
@@ -107,13 +113,19 @@ func NewWorker(cfg Config, name string, ch *kafkachan.Server, log *slog.Logger) 
 
 // batch is what a worker holds of the open round since its last partial.
 type batch struct {
-	model   *fdxv1.GlobalModel
-	check   *validate.Round
-	acc     *accumulator.Accumulator
-	part    partial
-	pending int  // deliveries since the last partial
-	normsAt int  // norms of check already shipped
-	final   bool // the model ends the job
+	model *fdxv1.GlobalModel
+	check *validate.Round
+	// selfBound: the model carries no median to bound norms with (round
+	// 1), so the round bounds them by the median of its own norms at this
+	// worker; held are the updates waiting for that verdict, decided at
+	// the next flush (see hold).
+	selfBound bool
+	held      []heldUpdate
+	acc       *accumulator.Accumulator
+	part      partial
+	pending   int  // deliveries since the last partial
+	normsAt   int  // norms of check already shipped
+	final     bool // the model ends the job
 }
 
 func (w *Worker) newBatch(m *fdxv1.GlobalModel) (*batch, error) {
@@ -131,7 +143,8 @@ func (w *Worker) newBatch(m *fdxv1.GlobalModel) (*batch, error) {
 	}
 	c := w.cfg
 	return &batch{model: m, acc: acc, final: m.GetFinal(),
-		part: partial{Round: m.GetRound(), Rejected: map[string]int64{}},
+		selfBound: c.NormFactor > 0 && m.GetMetrics()[metricMedianNorm] == 0,
+		part:      partial{Round: m.GetRound(), Rejected: map[string]int64{}},
 		check: validate.NewRound(validate.Expect{
 			Job: c.Job, Round: m.GetRound(), Specs: w.specs, Global: global,
 			MaxNorm: c.normBound(m), MaxExamples: c.MaxExamples, MaxBytes: c.MaxUpdateBytes,
@@ -199,12 +212,18 @@ func (w *Worker) Run(ctx context.Context) error {
 					return err
 				}
 			}
-			m, err := w.await(ctx, r)
+			// A client trains only on a published model, so a newer
+			// model is on the topic already; when there is none, the
+			// update claims a round that does not exist and is refused
+			// as any future update is, rather than stall this worker.
+			m, err := w.ch.Latest(ctx, w.restorable)
 			if err != nil {
 				return err
 			}
-			if b, err = w.newBatch(m); err != nil {
-				return err
+			if m != nil && m.GetRound() > b.model.GetRound() {
+				if b, err = w.newBatch(m); err != nil {
+					return err
+				}
 			}
 		}
 		if err := w.take(b, d); err != nil {
@@ -238,11 +257,19 @@ func (w *Worker) take(b *batch, d channel.Delivery) error {
 		d.Reply(rej)
 		return nil
 	}
+	if w.hold(b, d, vals) {
+		return nil
+	}
+	b.check.Admit(d.Update)
+	return w.fold(b, d, vals)
+}
+
+// fold adds an admitted update to the batch and answers its sender.
+func (w *Worker) fold(b *batch, d channel.Delivery, vals *validate.Values) error {
 	u := d.Update
 	if err := b.acc.AddChecked(u.GetNumExamples(), vals); err != nil {
 		return fmt.Errorf("fold the validated update of %q: %w", u.GetClientId(), err)
 	}
-	b.check.Admit(u)
 	b.part.Count++
 	b.part.Weight += u.GetNumExamples()
 	b.part.Contributors = append(b.part.Contributors, u.GetClientId())
@@ -250,8 +277,62 @@ func (w *Worker) take(b *batch, d channel.Delivery) error {
 	return nil
 }
 
+// heldUpdate is a valid update waiting for the round's median.
+type heldUpdate struct {
+	d    channel.Delivery
+	vals *validate.Values
+}
+
+// hold is the coordinator's rule for a round without a median from the
+// round before, on this worker's share: an update within NormFactor times
+// the median of the round's norms so far (three or more, its own
+// included) folds at once, any other is held and decided at the next
+// flush against the median of every norm this worker saw in the round.
+// Held updates must be decided by the flush that commits their offsets,
+// so a flush with fewer than three norms lets them through: the bound is
+// weaker than the single aggregator's when a worker's batches are small.
+func (w *Worker) hold(b *batch, d channel.Delivery, vals *validate.Values) bool {
+	if !b.selfBound {
+		return false
+	}
+	norm := b.check.CheckedNorm(d.Update)
+	ns := append(b.check.Norms(), norm)
+	if len(ns) >= 3 && norm <= w.cfg.NormFactor*validate.Median(ns) {
+		return false
+	}
+	b.check.Hold(d.Update)
+	b.held = append(b.held, heldUpdate{d: d, vals: vals})
+	return true
+}
+
+// resolveHeld folds or refuses the held updates of the batch.
+func (w *Worker) resolveHeld(b *batch) error {
+	ns := b.check.Norms()
+	bound := w.cfg.NormFactor * validate.Median(ns)
+	held := b.held
+	b.held = nil
+	for _, h := range held {
+		id := h.d.Update.GetClientId()
+		if norm := b.check.HeldNorm(id); len(ns) >= 3 && norm > bound {
+			b.check.Drop(id)
+			rej := rules.Reject(rules.NormBound, "update norm %.4g over %g times the round's median, %.4g", norm, w.cfg.NormFactor, bound)
+			b.part.Rejected[string(rej.Reason)]++
+			h.d.Reply(rej)
+			continue
+		}
+		b.check.Release(id)
+		if err := w.fold(b, h.d, h.vals); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // flush publishes the batch as a partial with its offsets and empties it.
 func (w *Worker) flush(ctx context.Context, b *batch) error {
+	if err := w.resolveHeld(b); err != nil {
+		return err
+	}
 	norms := b.check.AdmittedNorms()
 	b.part.Norms = norms[b.normsAt:]
 	b.part.Acc = nil
@@ -265,7 +346,7 @@ func (w *Worker) flush(ctx context.Context, b *batch) error {
 	if w.BeforeFlush != nil {
 		w.BeforeFlush(b.part.Round, int(b.part.Count))
 	}
-	if err := w.ch.PublishPartial(ctx, b.part.Round, w.name, b.part.marshal()); err != nil {
+	if err := w.ch.PublishPartial(ctx, b.part.Round, w.name, b.part.seal(w.cfg.PartialKey, w.cfg.Job, w.name)); err != nil {
 		return err
 	}
 	w.log.Debug("partial published", "round", b.part.Round, "updates", b.part.Count, "deliveries", b.pending)

@@ -94,6 +94,12 @@ type Round struct {
 	// from whose median the next round's norm bound derives.
 	checked  map[string]float64
 	admitted []float64
+	// held holds the norms of updates accepted but not yet admitted nor
+	// refused (Hold): a round without a norm bound from the round before
+	// decides them against its own median at its close.
+	held map[string]float64
+	// dropped are the held clients refused: seen, but not admitted.
+	dropped map[string]bool
 	// scratch holds one block of decoded values while an update is checked.
 	scratch []float32
 	// evaluated is the clients whose evaluation was admitted.
@@ -102,7 +108,7 @@ type Round struct {
 
 // NewRound returns the validator of the round e describes.
 func NewRound(e Expect) *Round {
-	r := &Round{e: e, checked: map[string]float64{}}
+	r := &Round{e: e, checked: map[string]float64{}, held: map[string]float64{}, dropped: map[string]bool{}}
 	if e.Async != nil {
 		r.last = map[string]int64{}
 	}
@@ -250,6 +256,59 @@ func (r *Round) Admit(u *fdxv1.Update) {
 	delete(r.checked, id)
 }
 
+// CheckedNorm is ||local - global|| of u, which Check passed and which is
+// neither admitted nor held yet.
+func (r *Round) CheckedNorm(u *fdxv1.Update) float64 { return r.checked[u.GetClientId()] }
+
+// Hold records that u, which Check passed and which was accepted, waits
+// for a verdict (Release or Drop): its client counts as seen, and the
+// update counts towards the round's total (Count, Norms).
+func (r *Round) Hold(u *fdxv1.Update) {
+	id := u.GetClientId()
+	r.seen.add(id)
+	r.held[id] = r.checked[id]
+	delete(r.checked, id)
+}
+
+// HeldNorm is the norm of a held update.
+func (r *Round) HeldNorm(id string) float64 { return r.held[id] }
+
+// Release admits a held update.
+func (r *Round) Release(id string) {
+	r.admitted = append(r.admitted, r.held[id])
+	delete(r.held, id)
+}
+
+// Drop refuses a held update; its client stays seen, so a copy sent again
+// this round is a duplicate.
+func (r *Round) Drop(id string) {
+	delete(r.held, id)
+	r.dropped[id] = true
+}
+
+// Norms returns the norms of the admitted and the held updates.
+func (r *Round) Norms() []float64 {
+	out := slices.Clone(r.admitted)
+	for _, id := range slices.Sorted(maps.Keys(r.held)) {
+		out = append(out, r.held[id])
+	}
+	return out
+}
+
+// Median is the median of xs (0 when empty).
+func Median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	ns := slices.Clone(xs)
+	slices.Sort(ns)
+	if m := len(ns) / 2; len(ns)%2 == 1 {
+		return ns[m]
+	} else {
+		return (ns[m-1] + ns[m]) / 2
+	}
+}
+
 // LastBase returns e.Async.LastBase updated with this version's admitted
 // updates: the duplicate guard the next version starts from.
 func (r *Round) LastBase() map[string]int64 {
@@ -263,33 +322,29 @@ func (r *Round) LastBase() map[string]int64 {
 
 // MedianNorm is the median ||local - global|| of the admitted updates (0
 // with none), what the next round's norm bound scales.
-func (r *Round) MedianNorm() float64 {
-	if len(r.admitted) == 0 {
-		return 0
-	}
-	ns := slices.Clone(r.admitted)
-	slices.Sort(ns)
-	if m := len(ns) / 2; len(ns)%2 == 1 {
-		return ns[m]
-	} else {
-		return (ns[m-1] + ns[m]) / 2
-	}
-}
+func (r *Round) MedianNorm() float64 { return Median(r.admitted) }
 
 // AdmittedNorms returns ||local - global|| of each admitted update, in
 // admission order: a scale-out worker ships them to the leader, which takes
 // the median over all workers.
 func (r *Round) AdmittedNorms() []float64 { return slices.Clone(r.admitted) }
 
-// Count is the number of admitted updates.
-func (r *Round) Count() int { return len(r.admitted) }
+// Count is the number of admitted and held updates.
+func (r *Round) Count() int { return len(r.admitted) + len(r.held) }
 
 // Admitted returns the client ids of the admitted updates, sorted; in an
 // asynchronous version a client whose two updates (on different base
 // versions) were both admitted appears twice.
 func (r *Round) Admitted() []string {
 	if r.last == nil {
-		return r.seen.sorted()
+		ids := r.seen.sorted()
+		if len(r.dropped) > 0 || len(r.held) > 0 {
+			ids = slices.DeleteFunc(ids, func(id string) bool {
+				_, held := r.held[id]
+				return held || r.dropped[id]
+			})
+		}
+		return ids
 	}
 	ids := slices.Clone(r.ids)
 	slices.Sort(ids)

@@ -122,7 +122,7 @@ refuse() {
 }
 
 dry up "$GCP/up.sh" --minclients 4 --numrounds 3
-expect up "gcloud services enable" \
+expect up "gcloud services enable" "secretmanager.googleapis.com" \
   "gcloud compute firewall-rules create" "--rules tcp:9092,tcp:8080" "--target-tags fdx-aggregator" \
   "gcloud compute instances create fdx-kafka" "--image-family debian-12" "--machine-type e2-standard-2" \
   "--zone us-central1-a" "startup-script=" "fdx-minclients=4" "fdx-numrounds=3" "fdx-job=mnist" \
@@ -212,9 +212,19 @@ dry fn-sized "$GCP/function.sh" deploy --minclients 20
 expect fn-sized "--max-instances 20 --concurrency 1" "# sized --max-instances to 20"
 reject fn-sized "--cpu"
 dry fn-conc "$GCP/function.sh" deploy --minclients 20 --max-instances 5 --concurrency 4
-expect fn-conc "--max-instances 5 --concurrency 4" "--cpu 4"
+expect fn-conc "--max-instances 5 --concurrency 4" "--cpu 4" "--memory 2Gi"
 dry fn-conc3 "$GCP/function.sh" deploy --concurrency 3
-expect fn-conc3 "--concurrency 3" "--cpu 4"
+expect fn-conc3 "--concurrency 3" "--cpu 4" "--memory 2Gi"
+dry fn-conc5 "$GCP/function.sh" deploy --concurrency 5
+expect fn-conc5 "--concurrency 5" "--cpu 6" "--memory 4Gi"
+dry fn-conc8 "$GCP/function.sh" deploy --concurrency 8 --memory 8Gi
+expect fn-conc8 "--concurrency 8" "--cpu 8" "--memory 8Gi"
+refuse fn-conc-lowmem "$GCP/function.sh" deploy --concurrency 4 --memory 1Gi
+refuse fn-cpu8-lowmem "$GCP/function.sh" deploy --cpu 8 --memory 2Gi
+refuse fn-badmem "$GCP/function.sh" deploy --memory lots
+refuse fn-longtimeout "$GCP/function.sh" deploy --timeout 3601s
+dry fn-maxtimeout "$GCP/function.sh" deploy --timeout 3600
+expect fn-maxtimeout "--timeout 3600"
 refuse fn-conc-frac "$GCP/function.sh" deploy --concurrency 2 --cpu 0.5
 dry inv-fits "$GCP/function.sh" invoke --clients 30 --max-instances 10 --concurrency 3
 expect inv-fits '"client_id":"30"'

@@ -40,7 +40,8 @@
 #                          go line] only with --build-on-vm
 #   --function NAME        FUNCTION_NAME  [fdx-client]
 #   --runtime RT           RUNTIME        [go126]
-#   --memory M             MEMORY         [512Mi]
+#   --memory M             MEMORY         [512Mi, or Cloud Run's minimum for
+#                          --cpu: 2Gi for 4, 4Gi for 6 and 8]
 #   --max-instances N      MAX_INSTANCES  [10, or more to fit the job: see
 #                          --concurrency]
 #   --concurrency N        CONCURRENCY    [1] requests one function
@@ -54,7 +55,7 @@
 #                          when CONCURRENCY > 1, else the memory's share]
 #                          one CPU per concurrent client keeps rounds at the
 #                          pace of one client per instance
-#   --timeout T            TIMEOUT        [540s]
+#   --timeout T            TIMEOUT        [540s] at most 3600s
 #   --function-service-account E FUNCTION_SERVICE_ACCOUNT [runtime default]
 #   --vpc-connector NAME   VPC_CONNECTOR  [] use a Serverless VPC Access
 #                          connector instead of direct VPC egress
@@ -220,6 +221,10 @@ apply_defaults() {
   GO_VERSION=${GO_VERSION:-$(go_version_from_mod)}
   FUNCTION_NAME=${FUNCTION_NAME:-fdx-client}
   RUNTIME=${RUNTIME:-go126}
+  # Whether the caller chose --memory: then a CPU that needs more is
+  # refused rather than the setting overridden.
+  MEMORY_SET=0
+  if [[ -n ${MEMORY:-} ]]; then MEMORY_SET=1; fi
   MEMORY=${MEMORY:-512Mi}
   # Whether the caller chose --max-instances: then a job that does not fit
   # is refused rather than the setting overridden.
@@ -254,6 +259,10 @@ apply_defaults() {
     die "CPU=$CPU: want 1, 2, 4, 6, 8 or a fraction below 1"
   fi
   [[ $TIMEOUT =~ ^[1-9][0-9]*s?$ ]] || die "TIMEOUT=$TIMEOUT: want seconds, e.g. 540s"
+  # An HTTP function's request timeout is at most 60 minutes; gcloud
+  # would accept more and the deploy fail.
+  ((${TIMEOUT%s} <= 3600)) || die "TIMEOUT=$TIMEOUT: HTTP Cloud Run functions allow at most 3600s"
+  memory_mib >/dev/null || die "MEMORY=$MEMORY: want a size such as 512Mi, 2Gi, 512M or 4G"
   [[ $JOB =~ ^[A-Za-z0-9._-]+$ ]] || die "JOB=$JOB: use letters, digits, '.', '_' and '-' (it names Kafka topics)"
   [[ $GO_VERSION =~ ^[0-9]+\.[0-9]+(\.[0-9]+)?$ ]] || die "GO_VERSION=$GO_VERSION: want e.g. 1.26.8"
   case $RUNTIME in
@@ -482,6 +491,38 @@ size_function() {
   if ((CONCURRENCY > 1)) && [[ -n $CPU && $CPU != 0.* ]] && ((CPU < CONCURRENCY)); then
     warn "--concurrency $CONCURRENCY on --cpu $CPU: concurrent clients share the CPU, so rounds take longer than with one client per instance"
   fi
+  size_memory
+}
+
+# memory_mib prints MEMORY in MiB (Cloud Run's suffixes: Mi, Gi, M, G).
+memory_mib() {
+  [[ $MEMORY =~ ^([1-9][0-9]*)(Mi|Gi|M|G)$ ]] || return 1
+  local n=${BASH_REMATCH[1]}
+  case ${BASH_REMATCH[2]} in
+    Mi) echo "$n" ;;
+    Gi) echo $((n * 1024)) ;;
+    M) echo $((n * 1000000 / 1048576)) ;;
+    G) echo $((n * 1000000000 / 1048576)) ;;
+  esac
+}
+
+# size_memory gives the CPU the memory Cloud Run requires of it: 4 vCPU
+# need at least 2 GiB, 6 and 8 at least 4 GiB; a deploy with less is
+# rejected. An unset --memory is raised to the minimum, a chosen one that
+# is too small is refused.
+size_memory() {
+  local min=0 have
+  case $CPU in
+    4) min=2048 ;;
+    6 | 8) min=4096 ;;
+  esac
+  have=$(memory_mib)
+  ((have >= min)) && return 0
+  if ((MEMORY_SET)); then
+    die "--cpu $CPU needs --memory $((min / 1024))Gi or more (Cloud Run's minimum for $CPU vCPU), not $MEMORY"
+  fi
+  MEMORY=$((min / 1024))Gi
+  note "raised --memory to $MEMORY: Cloud Run's minimum for --cpu $CPU"
 }
 
 # secret_ref checks SECRET[:VERSION] and prints SECRET:VERSION (latest by

@@ -22,6 +22,7 @@ need_gcloud
 
 run gcloud services enable compute.googleapis.com cloudfunctions.googleapis.com run.googleapis.com \
   cloudbuild.googleapis.com artifactregistry.googleapis.com logging.googleapis.com iap.googleapis.com \
+  secretmanager.googleapis.com \
   "${GCLOUD_PROJECT[@]}"
 "$FDX_GCP_DIR/firewall.sh" create "$@"
 "$FDX_GCP_DIR/vm.sh" create "$@"

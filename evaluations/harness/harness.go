@@ -236,7 +236,10 @@ func serveFunction(cfg Config) (*functionServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("function listener: %w", err)
 	}
-	h := function.NewServer(function.Config{Data: cfg.Data, Transport: participant.Transport{KafkaProperties: cfg.KafkaProperties}, Logger: quiet(cfg.Log, "function")})
+	// A function holding SASL/TLS settings dials only the broker it was
+	// deployed for.
+	h := function.NewServer(function.Config{Data: cfg.Data, Defaults: function.Defaults{Broker: cfg.Broker},
+		Transport: participant.Transport{KafkaProperties: cfg.KafkaProperties}, Logger: quiet(cfg.Log, "function")})
 	srv := httpserver.New(h, httpserver.Timeouts{}, nil)
 	go srv.Serve(ln)
 	return &functionServer{url: "http://" + ln.Addr().String() + "/", srv: srv}, nil

@@ -151,6 +151,11 @@ type Stats struct {
 	// RecordsRejected counts records received and ignored because they did
 	// not verify (an unsigned or forged model).
 	RecordsRejected int64 `json:"records_rejected,omitempty"`
+	// ModelConflicts counts verified models of a round already seen with
+	// other bytes: the signing key signed two models of one round, which an
+	// honest aggregator never does (a stolen key, or two aggregators of
+	// one job).
+	ModelConflicts int64 `json:"model_conflicts,omitempty"`
 }
 
 // Add returns the sum of s and o.
@@ -161,13 +166,18 @@ func (s Stats) Add(o Stats) Stats {
 		BytesSent:        s.BytesSent + o.BytesSent,
 		BytesReceived:    s.BytesReceived + o.BytesReceived,
 		RecordsRejected:  s.RecordsRejected + o.RecordsRejected,
+		ModelConflicts:   s.ModelConflicts + o.ModelConflicts,
 	}
 }
 
 // Counter accumulates Stats from concurrent goroutines.
 type Counter struct {
-	msgSent, msgRecv, bytesSent, bytesRecv, rejected atomic.Int64
+	msgSent, msgRecv, bytesSent, bytesRecv, rejected, conflicts atomic.Int64
 }
+
+// Conflict records a verified model of a round already seen with other
+// bytes.
+func (c *Counter) Conflict() { c.conflicts.Add(1) }
 
 // Rejected records one received message ignored as untrustworthy.
 func (c *Counter) Rejected() { c.rejected.Add(1) }
@@ -192,5 +202,6 @@ func (c *Counter) Stats() Stats {
 		BytesSent:        c.bytesSent.Load(),
 		BytesReceived:    c.bytesRecv.Load(),
 		RecordsRejected:  c.rejected.Load(),
+		ModelConflicts:   c.conflicts.Load(),
 	}
 }

@@ -4,6 +4,7 @@ package kafkachan
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -57,10 +58,37 @@ type assembler struct {
 	// peak is the most bytes held at once.
 	newSink func() updatestream.Sink
 	peak    int64
+	// ended remembers the last transfer ids of each sender that were
+	// completed, dropped or superseded. A chunk of one of them is a
+	// retried duplicate or a replay of a genuine old chunk (whose MAC
+	// verifies): it must not supersede the sender's transfer in progress.
+	ended map[pendingKey][]string
 }
 
+// Bounds on the remembered ended transfers: per sender, and senders in all
+// (past it the memory starts over: without tokens anyone can invent
+// senders).
+const (
+	endedPerSender = 8
+	endedSenders   = 1 << 16
+)
+
 func newAssembler(maxWhole, limit int64) *assembler {
-	return &assembler{pending: map[pendingKey]*inflight{}, maxWhole: maxWhole, limit: limit}
+	return &assembler{pending: map[pendingKey]*inflight{}, maxWhole: maxWhole, limit: limit, ended: map[pendingKey][]string{}}
+}
+
+// end remembers that transfer id of pk is over.
+func (a *assembler) end(pk pendingKey, id string) {
+	ids := a.ended[pk]
+	if slices.Contains(ids, id) {
+		return
+	}
+	if len(ids) >= endedPerSender {
+		ids = ids[1:]
+	} else if ids == nil && len(a.ended) >= endedSenders {
+		clear(a.ended)
+	}
+	a.ended[pk] = append(ids, id)
 }
 
 // parseChunk reads a chunk record's headers.
@@ -105,10 +133,14 @@ func (a *assembler) add(msg *kgo.Record, key string) []*transferError {
 	}
 	var out []*transferError
 	t := a.pending[pk]
+	if (t == nil || t.id != id) && slices.Contains(a.ended[pk], id) {
+		return nil
+	}
 	if t != nil && t.id != id {
 		if !t.done {
 			out = append(out, a.superseded(t, key))
 		}
+		a.end(pk, t.id)
 		a.free(t)
 		t = nil
 	}
@@ -176,10 +208,15 @@ func (a *assembler) complete(msg *kgo.Record, key string) ([]byte, []*transferEr
 	}
 	var out []*transferError
 	t := a.pending[pk]
+	if (t == nil || t.id != man.GetTransferId()) && slices.Contains(a.ended[pk], man.GetTransferId()) {
+		// A manifest of a transfer already over: repeated or replayed.
+		return nil, nil
+	}
 	if t != nil && t.id != man.GetTransferId() {
 		if !t.done {
 			out = append(out, a.superseded(t, key))
 		}
+		a.end(pk, t.id)
 		a.free(t)
 		delete(a.pending, pk)
 		t = nil
@@ -194,6 +231,7 @@ func (a *assembler) complete(msg *kgo.Record, key string) ([]byte, []*transferEr
 	defer func() {
 		a.free(t)
 		t.done = true
+		a.end(pk, t.id)
 	}()
 	if t.dropped != nil {
 		return nil, append(out, t.dropped)
@@ -252,6 +290,12 @@ func (a *assembler) forget(partition *int32) {
 		if partition == nil || pk.partition == *partition {
 			a.free(t)
 			delete(a.pending, pk)
+		}
+	}
+	// Those records come again and must not look like replays.
+	for pk := range a.ended {
+		if partition == nil || pk.partition == *partition {
+			delete(a.ended, pk)
 		}
 	}
 }

@@ -118,18 +118,9 @@ func (c *Client) Submit(ctx context.Context, u *fdxv1.Update) error {
 	}
 	ctx, cancel := withDefaultTimeout(ctx, submitTimeout)
 	defer cancel()
-	topic := UpdatesTopic(c.opt.Job)
-	key := []byte(u.GetClientId())
-	last := &kgo.Record{Topic: topic, Partition: byKey, Key: key, Value: b}
-	var chunks []*kgo.Record
-	if len(b) > c.opt.chunkBytes() {
-		chunks, last, err = transferRecords(topic, byKey, key, b, c.opt.chunkBytes())
-		if err != nil {
-			return fmt.Errorf("update round %d: %w", u.GetBaseRound(), err)
-		}
-	}
-	if c.opt.Token != "" {
-		last.Headers = append(last.Headers, kgo.RecordHeader{Key: trust.HeaderMAC, Value: trust.MAC(c.opt.Token, last.Value)})
+	chunks, last, err := c.updateRecords(u.GetClientId(), b)
+	if err != nil {
+		return fmt.Errorf("update round %d: %w", u.GetBaseRound(), err)
 	}
 	for _, batch := range [][]*kgo.Record{chunks, {last}} {
 		if len(batch) == 0 {
@@ -146,6 +137,29 @@ func (c *Client) Submit(ctx context.Context, u *fdxv1.Update) error {
 		}
 	}
 	return nil
+}
+
+// updateRecords returns the records of an update's bytes b: the record, or
+// chunks and their manifest (last), keyed by client id, with their MACs
+// when the client has a token.
+func (c *Client) updateRecords(clientID string, b []byte) (chunks []*kgo.Record, last *kgo.Record, err error) {
+	topic := UpdatesTopic(c.opt.Job)
+	key := []byte(clientID)
+	last = &kgo.Record{Topic: topic, Partition: byKey, Key: key, Value: b}
+	if len(b) > c.opt.chunkBytes() {
+		if chunks, last, err = transferRecords(topic, byKey, key, b, c.opt.chunkBytes()); err != nil {
+			return nil, nil, err
+		}
+	}
+	if c.opt.Token != "" {
+		// Each chunk authenticates on its own, so that no one without
+		// the token can replace this transfer while it is in progress.
+		for i, ch := range chunks {
+			ch.Headers = append(ch.Headers, kgo.RecordHeader{Key: trust.HeaderMAC, Value: trust.ChunkMAC(c.opt.Token, string(header(ch, headerTransfer)), i, ch.Value)})
+		}
+		last.Headers = append(last.Headers, kgo.RecordHeader{Key: trust.HeaderMAC, Value: trust.MAC(c.opt.Token, last.Value)})
+	}
+	return chunks, last, nil
 }
 
 // Stats implements channel.Client.

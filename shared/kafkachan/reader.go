@@ -2,6 +2,7 @@ package kafkachan
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
+	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
@@ -43,11 +45,31 @@ type modelReader struct {
 	verifier *trust.Verifier
 	// valid, when set, is a further check on every model (the
 	// aggregator's restore: shapes).
-	valid   func(*fdxv1.GlobalModel) error
-	count   *channel.Counter
-	log     *slog.Logger
-	newest  *fdxv1.GlobalModel
-	started bool
+	valid func(*fdxv1.GlobalModel) error
+	count *channel.Counter
+	log   *slog.Logger
+	// warn rate-limits the lines about ignored records: anyone who can
+	// write the topic can cause them.
+	warn *logging.Limited
+	// newest is the highest verified round read so far, newestAt its
+	// offset and newestSum the SHA-256 of its bytes. A reader never goes
+	// back: a verified model of a lower round is a replay of a genuine
+	// old record, ignored.
+	newest    *fdxv1.GlobalModel
+	newestAt  int64
+	newestSum [sha256.Size]byte
+	// conflicts holds the offsets of records counted as conflicts.
+	conflicts map[int64]bool
+	// full makes latest read the whole log, from fullFrom on, instead of
+	// a window at its end (see latest).
+	full     bool
+	fullFrom int64
+	// pos is the offset of the next record the reader will handle.
+	pos int64
+	// txnModel says that a window read a verified model produced in a
+	// transaction, as the aggregator produces every model.
+	txnModel bool
+	started  bool
 	// chunks reassembles chunked models; need is where the chunks of the
 	// last incomplete one would start (-1: none), so that latest can go
 	// back for them.
@@ -106,7 +128,7 @@ func newModelReader(cl *kgo.Client, own bool, o Options, count *channel.Counter,
 		return nil, err
 	}
 	return &modelReader{cl: cl, own: own, adm: kadm.NewClient(cl), spreadOpts: spreadOpts, held: map[int64]*kgo.Record{},
-		topic: ModelTopic(o.Job), job: o.Job, verifier: o.Verifier, count: count, log: o.logger(),
+		topic: ModelTopic(o.Job), job: o.Job, verifier: o.Verifier, count: count, log: o.logger(), warn: logging.NewLimited(o.logger(), 0), conflicts: map[int64]bool{},
 		chunks: newAssembler(maxTransferBytes, maxTransferBytes), need: -1}, nil
 }
 
@@ -160,12 +182,17 @@ func (r *modelReader) latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
 		r.chunks.forget(nil)
 		clear(r.held)
 		r.need = -1
+		r.txnModel = false
 		m, err := r.readToEnd(ctx, start, high)
 		if err != nil {
 			return nil, err
 		}
-		if m != nil || start == low {
-			return m, nil
+		// A window of verified models none of which a transaction
+		// produced holds only copies (the aggregator produces in
+		// transactions, a replaying attacker on a plain producer does
+		// not): the newest genuine model lies further back.
+		if (m != nil && r.txnModel) || start == low {
+			return r.newest, nil
 		}
 		if r.need >= 0 && r.need < start {
 			back = high - r.need
@@ -173,6 +200,29 @@ func (r *modelReader) latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
 			back *= 4
 		}
 	}
+}
+
+// latestFull reads the log from fullFrom (or its start) to its end and
+// returns that end; r.newest is then the highest verified round, seeded
+// by what the caller read before.
+func (r *modelReader) latestFull(ctx context.Context) (int64, error) {
+	low, high, err := r.watermarks(ctx)
+	if err != nil {
+		return 0, err
+	}
+	r.started = true
+	start := max(low, r.fullFrom)
+	if start >= high {
+		r.seek(high)
+		return max(high, r.fullFrom), nil
+	}
+	r.chunks.forget(nil)
+	clear(r.held)
+	r.need = -1
+	if _, err := r.readToEnd(ctx, start, high); err != nil {
+		return 0, err
+	}
+	return high, nil
 }
 
 // watermarks returns the log start and the last stable offset (the end of
@@ -240,6 +290,7 @@ func (r *modelReader) listOffset(ctx context.Context, list func(context.Context,
 // seek makes the reader read partition 0 from offset on.
 func (r *modelReader) seek(offset int64) {
 	r.pending = nil
+	r.pos = offset
 	if !r.consuming {
 		r.cl.AddConsumePartitions(map[string]map[int32]kgo.Offset{r.topic: {0: kgo.NewOffset().At(offset)}})
 		r.consuming = true
@@ -249,24 +300,24 @@ func (r *modelReader) seek(offset int64) {
 }
 
 // readToEnd reads from offset up to high, the last stable offset queried
-// just before, and returns the last model found (nil if none). The read
+// just before, and returns the highest round found (nil if none). The read
 // ends at the record at high-1: every offset below the last stable one
 // holds a committed record, an aborted one (skipped) or a marker, and the
 // last is never an aborted record, whose abort marker would follow it.
 func (r *modelReader) readToEnd(ctx context.Context, offset, high int64) (*fdxv1.GlobalModel, error) {
 	r.seek(offset)
 	r.started, r.from = true, offset
-	var last *fdxv1.GlobalModel
+	var best *fdxv1.GlobalModel
 	for {
 		m, at, err := r.next(ctx)
 		if err != nil {
 			return nil, err
 		}
-		if m != nil {
-			last = m
+		if m != nil && (best == nil || m.GetRound() > best.GetRound()) {
+			best = m
 		}
 		if at >= high-1 {
-			return last, nil
+			return best, nil
 		}
 	}
 }
@@ -279,6 +330,7 @@ func (r *modelReader) next(ctx context.Context) (*fdxv1.GlobalModel, int64, erro
 		return nil, -1, err
 	}
 	at := rec.Offset
+	r.pos = at + 1
 	if rec.Attrs.IsControl() {
 		return nil, at, nil
 	}
@@ -300,7 +352,7 @@ func (r *modelReader) next(ctx context.Context) (*fdxv1.GlobalModel, int64, erro
 		}
 		return nil, at, nil
 	}
-	m, err := r.decode(ctx, rec)
+	m, sum, err := r.decode(ctx, rec)
 	var te *transferError
 	if errors.As(err, &te) && te.Need >= 0 && te.Need < r.from {
 		// Its chunks precede the window: latest reads them next.
@@ -311,11 +363,37 @@ func (r *modelReader) next(ctx context.Context) (*fdxv1.GlobalModel, int64, erro
 		// record and keep reading, rather than train on it, end on it or
 		// wedge on it.
 		r.count.Rejected()
-		r.log.Warn("model record ignored", "topic", r.topic, "offset", at, "err", err)
+		r.warn.Warn(ctx, "model_ignored", "model record ignored", "topic", r.topic, "offset", at, "err", err)
 		return nil, at, nil
 	}
-	if r.newest == nil || m.GetRound() >= r.newest.GetRound() {
-		r.newest = m
+	if rec.Attrs.IsTransactional() {
+		r.txnModel = true
+	}
+	switch n := r.newest; {
+	case n == nil || m.GetRound() > n.GetRound():
+		r.newest, r.newestAt, r.newestSum = m, at, sum
+	case m.GetRound() == n.GetRound() && sum != r.newestSum:
+		// Two signed models of one round: raise the alarm and keep the
+		// one earlier in the log (a reader going back through windows
+		// may meet the later one first).
+		later := max(at, r.newestAt)
+		if !r.conflicts[later] {
+			// Once per record, though windows read it again.
+			r.conflicts[later] = true
+			r.count.Conflict()
+			r.warn.Warn(ctx, "model_conflict", "two verified models of one round with different bytes; keeping the earlier",
+				"topic", r.topic, "round", m.GetRound(), "offset", later, "earlier_offset", min(at, r.newestAt))
+		}
+		if at >= r.newestAt {
+			return nil, at, nil
+		}
+		r.newest, r.newestAt, r.newestSum = m, at, sum
+	case m.GetRound() < n.GetRound() && at > r.newestAt:
+		// Older than a model before it: a genuine record replayed.
+		r.count.Rejected()
+		r.warn.Warn(ctx, "model_replayed", "model older than one read before it ignored",
+			"topic", r.topic, "round", m.GetRound(), "offset", at, "newest_round", n.GetRound(), "newest_offset", r.newestAt)
+		return nil, at, nil
 	}
 	return m, at, nil
 }
@@ -356,27 +434,37 @@ func (r *modelReader) nextRecord(ctx context.Context) (*kgo.Record, error) {
 	return rec, nil
 }
 
-// decode returns the model a record holds if it is one to trust: it
-// decodes, its signature verifies (with a verifier), it belongs to the job
-// with a round inside it, and valid accepts it. A manifest's signature
-// covers the manifest, whose SHA-256 covers the reassembled model.
-func (r *modelReader) decode(ctx context.Context, msg *kgo.Record) (*fdxv1.GlobalModel, error) {
+// decode returns the model a record holds if it is one to trust, and the
+// SHA-256 of its bytes: its signature verifies (with a verifier) over the
+// job, topic, round and final flag it claims, it decodes to a model that
+// says the same, it belongs to the job with a round inside it, and valid
+// accepts it. A manifest's signature covers the manifest, whose SHA-256
+// covers the reassembled model.
+func (r *modelReader) decode(ctx context.Context, msg *kgo.Record) (*fdxv1.GlobalModel, [sha256.Size]byte, error) {
+	var none [sha256.Size]byte
+	var claims *trust.ModelClaims
 	if r.verifier != nil {
-		if err := r.verifier.Verify(msg.Value, header(msg, trust.HeaderSignature), string(header(msg, trust.HeaderKeyID))); err != nil {
-			return nil, fmt.Errorf("signature: %w", err)
+		c, err := trust.ParseClaims(r.job, r.topic, header(msg, trust.HeaderRound), header(msg, trust.HeaderFinal))
+		if err != nil {
+			return nil, none, fmt.Errorf("signature: %w", err)
 		}
+		if err := r.verifier.VerifyModel(c, msg.Value, header(msg, trust.HeaderSignature), string(header(msg, trust.HeaderKeyID))); err != nil {
+			return nil, none, fmt.Errorf("signature: %w", err)
+		}
+		claims = &c
 	}
 	value := msg.Value
 	var m *fdxv1.GlobalModel
 	if man := spreadManifest(msg); man != nil {
 		whole, failed := r.fetchSpread(ctx, man, msg.Offset)
 		if failed != nil {
-			return nil, failed
+			return nil, none, failed
 		}
 		var err error
 		if m, err = unmarshalModel(whole); err != nil {
-			return nil, fmt.Errorf("undecodable: %w", err)
+			return nil, none, fmt.Errorf("undecodable: %w", err)
 		}
+		value = whole
 	} else if isManifest(msg) {
 		whole, failed := r.chunks.complete(msg, "")
 		for i, f := range failed {
@@ -390,39 +478,49 @@ func (r *modelReader) decode(ctx context.Context, msg *kgo.Record) (*fdxv1.Globa
 		}
 		if whole == nil {
 			if len(failed) == 0 {
-				return nil, errors.New("repeated manifest")
+				return nil, none, errors.New("repeated manifest")
 			}
-			return nil, failed[len(failed)-1]
+			return nil, none, failed[len(failed)-1]
 		}
 		value = whole
 	}
 	if m == nil {
 		if len(value) == 0 {
-			return nil, errors.New("empty record")
+			return nil, none, errors.New("empty record")
 		}
 		m = &fdxv1.GlobalModel{}
 		if err := proto.Unmarshal(value, m); err != nil {
-			return nil, fmt.Errorf("undecodable: %w", err)
+			return nil, none, fmt.Errorf("undecodable: %w", err)
 		}
 	}
+	if claims != nil && (m.GetJob() != claims.Job || m.GetRound() != claims.Round || m.GetFinal() != claims.Final) {
+		return nil, none, fmt.Errorf("%w: model says job %q round %d final %t, its signature job %q round %d final %t",
+			trust.ErrBadSignature, m.GetJob(), m.GetRound(), m.GetFinal(), claims.Job, claims.Round, claims.Final)
+	}
 	if err := rules.CheckModel(m, r.job); err != nil {
-		return nil, err
+		return nil, none, err
 	}
 	if r.valid != nil {
 		if err := r.valid(m); err != nil {
-			return nil, err
+			return nil, none, err
 		}
 	}
-	return m, nil
+	return m, sha256.Sum256(value), nil
 }
 
 // await returns the newest model with round >= minRound (or a final one),
 // reading new records as the aggregator publishes them.
+//
+// A reader that has read before (a warm function instance's) first reads
+// up to the current end, as a new reader would: what it read last time may
+// be long superseded, even final.
 func (r *modelReader) await(ctx context.Context, minRound int64) (*fdxv1.GlobalModel, error) {
 	if !r.started {
 		if _, err := r.latest(ctx); err != nil {
 			return nil, err
 		}
+	} else if err := r.catchUp(ctx); err != nil {
+		return nil, err
 	}
 	for {
 		if m := r.newest; m != nil && (m.GetRound() >= minRound || m.GetFinal()) {
@@ -450,6 +548,24 @@ func (r *modelReader) topicAbsent() bool {
 	defer cancel()
 	_, err := r.listOffset(ctx, r.adm.ListEndOffsets)
 	return errors.Is(err, kerr.UnknownTopicOrPartition)
+}
+
+// catchUp reads on from where the reader stands to the last stable offset
+// of now.
+func (r *modelReader) catchUp(ctx context.Context) error {
+	_, high, err := r.watermarks(ctx)
+	if err != nil {
+		return err
+	}
+	for r.pos < high {
+		if _, _, err := r.next(ctx); err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("read %s up to offset %d: %w", r.topic, high, ctx.Err())
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 // History reads every committed model of a job, oldest first: the job's

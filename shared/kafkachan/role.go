@@ -111,23 +111,34 @@ func (s *Server) NextPartial(ctx context.Context) (Partial, error) {
 		}
 		s.consumed[rec.Partition] = rec.Offset + 1
 		s.count.Received(len(rec.Value) + len(rec.Key))
+		// A partial's chunks and manifest come from its worker's
+		// transactional producer in one transaction: grouped by producer
+		// too, records others write under the worker's name cannot
+		// replace its transfer in progress.
+		sender := fmt.Sprintf("%s\x00%d", rec.Key, rec.ProducerID)
 		switch {
 		case isChunk(rec):
-			if failed := s.updates.add(rec, string(rec.Key)); len(failed) > 0 {
-				return Partial{}, fmt.Errorf("partial of %q: %v", failed[0].Key, failed[0])
-			}
+			s.partialsDropped(ctx, s.updates.add(rec, sender))
 			continue
 		case isManifest(rec):
-			whole, failed := s.updates.complete(rec, string(rec.Key))
-			if len(failed) > 0 {
-				return Partial{}, fmt.Errorf("partial of %q: %v", failed[0].Key, failed[0])
-			}
+			whole, failed := s.updates.complete(rec, sender)
+			s.partialsDropped(ctx, failed)
 			if whole == nil {
 				continue
 			}
 			return Partial{Key: string(rec.Key), Value: whole, Offset: rec.Offset}, nil
 		}
 		return Partial{Key: string(rec.Key), Value: rec.Value, Offset: rec.Offset}, nil
+	}
+}
+
+// partialsDropped counts and logs partial transfers that did not
+// reassemble. They are skipped, never a reason to stop the leader: anyone
+// who can write the partials topic can write broken chunks.
+func (s *Server) partialsDropped(ctx context.Context, failed []*transferError) {
+	for _, f := range failed {
+		s.count.Rejected()
+		s.warn.Warn(ctx, "partial_"+string(f.Reason), "partial transfer dropped", "topic", s.role.topic, "key", f.Key, "err", f.Detail)
 	}
 }
 

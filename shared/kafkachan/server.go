@@ -2,6 +2,8 @@ package kafkachan
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"slices"
@@ -18,6 +20,7 @@ import (
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
+	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
@@ -114,6 +117,22 @@ type Server struct {
 	// broken, once set, is why the server may not go on: a transaction
 	// whose outcome it does not know (txn.go).
 	broken error
+	// restored is what Latest has read of the model topic, so that the
+	// next call reads only what came after.
+	restoreMu sync.Mutex
+	restored  restorePoint
+	// warn rate-limits the lines about refused records: anyone who can
+	// write the updates topic can cause them, thousands a second.
+	warn *logging.Limited
+}
+
+// restorePoint is the highest verified model read up to an offset of the
+// model topic.
+type restorePoint struct {
+	m    *fdxv1.GlobalModel
+	at   int64
+	sum  [sha256.Size]byte
+	next int64
 }
 
 // maxRejoins bounds how often the consumer may be fenced between two
@@ -162,7 +181,8 @@ func openServer(ctx context.Context, opt ServerOptions, rl role) (*Server, error
 		return nil, fmt.Errorf("kafka transactional producer: %w", err)
 	}
 	s := &Server{opt: opt, p: p, consumed: map[int32]int64{}, maxBytes: maxBytes, recordBytes: recordBytes,
-		updates: newAssembler(int64(maxBytes), opt.MaxPendingBytes), role: rl, group: &groupEvents{}}
+		updates: newAssembler(int64(maxBytes), opt.MaxPendingBytes), role: rl, group: &groupEvents{},
+		warn: logging.NewLimited(opt.logger(), 0)}
 	// The producer id's initialization fences the previous instance.
 	initCtx, cancel := context.WithTimeout(ctx, 2*opt.TransactionTimeout)
 	disarm := s.watch(initCtx, "init transactions", 0)
@@ -308,24 +328,34 @@ func (s *Server) drain() {
 	s.pending = slices.DeleteFunc(s.pending, func(r *kgo.Record) bool { return slices.Contains(revoked, r.Partition) })
 }
 
-// Latest implements channel.Server: it walks back from the newest record
-// to the newest one that verifies and that valid accepts.
+// Latest implements channel.Server: the highest verified round of the
+// model topic that valid accepts. It reads the whole log the first time
+// (a window at the end could hold only replays of genuine old models, see
+// modelReader.latest) and after that only what was appended since, so a
+// worker may call it as often as it likes. valid must be the same on every
+// call.
 //
 // The aggregator reads the model topic only to restore, with a reader of
 // its own that it closes after: left open, it would keep fetching every
 // model the aggregator then publishes.
 func (s *Server) Latest(ctx context.Context, valid func(*fdxv1.GlobalModel) error) (*fdxv1.GlobalModel, error) {
+	s.restoreMu.Lock()
+	defer s.restoreMu.Unlock()
 	r, err := openModelReader(s.opt.Options, &s.count, fetchBytes(s.maxBytes, s.recordBytes), serverFetchWait)
 	if err != nil {
 		return nil, err
 	}
 	defer r.close()
 	r.valid = valid
-	m, err := r.latest(ctx)
+	r.full = true
+	rp := s.restored
+	r.newest, r.newestAt, r.newestSum, r.fullFrom = rp.m, rp.at, rp.sum, rp.next
+	high, err := r.latestFull(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("restore from %s: %w", ModelTopic(s.opt.Job), err)
 	}
-	return m, nil
+	s.restored = restorePoint{m: r.newest, at: r.newestAt, sum: r.newestSum, next: high}
+	return r.newest, nil
 }
 
 // Next implements channel.Server.
@@ -348,10 +378,17 @@ func (s *Server) Next(ctx context.Context) (channel.Delivery, error) {
 		s.count.Received(size)
 		switch {
 		case isChunk(rec):
+			if !s.chunkAuthentic(ctx, rec) {
+				continue
+			}
 			s.dropped(s.updates.add(rec, string(rec.Key)))
 			s.updates.notePeak()
 			continue
 		case isManifest(rec):
+			if rej := s.manifestAuthentic(ctx, rec); rej != nil {
+				s.queued = append(s.queued, channel.Delivery{Key: string(rec.Key), Size: size, Rejection: rej})
+				continue
+			}
 			if d, ok := s.streamed(ctx, rec); ok {
 				s.queued = append(s.queued, d)
 				continue
@@ -457,7 +494,7 @@ func (s *Server) rejoin() error {
 // that the round loop counts it under its reason.
 func (s *Server) dropped(failed []*transferError) {
 	for _, f := range failed {
-		s.opt.logger().Warn("chunked update dropped", "topic", UpdatesTopic(s.opt.Job), "key", f.Key, "reason", f.Reason, "err", f.Detail)
+		s.warn.Warn(context.Background(), "dropped_"+string(f.Reason), "chunked update dropped", "topic", UpdatesTopic(s.opt.Job), "key", f.Key, "err", f.Detail)
 		s.queued = append(s.queued, channel.Delivery{Key: f.Key, Rejection: f.rejection()})
 	}
 }
@@ -480,6 +517,55 @@ func (s *Server) delivery(msg *kgo.Record, value []byte, size int) channel.Deliv
 	d.Update = u
 	d.Rejection = s.authenticate(msg, u)
 	return d
+}
+
+// chunkAuthentic reports whether an update chunk may enter reassembly:
+// with tokens, only a chunk whose MAC (trust.ChunkMAC) verifies with the
+// token of the client its key names. Another principal's chunks keyed by a
+// victim's id would otherwise replace the victim's transfer in progress
+// and stall its update. A refused chunk is counted and dropped, with no
+// delivery: it is no one's update.
+func (s *Server) chunkAuthentic(ctx context.Context, msg *kgo.Record) bool {
+	if len(s.opt.Tokens) == 0 {
+		return true
+	}
+	key := string(msg.Key)
+	err := errors.New("no token for its key")
+	if tok, ok := s.opt.Tokens[key]; ok {
+		id, index, _, _, perr := parseChunk(msg)
+		switch {
+		case perr != nil:
+			err = perr
+		case !hmac.Equal(header(msg, trust.HeaderMAC), trust.ChunkMAC(tok, id, index, msg.Value)):
+			err = fmt.Errorf("transfer %s chunk %d: MAC does not verify", id, index)
+		default:
+			return true
+		}
+	}
+	s.count.Rejected()
+	s.warn.Warn(ctx, "chunk_unauthenticated", "update chunk refused", "topic", msg.Topic, "partition", msg.Partition, "offset", msg.Offset, "key", key, "err", err)
+	return false
+}
+
+// manifestAuthentic checks, with tokens, the MAC of an update manifest
+// with the token of the client its key names, before the manifest may
+// close (or supersede) that client's transfer.
+func (s *Server) manifestAuthentic(ctx context.Context, msg *kgo.Record) *rules.Rejection {
+	if len(s.opt.Tokens) == 0 {
+		return nil
+	}
+	key := string(msg.Key)
+	tok, ok := s.opt.Tokens[key]
+	var rej *rules.Rejection
+	if !ok {
+		rej = rules.Reject(rules.Unauthenticated, "manifest keyed %q: no token", key)
+	} else if err := trust.CheckMAC(tok, msg.Value, header(msg, trust.HeaderMAC)); err != nil {
+		rej = rules.Reject(rules.Unauthenticated, "manifest keyed %q: %v", key, err)
+	} else {
+		return nil
+	}
+	s.warn.Warn(ctx, "manifest_unauthenticated", "update manifest refused", "topic", msg.Topic, "offset", msg.Offset, "key", key, "err", rej.Detail)
+	return rej
 }
 
 // authenticate checks msg's MAC (over the record, or a transfer's
@@ -509,7 +595,8 @@ func (s *Server) Publish(ctx context.Context, m *fdxv1.GlobalModel) error {
 	if len(b) > s.maxBytes {
 		return fmt.Errorf("model round %d is %d bytes, over the job's limit %d", m.GetRound(), len(b), s.maxBytes)
 	}
-	err = s.commitRound(ctx, m.GetRound(), func() ([]*kgo.Record, error) { return s.modelRecords(m.GetRound(), b) })
+	claims := trust.ModelClaims{Job: s.opt.Job, Topic: ModelTopic(s.opt.Job), Round: m.GetRound(), Final: m.GetFinal()}
+	err = s.commitRound(ctx, m.GetRound(), func() ([]*kgo.Record, error) { return s.modelRecords(claims, b) })
 	if err != nil {
 		return fmt.Errorf("publish model round %d: %w", m.GetRound(), err)
 	}
@@ -517,15 +604,19 @@ func (s *Server) Publish(ctx context.Context, m *fdxv1.GlobalModel) error {
 }
 
 // modelRecords returns the records of one model: the record itself, or its
-// chunks and manifest. The signature covers the record or the manifest.
-func (s *Server) modelRecords(round int64, value []byte) ([]*kgo.Record, error) {
-	topic := ModelTopic(s.opt.Job)
-	key := []byte(strconv.FormatInt(round, 10))
+// chunks and manifest. The record or the manifest carries the claims'
+// round and final flag, which its signature binds (sign).
+func (s *Server) modelRecords(claims trust.ModelClaims, value []byte) ([]*kgo.Record, error) {
+	topic := claims.Topic
+	key := []byte(strconv.FormatInt(claims.Round, 10))
+	round, final := claims.Headers()
+	claimed := []kgo.RecordHeader{{Key: trust.HeaderRound, Value: round}, {Key: trust.HeaderFinal, Value: final}}
 	if len(value) > s.opt.chunkBytes() {
 		chunks, manifest, err := transferRecords(topic, 0, key, value, s.opt.chunkBytes())
 		if err != nil {
 			return nil, err
 		}
+		manifest.Headers = append(manifest.Headers, claimed...)
 		// The manifest lists where every chunk landed, on one partition
 		// as over several, so that a new client reads them from there
 		// instead of reading the manifest first and then going back, and
@@ -533,18 +624,29 @@ func (s *Server) modelRecords(round int64, value []byte) ([]*kgo.Record, error) 
 		spread(chunks, max(1, s.opt.ModelPartitions))
 		return append(chunks, manifest), nil
 	}
-	last := &kgo.Record{Topic: topic, Partition: 0, Key: key, Value: value}
+	last := &kgo.Record{Topic: topic, Partition: 0, Key: key, Value: value, Headers: claimed}
 	s.sign(last)
 	return []*kgo.Record{last}, nil
 }
 
-// sign adds the model signature to a model record or manifest.
+// sign adds the model signature to a model record or manifest: it binds
+// the job, the topic, the round and final flag of the record's headers
+// (modelRecords) and the digest of its value, so that a genuine record
+// replayed under another round, job or topic does not verify.
 func (s *Server) sign(msg *kgo.Record) {
-	if s.opt.Signer != nil {
-		msg.Headers = append(msg.Headers,
-			kgo.RecordHeader{Key: trust.HeaderSignature, Value: s.opt.Signer.Sign(msg.Value)},
-			kgo.RecordHeader{Key: trust.HeaderKeyID, Value: []byte(s.opt.Signer.KeyID())})
+	if s.opt.Signer == nil {
+		return
 	}
+	claims, err := trust.ParseClaims(s.opt.Job, msg.Topic, header(msg, trust.HeaderRound), header(msg, trust.HeaderFinal))
+	if err != nil {
+		// modelRecords always sets them: a bug, and an unsigned record
+		// that every verifying reader refuses.
+		s.opt.logger().Error("model record without its claims; left unsigned", "topic", msg.Topic, "err", err)
+		return
+	}
+	msg.Headers = append(msg.Headers,
+		kgo.RecordHeader{Key: trust.HeaderSignature, Value: s.opt.Signer.SignModel(claims, msg.Value)},
+		kgo.RecordHeader{Key: trust.HeaderKeyID, Value: []byte(s.opt.Signer.KeyID())})
 }
 
 // Stats implements channel.Server.

@@ -158,7 +158,7 @@ func (s *Server) streamed(ctx context.Context, msg *kgo.Record) (d channel.Deliv
 	st := t.stream
 	t.done, t.stream = true, nil
 	drop := func(f *transferError) channel.Delivery {
-		s.opt.logger().Warn("chunked update dropped", "topic", UpdatesTopic(s.opt.Job), "key", key, "reason", f.Reason, "err", f.Detail)
+		s.warn.Warn(ctx, "dropped_"+string(f.Reason), "chunked update dropped", "topic", UpdatesTopic(s.opt.Job), "key", key, "err", f.Detail)
 		return channel.Delivery{Key: key, Rejection: f.rejection()}
 	}
 	fail := func(r rules.Reason, format string, args ...any) channel.Delivery {

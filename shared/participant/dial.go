@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/shared/channel"
@@ -61,6 +62,31 @@ type Transport struct {
 	// Kafka model record; unsigned or forged ones are ignored.
 	ModelVerifier *trust.Verifier
 	Logger        *slog.Logger
+}
+
+// HoldsCredentials reports whether a dial presents something an impostor
+// could use: a client token (gRPC bearer token; on Kafka the key of the
+// update MAC, open to an offline guess from a MACed update), a gRPC client
+// certificate, or Kafka SASL or TLS settings (a login, a client key). A
+// deployment holding any of them must dial only the brokers it was made
+// for.
+func (tr Transport) HoldsCredentials() bool {
+	if tr.Token != "" {
+		return true
+	}
+	if c := tr.GRPCTLS; c != nil && (len(c.Certificates) > 0 || c.GetClientCertificate != nil) {
+		return true
+	}
+	for k, v := range tr.KafkaProperties {
+		k = strings.ToLower(strings.TrimSpace(k))
+		if strings.HasPrefix(k, "sasl.") || strings.HasPrefix(k, "ssl.") {
+			return true
+		}
+		if k == "security.protocol" && !strings.EqualFold(strings.TrimSpace(v), "plaintext") {
+			return true
+		}
+	}
+	return false
 }
 
 // Dial opens the channel t names.

@@ -70,6 +70,20 @@ func (s *Signer) Public() ed25519.PublicKey { return s.key.Public().(ed25519.Pub
 // Sign returns the signature over value.
 func (s *Signer) Sign(value []byte) []byte { return ed25519.Sign(s.key, value) }
 
+// DeriveKey returns a 32-byte secret for purpose that only holders of the
+// signing key can compute: HMAC-SHA256 keyed by the key's seed over
+// "fdx-derive-v1" 0x00 purpose. Processes that already share the model
+// key (the scale-out leader and its workers) authenticate each other's
+// records with it, without a second secret to distribute and rotate. The
+// label keeps it apart from every signature, and different purposes give
+// independent keys.
+func (s *Signer) DeriveKey(purpose string) []byte {
+	m := hmac.New(sha256.New, s.key.Seed())
+	m.Write([]byte("fdx-derive-v1\x00"))
+	m.Write([]byte(purpose))
+	return m.Sum(nil)
+}
+
 // Verifier checks model records against one or more public keys.
 type Verifier struct {
 	keys map[string]ed25519.PublicKey
