@@ -12,7 +12,7 @@ import (
 
 	"github.com/fdxkafka/fdxkafka/aggregator/accumulator"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
-	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
+	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"github.com/fdxkafka/fdxkafka/shared/model"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
@@ -22,7 +22,7 @@ import (
 // Leader merges the workers' partials into models.
 type Leader struct {
 	cfg   Config
-	ch    *kafkachan.Server
+	ch    LeaderTransport
 	specs []tensor.Spec
 	sizes []int
 	log   *slog.Logger
@@ -58,8 +58,8 @@ type RoundRecord struct {
 // more for values outside their windows, and the batch's client ids.
 func LeaderMessageBytes(modelBytes int) int { return 16*modelBytes + 64<<20 }
 
-// NewLeader returns the leader on ch, which kafkachan.NewLeader opened.
-func NewLeader(cfg Config, ch *kafkachan.Server, log *slog.Logger) (*Leader, error) {
+// NewLeader returns the leader on ch (kafkachan.NewLeader opens one).
+func NewLeader(cfg Config, ch LeaderTransport, log *slog.Logger) (*Leader, error) {
 	specs, err := cfg.check()
 	if err != nil {
 		return nil, fmt.Errorf("leader config: %w", err)
@@ -122,16 +122,16 @@ func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundR
 	// A partial the leader cannot use is skipped and counted, never a
 	// reason to stop: whoever can write the topic could otherwise stop
 	// every restart of the job with one record.
-	skip := func(rp kafkachan.Partial, reason string, err error) {
+	skip := func(rp channel.Partial, reason string, err error) {
 		rec.Skipped[reason]++
-		l.warn.Warn(ctx, reason, "partial skipped", "round", r, "worker", rp.Key, "offset", rp.Offset, "err", err)
+		l.warn.Warn(ctx, reason, "partial skipped", "round", r, "worker", rp.Worker, "at", rp.Where, "err", err)
 	}
 	for len(contributors) < l.cfg.MinClients {
 		rp, err := l.ch.NextPartial(ctx)
 		if err != nil {
 			return nil, rec, err
 		}
-		p, err := openPartial(l.cfg.PartialKey, l.cfg.Job, rp.Key, rp.Value)
+		p, err := openPartial(l.cfg.PartialKey, l.cfg.Job, rp.Worker, rp.Value)
 		switch {
 		case errors.Is(err, errPartialMAC):
 			skip(rp, "bad_mac", err)
@@ -141,7 +141,7 @@ func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundR
 			continue
 		case p.Round < r:
 			rec.Late++
-			l.warn.Warn(ctx, "late", "late partial ignored", "round", r, "partial_round", p.Round, "worker", rp.Key, "updates", p.Count)
+			l.warn.Warn(ctx, "late", "late partial ignored", "round", r, "partial_round", p.Round, "worker", rp.Worker, "updates", p.Count)
 			continue
 		case p.Round > r:
 			skip(rp, "future_round", fmt.Errorf("partial for round %d, the open round is %d", p.Round, r))
@@ -180,7 +180,7 @@ func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundR
 			}
 		}
 		rec.Partials++
-		rec.Workers[rp.Key] += int(p.Count)
+		rec.Workers[rp.Worker] += int(p.Count)
 		for k, v := range p.Rejected {
 			rec.Rejected[k] += v
 		}

@@ -11,7 +11,6 @@ import (
 	"github.com/fdxkafka/fdxkafka/aggregator/validate"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
-	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/model"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
@@ -85,7 +84,7 @@ func (c *Config) normBound(m *fdxv1.GlobalModel) float64 {
 type Worker struct {
 	cfg   Config
 	name  string
-	ch    *kafkachan.Server
+	ch    WorkerTransport
 	specs []tensor.Spec
 	log   *slog.Logger
 	// FlushEvery closes a batch after this many deliveries (0: 1024);
@@ -99,8 +98,8 @@ type Worker struct {
 }
 
 // NewWorker returns a worker named name (unique in the job, stable across
-// its restarts) on ch, which kafkachan.NewWorker opened.
-func NewWorker(cfg Config, name string, ch *kafkachan.Server, log *slog.Logger) (*Worker, error) {
+// its restarts) on ch (kafkachan.NewWorker opens one).
+func NewWorker(cfg Config, name string, ch WorkerTransport, log *slog.Logger) (*Worker, error) {
 	specs, err := cfg.check()
 	if err != nil {
 		return nil, fmt.Errorf("worker config: %w", err)

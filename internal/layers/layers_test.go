@@ -44,6 +44,9 @@ var rules = []rule{
 	// The round core runs on any channel, so it cannot know one; its tests
 	// run it on the channel interfaces, not on Kafka or gRPC.
 	{"round core links no transport", roundCore, transports, true},
+	// Scale-out runs on the small transport interfaces it defines; its
+	// tests run it on Kafka.
+	{"scale-out links no transport", []string{mod + "aggregator/scaleout"}, transports, false},
 	// Strategies and validation know nothing of rounds or channels. A
 	// strategy folds what the validator checked (validate.Values, read in
 	// place), so strategy sits above validate, never below; the

@@ -205,3 +205,15 @@ func (c *Counter) Stats() Stats {
 		ModelConflicts:   c.conflicts.Load(),
 	}
 }
+
+// Partial is a scale-out worker's partial aggregate as the leader reads it
+// from a transport: whole (a transport that moves it in chunks has
+// reassembled and checked them), not yet authenticated or decoded (the
+// scale-out leader does both).
+type Partial struct {
+	// Worker is the name the record was written under.
+	Worker string
+	Value  []byte
+	// Where says where it was read, for messages (e.g. topic[partition]@offset).
+	Where string
+}

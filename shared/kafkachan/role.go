@@ -6,6 +6,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
@@ -89,25 +90,17 @@ func (s *Server) PublishPartial(ctx context.Context, round int64, key string, va
 	return nil
 }
 
-// Partial is one committed record of the partials topic.
-type Partial struct {
-	Key   string
-	Value []byte
-	// Where it was read, for messages.
-	Offset int64
-}
-
 // NextPartial is the leader's read: the next committed partial, whole
 // (chunks reassembled and checked). It returns ctx's error when ctx ends
 // first.
-func (s *Server) NextPartial(ctx context.Context) (Partial, error) {
+func (s *Server) NextPartial(ctx context.Context) (channel.Partial, error) {
 	for {
 		if err := ctx.Err(); err != nil {
-			return Partial{}, err
+			return channel.Partial{}, err
 		}
 		rec, err := s.nextRecord(ctx)
 		if err != nil {
-			return Partial{}, fmt.Errorf("consume %s: %w", s.role.topic, err)
+			return channel.Partial{}, fmt.Errorf("consume %s: %w", s.role.topic, err)
 		}
 		s.consumed[rec.Partition] = rec.Offset + 1
 		s.count.Received(len(rec.Value) + len(rec.Key))
@@ -126,9 +119,9 @@ func (s *Server) NextPartial(ctx context.Context) (Partial, error) {
 			if whole == nil {
 				continue
 			}
-			return Partial{Key: string(rec.Key), Value: whole, Offset: rec.Offset}, nil
+			return channel.Partial{Worker: string(rec.Key), Value: whole, Where: fmt.Sprintf("%s[%d]@%d", s.role.topic, rec.Partition, rec.Offset)}, nil
 		}
-		return Partial{Key: string(rec.Key), Value: rec.Value, Offset: rec.Offset}, nil
+		return channel.Partial{Worker: string(rec.Key), Value: rec.Value, Where: fmt.Sprintf("%s[%d]@%d", s.role.topic, rec.Partition, rec.Offset)}, nil
 	}
 }
 
