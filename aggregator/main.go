@@ -81,7 +81,7 @@ updates, over Kafka (default) or gRPC (--grpc).
   aggregator --embedded --clients 10 --minclients 10 --numrounds 3`
 
 var flagGroups = []cli.Group{
-	{Title: "Channel", Flags: []string{"broker", "grpc", "embedded", "job", "update-partitions", "model-partitions", "kafka-config", "transaction-timeout", "state-file"}},
+	{Title: "Channel", Flags: []string{"broker", "grpc", "embedded", "job", "update-partitions", "model-partitions", "kafka-config", "transaction-timeout", "final-linger", "state-file"}},
 	{Title: "Scale-out (FedAvg on Kafka)", Flags: []string{"role", "worker-name"}},
 	{Title: "Rounds", Flags: []string{"minclients", "numrounds", "target-clients", "round-timeout", "on-short", "target-accuracy"}},
 	{Title: "Asynchronous mode (FedBuff)", Flags: []string{"mode", "buffer-size", "staleness-exponent", "max-staleness"}},
@@ -140,6 +140,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Float64Var(&o.Strategy.ClippedCountStddev, "dp-clipped-count-stddev", 0, "dpfedavg-adaptive: noise on the unclipped count (0: clients/20)")
 	fs.Float64Var(&o.MaxNorm, "max-norm", 0, "reject updates with ||local-global|| above this (0: no fixed bound)")
 	normFactor := fs.Float64("norm-factor", coordinator.DefaultNormFactor, "reject updates with ||local-global|| above this many times the previous round's median (0: off)")
+	// 15s outlasts a following client's longest reconnect backoff (10s).
+	fs.DurationVar(&cc.FinalLinger, "final-linger", 15*time.Second, "gRPC: after the final round, keep serving the final model up to this long to contributors that have not fetched it (long-running clients); 0 exits at once")
 	fs.DurationVar(&cc.TransactionTimeout, "transaction-timeout", 60*time.Second, "Kafka: the broker aborts a round transaction open this long; a round's publish gives up after twice that, and an aggregator whose Kafka client has not returned 15s later exits with code 75 to be restarted")
 	fs.IntVar(&cc.UpdatePartitions, "update-partitions", 4, "partitions of the updates topic (async mode: 1, the only value it takes)")
 	fs.IntVar(&cc.ModelPartitions, "model-partitions", 1, "partitions of the model topic; more spread the chunks of a large model over their leaders")
@@ -239,7 +241,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		cc.Signer = signer
 	}
 	if c.tokensFile != "" {
-		toks, err := grpcchan.LoadTokens(c.tokensFile)
+		toks, err := trust.LoadTokens(c.tokensFile)
 		if err != nil {
 			return nil, err
 		}

@@ -458,7 +458,7 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 		check: validate.NewRound(validate.Expect{
 			Job: c.cfg.Job, Round: r, Specs: c.specs, Global: params,
 			MaxNorm: c.normBound(), MaxExamples: c.cfg.MaxExamples, MaxBytes: c.cfg.MaxUpdateBytes,
-			Allowed: c.cfg.Allowed, ExamplesOf: c.cfg.ExamplesOf, Sample: plan.fit,
+			Allowed: c.cfg.Allowed, ExamplesOf: c.cfg.ExamplesOf, Sample: plan.fit, EvalSample: plan.eval,
 		}),
 		published: cur.GetPublishedAt().AsTime(),
 		plan:      plan,

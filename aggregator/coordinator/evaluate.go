@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"math"
 	"strings"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
@@ -30,8 +29,6 @@ type Federated struct {
 type roundMetrics struct {
 	fit  []strategy.ClientMetrics
 	eval []strategy.ClientMetrics
-	// evaluated is the clients whose evaluation counts.
-	evaluated map[string]bool
 }
 
 // noteFit keeps an accepted update's metrics: its training figures, and its
@@ -47,8 +44,8 @@ func (c *Coordinator) noteFit(st *roundState, u *fdxv1.Update) {
 		}
 	}
 	st.metrics.fit = append(st.metrics.fit, strategy.ClientMetrics{ClientID: u.GetClientId(), Examples: u.GetNumExamples(), Metrics: fit})
-	if st.plan.eval[u.GetClientId()] {
-		if n, ok := c.evalExamples(u.GetClientId(), u.GetMetrics()[rules.MetricEvalExamples]); ok {
+	if st.check.WantsEvaluation(u.GetClientId()) {
+		if n, ok := st.check.EvalExamples(u.GetClientId(), u.GetMetrics()[rules.MetricEvalExamples]); ok {
 			c.noteEval(st, u.GetClientId(), n, u.GetMetrics())
 		} else {
 			c.log.Warn("evaluation ignored: bad example count", "round", st.rec.Round, "client_id", u.GetClientId(),
@@ -64,54 +61,18 @@ func (c *Coordinator) noteEval(st *roundState, id string, n int64, m map[string]
 			ev[k] = v
 		}
 	}
-	if st.metrics.evaluated == nil {
-		st.metrics.evaluated = map[string]bool{}
-	}
-	st.metrics.evaluated[id] = true
+	st.check.AdmitEvaluation(id)
 	st.metrics.eval = append(st.metrics.eval, strategy.ClientMetrics{ClientID: id, Examples: n, Metrics: ev})
 }
 
-// evalExamples checks a claimed count of evaluation examples: a whole
-// number from 1 to the client's shard, so no client outweighs what it holds.
-func (c *Coordinator) evalExamples(id string, v float64) (int64, bool) {
-	if !(v >= 1) || v != math.Trunc(v) || v > rules.MaxWeight {
-		return 0, false
-	}
-	n := int64(v)
-	if c.cfg.ExamplesOf != nil {
-		held, err := c.cfg.ExamplesOf(id)
-		if err != nil || n > held {
-			return 0, false
-		}
-	}
-	return n, true
-}
-
-// takeEvaluation handles an evaluate-only update: it checks the envelope,
-// that the client was sampled to evaluate and has not yet, and keeps its
-// figures. It never touches the model.
+// takeEvaluation handles an evaluate-only update: validate checks it, and
+// the coordinator keeps its figures. It never touches the model.
 func (c *Coordinator) takeEvaluation(st *roundState, d channel.Delivery) {
 	rej := d.Rejection
 	u := d.Update
-	if rej == nil {
-		rej = st.check.CheckEnvelope(u, d.Size)
-	}
-	if rej == nil {
-		switch id := u.GetClientId(); {
-		case !st.plan.eval[id]:
-			rej = rules.Reject(rules.NotSampled, "client %q is not sampled to evaluate round %d", id, st.rec.Round)
-		case st.metrics.evaluated[id]:
-			rej = rules.Reject(rules.Duplicate, "client %q already evaluated round %d", id, st.rec.Round)
-		case len(u.GetParams()) != 0:
-			rej = rules.Reject(rules.WrongShape, "an evaluate-only update carries %d tensors", len(u.GetParams()))
-		}
-	}
 	var n int64
 	if rej == nil {
-		var ok bool
-		if n, ok = c.evalExamples(u.GetClientId(), float64(u.GetNumExamples())); !ok {
-			rej = rules.Reject(rules.BadNumExamples, "evaluated on %d examples, want 1 to the client's shard", u.GetNumExamples())
-		}
+		n, rej = st.check.CheckEvaluation(u, d.Size)
 	}
 	if rej == nil {
 		if err := d.Accept(); err != nil {
@@ -138,7 +99,7 @@ func (c *Coordinator) evaluationsDue(st *roundState) bool {
 	if st.pastDeadline {
 		want = min(want, c.cfg.Sampling.MinEvaluate)
 	}
-	return len(st.metrics.evaluated) < want
+	return st.check.Evaluations() < want
 }
 
 // summarize puts the clients' own figures into the round record.

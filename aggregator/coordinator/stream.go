@@ -1,9 +1,10 @@
 package coordinator
 
-// Streamed updates (issue 15). On a channel that can stream chunked updates
-// (channel.Streamer: Kafka) and with a strategy that folds piece by piece
-// (strategy.StreamRound: the mean strategies), a large update is never held
-// whole. Pass 1 runs in the channel as the chunks arrive: a validate.Scan of
+// Streamed updates, so that the aggregator's memory does not grow with the
+// size of an update times the updates in a round. On a channel that can
+// stream chunked updates (channel.Streamer: Kafka) and with a strategy that
+// folds piece by piece (strategy.StreamRound: the mean strategies), a large
+// update is never held whole. Pass 1 runs in the channel as the chunks arrive: a validate.Scan of
 // this round gathers what the rules need. At the manifest the channel
 // delivers the update's other fields; CheckStreamed applies the rules, the
 // channel accepts it, and only then pass 2 reads the values again, chunk by

@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fdxkafka/fdxkafka/aggregator/accumulator"
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
@@ -91,7 +92,7 @@ func TestStreamedReplayFails(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), testWait)
 	defer cancel()
 	res, err := c.Run(ctx)
-	if err == nil || !errors.Is(err, strategy.ErrPartialFold) || !strings.Contains(err.Error(), "not published") {
+	if err == nil || !errors.Is(err, accumulator.ErrPartialFold) || !strings.Contains(err.Error(), "not published") {
 		t.Fatalf("Run = %v; want the job to stop on the failed fold, saying the round is not published", err)
 	}
 	if n := len(srv.models()); n != 1 {

@@ -52,6 +52,10 @@ type ChannelConfig struct {
 	BeforeCommit func(round int64)
 	// TransactionTimeout bounds a Kafka round transaction (0: 60s).
 	TransactionTimeout time.Duration
+	// FinalLinger is how long a gRPC server, once the job has ended, keeps
+	// serving the final model to contributors that have not fetched it
+	// (see grpcchan.ServerOptions.FinalLinger); 0 stops at once.
+	FinalLinger time.Duration
 	// OnStall is the Kafka channel's watchdog (see
 	// kafkachan.ServerOptions.OnStall).
 	OnStall func(step string, after time.Duration)
@@ -138,7 +142,7 @@ func OpenChannel(ctx context.Context, cc ChannelConfig, job string, maxBytes int
 			// The message limit stays at its default: larger updates
 			// come in chunks, bounded by maxBytes as a whole.
 			Addr: cc.Listen, Job: job, MaxUpdateBytes: maxBytes, StateFile: cc.StateFile, Logger: log,
-			TLS: cc.GRPCTLS, Tokens: cc.Tokens, AfterStore: cc.AfterStore,
+			TLS: cc.GRPCTLS, Tokens: cc.Tokens, AfterStore: cc.AfterStore, FinalLinger: cc.FinalLinger,
 		})
 		if err != nil {
 			return nil, err

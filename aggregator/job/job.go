@@ -229,8 +229,17 @@ func (s Spec) validateAsync() error {
 		MaxStaleness: int64(s.MaxStaleness), ServerLR: s.Strategy.ServerLR}).Validate()
 }
 
-// TrainConfig returns the train config that models of this job carry.
-func (s Spec) TrainConfig() *fdxv1.TrainConfig {
+// TrainConfig returns the train config that models of this job carry, or
+// an error for an encoding name Validate would refuse.
+func (s Spec) TrainConfig() (*fdxv1.TrainConfig, error) {
+	update, err := UpdateDType(s.UpdateEncoding)
+	if err != nil {
+		return nil, err
+	}
+	model, err := ModelDType(s.ModelEncoding)
+	if err != nil {
+		return nil, err
+	}
 	return &fdxv1.TrainConfig{
 		Model:        s.Model,
 		LearningRate: s.LearningRate,
@@ -244,10 +253,10 @@ func (s Spec) TrainConfig() *fdxv1.TrainConfig {
 		Async:        s.Mode == ModeAsync,
 		// Federated evaluation needs examples no client trained on.
 		HoldoutFraction: s.Holdout,
-		UpdateDtype:     must(UpdateDType(s.UpdateEncoding)),
-		ModelDtype:      must(ModelDType(s.ModelEncoding)),
+		UpdateDtype:     update,
+		ModelDtype:      model,
 		TopkFraction:    topKFraction(s.UpdateEncoding),
-	}
+	}, nil
 }
 
 // ModelDType maps a model encoding's name ("" is float32) to its dtype.
@@ -292,14 +301,6 @@ func topKFraction(name string) float64 {
 	}
 	v, _ := strconv.ParseFloat(f, 64)
 	return v
-}
-
-// must returns d; Validate has refused the encodings whose err is set.
-func must(d fdxv1.DType, err error) fdxv1.DType {
-	if err != nil {
-		return fdxv1.DType_DTYPE_FLOAT32
-	}
-	return d
 }
 
 // Shapes returns the tensor specs of the job's model, sized from its data
@@ -400,7 +401,10 @@ func Run(ctx context.Context, spec Spec, srv channel.Server, env Env) (*Result, 
 	} else if strat, err = strategy.New(spec.Strategy); err != nil {
 		return nil, err
 	}
-	train := spec.TrainConfig()
+	train, err := spec.TrainConfig()
+	if err != nil {
+		return nil, err
+	}
 	if p, ok := strat.(strategy.Proximal); ok && train.ProximalMu == 0 {
 		// FedProx is FedAvg on the server; its term is the clients'.
 		train.ProximalMu = p.ProximalMu()

@@ -61,9 +61,13 @@ func RunRole(ctx context.Context, spec Spec, cc ChannelConfig, env Env, role, wo
 	if err != nil {
 		return err
 	}
+	train, err := spec.TrainConfig()
+	if err != nil {
+		return err
+	}
 	cfg := scaleout.Config{
 		Job: spec.Job, Strategy: spec.Strategy.Name, NumRounds: spec.NumRounds, MinClients: spec.MinClients,
-		Train: spec.TrainConfig(), InDim: trainSet.Dim, Classes: trainSet.Classes,
+		Train: train, InDim: trainSet.Dim, Classes: trainSet.Classes,
 		MaxNorm: spec.MaxNorm, NormFactor: max(spec.NormFactor, 0), MaxExamples: int64(trainSet.Len()),
 		ExamplesOf: shardSizes(data, spec), MaxUpdateBytes: maxBytes, Allowed: spec.Allowed,
 	}

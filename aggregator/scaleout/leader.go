@@ -9,7 +9,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
+	"github.com/fdxkafka/fdxkafka/aggregator/accumulator"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/model"
@@ -98,7 +98,7 @@ func (l *Leader) Run(ctx context.Context) (*fdxv1.GlobalModel, []RoundRecord, er
 // valid updates, then commits model r+1 with the partials' offsets.
 func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundRecord, error) {
 	rec := RoundRecord{Round: r, Rejected: map[string]int64{}, Workers: map[string]int{}}
-	acc, err := strategy.NewAccumulator(l.sizes)
+	acc, err := accumulator.New(l.sizes)
 	if err != nil {
 		return nil, rec, err
 	}
@@ -137,7 +137,7 @@ func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundR
 		if p.Count == 0 {
 			continue
 		}
-		part, err := strategy.NewAccumulator(l.sizes)
+		part, err := accumulator.New(l.sizes)
 		if err != nil {
 			return nil, rec, err
 		}

@@ -4,7 +4,7 @@
 // Workers join the aggregator's consumer group over fdx.<job>.updates, so
 // Kafka assigns each a share of the update partitions. A worker validates
 // its updates (package validate, as the single aggregator does) and folds
-// the valid ones into an exact accumulator (strategy.Accumulator). Every
+// the valid ones into an exact accumulator (accumulator.Accumulator). Every
 // batch it publishes the accumulator, the batch's contributors and their
 // update norms as a partial, in one transaction with the offsets of the
 // updates the batch consumed (kafkachan.Server.PublishPartial). The leader
@@ -45,7 +45,7 @@ type partial struct {
 	Norms []float64
 	// Rejected counts refused updates per reason.
 	Rejected map[string]int64
-	// Acc is the marshalled strategy.Accumulator; empty when Count is 0.
+	// Acc is the marshalled accumulator.Accumulator; empty when Count is 0.
 	Acc []byte
 }
 

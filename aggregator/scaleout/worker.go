@@ -7,7 +7,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
+	"github.com/fdxkafka/fdxkafka/aggregator/accumulator"
 	"github.com/fdxkafka/fdxkafka/aggregator/validate"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
@@ -109,7 +109,7 @@ func NewWorker(cfg Config, name string, ch *kafkachan.Server, log *slog.Logger) 
 type batch struct {
 	model   *fdxv1.GlobalModel
 	check   *validate.Round
-	acc     *strategy.Accumulator
+	acc     *accumulator.Accumulator
 	part    partial
 	pending int  // deliveries since the last partial
 	normsAt int  // norms of check already shipped
@@ -125,7 +125,7 @@ func (w *Worker) newBatch(m *fdxv1.GlobalModel) (*batch, error) {
 	for i, s := range w.specs {
 		sizes[i] = s.Size()
 	}
-	acc, err := strategy.NewAccumulator(sizes)
+	acc, err := accumulator.New(sizes)
 	if err != nil {
 		return nil, err
 	}

@@ -1,24 +1,17 @@
 package strategy
 
 // The trusted fold: an update that package validate passed is folded from
-// its validate.Values, without the checks Accumulator.Add makes again
+// its validate.Values, without the checks accumulator.Accumulator.Add makes again
 // (shapes of every tensor aside, which cost nothing), and a block at a
 // time, so that a delta or a float16 or int8 update is never decoded into
 // a float32 copy of the whole update, and full float32 weights are read
 // straight from the message's bytes.
 
 import (
-	"errors"
 	"fmt"
-	"math"
 
-	"github.com/fdxkafka/fdxkafka/aggregator/validate"
+	"github.com/fdxkafka/fdxkafka/aggregator/accumulator"
 )
-
-// errBroken marks an accumulator whose sums are incomplete: a fold from
-// validated values stopped halfway, which only a bug can cause. Nothing
-// is read from it afterwards, so the bug cannot become a wrong model.
-var errBroken = errors.New("accumulator: a fold from validated values stopped halfway")
 
 // params returns u's values per tensor: Params, or the checked values
 // decoded (views of full float32 weights, copies of the others).
@@ -28,6 +21,10 @@ func (u Update) params() [][]float32 {
 	}
 	return u.Params
 }
+
+// flatBlock is how many values flat asks of validate.Values at a time:
+// any size is correct; a block keeps the scratch small.
+const flatBlock = 256
 
 // flat copies u's values, total in all, into one new slice: from Checked a
 // block at a time, with no copy per tensor first.
@@ -47,8 +44,8 @@ func (u Update) flat(total int) ([]float32, error) {
 	off := 0
 	for t := range v.Tensors() {
 		n := v.Len(t)
-		for j := 0; j < n; j += blockLen {
-			dst := out[off+j : off+min(j+blockLen, n)]
+		for j := 0; j < n; j += flatBlock {
+			dst := out[off+j : off+min(j+flatBlock, n)]
 			x := v.Block(t, j, dst)
 			if len(x) != len(dst) {
 				return nil, fmt.Errorf("%w: tensor %d has no values at %d", ErrShape, t, j)
@@ -62,83 +59,9 @@ func (u Update) flat(total int) ([]float32, error) {
 
 // add folds u into acc: from u.Checked without checking the values again
 // when the validator made it, else through Add, which checks them.
-func addTo(acc *Accumulator, u Update) error {
+func addTo(acc *accumulator.Accumulator, u Update) error {
 	if u.Checked != nil {
 		return acc.AddChecked(u.NumExamples, u.Checked)
 	}
 	return acc.Add(u.NumExamples, u.Params)
-}
-
-// AddChecked is Add for values package validate passed: finite, of the
-// round's shapes, with MaxAbs their largest |value| and weight × MaxAbs
-// within range (rules.MaxTermLog2, the accumulator's MaxTermLog2). Only
-// the validator makes a *validate.Values, so AddChecked trusts the values
-// and checks only what costs O(1) per tensor: the weight, the count, the
-// shapes, and the range from MaxAbs. It is as atomic as Add: the one
-// failure it cannot check first, a block the values do not return (a bug),
-// leaves the accumulator refusing every later call. The values are read a
-// block of blockLen at a time, in place or into one block of scratch, so
-// a decoded update is never copied whole.
-func (a *Accumulator) AddChecked(weight int64, v *validate.Values) error {
-	if err := a.checkTerm(weight); err != nil {
-		return err
-	}
-	if v.Tensors() != len(a.sizes) {
-		return fmt.Errorf("%w: %d tensors, want %d", ErrShape, v.Tensors(), len(a.sizes))
-	}
-	for i, n := range a.sizes {
-		if v.Len(i) != n {
-			return fmt.Errorf("%w: tensor %d has %d elements, want %d", ErrShape, i, v.Len(i), n)
-		}
-	}
-	mx := math.Float32bits(v.MaxAbs()) & 0x7fffffff
-	if mx >= 0x7f800000 {
-		return fmt.Errorf("%w: largest |value| %v", ErrNonFinite, v.MaxAbs())
-	}
-	if !termFits(uint64(weight), mx) {
-		return fmt.Errorf("%w: |%d × %g| is not below 2^%d", ErrOverflow, weight, v.MaxAbs(), MaxTermLog2)
-	}
-	if a.denseWeight > denseWeightLimit-weight {
-		a.spillAll()
-	}
-	var scratch [blockLen]float32
-	for w := uint64(weight); w > 0; {
-		part := min(w, maxPartWeight)
-		if !a.foldChecked(part, v, scratch[:]) {
-			a.broken = true
-			return errBroken
-		}
-		w -= part
-	}
-	a.count++
-	a.weight += weight
-	a.denseWeight += weight
-	return nil
-}
-
-// foldChecked is fold from v, a block at a time. It reports false if v
-// did not return a block it should have (a bug: the shapes were checked).
-func (a *Accumulator) foldChecked(w uint64, v *validate.Values, scratch []float32) bool {
-	if a.sinceRenorm == renormEvery {
-		a.renormalize()
-	}
-	a.sinceRenorm++
-	fw := float64(w)
-	for t := range a.sizes {
-		for bi := a.tensorBlocks[t]; bi < a.tensorBlocks[t+1]; bi++ {
-			b := &a.blocks[bi]
-			start := (bi - a.tensorBlocks[t]) * blockLen
-			bx := v.Block(t, start, scratch[:b.n])
-			if len(bx) != b.n {
-				return false
-			}
-			if b.e0 == 0 {
-				if b.e0 = chooseWindow(bx); b.e0 == 0 {
-					continue // all zero
-				}
-			}
-			a.foldBlock(b, bx, w, fw)
-		}
-	}
-	return true
 }

@@ -9,6 +9,8 @@ import (
 	"math/rand/v2"
 	"sync"
 
+	"github.com/fdxkafka/fdxkafka/aggregator/accumulator"
+	"github.com/fdxkafka/fdxkafka/aggregator/binstate"
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy/privacy"
 )
 
@@ -51,7 +53,7 @@ type dpParams struct {
 // says, which is what makes S/n the sensitivity the noise is calibrated to.
 // (Flower wraps another strategy, usually example-weighted FedAvg, while
 // calibrating its noise as if unweighted; we do not copy that.) The clipped
-// deltas are summed exactly with an Accumulator, so the mean does not depend
+// deltas are summed exactly with an accumulator.Accumulator, so the mean does not depend
 // on arrival order, and the noise is drawn per coordinate index from a
 // stream fixed by (Seed, round), so neither does the noise.
 //
@@ -156,7 +158,7 @@ func (s *dpFedAvg) Begin(global [][]float32) (Round, error) {
 	if err != nil {
 		return nil, err
 	}
-	acc, err := NewAccumulator(sizes)
+	acc, err := accumulator.New(sizes)
 	if err != nil {
 		return nil, fmt.Errorf("strategy %s: begin: %w", s.name, err)
 	}
@@ -171,19 +173,19 @@ func (s *dpFedAvg) Begin(global [][]float32) (Round, error) {
 }
 
 // dpRound clips each update's delta as it arrives and streams it into an
-// Accumulator with weight 1.
+// accumulator.Accumulator with weight 1.
 type dpRound struct {
 	s         *dpFedAvg
 	gen       uint64
 	clip      float64
 	global    [][]float32
-	acc       *Accumulator
+	acc       *accumulator.Accumulator
 	unclipped int
 }
 
 func (r *dpRound) add(u Update) error {
 	// Accept exactly what the other strategies accept (finite values with
-	// |NumExamples × x| < 2^MaxTermLog2), so that an update is never taken
+	// |NumExamples × x| < 2^accumulator.MaxTermLog2), so that an update is never taken
 	// by one strategy and refused by another.
 	params := u.params()
 	if err := checkTerms(u.NumExamples, params); err != nil {
@@ -203,7 +205,7 @@ func (r *dpRound) add(u Update) error {
 }
 
 // checkTerms reports ErrNonFinite for a NaN or infinite value and
-// ErrOverflow if |n × x| ≥ 2^MaxTermLog2 for some x.
+// ErrOverflow if |n × x| ≥ 2^accumulator.MaxTermLog2 for some x.
 func checkTerms(n int64, params [][]float32) error {
 	for t, xs := range params {
 		for i, x := range xs {
@@ -219,8 +221,8 @@ func checkTerms(n int64, params [][]float32) error {
 			} else {
 				m |= 1 << 23
 			}
-			if m != 0 && bits.Len64(uint64(n)*m)+e-150 > MaxTermLog2 {
-				return fmt.Errorf("%w: |%d × %g| is not below 2^%d", ErrOverflow, n, x, MaxTermLog2)
+			if m != 0 && bits.Len64(uint64(n)*m)+e-150 > accumulator.MaxTermLog2 {
+				return fmt.Errorf("%w: |%d × %g| is not below 2^%d", ErrOverflow, n, x, accumulator.MaxTermLog2)
 			}
 		}
 	}
@@ -393,20 +395,20 @@ func (s *dpFedAvg) Restore(state []byte) error {
 	if len(state) == 0 {
 		return fmt.Errorf("strategy %s: restore: %w: empty", s.name, ErrBadState)
 	}
-	d := decoder{b: state}
-	v := d.u8()
-	name := string(d.bytes(int(d.u8())))
-	step := d.u64()
-	clip := math.Float64frombits(d.u64())
+	d := binstate.NewDecoder(state, ErrBadState)
+	v := d.U8()
+	name := string(d.Bytes(int(d.U8())))
+	step := d.U64()
+	clip := math.Float64frombits(d.U64())
 	switch {
-	case d.err != nil:
-		return fmt.Errorf("strategy %s: restore: %w", s.name, d.err)
+	case d.Err() != nil:
+		return fmt.Errorf("strategy %s: restore: %w", s.name, d.Err())
 	case v != dpStateVersion:
 		return fmt.Errorf("strategy %s: restore: %w: version %d, want %d", s.name, ErrBadState, v, dpStateVersion)
 	case name != s.name:
 		return fmt.Errorf("strategy %s: restore: %w: written by strategy %q", s.name, ErrBadState, name)
-	case len(d.b) != 0:
-		return fmt.Errorf("strategy %s: restore: %w: %d trailing bytes", s.name, ErrBadState, len(d.b))
+	case d.Len() != 0:
+		return fmt.Errorf("strategy %s: restore: %w: %d trailing bytes", s.name, ErrBadState, d.Len())
 	case !(clip >= minClipNorm && clip <= maxClipNorm):
 		return fmt.Errorf("strategy %s: restore: %w: clip norm %v", s.name, ErrBadState, clip)
 	case !s.adaptive && clip != s.p.clip:

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+
+	"github.com/fdxkafka/fdxkafka/aggregator/accumulator"
 )
 
 // ErrTooStale: an asynchronous update's base version lags the current one
@@ -41,7 +43,7 @@ type BufferConfig struct {
 //
 // with c_k = 1 (FedBuff) or the example count (Weighted). Each scaled delta
 // s(τ_k)·Δ_k is rounded to float32 once, from that update alone, and the
-// sum is exact (Accumulator), so the result depends only on the set of
+// sum is exact (accumulator.Accumulator), so the result depends only on the set of
 // (delta, τ, count) folded, never on their order: the same updates give the
 // same version bit for bit whichever channel delivered them first.
 //
@@ -50,7 +52,7 @@ type BufferConfig struct {
 // Buffer is not safe for concurrent use.
 type Buffer struct {
 	cfg BufferConfig
-	acc *Accumulator
+	acc *accumulator.Accumulator
 }
 
 // NewBuffer returns an empty buffer for tensors of the given sizes.
@@ -68,7 +70,7 @@ func NewBuffer(sizes []int, cfg BufferConfig) (*Buffer, error) {
 		return nil, fmt.Errorf("fedbuff: %w", err)
 	}
 	cfg.ServerLR = lr
-	acc, err := NewAccumulator(sizes)
+	acc, err := accumulator.New(sizes)
 	if err != nil {
 		return nil, fmt.Errorf("fedbuff: %w", err)
 	}
@@ -79,15 +81,15 @@ func NewBuffer(sizes []int, cfg BufferConfig) (*Buffer, error) {
 func (b *Buffer) Len() int { return b.acc.Count() }
 
 // Add folds one client's delta with staleness τ. It rejects τ above
-// MaxStaleness (ErrTooStale), an example count outside [1, MaxWeight],
+// MaxStaleness (ErrTooStale), an example count outside [1, accumulator.MaxWeight],
 // wrong shapes and non-finite values; a rejected delta leaves the buffer
 // unchanged. delta is read, not retained.
 func (b *Buffer) Add(numExamples int64, staleness uint64, delta [][]float32) error {
 	if b.cfg.MaxStaleness > 0 && staleness > b.cfg.MaxStaleness {
 		return fmt.Errorf("%w: staleness %d above %d", ErrTooStale, staleness, b.cfg.MaxStaleness)
 	}
-	if numExamples < 1 || numExamples > MaxWeight {
-		return fmt.Errorf("%w: %d outside [1, %d]", ErrNumExamples, numExamples, MaxWeight)
+	if numExamples < 1 || numExamples > accumulator.MaxWeight {
+		return fmt.Errorf("%w: %d outside [1, %d]", ErrNumExamples, numExamples, accumulator.MaxWeight)
 	}
 	if err := checkTerms(numExamples, delta); err != nil {
 		return err

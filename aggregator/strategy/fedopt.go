@@ -2,17 +2,19 @@ package strategy
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math"
 	"slices"
 	"sync"
+
+	"github.com/fdxkafka/fdxkafka/aggregator/accumulator"
+	"github.com/fdxkafka/fdxkafka/aggregator/binstate"
 )
 
 // ErrBadState is wrapped by Restore when the bytes are not a state this
 // strategy wrote: truncated, of another version or strategy, or holding
 // non-finite values.
-var ErrBadState = errors.New("invalid strategy state")
+var ErrBadState = accumulator.ErrBadState
 
 type optKind uint8
 
@@ -29,7 +31,7 @@ type optParams struct {
 }
 
 // fedOpt is FedAvg followed by a server optimizer step. The FedAvg mean of a
-// round is computed exactly (Accumulator, as float64), then:
+// round is computed exactly (accumulator.Accumulator, as float64), then:
 //
 // FedAvgM (Hsu et al. 2019, "Measuring the Effects of Non-Identical Data
 // Distribution", with Flower's and PyTorch SGD's sign convention): the
@@ -101,29 +103,29 @@ func (s *fedOpt) Begin(global [][]float32) (Round, error) {
 	if have != nil && !slices.Equal(have, sizes) {
 		return nil, fmt.Errorf("strategy %s: begin: %w: optimizer state has tensor sizes %v, global model %v", s.name, ErrShape, have, sizes)
 	}
-	acc, err := NewAccumulator(sizes)
+	acc, err := accumulator.New(sizes)
 	if err != nil {
 		return nil, fmt.Errorf("strategy %s: begin: %w", s.name, err)
 	}
 	return newRound(s.name, sizes, &optRound{
-		s: s, gen: gen, sizes: sizes, global: flatten(global, acc.total), acc: acc,
+		s: s, gen: gen, sizes: sizes, global: flatten(global, acc.Len()), acc: acc,
 	}), nil
 }
 
-// optRound streams the updates into an Accumulator and, at Finish, applies
+// optRound streams the updates into an accumulator.Accumulator and, at Finish, applies
 // the optimizer step to the global model the round began from.
 type optRound struct {
 	s      *fedOpt
 	gen    uint64
 	sizes  []int
 	global []float32
-	acc    *Accumulator
+	acc    *accumulator.Accumulator
 }
 
 func (r *optRound) add(u Update) error { return addTo(r.acc, u) }
 
 func (r *optRound) finish() ([][]float32, error) {
-	mean, err := r.acc.mean64Flat()
+	mean, err := r.acc.Mean64Flat()
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +133,7 @@ func (r *optRound) finish() ([][]float32, error) {
 	if err != nil {
 		return nil, err
 	}
-	return splitTensors(out, r.sizes), nil
+	return accumulator.Split(out, r.sizes), nil
 }
 
 // commit computes the new global model from w and the round's mean, and
@@ -264,31 +266,31 @@ func decodeState(b []byte, name string, k int) (optState, error) {
 	if len(b) == 0 {
 		return optState{}, fmt.Errorf("%w: empty", ErrBadState)
 	}
-	d := decoder{b: b}
-	if v := d.u8(); d.err == nil && v != stateVersion {
+	d := binstate.NewDecoder(b, ErrBadState)
+	if v := d.U8(); d.Err() == nil && v != stateVersion {
 		return optState{}, fmt.Errorf("%w: version %d, want %d", ErrBadState, v, stateVersion)
 	}
-	got := string(d.bytes(int(d.u8())))
-	if d.err == nil && got != name {
+	got := string(d.Bytes(int(d.U8())))
+	if d.Err() == nil && got != name {
 		return optState{}, fmt.Errorf("%w: written by strategy %q", ErrBadState, got)
 	}
 	var st optState
-	st.step = d.u64()
-	nt := d.u32()
-	if d.err == nil && uint64(nt) > uint64(len(d.b))/8 {
-		return optState{}, fmt.Errorf("%w: %d tensor sizes in %d bytes", ErrBadState, nt, len(d.b))
+	st.step = d.U64()
+	nt := d.U32()
+	if d.Err() == nil && uint64(nt) > uint64(d.Len())/8 {
+		return optState{}, fmt.Errorf("%w: %d tensor sizes in %d bytes", ErrBadState, nt, d.Len())
 	}
 	raw := make([]uint64, 0, nt)
 	for range nt {
-		raw = append(raw, d.u64())
+		raw = append(raw, d.U64())
 	}
-	nk := int(d.u8())
-	if d.err != nil {
-		return optState{}, d.err
+	nk := int(d.U8())
+	if d.Err() != nil {
+		return optState{}, d.Err()
 	}
 	if nk == 0 || nt == 0 {
-		if nk != 0 || nt != 0 || st.step != 0 || len(d.b) != 0 {
-			return optState{}, fmt.Errorf("%w: %d vectors over %d tensors after %d rounds and %d more bytes", ErrBadState, nk, nt, st.step, len(d.b))
+		if nk != 0 || nt != 0 || st.step != 0 || d.Len() != 0 {
+			return optState{}, fmt.Errorf("%w: %d vectors over %d tensors after %d rounds and %d more bytes", ErrBadState, nk, nt, st.step, d.Len())
 		}
 		return st, nil // no round committed yet
 	}
@@ -297,24 +299,24 @@ func decodeState(b []byte, name string, k int) (optState, error) {
 	}
 	// Σsizes × k × 8 must be exactly the bytes left; bound the running sum
 	// by them so that it cannot overflow.
-	limit := uint64(len(d.b)) / uint64(8*k)
+	limit := uint64(d.Len()) / uint64(8*k)
 	var total uint64
 	st.sizes = make([]int, nt)
 	for i, n := range raw {
 		if n > limit-total {
-			return optState{}, fmt.Errorf("%w: tensor sizes exceed the %d bytes of values", ErrBadState, len(d.b))
+			return optState{}, fmt.Errorf("%w: tensor sizes exceed the %d bytes of values", ErrBadState, d.Len())
 		}
 		total += n
 		st.sizes[i] = int(n)
 	}
-	if total*uint64(8*k) != uint64(len(d.b)) {
-		return optState{}, fmt.Errorf("%w: %d values per vector need %d bytes, have %d", ErrBadState, total, total*uint64(8*k), len(d.b))
+	if total*uint64(8*k) != uint64(d.Len()) {
+		return optState{}, fmt.Errorf("%w: %d values per vector need %d bytes, have %d", ErrBadState, total, total*uint64(8*k), d.Len())
 	}
 	vecs := make([][]float64, k)
 	for j := range vecs {
 		vecs[j] = make([]float64, total)
 		for i := range vecs[j] {
-			x := math.Float64frombits(d.u64())
+			x := math.Float64frombits(d.U64())
 			if !isFinite(x) || (j == 1 && x < 0) {
 				return optState{}, fmt.Errorf("%w: vector %d value %d is %v", ErrBadState, j, i, x)
 			}
@@ -326,44 +328,4 @@ func decodeState(b []byte, name string, k int) (optState, error) {
 		st.v = vecs[1]
 	}
 	return st, nil
-}
-
-// decoder reads little-endian fields, remembering the first shortfall.
-type decoder struct {
-	b   []byte
-	err error
-}
-
-func (d *decoder) bytes(n int) []byte {
-	if d.err != nil {
-		return nil
-	}
-	if n > len(d.b) {
-		d.err = fmt.Errorf("%w: truncated", ErrBadState)
-		return nil
-	}
-	p := d.b[:n]
-	d.b = d.b[n:]
-	return p
-}
-
-func (d *decoder) u8() uint8 {
-	if p := d.bytes(1); p != nil {
-		return p[0]
-	}
-	return 0
-}
-
-func (d *decoder) u32() uint32 {
-	if p := d.bytes(4); p != nil {
-		return binary.LittleEndian.Uint32(p)
-	}
-	return 0
-}
-
-func (d *decoder) u64() uint64 {
-	if p := d.bytes(8); p != nil {
-		return binary.LittleEndian.Uint64(p)
-	}
-	return 0
 }

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+
+	"github.com/fdxkafka/fdxkafka/aggregator/accumulator"
 )
 
 type robustKind uint8
@@ -90,7 +92,7 @@ func (h *holdRound) finish() ([][]float32, error) {
 			return nil, err
 		}
 	}
-	return splitTensors(flat, h.sizes), nil
+	return accumulator.Split(flat, h.sizes), nil
 }
 
 // orderKey maps float32 bits to a uint32 that sorts like the values, with
@@ -189,16 +191,16 @@ func krum(ups []heldUpdate, sizes []int, f, m int) ([]float32, error) {
 	if m == 1 {
 		return ups[order[0]].x, nil
 	}
-	acc, err := NewAccumulator(sizes)
+	acc, err := accumulator.New(sizes)
 	if err != nil {
 		return nil, err
 	}
 	for _, i := range order[:m] {
-		if err := acc.Add(ups[i].n, splitTensors(ups[i].x, sizes)); err != nil {
+		if err := acc.Add(ups[i].n, accumulator.Split(ups[i].x, sizes)); err != nil {
 			return nil, fmt.Errorf("client %q: %w", ups[i].id, err)
 		}
 	}
-	return acc.meanFlat()
+	return acc.MeanFlat()
 }
 
 // squaredDistances returns the n × n matrix of squared Euclidean distances

@@ -6,6 +6,9 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/fdxkafka/fdxkafka/aggregator/accumulator"
+	"github.com/fdxkafka/fdxkafka/internal/tensortest"
 )
 
 // columns makes one update per client from per-coordinate values:
@@ -92,7 +95,7 @@ func TestKrumPicksHonestUpdate(t *testing.T) {
 	s := mustNew(t, Config{Name: "krum", ByzantineF: 2}) // n = 7 > 2f+2 = 6
 	got := runRound(t, s, global, shuffled(rng, all))
 	for _, u := range honest {
-		if _, _, ok := firstBitDiff(got, u.Params); ok {
+		if _, _, ok := tensortest.FirstBitDiff(got, u.Params); ok {
 			return
 		}
 	}
@@ -140,7 +143,10 @@ func TestMultiKrumAveragesHonestUpdates(t *testing.T) {
 	sizes := []int{30, 5}
 	global := randomParams(rng, sizes, 0, 0)
 	honest, all := krumUpdates(rng, sizes)
-	acc := mustAccumulator(t, sizes)
+	acc, err := accumulator.New(sizes)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, u := range honest {
 		if err := acc.Add(u.NumExamples, u.Params); err != nil {
 			t.Fatal(err)
@@ -211,6 +217,19 @@ func TestSquaredDistanceMatchesNaive(t *testing.T) {
 		}
 		if got := squaredDistance(a, b); math.Abs(got-want) > 1e-12*math.Max(1, want) {
 			t.Errorf("n=%d: %v, naive %v", n, got, want)
+		}
+	}
+}
+
+func TestOrderKeyRoundTrip(t *testing.T) {
+	vals := []float32{float32(math.Inf(-1)), -math.MaxFloat32, -1, -math.SmallestNonzeroFloat32, float32(math.Copysign(0, -1)), 0,
+		math.SmallestNonzeroFloat32, 1, math.MaxFloat32, float32(math.Inf(1))}
+	for i, x := range vals {
+		if got := fromOrderKey(orderKey(x)); math.Float32bits(got) != math.Float32bits(x) {
+			t.Errorf("round trip of %g gave %g", x, got)
+		}
+		if i > 0 && orderKey(vals[i-1]) >= orderKey(x) {
+			t.Errorf("orderKey(%g) >= orderKey(%g)", vals[i-1], x)
 		}
 	}
 }

@@ -10,10 +10,10 @@
 // a round arrive in, because the Kafka and the gRPC channel deliver clients
 // in different, random orders and must yield the same model. The averaging
 // strategies stream: they fold each update into an exact fixed-point
-// accumulator (see Accumulator) and hold O(model) memory however many
+// accumulator (see accumulator.Accumulator) and hold O(model) memory however many
 // clients report. An update the validator passed (Update.Checked) is
 // folded from the message's own bytes, or decoded a block at a time, never
-// copied whole and never checked twice (Accumulator.AddChecked). The robust
+// copied whole and never checked twice (accumulator.Accumulator.AddChecked). The robust
 // strategies must see all updates at once; they hold copies and sort them
 // by client id, or per coordinate by value, before computing anything.
 //
@@ -28,29 +28,28 @@ import (
 	"math"
 	"strings"
 
+	"github.com/fdxkafka/fdxkafka/aggregator/accumulator"
 	"github.com/fdxkafka/fdxkafka/aggregator/validate"
 )
 
-// Errors a Round or an Accumulator wraps. A Round trusts its updates
-// (package validate checked them), so its Add fails only on misuse; an
-// Accumulator, a primitive usable on its own, checks what it is given.
+// Errors a Round wraps. A Round trusts its updates (package validate
+// checked them), so its Add fails only on misuse. The first five are the
+// accumulator's (an accumulator.Accumulator, a primitive usable on its own, checks
+// what it is given), named here too so that callers of a Round need not
+// know which layer refused.
 var (
-	// ErrShape: an update's tensors differ in number or size from the round's.
-	ErrShape = errors.New("shape mismatch")
-	// ErrNumExamples: the example count is below 1 or above MaxWeight.
-	ErrNumExamples = errors.New("invalid number of examples")
-	// ErrNonFinite: a parameter is NaN or infinite.
-	ErrNonFinite = errors.New("non-finite parameter")
-	// ErrOverflow: a value times its example count leaves the exact
-	// accumulator's range (see MaxTermLog2).
-	ErrOverflow = errors.New("outside the accumulator's range")
-	// ErrNoUpdates: Finish was called on a round without updates.
-	ErrNoUpdates = errors.New("no updates")
+	ErrShape       = accumulator.ErrShape
+	ErrNumExamples = accumulator.ErrNumExamples
+	ErrNonFinite   = accumulator.ErrNonFinite
+	ErrOverflow    = accumulator.ErrOverflow
+	ErrNoUpdates   = accumulator.ErrNoUpdates
 	// ErrTooFewUpdates: a robust strategy needs more updates than it has
 	// (Krum needs more than 2f+2); the round stays open for more.
 	ErrTooFewUpdates = errors.New("too few updates")
-	// ErrRoundClosed: the round was already finished.
-	ErrRoundClosed = errors.New("round already finished")
+	// ErrRoundFinished: the round was already finished (a bug in the caller;
+	// unrelated to channel.ErrRoundClosed, which a client gets for an
+	// update to a superseded round).
+	ErrRoundFinished = errors.New("round already finished")
 	// ErrStaleRound: the strategy's optimizer state moved on (another round
 	// finished, or state was restored) after this round began; finishing it
 	// would apply a step to the wrong state.
@@ -388,7 +387,7 @@ func newRound(name string, _ []int, impl roundImpl) *round {
 
 func (r *round) Add(u Update) error {
 	if r.done {
-		return fmt.Errorf("strategy %s: update from %q: %w", r.name, u.ClientID, ErrRoundClosed)
+		return fmt.Errorf("strategy %s: update from %q: %w", r.name, u.ClientID, ErrRoundFinished)
 	}
 	if err := r.impl.add(u); err != nil {
 		return fmt.Errorf("strategy %s: update from %q: %w", r.name, u.ClientID, err)
@@ -401,7 +400,7 @@ func (r *round) Count() int { return r.count }
 
 func (r *round) Finish() ([][]float32, error) {
 	if r.done {
-		return nil, fmt.Errorf("strategy %s: finish: %w", r.name, ErrRoundClosed)
+		return nil, fmt.Errorf("strategy %s: finish: %w", r.name, ErrRoundFinished)
 	}
 	if r.count == 0 {
 		return nil, fmt.Errorf("strategy %s: finish: %w", r.name, ErrNoUpdates)
@@ -421,7 +420,7 @@ func checkGlobal(name string, global [][]float32) ([]int, error) {
 	if len(global) == 0 {
 		return nil, fmt.Errorf("strategy %s: begin: global model has no tensors", name)
 	}
-	if _, err := maxAbsBits(global); err != nil {
+	if err := accumulator.CheckFinite(global); err != nil {
 		return nil, fmt.Errorf("strategy %s: begin: global model: %w", name, err)
 	}
 	sizes := make([]int, len(global))
@@ -449,7 +448,7 @@ func sum(sizes []int) int {
 }
 
 // fedAvg is FedAvg (McMahan et al. 2017): the example-weighted mean of the
-// clients' weights, computed exactly by an Accumulator.
+// clients' weights, computed exactly by an accumulator.Accumulator.
 type fedAvg struct{}
 
 func (fedAvg) Name() string { return "fedavg" }
@@ -461,7 +460,7 @@ func beginMean(name string, global [][]float32) (Round, error) {
 	if err != nil {
 		return nil, err
 	}
-	acc, err := NewAccumulator(sizes)
+	acc, err := accumulator.New(sizes)
 	if err != nil {
 		return nil, fmt.Errorf("strategy %s: begin: %w", name, err)
 	}
@@ -496,8 +495,8 @@ func restoreStateless(name string, state []byte) error {
 	return nil
 }
 
-// meanRound streams updates into an Accumulator and returns their mean.
-type meanRound struct{ acc *Accumulator }
+// meanRound streams updates into an accumulator.Accumulator and returns their mean.
+type meanRound struct{ acc *accumulator.Accumulator }
 
 func (m meanRound) add(u Update) error { return addTo(m.acc, u) }
 

@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"github.com/fdxkafka/fdxkafka/internal/tensortest"
 )
 
 // testConfig returns a valid config for name; Krum tolerates 2 Byzantine
@@ -84,7 +86,7 @@ func shuffled(rng *rand.Rand, ups []Update) []Update {
 
 func assertBitEqual(t testing.TB, what string, got, want [][]float32) {
 	t.Helper()
-	if i, j, ok := firstBitDiff(got, want); !ok {
+	if i, j, ok := tensortest.FirstBitDiff(got, want); !ok {
 		if j < 0 {
 			t.Fatalf("%s: shapes differ at tensor %d", what, i)
 		}
@@ -219,11 +221,11 @@ func TestFinishLifecycle(t *testing.T) {
 			if _, err := r.Finish(); err != nil {
 				t.Fatalf("Finish: %v", err)
 			}
-			if _, err := r.Finish(); !errors.Is(err, ErrRoundClosed) {
-				t.Errorf("second Finish = %v, want ErrRoundClosed", err)
+			if _, err := r.Finish(); !errors.Is(err, ErrRoundFinished) {
+				t.Errorf("second Finish = %v, want ErrRoundFinished", err)
 			}
-			if err := r.Add(Update{ClientID: "late", NumExamples: 1, Params: [][]float32{{1, 1}}}); !errors.Is(err, ErrRoundClosed) {
-				t.Errorf("Add after Finish = %v, want ErrRoundClosed", err)
+			if err := r.Add(Update{ClientID: "late", NumExamples: 1, Params: [][]float32{{1, 1}}}); !errors.Is(err, ErrRoundFinished) {
+				t.Errorf("Add after Finish = %v, want ErrRoundFinished", err)
 			}
 			if r.Count() != 3 {
 				t.Errorf("Count after Finish = %d, want 3", r.Count())

@@ -2,7 +2,11 @@
 // decoded update into trusted local weights, or into a rejection with a
 // stable reason (package rules), counted per reason in metrics and in the
 // job's result so an operator can tell a buggy client from a hostile one.
-// The strategies trust what it passes and check nothing again.
+// The mean strategies fold what it passes without checking it again;
+// DP-FedAvg and FedBuff, which fold something other than the update as
+// received (a clipped delta, a staleness-scaled delta), check the values
+// and weights they are given once more, so that each accepts exactly what
+// the others accept.
 //
 // The ingest path copies no update whole: float32 tensors are read in place
 // from the decoded message (tensor.ViewOf), the others, and a delta's sum
@@ -45,6 +49,9 @@ type Expect struct {
 	// Sample, when non-nil, is the round's training sample: other clients'
 	// updates are refused as not_sampled.
 	Sample map[string]bool
+	// EvalSample is the round's evaluation sample: the clients whose
+	// evaluation counts (see CheckEvaluation).
+	EvalSample map[string]bool
 
 	// Async checks updates for an asynchronous (FedBuff) job, where Round
 	// is the current model version; nil for a synchronous round.
@@ -89,6 +96,8 @@ type Round struct {
 	admitted []float64
 	// scratch holds one block of decoded values while an update is checked.
 	scratch []float32
+	// evaluated is the clients whose evaluation was admitted.
+	evaluated map[string]bool
 }
 
 // NewRound returns the validator of the round e describes.

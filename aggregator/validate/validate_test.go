@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fdxkafka/fdxkafka/aggregator/accumulator"
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
 	"github.com/fdxkafka/fdxkafka/aggregator/validate"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
@@ -129,7 +130,7 @@ func TestUpdateRejects(t *testing.T) {
 		{name: "examples over the cap", update: func(u *fdxv1.Update) { u.NumExamples = maxExamples + 1 }, want: rules.BadNumExamples},
 		{
 			name:   "examples over the strategy limit, no cap",
-			update: func(u *fdxv1.Update) { u.NumExamples = strategy.MaxWeight + 1 },
+			update: func(u *fdxv1.Update) { u.NumExamples = accumulator.MaxWeight + 1 },
 			expect: func(e *validate.Expect) { e.MaxExamples = 0 },
 			want:   rules.BadNumExamples,
 		},
@@ -317,7 +318,7 @@ func TestUpdateAccepts(t *testing.T) {
 		{
 			name: "no limits configured",
 			update: func(u *fdxv1.Update) {
-				u.NumExamples = strategy.MaxWeight
+				u.NumExamples = accumulator.MaxWeight
 				u.Params = tensor.Encode(shifted(base.Global, 100), base.Specs)
 			},
 			expect: func(e *validate.Expect) { e.MaxNorm, e.MaxExamples, e.MaxBytes = 0, 0, 0 },
@@ -496,7 +497,7 @@ func checkUpdate(t *testing.T, u *fdxv1.Update, size int, e validate.Expect) {
 	}
 	maxExamples := e.MaxExamples
 	if maxExamples == 0 {
-		maxExamples = strategy.MaxWeight
+		maxExamples = accumulator.MaxWeight
 	}
 	if (e.MaxBytes > 0 && size > e.MaxBytes) || u.GetJob() != e.Job || u.GetBaseRound() != e.Round ||
 		u.GetClientId() == "" || len(u.GetClientId()) > rules.MaxClientIDLen ||

@@ -1,6 +1,6 @@
 // Command foldrss measures the aggregator's peak resident memory while it
-// folds one round of large updates from Kafka (issue 15: "aggregator peak
-// RSS while folding 20 updates of 100 MB"). A child process (this command
+// folds one round of large updates from Kafka (by default 20 updates of
+// 100 MB), to show what folding chunk by chunk saves. A child process (this command
 // with -role produce) first sends -updates synthetic updates of -mb MB
 // through the Kafka channel, in 1 MiB chunks, and exits; then this process
 // runs a one-round FedAvg job over them with the real coordinator and

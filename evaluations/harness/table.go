@@ -45,7 +45,7 @@ func WriteMarkdown(w io.Writer, rep *Report) error {
 			b.WriteString("\n")
 		}
 	}
-	if len(rep.Channels) > 0 {
+	if hasTiming(rep.Channels) {
 		writeTiming(&b, rep.Channels)
 	}
 	if len(rep.Overhead) > 0 {
@@ -134,6 +134,18 @@ func Bytes(n int64) string {
 		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
 	}
 	return fmt.Sprintf("%d B", n)
+}
+
+// hasTiming reports whether the channels carry the round-time breakdown:
+// reports written before it existed lack it, and a table of zeros would
+// claim rounds that took no time.
+func hasTiming(cs []*ChannelReport) bool {
+	for _, c := range cs {
+		if c.RoundMeanMs > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // writeTiming writes where each channel's round time goes, over rounds 2

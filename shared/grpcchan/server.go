@@ -59,6 +59,15 @@ type ServerOptions struct {
 	// log and before it is folded and answered: the place where
 	// fault-injection tests kill the process.
 	AfterStore func(u *fdxv1.Update)
+	// FinalLinger bounds how long Close keeps serving a final model to
+	// the clients that contributed to it and have not received it yet: a
+	// client whose last update was answered asks for the next model a
+	// moment later, and a server already gone would leave it reconnecting
+	// to nobody, never learning that the job ended (Kafka keeps the final
+	// model in its topic; gRPC has only this process). Close returns as
+	// soon as every contributor has the model; 0 closes at once (clients
+	// that fetch no final model, such as Cloud Functions, need no wait).
+	FinalLinger time.Duration
 }
 
 // Server serves the Aggregator service and implements channel.Server.
@@ -82,6 +91,12 @@ type Server struct {
 	// the first request for it.
 	encoded *lazyEncoding
 	changed chan struct{} // closed and replaced on every publish
+	// delivered holds the clients that received the final model;
+	// deliveredChanged is closed and replaced when it grows.
+	delivered        map[string]bool
+	deliveredChanged chan struct{}
+	// lingering is closed when Close starts waiting for contributors.
+	lingering chan struct{}
 }
 
 // lazyEncoding encodes a published model once, however many clients
@@ -142,6 +157,10 @@ func NewServer(opt ServerOptions) (*Server, error) {
 		refusals: make(chan channel.Delivery, 256),
 		done:     make(chan struct{}),
 		changed:  make(chan struct{}),
+
+		delivered:        map[string]bool{},
+		deliveredChanged: make(chan struct{}),
+		lingering:        make(chan struct{}),
 	}
 	sopts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(opt.MaxMessageBytes),
@@ -300,6 +319,7 @@ func (s *Server) Close() error {
 		return nil
 	default:
 	}
+	s.linger()
 	close(s.done)
 	defer s.wal.close()
 	s.health.Shutdown()
@@ -311,6 +331,58 @@ func (s *Server) Close() error {
 		s.gs.Stop()
 	}
 	return nil
+}
+
+// linger waits, up to FinalLinger, until every contributor of a final
+// model has received it.
+func (s *Server) linger() {
+	m, _ := s.snapshot()
+	if !m.GetFinal() || s.opt.FinalLinger <= 0 {
+		return
+	}
+	close(s.lingering)
+	timeout := time.NewTimer(s.opt.FinalLinger)
+	defer timeout.Stop()
+	for {
+		missing, changed := s.undelivered(m)
+		if len(missing) == 0 {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timeout.C:
+			s.opt.Logger.Warn("closing although clients have not fetched the final model", "round", m.GetRound(), "clients", missing, "waited", s.opt.FinalLinger)
+			return
+		}
+	}
+}
+
+// undelivered lists the contributors of m that have not received it.
+func (s *Server) undelivered(m *fdxv1.GlobalModel) ([]string, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var missing []string
+	for _, id := range m.GetContributors() {
+		if !s.delivered[id] {
+			missing = append(missing, id)
+		}
+	}
+	return missing, s.deliveredChanged
+}
+
+// deliver records that clientID received m, if m is final.
+func (s *Server) deliver(clientID string, m *fdxv1.GlobalModel) {
+	if !m.GetFinal() {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.delivered[clientID] {
+		return
+	}
+	s.delivered[clientID] = true
+	close(s.deliveredChanged)
+	s.deliveredChanged = make(chan struct{})
 }
 
 func (s *Server) snapshot() (*fdxv1.GlobalModel, <-chan struct{}) {
@@ -344,7 +416,11 @@ func (s *Server) checkJob(job string) error {
 
 // GetModel implements fdxv1.AggregatorServer.
 func (s *Server) GetModel(ctx context.Context, req *fdxv1.GetModelRequest) (*fdxv1.GlobalModel, error) {
-	return s.waitModel(ctx, req)
+	m, err := s.waitModel(ctx, req)
+	if err == nil {
+		s.deliver(req.GetClientId(), m)
+	}
+	return m, err
 }
 
 // GetModelChunks implements fdxv1.AggregatorServer: GetModel in chunks.
@@ -357,7 +433,11 @@ func (s *Server) GetModelChunks(req *fdxv1.GetModelRequest, stream fdxv1.Aggrega
 	if err != nil {
 		return err
 	}
-	return x.send(stream.Send)
+	if err := x.send(stream.Send); err != nil {
+		return err
+	}
+	s.deliver(req.GetClientId(), m)
+	return nil
 }
 
 // waitModel returns the model GetModel asks for, once it exists.
@@ -409,11 +489,18 @@ func (s *Server) watch(ctx context.Context, req *fdxv1.WatchModelsRequest, send 
 	if err := s.checkJob(req.GetJob()); err != nil {
 		return err
 	}
+	sendModel := func(m *fdxv1.GlobalModel) error {
+		if err := send(m); err != nil {
+			return err
+		}
+		s.deliver(req.GetClientId(), m)
+		return nil
+	}
 	next := req.GetFromRound()
 	for {
 		m, changed := s.snapshot()
 		if m != nil && m.GetRound() >= next {
-			if err := send(m); err != nil {
+			if err := sendModel(m); err != nil {
 				return err
 			}
 			if m.GetFinal() {
@@ -427,7 +514,7 @@ func (s *Server) watch(ctx context.Context, req *fdxv1.WatchModelsRequest, send 
 			return status.FromContextError(ctx.Err()).Err()
 		case <-s.done:
 			if m, _ := s.snapshot(); m.GetFinal() && m.GetRound() >= next {
-				return send(m) // as in GetModel
+				return sendModel(m) // as in GetModel
 			}
 			return status.Error(codes.Unavailable, "aggregator shutting down")
 		}

@@ -1,7 +1,8 @@
 // Package updatestream parses a serialized fdx.v1.Update as its bytes
 // arrive, in pieces of any size, and hands the tensor values to a Sink
 // without ever holding the whole message: the aggregator's way of
-// validating and folding a chunked update chunk by chunk (issue 15).
+// validating and folding a chunked update chunk by chunk, so that its
+// memory per update stays one chunk, not the whole update.
 //
 // The parser relies on the order in which Go (and every protobuf
 // implementation that serializes in field-number order) writes a Tensor:

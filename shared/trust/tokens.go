@@ -1,4 +1,4 @@
-package grpcchan
+package trust
 
 import (
 	"errors"
@@ -9,8 +9,9 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/linefile"
 )
 
-// LoadTokens reads the per-client bearer tokens for ServerOptions.Tokens
-// from a file with one client per line:
+// LoadTokens reads the per-client tokens, client id to secret, that both
+// channels authenticate clients with (gRPC bearer tokens, Kafka update
+// MAC keys), from a file with one client per line:
 //
 //	# comment lines start with '#'; blank lines are ignored
 //	client-1 s3cr3t-token-one
@@ -31,25 +32,25 @@ import (
 func LoadTokens(path string) (map[string]string, error) {
 	lines, err := linefile.Read(path)
 	if err != nil {
-		return nil, fmt.Errorf("grpc tokens: %w", err)
+		return nil, fmt.Errorf("tokens file: %w", err)
 	}
 	tokens := map[string]string{}
 	owner := map[string]string{} // token -> client id, to find shared tokens
 	for _, l := range lines {
 		id, tok, err := parseTokenLine(l.Text)
 		if err != nil {
-			return nil, fmt.Errorf("grpc tokens %s:%d: %w", path, l.N, err)
+			return nil, fmt.Errorf("tokens file %s:%d: %w", path, l.N, err)
 		}
 		if _, dup := tokens[id]; dup {
-			return nil, fmt.Errorf("grpc tokens %s:%d: client %q listed twice", path, l.N, id)
+			return nil, fmt.Errorf("tokens file %s:%d: client %q listed twice", path, l.N, id)
 		}
 		if other, dup := owner[tok]; dup {
-			return nil, fmt.Errorf("grpc tokens %s:%d: client %q has the same token as client %q", path, l.N, id, other)
+			return nil, fmt.Errorf("tokens file %s:%d: client %q has the same token as client %q", path, l.N, id, other)
 		}
 		tokens[id], owner[tok] = tok, id
 	}
 	if len(tokens) == 0 {
-		return nil, fmt.Errorf("grpc tokens %s: no tokens; an empty file would disable authentication", path)
+		return nil, fmt.Errorf("tokens file %s: no tokens; an empty file would disable authentication", path)
 	}
 	return tokens, nil
 }

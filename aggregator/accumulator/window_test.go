@@ -1,10 +1,12 @@
-package strategy
+package accumulator
 
 import (
 	"errors"
 	"math"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/fdxkafka/fdxkafka/internal/tensortest"
 )
 
 // scaledTerms draws terms whose values sit around 2^shift for a shift that
@@ -144,7 +146,7 @@ func TestAccumulatorMerge(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if i, j, ok := firstBitDiff(got, want); !ok {
+		if i, j, ok := tensortest.FirstBitDiff(got, want); !ok {
 			t.Fatalf("%d workers: tensor %d [%d] = %g, one accumulator %g", workers, i, j, got[i][j], want[i][j])
 		}
 		got64, _ := leader.Mean64()
@@ -212,7 +214,7 @@ func TestAccumulatorMarshalRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if i, j, ok := firstBitDiff(got, want); !ok {
+		if i, j, ok := tensortest.FirstBitDiff(got, want); !ok {
 			t.Fatalf("%s: tensor %d [%d] = %g, want %g", name, i, j, got[i][j], want[i][j])
 		}
 		again, _ := into.MarshalBinary()
@@ -288,7 +290,7 @@ func TestAccumulatorUnmarshalRejects(t *testing.T) {
 		t.Fatal("truncated input accepted")
 	}
 	after, _ := a.Mean()
-	if _, _, ok := firstBitDiff(before, after); !ok {
+	if _, _, ok := tensortest.FirstBitDiff(before, after); !ok {
 		t.Error("a failed unmarshal changed the accumulator")
 	}
 }

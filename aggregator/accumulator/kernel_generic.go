@@ -1,6 +1,6 @@
 //go:build !amd64 || purego
 
-package strategy
+package accumulator
 
 // foldWindow adds the values of x that lie in the window with bottom
 // exponent field e0, times scale = w / U, into hi and lo (see Accumulator),

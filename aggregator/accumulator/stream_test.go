@@ -1,4 +1,4 @@
-package strategy
+package accumulator
 
 import (
 	"errors"
@@ -67,7 +67,7 @@ func TestStreamBitIdentical(t *testing.T) {
 		}
 		us = append(us, upd{w, p})
 	}
-	whole, _ := NewAccumulator(sizes)
+	whole, _ := New(sizes)
 	for _, u := range us {
 		if err := whole.Add(u.w, u.p); err != nil {
 			t.Fatal(err)
@@ -78,7 +78,7 @@ func TestStreamBitIdentical(t *testing.T) {
 		t.Fatal(err)
 	}
 	for trial := range 3 {
-		a, _ := NewAccumulator(sizes)
+		a, _ := New(sizes)
 		for _, i := range r.Perm(updates) {
 			if (i+trial)%3 == 0 {
 				if err := a.Add(us[i].w, us[i].p); err != nil {
@@ -105,15 +105,14 @@ func TestStreamBitIdentical(t *testing.T) {
 	}
 }
 
-// TestStreamRefusals: values out of order, a NaN, and an update that ends
-// short fail; the round the stream belongs to then refuses to finish.
+// TestStreamRefusals: values out of order, a NaN and a zero weight fail.
 func TestStreamRefusals(t *testing.T) {
-	a, _ := NewAccumulator([]int{10})
+	a, _ := New([]int{10})
 	s, _ := a.BeginStream(1)
 	if err := s.Fold(0, 3, make([]float32, 2)); !errors.Is(err, ErrShape) {
 		t.Errorf("out of order: %v", err)
 	}
-	a, _ = NewAccumulator([]int{10})
+	a, _ = New([]int{10})
 	s, _ = a.BeginStream(1)
 	nan := make([]float32, 10)
 	nan[9] = float32(math.NaN())
@@ -122,74 +121,5 @@ func TestStreamRefusals(t *testing.T) {
 	}
 	if _, err := a.BeginStream(0); !errors.Is(err, ErrNumExamples) {
 		t.Errorf("weight 0: %v", err)
-	}
-
-	fa, err := New(Config{Name: "fedavg"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rd, err := fa.Begin([][]float32{make([]float32, 10)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sr := rd.(StreamRound)
-	if !sr.Streams() {
-		t.Fatal("a FedAvg round does not stream")
-	}
-	if err := rd.Add(Update{ClientID: "a", NumExamples: 1, Params: [][]float32{make([]float32, 10)}}); err != nil {
-		t.Fatal(err)
-	}
-	f, err := sr.BeginStream("b", 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Fold(0, 0, make([]float32, 4)); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.End(); !errors.Is(err, ErrPartialFold) {
-		t.Errorf("short update: End = %v", err)
-	}
-	if _, err := rd.Finish(); !errors.Is(err, ErrPartialFold) {
-		t.Errorf("Finish after a partial fold = %v, want ErrPartialFold", err)
-	}
-	robust, err := New(Config{Name: "median"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mr, err := robust.Begin([][]float32{make([]float32, 10)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if mr.(StreamRound).Streams() {
-		t.Error("a median round claims to stream")
-	}
-}
-
-// TestStreamAbort: a fold given up mid-way breaks its round.
-func TestStreamAbort(t *testing.T) {
-	fa, err := New(Config{Name: "fedavg"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rd, err := fa.Begin([][]float32{make([]float32, 600)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := rd.(StreamRound).BeginStream("a", 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Fold(0, 0, make([]float32, 300)); err != nil {
-		t.Fatal(err)
-	}
-	cause := errors.New("broker gone")
-	if err := f.Abort(cause); !errors.Is(err, ErrPartialFold) || !errors.Is(err, cause) {
-		t.Errorf("Abort = %v", err)
-	}
-	if err := rd.Add(Update{ClientID: "b", NumExamples: 1, Params: [][]float32{make([]float32, 600)}}); !errors.Is(err, ErrPartialFold) {
-		t.Errorf("Add after Abort = %v", err)
-	}
-	if _, err := rd.Finish(); err == nil {
-		t.Error("Finish after Abort succeeded")
 	}
 }

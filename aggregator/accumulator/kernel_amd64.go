@@ -1,6 +1,6 @@
 //go:build !purego
 
-package strategy
+package accumulator
 
 import "golang.org/x/sys/cpu"
 

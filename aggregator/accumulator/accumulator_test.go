@@ -1,4 +1,4 @@
-package strategy
+package accumulator
 
 import (
 	"errors"
@@ -6,6 +6,8 @@ import (
 	"math/big"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/fdxkafka/fdxkafka/internal/tensortest"
 )
 
 // term is one weighted vector for the accumulator tests.
@@ -64,9 +66,9 @@ func randomTerms(rng *rand.Rand, n int, sizes []int) []term {
 
 func mustAccumulator(t testing.TB, sizes []int) *Accumulator {
 	t.Helper()
-	a, err := NewAccumulator(sizes)
+	a, err := New(sizes)
 	if err != nil {
-		t.Fatalf("NewAccumulator(%v): %v", sizes, err)
+		t.Fatalf("New(%v): %v", sizes, err)
 	}
 	return a
 }
@@ -203,7 +205,7 @@ func TestAccumulatorOrderIndependent(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if i, j, ok := firstBitDiff(got, want); !ok {
+		if i, j, ok := tensortest.FirstBitDiff(got, want); !ok {
 			t.Fatalf("permutation %d: tensor %d [%d] = %g, first order gave %g", p, i, j, got[i][j], want[i][j])
 		}
 	}
@@ -388,8 +390,8 @@ func TestAccumulatorRejects(t *testing.T) {
 	if _, err := a.Mean(); !errors.Is(err, ErrNoUpdates) {
 		t.Errorf("Mean of empty = %v, want ErrNoUpdates", err)
 	}
-	if _, err := NewAccumulator([]int{3, -1}); err == nil {
-		t.Error("NewAccumulator with a negative size succeeded")
+	if _, err := New([]int{3, -1}); err == nil {
+		t.Error("New with a negative size succeeded")
 	}
 }
 
@@ -406,36 +408,4 @@ func TestAccumulatorReset(t *testing.T) {
 	if got[0][0] != 0.5 || got[0][1] != 3 {
 		t.Errorf("Mean after Reset = %v, want [0.5 3]", got[0])
 	}
-}
-
-func TestOrderKeyRoundTrip(t *testing.T) {
-	vals := []float32{float32(math.Inf(-1)), -math.MaxFloat32, -1, -math.SmallestNonzeroFloat32, float32(math.Copysign(0, -1)), 0,
-		math.SmallestNonzeroFloat32, 1, math.MaxFloat32, float32(math.Inf(1))}
-	for i, x := range vals {
-		if got := fromOrderKey(orderKey(x)); math.Float32bits(got) != math.Float32bits(x) {
-			t.Errorf("round trip of %g gave %g", x, got)
-		}
-		if i > 0 && orderKey(vals[i-1]) >= orderKey(x) {
-			t.Errorf("orderKey(%g) >= orderKey(%g)", vals[i-1], x)
-		}
-	}
-}
-
-// firstBitDiff returns ok if a and b are bit-identical, else the first
-// differing position.
-func firstBitDiff(a, b [][]float32) (int, int, bool) {
-	if len(a) != len(b) {
-		return -1, -1, false
-	}
-	for i := range a {
-		if len(a[i]) != len(b[i]) {
-			return i, -1, false
-		}
-		for j := range a[i] {
-			if math.Float32bits(a[i][j]) != math.Float32bits(b[i][j]) {
-				return i, j, false
-			}
-		}
-	}
-	return 0, 0, true
 }

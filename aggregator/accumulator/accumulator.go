@@ -1,4 +1,4 @@
-package strategy
+package accumulator
 
 import (
 	"encoding/binary"
@@ -7,7 +7,28 @@ import (
 	"math"
 	"math/bits"
 
+	"github.com/fdxkafka/fdxkafka/aggregator/binstate"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
+)
+
+// Errors an Accumulator wraps.
+var (
+	// ErrShape: an update's tensors differ in number or size from the
+	// accumulator's.
+	ErrShape = errors.New("shape mismatch")
+	// ErrNumExamples: the weight (example count) is below 1 or above
+	// MaxWeight.
+	ErrNumExamples = errors.New("invalid number of examples")
+	// ErrNonFinite: a parameter is NaN or infinite.
+	ErrNonFinite = errors.New("non-finite parameter")
+	// ErrOverflow: a value times its weight leaves the accumulator's range
+	// (see MaxTermLog2).
+	ErrOverflow = errors.New("outside the accumulator's range")
+	// ErrNoUpdates: a mean was asked of an accumulator without updates.
+	ErrNoUpdates = errors.New("no updates")
+	// ErrBadState: saved state (an accumulator's MarshalBinary, or a
+	// strategy's state around it) is corrupt or of another version.
+	ErrBadState = errors.New("invalid saved state")
 )
 
 // Limits of the exact accumulator. Together they guarantee that no sum an
@@ -175,9 +196,9 @@ type block struct {
 	wide []uint64
 }
 
-// NewAccumulator returns an empty accumulator for tensors of the given
+// New returns an empty accumulator for tensors of the given
 // sizes (number of elements each).
-func NewAccumulator(sizes []int) (*Accumulator, error) {
+func New(sizes []int) (*Accumulator, error) {
 	total := 0
 	for i, n := range sizes {
 		if n < 0 {
@@ -216,6 +237,9 @@ func denseSums(n int) (hi, lo []float64) {
 	buf := make([]float64, 2*n+pad)
 	return buf[:n:n], buf[n+pad : 2*n+pad : 2*n+pad]
 }
+
+// Len is the number of coordinates: the sum of the tensor sizes.
+func (a *Accumulator) Len() int { return a.total }
 
 // Count returns the number of vectors added.
 func (a *Accumulator) Count() int { return a.count }
@@ -436,18 +460,18 @@ func (a *Accumulator) exactSum(b *block, j int) [accWords]uint64 {
 // Mean returns the weighted mean, each coordinate correctly rounded to
 // float32. It fails with ErrNoUpdates when nothing was added.
 func (a *Accumulator) Mean() ([][]float32, error) {
-	flat, err := a.meanFlat()
+	flat, err := a.MeanFlat()
 	if err != nil {
 		return nil, err
 	}
-	return splitTensors(flat, a.sizes), nil
+	return Split(flat, a.sizes), nil
 }
 
 // Mean64 returns the weighted mean correctly rounded to float64, for callers
 // that keep computing with it (the server optimizers subtract the global
 // model from it) and should not lose precision to an intermediate float32.
 func (a *Accumulator) Mean64() ([][]float64, error) {
-	flat, err := a.mean64Flat()
+	flat, err := a.Mean64Flat()
 	if err != nil {
 		return nil, err
 	}
@@ -460,7 +484,8 @@ func (a *Accumulator) Mean64() ([][]float64, error) {
 	return out, nil
 }
 
-func (a *Accumulator) meanFlat() ([]float32, error) {
+// MeanFlat is Mean as one slice, the tensors one after another.
+func (a *Accumulator) MeanFlat() ([]float32, error) {
 	if a.broken {
 		return nil, errBroken
 	}
@@ -479,7 +504,8 @@ func (a *Accumulator) meanFlat() ([]float32, error) {
 	return out, nil
 }
 
-func (a *Accumulator) mean64Flat() ([]float64, error) {
+// Mean64Flat is Mean64 as one slice, the tensors one after another.
+func (a *Accumulator) Mean64Flat() ([]float64, error) {
 	if a.broken {
 		return nil, errBroken
 	}
@@ -638,23 +664,23 @@ func (a *Accumulator) MarshalBinary() ([]byte, error) {
 }
 
 // UnmarshalBinary replaces a's state by the one data encodes. If a was made
-// by NewAccumulator, data must have the same shapes (ErrShape otherwise);
+// by New, data must have the same shapes (ErrShape otherwise);
 // into a zero Accumulator it takes the encoded shapes. It checks every
 // bound the sums rely on, so a corrupt or hostile input is an error, never
 // a wrong sum later; on error a is unchanged.
 func (a *Accumulator) UnmarshalBinary(data []byte) error {
-	d := decoder{b: data}
-	if string(d.bytes(len(marshalMagic))) != marshalMagic {
+	d := binstate.NewDecoder(data, ErrBadState)
+	if string(d.Bytes(len(marshalMagic))) != marshalMagic {
 		return fmt.Errorf("accumulator: unmarshal: %w: not an accumulator (bad magic or version)", ErrBadState)
 	}
-	nt := d.uvarint()
+	nt := d.Uvarint()
 	if nt > uint64(len(data)) {
 		return fmt.Errorf("accumulator: unmarshal: %w: %d tensors in %d bytes", ErrBadState, nt, len(data))
 	}
 	sizes := make([]int, nt)
 	var blocks uint64
 	for i := range sizes {
-		n := d.uvarint()
+		n := d.Uvarint()
 		// Every block of blockLen coordinates takes at least 2 bytes, which
 		// bounds what a short input can make us allocate.
 		if blocks += (n + blockLen - 1) / blockLen; n > uint64(len(data))*blockLen || blocks > uint64(len(data))/2 {
@@ -662,22 +688,22 @@ func (a *Accumulator) UnmarshalBinary(data []byte) error {
 		}
 		sizes[i] = int(n)
 	}
-	if d.err != nil {
-		return fmt.Errorf("accumulator: unmarshal: %w", d.err)
+	if d.Err() != nil {
+		return fmt.Errorf("accumulator: unmarshal: %w", d.Err())
 	}
 	if a.sizes != nil {
 		if err := sameSizes(a.sizes, sizes); err != nil {
 			return fmt.Errorf("accumulator: unmarshal: %w", err)
 		}
 	}
-	n, err := NewAccumulator(sizes)
+	n, err := New(sizes)
 	if err != nil {
 		return fmt.Errorf("accumulator: unmarshal: %w", err)
 	}
-	count, weight, dense := d.uvarint(), d.uvarint(), d.uvarint()
+	count, weight, dense := d.Uvarint(), d.Uvarint(), d.Uvarint()
 	switch {
-	case d.err != nil:
-		return fmt.Errorf("accumulator: unmarshal: %w", d.err)
+	case d.Err() != nil:
+		return fmt.Errorf("accumulator: unmarshal: %w", d.Err())
 	case count > MaxTerms:
 		return fmt.Errorf("accumulator: unmarshal: %w: %w: %d vectors", ErrBadState, ErrOverflow, count)
 	case weight < count || weight > count*MaxWeight:
@@ -691,14 +717,14 @@ func (a *Accumulator) UnmarshalBinary(data []byte) error {
 	hiMax := float64(dense)*math.Ldexp(1, 24+winBinades) + math.Ldexp(1, loBits-1)
 	for bi := range n.blocks {
 		b := &n.blocks[bi]
-		e0, hasWide := uint32(d.u8()), d.u8()
+		e0, hasWide := uint32(d.U8()), d.U8()
 		if e0 > maxWinBottom || hasWide > 1 {
 			return fmt.Errorf("accumulator: unmarshal: %w: block %d: bad header %d %d", ErrBadState, bi, e0, hasWide)
 		}
 		b.e0 = e0
 		if e0 != 0 {
 			for i := b.off; i < b.off+b.n; i++ {
-				h, l := math.Float64frombits(d.u64()), math.Float64frombits(d.u64())
+				h, l := math.Float64frombits(d.U64()), math.Float64frombits(d.U64())
 				if !multipleOf(h, loBits) || math.Abs(h) > hiMax || !multipleOf(l, 0) || math.Abs(l) > math.Ldexp(1, loBits-1) {
 					return fmt.Errorf("accumulator: unmarshal: %w: coordinate %d: dense sums %g, %g out of range", ErrBadState, i, h, l)
 				}
@@ -708,7 +734,7 @@ func (a *Accumulator) UnmarshalBinary(data []byte) error {
 		if hasWide == 1 {
 			b.wide = make([]uint64, accWords*b.n)
 			for j := range b.wide {
-				b.wide[j] = d.u64()
+				b.wide[j] = d.U64()
 			}
 			for j := range b.n {
 				if !wideFits((*[accWords]uint64)(b.wide[accWords*j:]), count) {
@@ -716,12 +742,12 @@ func (a *Accumulator) UnmarshalBinary(data []byte) error {
 				}
 			}
 		}
-		if d.err != nil {
-			return fmt.Errorf("accumulator: unmarshal: %w", d.err)
+		if d.Err() != nil {
+			return fmt.Errorf("accumulator: unmarshal: %w", d.Err())
 		}
 	}
-	if len(d.b) != 0 {
-		return fmt.Errorf("accumulator: unmarshal: %w: %d trailing bytes", ErrBadState, len(d.b))
+	if d.Len() != 0 {
+		return fmt.Errorf("accumulator: unmarshal: %w: %d trailing bytes", ErrBadState, d.Len())
 	}
 	*a = *n
 	return nil
@@ -755,20 +781,6 @@ func wideFits(s *[accWords]uint64, count uint64) bool {
 		return true
 	}
 	return m[3]>>(termLimitUnits-192) < count
-}
-
-// uvarint reads an unsigned varint.
-func (d *decoder) uvarint() uint64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.err = fmt.Errorf("%w: bad varint", ErrBadState)
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
 }
 
 // memBytes is the memory the accumulator holds for its sums.
@@ -928,6 +940,13 @@ func quotient(s []uint64, n uint64, single bool) float64 {
 // maxAbsBits returns the largest |x| over params as float32 bits (for
 // finite, non-negative floats the bit patterns order like the values), or
 // ErrNonFinite naming the first NaN or infinity.
+// CheckFinite returns an error wrapping ErrNonFinite that names the first
+// NaN or infinite value of params, or nil.
+func CheckFinite(params [][]float32) error {
+	_, err := maxAbsBits(params)
+	return err
+}
+
 func maxAbsBits(params [][]float32) (uint32, error) {
 	var mx uint32
 	for _, xs := range params {
@@ -974,9 +993,9 @@ func checkShapes(sizes []int, params [][]float32) error {
 	return nil
 }
 
-// splitTensors cuts flat into tensors of the given sizes. Each tensor's
+// Split cuts flat into tensors of the given sizes. Each tensor's
 // capacity ends where it does, so appending to one cannot overwrite the next.
-func splitTensors(flat []float32, sizes []int) [][]float32 {
+func Split(flat []float32, sizes []int) [][]float32 {
 	out := make([][]float32, len(sizes))
 	off := 0
 	for i, n := range sizes {
