@@ -20,7 +20,7 @@ require (
 	google.golang.org/protobuf v1.36.12
 )
 
-require github.com/twmb/franz-go/pkg/kadm v1.20.0 // indirect
+require github.com/twmb/franz-go/pkg/kadm v1.20.0
 
 require (
 	cloud.google.com/go v0.123.0 // indirect
@@ -50,7 +50,7 @@ require (
 	github.com/pandatix/go-abnf v0.5.3 // indirect
 	github.com/pierrec/lz4/v4 v4.1.33 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
-	github.com/twmb/franz-go v1.22.3 // indirect
+	github.com/twmb/franz-go v1.22.3
 	github.com/twmb/franz-go/pkg/kmsg v1.15.1
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
 	go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc v0.67.0 // indirect

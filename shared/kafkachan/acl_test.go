@@ -1,39 +1,42 @@
 package kafkachan
 
 import (
+	"context"
 	"errors"
 	"maps"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 )
 
-// attacker is a plain Kafka client with the client principal's
-// credentials: what a participant could run instead of our code.
-func attacker(t *testing.T, props map[string]string, extra kafka.ConfigMap) kafka.ConfigMap {
+// attacker is a plain kgo client with the client principal's credentials
+// (props): what a participant could run instead of our code.
+func attacker(t *testing.T, brokers string, props map[string]string, extra ...kgo.Opt) *kgo.Client {
 	t.Helper()
-	cm := kafka.ConfigMap{"bootstrap.servers": "", "go.logs.channel.enable": true}
-	for k, v := range props {
-		cm[k] = v
+	opts, err := Options{Brokers: brokers, Job: "attacker", Properties: props}.clientOpts(extra...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for k, v := range extra {
-		cm[k] = v
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return cm
+	t.Cleanup(cl.Close)
+	return cl
 }
 
-// wantDenied checks that err is Kafka's refusal code.
-func wantDenied(t *testing.T, what string, err error, code kafka.ErrorCode) {
+// wantDenied checks that err is Kafka's refusal want.
+func wantDenied(t *testing.T, what string, err, want error) {
 	t.Helper()
-	var ke kafka.Error
-	if !errors.As(err, &ke) || ke.Code() != code {
-		t.Errorf("%s: %v; want %v", what, err, code)
+	if !errors.Is(err, want) {
+		t.Errorf("%s: %v; want %v", what, err, want)
 	}
 }
 
@@ -53,33 +56,30 @@ func wantUnauthenticated(t *testing.T, what string, err error, msg string) {
 	}
 }
 
-// pollError polls c until it reports an error with code, failing on any
-// record. Other errors (the client principal's group lookups are refused
-// too) are logged and passed over.
-func pollError(t *testing.T, c *kafka.Consumer, what string, code kafka.ErrorCode) {
+// pollError polls c until it reports want, failing on any record. Other
+// errors (the client principal's group lookups are refused too) are
+// logged and passed over.
+func pollError(ctx context.Context, t *testing.T, c *kgo.Client, what string, want error) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		var err error
-		switch ev := c.Poll(100).(type) {
-		case *kafka.Message:
-			if ev.TopicPartition.Error == nil {
-				t.Fatalf("%s: read a record at %v", what, ev.TopicPartition)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for ctx.Err() == nil {
+		fs := c.PollFetches(ctx)
+		fs.EachRecord(func(r *kgo.Record) { t.Fatalf("%s: read a record at %s[%d]@%d", what, r.Topic, r.Partition, r.Offset) })
+		found := false
+		fs.EachError(func(_ string, _ int32, err error) {
+			if errors.Is(err, want) {
+				t.Logf("%s: %v", what, err)
+				found = true
+			} else if ctx.Err() == nil {
+				t.Logf("%s: passing over %v", what, err)
 			}
-			err = ev.TopicPartition.Error
-		case kafka.Error:
-			err = ev
-		default:
-			continue
-		}
-		var ke kafka.Error
-		if errors.As(err, &ke) && ke.Code() == code {
-			t.Logf("%s: %v", what, err)
+		})
+		if found {
 			return
 		}
-		t.Logf("%s: passing over %v", what, err)
 	}
-	t.Fatalf("%s: no %v within 30 s", what, code)
+	t.Fatalf("%s: no %v within 30 s", what, want)
 }
 
 // TestACLs runs against kafka.sh's secure mode, with the ACLs that
@@ -125,24 +125,10 @@ func TestACLs(t *testing.T) {
 	})
 
 	t.Run("client cannot write the model topic", func(t *testing.T) {
-		cm := attacker(t, cliProps, kafka.ConfigMap{"bootstrap.servers": sb.Brokers, "message.timeout.ms": 20000})
-		p, err := kafka.NewProducer(&cm)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer p.Close()
-		go func() {
-			for range p.Logs() {
-			}
-		}()
-		topic := ModelTopic(job)
-		done := make(chan kafka.Event, 1)
+		p := attacker(t, sb.Brokers, cliProps, kgo.RecordDeliveryTimeout(20*time.Second), kgo.RecordPartitioner(keyPartitioner()))
 		forged := []byte("forged final model")
-		if err := p.Produce(&kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: 0}, Value: forged}, done); err != nil {
-			t.Fatal(err)
-		}
-		m := (<-done).(*kafka.Message)
-		wantDenied(t, "producing to the model topic", m.TopicPartition.Error, kafka.ErrTopicAuthorizationFailed)
+		err := p.ProduceSync(ctx, &kgo.Record{Topic: ModelTopic(job), Partition: 0, Value: forged}).FirstErr()
+		wantDenied(t, "producing to the model topic", err, kerr.TopicAuthorizationFailed)
 		hist, err := History(ctx, agg)
 		if err != nil || len(hist) != 1 || hist[0].GetRound() != 1 {
 			t.Errorf("model history after the attempt: %d models, %v; want only round 1", len(hist), err)
@@ -150,39 +136,16 @@ func TestACLs(t *testing.T) {
 	})
 
 	t.Run("client cannot read the updates topic", func(t *testing.T) {
-		cm := attacker(t, cliProps, kafka.ConfigMap{"bootstrap.servers": sb.Brokers, "group.id": "fdx." + job + ".reader"})
-		c, err := kafka.NewConsumer(&cm)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		go func() {
-			for range c.Logs() {
-			}
-		}()
-		topic := UpdatesTopic(job)
-		if err := c.Assign([]kafka.TopicPartition{{Topic: &topic, Partition: 0, Offset: kafka.OffsetBeginning}}); err != nil {
-			t.Fatal(err)
-		}
-		pollError(t, c, "reading the updates topic", kafka.ErrTopicAuthorizationFailed)
+		c := attacker(t, sb.Brokers, cliProps,
+			kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{UpdatesTopic(job): {0: kgo.NewOffset().AtStart()}}))
+		pollError(ctx, t, c, "reading the updates topic", kerr.TopicAuthorizationFailed)
 	})
 
 	t.Run("client cannot join the aggregator's group", func(t *testing.T) {
 		// The model topic is readable: only the group can refuse.
-		cm := attacker(t, cliProps, kafka.ConfigMap{"bootstrap.servers": sb.Brokers, "group.id": GroupID(job), "auto.offset.reset": "earliest"})
-		c, err := kafka.NewConsumer(&cm)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		go func() {
-			for range c.Logs() {
-			}
-		}()
-		if err := c.Subscribe(ModelTopic(job), nil); err != nil {
-			t.Fatal(err)
-		}
-		pollError(t, c, "joining the aggregator's group", kafka.ErrGroupAuthorizationFailed)
+		c := attacker(t, sb.Brokers, cliProps, kgo.ConsumerGroup(GroupID(job)), kgo.ConsumeTopics(ModelTopic(job)),
+			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+		pollError(ctx, t, c, "joining the aggregator's group", kerr.GroupAuthorizationFailed)
 	})
 
 	t.Run("client cannot act as the aggregator", func(t *testing.T) {

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
@@ -32,39 +32,6 @@ func randomModel(job string, round int64, n int) *fdxv1.GlobalModel {
 		vals[i] = float32(r.NormFloat64())
 	}
 	return &fdxv1.GlobalModel{Job: job, Round: round, Params: []*fdxv1.Tensor{tensor.FromFloat32("w", []int64{int64(n)}, vals)}}
-}
-
-// topicMaxBytes reads a topic's max.message.bytes.
-func topicMaxBytes(ctx context.Context, t *testing.T, brokers, topic string) int {
-	t.Helper()
-	ac, err := kafka.NewAdminClient(&kafka.ConfigMap{"bootstrap.servers": brokers})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ac.Close()
-	res, err := ac.DescribeConfigs(ctx, []kafka.ConfigResource{{Type: kafka.ResourceTopic, Name: topic}})
-	if err != nil || len(res) != 1 {
-		t.Fatalf("describe %s: %v", topic, err)
-	}
-	n, err := strconv.Atoi(res[0].Config["max.message.bytes"].Value)
-	if err != nil {
-		t.Fatalf("max.message.bytes of %s: %v", topic, err)
-	}
-	return n
-}
-
-// rawProduce writes records as anyone who can reach the broker could:
-// no transaction, no signature.
-func rawProduce(ctx context.Context, t *testing.T, brokers string, msgs []*kafka.Message) {
-	t.Helper()
-	p, err := kafka.NewProducer(&kafka.ConfigMap{"bootstrap.servers": brokers, "message.max.bytes": 8 << 20, "enable.idempotence": true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	if err := produceAll(ctx, p, msgs, nil); err != nil {
-		t.Fatalf("raw produce: %v", err)
-	}
 }
 
 // TestChunkedModelAndUpdate moves an 8 MB signed model and an 8 MB
@@ -163,19 +130,19 @@ func TestChunkedModelAndUpdate(t *testing.T) {
 
 // updateTransfer returns the records of u's chunked transfer, each value a
 // copy that a test may damage.
-func updateTransfer(t *testing.T, job string, u *fdxv1.Update) ([]*kafka.Message, *kafka.Message) {
+func updateTransfer(t *testing.T, job string, u *fdxv1.Update) ([]*kgo.Record, *kgo.Record) {
 	t.Helper()
 	return updateTransferSized(t, job, u, DefaultChunkBytes)
 }
 
 // updateTransferSized is updateTransfer with chunks of chunkBytes.
-func updateTransferSized(t *testing.T, job string, u *fdxv1.Update, chunkBytes int) ([]*kafka.Message, *kafka.Message) {
+func updateTransferSized(t *testing.T, job string, u *fdxv1.Update, chunkBytes int) ([]*kgo.Record, *kgo.Record) {
 	t.Helper()
 	b, err := proto.Marshal(u)
 	if err != nil {
 		t.Fatal(err)
 	}
-	chunks, man, err := transferRecords(UpdatesTopic(job), kafka.PartitionAny, []byte(u.GetClientId()), b, chunkBytes)
+	chunks, man, err := transferRecords(UpdatesTopic(job), byKey, []byte(u.GetClientId()), b, chunkBytes)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +182,7 @@ func TestBadUpdateTransfers(t *testing.T) {
 	s := newServer(t, brokers, job, MessageBytesFor(n))
 	defer s.Close()
 
-	var msgs []*kafka.Message
+	var msgs []*kgo.Record
 	// "corrupt": one flipped byte in chunk 1; then an intact transfer.
 	chunks, man := updateTransfer(t, job, update(job, "corrupt", n))
 	chunks[1].Value[100] ^= 1
@@ -309,7 +276,7 @@ func TestBadModelTransfers(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	var msgs []*kafka.Message
+	var msgs []*kgo.Record
 	for i, round := range []int64{2, 3} {
 		b, _ := proto.Marshal(randomModel(job, round, n))
 		chunks, man, err := transferRecords(ModelTopic(job), 0, []byte(strconv.FormatInt(round, 10)), b, DefaultChunkBytes)
@@ -422,28 +389,11 @@ func TestKilledMidTransfer(t *testing.T) {
 // or not.
 func chunkRecords(ctx context.Context, t *testing.T, brokers, topic string) int {
 	t.Helper()
-	c, err := kafka.NewConsumer(&kafka.ConfigMap{
-		"bootstrap.servers": brokers, "group.id": "chunk-count", "isolation.level": "read_uncommitted",
-		"enable.partition.eof": true, "enable.auto.commit": false,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Assign([]kafka.TopicPartition{{Topic: &topic, Partition: 0, Offset: kafka.OffsetBeginning}}); err != nil {
-		t.Fatal(err)
-	}
 	n := 0
-	for ctx.Err() == nil {
-		switch ev := c.Poll(100).(type) {
-		case *kafka.Message:
-			if isChunk(ev) || header(ev, headerSpread) != nil {
-				n++
-			}
-		case kafka.PartitionEOF:
-			return n
+	for _, r := range readPartition(ctx, t, brokers, topic, 0, false) {
+		if isChunk(r) || header(r, headerSpread) != nil {
+			n++
 		}
 	}
-	t.Fatalf("count chunks of %s: %v", topic, ctx.Err())
-	return 0
+	return n
 }

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kerr"
+
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
@@ -145,33 +145,10 @@ func TestLargeModel(t *testing.T) {
 	// next model fails at the broker with a clear error.
 	lowerMaxMessageBytes(ctx, t, brokers, ModelTopic(job), 512<<10)
 	err = s.Publish(ctx, model(job, 2, n))
-	var ke kafka.Error
-	if !errors.As(err, &ke) || ke.Code() != kafka.ErrMsgSizeTooLarge {
-		t.Fatalf("Publish of a 6 MB model to a topic limited to 512 KiB = %v, want the broker's MSG_SIZE_TOO_LARGE", err)
+	if !errors.Is(err, kerr.MessageTooLarge) {
+		t.Fatalf("Publish of a 6 MB model to a topic limited to 512 KiB = %v, want the broker's MESSAGE_TOO_LARGE", err)
 	}
 	t.Logf("broker refused: %v", err)
-}
-
-// lowerMaxMessageBytes sets topic's max.message.bytes, as an operator would.
-func lowerMaxMessageBytes(ctx context.Context, t *testing.T, brokers, topic string, limit int) {
-	t.Helper()
-	ac, err := kafka.NewAdminClient(&kafka.ConfigMap{"bootstrap.servers": brokers})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ac.Close()
-	res, err := ac.IncrementalAlterConfigs(ctx, []kafka.ConfigResource{{
-		Type: kafka.ResourceTopic, Name: topic,
-		Config: []kafka.ConfigEntry{{Name: "max.message.bytes", Value: strconv.Itoa(limit), IncrementalOperation: kafka.AlterConfigOpTypeSet}},
-	}})
-	if err != nil {
-		t.Fatalf("lower max.message.bytes of %s: %v", topic, err)
-	}
-	for _, r := range res {
-		if r.Error.Code() != kafka.ErrNoError {
-			t.Fatalf("lower max.message.bytes of %s: %v", topic, r.Error)
-		}
-	}
 }
 
 // TestUnreachable points a client at a port where nothing listens.

@@ -2,47 +2,19 @@ package kafkachan
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 )
-
-// committedRecords returns the committed records of topic's partition 0.
-func committedRecords(ctx context.Context, t *testing.T, brokers, topic string) []*kafka.Message {
-	t.Helper()
-	c, err := kafka.NewConsumer(&kafka.ConfigMap{
-		"bootstrap.servers": brokers, "group.id": topic + ".probe", "isolation.level": "read_committed",
-		"enable.partition.eof": true, "enable.auto.commit": false,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Assign([]kafka.TopicPartition{{Topic: &topic, Partition: 0, Offset: kafka.OffsetBeginning}}); err != nil {
-		t.Fatal(err)
-	}
-	var out []*kafka.Message
-	for ctx.Err() == nil {
-		switch ev := c.Poll(100).(type) {
-		case *kafka.Message:
-			out = append(out, ev)
-		case kafka.PartitionEOF:
-			return out
-		}
-	}
-	t.Fatalf("read %s: %v", topic, ctx.Err())
-	return nil
-}
 
 // TestListedModelOnOnePartition: a chunked model on a one-partition model
 // topic has a manifest listing its chunks' offsets, which a new client
@@ -65,9 +37,9 @@ func TestListedModelOnOnePartition(t *testing.T) {
 	// The manifest lists where the chunks are, and they are there.
 	var man *fdxv1.TransferManifest
 	var chunkAt []int64
-	for _, msg := range committedRecords(ctx, t, brokers, ModelTopic(job)) {
+	for _, msg := range readPartition(ctx, t, brokers, ModelTopic(job), 0, true) {
 		if header(msg, headerSpread) != nil {
-			chunkAt = append(chunkAt, int64(msg.TopicPartition.Offset))
+			chunkAt = append(chunkAt, msg.Offset)
 		}
 		if isManifest(msg) {
 			man = &fdxv1.TransferManifest{}
@@ -118,12 +90,12 @@ func TestListedModelOnOnePartition(t *testing.T) {
 
 	// Forged lists: model 1's chunks for model 3, and model 4's own two
 	// first chunks swapped.
-	forgeSpread(ctx, t, brokers, randomModel(job, 3, n), 1, func(_ []*kafka.Message, man *fdxv1.TransferManifest) {
+	forgeSpread(ctx, t, brokers, randomModel(job, 3, n), 1, func(_ []*kgo.Record, man *fdxv1.TransferManifest) {
 		if man != nil {
 			copy(man.ChunkOffsets, chunkAt)
 		}
 	})
-	forgeSpread(ctx, t, brokers, randomModel(job, 4, n), 1, func(_ []*kafka.Message, man *fdxv1.TransferManifest) {
+	forgeSpread(ctx, t, brokers, randomModel(job, 4, n), 1, func(_ []*kgo.Record, man *fdxv1.TransferManifest) {
 		if man != nil {
 			man.ChunkOffsets[0], man.ChunkOffsets[1] = man.ChunkOffsets[1], man.ChunkOffsets[0]
 		}

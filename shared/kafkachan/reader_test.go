@@ -1,16 +1,13 @@
 package kafkachan
 
 import (
-	"log/slog"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
-	"github.com/fdxkafka/fdxkafka/internal/logtest"
 )
 
 // produceModel writes a model record outside the server: in an aborted
@@ -19,22 +16,12 @@ import (
 func produceModel(t *testing.T, brokers, job string, round int64, abort bool) {
 	t.Helper()
 	ctx := testCtx(t, 60*time.Second)
-	o := Options{Brokers: brokers, Job: job}
-	base := kafka.ConfigMap{"acks": "all"}
+	opts := []kgo.Opt{kgo.RequiredAcks(kgo.AllISRAcks()), kgo.RecordPartitioner(keyPartitioner())}
 	if abort {
-		base["transactional.id"] = "test-abort-" + job
+		opts = append(opts, kgo.TransactionalID("test-abort-"+job))
 	}
-	cm := o.producerConfig(base)
-	p, err := kafka.NewProducer(&cm)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	go drainEvents(p, o.logger(), nil)
+	p := rawClient(t, brokers, opts...)
 	if abort {
-		if err := p.InitTransactions(ctx); err != nil {
-			t.Fatal(err)
-		}
 		if err := p.BeginTransaction(); err != nil {
 			t.Fatal(err)
 		}
@@ -43,16 +30,11 @@ func produceModel(t *testing.T, brokers, job string, round int64, abort bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	topic := ModelTopic(job)
-	done := make(chan kafka.Event, 1)
-	if err := p.Produce(&kafka.Message{TopicPartition: kafka.TopicPartition{Topic: &topic, Partition: 0}, Value: b}, done); err != nil {
+	if err := p.ProduceSync(ctx, &kgo.Record{Topic: ModelTopic(job), Partition: 0, Value: b}).FirstErr(); err != nil {
 		t.Fatal(err)
 	}
-	if m := (<-done).(*kafka.Message); m.TopicPartition.Error != nil {
-		t.Fatal(m.TopicPartition.Error)
-	}
 	if abort {
-		if err := p.AbortTransaction(ctx); err != nil {
+		if err := p.EndTransaction(ctx, kgo.TryAbort); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -90,31 +72,4 @@ func TestModelTail(t *testing.T) {
 			}
 		})
 	}
-}
-
-// TestGoLogChannelFromProperties turns the Go log channel back on from a
-// properties file's strings, and librdkafka's lines reach slog.
-func TestGoLogChannelFromProperties(t *testing.T) {
-	o := Options{Brokers: "127.0.0.1:1", Job: "j", Properties: map[string]string{"go.logs.channel.enable": "true", "log_level": "7", "debug": "broker"}}
-	var logs logtest.SyncBuffer
-	o.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	cm := o.producerConfig(nil)
-	if v, ok := cm["go.logs.channel.enable"].(bool); !ok || !v {
-		t.Fatalf("go.logs.channel.enable = %#v, want true", cm["go.logs.channel.enable"])
-	}
-	p, err := kafka.NewProducer(&cm)
-	if err != nil {
-		t.Fatal(err)
-	}
-	startLogs(p, cm, o.Logger)
-	ctx := testCtx(t, 30*time.Second)
-	for !strings.Contains(logs.String(), "librdkafka") {
-		select {
-		case <-ctx.Done():
-			p.Close()
-			t.Fatal("no librdkafka line reached slog")
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	p.Close()
 }

@@ -1,11 +1,12 @@
 package kafkachan
 
 import (
+	"context"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
@@ -40,25 +41,23 @@ func TestFencedConsumerRejoins(t *testing.T) {
 
 	// Another member with the aggregator's group.instance.id takes the
 	// static membership over: the server's consumer is fenced.
-	cm := kafka.ConfigMap{"bootstrap.servers": brokers, "group.id": GroupID(job), "group.instance.id": GroupID(job),
-		"session.timeout.ms": 10000, "enable.auto.commit": false, "go.logs.channel.enable": true}
-	other, err := kafka.NewConsumer(&cm)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for range other.Logs() {
-		}
-	}()
-	if err := other.Subscribe(UpdatesTopic(job), nil); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(time.Minute); ; {
-		other.Poll(100)
-		if parts, err := other.Assignment(); err == nil && len(parts) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
+	assigned := make(chan struct{}, 1)
+	other := rawClient(t, brokers, kgo.ConsumerGroup(GroupID(job)), kgo.InstanceID(s.role.instance),
+		kgo.ConsumeTopics(UpdatesTopic(job)), kgo.SessionTimeout(10*time.Second), kgo.DisableAutoCommit(),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			if len(m[UpdatesTopic(job)]) > 0 {
+				select {
+				case assigned <- struct{}{}:
+				default:
+				}
+			}
+		}))
+	joined := testCtx(t, time.Minute)
+	for len(assigned) == 0 {
+		poll, cancel := context.WithTimeout(joined, 100*time.Millisecond)
+		other.PollFetches(poll)
+		cancel()
+		if joined.Err() != nil {
 			t.Fatal("the second member got no partitions within a minute")
 		}
 	}

@@ -106,6 +106,9 @@ type Server struct {
 	// counts the revocations drained from it (Revocations).
 	group       *groupEvents
 	revocations int
+	// newConsumer opens an updates consumer that reports its rebalances
+	// to events (rejoin).
+	newConsumer func(events *groupEvents) (*kgo.Client, error)
 	// replayC reads streamed update chunks again (stream.go).
 	replayC *kgo.Client
 	// broken, once set, is why the server may not go on: a transaction
@@ -170,14 +173,20 @@ func openServer(ctx context.Context, opt ServerOptions, rl role) (*Server, error
 		p.Close()
 		return nil, fmt.Errorf("init transactions for job %s: %w", opt.Job, unreachable(err))
 	}
-	copts, err := opt.clientOpts(updatesConsumerOpts(rl, fetchBytes(maxBytes, recordBytes), props, s.group)...)
-	if err != nil {
+	s.newConsumer = func(events *groupEvents) (*kgo.Client, error) {
+		copts, err := opt.clientOpts(updatesConsumerOpts(rl, fetchBytes(maxBytes, recordBytes), props, events)...)
+		if err != nil {
+			return nil, err
+		}
+		c, err := kgo.NewClient(copts...)
+		if err != nil {
+			return nil, fmt.Errorf("kafka updates consumer: %w", err)
+		}
+		return c, nil
+	}
+	if s.c, err = s.newConsumer(s.group); err != nil {
 		p.Close()
 		return nil, err
-	}
-	if s.c, err = kgo.NewClient(copts...); err != nil {
-		p.Close()
-		return nil, fmt.Errorf("kafka updates consumer: %w", err)
 	}
 	return s, nil
 }
@@ -365,27 +374,20 @@ func (s *Server) nextRecord(ctx context.Context) (*kgo.Record, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		if s.c == nil {
+			return nil, fmt.Errorf("no updates consumer: its rejoin failed")
+		}
 		s.c.AllowRebalance()
 		fs := s.c.PollFetches(ctx)
 		s.drain()
-		var failed error
+		var failed, fenced error
 		fs.EachError(func(topic string, p int32, err error) {
 			var gs *kgo.ErrGroupSession
 			switch {
 			case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, kgo.ErrClientClosed):
 				failed = err
 			case errors.As(err, &gs) && errors.Is(err, kerr.FencedInstanceID):
-				// When the broker leading the group dies, its successor
-				// can fence the static member although no other
-				// aggregator runs. kgo rejoins; nothing is lost: the
-				// open round's records are uncommitted, so they come
-				// again from the last committed round, and the round
-				// loop rejects those it holds as duplicates.
-				s.rejoins++
-				s.opt.logger().Warn("updates consumer fenced; rejoining the group", "job", s.opt.Job, "attempt", s.rejoins, "err", err)
-				if s.rejoins > maxRejoins {
-					failed = fmt.Errorf("fenced %d times since the last round (another aggregator of job %s?): %w", s.rejoins, s.opt.Job, err)
-				}
+				fenced = err
 			case denied(err) != nil:
 				failed = denied(err)
 			case errors.As(err, &gs):
@@ -394,6 +396,23 @@ func (s *Server) nextRecord(ctx context.Context) (*kgo.Record, error) {
 				s.opt.logger().Debug("kafka fetch error", "topic", topic, "partition", p, "err", err)
 			}
 		})
+		if fenced != nil && failed == nil {
+			// When the broker leading the group dies, its successor can
+			// fence the static member although no other aggregator
+			// runs. Nothing is lost: the open round's records are
+			// uncommitted, so they come again from the last committed
+			// round, and the round loop rejects those it holds as
+			// duplicates. The records of this poll come again too.
+			s.rejoins++
+			s.opt.logger().Warn("updates consumer fenced; rejoining the group", "job", s.opt.Job, "attempt", s.rejoins, "err", fenced)
+			if s.rejoins > maxRejoins {
+				return nil, fmt.Errorf("fenced %d times since the last round (another aggregator of job %s?): %w", s.rejoins, s.opt.Job, fenced)
+			}
+			if err := s.rejoin(); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		fs.EachRecord(func(r *kgo.Record) {
 			if r.Topic == s.role.topic {
 				s.pending = append(s.pending, r)
@@ -407,6 +426,31 @@ func (s *Server) nextRecord(ctx context.Context) (*kgo.Record, error) {
 	s.pending[0] = nil
 	s.pending = s.pending[1:]
 	return r, nil
+}
+
+// rejoin replaces the fenced updates consumer with a new member. kgo
+// would rejoin with the member id the group no longer knows for the
+// static instance and be fenced again and again; a new client joins
+// without one and takes the static membership over. What the old member
+// read and did not commit is forgotten: its partitions are read again
+// from the committed offsets.
+func (s *Server) rejoin() error {
+	// The old client's last callbacks (its lost partitions) go to its
+	// own events, which are dropped with it.
+	s.c.CloseAllowingRebalance()
+	s.group = &groupEvents{}
+	s.revocations++
+	s.consumed = map[int32]int64{}
+	s.pending = nil
+	s.queued = nil
+	s.updates.forget(nil)
+	c, err := s.newConsumer(s.group)
+	if err != nil {
+		s.c = nil
+		return fmt.Errorf("rejoin the group %s: %w", s.role.group, err)
+	}
+	s.c = c
+	return nil
 }
 
 // dropped queues a rejected delivery for every dropped update transfer, so

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
@@ -61,15 +61,14 @@ func TestSpreadModel(t *testing.T) {
 	// Every partition holds chunks: 8 chunks over 3 partitions are 3, 3
 	// and 2, each partition also holding its commit marker, and partition
 	// 0 the manifest.
-	probe, err := kafka.NewConsumer(&kafka.ConfigMap{"bootstrap.servers": brokers, "group.id": job + ".probe"})
+	ends, err := admin(t, brokers).ListEndOffsets(ctx, ModelTopic(job))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer probe.Close()
 	for p, want := range []int64{3 + 1 + 1, 3 + 1, 2 + 1} {
-		_, high, err := probe.QueryWatermarkOffsets(ModelTopic(job), int32(p), 10_000)
-		if err != nil || high != want {
-			t.Errorf("model partition %d ends at %d (%v); want %d (its chunks, manifest and commit marker)", p, high, err, want)
+		end, _ := ends.Lookup(ModelTopic(job), int32(p))
+		if end.Err != nil || end.Offset != want {
+			t.Errorf("model partition %d ends at %d (%v); want %d (its chunks, manifest and commit marker)", p, end.Offset, end.Err, want)
 		}
 	}
 
@@ -104,7 +103,7 @@ func TestSpreadModel(t *testing.T) {
 // forgeSpread writes model m spread over parts partitions, its manifest
 // listing the chunks, as a writer outside the transaction could, after
 // tamper edits its chunks and manifest.
-func forgeSpread(ctx context.Context, t *testing.T, brokers string, m *fdxv1.GlobalModel, parts int, tamper func(chunks []*kafka.Message, man *fdxv1.TransferManifest)) {
+func forgeSpread(ctx context.Context, t *testing.T, brokers string, m *fdxv1.GlobalModel, parts int, tamper func(chunks []*kgo.Record, man *fdxv1.TransferManifest)) {
 	t.Helper()
 	b, err := proto.Marshal(m)
 	if err != nil {
@@ -119,21 +118,17 @@ func forgeSpread(ctx context.Context, t *testing.T, brokers string, m *fdxv1.Glo
 	if err := proto.Unmarshal(last.Value, man); err != nil {
 		t.Fatal(err)
 	}
-	at := make([]kafka.TopicPartition, len(chunks))
-	for i, c := range chunks {
-		c.Opaque = &at[i]
-	}
 	tamper(chunks, nil)
 	rawProduce(ctx, t, brokers, chunks)
-	for _, tp := range at {
-		man.ChunkPartitions = append(man.ChunkPartitions, tp.Partition)
-		man.ChunkOffsets = append(man.ChunkOffsets, int64(tp.Offset))
+	for _, c := range chunks {
+		man.ChunkPartitions = append(man.ChunkPartitions, c.Partition)
+		man.ChunkOffsets = append(man.ChunkOffsets, c.Offset)
 	}
 	tamper(nil, man)
 	if last.Value, err = proto.Marshal(man); err != nil {
 		t.Fatal(err)
 	}
-	rawProduce(ctx, t, brokers, []*kafka.Message{last})
+	rawProduce(ctx, t, brokers, []*kgo.Record{last})
 }
 
 // TestBadSpreadModel: spread models whose chunk does not match its CRC, or
@@ -156,13 +151,13 @@ func TestBadSpreadModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	forgeSpread(ctx, t, brokers, randomModel(job, 2, n), 3, func(chunks []*kafka.Message, _ *fdxv1.TransferManifest) {
+	forgeSpread(ctx, t, brokers, randomModel(job, 2, n), 3, func(chunks []*kgo.Record, _ *fdxv1.TransferManifest) {
 		if chunks != nil {
 			chunks[1].Value = slices.Clone(chunks[1].Value)
 			chunks[1].Value[7] ^= 0x80
 		}
 	})
-	forgeSpread(ctx, t, brokers, randomModel(job, 3, n), 3, func(_ []*kafka.Message, man *fdxv1.TransferManifest) {
+	forgeSpread(ctx, t, brokers, randomModel(job, 3, n), 3, func(_ []*kgo.Record, man *fdxv1.TransferManifest) {
 		if man != nil {
 			man.ChunkOffsets[2] += 100
 		}

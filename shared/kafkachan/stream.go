@@ -32,13 +32,8 @@ package kafkachan
 // whole, as without streaming.
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
-	"errors"
 	"fmt"
-	"hash"
-	"hash/crc32"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -47,6 +42,7 @@ import (
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/transfer"
 	"github.com/fdxkafka/fdxkafka/shared/updatestream"
 )
 
@@ -68,21 +64,19 @@ func (s *Server) HeldUpdateBytes() (now, peak int64) {
 
 // streamState is pass 1 of one streamed transfer.
 type streamState struct {
-	sink    updatestream.Sink
-	parser  *updatestream.Parser
-	sha     hash.Hash
-	crcs    []uint32
+	sink   updatestream.Sink
+	parser *updatestream.Parser
+	// digest checks the chunks against the manifest that follows them.
+	digest  *transfer.Digest
 	offsets []int64 // per chunk index; -1 until it arrives
-	next    int     // the chunk index the parser expects
-	bytes   int64
 	// broken says why the values could not be streamed; the update is then
 	// read again whole at its manifest.
 	broken error
 }
 
 func newStreamState(sink updatestream.Sink, count int) *streamState {
-	st := &streamState{sink: sink, parser: updatestream.New(sink, 0), sha: sha256.New(),
-		crcs: make([]uint32, count), offsets: make([]int64, count)}
+	st := &streamState{sink: sink, parser: updatestream.New(sink, 0), digest: transfer.NewDigest(count),
+		offsets: make([]int64, count)}
 	for i := range st.offsets {
 		st.offsets[i] = -1
 	}
@@ -95,17 +89,14 @@ func (st *streamState) take(index int, msg *kgo.Record) {
 		return // a retried duplicate: the first copy is the one read again
 	}
 	st.offsets[index] = msg.Offset
-	st.crcs[index] = crc32.Checksum(msg.Value, castagnoli)
-	st.bytes += int64(len(msg.Value))
+	inOrder := st.digest.Add(index, msg.Value)
 	if st.broken != nil {
 		return
 	}
-	if index != st.next {
-		st.breakOff(fmt.Errorf("chunk %d arrived before chunk %d", index, st.next))
+	if !inOrder {
+		st.breakOff(fmt.Errorf("chunk %d arrived before the chunks ahead of it", index))
 		return
 	}
-	st.next++
-	st.sha.Write(msg.Value)
 	if err := st.parser.Write(msg.Value); err != nil {
 		st.breakOff(err)
 	}
@@ -147,9 +138,7 @@ type chunkSpan struct {
 	partition int32
 	id        string
 	offsets   []int64
-	crcs      []uint32
-	sha       []byte
-	total     int64
+	man       *fdxv1.TransferManifest
 }
 
 // streamed completes a streamed transfer at its manifest msg. ok is false
@@ -168,35 +157,23 @@ func (s *Server) streamed(ctx context.Context, msg *kgo.Record) (d channel.Deliv
 	}
 	st := t.stream
 	t.done, t.stream = true, nil
-	fail := func(r rules.Reason, format string, args ...any) channel.Delivery {
-		f := &transferError{Reason: r, Detail: fmt.Sprintf("transfer %s: ", t.id) + fmt.Sprintf(format, args...), Key: key, Need: -1}
+	drop := func(f *transferError) channel.Delivery {
 		s.opt.logger().Warn("chunked update dropped", "topic", UpdatesTopic(s.opt.Job), "key", key, "reason", f.Reason, "err", f.Detail)
 		return channel.Delivery{Key: key, Rejection: f.rejection()}
 	}
+	fail := func(r rules.Reason, format string, args ...any) channel.Delivery {
+		return drop(&transferError{Reason: r, Detail: fmt.Sprintf("transfer %s: ", t.id) + fmt.Sprintf(format, args...), Key: key, Need: -1})
+	}
 	n := int(man.GetChunkCount())
-	if n != t.count || man.GetTotalSize() != t.total || len(man.GetChunkCrc32C()) != n || len(man.GetSha256()) != sha256.Size {
+	if n != t.count || man.GetTotalSize() != t.total {
 		return fail(rules.Checksum, "manifest (%d chunks, %d bytes) does not describe its chunks (%d, %d bytes)", n, man.GetTotalSize(), t.count, t.total), true
 	}
-	missing := 0
-	for _, o := range st.offsets {
-		if o < 0 {
-			missing++
-		}
+	ordered, rej := st.digest.Check(man)
+	if rej != nil {
+		return drop(rejected(rej, key)), true
 	}
-	if missing > 0 {
-		return fail(rules.Incomplete, "%d of %d chunks missing", missing, n), true
-	}
-	if st.bytes != t.total {
-		return fail(rules.Checksum, "chunks hold %d bytes, manifest says %d", st.bytes, t.total), true
-	}
-	for i, c := range st.crcs {
-		if c != man.GetChunkCrc32C()[i] {
-			return fail(rules.Checksum, "chunk %d of %d does not match its CRC-32C", i, n), true
-		}
-	}
-	span := chunkSpan{topic: tp.Topic, partition: tp.Partition, id: t.id, offsets: st.offsets,
-		crcs: man.GetChunkCrc32C(), sha: man.GetSha256(), total: t.total}
-	if st.broken != nil {
+	span := chunkSpan{topic: tp.Topic, partition: tp.Partition, id: t.id, offsets: st.offsets, man: man}
+	if st.broken != nil || !ordered {
 		// Not streamable: read it again whole and deliver it as before.
 		s.opt.logger().Debug("chunked update not streamable; reading it whole", "key", key, "why", st.broken)
 		whole, err := s.readWhole(ctx, span)
@@ -204,9 +181,6 @@ func (s *Server) streamed(ctx context.Context, msg *kgo.Record) (d channel.Deliv
 			return fail(rules.Incomplete, "reading the chunks again: %v", err), true
 		}
 		return s.delivery(msg, whole, len(whole)+len(msg.Key)), true
-	}
-	if !bytes.Equal(st.sha.Sum(nil), man.GetSha256()) {
-		return fail(rules.Checksum, "SHA-256 of the %d bytes does not match", st.bytes), true
 	}
 	d = channel.Delivery{Key: key, Size: int(t.total) + len(msg.Key)}
 	u, err := st.parser.Close()
@@ -243,24 +217,29 @@ func (s *Server) streamed(ctx context.Context, msg *kgo.Record) (d channel.Deliv
 // end.
 func (s *Server) replay(ctx context.Context, span chunkSpan, sink updatestream.Sink) error {
 	p := updatestream.New(sink, 0)
-	sum := sha256.New()
-	next := 0
+	v, rej := transfer.NewVerifier(span.man, maxTransferBytes)
+	if rej != nil {
+		return fmt.Errorf("replay update transfer %s: %w", span.id, rej)
+	}
 	err := s.readChunks(ctx, span, func(i int, b []byte) error {
-		if i != next {
-			return fmt.Errorf("chunk %d read before chunk %d", i, next)
+		if i != v.Chunks() {
+			return fmt.Errorf("chunk %d read before chunk %d", i, v.Chunks())
 		}
-		next++
-		sum.Write(b)
+		if rej := v.Write(b); rej != nil {
+			return rej
+		}
 		return p.Write(b)
 	})
+	if err == nil {
+		_, err = p.Close()
+	}
+	if err == nil {
+		if rej := v.Finish(); rej != nil {
+			err = rej
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("replay update transfer %s: %w", span.id, err)
-	}
-	if _, err := p.Close(); err != nil {
-		return fmt.Errorf("replay update transfer %s: %w", span.id, err)
-	}
-	if !bytes.Equal(sum.Sum(nil), span.sha) {
-		return fmt.Errorf("replay update transfer %s: SHA-256 does not match", span.id)
 	}
 	return nil
 }
@@ -274,12 +253,19 @@ func (s *Server) readWhole(ctx context.Context, span chunkSpan) ([]byte, error) 
 	}); err != nil {
 		return nil, err
 	}
-	whole := make([]byte, 0, span.total)
+	v, rej := transfer.NewVerifier(span.man, maxTransferBytes)
+	if rej != nil {
+		return nil, rej
+	}
+	whole := make([]byte, 0, span.man.GetTotalSize())
 	for _, c := range chunks {
+		if rej := v.Write(c); rej != nil {
+			return nil, rej
+		}
 		whole = append(whole, c...)
 	}
-	if sum := sha256.Sum256(whole); int64(len(whole)) != span.total || !bytes.Equal(sum[:], span.sha) {
-		return nil, errors.New("SHA-256 of the chunks read again does not match")
+	if rej := v.Finish(); rej != nil {
+		return nil, rej
 	}
 	return whole, nil
 }
@@ -337,7 +323,7 @@ func (s *Server) readChunks(ctx context.Context, span chunkSpan, take func(i int
 			}
 			delete(at, rec.Offset)
 			left--
-			if string(header(rec, headerTransfer)) != span.id || crc32.Checksum(rec.Value, castagnoli) != span.crcs[i] {
+			if string(header(rec, headerTransfer)) != span.id || transfer.CheckChunk(span.man, i, rec.Value) != nil {
 				return fmt.Errorf("chunk %d at offset %d is not the one checked", i, rec.Offset)
 			}
 			if err := take(i, rec.Value); err != nil {

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confluentinc/confluent-kafka-go/v2/kafka"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
@@ -99,8 +99,8 @@ func streamUpdates(t *testing.T, job string) (good []*fdxv1.Update, whole *fdxv1
 func sendStreamUpdates(t *testing.T, ctx context.Context, brokers, job string, withBad bool) int {
 	t.Helper()
 	good, whole, bad := streamUpdates(t, job)
-	var msgs []*kafka.Message
-	transfer := func(u *fdxv1.Update) ([]*kafka.Message, *kafka.Message) {
+	var msgs []*kgo.Record
+	transfer := func(u *fdxv1.Update) ([]*kgo.Record, *kgo.Record) {
 		return updateTransferSized(t, job, u, streamChunk)
 	}
 	if withBad {

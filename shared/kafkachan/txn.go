@@ -50,6 +50,9 @@ func (s *Server) commitRound(ctx context.Context, round int64, build func() ([]*
 	if s.broken != nil {
 		return s.broken
 	}
+	if s.c == nil {
+		return fmt.Errorf("no updates consumer: its rejoin failed")
+	}
 	ctx, cancel := context.WithTimeout(ctx, 2*s.opt.TransactionTimeout)
 	defer cancel()
 	defer s.watch(ctx, fmt.Sprintf("round %d transaction", round), s.abortTimeout())()
