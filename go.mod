@@ -7,7 +7,6 @@ require (
 	cloud.google.com/go/compute/metadata v0.10.0
 	cloud.google.com/go/logging v1.21.1
 	github.com/GoogleCloudPlatform/functions-framework-go v1.9.2
-	github.com/confluentinc/confluent-kafka-go/v2 v2.11.1
 	github.com/prometheus/client_golang v1.25.0
 	github.com/prometheus/client_model v0.6.3
 	github.com/prometheus/common v0.73.1
