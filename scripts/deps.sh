@@ -2,7 +2,8 @@
 # Installs the system packages the build and tests need, from Debian's
 # archive, only when missing: unzip (proto/gen.sh unpacks its pinned protoc's
 # well-known types), shellcheck
-# (deploy/gcp/check.sh). Go, gcc (cgo for confluent-kafka-go), Java 17 and
+# (deploy/gcp/check.sh). Go, gcc (only for go test -race, which needs cgo;
+# the module itself builds with CGO_ENABLED=0), Java 17 and
 # Maven (deploy/kafka/kafka.sh) are expected on the machine.
 set -euo pipefail
 need=()
