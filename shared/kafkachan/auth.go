@@ -82,12 +82,14 @@ func unreachable(err error) error {
 
 // probeBrokers waits until the brokers answer a metadata request, up to
 // ctx's deadline or def, and fails at once when a login or an ACL is
-// refused. A refused connection is retried: a broker may be restarting.
+// refused. A refused connection is retried, a little later each time up
+// to a second apart: a broker may be restarting, and each failed dial is a
+// warning in the log.
 func probeBrokers(ctx context.Context, cl *kgo.Client, brokers string, def time.Duration) error {
 	ctx, cancel := withDefaultTimeout(ctx, def)
 	defer cancel()
 	var last error
-	for {
+	for backoff := 50 * time.Millisecond; ; backoff = min(2*backoff, time.Second) {
 		req := kmsg.NewPtrMetadataRequest()
 		step, stepCancel := context.WithTimeout(ctx, 2*time.Second)
 		_, err := req.RequestWith(step, cl)
@@ -104,7 +106,7 @@ func probeBrokers(ctx context.Context, cl *kgo.Client, brokers string, def time.
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("kafka brokers %s: %w (last broker error: %w)", brokers, channel.ErrUnreachable, last)
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(backoff):
 		}
 	}
 }

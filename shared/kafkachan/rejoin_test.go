@@ -41,27 +41,7 @@ func TestFencedConsumerRejoins(t *testing.T) {
 
 	// Another member with the aggregator's group.instance.id takes the
 	// static membership over: the server's consumer is fenced.
-	assigned := make(chan struct{}, 1)
-	other := rawClient(t, brokers, kgo.ConsumerGroup(GroupID(job)), kgo.InstanceID(s.role.instance),
-		kgo.ConsumeTopics(UpdatesTopic(job)), kgo.SessionTimeout(10*time.Second), kgo.DisableAutoCommit(),
-		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
-			if len(m[UpdatesTopic(job)]) > 0 {
-				select {
-				case assigned <- struct{}{}:
-				default:
-				}
-			}
-		}))
-	joined := testCtx(t, time.Minute)
-	for len(assigned) == 0 {
-		poll, cancel := context.WithTimeout(joined, 100*time.Millisecond)
-		other.PollFetches(poll)
-		cancel()
-		if joined.Err() != nil {
-			t.Fatal("the second member got no partitions within a minute")
-		}
-	}
-	other.Close()
+	fence(t, brokers, job, s)
 
 	if err := c.Submit(ctx, &fdxv1.Update{Job: job, ClientId: "b", BaseRound: 1}); err != nil {
 		t.Fatal(err)
@@ -90,4 +70,31 @@ func TestFencedConsumerRejoins(t *testing.T) {
 	if err != nil || len(hist) != 2 {
 		t.Fatalf("history: %d models, %v; want 2", len(hist), err)
 	}
+}
+
+// fence makes another member take s's static membership over, as a second
+// aggregator of the job would, and closes it.
+func fence(t *testing.T, brokers, job string, s *Server) {
+	t.Helper()
+	assigned := make(chan struct{}, 1)
+	other := rawClient(t, brokers, kgo.ConsumerGroup(GroupID(job)), kgo.InstanceID(s.role.instance),
+		kgo.ConsumeTopics(UpdatesTopic(job)), kgo.SessionTimeout(10*time.Second), kgo.DisableAutoCommit(),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			if len(m[UpdatesTopic(job)]) > 0 {
+				select {
+				case assigned <- struct{}{}:
+				default:
+				}
+			}
+		}))
+	joined := testCtx(t, time.Minute)
+	for len(assigned) == 0 {
+		poll, cancel := context.WithTimeout(joined, 100*time.Millisecond)
+		other.PollFetches(poll)
+		cancel()
+		if joined.Err() != nil {
+			t.Fatal("the second member got no partitions within a minute")
+		}
+	}
+	other.Close()
 }
