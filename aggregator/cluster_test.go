@@ -2,11 +2,13 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -14,7 +16,9 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
@@ -68,16 +72,16 @@ func TestBrokerLoss(t *testing.T) {
 	cases := []struct {
 		name string
 		// victim names the node to kill and the part it plays.
-		victim func(ctx context.Context, adm *kadm.Client, job string) (int32, error)
+		victim func(ctx context.Context, c *cluster, job string) (int32, error)
 	}{
-		{"model-leader", func(ctx context.Context, adm *kadm.Client, job string) (int32, error) {
-			return partitionLeader(ctx, adm, kafkachan.ModelTopic(job), 0)
+		{"model-leader", func(ctx context.Context, c *cluster, job string) (int32, error) {
+			return c.partitionLeader(ctx, kafkachan.ModelTopic(job), 0)
 		}},
-		{"txn-coordinator", func(ctx context.Context, adm *kadm.Client, job string) (int32, error) {
-			return coordinatorOf(adm.FindTxnCoordinators(ctx, kafkachan.TransactionalID(job)), kafkachan.TransactionalID(job))
+		{"txn-coordinator", func(ctx context.Context, c *cluster, job string) (int32, error) {
+			return coordinatorOf(c.adm.FindTxnCoordinators(ctx, kafkachan.TransactionalID(job)), kafkachan.TransactionalID(job))
 		}},
-		{"group-coordinator", func(ctx context.Context, adm *kadm.Client, job string) (int32, error) {
-			return coordinatorOf(adm.FindGroupCoordinators(ctx, kafkachan.GroupID(job)), kafkachan.GroupID(job))
+		{"group-coordinator", func(ctx context.Context, c *cluster, job string) (int32, error) {
+			return coordinatorOf(c.adm.FindGroupCoordinators(ctx, kafkachan.GroupID(job)), kafkachan.GroupID(job))
 		}},
 	}
 	for _, tc := range cases {
@@ -100,7 +104,7 @@ func brokerLossJob(brokers, job, dir string) killJob {
 // models are committed, and checks the job's end against want, the final
 // model's digest of an undisturbed run.
 func brokerLossCase(t *testing.T, c *cluster, bin string, k killJob, want string,
-	victim func(context.Context, *kadm.Client, string) (int32, error)) {
+	victim func(context.Context, *cluster, string) (int32, error)) {
 	const killAfter = 4
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -127,7 +131,7 @@ func brokerLossCase(t *testing.T, c *cluster, bin string, k killJob, want string
 	if committed >= k.rounds+1 {
 		t.Fatalf("the job committed all %d models before the kill; raise the rounds", committed)
 	}
-	node, err := victim(ctx, c.adm, k.job)
+	node, err := victim(ctx, c, k.job)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +163,10 @@ func brokerLossCase(t *testing.T, c *cluster, bin string, k killJob, want string
 // cluster is the 3-node cluster of kafka.sh under dir.
 type cluster struct {
 	brokers, dir string
-	adm          *kadm.Client
+	cl           *kgo.Client
+	// adm finds coordinators, which it asks a broker for every time; the
+	// cluster's metadata comes from metadata, not from adm's cache.
+	adm *kadm.Client
 }
 
 func newCluster(t *testing.T, brokers, dir string) *cluster {
@@ -169,7 +176,7 @@ func newCluster(t *testing.T, brokers, dir string) *cluster {
 		t.Fatalf("admin client: %v", err)
 	}
 	t.Cleanup(cl.Close)
-	return &cluster{brokers: brokers, dir: dir, adm: kadm.NewClient(cl)}
+	return &cluster{brokers: brokers, dir: dir, cl: cl, adm: kadm.NewClient(cl)}
 }
 
 // kill SIGKILLs node and returns its pid.
@@ -269,11 +276,25 @@ func (c *cluster) ports() (port, ctrl string, err error) {
 	return port, ctrl, nil
 }
 
-// live is the number of brokers the cluster's metadata lists.
-func (c *cluster) live(ctx context.Context) (int, error) {
+// metadata asks a broker for the metadata of topics (all when none) now.
+// kadm's Metadata and BrokerMetadata answer from the client's cache, whose
+// broker list a restarted node joins only when some topic's entry goes
+// stale: a heal that polled it saw 2 live brokers for minutes.
+func (c *cluster) metadata(ctx context.Context, topics ...string) (*kmsg.MetadataResponse, error) {
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	md, err := c.adm.BrokerMetadata(rctx)
+	req := kmsg.NewPtrMetadataRequest()
+	for _, topic := range topics {
+		rt := kmsg.NewMetadataRequestTopic()
+		rt.Topic = kmsg.StringPtr(topic)
+		req.Topics = append(req.Topics, rt)
+	}
+	return req.RequestWith(rctx, c.cl)
+}
+
+// live is the number of brokers the cluster's metadata lists.
+func (c *cluster) live(ctx context.Context) (int, error) {
+	md, err := c.metadata(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -283,20 +304,18 @@ func (c *cluster) live(ctx context.Context) (int, error) {
 // underReplicated lists the partitions of every topic whose ISR is short
 // of their replicas, or that have no leader.
 func (c *cluster) underReplicated(ctx context.Context) ([]string, error) {
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	md, err := c.adm.Metadata(rctx)
+	md, err := c.metadata(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var short []string
 	for _, td := range md.Topics {
-		if td.Err != nil {
-			return nil, fmt.Errorf("topic %s: %w", td.Topic, td.Err)
+		if err := kerr.ErrorForCode(td.ErrorCode); err != nil {
+			return nil, fmt.Errorf("topic %s: %w", topicName(td.Topic), err)
 		}
-		for _, p := range td.Partitions.Sorted() {
-			if p.Leader < 0 || len(p.ISR) < len(p.Replicas) || p.Err != nil {
-				short = append(short, fmt.Sprintf("%s[%d] leader %d ISR %v of %v", p.Topic, p.Partition, p.Leader, p.ISR, p.Replicas))
+		for _, p := range td.Partitions {
+			if p.Leader < 0 || len(p.ISR) < len(p.Replicas) || p.ErrorCode != 0 {
+				short = append(short, fmt.Sprintf("%s[%d] leader %d ISR %v of %v (%v)", topicName(td.Topic), p.Partition, p.Leader, p.ISR, p.Replicas, kerr.ErrorForCode(p.ErrorCode)))
 			}
 		}
 	}
@@ -308,13 +327,15 @@ func (c *cluster) underReplicated(ctx context.Context) ([]string, error) {
 func (c *cluster) roles(ctx context.Context, t *testing.T, job string) map[int32][]string {
 	t.Helper()
 	out := map[int32][]string{}
-	for _, topic := range []string{kafkachan.ModelTopic(job), kafkachan.UpdatesTopic(job)} {
-		md, err := c.adm.Metadata(ctx, topic)
-		if err != nil {
-			t.Logf("metadata of %s: %v", topic, err)
-			continue
-		}
-		for _, p := range md.Topics[topic].Partitions.Sorted() {
+	md, err := c.metadata(ctx, kafkachan.ModelTopic(job), kafkachan.UpdatesTopic(job))
+	if err != nil {
+		t.Logf("metadata of %s's topics: %v", job, err)
+		md = &kmsg.MetadataResponse{}
+	}
+	for _, td := range md.Topics {
+		topic := topicName(td.Topic)
+		ps := slices.SortedFunc(slices.Values(td.Partitions), func(a, b kmsg.MetadataResponseTopicPartition) int { return cmp.Compare(a.Partition, b.Partition) })
+		for _, p := range ps {
 			if len(p.Replicas) != 3 {
 				t.Errorf("%s[%d]: replicas %v; want 3", topic, p.Partition, p.Replicas)
 			}
@@ -331,16 +352,19 @@ func (c *cluster) roles(ctx context.Context, t *testing.T, job string) map[int32
 }
 
 // partitionLeader is the node that leads topic's partition p.
-func partitionLeader(ctx context.Context, adm *kadm.Client, topic string, p int32) (int32, error) {
-	md, err := adm.Metadata(ctx, topic)
+func (c *cluster) partitionLeader(ctx context.Context, topic string, p int32) (int32, error) {
+	md, err := c.metadata(ctx, topic)
 	if err != nil {
 		return 0, fmt.Errorf("metadata of %s: %w", topic, err)
 	}
-	pd, ok := md.Topics[topic].Partitions[p]
-	if !ok || pd.Err != nil || pd.Leader < 0 {
-		return 0, fmt.Errorf("%s[%d]: no leader (%+v)", topic, p, pd)
+	for _, td := range md.Topics {
+		for _, pd := range td.Partitions {
+			if topicName(td.Topic) == topic && pd.Partition == p && pd.ErrorCode == 0 && pd.Leader >= 0 {
+				return pd.Leader, nil
+			}
+		}
 	}
-	return pd.Leader, nil
+	return 0, fmt.Errorf("%s[%d]: no leader in %+v", topic, p, md.Topics)
 }
 
 // coordinatorOf is the node of key in a FindCoordinator answer.
@@ -353,4 +377,12 @@ func coordinatorOf(rs kadm.FindCoordinatorResponses, key string) (int32, error) 
 		return 0, fmt.Errorf("coordinator of %s: %w (%s)", key, r.Err, r.ErrMessage)
 	}
 	return r.NodeID, nil
+}
+
+// topicName is a metadata answer's topic name, "?" when it has none.
+func topicName(p *string) string {
+	if p == nil {
+		return "?"
+	}
+	return *p
 }

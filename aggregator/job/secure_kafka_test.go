@@ -15,6 +15,7 @@ import (
 
 	"github.com/fdxkafka/fdxkafka/function"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
+	"github.com/fdxkafka/fdxkafka/internal/testcerts"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
@@ -50,6 +51,14 @@ func kafkaSecured(t *testing.T, sb *kafkatest.Secure, protocol string) {
 	badProps["sasl.password"] = "guessed"
 	bad := httptest.NewServer(function.NewServer(function.Config{Data: data, Defaults: function.Defaults{Broker: sb.Brokers}, Transport: participant.Transport{KafkaProperties: badProps}}))
 	defer bad.Close()
+	// Over TLS, a function that trusts another CA must refuse the broker.
+	var untrusting *httptest.Server
+	if protocol == "SASL_SSL" {
+		otherCA := maps.Clone(cliProps)
+		otherCA["ssl.ca.location"] = testcerts.Generate(t, t.TempDir()).CA
+		untrusting = httptest.NewServer(function.NewServer(function.Config{Data: data, Transport: participant.Transport{KafkaProperties: otherCA}}))
+		defer untrusting.Close()
+	}
 
 	post := func(url, client string, rounds int) (int, string) {
 		body := fmt.Sprintf(`{"broker": %q, "channel": "kafka", "job": %q, "client_id": %q, "rounds": %d, "timeout_s": 120}`,
@@ -66,7 +75,7 @@ func kafkaSecured(t *testing.T, sb *kafkatest.Secure, protocol string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make(chan error, 4)
+	errs := make(chan error, 5)
 	ready := func(string) {
 		for i := range 3 {
 			wg.Add(1)
@@ -89,6 +98,17 @@ func kafkaSecured(t *testing.T, sb *kafkatest.Secure, protocol string) {
 				errs <- fmt.Errorf("function with a wrong password: HTTP %d %s; want 403 naming the SASL login", code, body)
 			}
 		}()
+		if untrusting != nil {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				code, body := post(untrusting.URL, "mistrusted", 1)
+				t.Logf("function trusting another CA: HTTP %d %s", code, strings.TrimSpace(body))
+				if code == http.StatusOK || !strings.Contains(body, "certificate") {
+					errs <- fmt.Errorf("function trusting another CA: HTTP %d %s; want a failure naming the certificate", code, body)
+				}
+			}()
+		}
 	}
 	res, err := RunOn(ctx, o, cc, Env{Data: data}, ready)
 	if err != nil {
@@ -103,7 +123,7 @@ func kafkaSecured(t *testing.T, sb *kafkatest.Secure, protocol string) {
 		t.Fatalf("%d rounds, final round %d (final %v); want %d rounds and a final round %d", len(res.Rounds), res.Final.GetRound(), res.Final.GetFinal(), o.NumRounds, o.NumRounds+1)
 	}
 	for _, r := range res.Rounds {
-		if len(r.Contributors) != 3 || strings.Contains(strings.Join(r.Contributors, ","), "intruder") {
+		if len(r.Contributors) != 3 || strings.Contains(strings.Join(r.Contributors, ","), "intruder") || strings.Contains(strings.Join(r.Contributors, ","), "mistrusted") {
 			t.Errorf("round %d contributors %v; want clients 0, 1, 2", r.Round, r.Contributors)
 		}
 	}
