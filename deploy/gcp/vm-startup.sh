@@ -11,7 +11,7 @@
 #     uploads with `gcloud compute scp` (the VM needs no access to the Git
 #     host), and when it is new unpacks it to /opt/fdxkafka. The bundle
 #     carries bin/aggregator, built by vm.sh; only with fdx-build-on-vm=1
-#     does this script install gcc and Go $fdx-go-version and build it.
+#     does this script install Go $fdx-go-version and build it.
 #  3. Reads the secrets named by fdx-secret-KIND metadata from Secret
 #     Manager (with the VM's service account) into /etc/fdx/secrets/KIND,
 #     root-only; the aggregator unit loads them as systemd credentials.
@@ -74,7 +74,7 @@ attr() {
 }
 
 install_packages() {
-  local pkgs=(openjdk-17-jre-headless maven ca-certificates curl "$@") missing=() p
+  local pkgs=(openjdk-17-jre-headless maven ca-certificates curl) missing=() p
   for p in "${pkgs[@]}"; do
     # shellcheck disable=SC2016  # ${Status} is dpkg-query's field, not ours
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -226,10 +226,9 @@ install_bundle() {
     log "the bundle carries bin/aggregator; not building"
   else
     [[ -n $go_version ]] || die "the bundle has no bin/aggregator and there is no fdx-go-version to build it: rerun vm.sh push (or with --build-on-vm)"
-    install_packages gcc libc6-dev
     install_go "$go_version"
     log "building the aggregator with $(go version)"
-    (cd "$next" && go build -trimpath -o bin/aggregator ./aggregator) || die "building the aggregator failed"
+    (cd "$next" && CGO_ENABLED=0 go build -trimpath -o bin/aggregator ./aggregator) || die "building the aggregator failed"
   fi
   chmod -R a+rX "$next"
   rm -rf "$ROOT.old"

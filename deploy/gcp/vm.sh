@@ -18,13 +18,12 @@
 #
 # The bundle is a tarball of the working tree (what you have checked out,
 # including uncommitted changes; without .git, evaluations/ and the tool and
-# output directories) plus bin/aggregator, built here for linux/amd64 with
-# cgo, that `gcloud compute scp` copies to the VM: the VM needs no Go, no
-# module downloads and no access to the Git host, and boots in the time
-# apt takes. Building here needs Linux amd64 with glibc no newer than the
-# VM's (Debian 12: 2.36; Cloud Shell qualifies); elsewhere pass
-# --build-on-vm, and the VM installs Go $GO_VERSION and builds at boot
-# (minutes, and the module proxy must be reachable).
+# output directories) plus bin/aggregator, built here for linux/amd64
+# without cgo (a static binary; any host with Go cross-compiles it), that
+# `gcloud compute scp` copies to the VM: the VM needs no Go, no module
+# downloads and no access to the Git host, and boots in the time apt takes.
+# Without Go here pass --build-on-vm, and the VM installs Go $GO_VERSION and
+# builds at boot (minutes, and the module proxy must be reachable).
 #
 # Closed by default: no external IP (--external-ip to give it one); it
 # reaches apt, Google's package repos and Maven Central through Cloud NAT
@@ -52,7 +51,7 @@ make_bundle() {
   local out=$1 dir
   if ((DRY_RUN)); then
     if ((!BUILD_ON_VM)); then
-      note "CGO_ENABLED=1 GOOS=linux GOARCH=amd64 go build -trimpath -o bin/aggregator ./aggregator  (uploaded in the bundle; the VM does not build)"
+      note "CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath -o bin/aggregator ./aggregator  (uploaded in the bundle; the VM does not build)"
     fi
     note "deploy/gcp/vm.sh bundle $out  (tar of the working tree without .git, evaluations/, .tools/, bin/, out/; plus bin/aggregator)"
     return 0
@@ -68,19 +67,12 @@ make_bundle() {
   log "bundle $out: $(du -h "$out" | cut -f1)"
 }
 
-# build_aggregator OUT builds the aggregator for the VM. cgo links glibc
-# dynamically, so the build host's glibc must not be newer than Debian 12's.
+# build_aggregator OUT builds the aggregator for the VM: pure Go, so a
+# static binary that any host cross-compiles and any Linux amd64 runs.
 build_aggregator() {
-  local glibc
-  [[ $(uname -sm) == "Linux x86_64" ]] ||
-    die "building the aggregator for the VM needs Linux x86_64 (cgo); here: $(uname -sm). Pass --build-on-vm"
   command -v go >/dev/null 2>&1 || die "go not found: install Go or pass --build-on-vm"
-  glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')
-  if [[ -n $glibc && $(printf '%s\n2.36\n' "$glibc" | sort -V | tail -n 1) != 2.36 ]]; then
-    die "this host's glibc $glibc is newer than Debian 12's 2.36: the binary may not start on the VM. Build on Debian 12 (Cloud Shell) or pass --build-on-vm"
-  fi
   log "building the aggregator for linux/amd64 with $(go version | cut -d' ' -f3)"
-  (cd "$FDX_REPO" && CGO_ENABLED=1 GOOS=linux GOARCH=amd64 go build -trimpath -o "$1" ./aggregator) ||
+  (cd "$FDX_REPO" && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath -o "$1" ./aggregator) ||
     die "building the aggregator failed"
 }
 
