@@ -27,7 +27,7 @@
 #                          the region unless they exist; --no-nat when the
 #                          network has its own NAT]
 #   --build-on-vm          BUILD_ON_VM=1  [0: vm.sh builds the aggregator
-#                          here (linux/amd64, cgo) and uploads the binary;
+#                          here (linux/amd64, static) and uploads the binary;
 #                          1: the VM installs Go and builds it at boot]
 #   --no-iap               USE_IAP=0      [1: ssh/scp through IAP]
 #   --tag TAG              NETWORK_TAG    [fdx-aggregator] firewall target

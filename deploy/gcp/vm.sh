@@ -18,13 +18,12 @@
 #
 # The bundle is a tarball of the working tree (what you have checked out,
 # including uncommitted changes; without .git, evaluations/ and the tool and
-# output directories) plus bin/aggregator, built here for linux/amd64 with
-# cgo, that `gcloud compute scp` copies to the VM: the VM needs no Go, no
-# module downloads and no access to the Git host, and boots in the time
-# apt takes. Building here needs Linux amd64 with glibc no newer than the
-# VM's (Debian 12: 2.36; Cloud Shell qualifies); elsewhere pass
-# --build-on-vm, and the VM installs Go $GO_VERSION and builds at boot
-# (minutes, and the module proxy must be reachable).
+# output directories) plus bin/aggregator, built here for linux/amd64
+# without cgo (a static binary; any host with Go cross-compiles it), that
+# `gcloud compute scp` copies to the VM: the VM needs no Go, no module
+# downloads and no access to the Git host, and boots in the time apt takes.
+# Without Go here pass --build-on-vm, and the VM installs Go $GO_VERSION and
+# builds at boot (minutes, and the module proxy must be reachable).
 #
 # Closed by default: no external IP (--external-ip to give it one); it
 # reaches apt, Google's package repos and Maven Central through Cloud NAT
