@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/job"
+	"github.com/fdxkafka/fdxkafka/internal/cli"
 	"github.com/fdxkafka/fdxkafka/internal/fedtest"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
@@ -50,6 +51,8 @@ type killJob struct {
 	clients, rounds   int
 	// stateFile, when set, runs the gRPC channel listening on brokers.
 	stateFile string
+	// extra are more flags.
+	extra []string
 }
 
 func (k killJob) channel() string {
@@ -64,13 +67,13 @@ func (k killJob) args() []string {
 	if k.stateFile != "" {
 		extra = []string{"--grpc", "--state-file", k.stateFile}
 	}
-	return append(extra, []string{
+	return append(append(extra, []string{
 		"--broker", k.brokers, "--job", k.job,
 		"--minclients", strconv.Itoa(k.clients), "--numrounds", strconv.Itoa(k.rounds),
 		"--dataset", "synthetic", "--max-examples", "60", "--eval-examples", "200",
 		"--strategy", "fedavgm", "--seed", "11", "--update-partitions", "3",
 		"--out", k.out, "--log-level", "info", "--log-to", "text",
-	}...)
+	}...), k.extra...)
 }
 
 // startClients runs long-running participants until the job's final model.
@@ -81,10 +84,37 @@ func startClients(ctx context.Context, t *testing.T, k killJob) func() {
 
 // aggregatorRun is one process of the aggregator.
 type aggregatorRun struct {
+	bin     string
+	k       killJob
 	cmd     *exec.Cmd
 	ready   chan struct{} // closed when it logged that rounds are running
 	stalled chan struct{} // closed when it stalled its shutdown (fault switch)
 	exited  chan error
+	tail    *lineTail
+}
+
+// tailLines is how much of an aggregator's stderr a failing test prints.
+const tailLines = 200
+
+// lineTail keeps the last lines written to it.
+type lineTail struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *lineTail) add(line string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.lines) == tailLines {
+		l.lines = l.lines[1:]
+	}
+	l.lines = append(l.lines, line)
+}
+
+func (l *lineTail) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
 }
 
 func startAggregator(t *testing.T, bin string, k killJob, env ...string) *aggregatorRun {
@@ -97,13 +127,16 @@ func startAggregator(t *testing.T, bin string, k killJob, env ...string) *aggreg
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start aggregator: %v", err)
 	}
-	r := &aggregatorRun{cmd: cmd, ready: make(chan struct{}), stalled: make(chan struct{}), exited: make(chan error, 1)}
+	r := &aggregatorRun{bin: bin, k: k, cmd: cmd, ready: make(chan struct{}), stalled: make(chan struct{}), exited: make(chan error, 1), tail: &lineTail{}}
+	scanned := make(chan struct{})
 	go func() {
+		defer close(scanned)
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		once, stallOnce := sync.Once{}, sync.Once{}
 		for sc.Scan() {
 			line := sc.Text()
+			r.tail.add(line)
 			if strings.Contains(line, "stalling shutdown") {
 				stallOnce.Do(func() { close(r.stalled) })
 			}
@@ -116,8 +149,69 @@ func startAggregator(t *testing.T, bin string, k killJob, env ...string) *aggreg
 		}
 		io.Copy(io.Discard, pr)
 	}()
-	go func() { r.exited <- cmd.Wait(); pw.Close() }()
+	go func() {
+		err := cmd.Wait()
+		pw.Close()
+		<-scanned // the tail holds the last line before anyone reads it
+		r.exited <- err
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+		}
+	})
 	return r
+}
+
+// wait waits up to d for the process to exit and returns how it exited. A
+// process still running at the deadline is sent SIGQUIT, so that its
+// goroutine dump lands in its stderr, and the test fails with its last
+// lines.
+func (r *aggregatorRun) wait(t *testing.T, d time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-r.exited:
+		r.exited <- err // later reads see it too
+		return err
+	case <-time.After(d):
+	}
+	r.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-r.exited:
+	case <-time.After(10 * time.Second):
+		r.cmd.Process.Kill()
+		<-r.exited
+	}
+	r.fatalf(t, "aggregator still running after %v; sent SIGQUIT", d)
+	return nil
+}
+
+// fatalf fails the test with the process's last lines of stderr.
+func (r *aggregatorRun) fatalf(t *testing.T, format string, args ...any) {
+	t.Helper()
+	t.Fatalf("%s\n--- last %d lines of the aggregator's stderr ---\n%s", fmt.Sprintf(format, args...), tailLines, r.tail)
+}
+
+// finish waits up to d for the job to end, restarting the aggregator (as
+// systemd's Restart=on-failure would) whenever it exits with
+// cli.ExitOutcomeUnknown, and fails the test on any other failure. It
+// returns the last run and how many restarts it took.
+func (r *aggregatorRun) finish(t *testing.T, d time.Duration) (*aggregatorRun, int) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	restarts := 0
+	for {
+		err := r.wait(t, time.Until(deadline))
+		if err == nil {
+			return r, restarts
+		}
+		if r.cmd.ProcessState.ExitCode() != cli.ExitOutcomeUnknown {
+			r.fatalf(t, "aggregator: %v", err)
+		}
+		restarts++
+		t.Logf("aggregator exited with code %d (transaction outcome unknown); restarting it", cli.ExitOutcomeUnknown)
+		r = startAggregator(t, r.bin, r.k)
+	}
 }
 
 func readOut(t *testing.T, path string) *job.Output {
@@ -191,10 +285,7 @@ func killAndResume(t *testing.T, k killJob) []*fdxv1.GlobalModel {
 		ref.stateFile = k.stateFile + ".ref"
 	}
 	wait := startClients(ctx, t, ref)
-	r := startAggregator(t, bin, ref)
-	if err := <-r.exited; err != nil {
-		t.Fatalf("reference run: %v", err)
-	}
+	startAggregator(t, bin, ref).finish(t, 6*time.Minute)
 	wait()
 	want := readOut(t, ref.out).Final.SHA256
 
@@ -215,25 +306,23 @@ func killAndResume(t *testing.T, k killJob) []*fdxv1.GlobalModel {
 		}
 		r := startAggregator(t, bin, k, env...)
 		if kills >= minKills {
-			if err := <-r.exited; err != nil {
-				t.Fatalf("final run after %d kills: %v", kills, err)
-			}
+			r.finish(t, 6*time.Minute)
 			break
 		}
 		select {
 		case <-r.ready:
 		case err := <-r.exited:
-			t.Fatalf("aggregator exited before running rounds (kill %d): %v", kills, err)
+			r.fatalf(t, "aggregator exited before running rounds (kill %d): %v", kills, err)
 		case <-ctx.Done():
-			t.Fatal("timeout waiting for the aggregator to start")
+			r.wait(t, 0)
 		}
 		if inject {
-			err := <-r.exited
+			err := r.wait(t, 2*time.Minute)
 			if ws, ok := r.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
 				if err == nil {
 					t.Fatalf("job finished after %d kills, before %d; raise the rounds", kills, minKills)
 				}
-				t.Fatalf("fault injection: aggregator ended with %v, want SIGKILL", err)
+				r.fatalf(t, "fault injection: aggregator ended with %v, want SIGKILL", err)
 			}
 			kills++
 			midTxn++
@@ -244,10 +333,10 @@ func killAndResume(t *testing.T, k killJob) []*fdxv1.GlobalModel {
 			if err == nil {
 				t.Fatalf("job finished after %d kills, before %d; raise the rounds", kills, minKills)
 			}
-			t.Fatalf("aggregator failed: %v", err)
+			r.fatalf(t, "aggregator failed: %v", err)
 		case <-time.After(time.Duration(rng.IntN(100)) * time.Millisecond):
 			r.cmd.Process.Signal(syscall.SIGKILL)
-			<-r.exited
+			r.wait(t, time.Minute)
 			kills++
 		}
 	}
@@ -325,10 +414,7 @@ func TestSIGTERM(t *testing.T) {
 			t.Fatalf("after SIGTERM: %v, want exit status 0", err)
 		}
 	case <-time.After(time.Minute):
-		// A goroutine dump helps whoever debugs this (FDX_TEST_AGG_LOG=1).
-		r.cmd.Process.Signal(syscall.SIGQUIT)
-		<-r.exited
-		t.Fatal("aggregator did not exit within a minute of SIGTERM")
+		r.wait(t, 0) // fails the test with a goroutine dump
 	}
 
 	// A second signal while the first is being handled ends the process
@@ -337,7 +423,11 @@ func TestSIGTERM(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	r = startAggregator(t, bin, k, envFaultStallShutdown+"=1")
-	<-r.ready
+	select {
+	case <-r.ready:
+	case <-time.After(2 * time.Minute):
+		r.wait(t, 0)
+	}
 	r.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-r.stalled:
@@ -353,17 +443,54 @@ func TestSIGTERM(t *testing.T) {
 			t.Errorf("after the second SIGTERM: exit code %d, want 143", code)
 		}
 	case <-time.After(time.Minute):
-		r.cmd.Process.Signal(syscall.SIGKILL)
-		<-r.exited
-		t.Fatal("aggregator ignored the second SIGTERM")
+		r.wait(t, 0)
 	}
 	wait := startClients(ctx, t, k)
-	r = startAggregator(t, bin, k)
-	if err := <-r.exited; err != nil {
-		t.Fatalf("resumed run: %v", err)
-	}
+	startAggregator(t, bin, k).finish(t, 2*time.Minute)
 	wait()
 	if got := readOut(t, k.out).Final.Round; got != int64(k.rounds+1) {
 		t.Errorf("final round %d, want %d", got, k.rounds+1)
+	}
+}
+
+// TestStalledTransactionExits makes a round transaction hang where a Kafka
+// client hangs when a broker dies: the watchdog must end the process with
+// cli.ExitOutcomeUnknown, and the restart must finish the job with every
+// round committed exactly once.
+func TestStalledTransactionExits(t *testing.T) {
+	bin, err := buildAggregator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	brokers := kafkatest.Brokers(t)
+	dir := t.TempDir()
+	const clients, rounds = 3, 6
+	k := killJob{brokers: brokers, job: kafkatest.Job(t), out: filepath.Join(dir, "out.json"), clients: clients, rounds: rounds,
+		extra: []string{"--transaction-timeout", "2s"}}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	wait := startClients(ctx, t, k)
+	r := startAggregator(t, bin, k, envFaultStallCommit+"=3")
+	start := time.Now()
+	err = r.wait(t, 2*time.Minute)
+	if code := r.cmd.ProcessState.ExitCode(); code != cli.ExitOutcomeUnknown {
+		r.fatalf(t, "stalled aggregator: %v (exit code %d), want exit code %d", err, code, cli.ExitOutcomeUnknown)
+	}
+	if !strings.Contains(r.tail.String(), "stalled past its deadline") {
+		r.fatalf(t, "the stalled aggregator exited %d without saying why", cli.ExitOutcomeUnknown)
+	}
+	t.Logf("watchdog ended the stalled aggregator after %v", time.Since(start).Round(time.Millisecond))
+	r = startAggregator(t, bin, k)
+	r.finish(t, 3*time.Minute)
+	wait()
+	if got := readOut(t, k.out).Final.Round; got != rounds+1 {
+		t.Errorf("final round %d, want %d", got, rounds+1)
+	}
+	hist, err := kafkachan.History(ctx, kafkachan.Options{Brokers: brokers, Job: k.job})
+	if err != nil {
+		t.Fatalf("read history: %v", err)
+	}
+	if err := checkHistory(hist, clients, rounds); err != nil {
+		t.Error(err)
 	}
 }

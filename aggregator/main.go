@@ -8,7 +8,10 @@
 //
 // -h prints the flags by group. Exit codes: 0 on success, after -h, and
 // after a first SIGTERM once the open round transaction is done; 1 on a
-// failure; 2 on a command-line mistake; 143 on a second SIGTERM.
+// failure; 2 on a command-line mistake; 75 when a Kafka round
+// transaction's outcome is unknown (a commit that timed out, or a Kafka call
+// stalled past its deadline): the supervisor restarts it and the restart
+// resumes from what was committed; 143 on a second SIGTERM.
 package main
 
 import (
@@ -31,6 +34,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
 	"github.com/fdxkafka/fdxkafka/internal/cli"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
+	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
@@ -77,7 +81,7 @@ updates, over Kafka (default) or gRPC (--grpc).
   aggregator --embedded --clients 10 --minclients 10 --numrounds 3`
 
 var flagGroups = []cli.Group{
-	{Title: "Channel", Flags: []string{"broker", "grpc", "embedded", "job", "update-partitions", "model-partitions", "kafka-config", "state-file"}},
+	{Title: "Channel", Flags: []string{"broker", "grpc", "embedded", "job", "update-partitions", "model-partitions", "kafka-config", "transaction-timeout", "state-file"}},
 	{Title: "Scale-out (FedAvg on Kafka)", Flags: []string{"role", "worker-name"}},
 	{Title: "Rounds", Flags: []string{"minclients", "numrounds", "target-clients", "round-timeout", "on-short", "target-accuracy"}},
 	{Title: "Asynchronous mode (FedBuff)", Flags: []string{"mode", "buffer-size", "staleness-exponent", "max-staleness"}},
@@ -136,6 +140,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Float64Var(&o.Strategy.ClippedCountStddev, "dp-clipped-count-stddev", 0, "dpfedavg-adaptive: noise on the unclipped count (0: clients/20)")
 	fs.Float64Var(&o.MaxNorm, "max-norm", 0, "reject updates with ||local-global|| above this (0: no fixed bound)")
 	normFactor := fs.Float64("norm-factor", coordinator.DefaultNormFactor, "reject updates with ||local-global|| above this many times the previous round's median (0: off)")
+	fs.DurationVar(&cc.TransactionTimeout, "transaction-timeout", 60*time.Second, "Kafka: the broker aborts a round transaction open this long; a round's publish gives up after twice that, and an aggregator whose Kafka client has not returned 15s later exits with code 75 to be restarted")
 	fs.IntVar(&cc.UpdatePartitions, "update-partitions", 4, "partitions of the updates topic (async mode: 1, the only value it takes)")
 	fs.IntVar(&cc.ModelPartitions, "model-partitions", 1, "partitions of the model topic; more spread the chunks of a large model over their leaders")
 	fs.Float64Var(&o.TargetAccuracy, "target-accuracy", 0, "end the job once the global model's test accuracy reaches this (0: run all rounds)")
@@ -292,6 +297,10 @@ func loadClientList(path string) (map[string]bool, error) {
 // before the commit. FDX_FAULT_KILL_AFTER_STORE, a client id or "any", makes
 // it SIGKILL itself once that client's gRPC update is in the update log,
 // before it is folded and answered.
+// FDX_FAULT_STALL_BEFORE_COMMIT, a round number, makes that round's
+// transaction hang where a Kafka client hangs when a broker dies, so that a
+// test sees the watchdog end the process (exit code 75) and the restart
+// finish the job.
 // FDX_FAULT_STALL_SHUTDOWN=1 makes a signalled aggregator hang once its job
 // has stopped, as a slow shutdown would, so that a test can send the second
 // signal while the first is still being handled.
@@ -299,6 +308,7 @@ const (
 	envFaultBeforeCommit  = "FDX_FAULT_KILL_BEFORE_COMMIT"
 	envFaultAfterStore    = "FDX_FAULT_KILL_AFTER_STORE"
 	envFaultStallShutdown = "FDX_FAULT_STALL_SHUTDOWN"
+	envFaultStallCommit   = "FDX_FAULT_STALL_BEFORE_COMMIT"
 )
 
 func (c *config) faults() error {
@@ -314,6 +324,22 @@ func (c *config) faults() error {
 		c.channel.BeforeCommit = func(round int64) {
 			if want < 0 || round == want {
 				kill(fmt.Sprintf("before committing round %d", round))
+			}
+		}
+	}
+	if v := os.Getenv(envFaultStallCommit); v != "" {
+		want, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return fmt.Errorf("%s: want a round number, got %q", envFaultStallCommit, v)
+		}
+		kill := c.channel.BeforeCommit
+		c.channel.BeforeCommit = func(round int64) {
+			if round == want {
+				fmt.Fprintf(os.Stderr, "aggregator: fault injection: stalling the transaction of round %d\n", round)
+				select {} // as a hung Kafka call would
+			}
+			if kill != nil {
+				kill(round)
 			}
 		}
 	}
@@ -349,6 +375,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer closeLog()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// A Kafka call that does not return by its deadline leaves the
+	// transaction's outcome unknown and may never return: only ending
+	// the process frees the round. The supervisor restarts it and the
+	// restart reads what was committed.
+	c.channel.OnStall = func(step string, after time.Duration) {
+		log.Error("Kafka transaction stalled past its deadline; exiting so that a restart reads what was committed",
+			"step", step, "after", after.Round(time.Millisecond), "exit_code", cli.ExitOutcomeUnknown)
+		closeLog()
+		os.Exit(cli.ExitOutcomeUnknown)
+	}
 	env := job.Env{Log: log, Data: c.data}
 	if c.metricsAddr != "" {
 		channelName := "kafka"
@@ -385,9 +421,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if c.clients > 0 {
 			return cli.Usagef("--role runs no local clients: drop --clients")
 		}
-		return job.RunRole(ctx, c.spec, c.channel, env, c.role, c.workerName)
+		err := job.RunRole(ctx, c.spec, c.channel, env, c.role, c.workerName)
+		if errors.Is(err, channel.ErrOutcomeUnknown) {
+			return &cli.ExitError{Code: cli.ExitOutcomeUnknown, Err: err}
+		}
+		return err
 	}
 	res, err := job.RunOn(ctx, c.spec, c.channel, env, ready)
+	if errors.Is(err, channel.ErrOutcomeUnknown) {
+		return &cli.ExitError{Code: cli.ExitOutcomeUnknown, Err: fmt.Errorf("%w; restart to resume from what was committed", err)}
+	}
 	if err != nil {
 		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 			// Every closed round is committed; a restart resumes the

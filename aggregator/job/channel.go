@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
@@ -49,6 +50,11 @@ type ChannelConfig struct {
 	// BeforeCommit is the Kafka channel's fault-injection point (see
 	// kafkachan.ServerOptions.BeforeCommit).
 	BeforeCommit func(round int64)
+	// TransactionTimeout bounds a Kafka round transaction (0: 60s).
+	TransactionTimeout time.Duration
+	// OnStall is the Kafka channel's watchdog (see
+	// kafkachan.ServerOptions.OnStall).
+	OnStall func(step string, after time.Duration)
 	// StateFile makes the gRPC channel durable.
 	StateFile string
 	// GRPCTLS secures the gRPC channel (see grpcchan).
@@ -164,11 +170,13 @@ func OpenChannel(ctx context.Context, cc ChannelConfig, job string, maxBytes int
 		log.Warn("updates are not authenticated: anyone who can write the updates topic can submit as any client (set a tokens file)")
 	}
 	s, err := kafkachan.NewServer(ctx, kafkachan.ServerOptions{
-		Options:      ko,
-		TopicOptions: kafkachan.TopicOptions{UpdatePartitions: parts, ModelPartitions: cc.ModelPartitions, MaxMessageBytes: maxBytes},
-		BeforeCommit: cc.BeforeCommit,
-		Signer:       cc.Signer,
-		Tokens:       cc.Tokens,
+		Options:            ko,
+		TopicOptions:       kafkachan.TopicOptions{UpdatePartitions: parts, ModelPartitions: cc.ModelPartitions, MaxMessageBytes: maxBytes},
+		BeforeCommit:       cc.BeforeCommit,
+		OnStall:            cc.OnStall,
+		TransactionTimeout: cc.TransactionTimeout,
+		Signer:             cc.Signer,
+		Tokens:             cc.Tokens,
 	})
 	if err != nil {
 		stopBroker()

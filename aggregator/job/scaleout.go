@@ -76,11 +76,13 @@ func RunRole(ctx context.Context, spec Spec, cc ChannelConfig, env Env, role, wo
 		ko.Verifier = trust.NewVerifier(cc.Signer.Public())
 	}
 	so := kafkachan.ServerOptions{
-		Options:      ko,
-		TopicOptions: kafkachan.TopicOptions{UpdatePartitions: parts, MaxMessageBytes: maxBytes},
-		BeforeCommit: cc.BeforeCommit,
-		Signer:       cc.Signer,
-		Tokens:       cc.Tokens,
+		Options:            ko,
+		TopicOptions:       kafkachan.TopicOptions{UpdatePartitions: parts, MaxMessageBytes: maxBytes},
+		BeforeCommit:       cc.BeforeCommit,
+		OnStall:            cc.OnStall,
+		TransactionTimeout: cc.TransactionTimeout,
+		Signer:             cc.Signer,
+		Tokens:             cc.Tokens,
 	}
 	if role == RoleWorker {
 		ch, err := kafkachan.NewWorker(ctx, so, worker)

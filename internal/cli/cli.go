@@ -27,6 +27,11 @@ const (
 	ExitFailure  = 1
 	ExitUsage    = 2
 	ExitSignaled = 128 + 15 // a second SIGTERM: 143, as if killed by it
+	// ExitOutcomeUnknown: the aggregator stopped because it cannot know
+	// whether a round transaction committed (sysexits' EX_TEMPFAIL). Its
+	// supervisor restarts it (systemd Restart=on-failure), and the restart
+	// reads what the broker committed.
+	ExitOutcomeUnknown = 75
 )
 
 // Main runs run and exits with its code. The first SIGINT or SIGTERM
@@ -52,6 +57,7 @@ func Main(name string, run Run) {
 // stopped by the signal that cancelled ctx exits 0: it stopped as asked.
 func Code(name string, err error, ctx context.Context, stderr io.Writer) int {
 	var usage *UsageError
+	var coded *ExitError
 	switch {
 	case err == nil:
 		return ExitOK
@@ -61,6 +67,9 @@ func Code(name string, err error, ctx context.Context, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: %v\n", name, err)
 		fmt.Fprintf(stderr, "run '%s -h' for usage\n", name)
 		return ExitUsage
+	case errors.As(err, &coded):
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return coded.Code
 	case ctx.Err() != nil && errors.Is(err, context.Canceled):
 		fmt.Fprintf(stderr, "%s: stopped by signal\n", name)
 		return ExitOK
@@ -68,6 +77,15 @@ func Code(name string, err error, ctx context.Context, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "%s: %v\n", name, err)
 	return ExitFailure
 }
+
+// ExitError makes the command exit with Code.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
 
 // UsageError is a mistake on the command line.
 type UsageError struct{ Err error }

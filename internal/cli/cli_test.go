@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -26,6 +27,8 @@ func TestCode(t *testing.T) {
 		{"failure", errors.New("boom"), live, ExitFailure},
 		{"cancelled without a signal", context.Canceled, live, ExitFailure},
 		{"stopped by signal", context.Canceled, stopped, ExitOK},
+		{"exit code", fmt.Errorf("publish: %w", &ExitError{Code: ExitOutcomeUnknown, Err: errors.New("commit timed out")}), live, ExitOutcomeUnknown},
+		{"exit code wins over a signal", &ExitError{Code: ExitOutcomeUnknown, Err: context.Canceled}, stopped, ExitOutcomeUnknown},
 	} {
 		var buf bytes.Buffer
 		if got := Code("cmd", tc.err, tc.ctx, &buf); got != tc.want {

@@ -28,6 +28,14 @@ var ErrJobNotFound = errors.New("job not found")
 // token, client certificate, SASL).
 var ErrUnauthenticated = errors.New("not authenticated")
 
+// ErrOutcomeUnknown wraps a round transaction whose outcome the server
+// cannot know: the commit timed out, was cancelled, or the producer was
+// fenced while it was in flight. The transaction may or may not have
+// committed, so the only safe step is to stop and let a restart read what
+// the broker committed; guessing either way risks a round counted twice or
+// lost. The aggregator exits with cli.ExitOutcomeUnknown on it.
+var ErrOutcomeUnknown = errors.New("transaction outcome unknown")
+
 // ErrRejected wraps an update that the aggregator refused synchronously
 // (gRPC only: Kafka is fire-and-forget, rejections show in the aggregator).
 // The error also carries the *rules.Rejection (errors.As) when the

@@ -42,6 +42,33 @@ type ServerOptions struct {
 	// update must carry (trust.HeaderMAC); others are rejected as
 	// unauthenticated.
 	Tokens map[string]string
+	// OnStall, when set, is called from a watchdog goroutine when a
+	// transactional step (InitTransactions, a round's transaction) runs
+	// stallGrace past its deadline: the Kafka client did not return when
+	// asked to. The outcome of that step is unknown and the call may
+	// never return, so the aggregator sets OnStall to end the process
+	// with cli.ExitOutcomeUnknown; its supervisor restarts it.
+	OnStall func(step string, after time.Duration)
+}
+
+// stallGrace is how long a transactional step may overrun its deadline
+// before the watchdog calls OnStall: long enough for a call that honours
+// its deadline to unwind (an abort after a timed-out commit), short
+// enough that a hung aggregator is replaced well within a round timeout.
+const stallGrace = 15 * time.Second
+
+// watch arms the watchdog for a step bounded by ctx (or, without a
+// deadline, by limit). The returned function disarms it.
+func (s *Server) watch(ctx context.Context, step string, limit time.Duration) func() {
+	if s.opt.OnStall == nil {
+		return func() {}
+	}
+	start := time.Now()
+	if dl, ok := ctx.Deadline(); ok {
+		limit = time.Until(dl)
+	}
+	t := time.AfterFunc(limit+stallGrace, func() { s.opt.OnStall(step, time.Since(start)) })
+	return func() { t.Stop() }
 }
 
 // Server is the aggregator's Kafka channel: a transactional producer for
@@ -122,7 +149,12 @@ func openServer(ctx context.Context, opt ServerOptions, rl role) (*Server, error
 	go drainEvents(p, opt.logger(), nil)
 	s := &Server{opt: opt, p: p, consumed: map[int32]kafka.Offset{}, maxBytes: maxBytes, recordBytes: recordBytes,
 		updates: newAssembler(int64(maxBytes), opt.MaxPendingBytes), role: rl}
-	if err := p.InitTransactions(ctx); err != nil {
+	ictx, cancel := context.WithTimeout(ctx, 2*opt.TransactionTimeout)
+	disarm := s.watch(ictx, "init transactions", 0)
+	err = p.InitTransactions(ictx)
+	disarm()
+	cancel()
+	if err != nil {
 		p.Close()
 		return nil, fmt.Errorf("init transactions for job %s: %w", opt.Job, unreachable(err))
 	}
@@ -374,6 +406,12 @@ func (s *Server) Publish(ctx context.Context, m *fdxv1.GlobalModel) error {
 	if len(b) > s.maxBytes {
 		return fmt.Errorf("model round %d is %d bytes, over the job's limit %d", m.GetRound(), len(b), s.maxBytes)
 	}
+	// Retries ride out a broker restart, but not for longer than two
+	// transaction timeouts: past that the round is better retried by a
+	// fresh process than by this producer.
+	ctx, cancel := context.WithTimeout(ctx, 2*s.opt.TransactionTimeout)
+	defer cancel()
+	defer s.watch(ctx, fmt.Sprintf("round %d transaction", m.GetRound()), 0)()
 	for attempt := 0; ; attempt++ {
 		records, err := s.modelRecords(m.GetRound(), b)
 		if err != nil {
@@ -387,6 +425,9 @@ func (s *Server) Publish(ctx context.Context, m *fdxv1.GlobalModel) error {
 				s.count.Sent(len(r.Value) + len(r.Key))
 			}
 			return nil
+		}
+		if errors.Is(err, channel.ErrOutcomeUnknown) {
+			return fmt.Errorf("publish model round %d: %w", m.GetRound(), err)
 		}
 		// A broker restart surfaces as retriable or abortable errors:
 		// keep trying until ctx gives up, so an outage only delays the job.
@@ -444,7 +485,9 @@ func (s *Server) transact(ctx context.Context, round int64, records []*kafka.Mes
 			return err
 		}
 		if aerr := s.p.AbortTransaction(ctx); aerr != nil {
-			return fmt.Errorf("%w (abort: %v)", err, aerr)
+			// Nothing was committed, but a producer that cannot
+			// abort cannot begin the next transaction either.
+			return fmt.Errorf("%w: %w (abort: %v)", channel.ErrOutcomeUnknown, err, aerr)
 		}
 		return err
 	}
@@ -490,10 +533,12 @@ func (s *Server) transact(ctx context.Context, round int64, records []*kafka.Mes
 		if errors.As(err, &ke) && ke.IsRetriable() && ctx.Err() == nil {
 			continue
 		}
-		if errors.As(err, &ke) && ke.TxnRequiresAbort() {
+		if errors.As(err, &ke) && ke.TxnRequiresAbort() && ctx.Err() == nil {
 			return abort(err)
 		}
-		return err
+		// A commit that timed out, was cancelled or was fenced may have
+		// committed or not: never guess.
+		return fmt.Errorf("commit round %d: %w: %w", round, channel.ErrOutcomeUnknown, err)
 	}
 }
 
