@@ -16,6 +16,7 @@ import (
 
 	"github.com/fdxkafka/fdxkafka/evaluations/netbench/testbed"
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
+	"github.com/twmb/franz-go/pkg/kfake"
 )
 
 // Host names of the testbed: the aggregator, brokers b1..bK, client hosts
@@ -30,8 +31,8 @@ const (
 	grpcPort     = 8080
 	metricsPort  = 9100
 	functionPort = 8080
-	kafkaPort    = 9092 // node i of a cluster: kafkaPort+i-1
-	kafkaCtrl    = 9095 // node i's controller: kafkaCtrl+i-1
+	kafkaPort    = 25092 // node i of a cluster: kafkaPort+i-1
+	kafkaCtrl    = 25095 // node i's controller: kafkaCtrl+i-1
 )
 
 // Broker kinds.
@@ -241,7 +242,13 @@ func runKfake(ctx context.Context, args []string) error {
 	if len(args) != 2 || args[0] != "-addr" {
 		return errors.New("usage: netbench kfake -addr HOST:PORT")
 	}
-	b, err := embedded.Start(embedded.Options{Addr: args[1]})
+	addr := args[1]
+	// kfake listens on 127.0.0.1 and advertises its listener's address:
+	// listening on the host's testbed address makes it reachable from the
+	// other namespaces and advertise that address.
+	b, err := embedded.Start(embedded.Options{Addr: addr, Extra: []kfake.Opt{
+		kfake.ListenFn(func(network, _ string) (net.Listener, error) { return net.Listen(network, addr) }),
+	}})
 	if err != nil {
 		return err
 	}

@@ -402,8 +402,20 @@ func writePlots(dir string, rws []*row) error {
 		p.Title.Text = fmt.Sprintf("Time to reach all devices: %s, %s links, %s clients", k.model, rateLabel(k.link), k.mode)
 		p.X.Label.Text = "clients N"
 		p.Y.Label.Text = "seconds (mean over rounds 2..R)"
-		p.X.Scale, p.X.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
-		p.Y.Scale, p.Y.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
+		// Log axes need a range: with a single N (or a single time) gonum
+		// widens it by ±1, below zero, so such an axis stays linear.
+		xs, ys := map[float64]bool{}, map[float64]bool{}
+		for _, xy := range pts[k] {
+			for _, pt := range xy {
+				xs[pt.X], ys[pt.Y] = true, true
+			}
+		}
+		if len(xs) > 1 {
+			p.X.Scale, p.X.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
+		}
+		if len(ys) > 1 {
+			p.Y.Scale, p.Y.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
+		}
 		p.Legend.Top, p.Legend.Left = true, true
 		for _, ch := range []string{chGRPC, chKafka1, chKafka3} {
 			xy := pts[k][ch]
