@@ -83,6 +83,8 @@ type Result struct {
 	StartedAt  string `json:"started_at"`
 	ModelBytes int64  `json:"model_bytes"`
 	Error      string `json:"error,omitempty"`
+	// Command is the netbench command line that ran this cell.
+	Command string `json:"command,omitempty"`
 
 	// Messages counts every transmitted message as the stress harness
 	// does (evaluations/README.md): Kafka every record produced plus every

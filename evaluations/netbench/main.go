@@ -90,7 +90,10 @@ type Config struct {
 	Merge bool
 	// Tag names the testbed ([a-z0-9]).
 	Tag string
-	Log *slog.Logger
+	// Command is the command line that regenerates this run's cells,
+	// recorded with each result.
+	Command string
+	Log     *slog.Logger
 }
 
 const synopsis = `usage: netbench [run] [flags] | netbench report [flags] | netbench cleanup
@@ -131,7 +134,8 @@ func parseRun(args []string, stderr io.Writer) (Config, error) {
 	cfg := Config{Models: split(*models), Channels: split(*channels), Modes: split(*modes), Rounds: *rounds,
 		Repeats: *repeats, ClientHosts: *clientHosts, BrokerKind: *brokerKind, MaxClientMB: *maxMB,
 		MaxInFlight: *inflight, CellTimeout: *timeout, Out: *out, Merge: *merge, Tag: *tag,
-		Log: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))}
+		Command: "go run ./evaluations/netbench run " + strings.Join(args, " "),
+		Log:     slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))}
 	for _, s := range split(*clients) {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
@@ -285,7 +289,7 @@ func Run(ctx context.Context, cfg Config) ([]*Result, error) {
 						c := cell{Model: m, Clients: n, LinkBps: link, Channel: ch, Mode: mode}
 						if why := feasible(c, cfg); why != "" {
 							log.Warn("skipping cell", "cell", c.key(), "reason", why)
-							skipped = append(skipped, &Result{cell: c, Error: "skipped: " + why})
+							skipped = append(skipped, &Result{cell: c, Command: cfg.Command, Error: "skipped: " + why})
 							continue
 						}
 						plan = append(plan, c)
@@ -324,34 +328,35 @@ func Run(ctx context.Context, cfg Config) ([]*Result, error) {
 	results := slices.Clone(skipped)
 	var curLink int64 = -1
 	opts := cellOptions{Rounds: cfg.Rounds, Timeout: cfg.CellTimeout, MaxInFlight: cfg.MaxInFlight}
+	var runErr error
+matrix:
 	for i, c := range plan {
 		if err := ctx.Err(); err != nil {
 			break
 		}
 		if c.LinkBps != curLink {
-			if err := b.shapeAll(ctx, c.LinkBps, c.Clients); err != nil {
-				return nil, err
+			if runErr = b.shapeAll(ctx, c.LinkBps, c.Clients); runErr != nil {
+				break
 			}
 			curLink = c.LinkBps
 		}
 		if k := c.brokers(); k > 0 {
-			if err := b.startBrokers(ctx, k); err != nil {
-				return nil, err
+			if runErr = b.startBrokers(ctx, k); runErr != nil {
+				break
 			}
 		}
-		if c.Clients > 0 {
-			// Client links carry the sum of their devices' links.
-			if err := b.shapeClients(ctx, c.LinkBps, c.Clients); err != nil {
-				return nil, err
-			}
+		// Client links carry the sum of their devices' links.
+		if runErr = b.shapeClients(ctx, c.LinkBps, c.Clients); runErr != nil {
+			break
 		}
 		for rep := 1; rep <= cfg.Repeats; rep++ {
 			log.Info("cell starting", "cell", c.key(), "repeat", rep, "of", len(plan))
 			res, err := b.runCell(ctx, c, rep, opts)
+			if res == nil {
+				res = &Result{cell: c, Repeat: rep}
+			}
+			res.Command = cfg.Command
 			if err != nil {
-				if res == nil {
-					res = &Result{cell: c, Repeat: rep}
-				}
 				res.Error = err.Error()
 				log.Error("cell failed", "cell", c.key(), "repeat", rep, "err", err)
 				if b.brokers > 0 {
@@ -361,7 +366,7 @@ func Run(ctx context.Context, cfg Config) ([]*Result, error) {
 					}
 					if c.brokers() > 0 {
 						if serr := b.startBrokers(ctx, c.brokers()); serr != nil {
-							return nil, serr
+							runErr = serr
 						}
 					}
 				}
@@ -372,13 +377,21 @@ func Run(ctx context.Context, cfg Config) ([]*Result, error) {
 					"machine_busy", fmt.Sprintf("%.2f", res.CPU.MachineBusy))
 			}
 			results = append(results, res)
+			// Written after every run, so that an interrupted matrix
+			// keeps what it measured.
+			if err := writeResults(out, filepath.Join(root, readmePath), results, cfg.Merge); err != nil {
+				return results, err
+			}
+			if runErr != nil {
+				break matrix
+			}
 		}
 	}
-	if err := writeResults(out, results, cfg.Merge); err != nil {
+	if err := writeResults(out, filepath.Join(root, readmePath), results, cfg.Merge); err != nil {
 		return results, err
 	}
-	log.Info("results written", "dir", out)
-	return results, ctx.Err()
+	log.Info("results written", "dir", out, "readme", readmePath)
+	return results, errors.Join(runErr, ctx.Err())
 }
 
 // feasible says why a cell cannot run here, or "".

@@ -26,7 +26,8 @@ import (
 // File names in the results directory.
 const (
 	resultsJSON = "netbench.json"
-	resultsMD   = "netbench.md"
+	// readmePath is the README the tool writes, relative to the repository.
+	readmePath = "evaluations/netbench/README.md"
 )
 
 // resultsFile is netbench.json: every run of every cell.
@@ -38,8 +39,8 @@ type resultsFile struct {
 const resultsNote = "netbench: Kafka vs gRPC on tc-shaped links between network namespaces; see evaluations/README.md#netbench"
 
 // writeResults merges rs into dir's JSON (a cell run again replaces its
-// earlier runs) and rewrites the markdown and plots.
-func writeResults(dir string, rs []*Result, merge bool) error {
+// earlier runs) and rewrites the plots and the README at readme.
+func writeResults(dir, readme string, rs []*Result, merge bool) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -67,7 +68,7 @@ func writeResults(dir string, rs []*Result, merge bool) error {
 	if err := os.WriteFile(filepath.Join(dir, resultsJSON), append(b, '\n'), 0o644); err != nil {
 		return err
 	}
-	return render(dir, all, io.Discard)
+	return render(dir, readme, all, io.Discard)
 }
 
 func readResults(dir string) ([]*Result, error) {
@@ -87,6 +88,7 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	fset := flag.NewFlagSet("netbench report", flag.ContinueOnError)
 	fset.SetOutput(stderr)
 	out := fset.String("out", "evaluations/results/netbench", "results directory holding "+resultsJSON)
+	readme := fset.String("readme", readmePath, "the README to write (tables from the JSON)")
 	if err := cli.Parse(fset, args); err != nil {
 		return err
 	}
@@ -94,12 +96,13 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return render(*out, rs, stdout)
+	return render(*out, *readme, rs, stdout)
 }
 
 // row is a cell's median over its successful runs.
 type row struct {
 	cell
+	command                              string
 	runs, failed                         int
 	modelBytes                           int64
 	messages                             int64
@@ -137,7 +140,7 @@ func rows(rs []*Result) []*row {
 	var out []*row
 	for _, k := range keys {
 		group := by[k]
-		rw := &row{cell: group[0].cell}
+		rw := &row{cell: group[0].cell, command: group[len(group)-1].Command}
 		var msgs, round, prop, pmax, first, egr, per, brk, bound, eff, busy, ours []float64
 		for _, r := range group {
 			if r.Error != "" {
@@ -218,9 +221,57 @@ func sizeLabel(s int64) string {
 	return fmt.Sprintf("%.0f kB", float64(s)/1e3)
 }
 
-// render writes the markdown table and the plots, and prints the table.
-func render(dir string, rs []*Result, stdout io.Writer) error {
+// render writes the README (tables grouped by the command that measured
+// them, goals, crossover) and the plots, and prints the tables.
+func render(dir, readme string, rs []*Result, stdout io.Writer) error {
 	rws := rows(rs)
+	var b strings.Builder
+	// One table per command line, in the order the commands first appear.
+	var cmds []string
+	byCmd := map[string][]*row{}
+	for _, r := range rws {
+		if _, ok := byCmd[r.command]; !ok {
+			cmds = append(cmds, r.command)
+		}
+		byCmd[r.command] = append(byCmd[r.command], r)
+	}
+	for _, cmd := range cmds {
+		label := cmd
+		if label == "" {
+			label = "(command not recorded)"
+		}
+		fmt.Fprintf(&b, "```\nsudo %s\n```\n\n", label)
+		b.WriteString(table(byCmd[cmd]))
+		b.WriteString("\n")
+	}
+	b.WriteString(goals(rws))
+	b.WriteString("\n")
+	b.WriteString(crossovers(rws))
+	if _, err := io.WriteString(stdout, b.String()); err != nil {
+		return err
+	}
+	plots, err := writePlots(dir, rws)
+	if err != nil {
+		return err
+	}
+	if readme == "" {
+		return nil
+	}
+	rel := dir
+	if r, err := filepath.Rel(filepath.Dir(readme), dir); err == nil {
+		rel = r
+	}
+	var pl strings.Builder
+	for _, p := range plots {
+		fmt.Fprintf(&pl, "![%s](%s)\n", p, filepath.ToSlash(filepath.Join(rel, p)))
+	}
+	md := strings.NewReplacer("{{RESULTS}}", b.String(), "{{PLOTS}}", pl.String(),
+		"{{JSON}}", filepath.ToSlash(filepath.Join(rel, resultsJSON))).Replace(readmeTemplate)
+	return os.WriteFile(readme, []byte(md), 0o644)
+}
+
+// table is the markdown table of rows.
+func table(rws []*row) string {
 	var b strings.Builder
 	b.WriteString("| model (S) | N | link | clients | channel | messages | round | time to reach all (mean / max) | ÷ gRPC | aggregator egress per model | ÷ S | busiest broker egress per model | bound N·S/(K·L) | achieved ÷ limit | machine CPU busy (ours) | runs |\n")
 	b.WriteString("|---|--:|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
@@ -239,23 +290,75 @@ func render(dir string, rs []*Result, stdout io.Writer) error {
 		}
 		runs := fmt.Sprint(r.runs)
 		if r.failed > 0 {
-			runs += fmt.Sprintf(" (+%d failed)", r.failed)
+			runs += fmt.Sprintf(" (+%d failed: %s)", r.failed, shortErr(r.errors[0]))
 		}
 		fmt.Fprintf(&b, "| %s (%s) | %d | %s | %s | %s | %d | %s | %s / %s | %s | %s MB | %.2f | %s | %s | %.2f | %.0f%% (%.0f%%) | %s |\n",
 			r.Model, sizeLabel(r.modelBytes), r.Clients, rateLabel(r.LinkBps), r.Mode, r.Channel, r.messages,
 			sec(r.roundMs), sec(r.propMs), sec(r.propMaxMs), vs, mb(r.aggEgress), r.aggPerModel, brk,
 			sec(r.boundMs), r.efficiency, 100*r.busy, 100*r.ours, runs)
 	}
-	b.WriteString("\n")
-	b.WriteString(crossovers(rws))
-	md := "# netbench results\n\n" + resultsNote + "\n\nRegenerate: `go run ./evaluations/netbench report` (from " + resultsJSON + "); rerun cells with `sudo go run ./evaluations/netbench run ...` (see the README).\n\n" + b.String()
-	if err := os.WriteFile(filepath.Join(dir, resultsMD), []byte(md), 0o644); err != nil {
-		return err
+	return b.String()
+}
+
+// goals checks the figures against the testbed's goals: Kafka with 3
+// brokers reaching 100 clients with a 10 MB model over 1 Gbit/s links in
+// at most half gRPC's time; the aggregator's egress per model over Kafka
+// at most 1.1 S; achieved ÷ limit at least 0.8.
+func goals(rws []*row) string {
+	var b strings.Builder
+	b.WriteString("### Goals\n\n")
+	var g, k *row
+	for _, r := range rws {
+		if r.Model == "synthetic:10" && r.Clients == 100 && r.LinkBps == 1e9 && r.Mode == modeLong && r.runs > 0 {
+			switch r.Channel {
+			case chGRPC:
+				g = r
+			case chKafka3:
+				k = r
+			}
+		}
 	}
-	if _, err := io.WriteString(stdout, b.String()); err != nil {
-		return err
+	if g != nil && k != nil {
+		verdict := "not met"
+		if k.propMs <= 0.5*g.propMs {
+			verdict = "met"
+		}
+		fmt.Fprintf(&b, "- 10 MB model, 100 clients, 1 Gbit/s: kafka3 reaches all devices in %s, gRPC in %s: %.2f× (goal ≤ 0.5×): **%s**.\n",
+			sec(k.propMs), sec(g.propMs), k.propMs/g.propMs, verdict)
+	} else {
+		b.WriteString("- 10 MB model, 100 clients, 1 Gbit/s: not measured (no successful grpc and kafka3 runs of that cell).\n")
 	}
-	return writePlots(dir, rws)
+	var over []string
+	kafkaCells := 0
+	for _, r := range rws {
+		if r.runs > 0 && r.Channel != chGRPC {
+			kafkaCells++
+			if r.aggPerModel > 1.1 {
+				over = append(over, fmt.Sprintf("%s/%d/%s %.2f", r.Model, r.Clients, r.Channel, r.aggPerModel))
+			}
+		}
+	}
+	fmt.Fprintf(&b, "- Aggregator egress per model over Kafka ≤ 1.1 S: %d of %d Kafka cells", kafkaCells-len(over), kafkaCells)
+	if len(over) > 0 {
+		fmt.Fprintf(&b, " (above: %s; for small models the fixed cost of requests, offsets and transaction markers dominates)", strings.Join(over, ", "))
+	}
+	b.WriteString(".\n")
+	var eff []string
+	cells := 0
+	for _, r := range rws {
+		if r.runs > 0 && r.modelBytes >= 1e6 {
+			cells++
+			if r.efficiency >= 0.8 {
+				eff = append(eff, fmt.Sprintf("%s/%d/%s/%s", r.Model, r.Clients, rateName(r.LinkBps), r.Channel))
+			}
+		}
+	}
+	fmt.Fprintf(&b, "- Achieved ÷ limit ≥ 0.8 (models of 1 MB and more): %d of %d cells", len(eff), cells)
+	if len(eff) > 0 {
+		fmt.Fprintf(&b, " (%s)", strings.Join(eff, ", "))
+	}
+	b.WriteString(".\n")
+	return b.String()
 }
 
 func shortErr(s string) string {
@@ -378,7 +481,8 @@ func channelStyle(ch string) (color.Color, draw.GlyphDrawer) {
 
 // writePlots writes, per model, link and mode, time to reach all devices
 // against N (log-log), one line per channel.
-func writePlots(dir string, rws []*row) error {
+func writePlots(dir string, rws []*row) ([]string, error) {
+	var names []string
 	type key struct {
 		model string
 		link  int64
@@ -425,7 +529,7 @@ func writePlots(dir string, rws []*row) error {
 			sort.Slice(xy, func(i, j int) bool { return xy[i].X < xy[j].X })
 			l, s, err := plotter.NewLinePoints(xy)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			c, g := channelStyle(ch)
 			l.Color, s.Color, s.Shape = c, c, g
@@ -435,8 +539,9 @@ func writePlots(dir string, rws []*row) error {
 		}
 		name := fmt.Sprintf("reach_%s_%s_%s.png", strings.ReplaceAll(k.model, ":", ""), rateName(k.link), k.mode)
 		if err := p.Save(16*vg.Centimeter, 10*vg.Centimeter, filepath.Join(dir, name)); err != nil {
-			return fmt.Errorf("plot %s: %w", name, err)
+			return nil, fmt.Errorf("plot %s: %w", name, err)
 		}
+		names = append(names, name)
 	}
-	return nil
+	return names, nil
 }
