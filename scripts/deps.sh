@@ -2,12 +2,13 @@
 # Installs the system packages the build and tests need, from Debian's
 # archive, only when missing: unzip (proto/gen.sh unpacks its pinned protoc's
 # well-known types), shellcheck
-# (deploy/gcp/check.sh). Go, gcc (cgo for confluent-kafka-go), Java 17 and
+# (deploy/gcp/check.sh), iproute2 (ip and tc: the network testbed). Go, gcc (cgo for confluent-kafka-go), Java 17 and
 # Maven (deploy/kafka/kafka.sh) are expected on the machine.
 set -euo pipefail
 need=()
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+{ command -v ip && command -v tc; } >/dev/null 2>&1 || need+=(iproute2)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "deps.sh: installing ${need[*]}" >&2
   sudo=""

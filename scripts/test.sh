@@ -8,9 +8,13 @@
 #    two more beside it for the tests that need them: a broker in secure
 #    mode (SASL/SCRAM + ACLs: FDX_KAFKA_SECURE_BROKERS, FDX_KAFKA_SECURE_DIR)
 #    and a 3-node cluster (FDX_KAFKA_CLUSTER_BROKERS, FDX_KAFKA_CLUSTER_DIR);
-# 4. short bounded fuzz runs and the deploy/ script checks.
+# 4. the network testbed's tests (evaluations/netbench, build tag netns):
+#    real namespaces, veth, a bridge and tc, so they need root, and fail
+#    saying so without it; afterwards no testbed namespace may be left;
+# 5. short bounded fuzz runs and the deploy/ script checks.
 #
-# FDX_TEST_QUICK=1 skips step 3 (no Java/Maven needed).
+# FDX_TEST_QUICK=1 skips step 3 (no Java/Maven needed). FDX_TEST_NO_NETNS=1
+# skips step 4 and says NOT RUN (for a machine without root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +69,24 @@ if [ "${FDX_TEST_QUICK:-0}" != 1 ]; then
     FDX_KAFKA_CLUSTER_BROKERS="127.0.0.1:$cluster_port,127.0.0.1:$((cluster_port + 1)),127.0.0.1:$((cluster_port + 2))" \
     FDX_KAFKA_CLUSTER_DIR="/tmp/fdxkafka-broker-$cluster_port" \
     go test -count=1 -timeout "$timeout" ./...
+fi
+
+if [ "${FDX_TEST_NO_NETNS:-0}" = 1 ]; then
+  step "network testbed tests NOT RUN (FDX_TEST_NO_NETNS=1)"
+else
+  step "network testbed (namespaces on a bridge, 198.18.0.0/15, tc; needs root): go test -tags netns"
+  netns_left() { ip netns list | awk '$1 ~ /^fdxnb-/ {print $1}'; }
+  if ! go test -tags netns -count=1 -timeout 10m ./evaluations/netbench/...; then
+    # A test killed by its timeout runs no cleanup of its own.
+    go run ./evaluations/netbench cleanup || true
+    exit 1
+  fi
+  left=$(netns_left)
+  if [ -n "$left" ]; then
+    echo "the testbed tests left namespaces behind:"; echo "$left"
+    go run ./evaluations/netbench cleanup || true
+    exit 1
+  fi
 fi
 
 step "bounded fuzz runs"

@@ -93,7 +93,10 @@ type Config struct {
 	// Command is the command line that regenerates this run's cells,
 	// recorded with each result.
 	Command string
-	Log     *slog.Logger
+	// Readme is the README the run rewrites from the results, relative to
+	// the repository (empty: none).
+	Readme string
+	Log    *slog.Logger
 }
 
 const synopsis = `usage: netbench [run] [flags] | netbench report [flags] | netbench cleanup
@@ -134,8 +137,8 @@ func parseRun(args []string, stderr io.Writer) (Config, error) {
 	cfg := Config{Models: split(*models), Channels: split(*channels), Modes: split(*modes), Rounds: *rounds,
 		Repeats: *repeats, ClientHosts: *clientHosts, BrokerKind: *brokerKind, MaxClientMB: *maxMB,
 		MaxInFlight: *inflight, CellTimeout: *timeout, Out: *out, Merge: *merge, Tag: *tag,
-		Command: "go run ./evaluations/netbench run " + strings.Join(args, " "),
-		Log:     slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))}
+		Command: "go run ./evaluations/netbench run " + strings.Join(args, " "), Readme: readmePath,
+		Log: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))}
 	for _, s := range split(*clients) {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
@@ -263,6 +266,10 @@ func Run(ctx context.Context, cfg Config) ([]*Result, error) {
 	if !filepath.IsAbs(out) {
 		out = filepath.Join(root, out)
 	}
+	readme := cfg.Readme
+	if readme != "" && !filepath.IsAbs(readme) {
+		readme = filepath.Join(root, readme)
+	}
 	dir := filepath.Join(os.TempDir(), strings.TrimSuffix(testbed.Prefix(cfg.Tag), "-"))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -379,7 +386,7 @@ matrix:
 			results = append(results, res)
 			// Written after every run, so that an interrupted matrix
 			// keeps what it measured.
-			if err := writeResults(out, filepath.Join(root, readmePath), results, cfg.Merge); err != nil {
+			if err := writeResults(out, readme, results, cfg.Merge); err != nil {
 				return results, err
 			}
 			if runErr != nil {
@@ -387,10 +394,10 @@ matrix:
 			}
 		}
 	}
-	if err := writeResults(out, filepath.Join(root, readmePath), results, cfg.Merge); err != nil {
+	if err := writeResults(out, readme, results, cfg.Merge); err != nil {
 		return results, err
 	}
-	log.Info("results written", "dir", out, "readme", readmePath)
+	log.Info("results written", "dir", out, "readme", readme)
 	return results, errors.Join(runErr, ctx.Err())
 }
 
@@ -435,30 +442,49 @@ func (b *bed) shapeClients(ctx context.Context, rate int64, clients int) error {
 	return nil
 }
 
-// runCleanup is `netbench cleanup`.
+// runCleanup is `netbench cleanup`: by default the testbeds whose maker
+// no longer runs (a killed run's leftovers, never a live run's); with
+// -prefix everything under that prefix.
 func runCleanup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("netbench cleanup", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	prefix := fs.String("prefix", testbed.Root, "remove namespaces (and the processes in them) whose names start with this")
+	prefix := fs.String("prefix", "", "remove every namespace (and the processes in it) whose name starts with this (must start with "+testbed.Root+"); empty: the testbeds of processes that no longer run")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
-	if !strings.HasPrefix(*prefix, testbed.Root) {
+	if *prefix != "" && !strings.HasPrefix(*prefix, testbed.Root) {
 		return cli.Usagef("-prefix %q: must start with %q", *prefix, testbed.Root)
 	}
 	if err := testbed.Preflight(); err != nil {
 		return err
 	}
-	removed, err := testbed.Cleanup(ctx, *prefix, slog.New(slog.NewTextHandler(stderr, nil)))
-	// Working directories of runs: /tmp/fdxnb-<pid>-<tag>.
-	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), *prefix+"*"))
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	var (
+		removed []string
+		err     error
+	)
+	if *prefix == "" {
+		removed, err = testbed.CleanupStale(ctx, log)
+	} else {
+		removed, err = testbed.Cleanup(ctx, *prefix, log)
+	}
+	// Working directories of runs: /tmp/fdxnb-<pid>-<tag>, of processes
+	// that no longer run unless -prefix names them.
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), testbed.Root+"*"))
 	for _, d := range dirs {
+		name := filepath.Base(d)
+		if *prefix != "" && !strings.HasPrefix(name, *prefix) && !strings.HasPrefix(name+"-", *prefix) {
+			continue
+		}
+		if *prefix == "" && testbed.MakerRuns(name) {
+			continue
+		}
 		if rerr := os.RemoveAll(d); rerr == nil {
 			removed = append(removed, d)
 		}
 	}
 	if len(removed) == 0 {
-		fmt.Fprintf(stdout, "nothing to remove (prefix %s)\n", *prefix)
+		fmt.Fprintln(stdout, "nothing to remove")
 	} else {
 		fmt.Fprintf(stdout, "removed %s\n", strings.Join(removed, ", "))
 	}

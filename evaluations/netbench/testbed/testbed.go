@@ -442,12 +442,8 @@ func CleanupStale(ctx context.Context, log *slog.Logger) ([]string, error) {
 	owners := map[string]bool{}
 	for _, ns := range nss {
 		pidStr, _, ok := strings.Cut(strings.TrimPrefix(ns, Root), "-")
-		pid, err := strconv.Atoi(pidStr)
-		if !ok || err != nil || pid <= 0 {
-			continue // not a testbed's name
-		}
-		if pid == os.Getpid() || syscall.Kill(pid, 0) == nil || errors.Is(syscall.Kill(pid, 0), syscall.EPERM) {
-			continue // its maker still runs
+		if !ok || MakerRuns(ns) {
+			continue
 		}
 		owners[Root+pidStr+"-"] = true
 	}
@@ -462,6 +458,19 @@ func CleanupStale(ctx context.Context, log *slog.Logger) ([]string, error) {
 	}
 	slices.Sort(removed)
 	return removed, errors.Join(errs...)
+}
+
+// MakerRuns reports whether the process that made the testbed named
+// name ("fdxnb-<pid>-…") still runs; a name without a pid counts as
+// running, so that nothing of unknown origin is removed.
+func MakerRuns(name string) bool {
+	pidStr, _, _ := strings.Cut(strings.TrimPrefix(name, Root), "-")
+	pid, err := strconv.Atoi(pidStr)
+	if !strings.HasPrefix(name, Root) || err != nil || pid <= 0 {
+		return true
+	}
+	err = syscall.Kill(pid, 0)
+	return pid == os.Getpid() || err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // removeNamespaces stops the processes in each namespace (SIGTERM, then
