@@ -78,7 +78,9 @@ that follows the aggregator's round). Every cell is one job with seed 1.
   (tc counter) ÷ models sent (gRPC: R round models to every client; Kafka:
   R+1 models to the brokers); **÷ S** divides by the model size.
 - **busiest broker egress per model**: the busiest broker link's egress ÷
-  models published (replication included).
+  models published; it includes everything that broker sends: the model's
+  fan-out to the clients, the updates the aggregator fetches, and
+  replication to the other brokers.
 - **bound**: the physical limit of one round's fan-out, N·S/L over gRPC
   and N·S/(K·L) over Kafka with K brokers; **achieved ÷ limit** is bound ÷
   time to reach all (1: line rate).

@@ -340,7 +340,7 @@ func goals(rws []*row) string {
 	}
 	fmt.Fprintf(&b, "- Aggregator egress per model over Kafka ≤ 1.1 S: %d of %d Kafka cells", kafkaCells-len(over), kafkaCells)
 	if len(over) > 0 {
-		fmt.Fprintf(&b, " (above: %s; for small models the fixed cost of requests, offsets and transaction markers dominates)", strings.Join(over, ", "))
+		fmt.Fprintf(&b, " (above: %s). What exceeds S is traffic the aggregator sends while it reads the N updates through the same link: TCP acknowledgements, fetch and offset requests, transaction markers; it grows with N, and for small models it is of the model's size", strings.Join(over, ", "))
 	}
 	b.WriteString(".\n")
 	var eff []string
