@@ -100,6 +100,27 @@ the cell measures CPU, not links; cells with small N and slow links are
 the ones where the link is the bottleneck. 1,000 clients and 100 MB
 models need more memory and cores than this machine gives one run.
 
+With 3 brokers the topics have 3 replicas (the aggregator's default on a
+cluster of 3), so each broker's link also carries the replication of the
+model chunks it leads and of the updates the clients send during the
+fan-out; the bound N·S/(K·L) leaves that out, and K brokers reach less
+than K times one broker's rate.
+
+## Reading the results
+
+The tables below are measured; this paragraph says which mechanism each
+pattern comes from. Where the link is the bottleneck (slow links, large
+models, many clients), gRPC's time grows with N·S over the aggregator's
+one link, while Kafka's aggregator sends S once and the brokers share the
+fan-out: that is where Kafka reaches all devices first. Where the link is
+not the bottleneck (small models, fast links), gRPC wins: a Kafka round
+pays fixed costs that gRPC's direct stream does not (the round's
+transaction commit, consumers noticing the new record, chunk manifests and
+reassembly for large models, replication on a cluster), and on this
+machine every extra copy through a broker costs CPU that the clients and
+the aggregator share. The CPU column says which cells measured CPU rather
+than links.
+
 ## Results
 
 {{RESULTS}}

@@ -244,6 +244,7 @@ func render(dir, readme string, rs []*Result, stdout io.Writer) error {
 		b.WriteString(table(byCmd[cmd]))
 		b.WriteString("\n")
 	}
+	b.WriteString(failures(rws))
 	b.WriteString(goals(rws))
 	b.WriteString("\n")
 	b.WriteString(crossovers(rws))
@@ -290,7 +291,7 @@ func table(rws []*row) string {
 		}
 		runs := fmt.Sprint(r.runs)
 		if r.failed > 0 {
-			runs += fmt.Sprintf(" (+%d failed: %s)", r.failed, shortErr(r.errors[0]))
+			runs += fmt.Sprintf(" (+%d failed, below)", r.failed)
 		}
 		fmt.Fprintf(&b, "| %s (%s) | %d | %s | %s | %s | %d | %s | %s / %s | %s | %s MB | %.2f | %s | %s | %.2f | %.0f%% (%.0f%%) | %s |\n",
 			r.Model, sizeLabel(r.modelBytes), r.Clients, rateLabel(r.LinkBps), r.Mode, r.Channel, r.messages,
@@ -358,6 +359,41 @@ func goals(rws []*row) string {
 		fmt.Fprintf(&b, " (%s)", strings.Join(eff, ", "))
 	}
 	b.WriteString(".\n")
+	return b.String()
+}
+
+// failures lists the failed runs of cells that also have successful ones
+// (cells without any show their error in the table), with the error's
+// first and last lines.
+func failures(rws []*row) string {
+	var b strings.Builder
+	for _, r := range rws {
+		if r.runs == 0 {
+			continue
+		}
+		for _, e := range r.errors {
+			if b.Len() == 0 {
+				b.WriteString("Failed runs (not in the medians):\n\n")
+			}
+			lines := strings.Split(strings.TrimSpace(e), "\n")
+			msg := lines[0]
+			// The subprocess's own complaint (a line with err=) says more
+			// than how its waiter gave up.
+			for _, l := range lines[1:] {
+				if strings.Contains(l, "err=") {
+					msg += " … " + l
+					break
+				}
+			}
+			if len(lines) > 1 {
+				msg += " … " + lines[len(lines)-1]
+			}
+			fmt.Fprintf(&b, "- %s: `%s`\n", r.key(), strings.ReplaceAll(msg, "`", "'"))
+		}
+	}
+	if b.Len() > 0 {
+		b.WriteString("\n")
+	}
 	return b.String()
 }
 
