@@ -2,9 +2,10 @@
 # Installs the system packages the build and tests need, from Debian's
 # archive, only when missing: unzip (proto/gen.sh unpacks its pinned protoc's
 # well-known types), python3 and its venv module (the Python client's
-# tests), shellcheck (deploy/gcp/check.sh). Go, gcc (only for go test -race,
-# which needs cgo; the binaries build without it), Java 17 and Maven
-# (deploy/kafka/kafka.sh) are expected on the machine.
+# tests), iproute2 (ip and tc: the network testbed), shellcheck
+# (deploy/gcp/check.sh). Go, gcc (only for go test -race, which needs cgo;
+# the binaries build without it), Java 17 and Maven (deploy/kafka/kafka.sh)
+# are expected on the machine.
 set -euo pipefail
 need=()
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
@@ -16,6 +17,7 @@ if ! command -v python3 >/dev/null 2>&1; then
 elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   need+=(python3-venv)
 fi
+{ command -v ip && command -v tc; } >/dev/null 2>&1 || need+=(iproute2)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "deps.sh: installing ${need[*]}" >&2
   sudo=""

@@ -15,10 +15,14 @@
 #    scripts/python-env.sh makes from PyPI): Python clients in jobs of the
 #    Go aggregator on the embedded broker, over gRPC and, unless quick, on
 #    the real broker;
-# 5. short bounded fuzz runs and the deploy/ script checks.
+# 5. the network testbed's tests (evaluations/netbench, build tag netns):
+#    real namespaces, veth, a bridge and tc, so they need root, and fail
+#    saying so without it; afterwards no testbed namespace may be left;
+# 6. short bounded fuzz runs and the deploy/ script checks.
 #
 # FDX_TEST_QUICK=1 skips step 3 and the Python tests' real-broker runs (no
-# Java/Maven needed).
+# Java/Maven needed). FDX_TEST_NO_NETNS=1 skips step 5 and says NOT RUN (for
+# a machine without root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -107,6 +111,24 @@ if [ "${FDX_TEST_QUICK:-0}" != 1 ]; then
   FDX_KAFKA_BROKERS="127.0.0.1:$FDX_KAFKA_PORT" \
     FDX_KAFKA_SECURE_BROKERS="127.0.0.1:$secure_port" FDX_KAFKA_SECURE_DIR="/tmp/fdxkafka-broker-$secure_port" \
     python_tests
+fi
+
+if [ "${FDX_TEST_NO_NETNS:-0}" = 1 ]; then
+  step "network testbed tests NOT RUN (FDX_TEST_NO_NETNS=1)"
+else
+  step "network testbed (namespaces on a bridge, 198.18.0.0/15, tc; needs root): go test -tags netns"
+  netns_left() { ip netns list | awk '$1 ~ /^fdxnb-/ {print $1}'; }
+  if ! go test -tags netns -count=1 -timeout 10m ./evaluations/netbench/...; then
+    # A test killed by its timeout runs no cleanup of its own.
+    go run ./evaluations/netbench cleanup || true
+    exit 1
+  fi
+  left=$(netns_left)
+  if [ -n "$left" ]; then
+    echo "the testbed tests left namespaces behind:"; echo "$left"
+    go run ./evaluations/netbench cleanup || true
+    exit 1
+  fi
 fi
 
 step "bounded fuzz runs"

@@ -34,6 +34,11 @@
 # FDX_KAFKA_CONTROLLER_PORT+i-1 (default FDX_KAFKA_PORT+3+i-1), state in
 # $FDX_KAFKA_DIR/node-i; internal topics get 3 replicas and min ISR 2, so the
 # cluster serves on with one node down. start/stop/status act on all nodes.
+# FDX_KAFKA_NODE_HOSTS=h1,h2,h3 gives each node its own address (client and
+# controller listeners bound there, advertised as such, the quorum's voters
+# at h1..h3), and FDX_KAFKA_NODE_NETNS=ns1,ns2,ns3 runs node i, and every
+# command on it, inside network namespace nsi (`ip netns exec`): nodes as
+# hosts of a test network (evaluations/netbench).
 #
 # `start` formats a FRESH data directory every time (a test run starts from an
 # empty broker). `start --keep-data` (or FDX_KAFKA_KEEP_DATA=1) reuses the data
@@ -42,7 +47,9 @@
 #
 # Environment (defaults in brackets):
 #   FDX_KAFKA_PORT             client (PLAINTEXT) port [9092]
-#   FDX_KAFKA_CONTROLLER_PORT  KRaft controller port, always on 127.0.0.1 [9093]
+#   FDX_KAFKA_CONTROLLER_PORT  KRaft controller port [9093]
+#   FDX_KAFKA_CONTROLLER_HOST  address the controller listener binds and the
+#                              voters name [127.0.0.1]
 #   FDX_KAFKA_HOST             advertised host that clients connect to [127.0.0.1]
 #                              (on a VM: its internal IP)
 #   FDX_KAFKA_BIND             address the client listener binds [127.0.0.1 when
@@ -76,6 +83,9 @@
 #                              ssl.ca.location []
 #   FDX_KAFKA_TLS_PORT         the SASL_SSL listener's port [FDX_KAFKA_PORT+2]
 #   FDX_KAFKA_NODES            1, or 3 for a local cluster [1]
+#   FDX_KAFKA_NODE_HOSTS       cluster: the nodes' addresses, h1,h2,h3 [all on
+#                              FDX_KAFKA_HOST, controllers on loopback]
+#   FDX_KAFKA_NODE_NETNS       cluster: the nodes' network namespaces [none]
 set -euo pipefail
 
 # ---- the pins: change versions here and only here --------------------------
@@ -105,7 +115,8 @@ esac
 # Set by cluster mode for each node it starts (not meant to be set by hand):
 # this node's id, the controller quorum and the internal topics' replicas.
 NODE_ID=${FDX_KAFKA_NODE_ID:-1}
-VOTERS=${FDX_KAFKA_VOTERS:-$NODE_ID@127.0.0.1:$CTRL_PORT}
+CTRL_HOST=${FDX_KAFKA_CONTROLLER_HOST:-127.0.0.1}
+VOTERS=${FDX_KAFKA_VOTERS:-$NODE_ID@$CTRL_HOST:$CTRL_PORT}
 REPLICAS=${FDX_KAFKA_REPLICAS:-1}
 if ((REPLICAS > 1)); then MIN_ISR=2; else MIN_ISR=1; fi
 NO_WAIT=${FDX_KAFKA_NO_WAIT:-0}
@@ -565,7 +576,7 @@ EOF
 # itself as the super user over the same listener. The controller listener
 # (loopback) takes PLAIN with the super user's password: SCRAM credentials
 # live in the metadata the controller serves, so they cannot guard it.
-listeners=SASL_PLAINTEXT://$BIND:$PORT,CONTROLLER://127.0.0.1:$CTRL_PORT${tls_listener:+,$tls_listener}
+listeners=SASL_PLAINTEXT://$BIND:$PORT,CONTROLLER://$CTRL_HOST:$CTRL_PORT${tls_listener:+,$tls_listener}
 advertised.listeners=SASL_PLAINTEXT://$HOST:$PORT${tls_advertised:+,$tls_advertised}
 listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT${tls_listener:+,SASL_SSL:SASL_SSL}
 inter.broker.listener.name=SASL_PLAINTEXT
@@ -595,7 +606,7 @@ EOF
   else
     cat >>"$SERVER_PROPS" <<EOF
 
-listeners=PLAINTEXT://$BIND:$PORT,CONTROLLER://127.0.0.1:$CTRL_PORT
+listeners=PLAINTEXT://$BIND:$PORT,CONTROLLER://$CTRL_HOST:$CTRL_PORT
 advertised.listeners=PLAINTEXT://$HOST:$PORT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
@@ -688,8 +699,8 @@ cmd_start() {
   if port_open "$PROBE_HOST" "$PORT"; then
     die "$PROBE_HOST:$PORT is already taken by another process (not the broker of $STATE_DIR)"
   fi
-  if port_open 127.0.0.1 "$CTRL_PORT"; then
-    die "controller port 127.0.0.1:$CTRL_PORT is already taken (set FDX_KAFKA_CONTROLLER_PORT)"
+  if port_open "$CTRL_HOST" "$CTRL_PORT"; then
+    die "controller port $CTRL_HOST:$CTRL_PORT is already taken (set FDX_KAFKA_CONTROLLER_PORT)"
   fi
   if tls_enabled && port_open "$PROBE_HOST" "$TLS_PORT"; then
     die "TLS port $PROBE_HOST:$TLS_PORT is already taken (set FDX_KAFKA_TLS_PORT)"
@@ -759,24 +770,47 @@ cmd_start() {
 
 # ---- cluster mode ----------------------------------------------------------------
 
+# Per-node addresses and namespaces (FDX_KAFKA_NODE_HOSTS, FDX_KAFKA_NODE_NETNS).
+IFS=, read -r -a NODE_HOSTS <<<"${FDX_KAFKA_NODE_HOSTS:-}"
+IFS=, read -r -a NODE_NETNS <<<"${FDX_KAFKA_NODE_NETNS:-}"
+if ((${#NODE_HOSTS[@]} != 0 && ${#NODE_HOSTS[@]} != 3)); then
+  die "FDX_KAFKA_NODE_HOSTS=${FDX_KAFKA_NODE_HOSTS:-}: want three comma-separated addresses"
+fi
+if ((${#NODE_NETNS[@]} != 0 && ${#NODE_NETNS[@]} != 3)); then
+  die "FDX_KAFKA_NODE_NETNS=${FDX_KAFKA_NODE_NETNS:-}: want three comma-separated namespaces"
+fi
+
+# node_host I: node I's client address.
+node_host() { if ((${#NODE_HOSTS[@]})); then printf '%s' "${NODE_HOSTS[$1 - 1]}"; else printf '%s' "$HOST"; fi; }
+
 # node_env I prints the environment under which this script runs node I.
 node_env() {
-  local i=$1 voters="" j
-  for j in 1 2 3; do voters+="${voters:+,}$j@127.0.0.1:$((CTRL_PORT + j - 1))"; done
+  local i=$1 voters="" j ctrl=127.0.0.1
+  for j in 1 2 3; do
+    if ((${#NODE_HOSTS[@]})); then ctrl=${NODE_HOSTS[$j - 1]}; fi
+    voters+="${voters:+,}$j@$ctrl:$((CTRL_PORT + j - 1))"
+  done
   printf '%s\n' FDX_KAFKA_NODES=1 "FDX_KAFKA_NODE_ID=$i" "FDX_KAFKA_PORT=$((PORT + i - 1))" \
     "FDX_KAFKA_CONTROLLER_PORT=$((CTRL_PORT + i - 1))" "FDX_KAFKA_DIR=$STATE_DIR/node-$i" \
-    "FDX_KAFKA_VOTERS=$voters" FDX_KAFKA_REPLICAS=3 FDX_KAFKA_SECURE=0
+    "FDX_KAFKA_VOTERS=$voters" FDX_KAFKA_REPLICAS=3 FDX_KAFKA_SECURE=0 \
+    FDX_KAFKA_NODE_HOSTS= FDX_KAFKA_NODE_NETNS=
+  if ((${#NODE_HOSTS[@]})); then
+    printf '%s\n' "FDX_KAFKA_HOST=${NODE_HOSTS[$i - 1]}" "FDX_KAFKA_BIND=${NODE_HOSTS[$i - 1]}" \
+      "FDX_KAFKA_CONTROLLER_HOST=${NODE_HOSTS[$i - 1]}"
+  fi
 }
 
-# on_node I CMD...: run this script's CMD for node I.
+# on_node I CMD...: run this script's CMD for node I (inside its namespace,
+# when the nodes have namespaces).
 on_node() {
-  local i=$1 envs
+  local i=$1 envs wrap=()
   shift
   mapfile -t envs < <(node_env "$i")
-  env "${envs[@]}" bash "${BASH_SOURCE[0]}" "$@"
+  if ((${#NODE_NETNS[@]})); then wrap=(ip netns exec "${NODE_NETNS[$i - 1]}"); fi
+  "${wrap[@]}" env "${envs[@]}" bash "${BASH_SOURCE[0]}" "$@"
 }
 
-cluster_brokers() { printf '%s\n' "$HOST:$PORT,$HOST:$((PORT + 1)),$HOST:$((PORT + 2))"; }
+cluster_brokers() { printf '%s\n' "$(node_host 1):$PORT,$(node_host 2):$((PORT + 1)),$(node_host 3):$((PORT + 2))"; }
 
 # cluster_start launches the three nodes, then waits for each: no node
 # answers before a majority of the controllers is up.
