@@ -17,7 +17,6 @@ import (
 	"github.com/fdxkafka/fdxkafka/internal/cli"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/participant"
-	"github.com/fdxkafka/fdxkafka/shared/procs"
 )
 
 // clientsReport is what one `netbench clients` process writes: each
@@ -54,9 +53,6 @@ func runClients(ctx context.Context, args []string, stderr io.Writer) error {
 		return cli.Usagef("clients: -out, -job, -broker and -n ≥ 1 are required")
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	if *ch == participant.ChannelKafka {
-		procs.Set(2 * *n)
-	}
 	part := &participant.Participant{Data: dataset.NewCatalog(), Log: log}
 	tr := participant.Transport{Logger: log}
 	gate := make(chan struct{}, max(*dialConc, 1))
