@@ -186,7 +186,7 @@ func openServer(ctx context.Context, opt ServerOptions, rl role) (*Server, error
 	// The producer id's initialization fences the previous instance.
 	initCtx, cancel := context.WithTimeout(ctx, 2*opt.TransactionTimeout)
 	disarm := s.watch(initCtx, "init transactions", 0)
-	_, _, err = p.ProducerID(initCtx)
+	err = s.initProducerID(initCtx)
 	disarm()
 	cancel()
 	if err != nil {
@@ -671,4 +671,30 @@ func (s *Server) Close() error {
 // maxBytes, but no more than 64 MiB at a time once records are chunks.
 func fetchBytes(maxBytes, recordBytes int) int {
 	return max(recordBytes, min(maxBytes, 64<<20))
+}
+
+// initProducerID initializes the transactional producer id, retrying
+// until ctx ends. The transaction coordinator may be moving when this
+// runs: an aggregator restarted because its broker died finds the
+// coordinator's new leader only once the cluster has elected one, seconds
+// later. A refusal (authorization, a transaction timeout the broker does
+// not allow) is final.
+func (s *Server) initProducerID(ctx context.Context) error {
+	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
+		_, _, err := s.p.ProducerID(ctx)
+		switch {
+		case err == nil:
+			return nil
+		case denied(err) != nil:
+			return denied(err)
+		case errors.Is(err, kerr.InvalidTransactionTimeout), ctx.Err() != nil:
+			return err
+		}
+		s.opt.logger().Warn("initializing the transactional producer failed; retrying", "err", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %w)", ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+	}
 }
