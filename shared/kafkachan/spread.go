@@ -198,29 +198,21 @@ func (r *modelReader) fetchChunks(ctx context.Context, manifestAt int64, begin f
 		}
 		r.spreadC = c
 	}
-	// A chunk past a partition's end is never coming: say so now rather
-	// than wait out spreadTimeout. Partition 0 holds records up to the
-	// manifest's offset at least: no need to ask for it (one round trip
-	// less for a new client of a one-partition model).
+	// A chunk past a partition's end is not there (yet): a forged manifest
+	// can point anywhere, and a genuine one can be read a moment before
+	// the other partitions' leaders show its chunks (each partition's end
+	// moves on its own). So the ends are asked again for a short while,
+	// then the manifest is refused rather than waited on for
+	// spreadTimeout. Partition 0 holds records up to the manifest's offset
+	// at least: no need to ask for it (one round trip less for a new
+	// client of a one-partition model).
 	check := false
 	for p := range from {
 		check = check || p != 0 || last[p] >= manifestAt
 	}
 	if check {
-		ends, err := kadm.NewClient(r.spreadC).ListEndOffsets(ctx, r.topic)
-		if err != nil {
-			return fmt.Errorf("partition ends: %w", err)
-		}
-		for p := range from {
-			end, ok := ends.Lookup(r.topic, p)
-			switch {
-			case !ok:
-				return fmt.Errorf("partition %d: no such partition", p)
-			case end.Err != nil:
-				return fmt.Errorf("partition %d: %w", p, end.Err)
-			case last[p] >= end.Offset:
-				return fmt.Errorf("a chunk at offset %d of partition %d, which ends at %d", last[p], p, end.Offset)
-			}
+		if err := r.awaitEnds(ctx, from, last); err != nil {
+			return err
 		}
 	}
 	at := map[int32]kgo.Offset{}
@@ -292,4 +284,43 @@ func fetchFailure(ctx context.Context, fs kgo.Fetches) error {
 		}
 	})
 	return failed
+}
+
+// endsGrace is how long fetchChunks waits for the partitions' ends to
+// reach a manifest's chunks before it refuses the manifest.
+const endsGrace = 2 * time.Second
+
+// awaitEnds returns once every partition of from ends past its last
+// chunk, or an error naming one that does not within endsGrace.
+func (r *modelReader) awaitEnds(ctx context.Context, from, last map[int32]int64) error {
+	deadline := time.Now().Add(endsGrace)
+	for wait := 20 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
+		ends, err := kadm.NewClient(r.spreadC).ListEndOffsets(ctx, r.topic)
+		if err != nil {
+			return fmt.Errorf("partition ends: %w", err)
+		}
+		var short error
+		for p := range from {
+			end, ok := ends.Lookup(r.topic, p)
+			switch {
+			case !ok:
+				return fmt.Errorf("partition %d: no such partition", p)
+			case end.Err != nil:
+				return fmt.Errorf("partition %d: %w", p, end.Err)
+			case last[p] >= end.Offset:
+				short = fmt.Errorf("a chunk at offset %d of partition %d, which ends at %d", last[p], p, end.Offset)
+			}
+		}
+		if short == nil {
+			return nil
+		}
+		if time.Now().Add(wait).After(deadline) {
+			return short
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", short, ctx.Err())
+		case <-time.After(wait):
+		}
+	}
 }
