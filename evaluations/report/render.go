@@ -157,13 +157,13 @@ func renderFile(fsys fs.FS, name string) (string, error) {
 	switch {
 	case has("setup", "channels"):
 		body, err = renderStress(raw)
+	case has("builds", "sizes"):
+		body, err = renderComparison(raw)
 	case has("sizes", "runs"):
 		body, err = renderSweep(raw)
 	case has("note", "results") && strings.HasPrefix(name, "results/netbench/"):
 		body = "The network testbed's results have their own generated page: " +
 			"[netbench/README.md](netbench/README.md) (`go run ./evaluations/netbench report`).\n"
-	case has("builds", "sizes"):
-		body, err = renderComparison(raw)
 	case has("command", "runs") && strings.Contains(string(top["command"]), "evaluations/strategies"):
 		body, err = renderStrategies(raw)
 	default:
