@@ -48,12 +48,9 @@ func (c *Coordinator) hold(st *roundState, d channel.Delivery, vals *validate.Va
 	if !st.selfBound {
 		return false
 	}
-	norm := st.check.CheckedNorm(d.Update)
-	ns := append(st.check.Norms(), norm)
-	if len(ns) >= 3 && norm <= c.cfg.NormFactor*validate.Median(ns) {
+	if !st.check.HoldOutlier(d.Update, c.cfg.NormFactor) {
 		return false
 	}
-	st.check.Hold(d.Update)
 	st.held = append(st.held, heldUpdate{d: d, vals: vals})
 	return true
 }

@@ -294,12 +294,9 @@ func (w *Worker) hold(b *batch, d channel.Delivery, vals *validate.Values) bool 
 	if !b.selfBound {
 		return false
 	}
-	norm := b.check.CheckedNorm(d.Update)
-	ns := append(b.check.Norms(), norm)
-	if len(ns) >= 3 && norm <= w.cfg.NormFactor*validate.Median(ns) {
+	if !b.check.HoldOutlier(d.Update, w.cfg.NormFactor) {
 		return false
 	}
-	b.check.Hold(d.Update)
 	b.held = append(b.held, heldUpdate{d: d, vals: vals})
 	return true
 }

@@ -270,6 +270,23 @@ func (r *Round) Hold(u *fdxv1.Update) {
 	delete(r.checked, id)
 }
 
+// HoldOutlier decides, in a round that bounds norms by its own median
+// (no median from the round before), whether u, which Check passed and
+// which was accepted, folds at once: when the round has three or more
+// norms with u's and u's is within factor times their median. Otherwise
+// it holds u (Hold) for a verdict at the round's close, against the
+// median of all, and returns true. The single aggregator and each
+// scale-out worker decide alike.
+func (r *Round) HoldOutlier(u *fdxv1.Update, factor float64) bool {
+	norm := r.CheckedNorm(u)
+	ns := append(r.Norms(), norm)
+	if len(ns) >= 3 && norm <= factor*Median(ns) {
+		return false
+	}
+	r.Hold(u)
+	return true
+}
+
 // HeldNorm is the norm of a held update.
 func (r *Round) HeldNorm(id string) float64 { return r.held[id] }
 

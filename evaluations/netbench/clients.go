@@ -25,8 +25,35 @@ type clientsReport struct {
 	Host      string                `json:"host"`
 	Summaries []participant.Summary `json:"summaries"`
 	Failures  []string              `json:"failures,omitempty"`
-	CPUSec    float64               `json:"cpu_s"`
-	MaxRSSMB  float64               `json:"max_rss_mb"`
+	processCost
+}
+
+// processCost is what a helper process of the testbed cost: CPU time and
+// peak memory, from getrusage at its end.
+type processCost struct {
+	CPUSec   float64 `json:"cpu_s"`
+	MaxRSSMB float64 `json:"max_rss_mb"`
+}
+
+// measure fills c from this process's resource usage so far.
+func (c *processCost) measure() {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+		c.CPUSec = tv(ru.Utime) + tv(ru.Stime)
+		c.MaxRSSMB = float64(ru.Maxrss) / 1024
+	}
+}
+
+// writeReport writes a helper process's report as JSON to path.
+func writeReport(path string, rep any) error {
+	b, err := json.Marshal(rep)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return fmt.Errorf("report %s: %w", path, err)
+	}
+	return nil
 }
 
 // runClients is `netbench clients`: long-running clients ids first..last,
@@ -79,17 +106,9 @@ func runClients(ctx context.Context, args []string, stderr io.Writer) error {
 		})
 	}
 	wg.Wait()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
-		rep.CPUSec = tv(ru.Utime) + tv(ru.Stime)
-		rep.MaxRSSMB = float64(ru.Maxrss) / 1024
-	}
-	b, err := json.Marshal(rep)
-	if err != nil {
+	rep.measure()
+	if err := writeReport(*out, rep); err != nil {
 		return err
-	}
-	if err := os.WriteFile(*out, b, 0o644); err != nil {
-		return fmt.Errorf("clients report: %w", err)
 	}
 	if len(rep.Failures) > 0 {
 		return fmt.Errorf("%d of %d clients failed; first: %s", len(rep.Failures), *n, rep.Failures[0])

@@ -8,11 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/evaluations/invoker"
@@ -26,8 +24,7 @@ import (
 type triggerReport struct {
 	Summaries []participant.Summary `json:"summaries"`
 	Failures  []string              `json:"failures,omitempty"`
-	CPUSec    float64               `json:"cpu_s"`
-	MaxRSSMB  float64               `json:"max_rss_mb"`
+	processCost
 }
 
 // triggerPoll is how often the trigger reads the aggregator's round: the
@@ -134,17 +131,9 @@ func runTrigger(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 	wg.Wait()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
-		rep.CPUSec = tv(ru.Utime) + tv(ru.Stime)
-		rep.MaxRSSMB = float64(ru.Maxrss) / 1024
-	}
-	b, err := json.Marshal(rep)
-	if err != nil {
+	rep.measure()
+	if err := writeReport(*out, rep); err != nil {
 		return err
-	}
-	if err := os.WriteFile(*out, b, 0o644); err != nil {
-		return fmt.Errorf("trigger report: %w", err)
 	}
 	if len(rep.Failures) > 0 {
 		return fmt.Errorf("%d invocations failed; first: %s", len(rep.Failures), rep.Failures[0])
