@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/job"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
+	"github.com/fdxkafka/fdxkafka/client/participant"
 )
 
 // runLocalClients runs c.clients long-running participants in this process,

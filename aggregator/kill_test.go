@@ -21,13 +21,13 @@ import (
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/job"
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	"github.com/fdxkafka/fdxkafka/internal/cli"
 	"github.com/fdxkafka/fdxkafka/internal/fedtest"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 // buildAggregator compiles this command once per test binary.

@@ -8,10 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	"github.com/fdxkafka/fdxkafka/internal/fedtest"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 // TestRoles runs a job as processes: aggregator --role leader and two

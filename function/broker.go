@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/fdxkafka/fdxkafka/shared/participant"
+	"github.com/fdxkafka/fdxkafka/client/participant"
 )
 
 // ErrBrokerNotAllowed is the refusal of a request that names a broker or

@@ -17,9 +17,9 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 // The credentials of the deployment under test: a client token (gRPC

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fdxkafka/fdxkafka/shared/participant"
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 

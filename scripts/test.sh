@@ -76,7 +76,7 @@ python_tests() {
 # the race detector sees every access. About 1.5 min on 2 cores; the
 # end-to-end job tests (aggregator/job, aggregator) run the same code and
 # would triple that.
-race_packages=(./shared/kafkachan ./shared/transfer ./shared/grpcchan ./shared/dialcache
+race_packages=(./shared/kafkachan ./shared/transfer ./shared/grpcchan ./client/dialcache
   ./aggregator/coordinator ./aggregator/strategy ./aggregator/scaleout ./aggregator/metrics
   ./function ./evaluations/fleet)
 step "go test -race on the embedded broker"

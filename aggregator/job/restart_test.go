@@ -11,12 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	"github.com/fdxkafka/fdxkafka/internal/fedtest"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 func freePort(t *testing.T) int {

@@ -13,11 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	"github.com/fdxkafka/fdxkafka/function"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	"github.com/fdxkafka/fdxkafka/internal/testcerts"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 // TestKafkaSecured runs a job end to end on kafka.sh's secure broker: the

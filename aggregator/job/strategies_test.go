@@ -17,12 +17,12 @@ import (
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	"github.com/fdxkafka/fdxkafka/function"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 

@@ -11,12 +11,12 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	"github.com/fdxkafka/fdxkafka/internal/fedtest"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
 	"github.com/fdxkafka/fdxkafka/shared/trust"

@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fdxkafka/fdxkafka/client/dialcache"
 	"github.com/fdxkafka/fdxkafka/function"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
-	"github.com/fdxkafka/fdxkafka/shared/dialcache"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 )
 

@@ -27,9 +27,9 @@ import (
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/job"
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	"github.com/fdxkafka/fdxkafka/internal/fedtest"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 func main() {

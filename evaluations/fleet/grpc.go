@@ -11,9 +11,9 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 // The channels a fleet runs on.

@@ -23,10 +23,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	"github.com/fdxkafka/fdxkafka/function"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/httpserver"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 // Channel names, as the function's "channel" field spells them, plus

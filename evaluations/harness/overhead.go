@@ -8,13 +8,13 @@ import (
 	"slices"
 	"time"
 
+	"github.com/fdxkafka/fdxkafka/client/dialcache"
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
-	"github.com/fdxkafka/fdxkafka/shared/dialcache"
 	"github.com/fdxkafka/fdxkafka/shared/embedded"
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
 

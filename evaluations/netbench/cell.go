@@ -13,10 +13,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	"github.com/fdxkafka/fdxkafka/evaluations/netbench/testbed"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/model"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 // Channel configurations a cell runs on.

@@ -14,9 +14,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	"github.com/fdxkafka/fdxkafka/internal/cli"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 // clientsReport is what one `netbench clients` process writes: each

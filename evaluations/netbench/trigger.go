@@ -13,10 +13,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	"github.com/fdxkafka/fdxkafka/evaluations/invoker"
 	"github.com/fdxkafka/fdxkafka/function"
 	"github.com/fdxkafka/fdxkafka/internal/cli"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 )
 
 // triggerReport is what `netbench trigger` writes: every invocation's

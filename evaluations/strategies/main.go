@@ -43,11 +43,11 @@ import (
 
 	"github.com/fdxkafka/fdxkafka/aggregator/job"
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	"github.com/fdxkafka/fdxkafka/internal/cli"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
 

@@ -1,5 +1,5 @@
 // Package layers holds the test that keeps FDxKafka's dependencies pointing
-// one way: function → participant → channels → shared, and aggregator →
+// one way: function → client (participant) → channels → shared, and aggregator →
 // coordinator → strategy → validate, accumulator → shared. Neither binary
 // links the other's packages, the shared layer links neither, and the
 // round core (coordinator, strategy, validate, accumulator) links no
@@ -18,7 +18,7 @@ const mod = "github.com/fdxkafka/fdxkafka/"
 var roundCore = []string{mod + "aggregator/coordinator", mod + "aggregator/strategy/...", mod + "aggregator/validate", mod + "aggregator/accumulator"}
 
 // transports are the concrete channels and their client libraries.
-var transports = []string{mod + "shared/kafkachan", mod + "shared/grpcchan", mod + "shared/participant", "github.com/twmb/franz-go"}
+var transports = []string{mod + "shared/kafkachan", mod + "shared/grpcchan", mod + "client", "github.com/twmb/franz-go"}
 
 // rule forbids the packages matching pattern to link any of forbidden (a
 // package or the tree below it). With tests, what the packages' tests
@@ -40,7 +40,12 @@ var rules = []rule{
 	// The shared layer links neither binary's code. The Kafka channel's
 	// tests fold streamed updates with the real strategies.
 	{"shared is below both binaries", []string{mod + "shared/..."}, []string{mod + "function", mod + "aggregator", mod + "evaluations"}, false},
-	{"rules is a leaf", []string{mod + "shared/rules"}, []string{mod + "shared/channel", mod + "shared/kafkachan", mod + "shared/grpcchan", mod + "shared/participant"}, true},
+	{"rules is a leaf", []string{mod + "shared/rules"}, []string{mod + "shared/channel", mod + "shared/kafkachan", mod + "shared/grpcchan", mod + "client"}, true},
+	// The client side (one client's round, the function's channel cache)
+	// sits on the shared layer and knows no aggregator code; the shared
+	// layer does not know the client side.
+	{"client is not aggregator", []string{mod + "client/..."}, []string{mod + "aggregator", mod + "function", mod + "evaluations"}, true},
+	{"shared is below the client side", []string{mod + "shared/..."}, []string{mod + "client"}, false},
 	// The round core runs on any channel, so it cannot know one; its tests
 	// run it on the channel interfaces, not on Kafka or gRPC.
 	{"round core links no transport", roundCore, transports, true},

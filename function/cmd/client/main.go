@@ -14,11 +14,11 @@ import (
 	"os"
 	"time"
 
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	"github.com/fdxkafka/fdxkafka/internal/cli"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/grpcchan"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
 

@@ -1,7 +1,7 @@
 """The participant: a user's model (a :class:`Client`, in the habit of
 Flower's NumPyClient) takes part in a job run by the Go aggregator, over
 Kafka or gRPC, one round (:func:`run_once`) or until the job ends
-(:func:`run_client`). One round is what shared/participant does: fetch the
+(:func:`run_client`). One round is what client/participant does: fetch the
 newest model, check the round asks this client to do something (sampling),
 train and/or evaluate, send the update.
 """

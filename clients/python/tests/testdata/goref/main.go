@@ -15,9 +15,9 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/fdxkafka/fdxkafka/client/participant"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
-	"github.com/fdxkafka/fdxkafka/shared/participant"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
