@@ -70,6 +70,8 @@ type modelReader struct {
 	// transaction, as the aggregator produces every model.
 	txnModel bool
 	started  bool
+	// absent is set when the broker last said the topic does not exist.
+	absent bool
 	// chunks reassembles chunked models; need is where the chunks of the
 	// last incomplete one would start (-1: none), so that latest can go
 	// back for them.
@@ -173,6 +175,11 @@ func (r *modelReader) latest(ctx context.Context) (*fdxv1.GlobalModel, error) {
 		return nil, err
 	}
 	if high <= low {
+		if r.absent {
+			// Nothing to read or seek: the job's aggregator has not
+			// created the topic (yet); await asks again.
+			return nil, nil
+		}
 		r.started = true
 		r.seek(high)
 		return nil, nil
@@ -243,12 +250,14 @@ func (r *modelReader) watermarks(ctx context.Context) (low, high int64, err erro
 			err = lowErr
 		}
 		if err == nil {
+			r.absent = false
 			return low, high, nil
 		}
 		if d := denied(err); d != nil {
 			return 0, 0, fmt.Errorf("read %s: %w", r.topic, d)
 		}
-		if errors.Is(err, kerr.UnknownTopicOrPartition) {
+		r.absent = errors.Is(err, kerr.UnknownTopicOrPartition)
+		if r.absent {
 			// The aggregator has not created the job yet: no model.
 			return 0, 0, nil
 		}
@@ -515,12 +524,26 @@ func (r *modelReader) decode(ctx context.Context, msg *kgo.Record) (*fdxv1.Globa
 // up to the current end, as a new reader would: what it read last time may
 // be long superseded, even final.
 func (r *modelReader) await(ctx context.Context, minRound int64) (*fdxv1.GlobalModel, error) {
-	if !r.started {
+	if r.started {
+		if err := r.catchUp(ctx); err != nil {
+			return nil, err
+		}
+	}
+	// Until the topic exists there is no partition to consume: ask for it
+	// again rather than consume a partition the client does not know, whose
+	// creation it may learn of only at its next metadata refresh.
+	for !r.started {
 		if _, err := r.latest(ctx); err != nil {
 			return nil, err
 		}
-	} else if err := r.catchUp(ctx); err != nil {
-		return nil, err
+		if r.started {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for model round %d on %s: %w (no aggregator created it): %w", minRound, r.topic, channel.ErrJobNotFound, ctx.Err())
+		case <-time.After(pollInterval):
+		}
 	}
 	for {
 		if m := r.newest; m != nil && (m.GetRound() >= minRound || m.GetFinal()) {
