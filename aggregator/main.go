@@ -115,7 +115,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&o.TargetClients, "target-clients", 0, "close a round at once with this many updates (default minclients); fewer, down to minclients, close it at its deadline")
 	fs.DurationVar(&o.RoundTimeout, "round-timeout", 0, "round deadline (0: none)")
 	short := fs.String("on-short", "wait", "when a deadline passes with fewer than minclients updates: wait or fail")
-	fs.StringVar(&o.Model, "model", "logreg", "logreg, 2nn, or synthetic:<MB> (random weights of that size, a seeded perturbation as training: for transport measurements)")
+	fs.StringVar(&o.Model, "model", "logreg", "logreg, 2nn, cnn (the FedAvg paper's MNIST CNN, trained by Python clients: clients/python/examples/cnn_jax.py), or synthetic:<MB> (random weights of that size, a seeded perturbation as training: for transport measurements)")
 	fs.StringVar(&o.Dataset, "dataset", "mnist", "mnist or synthetic")
 	fs.StringVar(&o.Partition.Scheme, "partition", "iid", "iid, shards or dirichlet")
 	fs.IntVar(&o.Partition.NumPartitions, "partitions", 0, "number of data shards (default: max(minclients, target-clients))")

@@ -195,7 +195,7 @@ func (s Spec) Validate() error {
 		return err
 	}
 	if !model.Known(s.Model) {
-		return fmt.Errorf("model %q: want one of %v", s.Model, model.Kinds())
+		return fmt.Errorf("model %q: want one of %v, %s (trained by Python clients) or %s<MB>", s.Model, model.Kinds(), model.KindCNN, model.KindSyntheticPrefix)
 	}
 	if err := s.Partition.Validate(); err != nil {
 		return fmt.Errorf("partition: %w", err)

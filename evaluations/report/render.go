@@ -161,6 +161,8 @@ func renderFile(fsys fs.FS, name string) (string, error) {
 		body, err = renderComparison(raw)
 	case has("sizes", "runs"):
 		body, err = renderSweep(raw)
+	case has("kind", "rounds_to_target") && strings.Contains(string(top["kind"]), "python-cnn"):
+		body, err = renderCNN(raw)
 	case has("note", "results") && strings.HasPrefix(name, "results/netbench/"):
 		body = "The network testbed's results have their own generated page: " +
 			"[netbench/README.md](netbench/README.md) (`go run ./evaluations/netbench report`).\n"

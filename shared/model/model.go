@@ -55,11 +55,15 @@ const (
 // correlate the initial weights with the example order.
 const initStream = 0x494e4954 // "INIT"
 
-// Kinds returns the model kinds New accepts, in a fixed order.
+// Kinds returns the model kinds Go clients train, in a fixed order. New
+// also accepts KindCNN and synthetic kinds.
 func Kinds() []string { return []string{KindLogReg, Kind2NN} }
 
 // Known reports whether New accepts kind.
 func Known(kind string) bool {
+	if kind == KindCNN {
+		return true
+	}
 	if n, err := syntheticParams(kind); n > 0 || err != nil {
 		return err == nil
 	}
@@ -75,7 +79,7 @@ func hiddenSizes(kind string) ([]int, error) {
 	case Kind2NN:
 		return []int{200, 200}, nil
 	default:
-		return nil, fmt.Errorf("unknown model kind %q (valid kinds: %s, %s<MB>)", kind, strings.Join(Kinds(), ", "), KindSyntheticPrefix)
+		return nil, fmt.Errorf("unknown model kind %q (valid kinds: %s, %s, %s<MB>)", kind, strings.Join(Kinds(), ", "), KindCNN, KindSyntheticPrefix)
 	}
 }
 
@@ -102,6 +106,13 @@ func layerSizes(kind string, inDim, classes int) ([]int, error) {
 // for a receiver that only checks tensors against the expected layout, such
 // as the aggregator validating an update.
 func SpecsFor(kind string, inDim, classes int) ([]tensor.Spec, error) {
+	if kind == KindCNN {
+		sp, err := cnnSpecs(inDim, classes)
+		if err != nil {
+			return nil, fmt.Errorf("model: specs: %w", err)
+		}
+		return sp, nil
+	}
 	if n, err := syntheticParams(kind); n > 0 || err != nil {
 		if err != nil {
 			return nil, fmt.Errorf("model: specs: %w", err)
@@ -143,8 +154,10 @@ type Net struct {
 	params []float64
 	layers []layer // views into params
 	// synthetic: params are random values of no network (synthetic.go);
-	// sizes holds only the data set's dimensions.
+	// cnn: params are the CNN's tensors in Specs order (cnn.go). For both,
+	// layers is nil and sizes holds only the data set's dimensions.
 	synthetic bool
+	cnn       bool
 }
 
 // layer is one fully connected layer: out = in·Wᵀ + b, with W of shape
@@ -216,6 +229,13 @@ func numParams(sizes []int) int {
 // He-normal for the ReLU layers, Glorot-uniform for the output layer, biases
 // zero.
 func New(kind string, inDim, classes int, seed uint64) (*Net, error) {
+	if kind == KindCNN {
+		n, err := newCNN(inDim, classes, seed)
+		if err != nil {
+			return nil, fmt.Errorf("model: new: %w", err)
+		}
+		return n, nil
+	}
 	if n, err := syntheticParams(kind); n > 0 || err != nil {
 		if err != nil {
 			return nil, fmt.Errorf("model: new: %w", err)
@@ -284,6 +304,10 @@ func (n *Net) Specs() []tensor.Spec {
 	if n.synthetic {
 		return syntheticSpecs(len(n.params))
 	}
+	if n.cnn {
+		sp, _ := cnnSpecs(n.InDim(), n.Classes()) // checked when n was built
+		return sp
+	}
 	return specs(n.sizes)
 }
 
@@ -294,15 +318,18 @@ func (n *Net) Clone() *Net {
 		sizes:     append([]int(nil), n.sizes...),
 		params:    append([]float64(nil), n.params...),
 		synthetic: n.synthetic,
+		cnn:       n.cnn,
 	}
-	c.layers = layerViews(c.params, c.sizes)
+	if !c.synthetic && !c.cnn {
+		c.layers = layerViews(c.params, c.sizes)
+	}
 	return c
 }
 
 // Params returns a copy of the parameters as float32, one slice per spec.
 func (n *Net) Params() [][]float32 {
-	if n.synthetic {
-		return n.syntheticValues()
+	if n.synthetic || n.cnn {
+		return n.flatValues()
 	}
 	out := make([][]float32, 0, 2*len(n.layers))
 	for _, ly := range n.layers {
@@ -338,8 +365,8 @@ func (n *Net) SetParams(p [][]float32) error {
 			}
 		}
 	}
-	if n.synthetic {
-		n.setSyntheticValues(p)
+	if n.synthetic || n.cnn {
+		n.setFlatValues(p)
 		return nil
 	}
 	for l, ly := range n.layers {

@@ -153,7 +153,8 @@ func TestNewRejects(t *testing.T) {
 		inDim, classes int
 		want           string
 	}{
-		{"cnn", 784, 10, "logreg, 2nn"},
+		{"resnet", 784, 10, "logreg, 2nn, cnn"},
+		{KindCNN, 100, 10, "28×28 images"},
 		{"", 784, 10, "unknown model kind"},
 		{KindLogReg, 0, 10, "input dimension"},
 		{Kind2NN, 784, 1, "classes"},

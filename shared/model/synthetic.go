@@ -69,8 +69,9 @@ func newSynthetic(kind string, n, inDim, classes int, seed uint64) *Net {
 	return net
 }
 
-// syntheticValues returns the parameters as float32 slices in Specs order.
-func (n *Net) syntheticValues() [][]float32 {
+// flatValues returns the parameters of a net stored in Specs order
+// (synthetic or CNN) as float32 slices.
+func (n *Net) flatValues() [][]float32 {
 	sp := n.Specs()
 	out := make([][]float32, len(sp))
 	off := 0
@@ -84,8 +85,9 @@ func (n *Net) syntheticValues() [][]float32 {
 	return out
 }
 
-// setSyntheticValues stores p, already checked against Specs.
-func (n *Net) setSyntheticValues(p [][]float32) {
+// setFlatValues stores p, already checked against Specs, in a net stored
+// in Specs order.
+func (n *Net) setFlatValues(p [][]float32) {
 	off := 0
 	for _, v := range p {
 		for j, x := range v {

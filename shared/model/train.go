@@ -97,6 +97,9 @@ func (n *Net) Train(ctx context.Context, set *dataset.Set, opt TrainOptions) (Tr
 	if n.synthetic {
 		return n.trainSynthetic(ctx, set, opt)
 	}
+	if n.cnn {
+		return TrainStats{}, fmt.Errorf("model: train %s: %w", n.kind, ErrNotTrainable)
+	}
 	if err := n.checkSet(set); err != nil {
 		return TrainStats{}, fmt.Errorf("model: train: %w", err)
 	}
@@ -162,6 +165,9 @@ func (n *Net) train(ctx context.Context, set *dataset.Set, opt TrainOptions, sta
 func (n *Net) Evaluate(set *dataset.Set) (Metrics, error) {
 	if n.synthetic {
 		return n.evaluateSynthetic(set)
+	}
+	if n.cnn {
+		return n.evaluateCNN(set)
 	}
 	if err := n.checkSet(set); err != nil {
 		return Metrics{}, fmt.Errorf("model: evaluate: %w", err)
