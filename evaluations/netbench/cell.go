@@ -14,116 +14,29 @@ import (
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/client/participant"
+	"github.com/fdxkafka/fdxkafka/evaluations/netbench/nbresult"
 	"github.com/fdxkafka/fdxkafka/evaluations/netbench/testbed"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
-	"github.com/fdxkafka/fdxkafka/shared/model"
 )
 
-// Channel configurations a cell runs on.
+// The channels, modes and records netbench.json holds live in nbresult,
+// which evaluations/report reads too.
 const (
-	chGRPC   = "grpc"
-	chKafka1 = "kafka1" // one broker, model topic of one partition
-	chKafka3 = "kafka3" // three brokers, --model-partitions 3
+	chGRPC    = nbresult.GRPC
+	chKafka1  = nbresult.Kafka1
+	chKafka3  = nbresult.Kafka3
+	modeLong  = nbresult.ModeLong
+	modeRound = nbresult.ModeRound
 )
 
-// Invocation modes.
-const (
-	modeLong  = "long"  // long-running clients, one connection for all rounds
-	modeRound = "round" // the HTTP function invoked once per client and round
+type (
+	// cell is one measurement: a model, N clients, a link rate, a channel.
+	cell = nbresult.Cell
+	// Result is one run of a cell.
+	Result = nbresult.Result
 )
 
-// cell is one measurement: a model, N clients, a link rate, a channel.
-type cell struct {
-	Model   string `json:"model"`
-	Clients int    `json:"clients"`
-	LinkBps int64  `json:"link_bps"`
-	Channel string `json:"channel"`
-	Mode    string `json:"mode"`
-}
-
-func (c cell) key() string {
-	return fmt.Sprintf("%s/%d/%s/%s/%s", c.Model, c.Clients, rateName(c.LinkBps), c.Channel, c.Mode)
-}
-
-// brokers is how many brokers the cell's channel needs.
-func (c cell) brokers() int {
-	switch c.Channel {
-	case chKafka1:
-		return 1
-	case chKafka3:
-		return 3
-	}
-	return 0
-}
-
-// modelBytes is the model's size S: its parameters as float32.
-func modelBytes(kind string) (int64, error) {
-	if mb, ok := strings.CutPrefix(kind, model.KindSyntheticPrefix); ok {
-		n, err := strconv.Atoi(mb)
-		if err != nil || n < 1 {
-			return 0, fmt.Errorf("model %q: want synthetic:<MB>", kind)
-		}
-		return int64(n) * 1_000_000, nil
-	}
-	net, err := model.New(kind, 784, 10, 1)
-	if err != nil {
-		return 0, err
-	}
-	return int64(net.NumParams()) * 4, nil
-}
-
-// Result is one cell's measurement.
-type Result struct {
-	cell
-	Repeat     int    `json:"repeat"`
-	Rounds     int    `json:"rounds"`
-	Brokers    int    `json:"brokers"`
-	Partitions int    `json:"model_partitions,omitempty"`
-	Job        string `json:"job"`
-	StartedAt  string `json:"started_at"`
-	ModelBytes int64  `json:"model_bytes"`
-	Error      string `json:"error,omitempty"`
-	// Command is the netbench command line that ran this cell.
-	Command string `json:"command,omitempty"`
-
-	// Messages counts every transmitted message as the stress harness
-	// does (evaluations/README.md): Kafka every record produced plus every
-	// record fetched; gRPC every message, counted at the client end.
-	Messages   int64         `json:"messages"`
-	Aggregator channel.Stats `json:"aggregator_traffic"`
-	Clients    channel.Stats `json:"clients_traffic"`
-
-	PerRound []roundFig `json:"per_round"`
-	// RoundMs and PropagationMs are means over rounds 2..R (round 1
-	// includes the clients' start); FirstPropagationMs is round 1's.
-	RoundMs            float64 `json:"round_ms"`
-	PropagationMs      float64 `json:"propagation_ms"`
-	PropagationMaxMs   float64 `json:"propagation_max_ms"`
-	FirstPropagationMs float64 `json:"first_round_propagation_ms"`
-
-	// Links: what each host's link carried during the cell (tc -s).
-	Links map[string]testbed.LinkCounters `json:"links"`
-	// AggEgressBytes is the aggregator link's egress; ModelsSent the
-	// models it sent out (Kafka: every published model, R+1, goes to the
-	// brokers once; gRPC: the R round models, each to every client; the
-	// final model is fetched by nobody); AggEgressPerModel is
-	// AggEgressBytes/(ModelsSent·S).
-	AggEgressBytes    int64   `json:"agg_egress_bytes"`
-	AggIngressBytes   int64   `json:"agg_ingress_bytes"`
-	ModelsSent        int     `json:"models_sent"`
-	AggEgressPerModel float64 `json:"agg_egress_per_model_s"`
-	BusiestBroker     string  `json:"busiest_broker,omitempty"`
-	BusiestBrokerOut  int64   `json:"busiest_broker_egress_bytes,omitempty"`
-
-	// BoundMs is the physical limit of one round's fan-out: N·S/L over
-	// gRPC (every copy leaves the aggregator's link), N·S/(K·L) over
-	// Kafka with K brokers. Efficiency is BoundMs / PropagationMs: 1 means
-	// the fan-out ran at line rate.
-	BoundMs    float64 `json:"bound_ms"`
-	Efficiency float64 `json:"efficiency"`
-
-	CPU cpuFigures `json:"cpu"`
-}
+var modelBytes = nbresult.ModelBytes
 
 // aggResult is the part of the aggregator's --out file a cell reads.
 type aggResult struct {
@@ -133,23 +46,6 @@ type aggResult struct {
 		PropagationMs float64 `json:"propagation_ms"`
 	} `json:"rounds"`
 	Stats channel.Stats `json:"aggregator_traffic"`
-}
-
-type roundFig struct {
-	Round         int64   `json:"round"`
-	DurationMs    float64 `json:"duration_ms"`
-	PropagationMs float64 `json:"propagation_ms"`
-}
-
-// cpuFigures: CPU seconds per process over the cell, and the machine's
-// busy share (all processes, ours and others', of both cores).
-type cpuFigures struct {
-	WallSec     float64            `json:"wall_s"`
-	Processes   map[string]float64 `json:"process_cpu_s"`
-	MachineBusy float64            `json:"machine_busy"`
-	SoftIRQ     float64            `json:"machine_softirq"`
-	OursShare   float64            `json:"ours_share"`
-	MaxRSSMB    map[string]float64 `json:"max_rss_mb,omitempty"`
 }
 
 // proc is one process a cell started.
@@ -235,7 +131,7 @@ func (b *bed) runCell(ctx context.Context, c cell, repeat int, o cellOptions) (r
 	if err != nil {
 		return nil, err
 	}
-	res = &Result{cell: c, Repeat: repeat, Rounds: o.Rounds, Brokers: c.brokers(), ModelBytes: s,
+	res = &Result{Cell: c, Repeat: repeat, Rounds: o.Rounds, Brokers: c.Brokers(), ModelBytes: s,
 		StartedAt: time.Now().UTC().Format(time.RFC3339)}
 	res.Job = fmt.Sprintf("nb-%s-%d-%s-%s-%d", strings.ReplaceAll(c.Model, ":", ""), c.Clients, c.Channel, c.Mode, time.Now().UnixNano()%1e10)
 	cellDir := filepath.Join(b.dir, res.Job)
@@ -388,7 +284,7 @@ func (b *bed) runCell(ctx context.Context, c cell, repeat int, o cellOptions) (r
 		return res, errors.New("aggregator result: no rounds")
 	}
 	res.Aggregator = out.Stats
-	res.CPU = cpuFigures{WallSec: wall.Seconds(), Processes: map[string]float64{"aggregator": agg.cpu()}, MaxRSSMB: map[string]float64{}}
+	res.CPU = nbresult.CPUFigures{WallSec: wall.Seconds(), Processes: map[string]float64{"aggregator": agg.cpu()}, MaxRSSMB: map[string]float64{}}
 	for _, rp := range reports {
 		var cr clientsReport
 		raw, err := os.ReadFile(rp)
@@ -430,7 +326,7 @@ func (b *bed) runCell(ctx context.Context, c cell, repeat int, o cellOptions) (r
 	var sumRound, sumProp float64
 	n := 0
 	for _, r := range out.Rounds {
-		res.PerRound = append(res.PerRound, roundFig{Round: r.Round, DurationMs: r.DurationMs, PropagationMs: r.PropagationMs})
+		res.PerRound = append(res.PerRound, nbresult.RoundFig{Round: r.Round, DurationMs: r.DurationMs, PropagationMs: r.PropagationMs})
 		if r.Round == 1 {
 			res.FirstPropagationMs = r.PropagationMs
 		}
@@ -456,13 +352,13 @@ func (b *bed) runCell(ctx context.Context, c cell, repeat int, o cellOptions) (r
 		res.ModelsSent = o.Rounds + 1
 	}
 	res.AggEgressPerModel = float64(res.AggEgressBytes) / float64(int64(res.ModelsSent)*s)
-	for i := 1; i <= c.brokers(); i++ {
+	for i := 1; i <= c.Brokers(); i++ {
 		h := brokerHost(i)
 		if eg := res.Links[h].Egress.Bytes; eg > res.BusiestBrokerOut {
 			res.BusiestBroker, res.BusiestBrokerOut = h, eg
 		}
 	}
-	k := max(c.brokers(), 1)
+	k := max(c.Brokers(), 1)
 	res.BoundMs = float64(int64(c.Clients)*s*8) / float64(int64(k)*c.LinkBps) * 1000
 	if res.PropagationMs > 0 {
 		res.Efficiency = res.BoundMs / res.PropagationMs

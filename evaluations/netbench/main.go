@@ -34,6 +34,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fdxkafka/fdxkafka/evaluations/netbench/nbresult"
 	"github.com/fdxkafka/fdxkafka/evaluations/netbench/testbed"
 	"github.com/fdxkafka/fdxkafka/internal/cli"
 )
@@ -218,26 +219,8 @@ func parseRate(s string) (int64, error) {
 	return int64(v * float64(mult)), nil
 }
 
-// rateName prints a rate as 100m, 1g, 10g.
-func rateName(bps int64) string {
-	switch {
-	case bps >= 1e9 && bps%1e9 == 0:
-		return strconv.FormatInt(bps/1e9, 10) + "g"
-	case bps >= 1e6 && bps%1e6 == 0:
-		return strconv.FormatInt(bps/1e6, 10) + "m"
-	}
-	return strconv.FormatInt(bps, 10)
-}
-
-// rateLabel prints a rate for people: 1 Gbit/s.
-func rateLabel(bps int64) string {
-	switch {
-	case bps >= 1e9:
-		return strconv.FormatFloat(float64(bps)/1e9, 'g', 4, 64) + " Gbit/s"
-	default:
-		return strconv.FormatFloat(float64(bps)/1e6, 'g', 4, 64) + " Mbit/s"
-	}
-}
+// rateName prints a rate as 100m, 1g, 10g; rateLabel for people: 1 Gbit/s.
+var rateName, rateLabel = nbresult.RateName, nbresult.RateLabel
 
 // clientLinkCap bounds a client host's shaped rate: it stands for many
 // devices, each with a link of the cell's rate, so it gets their sum, up
@@ -295,12 +278,12 @@ func Run(ctx context.Context, cfg Config) ([]*Result, error) {
 					for _, mode := range cfg.Modes {
 						c := cell{Model: m, Clients: n, LinkBps: link, Channel: ch, Mode: mode}
 						if why := feasible(c, cfg); why != "" {
-							log.Warn("skipping cell", "cell", c.key(), "reason", why)
-							skipped = append(skipped, &Result{cell: c, Command: cfg.Command, Error: "skipped: " + why})
+							log.Warn("skipping cell", "cell", c.Key(), "reason", why)
+							skipped = append(skipped, &Result{Cell: c, Command: cfg.Command, Error: "skipped: " + why})
 							continue
 						}
 						plan = append(plan, c)
-						maxBrokers = max(maxBrokers, c.brokers())
+						maxBrokers = max(maxBrokers, c.Brokers())
 					}
 				}
 			}
@@ -347,7 +330,7 @@ matrix:
 			}
 			curLink = c.LinkBps
 		}
-		if k := c.brokers(); k > 0 {
+		if k := c.Brokers(); k > 0 {
 			if runErr = b.startBrokers(ctx, k); runErr != nil {
 				break
 			}
@@ -357,28 +340,28 @@ matrix:
 			break
 		}
 		for rep := 1; rep <= cfg.Repeats; rep++ {
-			log.Info("cell starting", "cell", c.key(), "repeat", rep, "of", len(plan))
+			log.Info("cell starting", "cell", c.Key(), "repeat", rep, "of", len(plan))
 			res, err := b.runCell(ctx, c, rep, opts)
 			if res == nil {
-				res = &Result{cell: c, Repeat: rep}
+				res = &Result{Cell: c, Repeat: rep}
 			}
 			res.Command = cfg.Command
 			if err != nil {
 				res.Error = err.Error()
-				log.Error("cell failed", "cell", c.key(), "repeat", rep, "err", err)
+				log.Error("cell failed", "cell", c.Key(), "repeat", rep, "err", err)
 				if b.brokers > 0 {
 					// A failed job may leave the brokers busy: start afresh.
 					if serr := b.stopBrokers(ctx); serr != nil {
 						log.Error("stopping brokers", "err", serr)
 					}
-					if c.brokers() > 0 {
-						if serr := b.startBrokers(ctx, c.brokers()); serr != nil {
+					if c.Brokers() > 0 {
+						if serr := b.startBrokers(ctx, c.Brokers()); serr != nil {
 							runErr = serr
 						}
 					}
 				}
 			} else {
-				log.Info("cell done", "cell", c.key(), "repeat", rep, "index", i+1, "of", len(plan),
+				log.Info("cell done", "cell", c.Key(), "repeat", rep, "index", i+1, "of", len(plan),
 					"round_ms", int(res.RoundMs), "propagation_ms", int(res.PropagationMs),
 					"agg_egress_MB", float64(res.AggEgressBytes)/1e6, "efficiency", fmt.Sprintf("%.2f", res.Efficiency),
 					"machine_busy", fmt.Sprintf("%.2f", res.CPU.MachineBusy))

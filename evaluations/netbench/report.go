@@ -11,7 +11,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 
@@ -20,21 +19,16 @@ import (
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 
+	"github.com/fdxkafka/fdxkafka/evaluations/netbench/nbresult"
 	"github.com/fdxkafka/fdxkafka/internal/cli"
 )
 
 // File names in the results directory.
 const (
-	resultsJSON = "netbench.json"
+	resultsJSON = nbresult.FileName
 	// readmePath is the README the tool writes, relative to the repository.
 	readmePath = "evaluations/netbench/README.md"
 )
-
-// resultsFile is netbench.json: every run of every cell.
-type resultsFile struct {
-	Note    string    `json:"note"`
-	Results []*Result `json:"results"`
-}
 
 const resultsNote = "netbench: Kafka vs gRPC on tc-shaped links between network namespaces; see evaluations/README.md#netbench"
 
@@ -52,16 +46,16 @@ func writeResults(dir, readme string, rs []*Result, merge bool) error {
 		}
 		fresh := map[string]bool{}
 		for _, r := range rs {
-			fresh[r.key()] = true
+			fresh[r.Key()] = true
 		}
 		for _, r := range old {
-			if !fresh[r.key()] {
+			if !fresh[r.Key()] {
 				all = append(all, r)
 			}
 		}
 	}
 	all = append(all, rs...)
-	b, err := json.MarshalIndent(resultsFile{Note: resultsNote, Results: all}, "", " ")
+	b, err := json.MarshalIndent(nbresult.File{Note: resultsNote, Results: all}, "", " ")
 	if err != nil {
 		return err
 	}
@@ -76,11 +70,7 @@ func readResults(dir string) ([]*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	var f resultsFile
-	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, fmt.Errorf("%s: %w", resultsJSON, err)
-	}
-	return f.Results, nil
+	return nbresult.Parse(b)
 }
 
 // runReport is `netbench report`: the markdown and plots from the JSON.
@@ -100,126 +90,16 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 }
 
 // row is a cell's median over its successful runs.
-type row struct {
-	cell
-	command                              string
-	runs, failed                         int
-	modelBytes                           int64
-	messages                             int64
-	roundMs, propMs, propMaxMs, firstMs  float64
-	aggEgress, aggPerModel, brokerEgress float64
-	boundMs, efficiency, busy, ours      float64
-	vsGRPC                               float64
-	errors                               []string
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return math.NaN()
-	}
-	v = slices.Clone(v)
-	slices.Sort(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
-}
+type row = nbresult.Row
 
 // rows groups results by cell, medians over successful runs, sorted by
 // model size, link, mode, clients and channel.
-func rows(rs []*Result) []*row {
-	by := map[string][]*Result{}
-	var keys []string
-	for _, r := range rs {
-		k := r.key()
-		if _, ok := by[k]; !ok {
-			keys = append(keys, k)
-		}
-		by[k] = append(by[k], r)
-	}
-	var out []*row
-	for _, k := range keys {
-		group := by[k]
-		rw := &row{cell: group[0].cell, command: group[len(group)-1].Command}
-		var msgs, round, prop, pmax, first, egr, per, brk, bound, eff, busy, ours []float64
-		for _, r := range group {
-			if r.Error != "" {
-				rw.failed++
-				rw.errors = append(rw.errors, r.Error)
-				continue
-			}
-			rw.runs++
-			rw.modelBytes = r.ModelBytes
-			msgs = append(msgs, float64(r.Messages))
-			round, prop, pmax = append(round, r.RoundMs), append(prop, r.PropagationMs), append(pmax, r.PropagationMaxMs)
-			first = append(first, r.FirstPropagationMs)
-			egr, per = append(egr, float64(r.AggEgressBytes)/float64(r.ModelsSent)), append(per, r.AggEgressPerModel)
-			brk = append(brk, float64(r.BusiestBrokerOut)/float64(r.ModelsSent))
-			bound, eff = append(bound, r.BoundMs), append(eff, r.Efficiency)
-			busy, ours = append(busy, r.CPU.MachineBusy), append(ours, r.CPU.OursShare)
-		}
-		rw.messages = int64(median(msgs))
-		rw.roundMs, rw.propMs, rw.propMaxMs, rw.firstMs = median(round), median(prop), median(pmax), median(first)
-		rw.aggEgress, rw.aggPerModel, rw.brokerEgress = median(egr), median(per), median(brk)
-		rw.boundMs, rw.efficiency, rw.busy, rw.ours = median(bound), median(eff), median(busy), median(ours)
-		out = append(out, rw)
-	}
-	chOrder := map[string]int{chGRPC: 0, chKafka1: 1, chKafka3: 2}
-	sort.SliceStable(out, func(i, j int) bool {
-		a, b := out[i], out[j]
-		sa, _ := modelBytes(a.Model)
-		sb, _ := modelBytes(b.Model)
-		switch {
-		case sa != sb:
-			return sa < sb
-		case a.LinkBps != b.LinkBps:
-			return a.LinkBps < b.LinkBps
-		case a.Mode != b.Mode:
-			return a.Mode < b.Mode
-		case a.Clients != b.Clients:
-			return a.Clients < b.Clients
-		}
-		return chOrder[a.Channel] < chOrder[b.Channel]
-	})
-	grpc := map[string]float64{}
-	for _, r := range out {
-		if r.Channel == chGRPC && r.runs > 0 {
-			grpc[peerKey(r.cell)] = r.propMs
-		}
-	}
-	for _, r := range out {
-		r.vsGRPC = math.NaN()
-		if g, ok := grpc[peerKey(r.cell)]; ok && r.runs > 0 && g > 0 {
-			r.vsGRPC = r.propMs / g
-		}
-	}
-	return out
-}
-
-// peerKey names a cell without its channel.
-func peerKey(c cell) string {
-	c.Channel = ""
-	return c.key()
-}
+func rows(rs []*Result) []*row { return nbresult.Rows(rs) }
 
 func mb(b float64) string { return fmt.Sprintf("%.2f", b/1e6) }
 
-func sec(ms float64) string {
-	if math.IsNaN(ms) {
-		return "–"
-	}
-	if ms < 1000 {
-		return fmt.Sprintf("%.0f ms", ms)
-	}
-	return fmt.Sprintf("%.2f s", ms/1000)
-}
-
-func sizeLabel(s int64) string {
-	if s >= 1e6 {
-		return fmt.Sprintf("%.0f MB", float64(s)/1e6)
-	}
-	return fmt.Sprintf("%.0f kB", float64(s)/1e3)
-}
+// sec prints a time (850 ms, 1.25 s), sizeLabel a model size (10 MB).
+var sec, sizeLabel = nbresult.Sec, nbresult.SizeLabel
 
 // render writes the README (tables grouped by the command that measured
 // them, goals, crossover) and the plots, and prints the tables.
@@ -230,10 +110,10 @@ func render(dir, readme string, rs []*Result, stdout io.Writer) error {
 	var cmds []string
 	byCmd := map[string][]*row{}
 	for _, r := range rws {
-		if _, ok := byCmd[r.command]; !ok {
-			cmds = append(cmds, r.command)
+		if _, ok := byCmd[r.Command]; !ok {
+			cmds = append(cmds, r.Command)
 		}
-		byCmd[r.command] = append(byCmd[r.command], r)
+		byCmd[r.Command] = append(byCmd[r.Command], r)
 	}
 	for _, cmd := range cmds {
 		label := cmd
@@ -277,26 +157,26 @@ func table(rws []*row) string {
 	b.WriteString("| model (S) | N | link | clients | channel | messages | round | time to reach all (mean / max) | ÷ gRPC | aggregator egress per model | ÷ S | busiest broker egress per model | bound N·S/(K·L) | achieved ÷ limit | machine CPU busy (ours) | runs |\n")
 	b.WriteString("|---|--:|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, r := range rws {
-		if r.runs == 0 {
+		if r.Runs == 0 {
 			fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | – | – | – | – | – | – | – | – | – | – | 0 (%s) |\n",
-				r.Model, r.Clients, rateLabel(r.LinkBps), r.Mode, r.Channel, shortErr(r.errors[0]))
+				r.Model, r.Clients, rateLabel(r.LinkBps), r.Mode, r.Channel, shortErr(r.Errors[0]))
 			continue
 		}
 		vs, brk := "–", "–"
-		if !math.IsNaN(r.vsGRPC) && r.Channel != chGRPC {
-			vs = fmt.Sprintf("%.2f×", r.vsGRPC)
+		if !math.IsNaN(r.VsGRPC) && r.Channel != chGRPC {
+			vs = fmt.Sprintf("%.2f×", r.VsGRPC)
 		}
 		if r.Channel != chGRPC {
-			brk = mb(r.brokerEgress) + " MB"
+			brk = mb(r.BrokerEgress) + " MB"
 		}
-		runs := fmt.Sprint(r.runs)
-		if r.failed > 0 {
-			runs += fmt.Sprintf(" (+%d failed, below)", r.failed)
+		runs := fmt.Sprint(r.Runs)
+		if r.Failed > 0 {
+			runs += fmt.Sprintf(" (+%d failed, below)", r.Failed)
 		}
 		fmt.Fprintf(&b, "| %s (%s) | %d | %s | %s | %s | %d | %s | %s / %s | %s | %s MB | %.2f | %s | %s | %.2f | %.0f%% (%.0f%%) | %s |\n",
-			r.Model, sizeLabel(r.modelBytes), r.Clients, rateLabel(r.LinkBps), r.Mode, r.Channel, r.messages,
-			sec(r.roundMs), sec(r.propMs), sec(r.propMaxMs), vs, mb(r.aggEgress), r.aggPerModel, brk,
-			sec(r.boundMs), r.efficiency, 100*r.busy, 100*r.ours, runs)
+			r.Model, sizeLabel(r.ModelBytes), r.Clients, rateLabel(r.LinkBps), r.Mode, r.Channel, r.Messages,
+			sec(r.RoundMs), sec(r.PropMs), sec(r.PropMaxMs), vs, mb(r.AggEgress), r.AggPerModel, brk,
+			sec(r.BoundMs), r.Efficiency, 100*r.Busy, 100*r.Ours, runs)
 	}
 	return b.String()
 }
@@ -308,34 +188,24 @@ func table(rws []*row) string {
 func goals(rws []*row) string {
 	var b strings.Builder
 	b.WriteString("### Goals\n\n")
-	var g, k *row
-	for _, r := range rws {
-		if r.Model == "synthetic:10" && r.Clients == 100 && r.LinkBps == 1e9 && r.Mode == modeLong && r.runs > 0 {
-			switch r.Channel {
-			case chGRPC:
-				g = r
-			case chKafka3:
-				k = r
-			}
-		}
-	}
+	g, k := nbresult.GoalRows(rws)
 	if g != nil && k != nil {
 		verdict := "not met"
-		if k.propMs <= 0.5*g.propMs {
+		if nbresult.GoalMet(g, k) {
 			verdict = "met"
 		}
 		fmt.Fprintf(&b, "- 10 MB model, 100 clients, 1 Gbit/s: kafka3 reaches all devices in %s, gRPC in %s: %.2f× (goal ≤ 0.5×): **%s**. Both are far from their bounds (%s and %s) with the machine's CPU %.0f%% and %.0f%% busy: the ratio is measured where CPU, not only the links, limits both channels.\n",
-			sec(k.propMs), sec(g.propMs), k.propMs/g.propMs, verdict, sec(k.boundMs), sec(g.boundMs), 100*k.busy, 100*g.busy)
+			sec(k.PropMs), sec(g.PropMs), k.PropMs/g.PropMs, verdict, sec(k.BoundMs), sec(g.BoundMs), 100*k.Busy, 100*g.Busy)
 	} else {
 		b.WriteString("- 10 MB model, 100 clients, 1 Gbit/s: not measured (no successful grpc and kafka3 runs of that cell).\n")
 	}
 	var over []string
 	kafkaCells := 0
 	for _, r := range rws {
-		if r.runs > 0 && r.Channel != chGRPC {
+		if r.Runs > 0 && r.Channel != chGRPC {
 			kafkaCells++
-			if r.aggPerModel > 1.1 {
-				over = append(over, fmt.Sprintf("%s %.2f", r.key(), r.aggPerModel))
+			if r.AggPerModel > 1.1 {
+				over = append(over, fmt.Sprintf("%s %.2f", r.Key(), r.AggPerModel))
 			}
 		}
 	}
@@ -347,9 +217,9 @@ func goals(rws []*row) string {
 	var eff []string
 	cells := 0
 	for _, r := range rws {
-		if r.runs > 0 && r.modelBytes >= 1e6 {
+		if r.Runs > 0 && r.ModelBytes >= 1e6 {
 			cells++
-			if r.efficiency >= 0.8 {
+			if r.Efficiency >= 0.8 {
 				eff = append(eff, fmt.Sprintf("%s/%d/%s/%s", r.Model, r.Clients, rateName(r.LinkBps), r.Channel))
 			}
 		}
@@ -368,10 +238,10 @@ func goals(rws []*row) string {
 func failures(rws []*row) string {
 	var b strings.Builder
 	for _, r := range rws {
-		if r.runs == 0 {
+		if r.Runs == 0 {
 			continue
 		}
-		for _, e := range r.errors {
+		for _, e := range r.Errors {
 			if b.Len() == 0 {
 				b.WriteString("Failed runs (not in the medians):\n\n")
 			}
@@ -388,7 +258,7 @@ func failures(rws []*row) string {
 			if len(lines) > 1 {
 				msg += " … " + lines[len(lines)-1]
 			}
-			fmt.Fprintf(&b, "- %s: `%s`\n", r.key(), strings.ReplaceAll(msg, "`", "'"))
+			fmt.Fprintf(&b, "- %s: `%s`\n", r.Key(), strings.ReplaceAll(msg, "`", "'"))
 		}
 	}
 	if b.Len() > 0 {
@@ -409,79 +279,34 @@ func shortErr(s string) string {
 // reaches all devices before gRPC: measured, and from a line a + b·N
 // fitted to each channel's times.
 func crossovers(rws []*row) string {
-	type series struct{ n, ms []float64 }
-	groups := map[string]map[string]*series{}
-	var order []string
-	for _, r := range rws {
-		if r.runs == 0 {
-			continue
-		}
-		g := fmt.Sprintf("%s|%d|%s", r.Model, r.LinkBps, r.Mode)
-		if groups[g] == nil {
-			groups[g] = map[string]*series{}
-			order = append(order, g)
-		}
-		s := groups[g][r.Channel]
-		if s == nil {
-			s = &series{}
-			groups[g][r.Channel] = s
-		}
-		s.n, s.ms = append(s.n, float64(r.Clients)), append(s.ms, r.propMs)
-	}
 	var b strings.Builder
 	b.WriteString("Crossover: the number of clients from which Kafka reaches all devices before gRPC. The measured column rules; the fitted one is a straight line through few points (its intercepts can be negative), a hint where no measured N separates the channels.\n\n")
 	b.WriteString("| model | link | clients | channel | measured | fitted (a + b·N per channel) |\n|---|---|---|---|---|---|\n")
-	for _, g := range order {
-		parts := strings.Split(g, "|")
-		var link int64
-		fmt.Sscan(parts[1], &link)
-		gr := groups[g][chGRPC]
-		if gr == nil {
-			continue
+	for _, c := range nbresult.Crossovers(rws) {
+		measured := "no common N"
+		switch {
+		case len(c.KafkaFirst) == 0 && len(c.GRPCFirst) > 0:
+			measured = fmt.Sprintf("gRPC first at every measured N (%v)", c.GRPCFirst)
+		case len(c.GRPCFirst) == 0 && len(c.KafkaFirst) > 0:
+			measured = fmt.Sprintf("Kafka first at every measured N (%v)", c.KafkaFirst)
+		case len(c.KafkaFirst) > 0:
+			measured = fmt.Sprintf("gRPC first at N = %v, Kafka first at N = %v", c.GRPCFirst, c.KafkaFirst)
 		}
-		for _, ch := range []string{chKafka1, chKafka3} {
-			k := groups[g][ch]
-			if k == nil {
-				continue
-			}
-			measured := "no common N"
-			var kafkaFirst, grpcFirst []int
-			for i, n := range k.n {
-				for j, m := range gr.n {
-					if m == n {
-						if k.ms[i] < gr.ms[j] {
-							kafkaFirst = append(kafkaFirst, int(n))
-						} else {
-							grpcFirst = append(grpcFirst, int(n))
-						}
-					}
-				}
-			}
-			slices.Sort(kafkaFirst)
-			slices.Sort(grpcFirst)
+		fitted := "needs 2+ N on both"
+		k, gr, ch := c.Kafka, c.GRPC, c.Channel
+		if len(k.N) >= 2 && len(gr.N) >= 2 {
+			ak, bk := fit(k.N, k.Ms)
+			ag, bg := fit(gr.N, gr.Ms)
 			switch {
-			case len(kafkaFirst) == 0 && len(grpcFirst) > 0:
-				measured = fmt.Sprintf("gRPC first at every measured N (%v)", grpcFirst)
-			case len(grpcFirst) == 0 && len(kafkaFirst) > 0:
-				measured = fmt.Sprintf("Kafka first at every measured N (%v)", kafkaFirst)
-			case len(kafkaFirst) > 0:
-				measured = fmt.Sprintf("gRPC first at N = %v, Kafka first at N = %v", grpcFirst, kafkaFirst)
+			case bg > bk && ak > ag:
+				fitted = fmt.Sprintf("N* ≈ %.0f (gRPC %.0f + %.1f·N ms, %s %.0f + %.1f·N ms)", (ak-ag)/(bg-bk), ag, bg, ch, ak, bk)
+			case bg > bk:
+				fitted = fmt.Sprintf("Kafka first at any N (gRPC %.0f + %.1f·N ms, %s %.0f + %.1f·N ms)", ag, bg, ch, ak, bk)
+			default:
+				fitted = fmt.Sprintf("no crossover: Kafka grows as fast (gRPC %.0f + %.1f·N ms, %s %.0f + %.1f·N ms)", ag, bg, ch, ak, bk)
 			}
-			fitted := "needs 2+ N on both"
-			if len(k.n) >= 2 && len(gr.n) >= 2 {
-				ak, bk := fit(k.n, k.ms)
-				ag, bg := fit(gr.n, gr.ms)
-				switch {
-				case bg > bk && ak > ag:
-					fitted = fmt.Sprintf("N* ≈ %.0f (gRPC %.0f + %.1f·N ms, %s %.0f + %.1f·N ms)", (ak-ag)/(bg-bk), ag, bg, ch, ak, bk)
-				case bg > bk:
-					fitted = fmt.Sprintf("Kafka first at any N (gRPC %.0f + %.1f·N ms, %s %.0f + %.1f·N ms)", ag, bg, ch, ak, bk)
-				default:
-					fitted = fmt.Sprintf("no crossover: Kafka grows as fast (gRPC %.0f + %.1f·N ms, %s %.0f + %.1f·N ms)", ag, bg, ch, ak, bk)
-				}
-			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", parts[0], rateLabel(link), parts[2], ch, measured, fitted)
 		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", c.Model, rateLabel(c.LinkBps), c.Mode, ch, measured, fitted)
 	}
 	return b.String()
 }
@@ -527,7 +352,7 @@ func writePlots(dir string, rws []*row) ([]string, error) {
 	pts := map[key]map[string]plotter.XYs{}
 	var keys []key
 	for _, r := range rws {
-		if r.runs == 0 || r.propMs <= 0 {
+		if r.Runs == 0 || r.PropMs <= 0 {
 			continue
 		}
 		k := key{r.Model, r.LinkBps, r.Mode}
@@ -535,7 +360,7 @@ func writePlots(dir string, rws []*row) ([]string, error) {
 			pts[k] = map[string]plotter.XYs{}
 			keys = append(keys, k)
 		}
-		pts[k][r.Channel] = append(pts[k][r.Channel], plotter.XY{X: float64(r.Clients), Y: r.propMs / 1000})
+		pts[k][r.Channel] = append(pts[k][r.Channel], plotter.XY{X: float64(r.Clients), Y: r.PropMs / 1000})
 	}
 	for _, k := range keys {
 		p := plot.New()

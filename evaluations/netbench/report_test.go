@@ -31,7 +31,7 @@ func TestParseRate(t *testing.T) {
 // result builds a successful run of a cell with the given time to reach
 // all devices and aggregator egress.
 func result(ch string, n int, propMs float64, aggEgress int64) *Result {
-	return &Result{cell: cell{Model: "synthetic:10", Clients: n, LinkBps: 1e9, Channel: ch, Mode: modeLong},
+	return &Result{Cell: cell{Model: "synthetic:10", Clients: n, LinkBps: 1e9, Channel: ch, Mode: modeLong},
 		ModelBytes: 10e6, ModelsSent: 3, PropagationMs: propMs, AggEgressBytes: aggEgress,
 		AggEgressPerModel: float64(aggEgress) / 30e6, Messages: 100, Command: "go run ./evaluations/netbench run -x"}
 }
@@ -47,14 +47,14 @@ func TestRowsTakeMediansAndSkipFailedRuns(t *testing.T) {
 		t.Fatalf("%d rows, want 2", len(rws))
 	}
 	g, k := rws[0], rws[1]
-	if g.Channel != chGRPC || g.propMs != 9000 || g.runs != 3 {
+	if g.Channel != chGRPC || g.PropMs != 9000 || g.Runs != 3 {
 		t.Errorf("grpc row: %+v, want median 9000 over 3 runs", g)
 	}
-	if k.Channel != chKafka3 || k.propMs != 4000 || k.runs != 2 || k.failed != 1 {
+	if k.Channel != chKafka3 || k.PropMs != 4000 || k.Runs != 2 || k.Failed != 1 {
 		t.Errorf("kafka3 row: %+v, want median 4000 over 2 runs, 1 failed", k)
 	}
-	if math.Abs(k.vsGRPC-4000.0/9000) > 1e-12 {
-		t.Errorf("kafka3 ÷ gRPC = %v, want %v", k.vsGRPC, 4000.0/9000)
+	if math.Abs(k.VsGRPC-4000.0/9000) > 1e-12 {
+		t.Errorf("kafka3 ÷ gRPC = %v, want %v", k.VsGRPC, 4000.0/9000)
 	}
 	if got := goals(rws); !strings.Contains(got, "0.44× (goal ≤ 0.5×): **met**") {
 		t.Errorf("goals do not report the 10 MB / 100-client goal as met at 0.44×:\n%s", got)

@@ -61,17 +61,17 @@ func TestSmoke(t *testing.T) {
 	}
 	for _, r := range results {
 		if r.Error != "" {
-			t.Errorf("%s: %s", r.key(), r.Error)
+			t.Errorf("%s: %s", r.Key(), r.Error)
 			continue
 		}
 		if len(r.PerRound) != 1 || r.PropagationMs <= 0 || r.Messages <= 0 {
-			t.Errorf("%s: rounds %v, propagation %v ms, %d messages: want 1 round, both positive", r.key(), r.PerRound, r.PropagationMs, r.Messages)
+			t.Errorf("%s: rounds %v, propagation %v ms, %d messages: want 1 round, both positive", r.Key(), r.PerRound, r.PropagationMs, r.Messages)
 		}
 		agg, c1 := r.Links[aggHost], r.Links[clientHost(1)]
 		// Every client receives the round's model through its host's
 		// link, whichever channel carries it.
 		if c1.Ingress.Bytes < 3*s {
-			t.Errorf("%s: the client host's link carried %d bytes in, want ≥ 3 models of %d", r.key(), c1.Ingress.Bytes, s)
+			t.Errorf("%s: the client host's link carried %d bytes in, want ≥ 3 models of %d", r.Key(), c1.Ingress.Bytes, s)
 		}
 		switch r.Channel {
 		case chGRPC:

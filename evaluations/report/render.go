@@ -134,7 +134,7 @@ func renderUnlisted(fsys fs.FS, files []string) (string, error) {
 }
 
 // renderFile renders one result file by what it holds: a stress report, a
-// sweep, a strategy experiment, or anything else as a link.
+// sweep, netbench's runs, a strategy experiment, or anything else as a link.
 func renderFile(fsys fs.FS, name string) (string, error) {
 	raw, err := fs.ReadFile(fsys, name)
 	if err != nil {
@@ -164,8 +164,7 @@ func renderFile(fsys fs.FS, name string) (string, error) {
 	case has("kind", "rounds_to_target") && strings.Contains(string(top["kind"]), "python-cnn"):
 		body, err = renderCNN(raw)
 	case has("note", "results") && strings.HasPrefix(name, "results/netbench/"):
-		body = "The network testbed's results have their own generated page: " +
-			"[netbench/README.md](netbench/README.md) (`go run ./evaluations/netbench report`).\n"
+		body, err = renderNetbench(raw)
 	case has("command", "runs") && strings.Contains(string(top["command"]), "evaluations/strategies"):
 		body, err = renderStrategies(raw)
 	default:
