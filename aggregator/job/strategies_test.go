@@ -64,6 +64,16 @@ func TestEveryStrategyBothChannels(t *testing.T) {
 				if len(res.Rejected) != 0 {
 					t.Errorf("%s: rejections %v", res.Channel, res.Rejected)
 				}
+				// FedProx's μ reaches the clients through every round's
+				// train config, the final model's included; other
+				// strategies send none.
+				wantMu := 0.0
+				if name == "fedprox" {
+					wantMu = 0.01
+				}
+				if mu := res.Final.GetTrainConfig().GetProximalMu(); mu != wantMu {
+					t.Errorf("%s: final model's train config has μ %v, want %v", res.Channel, mu, wantMu)
+				}
 				if strings.HasPrefix(name, "dpfedavg") && res.Rounds[rounds-1].Strategy["dp_epsilon"] <= 0 {
 					t.Errorf("%s: DP report %v, want a positive epsilon", res.Channel, res.Rounds[rounds-1].Strategy)
 				}
