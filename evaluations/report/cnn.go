@@ -60,24 +60,34 @@ func renderCNN(raw []byte) (string, error) {
 	}
 	b.WriteString("| target test accuracy | rounds to target, this run | the FedAvg paper | mean round (aggregator) | clients' part of a round | of which training |\n|--:|--:|--:|--:|--:|--:|\n")
 	fmt.Fprintf(&b, "| %.2f | %s | %d | %s | %.1f s | %.1f s |\n\n", r.Target, reached, r.PaperRounds, meanRound, clients/n, train/n)
-	b.WriteString("Test accuracy of the global model after each round (MNIST's 10,000 test images, evaluated by the aggregator):\n\n")
-	b.WriteString("| round |")
-	sep := "|--:|"
-	acc := "| accuracy |"
+	b.WriteString("Test accuracy of the global model after each round (MNIST's 10,000 test images, evaluated by the aggregator; round 0 is the initial model):\n\n")
+	acc := map[int]string{}
+	last := 0
 	if r.InitialAccuracy != nil {
-		b.WriteString(" 0 |")
-		sep += "--:|"
-		acc += fmt.Sprintf(" %.4f |", *r.InitialAccuracy)
+		acc[0] = fmt.Sprintf("%.4f", *r.InitialAccuracy)
 	}
 	for _, x := range r.Rounds {
-		fmt.Fprintf(&b, " %d |", x.Round)
-		sep += "--:|"
+		acc[x.Round] = "–"
 		if x.Accuracy != nil {
-			acc += fmt.Sprintf(" %.4f |", *x.Accuracy)
-		} else {
-			acc += " – |"
+			acc[x.Round] = fmt.Sprintf("%.4f", *x.Accuracy)
 		}
+		last = max(last, x.Round)
 	}
-	b.WriteString("\n" + sep + "\n" + acc + "\n")
+	b.WriteString("| rounds |")
+	for j := range 10 {
+		fmt.Fprintf(&b, " +%d |", j)
+	}
+	b.WriteString("\n|--:|" + strings.Repeat("--:|", 10) + "\n")
+	for lo := 0; lo <= last; lo += 10 {
+		fmt.Fprintf(&b, "| %d |", lo)
+		for j := range 10 {
+			v, ok := acc[lo+j]
+			if !ok {
+				v = ""
+			}
+			fmt.Fprintf(&b, " %s |", v)
+		}
+		b.WriteString("\n")
+	}
 	return b.String(), nil
 }
