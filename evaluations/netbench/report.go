@@ -107,21 +107,9 @@ func render(dir, readme string, rs []*Result, stdout io.Writer) error {
 	rws := rows(rs)
 	var b strings.Builder
 	// One table per command line, in the order the commands first appear.
-	var cmds []string
-	byCmd := map[string][]*row{}
-	for _, r := range rws {
-		if _, ok := byCmd[r.Command]; !ok {
-			cmds = append(cmds, r.Command)
-		}
-		byCmd[r.Command] = append(byCmd[r.Command], r)
-	}
-	for _, cmd := range cmds {
-		label := cmd
-		if label == "" {
-			label = "(command not recorded)"
-		}
-		fmt.Fprintf(&b, "```\nsudo %s\n```\n\n", label)
-		b.WriteString(table(byCmd[cmd]))
+	for _, g := range nbresult.ByCommand(rws) {
+		fmt.Fprintf(&b, "```\nsudo %s\n```\n\n", g.Label)
+		b.WriteString(table(g.Rows))
 		b.WriteString("\n")
 	}
 	b.WriteString(failures(rws))

@@ -44,21 +44,9 @@ func renderNetbench(raw []byte) (string, error) {
 
 	// One table per command line, in the order the commands first appear
 	// among the sorted rows, as on the testbed's page.
-	var cmds []string
-	byCmd := map[string][]*nbresult.Row{}
-	for _, r := range rows {
-		if _, ok := byCmd[r.Command]; !ok {
-			cmds = append(cmds, r.Command)
-		}
-		byCmd[r.Command] = append(byCmd[r.Command], r)
-	}
-	for _, cmd := range cmds {
-		label := cmd
-		if label == "" {
-			label = "(command not recorded)"
-		}
-		fmt.Fprintf(&b, "```\nsudo %s\n```\n\n", label)
-		b.WriteString(pocTable(byCmd[cmd]))
+	for _, g := range nbresult.ByCommand(rows) {
+		fmt.Fprintf(&b, "```\nsudo %s\n```\n\n", g.Label)
+		b.WriteString(pocTable(g.Rows))
 		b.WriteString("\n")
 	}
 	var failed []string

@@ -123,6 +123,7 @@ type cnnWorkspace struct {
 	pool1  []float64 // rows × 14 × 14 × 32
 	cols2  []float64 // rows·196 × 800
 	out2   []float64 // rows·196 × 64
+	pool2  []float64 // rows × 7 × 7 × 64
 	flat   []float64 // rows × 3136, channel first
 	hidden []float64 // rows × 512
 	logits []float64 // rows × classes
@@ -139,6 +140,7 @@ func newCNNWorkspace(rows, classes int) *cnnWorkspace {
 		pool1:  make([]float64, rows*s2*cnnC1),
 		cols2:  make([]float64, rows*s2*kk*cnnC1),
 		out2:   make([]float64, rows*s2*cnnC2),
+		pool2:  make([]float64, rows*cnnFlat),
 		flat:   make([]float64, rows*cnnFlat),
 		hidden: make([]float64, rows*cnnHidden),
 		logits: make([]float64, rows*classes),
@@ -199,19 +201,14 @@ func (n *Net) cnnForward(ws *cnnWorkspace, p cnnParams, rows int) {
 	im2col(ws.cols2[:rows*s2*s2*kk*cnnC1], ws.pool1[:rows*s2*s2*cnnC1], rows, s2, cnnC1)
 	gemm(blas.NoTrans, blas.Trans, 1, general(ws.cols2, rows*s2*s2, kk*cnnC1), general(p.w2, cnnC2, kk*cnnC1), 0, general(ws.out2, rows*s2*s2, cnnC2))
 	biasReLU(ws.out2[:rows*s2*s2*cnnC2], p.b2)
-	// pool2, flattened channel first as PyTorch flattens NCHW.
+	// pool2, then flattened channel first as PyTorch flattens NCHW.
+	maxPool(ws.pool2[:rows*s3*s3*cnnC2], ws.out2[:rows*s2*s2*cnnC2], rows, s2, cnnC2)
 	for r := range rows {
-		img := ws.out2[r*s2*s2*cnnC2 : (r+1)*s2*s2*cnnC2]
+		img := ws.pool2[r*s3*s3*cnnC2 : (r+1)*s3*s3*cnnC2]
 		dst := ws.flat[r*cnnFlat : (r+1)*cnnFlat]
-		for h := range s3 {
-			for w := range s3 {
-				for c := range cnnC2 {
-					m := img[((2*h)*s2+2*w)*cnnC2+c]
-					m = max(m, img[((2*h)*s2+2*w+1)*cnnC2+c])
-					m = max(m, img[((2*h+1)*s2+2*w)*cnnC2+c])
-					m = max(m, img[((2*h+1)*s2+2*w+1)*cnnC2+c])
-					dst[c*s3*s3+h*s3+w] = m
-				}
+		for px := range s3 * s3 {
+			for c := range cnnC2 {
+				dst[c*s3*s3+px] = img[px*cnnC2+c]
 			}
 		}
 	}

@@ -248,3 +248,32 @@ func GoalRows(rows []*Row) (grpc, kafka3 *Row) {
 // GoalMet says whether kafka3's time to reach all devices is at most
 // GoalRatio of gRPC's.
 func GoalMet(grpc, kafka3 *Row) bool { return kafka3.PropMs <= GoalRatio*grpc.PropMs }
+
+// Group is the rows one command measured.
+type Group struct {
+	// Label is the command line, or a placeholder when it was not recorded.
+	Label string
+	Rows  []*Row
+}
+
+// ByCommand groups rows by the command that measured them, in the order
+// the commands first appear, so that every page prints a table under the
+// command that regenerates it.
+func ByCommand(rows []*Row) []Group {
+	var out []Group
+	at := map[string]int{}
+	for _, r := range rows {
+		i, ok := at[r.Command]
+		if !ok {
+			label := r.Command
+			if label == "" {
+				label = "(command not recorded)"
+			}
+			i = len(out)
+			at[r.Command] = i
+			out = append(out, Group{Label: label})
+		}
+		out[i].Rows = append(out[i].Rows, r)
+	}
+	return out
+}
