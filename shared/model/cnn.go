@@ -175,11 +175,7 @@ func (n *Net) evaluateCNN(set *dataset.Set) (Metrics, error) {
 		lossSum += l
 		correct += c
 	}
-	return Metrics{
-		Loss:     lossSum / float64(total),
-		Accuracy: float64(correct) / float64(total),
-		Examples: total,
-	}, nil
+	return meanMetrics(lossSum, correct, total), nil
 }
 
 // cnnForward computes the logits of the first rows images in ws. Each

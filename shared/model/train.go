@@ -184,11 +184,17 @@ func (n *Net) Evaluate(set *dataset.Set) (Metrics, error) {
 		lossSum += loss
 		correct += c
 	}
+	return meanMetrics(lossSum, correct, total), nil
+}
+
+// meanMetrics is Evaluate's result from the summed loss and the correct
+// predictions over total examples.
+func meanMetrics(lossSum float64, correct, total int) Metrics {
 	return Metrics{
 		Loss:     lossSum / float64(total),
 		Accuracy: float64(correct) / float64(total),
 		Examples: total,
-	}, nil
+	}
 }
 
 // checkSet verifies that set fits n and is internally consistent, so that
