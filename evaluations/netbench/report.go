@@ -226,9 +226,6 @@ func goals(rws []*row) string {
 func failures(rws []*row) string {
 	var b strings.Builder
 	for _, r := range rws {
-		if r.Runs == 0 {
-			continue
-		}
 		for _, e := range r.Errors {
 			if b.Len() == 0 {
 				b.WriteString("Failed runs (not in the medians):\n\n")
