@@ -19,7 +19,7 @@ func TestFlagErrors(t *testing.T) {
 	}{
 		{[]string{"--minclients", "0"}, "min clients 0"},
 		{[]string{"--numrounds", "0"}, "rounds 0"},
-		{[]string{"--model", "cnn"}, "model \"cnn\""},
+		{[]string{"--model", "resnet"}, "model \"resnet\""},
 		{[]string{"--partition", "weird"}, "partition:"},
 		{[]string{"--strategy", "fedfoo"}, "strategy:"},
 		{[]string{"--job", "a b"}, "job:"},
