@@ -42,6 +42,7 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/linefile"
 	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"github.com/fdxkafka/fdxkafka/shared/logging/cloudlog"
+	"github.com/fdxkafka/fdxkafka/shared/model"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
@@ -199,6 +200,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.clients < 0 {
 		return nil, cli.Usagef("--clients %d: want 0 or more", c.clients)
+	}
+	if c.clients > 0 && o.Model == model.KindCNN {
+		return nil, cli.Usagef("--clients with --model %s: Go clients do not train it; run Python clients (clients/python/examples/cnn_jax.py)", model.KindCNN)
 	}
 	if c.clients > 0 && c.clients < o.MinClients {
 		return nil, cli.Usagef("--clients %d is below --minclients %d: the rounds would never close", c.clients, o.MinClients)

@@ -20,6 +20,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--minclients", "0"}, "min clients 0"},
 		{[]string{"--numrounds", "0"}, "rounds 0"},
 		{[]string{"--model", "resnet"}, "model \"resnet\""},
+		{[]string{"--model", "cnn", "--clients", "3", "--minclients", "3"}, "Go clients do not train it"},
 		{[]string{"--partition", "weird"}, "partition:"},
 		{[]string{"--strategy", "fedfoo"}, "strategy:"},
 		{[]string{"--job", "a b"}, "job:"},
