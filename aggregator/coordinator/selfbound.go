@@ -8,7 +8,6 @@ import (
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
 	"github.com/fdxkafka/fdxkafka/aggregator/validate"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
-	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
 // A round with no median from the round before (the first, or a restart
@@ -58,16 +57,14 @@ func (c *Coordinator) hold(st *roundState, d channel.Delivery, vals *validate.Va
 // resolveHeld folds or refuses the held updates against the round's
 // median, in the order they arrived.
 func (c *Coordinator) resolveHeld(ctx context.Context, st *roundState) error {
-	bound := c.cfg.NormFactor * validate.Median(st.check.Norms())
+	bound := st.check.OutlierBound(c.cfg.NormFactor)
 	held := st.held
 	st.held = nil
 	for _, h := range held {
 		u := h.d.Update
 		id := u.GetClientId()
-		norm := st.check.HeldNorm(id)
-		if norm > bound {
-			st.check.Drop(id)
-			c.reject(st, h.d, rules.Reject(rules.NormBound, "update norm %.4g over %g times the round's median, %.4g", norm, c.cfg.NormFactor, bound))
+		if rej := st.check.RefuseOutlier(id, c.cfg.NormFactor, bound); rej != nil {
+			c.reject(st, h.d, rej)
 			continue
 		}
 		start := time.Now()

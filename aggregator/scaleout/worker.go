@@ -303,18 +303,20 @@ func (w *Worker) hold(b *batch, d channel.Delivery, vals *validate.Values) bool 
 
 // resolveHeld folds or refuses the held updates of the batch.
 func (w *Worker) resolveHeld(b *batch) error {
-	ns := b.check.Norms()
-	bound := w.cfg.NormFactor * validate.Median(ns)
+	// With fewer than three norms the flush lets its held updates through
+	// (see hold).
+	decide := len(b.check.Norms()) >= 3
+	bound := b.check.OutlierBound(w.cfg.NormFactor)
 	held := b.held
 	b.held = nil
 	for _, h := range held {
 		id := h.d.Update.GetClientId()
-		if norm := b.check.HeldNorm(id); len(ns) >= 3 && norm > bound {
-			b.check.Drop(id)
-			rej := rules.Reject(rules.NormBound, "update norm %.4g over %g times the round's median, %.4g", norm, w.cfg.NormFactor, bound)
-			b.part.Rejected[string(rej.Reason)]++
-			h.d.Reply(rej)
-			continue
+		if decide {
+			if rej := b.check.RefuseOutlier(id, w.cfg.NormFactor, bound); rej != nil {
+				b.part.Rejected[string(rej.Reason)]++
+				h.d.Reply(rej)
+				continue
+			}
 		}
 		b.check.Release(id)
 		if err := w.fold(b, h.d, h.vals); err != nil {

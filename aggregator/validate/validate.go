@@ -287,8 +287,22 @@ func (r *Round) HoldOutlier(u *fdxv1.Update, factor float64) bool {
 	return true
 }
 
-// HeldNorm is the norm of a held update.
-func (r *Round) HeldNorm(id string) float64 { return r.held[id] }
+// OutlierBound is the bound held updates are decided against: factor
+// times the median of every norm of the round, the held ones included.
+func (r *Round) OutlierBound(factor float64) float64 { return factor * Median(r.Norms()) }
+
+// RefuseOutlier decides the held update of client id against bound (from
+// OutlierBound with the same factor): over it, the update is dropped and
+// the refusal its client is told is returned; within it, nil is returned
+// and the update stays held for the caller to fold and Release.
+func (r *Round) RefuseOutlier(id string, factor, bound float64) *rules.Rejection {
+	norm := r.held[id]
+	if norm <= bound {
+		return nil
+	}
+	r.Drop(id)
+	return rules.Reject(rules.NormBound, "update norm %.4g over %g times the round's median, %.4g", norm, factor, bound)
+}
 
 // Release admits a held update.
 func (r *Round) Release(id string) {
