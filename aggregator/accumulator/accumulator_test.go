@@ -2,6 +2,7 @@ package accumulator
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"math/big"
 	"math/rand/v2"
@@ -101,30 +102,9 @@ func TestAccumulatorMatchesBig(t *testing.T) {
 	sizes := []int{300, 7, 0, 50}
 	for trial := range 20 {
 		ts := randomTerms(rng, 1+rng.IntN(12), sizes)
-		a := accumulateAll(t, sizes, ts)
-		got32, err := a.Mean()
-		if err != nil {
-			t.Fatal(err)
-		}
-		got64, err := a.Mean64()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for tn := range sizes {
-			for j := range sizes[tn] {
-				want := bigMean(ts, tn, j)
-				w32, _ := want.Float32()
-				w64, _ := want.Float64()
-				if math.Float32bits(got32[tn][j]) != math.Float32bits(w32) {
-					t.Fatalf("trial %d tensor %d [%d]: Mean %g (%#x), exact rounding %g (%#x) of %s",
-						trial, tn, j, got32[tn][j], math.Float32bits(got32[tn][j]), w32, math.Float32bits(w32), want.FloatString(60))
-				}
-				if math.Float64bits(got64[tn][j]) != math.Float64bits(w64) {
-					t.Fatalf("trial %d tensor %d [%d]: Mean64 %g, exact rounding %g of %s",
-						trial, tn, j, got64[tn][j], w64, want.FloatString(60))
-				}
-			}
-		}
+		t.Run(fmt.Sprint("trial ", trial), func(t *testing.T) {
+			checkAgainstBig(t, accumulateAll(t, sizes, ts), ts, sizes)
+		})
 	}
 }
 
