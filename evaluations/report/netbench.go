@@ -211,8 +211,12 @@ func ints(v []int) string {
 // pocGoal judges the PoC's goal: 10 MB, 100 clients, 1 Gbit/s, kafka3
 // reaching all devices in at most half gRPC's time.
 func pocGoal(rows []*nbresult.Row) string {
+	model := nbresult.GoalModel
+	if n, err := nbresult.ModelBytes(model); err == nil {
+		model = nbresult.SizeLabel(n)
+	}
 	head := fmt.Sprintf("**Goal** (%s model, %d long-running clients, %s links: kafka3 reaches all devices in ≤ %.1f× gRPC's time): ",
-		nbresult.SizeLabel(mustBytes(nbresult.GoalModel)), nbresult.GoalClients, nbresult.RateLabel(nbresult.GoalLinkBps), nbresult.GoalRatio)
+		model, nbresult.GoalClients, nbresult.RateLabel(nbresult.GoalLinkBps), nbresult.GoalRatio)
 	g, k := nbresult.GoalRows(rows)
 	if g == nil || k == nil {
 		return head + "not measured (no successful gRPC and kafka3 runs of that cell).\n"
@@ -223,27 +227,5 @@ func pocGoal(rows []*nbresult.Row) string {
 	}
 	s := head + fmt.Sprintf("%s: kafka3 reaches all devices in %s, gRPC in %s, %.2f×, %s the %.1f× goal. ",
 		verdict, nbresult.Sec(k.PropMs), nbresult.Sec(g.PropMs), k.PropMs/g.PropMs, cmp, nbresult.GoalRatio)
-	busy := fmt.Sprintf("%.0f %% busy during kafka3's runs and %.0f %% during gRPC's", 100*k.Busy, 100*g.Busy)
-	switch ks, gs := k.Busy >= nbresult.Saturated, g.Busy >= nbresult.Saturated; {
-	case ks && gs:
-		s += fmt.Sprintf("The machine's CPU was saturated (%s; saturated: ≥ %.0f %%)", busy, 100*nbresult.Saturated)
-	case ks || gs:
-		s += fmt.Sprintf("The machine's CPU was saturated during one channel's runs only (%s; saturated: ≥ %.0f %%)", busy, 100*nbresult.Saturated)
-	default:
-		s += fmt.Sprintf("The machine's CPU was not saturated (%s; saturated: ≥ %.0f %%)", busy, 100*nbresult.Saturated)
-	}
-	s += fmt.Sprintf(", and the fan-outs ran at %.0f %% (kafka3) and %.0f %% (gRPC) of their links' rate (bounds N·S/(K·L) %s and N·S/L %s, %.2f× at line rate)",
-		100*k.Efficiency, 100*g.Efficiency, nbresult.Sec(k.BoundMs), nbresult.Sec(g.BoundMs), k.BoundMs/g.BoundMs)
-	if k.Busy >= nbresult.Saturated || g.Busy >= nbresult.Saturated {
-		s += ": the ratio is measured where CPU, not only the links, limits the channels"
-	}
-	return s + ".\n"
-}
-
-func mustBytes(kind string) int64 {
-	s, err := nbresult.ModelBytes(kind)
-	if err != nil {
-		panic(err)
-	}
-	return s
+	return s + nbresult.GoalCPUNote(g, k) + "\n"
 }

@@ -277,3 +277,27 @@ func ByCommand(rows []*Row) []Group {
 	}
 	return out
 }
+
+// GoalCPUNote says how the goal cell's runs used the machine: whether its
+// CPU was saturated (Saturated) during kafka3's and gRPC's runs, how close
+// each fan-out came to its link bound, and, when the CPU was saturated,
+// that the ratio measures CPU as well as links. Both result pages judge
+// the goal with it.
+func GoalCPUNote(grpc, kafka3 *Row) string {
+	busy := fmt.Sprintf("%.0f %% busy during kafka3's runs and %.0f %% during gRPC's", 100*kafka3.Busy, 100*grpc.Busy)
+	var s string
+	switch ks, gs := kafka3.Busy >= Saturated, grpc.Busy >= Saturated; {
+	case ks && gs:
+		s = fmt.Sprintf("The machine's CPU was saturated (%s; saturated: ≥ %.0f %%)", busy, 100*Saturated)
+	case ks || gs:
+		s = fmt.Sprintf("The machine's CPU was saturated during one channel's runs only (%s; saturated: ≥ %.0f %%)", busy, 100*Saturated)
+	default:
+		s = fmt.Sprintf("The machine's CPU was not saturated (%s; saturated: ≥ %.0f %%)", busy, 100*Saturated)
+	}
+	s += fmt.Sprintf(", and the fan-outs ran at %.0f %% (kafka3) and %.0f %% (gRPC) of their links' rate (bounds N·S/(K·L) %s and N·S/L %s, %.2f× at line rate)",
+		100*kafka3.Efficiency, 100*grpc.Efficiency, Sec(kafka3.BoundMs), Sec(grpc.BoundMs), kafka3.BoundMs/grpc.BoundMs)
+	if kafka3.Busy >= Saturated || grpc.Busy >= Saturated {
+		s += ": the ratio is measured where CPU, not only the links, limits the channels"
+	}
+	return s + "."
+}
