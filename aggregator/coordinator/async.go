@@ -118,11 +118,7 @@ func (c *Coordinator) version(ctx context.Context, cur *fdxv1.GlobalModel, param
 	a := c.cfg.Async
 	v := cur.GetRound()
 	c.obs.RoundStarted(v)
-	sizes := make([]int, len(c.specs))
-	for i, sp := range c.specs {
-		sizes[i] = sp.Size()
-	}
-	buf, err := strategy.NewBuffer(sizes, strategy.BufferConfig{
+	buf, err := strategy.NewBuffer(c.job.Sizes(), strategy.BufferConfig{
 		Exponent: a.Exponent, MaxStaleness: uint64(a.MaxStaleness), ServerLR: a.ServerLR, Weighted: a.Weighted,
 	})
 	if err != nil {
@@ -132,15 +128,15 @@ func (c *Coordinator) version(ctx context.Context, cur *fdxv1.GlobalModel, param
 	st := &roundState{
 		rec: RoundRecord{Round: v, Rejected: map[string]int64{}},
 		// No sampling in async mode: every client may send at any time.
-		plan: &roundPlan{round: v},
-		check: validate.NewRound(validate.Expect{
-			Job: c.cfg.Job, Round: v, Specs: c.specs, Global: params,
-			MaxNorm: c.normBound(), MaxExamples: c.cfg.MaxExamples, MaxBytes: c.cfg.MaxUpdateBytes,
-			Allowed: c.cfg.Allowed, ExamplesOf: c.cfg.ExamplesOf,
-			Async: &validate.Async{MaxStaleness: a.MaxStaleness, LastBase: c.lastBase},
-		}),
+		plan:      &roundPlan{round: v},
 		published: cur.GetPublishedAt().AsTime(),
-		fold: func(u *fdxv1.Update, delta *validate.Values) error {
+	}
+	e := c.expect(v, params, st.plan)
+	e.Async = &validate.Async{MaxStaleness: a.MaxStaleness, LastBase: c.lastBase}
+	// An async version is not a round of its own to bound norms by: no
+	// self-bound (factor 0).
+	c.openIntake(st, validate.NewRound(e), 0,
+		func(u *fdxv1.Update, delta *validate.Values) error {
 			tau := v - u.GetBaseRound() // validate bounds it to [0, MaxStaleness]
 			if err := buf.Add(u.GetNumExamples(), uint64(tau), delta.Params()); err != nil {
 				return err
@@ -151,8 +147,7 @@ func (c *Coordinator) version(ctx context.Context, cur *fdxv1.GlobalModel, param
 			staleSum += tau
 			staleMax = max(staleMax, tau)
 			return nil
-		},
-	}
+		})
 	for st.check.Count() < a.BufferSize {
 		d, err := c.ch.Next(ctx)
 		if err != nil {
@@ -161,13 +156,13 @@ func (c *Coordinator) version(ctx context.Context, cur *fdxv1.GlobalModel, param
 			}
 			return nil, nil, st.rec, fmt.Errorf("version %d: receive: %w", v, err)
 		}
-		if err := c.take(ctx, st, d); err != nil {
+		if err := st.in.Take(ctx, d); err != nil {
 			return nil, nil, st.rec, fmt.Errorf("version %d: %w", v, err)
 		}
 	}
 	start := time.Now()
 	next, err := buf.Apply(params)
-	st.aggregate += time.Since(start)
+	st.finish += time.Since(start)
 	if err != nil {
 		// Validation keeps global + each delta finite, so only a server
 		// learning rate above 1 can get here: stop rather than publish

@@ -36,7 +36,7 @@ func asyncConfig(rounds int, a coordinator.Async) coordinator.Config {
 	return cfg
 }
 
-func newAsync(t *testing.T, cfg coordinator.Config, srv channel.Server, eval coordinator.Evaluator) *coordinator.Coordinator {
+func newAsync(t *testing.T, cfg coordinator.Config, srv channel.Server, eval strategy.Evaluator) *coordinator.Coordinator {
 	t.Helper()
 	c, err := coordinator.New(cfg, srv, nil, eval, nil, nil)
 	if err != nil {

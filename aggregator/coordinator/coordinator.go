@@ -14,8 +14,7 @@ import (
 	"log/slog"
 	"time"
 
-	"google.golang.org/protobuf/types/known/timestamppb"
-
+	"github.com/fdxkafka/fdxkafka/aggregator/round"
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
 	"github.com/fdxkafka/fdxkafka/aggregator/validate"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
@@ -23,7 +22,6 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/logging"
 	"github.com/fdxkafka/fdxkafka/shared/model"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
-	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
 
 // ShortRound says what to do when a round's deadline passes with fewer than
@@ -37,35 +35,14 @@ const (
 	Fail ShortRound = "fail"
 )
 
-// Config describes a job.
+// Config describes a job: what every round of it shares (round.Job),
+// and how the single aggregator closes its rounds.
 type Config struct {
-	Job       string
-	NumRounds int
-	// MinClients valid updates are needed to close a round.
-	MinClients int
+	round.Job
 	// TargetClients closes a round at once when reached; until then a round
 	// waits for its deadline. 0 means MinClients.
 	TargetClients int
-	// RoundTimeout is each round's deadline; 0 means none.
-	RoundTimeout time.Duration
-	OnShort      ShortRound
-	// Train is sent with every model; its Model, Dataset and Seed also
-	// define the initial parameters.
-	Train *fdxv1.TrainConfig
-	// InDim and Classes size the network.
-	InDim, Classes int
-	MaxNorm        float64
-	// NormFactor k bounds every update's ||local - global|| by k times the
-	// previous round's median (0: off); with MaxNorm too, the smaller
-	// bound holds. See DefaultNormFactor.
-	NormFactor  float64
-	MaxExamples int64
-	// ExamplesOf, when set, is each client's shard size: no client may
-	// claim to have trained on more.
-	ExamplesOf     func(clientID string) (int64, error)
-	MaxUpdateBytes int
-	// Allowed, when non-nil, restricts which client ids may contribute.
-	Allowed map[string]bool
+	OnShort       ShortRound
 	// TargetAccuracy, when > 0, ends the job early: the first model whose
 	// centralized accuracy reaches it is published as the final one.
 	TargetAccuracy float64
@@ -80,29 +57,15 @@ type Config struct {
 	HoldUpdates bool
 }
 
+// validate checks what round.NewJob does not.
 func (c *Config) validate() error {
 	switch {
-	case c.Job == "":
-		return errors.New("no job id")
-	case c.NumRounds < 1:
-		return fmt.Errorf("numrounds %d: want at least 1", c.NumRounds)
-	case c.MinClients < 1:
-		return fmt.Errorf("minclients %d: want at least 1", c.MinClients)
 	case c.TargetClients != 0 && c.TargetClients < c.MinClients:
 		return fmt.Errorf("target clients %d below minclients %d", c.TargetClients, c.MinClients)
-	case c.Train == nil:
-		return errors.New("no train config")
 	case c.OnShort != "" && c.OnShort != Wait && c.OnShort != Fail:
 		return fmt.Errorf("on-short %q: want %q or %q", c.OnShort, Wait, Fail)
 	case c.TargetAccuracy < 0 || c.TargetAccuracy > 1:
 		return fmt.Errorf("target accuracy %v outside [0, 1]", c.TargetAccuracy)
-	}
-	switch d := c.Train.GetModelDtype(); d {
-	case fdxv1.DType_DTYPE_UNSPECIFIED, fdxv1.DType_DTYPE_FLOAT32, fdxv1.DType_DTYPE_FLOAT16:
-	default:
-		// An int8 model would put the global weights themselves on a
-		// 255-level grid per tensor; int8 is for updates (deltas).
-		return fmt.Errorf("model encoding %v: want float32 or float16", d)
 	}
 	if c.Async != nil {
 		return c.Async.Validate()
@@ -119,13 +82,6 @@ func (c *Config) validate() error {
 // may pull the model at an order of magnitude of an honest step, instead
 // of anywhere at all.
 const DefaultNormFactor = 10
-
-// metricMedianNorm carries a round's median update norm in the next
-// model's metrics, so that a restarted aggregator keeps the norm bound.
-const metricMedianNorm = "update_norm_median"
-
-// Evaluator scores global parameters on held-out data.
-type Evaluator func(params [][]float32) (model.Metrics, error)
 
 // Observer is told what happens, for metrics. Methods must not block.
 type Observer interface {
@@ -199,14 +155,16 @@ type Coordinator struct {
 	cfg        Config
 	ch         channel.Server
 	strat      strategy.Strategy
-	eval       Evaluator
-	obs        Observer
-	log        *slog.Logger
+	// policy is the strategy's, or the default in async mode.
+	policy strategy.Policy
+	eval   strategy.Evaluator
+	obs    Observer
+	log    *slog.Logger
 	// warn rate-limits the lines about rejected updates: a client (or
 	// anyone, without tokens) can send thousands a second.
-	warn     *logging.Limited
-	specs    []tensor.Spec
-	rejected map[string]int64
+	warn       *logging.Limited
+	job        *round.Job
+	rejections map[string]int64
 
 	// lastBase is async mode's duplicate guard (validate.Async.LastBase).
 	lastBase map[string]int64
@@ -214,7 +172,11 @@ type Coordinator struct {
 }
 
 // New checks cfg and returns a coordinator. eval and obs may be nil.
-func New(cfg Config, ch channel.Server, strat strategy.Strategy, eval Evaluator, obs Observer, log *slog.Logger) (*Coordinator, error) {
+func New(cfg Config, ch channel.Server, strat strategy.Strategy, eval strategy.Evaluator, obs Observer, log *slog.Logger) (*Coordinator, error) {
+	job, err := round.NewJob(cfg.Job)
+	if err != nil {
+		return nil, fmt.Errorf("job config: %w", err)
+	}
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("job config: %w", err)
 	}
@@ -227,24 +189,24 @@ func New(cfg Config, ch channel.Server, strat strategy.Strategy, eval Evaluator,
 	if cfg.Async == nil && strat == nil {
 		return nil, errors.New("job config: no strategy")
 	}
-	specs, err := model.SpecsFor(cfg.Train.GetModel(), cfg.InDim, cfg.Classes)
-	if err != nil {
-		return nil, err
-	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if obs == nil {
 		obs = NopObserver{}
 	}
-	return &Coordinator{cfg: cfg, ch: ch, strat: strat, eval: eval, obs: obs,
-		log: log.With("job", cfg.Job), warn: logging.NewLimited(log.With("job", cfg.Job), 0), specs: specs, rejected: map[string]int64{}}, nil
+	var policy strategy.Policy = strategy.Default{}
+	if strat != nil {
+		policy = strat
+	}
+	return &Coordinator{cfg: cfg, ch: ch, strat: strat, policy: policy, eval: eval, obs: obs,
+		log: log.With("job", cfg.ID), warn: logging.NewLimited(log.With("job", cfg.ID), 0), job: job, rejections: map[string]int64{}}, nil
 }
 
 // Run runs the job to its final model, resuming from the channel's newest
 // model if the job was started before.
 func (c *Coordinator) Run(ctx context.Context) (*Result, error) {
-	res := &Result{Job: c.cfg.Job, Rejected: c.rejected}
+	res := &Result{Job: c.cfg.ID, Rejected: c.rejections}
 	cur, params, err := c.start(ctx, res)
 	if err != nil {
 		return res, err
@@ -267,123 +229,60 @@ func (c *Coordinator) Run(ctx context.Context) (*Result, error) {
 
 // start publishes the initial model, or restores the newest published one.
 func (c *Coordinator) start(ctx context.Context, res *Result) (*fdxv1.GlobalModel, [][]float32, error) {
-	latest, err := c.ch.Latest(ctx, c.restorable)
+	latest, err := c.ch.Latest(ctx, c.job.Restorable)
 	if err != nil {
 		return nil, nil, err
 	}
 	if latest != nil {
-		params, err := tensor.Decode(latest.GetParams(), c.specs)
+		params, err := c.job.Decode(latest)
 		if err != nil {
-			return nil, nil, fmt.Errorf("restore round %d: %w", latest.GetRound(), err)
+			return nil, nil, fmt.Errorf("restore: %w", err)
 		}
 		if err := c.restoreState(latest.GetStrategyState()); err != nil {
 			return nil, nil, fmt.Errorf("restore round %d strategy state: %w", latest.GetRound(), err)
 		}
 		res.Resumed = latest.GetRound()
-		c.medianNorm = latest.GetMetrics()[metricMedianNorm]
+		c.medianNorm = round.MedianOf(latest)
 		c.log.Info("resumed from checkpoint", "round", latest.GetRound(), "final", latest.GetFinal(),
 			"contributors", latest.GetNumContributors())
 		return latest, params, nil
 	}
-	net, err := model.New(c.cfg.Train.GetModel(), c.cfg.InDim, c.cfg.Classes, c.cfg.Train.GetSeed())
+	params, err := c.job.Initial()
 	if err != nil {
 		return nil, nil, err
 	}
-	params := net.Params()
-	if err := c.snap(params); err != nil {
-		return nil, nil, fmt.Errorf("initial model: %w", err)
-	}
 	metrics := map[string]float64{}
-	if c.eval != nil {
-		m, err := c.eval(params)
-		if err != nil {
-			return nil, nil, fmt.Errorf("evaluate initial model: %w", err)
-		}
-		res.Initial = m
-		metrics = map[string]float64{"accuracy": m.Accuracy, "loss": m.Loss}
+	em, ok, err := c.evaluate(0, params)
+	if err != nil {
+		return nil, nil, fmt.Errorf("evaluate initial model: %w", err)
+	}
+	if ok {
+		res.Initial = em
+		metrics = map[string]float64{"accuracy": em.Accuracy, "loss": em.Loss}
 	}
 	state, err := c.state()
 	if err != nil {
 		return nil, nil, fmt.Errorf("strategy state: %w", err)
 	}
-	m := c.model(1, params, nil, metrics, state)
+	m := c.job.Record(1, params, nil, metrics, state)
 	if err := c.configure(m); err != nil {
 		return nil, nil, err
 	}
-	if err := c.publish(ctx, m); err != nil {
+	if err := round.Publish(ctx, c.ch, m); err != nil {
 		return nil, nil, err
 	}
-	c.log.Info("job started", "model", c.cfg.Train.GetModel(), "params", net.NumParams(),
+	c.log.Info("job started", "model", c.cfg.Train.GetModel(), "params", c.job.NumParams(),
 		"rounds", c.cfg.NumRounds, "minclients", c.cfg.MinClients, "async", c.cfg.Async != nil, "accuracy", metrics["accuracy"])
 	return m, params, nil
 }
 
-// normBound is the open round's bound on ||local - global||: MaxNorm, or
-// NormFactor times the last round's median, whichever is smaller; 0 for
-// none (the first round, without MaxNorm).
-func (c *Coordinator) normBound() float64 {
-	b := c.cfg.MaxNorm
-	if k := c.cfg.NormFactor * c.medianNorm; k > 0 && (b == 0 || k < b) {
-		b = k
+// evaluate is the policy's centralized evaluation of the model that closes
+// round (0: the initial model), when the job has a test set.
+func (c *Coordinator) evaluate(round int64, params [][]float32) (model.Metrics, bool, error) {
+	if c.eval == nil {
+		return model.Metrics{}, false, nil
 	}
-	return b
-}
-
-// restorable accepts a checkpoint this job can resume from: its own, with
-// a round inside the job and the job's tensor shapes. The channel walks
-// back past records that fail (a forged or damaged model on the topic).
-func (c *Coordinator) restorable(m *fdxv1.GlobalModel) error {
-	if err := rules.CheckModel(m, c.cfg.Job); err != nil {
-		return err
-	}
-	if r := m.GetRound(); r > int64(c.cfg.NumRounds)+1 {
-		return fmt.Errorf("model round %d is past this job's final round %d", r, c.cfg.NumRounds+1)
-	}
-	if _, err := tensor.Decode(m.GetParams(), c.specs); err != nil {
-		return fmt.Errorf("model round %d: %w", m.GetRound(), err)
-	}
-	return nil
-}
-
-// snap puts a new global model on the grid of the job's model encoding,
-// before it is evaluated, published or used as the next round's global:
-// the model clients decode is then the aggregator's own, value for value
-// (see TrainConfig.model_dtype).
-func (c *Coordinator) snap(params [][]float32) error {
-	if c.cfg.Train.GetModelDtype() != fdxv1.DType_DTYPE_FLOAT16 {
-		return nil
-	}
-	if err := tensor.SnapHalf(params); err != nil {
-		return fmt.Errorf("float16 model encoding: %w", err)
-	}
-	return nil
-}
-
-// model builds the record of a model that snap has put on its grid.
-func (c *Coordinator) model(round int64, params [][]float32, contributors []string, metrics map[string]float64, state []byte) *fdxv1.GlobalModel {
-	now := time.Now()
-	ts := tensor.Encode(params, c.specs)
-	if c.cfg.Train.GetModelDtype() == fdxv1.DType_DTYPE_FLOAT16 {
-		// Validate admitted only float32 and float16.
-		ts, _ = tensor.EncodeAs(params, c.specs, fdxv1.DType_DTYPE_FLOAT16)
-	}
-	m := &fdxv1.GlobalModel{
-		Job:           c.cfg.Job,
-		Round:         round,
-		Params:        ts,
-		TrainConfig:   c.cfg.Train,
-		Final:         round > int64(c.cfg.NumRounds),
-		PublishedAt:   timestamppb.New(now),
-		Metrics:       metrics,
-		StrategyState: state,
-		NumRounds:     int64(c.cfg.NumRounds),
-		MinClients:    int32(c.cfg.MinClients),
-	}
-	rules.SetContributors(m, contributors)
-	if c.cfg.RoundTimeout > 0 && !m.Final {
-		m.Deadline = timestamppb.New(now.Add(c.cfg.RoundTimeout))
-	}
-	return m
+	return c.policy.Evaluate(round, params, c.eval)
 }
 
 // reached reports whether a model with these metrics meets the job's
@@ -413,7 +312,8 @@ func (c *Coordinator) restoreState(b []byte) error {
 type roundState struct {
 	rec       RoundRecord
 	agg       strategy.Round
-	check     *validate.Round
+	in        *round.Intake
+	check     *validate.Round // in's
 	published time.Time
 	deadline  time.Time // zero: none
 	// pastDeadline: the deadline passed, so the round closes with
@@ -423,17 +323,10 @@ type roundState struct {
 	// 2f+2 updates) after refusing to finish with fewer.
 	needMore    int
 	propagation time.Duration
-	aggregate   time.Duration // folding and finishing
+	finish      time.Duration // the strategy's Finish; folding is in's
 
-	// fold adds a validated update's values to the aggregate. The values
-	// may be read in place from u (validate.Values): nothing writes them.
-	fold    func(u *fdxv1.Update, vals *validate.Values) error
 	plan    *roundPlan
 	metrics roundMetrics
-	// selfBound: the round bounds norms by its own median, and held are
-	// the updates waiting for it (selfbound.go).
-	selfBound bool
-	held      []heldUpdate
 }
 
 // target is the number of updates that closes the round now.
@@ -458,20 +351,15 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 		return nil, nil, RoundRecord{Round: r}, err
 	}
 	st := &roundState{
-		rec: RoundRecord{Round: r, Rejected: map[string]int64{}},
-		agg: agg,
-		fold: func(u *fdxv1.Update, vals *validate.Values) error {
-			return agg.Add(strategy.Update{ClientID: u.GetClientId(), NumExamples: u.GetNumExamples(), Checked: vals})
-		},
-		check: validate.NewRound(validate.Expect{
-			Job: c.cfg.Job, Round: r, Specs: c.specs, Global: params,
-			MaxNorm: c.normBound(), MaxExamples: c.cfg.MaxExamples, MaxBytes: c.cfg.MaxUpdateBytes,
-			Allowed: c.cfg.Allowed, ExamplesOf: c.cfg.ExamplesOf, Sample: plan.fit, EvalSample: plan.eval,
-		}),
+		rec:       RoundRecord{Round: r, Rejected: map[string]int64{}},
+		agg:       agg,
 		published: cur.GetPublishedAt().AsTime(),
 		plan:      plan,
-		selfBound: c.selfBounded(),
 	}
+	c.openIntake(st, validate.NewRound(c.expect(r, params, plan)), c.cfg.NormFactor,
+		func(u *fdxv1.Update, vals *validate.Values) error {
+			return agg.Add(strategy.Update{ClientID: u.GetClientId(), NumExamples: u.GetNumExamples(), Checked: vals})
+		})
 	if c.cfg.RoundTimeout > 0 {
 		st.deadline = st.published.Add(c.cfg.RoundTimeout)
 	}
@@ -492,10 +380,10 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 func (c *Coordinator) collect(ctx context.Context, st *roundState) ([][]float32, error) {
 	for {
 		for {
-			if len(st.held) > 0 && st.check.Count() >= st.target(c.cfg) {
+			if st.in.Held() > 0 && st.check.Count() >= st.target(c.cfg) {
 				// Decide the held updates now: their evaluations may be
 				// what the round still waits for, and refusals reopen it.
-				if err := c.resolveHeld(ctx, st); err != nil {
+				if err := st.in.Decide(ctx, true); err != nil {
 					return nil, err
 				}
 			}
@@ -505,7 +393,7 @@ func (c *Coordinator) collect(ctx context.Context, st *roundState) ([][]float32,
 			d, err := c.receive(ctx, st)
 			switch {
 			case err == nil:
-				if err := c.take(ctx, st, d); err != nil {
+				if err := st.in.Take(ctx, d); err != nil {
 					return nil, err
 				}
 			case ctx.Err() != nil:
@@ -520,7 +408,7 @@ func (c *Coordinator) collect(ctx context.Context, st *roundState) ([][]float32,
 		}
 		start := time.Now()
 		next, err := st.agg.Finish()
-		st.aggregate += time.Since(start)
+		st.finish += time.Since(start)
 		if errors.Is(err, strategy.ErrTooFewUpdates) {
 			// A robust strategy needs more updates than it has to tolerate
 			// its assumed attackers: keep collecting, past any deadline.
@@ -562,47 +450,41 @@ func (c *Coordinator) deadlinePassed(st *roundState) error {
 	return nil
 }
 
-// take validates a delivery, has the channel accept it, and folds it. Only
-// a strategy refusing a validated update is an error: that is a bug, and
-// the job stops rather than publish a model without it.
-func (c *Coordinator) take(ctx context.Context, st *roundState, d channel.Delivery) error {
-	if d.Err == nil && d.Update.GetEvaluateOnly() {
-		c.takeEvaluation(st, d)
-		return nil
-	}
-	if d.Stream != nil && d.Rejection == nil && d.Err == nil {
-		return c.takeStreamed(ctx, st, d)
-	}
-	vals, rej := c.validate(st, d)
-	if rej == nil {
-		rej = c.accept(st, d)
-	}
-	if rej != nil {
-		c.reject(st, d, rej)
-		return nil
-	}
-	if c.hold(st, d, vals) {
-		return nil
-	}
-	u := d.Update
-	start := time.Now()
-	err := st.fold(u, vals)
-	st.aggregate += time.Since(start)
-	if err != nil {
-		return fmt.Errorf("aggregate the validated update of %q: %w", u.GetClientId(), err)
-	}
-	c.admitted(st, d)
-	return nil
+// expect is what a valid update to round r, which starts from params,
+// looks like.
+func (c *Coordinator) expect(r int64, params [][]float32, plan *roundPlan) validate.Expect {
+	e := c.job.Expect(r, params, c.medianNorm)
+	e.Sample, e.EvalSample = plan.fit, plan.eval
+	return e
 }
 
-// admitted counts a folded update in the round and answers its sender.
-func (c *Coordinator) admitted(st *roundState, d channel.Delivery) {
-	st.check.Admit(d.Update)
-	c.counted(st, d)
+// openIntake gives st the intake of its updates, checked by check and
+// folded by fold. A round without a median from the round before bounds
+// norms by its own, times factor (round.Intake).
+func (c *Coordinator) openIntake(st *roundState, check *validate.Round, factor float64, fold func(*fdxv1.Update, *validate.Values) error) {
+	if !c.job.SelfBound(c.medianNorm) {
+		factor = 0
+	}
+	st.check = check
+	st.in = round.NewIntake(check, factor, round.Hooks{
+		Fold: fold,
+		FoldStream: func(ctx context.Context, d channel.Delivery) error {
+			sr, ok := st.agg.(strategy.StreamRound)
+			if !ok {
+				return errors.New("the round's strategy does not stream")
+			}
+			return c.foldStreamed(ctx, st, sr, d)
+		},
+		Admitted: func(d channel.Delivery) { c.counted(st, d) },
+		Rejected: func(d channel.Delivery, rej *rules.Rejection) { c.rejected(st, d, rej) },
+		Evaluated: func(d channel.Delivery, n int64) {
+			c.noteEval(st, d.Update.GetClientId(), n, d.Update.GetMetrics())
+			c.obs.UpdateAccepted(d.Update.GetClientId(), d.Size)
+		},
+	}, c.log)
 }
 
-// counted records an admitted update in the round's record and answers its
-// sender.
+// counted records an admitted update in the round's record.
 func (c *Coordinator) counted(st *roundState, d channel.Delivery) {
 	u := d.Update
 	st.rec.Examples += u.GetNumExamples()
@@ -611,66 +493,42 @@ func (c *Coordinator) counted(st *roundState, d channel.Delivery) {
 	}
 	c.noteFit(st, u)
 	c.obs.UpdateAccepted(u.GetClientId(), d.Size)
-	d.Reply(nil)
 }
 
-// accept makes a validated delivery durable (channel.Delivery.Accept), or
-// says why it could not: an update is folded only once accepted.
-func (c *Coordinator) accept(st *roundState, d channel.Delivery) *rules.Rejection {
-	if err := d.Accept(); err != nil {
-		c.log.Error("update could not be stored", "round", st.rec.Round, "client_id", d.ClientID(), "err", err)
-		return rules.Reject(rules.NotStored, "%v", err)
-	}
-	return nil
-}
-
-// reject counts, logs and answers a refused delivery.
-func (c *Coordinator) reject(st *roundState, d channel.Delivery, rej *rules.Rejection) {
+// rejected counts and logs a refused delivery.
+func (c *Coordinator) rejected(st *roundState, d channel.Delivery, rej *rules.Rejection) {
 	st.rec.Rejected[string(rej.Reason)]++
-	c.rejected[string(rej.Reason)]++
+	c.rejections[string(rej.Reason)]++
 	// One line per reason and claimed client per interval: every
 	// client's first rejection is seen, a flood of one is not.
 	c.warn.Warn(context.Background(), string(rej.Reason)+"\x00"+d.ClientID(), "update rejected",
 		"round", st.rec.Round, "client_id", d.ClientID(), "reason", rej.Reason, "detail", rej.Detail)
 	c.obs.UpdateRejected(rej.Reason, d.ClientID(), d.Size)
-	d.Reply(rej)
-}
-
-func (c *Coordinator) validate(st *roundState, d channel.Delivery) (*validate.Values, *rules.Rejection) {
-	if d.Rejection != nil {
-		// The transport's own verdict, with or without an update (a
-		// chunked transfer it dropped has none).
-		return nil, d.Rejection
-	}
-	if d.Err != nil || d.Update == nil {
-		return nil, rules.Reject(rules.Undecodable, "%v", d.Err)
-	}
-	return st.check.CheckValues(d.Update, d.Size)
 }
 
 // close evaluates the aggregate and publishes it as the next model.
 func (c *Coordinator) close(ctx context.Context, st *roundState, next [][]float32) (*fdxv1.GlobalModel, error) {
 	rec := &st.rec
 	r := rec.Round
-	rec.AggregateMs = ms(st.aggregate)
+	rec.AggregateMs = ms(st.finish + st.in.FoldTime())
 	rec.Contributors = st.check.Admitted()
 	rec.Clients = len(rec.Contributors)
 	rec.PropagationMs = ms(st.propagation)
 	c.summarize(st)
 	metrics := map[string]float64{}
 	c.medianNorm = st.check.MedianNorm()
-	if err := c.snap(next); err != nil {
+	if err := c.job.Snap(next); err != nil {
 		return nil, fmt.Errorf("round %d's model: %w", r, err)
 	}
-	if c.eval != nil {
-		m, err := c.eval(next)
-		if err != nil {
-			return nil, fmt.Errorf("evaluate: %w", err)
-		}
+	m, ok, err := c.evaluate(r, next)
+	if err != nil {
+		return nil, fmt.Errorf("evaluate: %w", err)
+	}
+	if ok {
 		rec.Accuracy, rec.Loss = m.Accuracy, m.Loss
 		metrics = map[string]float64{"accuracy": m.Accuracy, "loss": m.Loss}
 	}
-	metrics[metricMedianNorm] = c.medianNorm
+	metrics[round.MetricMedianNorm] = c.medianNorm
 	if c.cfg.Async != nil {
 		c.lastBase = c.prune(st.check.LastBase(), r+1)
 	}
@@ -682,7 +540,7 @@ func (c *Coordinator) close(ctx context.Context, st *roundState, next [][]float3
 		rec.Strategy = rep.Report()
 		c.log.Info("strategy report", "round", r, "report", rec.Strategy)
 	}
-	nm := c.model(r+1, next, rec.Contributors, metrics, state)
+	nm := c.job.Record(r+1, next, rec.Contributors, metrics, state)
 	if err := c.configure(nm); err != nil {
 		return nil, err
 	}
@@ -692,7 +550,7 @@ func (c *Coordinator) close(ctx context.Context, st *roundState, next [][]float3
 		c.log.Info("target accuracy reached", "round", r, "accuracy", rec.Accuracy, "target", c.cfg.TargetAccuracy)
 	}
 	pubStart := time.Now()
-	if err := c.publish(ctx, nm); err != nil {
+	if err := round.Publish(ctx, c.ch, nm); err != nil {
 		return nil, err
 	}
 	rec.PublishMs = ms(time.Since(pubStart))
@@ -702,18 +560,6 @@ func (c *Coordinator) close(ctx context.Context, st *roundState, next [][]float3
 		"aggregate_ms", rec.AggregateMs, "final", nm.GetFinal())
 	c.obs.RoundClosed(*rec)
 	return nm, nil
-}
-
-// publishTimeout bounds closing a round once it has begun.
-const publishTimeout = 2 * time.Minute
-
-// publish closes a round. It ignores ctx's cancellation: a shutdown signal
-// that arrives mid-transaction lets the transaction finish (bounded by
-// publishTimeout) rather than leave it to the broker's timeout.
-func (c *Coordinator) publish(ctx context.Context, m *fdxv1.GlobalModel) error {
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
-	defer cancel()
-	return c.ch.Publish(pctx, m)
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -5,7 +5,6 @@ import (
 
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
-	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
@@ -21,7 +20,7 @@ type Federated struct {
 	Loss       float64 `json:"loss"`
 	Accuracy   float64 `json:"accuracy"`
 	// Metrics is every evaluation metric the clients reported, aggregated
-	// by the strategy's hook (example-weighted by default).
+	// by the strategy's Policy (example-weighted by default).
 	Metrics map[string]float64 `json:"metrics,omitempty"`
 }
 
@@ -65,29 +64,6 @@ func (c *Coordinator) noteEval(st *roundState, id string, n int64, m map[string]
 	st.metrics.eval = append(st.metrics.eval, strategy.ClientMetrics{ClientID: id, Examples: n, Metrics: ev})
 }
 
-// takeEvaluation handles an evaluate-only update: validate checks it, and
-// the coordinator keeps its figures. It never touches the model.
-func (c *Coordinator) takeEvaluation(st *roundState, d channel.Delivery) {
-	rej := d.Rejection
-	u := d.Update
-	var n int64
-	if rej == nil {
-		n, rej = st.check.CheckEvaluation(u, d.Size)
-	}
-	if rej == nil {
-		if err := d.Accept(); err != nil {
-			rej = rules.Reject(rules.NotStored, "%v", err)
-		}
-	}
-	if rej != nil {
-		c.reject(st, d, rej)
-		return
-	}
-	c.noteEval(st, u.GetClientId(), n, u.GetMetrics())
-	c.obs.UpdateAccepted(u.GetClientId(), d.Size)
-	d.Reply(nil)
-}
-
 // evaluationsDue tells whether the round still waits for evaluations: the
 // whole evaluation sample before the deadline, min-evaluate-clients of it
 // after.
@@ -106,11 +82,11 @@ func (c *Coordinator) evaluationsDue(st *roundState) bool {
 func (c *Coordinator) summarize(st *roundState) {
 	rec := &st.rec
 	rec.Sampled = st.plan.sampledIDs()
-	rec.FitMetrics = strategy.AggregateMetrics(c.strat, st.metrics.fit)
+	rec.FitMetrics = c.policy.AggregateFitMetrics(st.metrics.fit)
 	if len(st.metrics.eval) == 0 {
 		return
 	}
-	f := &Federated{ModelRound: rec.Round, Clients: len(st.metrics.eval), Metrics: strategy.AggregateMetrics(c.strat, st.metrics.eval)}
+	f := &Federated{ModelRound: rec.Round, Clients: len(st.metrics.eval), Metrics: c.policy.AggregateEvaluate(st.metrics.eval)}
 	for _, e := range st.metrics.eval {
 		f.Examples += e.Examples
 	}

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
+	"github.com/fdxkafka/fdxkafka/aggregator/round"
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
@@ -199,12 +200,12 @@ func newUpdate(specs []tensor.Spec, client string, round, examples int64, params
 }
 
 func testConfig(minClients int) coordinator.Config {
-	return coordinator.Config{
-		Job: testJob, NumRounds: 1, MinClients: minClients,
+	return coordinator.Config{Job: round.Job{
+		ID: testJob, NumRounds: 1, MinClients: minClients,
 		Train: &fdxv1.TrainConfig{Model: model.KindLogReg, Seed: 1},
 		InDim: testInDim, Classes: testClasses,
 		MaxNorm: testMaxNorm, MaxExamples: testMaxEx, MaxUpdateBytes: testMaxSize,
-	}
+	}}
 }
 
 func newCoordinator(t *testing.T, cfg coordinator.Config, srv channel.Server, log *slog.Logger) *coordinator.Coordinator {

@@ -109,7 +109,7 @@ func (c *Coordinator) planFor(round int64) (*roundPlan, error) {
 	if c.plan != nil && c.plan.round == round {
 		return c.plan, nil
 	}
-	p := strategy.Configure(c.strat, round, c.jobPlan())
+	p := c.policy.ConfigureEvaluate(round, c.policy.ConfigureFit(round, c.jobPlan()))
 	rp := &roundPlan{round: round, plan: p}
 	s := c.cfg.Sampling
 	if s == nil || (!(p.FractionFit < 1) && !(p.FractionEvaluate > 0)) {
@@ -154,23 +154,27 @@ func set(ids []string) map[string]bool {
 }
 
 // configure sets what model m asks of its round: the plan's train config
-// and samples. The final model asks nothing.
+// and samples. The final model samples nobody; its train config still
+// says how the job trained (FedProx's μ, say) to whoever reads it.
 func (c *Coordinator) configure(m *fdxv1.GlobalModel) error {
+	var p strategy.Plan
+	var record *fdxv1.Sampling
 	if m.GetFinal() {
-		return nil
+		p = c.policy.ConfigureFit(m.GetRound(), c.jobPlan())
+	} else {
+		rp, err := c.planFor(m.GetRound())
+		if err != nil {
+			return err
+		}
+		p, record = rp.plan, rp.record
 	}
-	rp, err := c.planFor(m.GetRound())
-	if err != nil {
-		return err
-	}
-	p := rp.plan
 	tc := c.cfg.Train
 	if p.LearningRate != tc.GetLearningRate() || p.LocalEpochs != int(tc.GetLocalEpochs()) || p.ProximalMu != tc.GetProximalMu() {
 		tc = proto.CloneOf(tc)
 		tc.LearningRate, tc.LocalEpochs, tc.ProximalMu = p.LearningRate, int32(p.LocalEpochs), p.ProximalMu
 	}
 	m.TrainConfig = tc
-	m.Sampling = rp.record
+	m.Sampling = record
 	return nil
 }
 

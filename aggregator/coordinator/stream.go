@@ -24,13 +24,10 @@ package coordinator
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
-	"github.com/fdxkafka/fdxkafka/aggregator/validate"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
-	"github.com/fdxkafka/fdxkafka/shared/rules"
 	"github.com/fdxkafka/fdxkafka/shared/updatestream"
 )
 
@@ -48,47 +45,6 @@ func (c *Coordinator) streamUpdates(st *roundState) {
 	}
 	check := st.check
 	sc.StreamUpdates(func() updatestream.Sink { return check.NewScan() })
-}
-
-// takeStreamed is take for an update delivered as a stream.
-func (c *Coordinator) takeStreamed(ctx context.Context, st *roundState, d channel.Delivery) error {
-	scan, _ := d.Stream.Sink.(*validate.Scan)
-	rej, decided := st.check.CheckStreamed(d.Update, d.Size, scan)
-	if !decided {
-		// The scan measured another round's model (the transfer began
-		// before this round): read the update again whole.
-		u, err := d.Stream.Whole(ctx)
-		if err != nil {
-			c.reject(st, d, rules.Reject(rules.Incomplete, "reading the update again: %v", err))
-			return nil
-		}
-		d.Update, d.Stream = u, nil
-		return c.take(ctx, st, d)
-	}
-	if rej == nil {
-		rej = c.accept(st, d)
-	}
-	if rej != nil {
-		c.reject(st, d, rej)
-		return nil
-	}
-	if c.hold(st, d, nil) {
-		return nil
-	}
-	u := d.Update
-	sr, ok := st.agg.(strategy.StreamRound)
-	if !ok {
-		return fmt.Errorf("aggregate the validated update of %q: the round's strategy does not stream", u.GetClientId())
-	}
-	start := time.Now()
-	err := c.foldStreamed(ctx, st, sr, d)
-	st.aggregate += time.Since(start)
-	if err != nil {
-		return fmt.Errorf("fold the validated update of %q chunk by chunk (round %d is not published; a restart rebuilds it from the last committed round): %w",
-			u.GetClientId(), st.rec.Round, err)
-	}
-	c.admitted(st, d)
-	return nil
 }
 
 // foldStreamed is pass 2: the update's values, read again, into the round.

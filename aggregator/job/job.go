@@ -16,6 +16,7 @@ import (
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
 	"github.com/fdxkafka/fdxkafka/aggregator/metrics"
+	"github.com/fdxkafka/fdxkafka/aggregator/round"
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
@@ -405,10 +406,6 @@ func Run(ctx context.Context, spec Spec, srv channel.Server, env Env) (*Result, 
 	if err != nil {
 		return nil, err
 	}
-	if p, ok := strat.(strategy.Proximal); ok && train.ProximalMu == 0 {
-		// FedProx is FedAvg on the server; its term is the clients'.
-		train.ProximalMu = p.ProximalMu()
-	}
 	evalNet, err := model.New(spec.Model, trainSet.Dim, trainSet.Classes, spec.Seed)
 	if err != nil {
 		return nil, err
@@ -420,11 +417,13 @@ func Run(ctx context.Context, spec Spec, srv channel.Server, env Env) (*Result, 
 		return evalNet.Evaluate(test)
 	}
 	coord, err := coordinator.New(coordinator.Config{
-		Job: spec.Job, NumRounds: spec.NumRounds, MinClients: minClients, TargetClients: spec.TargetClients,
-		RoundTimeout: spec.RoundTimeout, OnShort: spec.OnShort, Train: train,
-		InDim: trainSet.Dim, Classes: trainSet.Classes, MaxNorm: spec.MaxNorm, NormFactor: max(spec.NormFactor, 0),
-		MaxExamples: int64(trainSet.Len()), MaxUpdateBytes: maxBytes, Allowed: spec.Allowed,
-		ExamplesOf: shardSizes(data, spec), TargetAccuracy: spec.TargetAccuracy, Async: async, Sampling: spec.sampling(),
+		Job: round.Job{ID: spec.Job, NumRounds: spec.NumRounds, MinClients: minClients,
+			RoundTimeout: spec.RoundTimeout, Train: train,
+			InDim: trainSet.Dim, Classes: trainSet.Classes, MaxNorm: spec.MaxNorm, NormFactor: max(spec.NormFactor, 0),
+			MaxExamples: int64(trainSet.Len()), MaxUpdateBytes: maxBytes, Allowed: spec.Allowed,
+			ExamplesOf: shardSizes(data, spec)},
+		TargetClients: spec.TargetClients, OnShort: spec.OnShort,
+		TargetAccuracy: spec.TargetAccuracy, Async: async, Sampling: spec.sampling(),
 	}, srv, strat, eval, obs, log)
 	if err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/fdxkafka/fdxkafka/aggregator/round"
 	"github.com/fdxkafka/fdxkafka/aggregator/scaleout"
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
@@ -65,12 +66,12 @@ func RunRole(ctx context.Context, spec Spec, cc ChannelConfig, env Env, role, wo
 	if err != nil {
 		return err
 	}
-	cfg := scaleout.Config{
-		Job: spec.Job, Strategy: spec.Strategy.Name, NumRounds: spec.NumRounds, MinClients: spec.MinClients,
+	cfg := scaleout.Config{Strategy: spec.Strategy.Name, Job: round.Job{
+		ID: spec.Job, NumRounds: spec.NumRounds, MinClients: spec.MinClients,
 		Train: train, InDim: trainSet.Dim, Classes: trainSet.Classes,
 		MaxNorm: spec.MaxNorm, NormFactor: max(spec.NormFactor, 0), MaxExamples: int64(trainSet.Len()),
 		ExamplesOf: shardSizes(data, spec), MaxUpdateBytes: maxBytes, Allowed: spec.Allowed,
-	}
+	}}
 	parts := cc.UpdatePartitions
 	if parts == 0 {
 		parts = 4

@@ -40,7 +40,7 @@ func produce(ctx context.Context, t *testing.T, cl *kgo.Client, recs ...*kgo.Rec
 // 1000 each, every value 50: what an attacker would like merged.
 func forgedAccumulator(t *testing.T, cfg Config, n int) []byte {
 	t.Helper()
-	specs, err := cfg.check()
+	specs, err := cfgSpecs(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,14 +87,14 @@ func hostileConfig(t *testing.T, job string) Config {
 func attackerPartial(cfg Config, key []byte, worker string, round int64, clients []string, acc []byte) []byte {
 	p := &partial{Round: round, Count: int64(len(clients)), Weight: 1000 * int64(len(clients)),
 		Contributors: clients, Norms: make([]float64, len(clients)), Acc: acc}
-	return p.seal(key, cfg.Job, worker)
+	return p.seal(key, cfg.ID, worker)
 }
 
 // partialsOf reads the committed partials of a job's topic as the leader
 // would, and calls found with each one that verifies until it returns true.
 func partialsOf(ctx context.Context, t *testing.T, brokers string, cfg Config, found func(*kgo.Record, *partial) bool) {
 	t.Helper()
-	cl := rawClient(t, brokers, kgo.ConsumeTopics(kafkachan.PartialsTopic(cfg.Job)),
+	cl := rawClient(t, brokers, kgo.ConsumeTopics(kafkachan.PartialsTopic(cfg.ID)),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	for {
 		fs := cl.PollFetches(ctx)
@@ -102,7 +102,7 @@ func partialsOf(ctx context.Context, t *testing.T, brokers string, cfg Config, f
 			t.Fatalf("waiting for a partial: %v", ctx.Err())
 		}
 		for _, r := range fs.Records() {
-			if p, err := openPartial(cfg.PartialKey, cfg.Job, string(r.Key), r.Value); err == nil && found(r, p) {
+			if p, err := openPartial(cfg.PartialKey, cfg.ID, string(r.Key), r.Value); err == nil && found(r, p) {
 				return
 			}
 		}

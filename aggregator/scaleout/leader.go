@@ -8,24 +8,20 @@ import (
 	"slices"
 	"time"
 
-	"google.golang.org/protobuf/types/known/timestamppb"
-
 	"github.com/fdxkafka/fdxkafka/aggregator/accumulator"
+	"github.com/fdxkafka/fdxkafka/aggregator/round"
+	"github.com/fdxkafka/fdxkafka/aggregator/validate"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/channel"
 	"github.com/fdxkafka/fdxkafka/shared/logging"
-	"github.com/fdxkafka/fdxkafka/shared/model"
-	"github.com/fdxkafka/fdxkafka/shared/rules"
-	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
 
 // Leader merges the workers' partials into models.
 type Leader struct {
-	cfg   Config
-	ch    LeaderTransport
-	specs []tensor.Spec
-	sizes []int
-	log   *slog.Logger
+	cfg Config
+	ch  LeaderTransport
+	job *round.Job
+	log *slog.Logger
 	// warn rate-limits the lines about skipped partials: anyone who can
 	// write the partials topic can cause them.
 	warn *logging.Limited
@@ -60,39 +56,35 @@ func LeaderMessageBytes(modelBytes int) int { return 16*modelBytes + 64<<20 }
 
 // NewLeader returns the leader on ch (kafkachan.NewLeader opens one).
 func NewLeader(cfg Config, ch LeaderTransport, log *slog.Logger) (*Leader, error) {
-	specs, err := cfg.check()
+	job, err := cfg.job()
 	if err != nil {
 		return nil, fmt.Errorf("leader config: %w", err)
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	sizes := make([]int, len(specs))
-	for i, s := range specs {
-		sizes[i] = s.Size()
-	}
-	log = log.With("job", cfg.Job, "role", "leader")
+	log = log.With("job", cfg.ID, "role", "leader")
 	if cfg.PartialKey == nil {
 		log.Warn("partials are not authenticated (no model key): anyone who can write the partials topic can add to a round")
 	}
-	return &Leader{cfg: cfg, ch: ch, specs: specs, sizes: sizes, log: log, warn: logging.NewLimited(log, 0)}, nil
+	return &Leader{cfg: cfg, ch: ch, job: job, log: log, warn: logging.NewLimited(log, 0)}, nil
 }
 
 // Run publishes the first model (or resumes from the newest one) and
 // closes rounds until the final model is committed; it returns the final
 // model and the rounds it closed.
 func (l *Leader) Run(ctx context.Context) (*fdxv1.GlobalModel, []RoundRecord, error) {
-	cur, err := l.ch.Latest(ctx, l.restorable)
+	cur, err := l.ch.Latest(ctx, l.job.Restorable)
 	if err != nil {
 		return nil, nil, err
 	}
 	if cur == nil {
-		net, err := model.New(l.cfg.Train.GetModel(), l.cfg.InDim, l.cfg.Classes, l.cfg.Train.GetSeed())
+		params, err := l.job.Initial()
 		if err != nil {
 			return nil, nil, err
 		}
-		cur = l.model(1, net.Params(), nil, map[string]float64{})
-		if err := l.ch.Publish(ctx, cur); err != nil {
+		cur = l.job.Record(1, params, nil, nil, nil)
+		if err := round.Publish(ctx, l.ch, cur); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -112,7 +104,7 @@ func (l *Leader) Run(ctx context.Context) (*fdxv1.GlobalModel, []RoundRecord, er
 // valid updates, then commits model r+1 with the partials' offsets.
 func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundRecord, error) {
 	rec := RoundRecord{Round: r, Rejected: map[string]int64{}, Workers: map[string]int{}, Skipped: map[string]int{}}
-	acc, err := accumulator.New(l.sizes)
+	acc, err := accumulator.New(l.job.Sizes())
 	if err != nil {
 		return nil, rec, err
 	}
@@ -131,7 +123,7 @@ func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundR
 		if err != nil {
 			return nil, rec, err
 		}
-		p, err := openPartial(l.cfg.PartialKey, l.cfg.Job, rp.Worker, rp.Value)
+		p, err := openPartial(l.cfg.PartialKey, l.cfg.ID, rp.Worker, rp.Value)
 		switch {
 		case errors.Is(err, errPartialMAC):
 			skip(rp, "bad_mac", err)
@@ -164,7 +156,7 @@ func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundR
 		}
 		var part *accumulator.Accumulator
 		if p.Count > 0 {
-			if part, err = accumulator.New(l.sizes); err != nil {
+			if part, err = accumulator.New(l.job.Sizes()); err != nil {
 				return nil, rec, err
 			}
 			if err := part.UnmarshalBinary(p.Acc); err != nil {
@@ -198,54 +190,16 @@ func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundR
 	if err != nil {
 		return nil, rec, err
 	}
+	if err := l.job.Snap(mean); err != nil {
+		return nil, rec, err
+	}
 	slices.Sort(contributors)
-	nm := l.model(r+1, mean, contributors, map[string]float64{metricMedianNorm: median(norms)})
-	if err := l.ch.Publish(ctx, nm); err != nil {
+	nm := l.job.Record(r+1, mean, contributors, map[string]float64{round.MetricMedianNorm: validate.Median(norms)}, nil)
+	if err := round.Publish(ctx, l.ch, nm); err != nil {
 		return nil, rec, err
 	}
 	rec.Clients = len(contributors)
 	rec.Merge = time.Since(start)
 	l.log.Info("round closed", "round", r, "clients", rec.Clients, "partials", rec.Partials, "late", rec.Late, "skipped", rec.Skipped, "merge_ms", rec.Merge.Milliseconds())
 	return nm, rec, nil
-}
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	xs = slices.Clone(xs)
-	slices.Sort(xs)
-	if m := len(xs) / 2; len(xs)%2 == 1 {
-		return xs[m]
-	} else {
-		return (xs[m-1] + xs[m]) / 2
-	}
-}
-
-// model builds a model record as the coordinator does.
-func (l *Leader) model(round int64, params [][]float32, contributors []string, metrics map[string]float64) *fdxv1.GlobalModel {
-	m := &fdxv1.GlobalModel{
-		Job:         l.cfg.Job,
-		Round:       round,
-		Params:      tensor.Encode(params, l.specs),
-		TrainConfig: l.cfg.Train,
-		Final:       round > int64(l.cfg.NumRounds),
-		PublishedAt: timestamppb.Now(),
-		Metrics:     metrics,
-		NumRounds:   int64(l.cfg.NumRounds),
-		MinClients:  int32(l.cfg.MinClients),
-	}
-	rules.SetContributors(m, contributors)
-	return m
-}
-
-func (l *Leader) restorable(m *fdxv1.GlobalModel) error {
-	if err := rules.CheckModel(m, l.cfg.Job); err != nil {
-		return err
-	}
-	if r := m.GetRound(); r > int64(l.cfg.NumRounds)+1 {
-		return fmt.Errorf("model round %d is past this job's final round %d", r, l.cfg.NumRounds+1)
-	}
-	_, err := tensor.Decode(m.GetParams(), l.specs)
-	return err
 }

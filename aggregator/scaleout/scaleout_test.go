@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
+	"github.com/fdxkafka/fdxkafka/aggregator/round"
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
@@ -39,8 +40,8 @@ func TestMain(m *testing.M) {
 }
 
 func testConfig(job string) Config {
-	return Config{Job: job, NumRounds: testRounds, MinClients: testClients, NormFactor: 10,
-		Train: &fdxv1.TrainConfig{Model: "logreg", Seed: 5}, InDim: 16, Classes: 4}
+	return Config{Job: round.Job{ID: job, NumRounds: testRounds, MinClients: testClients, NormFactor: 10,
+		Train: &fdxv1.TrainConfig{Model: "logreg", Seed: 5}, InDim: 16, Classes: 4}}
 }
 
 func serverOptions(brokers, job string) kafkachan.ServerOptions {
@@ -105,7 +106,7 @@ func driveWith(ctx context.Context, t *testing.T, brokers, job string, cfg Confi
 		t.Fatalf("dial: %v", err)
 	}
 	defer cl.Close()
-	specs, err := cfg.check()
+	specs, err := cfgSpecs(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,8 +165,9 @@ func reference(ctx context.Context, t *testing.T, brokers string) []*fdxv1.Globa
 	if err != nil {
 		t.Fatal(err)
 	}
-	co, err := coordinator.New(coordinator.Config{Job: job, NumRounds: cfg.NumRounds, MinClients: cfg.MinClients,
-		NormFactor: cfg.NormFactor, Train: cfg.Train, InDim: cfg.InDim, Classes: cfg.Classes}, srv, strat, nil, nil, nil)
+	single := cfg.Job
+	single.ID = job
+	co, err := coordinator.New(coordinator.Config{Job: single}, srv, strat, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +203,7 @@ func sameModels(t *testing.T, want, got []*fdxv1.GlobalModel) {
 		if fmt.Sprint(g.GetContributors()) != fmt.Sprint(w.GetContributors()) {
 			t.Fatalf("round %d contributors %v, want %v", w.GetRound(), g.GetContributors(), w.GetContributors())
 		}
-		if gm, wm := g.GetMetrics()[metricMedianNorm], w.GetMetrics()[metricMedianNorm]; gm != wm {
+		if gm, wm := g.GetMetrics()[round.MetricMedianNorm], w.GetMetrics()[round.MetricMedianNorm]; gm != wm {
 			t.Fatalf("round %d median norm %v, want %v", w.GetRound(), gm, wm)
 		}
 	}
@@ -391,4 +393,13 @@ func TestPartialRoundTrip(t *testing.T) {
 			t.Fatalf("truncated to %d bytes: decoded", n)
 		}
 	}
+}
+
+// cfgSpecs returns the tensor shapes of cfg's job.
+func cfgSpecs(cfg Config) ([]tensor.Spec, error) {
+	m, err := cfg.job()
+	if err != nil {
+		return nil, err
+	}
+	return m.Specs(), nil
 }

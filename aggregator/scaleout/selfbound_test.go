@@ -33,7 +33,7 @@ func TestWorkerRoundOneNormBound(t *testing.T) {
 	w := startWorker(wctx, t, &wg, brokers, job, "w0", 1000)
 	waitAssigned(ctx, t, w)
 
-	specs, err := cfg.check()
+	specs, err := cfgSpecs(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

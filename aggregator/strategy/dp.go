@@ -86,6 +86,7 @@ type dpParams struct {
 // State carries the round counter and the current clip norm, so a restarted
 // aggregator continues with the same S and the same noise stream.
 type dpFedAvg struct {
+	Default
 	name     string
 	adaptive bool
 	p        dpParams

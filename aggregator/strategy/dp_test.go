@@ -373,11 +373,11 @@ func TestDPRestoreGarbage(t *testing.T) {
 
 func TestFedProxCarriesMu(t *testing.T) {
 	s := mustNew(t, Config{Name: "fedprox"})
-	if mu := s.(Proximal).ProximalMu(); mu != 0.01 {
+	if mu := s.ConfigureFit(1, Plan{}).ProximalMu; mu != 0.01 {
 		t.Errorf("default μ = %v, want 0.01", mu)
 	}
 	s = mustNew(t, Config{Name: "fedprox", ProximalMu: 0.5})
-	if mu := s.(Proximal).ProximalMu(); mu != 0.5 {
+	if mu := s.ConfigureFit(1, Plan{}).ProximalMu; mu != 0.5 {
 		t.Errorf("μ = %v, want 0.5", mu)
 	}
 	for _, mu := range []float64{-1, math.NaN(), math.Inf(1)} {

@@ -59,6 +59,7 @@ type optParams struct {
 // explicitly rounded (float64(x*y)) so that no platform fuses it into an FMA:
 // the step is bit-identical on every machine, and so is a resumed run.
 type fedOpt struct {
+	Default
 	name string
 	kind optKind
 	p    optParams

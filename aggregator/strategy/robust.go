@@ -28,6 +28,7 @@ const (
 // coordinate-wise rules ignore NumExamples, as Flower's do: weighting would
 // let one client claiming many examples move the median at will.
 type robust struct {
+	Default
 	name string
 	kind robustKind
 	trim float64 // trimmed mean: fraction cut from each end

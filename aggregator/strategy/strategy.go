@@ -65,13 +65,6 @@ type Reporter interface {
 	Report() map[string]float64
 }
 
-// Proximal is implemented by "fedprox": on the server FedProx is FedAvg,
-// and its proximal term μ/2·‖w − w_global‖² is added by the clients, so the
-// caller puts ProximalMu into the round's train config.
-type Proximal interface {
-	ProximalMu() float64
-}
-
 // Update is one client's contribution to a round: its full local weights
 // (not a delta from the global model) and the number of examples it trained
 // on, which weighs it in the averaging strategies. Updates come from
@@ -93,10 +86,12 @@ type Update struct {
 	Checked *validate.Values
 }
 
-// Strategy turns the updates of a round into the next global model.
-// Rounds run one at a time: a stateful strategy refuses to finish a round
-// begun before another round finished (ErrStaleRound).
+// Strategy turns the updates of a round into the next global model
+// (Begin, Flower's aggregate_fit), and decides the rest of the round as
+// its Policy. Rounds run one at a time: a stateful strategy refuses to
+// finish a round begun before another round finished (ErrStaleRound).
 type Strategy interface {
+	Policy
 	// Name returns the name New knows the strategy by.
 	Name() string
 	// Begin starts a round from the current global parameters, which fix
@@ -449,7 +444,7 @@ func sum(sizes []int) int {
 
 // fedAvg is FedAvg (McMahan et al. 2017): the example-weighted mean of the
 // clients' weights, computed exactly by an accumulator.Accumulator.
-type fedAvg struct{}
+type fedAvg struct{ Default }
 
 func (fedAvg) Name() string { return "fedavg" }
 
@@ -475,7 +470,10 @@ func (fedAvg) Restore(state []byte) error { return restoreStateless("fedavg", st
 // Heterogeneous Networks"). Its server step is FedAvg's; what differs is the
 // clients' objective, which adds μ/2·‖w − w_global‖². As in Flower, the
 // strategy only carries μ to the train config (see Proximal).
-type fedProx struct{ mu float64 }
+type fedProx struct {
+	Default
+	mu float64
+}
 
 func (fedProx) Name() string { return "fedprox" }
 
@@ -485,8 +483,14 @@ func (fedProx) State() ([]byte, error) { return nil, nil }
 
 func (fedProx) Restore(state []byte) error { return restoreStateless("fedprox", state) }
 
-// ProximalMu returns μ for the clients' proximal term.
-func (p fedProx) ProximalMu() float64 { return p.mu }
+// ConfigureFit adds the proximal term's μ to the clients' training
+// settings, unless the job set its own.
+func (p fedProx) ConfigureFit(_ int64, job Plan) Plan {
+	if job.ProximalMu == 0 {
+		job.ProximalMu = p.mu
+	}
+	return job
+}
 
 func restoreStateless(name string, state []byte) error {
 	if len(state) != 0 {

@@ -20,10 +20,10 @@ package validate
 import (
 	"fmt"
 	"math"
-	"slices"
 
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
 	"github.com/fdxkafka/fdxkafka/shared/rules"
+	"github.com/fdxkafka/fdxkafka/shared/tensor"
 )
 
 // Scan gathers, from an update's values as they stream in, what
@@ -66,11 +66,13 @@ func (s *Scan) Tensor(i int, name string, shape []int64, dtype fdxv1.DType, data
 	}
 	sp := specs[i]
 	n := sp.Size()
+	// The header's checks are the whole path's (tensor.CheckSpec); only
+	// the length is checked from the announced byte count.
+	if err := tensor.CheckSpec(i, &fdxv1.Tensor{Name: name, Shape: shape}, sp); err != nil {
+		s.shape = err.Error()
+		return nil
+	}
 	switch {
-	case name != sp.Name:
-		s.shape = fmt.Sprintf("tensor %d: name %q, want %q", i, name, sp.Name)
-	case !slices.Equal(shape, sp.Shape):
-		s.shape = fmt.Sprintf("tensor %q: shape %v, want %v", sp.Name, shape, sp.Shape)
 	case dtype == fdxv1.DType_DTYPE_FLOAT32 && dataBytes != 4*n,
 		dtype == fdxv1.DType_DTYPE_FLOAT16 && dataBytes != 2*n,
 		dtype == fdxv1.DType_DTYPE_INT8 && dataBytes != n:
@@ -180,14 +182,7 @@ func (s *Scan) verdict(u *fdxv1.Update) (float64, *rules.Rejection) {
 		}
 		ss, maxAbs = s.ssDelta, s.maxDelta
 	}
-	norm := math.Sqrt(ss.total())
-	if e.MaxNorm > 0 && norm > e.MaxNorm {
-		return 0, rules.Reject(rules.NormBound, "update norm %.4g over the bound %.4g", norm, e.MaxNorm)
-	}
-	if t := float64(u.GetNumExamples()) * maxAbs; t >= math.Ldexp(1, rules.MaxTermLog2) {
-		return 0, rules.Reject(rules.OutOfRange, "num_examples %d times |value| %.4g is not below 2^%d", u.GetNumExamples(), maxAbs, rules.MaxTermLog2)
-	}
-	return norm, nil
+	return bounds(e, u.GetNumExamples(), &ss, maxAbs)
 }
 
 // Global is the round's global model, which the round does not copy: the

@@ -360,6 +360,9 @@ func (r *Round) MedianNorm() float64 { return Median(r.admitted) }
 // the median over all workers.
 func (r *Round) AdmittedNorms() []float64 { return slices.Clone(r.admitted) }
 
+// Round is the round this validator checks updates for.
+func (r *Round) Round() int64 { return r.e.Round }
+
 // Count is the number of admitted and held updates.
 func (r *Round) Count() int { return len(r.admitted) + len(r.held) }
 
@@ -548,20 +551,31 @@ func weights(u *fdxv1.Update, e Expect, scratch []float32) (*Values, float64, *r
 		// the job when the buffer steps the model.
 		return nil, 0, rules.Reject(rules.NonFinite, "global plus delta overflows in %q", e.Specs[overflow].Name)
 	}
+	v.maxAbs = math.Float32frombits(mx)
+	norm, rej := bounds(e, u.GetNumExamples(), &ss, float64(v.maxAbs))
+	if rej != nil {
+		return nil, 0, rej
+	}
+	return v, norm, nil
+}
+
+// bounds applies the rules on an update's size, for the whole and the
+// streamed path alike: its norm (from ss, Σ (folded − global)²) within
+// MaxNorm, and every num_examples × value term within the strategies'
+// exact range (maxAbs is the largest |value| folded). It returns the norm.
+func bounds(e Expect, examples int64, ss *sumSquares, maxAbs float64) (float64, *rules.Rejection) {
 	norm := math.Sqrt(ss.total())
 	if e.MaxNorm > 0 && norm > e.MaxNorm {
-		return nil, 0, rules.Reject(rules.NormBound, "update norm %.4g over the bound %.4g", norm, e.MaxNorm)
+		return 0, rules.Reject(rules.NormBound, "update norm %.4g over the bound %.4g", norm, e.MaxNorm)
 	}
 	// The strategies sum num_examples × value exactly in a fixed range and
 	// trust every term to fit. The float64 product may round, but never
 	// below 2^MaxTermLog2 when the exact one is not: this errs only towards
 	// rejecting.
-	v.maxAbs = math.Float32frombits(mx)
-	maxAbs := float64(v.maxAbs)
-	if t := float64(u.GetNumExamples()) * maxAbs; t >= math.Ldexp(1, rules.MaxTermLog2) {
-		return nil, 0, rules.Reject(rules.OutOfRange, "num_examples %d times |value| %.4g is not below 2^%d", u.GetNumExamples(), maxAbs, rules.MaxTermLog2)
+	if t := float64(examples) * maxAbs; t >= math.Ldexp(1, rules.MaxTermLog2) {
+		return 0, rules.Reject(rules.OutOfRange, "num_examples %d times |value| %.4g is not below 2^%d", examples, maxAbs, rules.MaxTermLog2)
 	}
-	return v, norm, nil
+	return norm, nil
 }
 
 // sumSquares is Σ d² over an update's coordinates, in four float64 sums:

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
+	"github.com/fdxkafka/fdxkafka/aggregator/round"
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
 	"github.com/fdxkafka/fdxkafka/internal/cli"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
@@ -222,8 +223,8 @@ func aggregate(ctx context.Context, brokers, job, kind string, mb, updates int, 
 	if err != nil {
 		return err
 	}
-	co, err := coordinator.New(coordinator.Config{Job: job, NumRounds: 1, MinClients: updates,
-		Train: &fdxv1.TrainConfig{Model: kind, Seed: 1}, InDim: 784, Classes: 10}, srv, strat, nil, obs, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	co, err := coordinator.New(coordinator.Config{Job: round.Job{ID: job, NumRounds: 1, MinClients: updates,
+		Train: &fdxv1.TrainConfig{Model: kind, Seed: 1}, InDim: 784, Classes: 10}}, srv, strat, nil, obs, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		return err
 	}

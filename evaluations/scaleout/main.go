@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
+	"github.com/fdxkafka/fdxkafka/aggregator/round"
 	"github.com/fdxkafka/fdxkafka/aggregator/scaleout"
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
@@ -101,8 +102,8 @@ func cpuNow() float64 {
 func measure(ctx context.Context, o opts, w int) (float64, float64, error) {
 	job := fmt.Sprintf("scaleout-%d-%d", w, time.Now().UnixNano())
 	const inDim, classes = 784, 10
-	cfg := scaleout.Config{Job: job, NumRounds: 1, MinClients: o.clients,
-		Train: &fdxv1.TrainConfig{Model: o.modelKind, Seed: 1}, InDim: inDim, Classes: classes}
+	cfg := scaleout.Config{Job: round.Job{ID: job, NumRounds: 1, MinClients: o.clients,
+		Train: &fdxv1.TrainConfig{Model: o.modelKind, Seed: 1}, InDim: inDim, Classes: classes}}
 	specs, err := model.SpecsFor(o.modelKind, inDim, classes)
 	if err != nil {
 		return 0, 0, err
@@ -129,8 +130,7 @@ func measure(ctx context.Context, o opts, w int) (float64, float64, error) {
 		}
 		defer srv.Close()
 		strat, _ := strategy.New(strategy.Config{Name: "fedavg"})
-		co, err := coordinator.New(coordinator.Config{Job: job, NumRounds: 1, MinClients: o.clients, Train: cfg.Train,
-			InDim: inDim, Classes: classes}, srv, strat, nil, nil, nil)
+		co, err := coordinator.New(coordinator.Config{Job: cfg.Job}, srv, strat, nil, nil, nil)
 		if err != nil {
 			return 0, 0, err
 		}

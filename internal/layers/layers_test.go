@@ -1,8 +1,8 @@
 // Package layers holds the test that keeps FDxKafka's dependencies pointing
 // one way: function → client (participant) → channels → shared, and aggregator →
-// coordinator → strategy → validate, accumulator → shared. Neither binary
+// coordinator → round, strategy → validate, accumulator → shared. Neither binary
 // links the other's packages, the shared layer links neither, and the
-// round core (coordinator, strategy, validate, accumulator) links no
+// round core (coordinator, round, strategy, validate, accumulator) links no
 // concrete transport: it sees a channel only through shared/channel.
 package layers
 
@@ -15,7 +15,7 @@ import (
 const mod = "github.com/fdxkafka/fdxkafka/"
 
 // roundCore is the code that runs a round whatever the channel.
-var roundCore = []string{mod + "aggregator/coordinator", mod + "aggregator/strategy/...", mod + "aggregator/validate", mod + "aggregator/accumulator"}
+var roundCore = []string{mod + "aggregator/coordinator", mod + "aggregator/round", mod + "aggregator/strategy/...", mod + "aggregator/validate", mod + "aggregator/accumulator"}
 
 // transports are the concrete channels and their client libraries.
 var transports = []string{mod + "shared/kafkachan", mod + "shared/grpcchan", mod + "client", "github.com/twmb/franz-go"}
@@ -52,6 +52,10 @@ var rules = []rule{
 	// Scale-out runs on the small transport interfaces it defines; its
 	// tests run it on Kafka.
 	{"scale-out links no transport", []string{mod + "aggregator/scaleout"}, transports, false},
+	// What every mode shares about a round sits below each mode: the
+	// single aggregator and scale-out both build on it, never it on them.
+	// It folds through hooks, so it knows no strategy either.
+	{"round is below the modes", []string{mod + "aggregator/round"}, []string{mod + "aggregator/coordinator", mod + "aggregator/scaleout", mod + "aggregator/job", mod + "aggregator/strategy"}, true},
 	// Strategies and validation know nothing of rounds or channels. A
 	// strategy folds what the validator checked (validate.Values, read in
 	// place), so strategy sits above validate, never below; the

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fdxkafka/fdxkafka/aggregator/coordinator"
+	"github.com/fdxkafka/fdxkafka/aggregator/round"
 	"github.com/fdxkafka/fdxkafka/aggregator/strategy"
 	"github.com/fdxkafka/fdxkafka/internal/kafkatest"
 	fdxv1 "github.com/fdxkafka/fdxkafka/proto/fdx/v1"
@@ -162,8 +163,8 @@ func runStreamRound(ctx context.Context, t *testing.T, srv channel.Server, job s
 		t.Fatal(err)
 	}
 	co, err := coordinator.New(coordinator.Config{
-		Job: job, NumRounds: 1, MinClients: clients, MaxNorm: 10,
-		Train: &fdxv1.TrainConfig{Model: fdxmodel.Kind2NN, Seed: streamSeed}, InDim: streamInDim, Classes: streamLabels,
+		Job: round.Job{ID: job, NumRounds: 1, MinClients: clients, MaxNorm: 10,
+			Train: &fdxv1.TrainConfig{Model: fdxmodel.Kind2NN, Seed: streamSeed}, InDim: streamInDim, Classes: streamLabels},
 		HoldUpdates: hold,
 	}, srv, strat, nil, nil, slog.New(slog.DiscardHandler))
 	if err != nil {

@@ -4,16 +4,66 @@ import (
 	"math"
 	"slices"
 	"strings"
+
+	"github.com/fdxkafka/fdxkafka/shared/model"
 )
 
-// Flower's Strategy has, besides aggregate_fit (Begin, Round), a configure
-// side (configure_fit, configure_evaluate) and an evaluation side (evaluate,
-// aggregate_evaluate). Here they are optional interfaces with defaults, as
-// Reporter and Proximal are: Configure and AggregateMetrics call a
-// strategy's own hook when it has one and the default otherwise, so that
-// every strategy has both hooks without each carrying boilerplate. The
-// centralized evaluation (Flower's evaluate) is the job's Evaluator, run by
-// the coordinator on every aggregate.
+// Policy is what a strategy decides about a round besides aggregating its
+// updates (Strategy.Begin, Flower's aggregate_fit): the rest of Flower's
+// Strategy, one method each. Every strategy embeds Default and overrides
+// what it changes, as FedProx does ConfigureFit; the round loop asks only
+// the Policy. Its methods must be functions of their arguments and the
+// strategy's State, so that a restarted aggregator decides a round as the
+// first did.
+type Policy interface {
+	// ConfigureFit is configure_fit: who trains in round (FractionFit,
+	// MinFit) and how (LearningRate, LocalEpochs, ProximalMu), from the
+	// job's plan.
+	ConfigureFit(round int64, job Plan) Plan
+	// ConfigureEvaluate is configure_evaluate: who evaluates round's
+	// starting model (FractionEvaluate, MinEvaluate).
+	ConfigureEvaluate(round int64, job Plan) Plan
+	// AggregateFitMetrics folds the clients' own training figures of a
+	// round into the round's (Flower's fit_metrics_aggregation_fn).
+	AggregateFitMetrics(results []ClientMetrics) map[string]float64
+	// AggregateEvaluate folds the clients' evaluations of a round's model
+	// into the round's federated evaluation (aggregate_evaluate).
+	AggregateEvaluate(results []ClientMetrics) map[string]float64
+	// Evaluate is the centralized evaluation (evaluate) of the model
+	// that closes round, with central, the job's held-out test set; ok
+	// false: the model goes unevaluated.
+	Evaluate(round int64, params [][]float32, central Evaluator) (m model.Metrics, ok bool, err error)
+}
+
+// Evaluator scores global parameters on held-out data.
+type Evaluator func(params [][]float32) (model.Metrics, error)
+
+// Default is the Policy of plain FedAvg, which strategies embed: the job's
+// plan as it is, example-weighted metrics (WeightedMetrics), and every
+// model evaluated.
+type Default struct{}
+
+// ConfigureFit returns the job's plan.
+func (Default) ConfigureFit(_ int64, job Plan) Plan { return job }
+
+// ConfigureEvaluate returns the job's plan.
+func (Default) ConfigureEvaluate(_ int64, job Plan) Plan { return job }
+
+// AggregateFitMetrics is WeightedMetrics.
+func (Default) AggregateFitMetrics(results []ClientMetrics) map[string]float64 {
+	return WeightedMetrics(results)
+}
+
+// AggregateEvaluate is WeightedMetrics.
+func (Default) AggregateEvaluate(results []ClientMetrics) map[string]float64 {
+	return WeightedMetrics(results)
+}
+
+// Evaluate evaluates every model with central.
+func (Default) Evaluate(_ int64, params [][]float32, central Evaluator) (model.Metrics, bool, error) {
+	m, err := central(params)
+	return m, err == nil, err
+}
 
 // Plan is what a round asks of its clients: who trains and who evaluates
 // (Flower's fraction and minimum of each), and the round's training
@@ -34,27 +84,6 @@ type Plan struct {
 	ProximalMu   float64
 }
 
-// Configurer is Flower's configure_fit and configure_evaluate: it adjusts
-// the job's plan for one round (a learning-rate schedule, a larger sample
-// late in training). It must be a function of its arguments and the
-// strategy's State, so that a restarted aggregator plans the same round.
-type Configurer interface {
-	Configure(round int64, job Plan) Plan
-}
-
-// Configure returns s's plan for round: s's own Configure if it has one,
-// else the job's plan, with FedProx's μ filled in when the job set none
-// (on the server FedProx is FedAvg; its term is the clients').
-func Configure(s Strategy, round int64, job Plan) Plan {
-	if c, ok := s.(Configurer); ok {
-		return c.Configure(round, job)
-	}
-	if p, ok := s.(Proximal); ok && job.ProximalMu == 0 {
-		job.ProximalMu = p.ProximalMu()
-	}
-	return job
-}
-
 // ClientMetrics is one client's figures for a round: its training metrics
 // (weighted by the examples it trained on) or its evaluation of the global
 // model (weighted by the examples it evaluated on).
@@ -64,13 +93,6 @@ type ClientMetrics struct {
 	Metrics  map[string]float64
 }
 
-// MetricsAggregator is Flower's fit_metrics_aggregation_fn and
-// evaluate_metrics_aggregation_fn in one: it folds the clients' figures of
-// a round into the round's.
-type MetricsAggregator interface {
-	AggregateMetrics(results []ClientMetrics) map[string]float64
-}
-
 // MaxMetricKeys bounds the distinct metric names a round aggregates: a
 // client's names are its own, and a hostile one must not grow the round
 // record without end.
@@ -78,15 +100,6 @@ const MaxMetricKeys = 32
 
 // maxMetricKeyLen bounds one metric name.
 const maxMetricKeyLen = 64
-
-// AggregateMetrics folds results with s's own hook if it has one, else with
-// WeightedMetrics.
-func AggregateMetrics(s Strategy, results []ClientMetrics) map[string]float64 {
-	if a, ok := s.(MetricsAggregator); ok {
-		return a.AggregateMetrics(results)
-	}
-	return WeightedMetrics(results)
-}
 
 // WeightedMetrics is the example-weighted mean of every metric, as Flower's
 // weighted_average: Σ nᵢ·mᵢ / Σ nᵢ over the clients that report the metric
