@@ -6,8 +6,8 @@
 // JSON. The tables of evaluations/README.md are rendered from that JSON
 // (go run ./evaluations/report).
 //
-//	go build -o /tmp/stress-old ./evaluations/stress   # at the old commit
-//	go build -o /tmp/stress-new ./evaluations/stress   # at the new one
+//	go build -o /tmp/stress-old ./evaluations/stress   # from the old source
+//	go build -o /tmp/stress-new ./evaluations/stress   # from the new source
 //	go run ./evaluations/buildcompare -old /tmp/stress-old -new /tmp/stress-new \
 //	    -sweep 10,100,1000 -runs 3 -json evaluations/results/kafkaclient/embedded.json
 package main

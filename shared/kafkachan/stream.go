@@ -1,8 +1,7 @@
 package kafkachan
 
-// Streaming chunked updates (issue 15: "the aggregator folds a chunked
-// update chunk by chunk, where the strategy allows, instead of holding the
-// whole update").
+// Streaming chunked updates: the aggregator folds a chunked update chunk
+// by chunk, where the strategy allows, instead of holding the whole update.
 //
 // When the round loop asks for it (StreamUpdates), the server keeps none of
 // an update transfer's chunk bytes. Pass 1, as the chunks arrive in order:
