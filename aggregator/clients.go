@@ -26,7 +26,7 @@ func runLocalClients(ctx context.Context, c *config, addr string, log *slog.Logg
 	errs := make([]error, c.clients)
 	for i := range c.clients {
 		wg.Go(func() {
-			t := participant.Target{Channel: ch, Broker: addr, Job: c.spec.Job, ClientID: strconv.Itoa(i)}
+			t := participant.Target{Channel: ch, Broker: addr, Job: c.job.Spec().Job, ClientID: strconv.Itoa(i)}
 			errs[i] = p.Follow(ctx, tr, t, participant.FollowOptions{RoundTimeout: 10 * time.Minute})
 		})
 	}

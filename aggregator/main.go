@@ -51,7 +51,8 @@ func main() { cli.Main("aggregator", run) }
 
 // config is what the command line says.
 type config struct {
-	spec        job.Spec
+	// job is the command line's job, resolved once.
+	job         *job.Resolved
 	channel     job.ChannelConfig
 	clients     int
 	data        *dataset.Catalog
@@ -98,60 +99,61 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("aggregator", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cli.SetUsage(fs, synopsis, flagGroups)
-	o, cc := &c.spec, &c.channel
+	spec, cc := &job.Spec{}, &c.channel
+	rd, d, tr, sec, smp := &spec.Rounds, &spec.Data, &spec.Training, &spec.Security, &spec.Sampling
 	broker := fs.String("broker", "127.0.0.1:9092", "Kafka bootstrap servers; with --grpc the address to listen on (e.g. \"[::]:8080\"); with --embedded the address the embedded broker listens on")
-	fs.IntVar(&o.MinClients, "minclients", 2, "valid updates needed to close a round")
-	fs.IntVar(&o.MinClients, "min-fit-clients", 2, "Flower's name for --minclients: the fewest clients a round trains")
-	fs.Float64Var(&o.FractionFit, "fraction-fit", 1, "fraction of the population asked to train each round, drawn from the seed and round; the round closes when all of them reported (or min-fit-clients at the deadline); unsampled clients' updates are rejected as not_sampled")
-	fs.IntVar(&o.MinAvailableClients, "min-available-clients", 0, "population the samples are drawn from: client ids 0..N-1 (default: --partitions; --client-list names them instead)")
-	fs.Float64Var(&o.FractionEvaluate, "fraction-evaluate", 0, "fraction of the population asked each round to evaluate the global model on their held-out examples (0: no federated evaluation)")
-	fs.IntVar(&o.MinEvaluateClients, "min-evaluate-clients", 0, "fewest clients asked to evaluate")
-	fs.Float64Var(&o.Holdout, "holdout", 0, "fraction of each client's shard held out of training for federated evaluation (default 0.2 with --fraction-evaluate)")
-	fs.IntVar(&o.NumRounds, "numrounds", 5, "training rounds before the final model")
+	fs.IntVar(&rd.MinClients, "minclients", 2, "valid updates needed to close a round")
+	fs.IntVar(&rd.MinClients, "min-fit-clients", 2, "Flower's name for --minclients: the fewest clients a round trains")
+	fs.Float64Var(&smp.FractionFit, "fraction-fit", 1, "fraction of the population asked to train each round, drawn from the seed and round; the round closes when all of them reported (or min-fit-clients at the deadline); unsampled clients' updates are rejected as not_sampled")
+	fs.IntVar(&smp.MinAvailableClients, "min-available-clients", 0, "population the samples are drawn from: client ids 0..N-1 (default: --partitions; --client-list names them instead)")
+	fs.Float64Var(&smp.FractionEvaluate, "fraction-evaluate", 0, "fraction of the population asked each round to evaluate the global model on their held-out examples (0: no federated evaluation)")
+	fs.IntVar(&smp.MinEvaluateClients, "min-evaluate-clients", 0, "fewest clients asked to evaluate")
+	fs.Float64Var(&d.Holdout, "holdout", 0, "fraction of each client's shard held out of training for federated evaluation (default 0.2 with --fraction-evaluate)")
+	fs.IntVar(&rd.NumRounds, "numrounds", 5, "training rounds before the final model")
 	fs.StringVar(&c.role, "role", "", "scale-out: worker (fold a share of the update partitions into partials) or leader (merge partials into models); empty: one aggregator does both. FedAvg only")
 	fs.StringVar(&c.workerName, "worker-name", "", "with --role worker: this worker's name, unique in the job and kept across restarts")
 	grpc := fs.Bool("grpc", false, "serve the gRPC channel instead of using Kafka")
 	embedded := fs.Bool("embedded", false, "start an in-memory Kafka broker (franz-go kfake) on --broker")
-	fs.StringVar(&o.Job, "job", "mnist", "job id; names the topics fdx.<job>.model and fdx.<job>.updates")
-	fs.IntVar(&o.TargetClients, "target-clients", 0, "close a round at once with this many updates (default minclients); fewer, down to minclients, close it at its deadline")
-	fs.DurationVar(&o.RoundTimeout, "round-timeout", 0, "round deadline (0: none)")
+	fs.StringVar(&spec.Job, "job", "mnist", "job id; names the topics fdx.<job>.model and fdx.<job>.updates")
+	fs.IntVar(&rd.TargetClients, "target-clients", 0, "close a round at once with this many updates (default minclients); fewer, down to minclients, close it at its deadline")
+	fs.DurationVar(&rd.RoundTimeout, "round-timeout", 0, "round deadline (0: none)")
 	short := fs.String("on-short", "wait", "when a deadline passes with fewer than minclients updates: wait or fail")
-	fs.StringVar(&o.Model, "model", "logreg", "logreg, 2nn, cnn (the FedAvg paper's MNIST CNN, trained by Python clients: clients/python/examples/cnn_jax.py), or synthetic:<MB> (random weights of that size, a seeded perturbation as training: for transport measurements)")
-	fs.StringVar(&o.Dataset, "dataset", "mnist", "mnist or synthetic")
-	fs.StringVar(&o.Partition.Scheme, "partition", "iid", "iid, shards or dirichlet")
-	fs.IntVar(&o.Partition.NumPartitions, "partitions", 0, "number of data shards (default: max(minclients, target-clients))")
-	fs.Float64Var(&o.Partition.Alpha, "alpha", 0.5, "Dirichlet concentration for --partition dirichlet")
-	fs.IntVar(&o.Partition.ShardsPerClient, "shards-per-client", 2, "label shards per client for --partition shards")
-	fs.IntVar(&o.MaxExamples, "max-examples", 0, "cap on each client's shard (0: whole shard)")
-	fs.Float64Var(&o.LearningRate, "lr", 0.05, "client learning rate")
-	fs.IntVar(&o.BatchSize, "batch", 10, "client minibatch size")
-	fs.IntVar(&o.LocalEpochs, "epochs", 1, "client local epochs per round")
-	fs.Float64Var(&o.ProximalMu, "prox-mu", 0, "FedProx proximal term (0: off)")
-	fs.StringVar(&o.UpdateEncoding, "update-encoding", "float32", "how clients encode updates: float32 (weights), float16, int8 (per-tensor scale) or topk:<fraction> (the largest entries, with error feedback in long-running clients); all but float32 send the delta from the global model")
-	fs.StringVar(&o.ModelEncoding, "model-encoding", "float32", "how models are published: float32, or float16 (half the download; the global model is kept on the float16 grid)")
-	fs.Uint64Var(&o.Seed, "seed", 1, "job seed: initial model, partition, client shuffles")
-	fs.StringVar(&o.Strategy.Name, "strategy", "fedavg", strings.Join(strategy.Names(), ", "))
-	fs.Float64Var(&o.Strategy.ServerLR, "server-lr", 0, "server learning rate for fedavgm/fedadam/fedyogi/fedadagrad (0: strategy default)")
-	fs.Float64Var(&o.Strategy.Momentum, "server-momentum", 0, "fedavgm momentum (0: default)")
-	fs.Float64Var(&o.Strategy.TrimFraction, "trim", 0, "trimmedmean fraction cut at each end (0: 0.2)")
-	fs.IntVar(&o.Strategy.ByzantineF, "byzantine", 0, "krum, multikrum, bulyan: assumed number of Byzantine clients")
-	fs.Float64Var(&o.Strategy.ClipNorm, "dp-clip-norm", 0, "dpfedavg-*: L2 clip norm of each update's delta (adaptive: the initial one; 0: default)")
-	fs.Float64Var(&o.Strategy.NoiseMultiplier, "dp-noise-multiplier", 0, "dpfedavg-*: Gaussian noise multiplier z (0: default 1)")
-	fs.Float64Var(&o.Strategy.TargetQuantile, "dp-target-quantile", 0, "dpfedavg-adaptive: target fraction of unclipped updates (0: 0.5)")
-	fs.Float64Var(&o.Strategy.ClippedCountStddev, "dp-clipped-count-stddev", 0, "dpfedavg-adaptive: noise on the unclipped count (0: clients/20)")
-	fs.Float64Var(&o.MaxNorm, "max-norm", 0, "reject updates with ||local-global|| above this (0: no fixed bound)")
+	fs.StringVar(&tr.Model, "model", "logreg", "logreg, 2nn, cnn (the FedAvg paper's MNIST CNN, trained by Python clients: clients/python/examples/cnn_jax.py), or synthetic:<MB> (random weights of that size, a seeded perturbation as training: for transport measurements)")
+	fs.StringVar(&d.Dataset, "dataset", "mnist", "mnist or synthetic")
+	fs.StringVar(&d.Partition.Scheme, "partition", "iid", "iid, shards or dirichlet")
+	fs.IntVar(&d.Partition.NumPartitions, "partitions", 0, "number of data shards (default: max(minclients, target-clients))")
+	fs.Float64Var(&d.Partition.Alpha, "alpha", 0.5, "Dirichlet concentration for --partition dirichlet")
+	fs.IntVar(&d.Partition.ShardsPerClient, "shards-per-client", 2, "label shards per client for --partition shards")
+	fs.IntVar(&d.MaxExamples, "max-examples", 0, "cap on each client's shard (0: whole shard)")
+	fs.Float64Var(&tr.LearningRate, "lr", 0.05, "client learning rate")
+	fs.IntVar(&tr.BatchSize, "batch", 10, "client minibatch size")
+	fs.IntVar(&tr.LocalEpochs, "epochs", 1, "client local epochs per round")
+	fs.Float64Var(&tr.ProximalMu, "prox-mu", 0, "FedProx proximal term (0: off)")
+	fs.StringVar(&tr.UpdateEncoding, "update-encoding", "float32", "how clients encode updates: float32 (weights), float16, int8 (per-tensor scale) or topk:<fraction> (the largest entries, with error feedback in long-running clients); all but float32 send the delta from the global model")
+	fs.StringVar(&tr.ModelEncoding, "model-encoding", "float32", "how models are published: float32, or float16 (half the download; the global model is kept on the float16 grid)")
+	fs.Uint64Var(&spec.Seed, "seed", 1, "job seed: initial model, partition, client shuffles")
+	fs.StringVar(&spec.Strategy.Name, "strategy", "fedavg", strings.Join(strategy.Names(), ", "))
+	fs.Float64Var(&spec.Strategy.ServerLR, "server-lr", 0, "server learning rate for fedavgm/fedadam/fedyogi/fedadagrad (0: strategy default)")
+	fs.Float64Var(&spec.Strategy.Momentum, "server-momentum", 0, "fedavgm momentum (0: default)")
+	fs.Float64Var(&spec.Strategy.TrimFraction, "trim", 0, "trimmedmean fraction cut at each end (0: 0.2)")
+	fs.IntVar(&spec.Strategy.ByzantineF, "byzantine", 0, "krum, multikrum, bulyan: assumed number of Byzantine clients")
+	fs.Float64Var(&spec.Strategy.ClipNorm, "dp-clip-norm", 0, "dpfedavg-*: L2 clip norm of each update's delta (adaptive: the initial one; 0: default)")
+	fs.Float64Var(&spec.Strategy.NoiseMultiplier, "dp-noise-multiplier", 0, "dpfedavg-*: Gaussian noise multiplier z (0: default 1)")
+	fs.Float64Var(&spec.Strategy.TargetQuantile, "dp-target-quantile", 0, "dpfedavg-adaptive: target fraction of unclipped updates (0: 0.5)")
+	fs.Float64Var(&spec.Strategy.ClippedCountStddev, "dp-clipped-count-stddev", 0, "dpfedavg-adaptive: noise on the unclipped count (0: clients/20)")
+	fs.Float64Var(&sec.MaxNorm, "max-norm", 0, "reject updates with ||local-global|| above this (0: no fixed bound)")
 	normFactor := fs.Float64("norm-factor", coordinator.DefaultNormFactor, "reject updates with ||local-global|| above this many times the previous round's median (0: off)")
 	// 15s outlasts a following client's longest reconnect backoff (10s).
 	fs.DurationVar(&cc.FinalLinger, "final-linger", 15*time.Second, "gRPC: after the final round, keep serving the final model up to this long to contributors that have not fetched it (long-running clients); 0 exits at once")
 	fs.DurationVar(&cc.TransactionTimeout, "transaction-timeout", 60*time.Second, "Kafka: the broker aborts a round transaction open this long; a round's publish gives up after twice that, and an aggregator whose Kafka client has not returned 15s later exits with code 75 to be restarted")
 	fs.IntVar(&cc.UpdatePartitions, "update-partitions", 4, "partitions of the updates topic (async mode: 1, the only value it takes)")
 	fs.IntVar(&cc.ModelPartitions, "model-partitions", 1, "partitions of the model topic; more spread the chunks of a large model over their leaders")
-	fs.Float64Var(&o.TargetAccuracy, "target-accuracy", 0, "end the job once the global model's test accuracy reaches this (0: run all rounds)")
-	fs.StringVar(&o.Mode, "mode", job.ModeSync, "sync (rounds) or async (FedBuff: a new version every --buffer-size updates, no round barrier); --strategy fedbuff implies async")
-	fs.IntVar(&o.BufferSize, "buffer-size", 0, "async: valid updates per new model version, K (default minclients); at most the number of clients")
+	fs.Float64Var(&rd.TargetAccuracy, "target-accuracy", 0, "end the job once the global model's test accuracy reaches this (0: run all rounds)")
+	fs.StringVar(&rd.Mode, "mode", job.ModeSync, "sync (rounds) or async (FedBuff: a new version every --buffer-size updates, no round barrier); --strategy fedbuff implies async")
+	fs.IntVar(&rd.BufferSize, "buffer-size", 0, "async: valid updates per new model version, K (default minclients); at most the number of clients")
 	exponent := fs.Float64("staleness-exponent", 0.5, "async: a in the staleness weight 1/(1+τ)^a (0: no discount)")
-	fs.IntVar(&o.MaxStaleness, "max-staleness", 0, "async: reject updates trained more than this many versions back as stale_round (0: no limit)")
-	fs.IntVar(&o.EvalExamples, "eval-examples", 0, "test examples evaluated per round (0: whole test set)")
+	fs.IntVar(&rd.MaxStaleness, "max-staleness", 0, "async: reject updates trained more than this many versions back as stale_round (0: no limit)")
+	fs.IntVar(&d.EvalExamples, "eval-examples", 0, "test examples evaluated per round (0: whole test set)")
 	fs.StringVar(&cc.StateFile, "state-file", "", "gRPC: file holding the newest model so a restart resumes")
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "gRPC: server certificate (PEM); with --tls-key enables TLS")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "gRPC: server private key (PEM)")
@@ -180,40 +182,40 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	default:
 		cc.Transport, cc.Brokers = job.Kafka, *broker
 	}
-	o.StalenessExponent = *exponent
+	rd.StalenessExponent = *exponent
 	switch {
 	case *exponent < 0:
 		return nil, cli.Usagef("--staleness-exponent %v is negative", *exponent)
 	case *exponent == 0:
-		o.StalenessExponent = -1 // no discount; Spec's zero would mean 0.5
+		rd.StalenessExponent = -1 // no discount; Spec's zero would mean 0.5
 	}
-	if o.Async() && !isSet(fs, "update-partitions") {
+	if spec.Async() && !isSet(fs, "update-partitions") {
 		cc.UpdatePartitions = 0 // async mode's default: one partition
 	}
-	o.NormFactor = *normFactor
+	sec.NormFactor = *normFactor
 	if *normFactor <= 0 {
-		o.NormFactor = -1 // off; Spec's zero would mean the default
+		sec.NormFactor = -1 // off; Spec's zero would mean the default
 	}
-	o.OnShort = coordinator.ShortRound(*short)
-	if o.OnShort != coordinator.Wait && o.OnShort != coordinator.Fail {
+	rd.OnShort = coordinator.ShortRound(*short)
+	if rd.OnShort != coordinator.Wait && rd.OnShort != coordinator.Fail {
 		return nil, cli.Usagef("--on-short %q: want wait or fail", *short)
 	}
 	if c.clients < 0 {
 		return nil, cli.Usagef("--clients %d: want 0 or more", c.clients)
 	}
-	if c.clients > 0 && o.Model == model.KindCNN {
+	if c.clients > 0 && tr.Model == model.KindCNN {
 		return nil, cli.Usagef("--clients with --model %s: Go clients do not train it; run Python clients (clients/python/examples/cnn_jax.py)", model.KindCNN)
 	}
-	if c.clients > 0 && c.clients < o.MinClients {
-		return nil, cli.Usagef("--clients %d is below --minclients %d: the rounds would never close", c.clients, o.MinClients)
+	if c.clients > 0 && c.clients < rd.MinClients {
+		return nil, cli.Usagef("--clients %d is below --minclients %d: the rounds would never close", c.clients, rd.MinClients)
 	}
-	if c.clients > 0 && c.clients < o.BufferSize {
+	if c.clients > 0 && c.clients < rd.BufferSize {
 		// A client trains once per version, so fewer clients than K
 		// would never fill a buffer.
-		return nil, cli.Usagef("--clients %d is below --buffer-size %d: no version would ever close", c.clients, o.BufferSize)
+		return nil, cli.Usagef("--clients %d is below --buffer-size %d: no version would ever close", c.clients, rd.BufferSize)
 	}
-	if c.clients > 0 && o.MinAvailableClients == 0 {
-		o.MinAvailableClients = c.clients // the demo's clients are the population
+	if c.clients > 0 && smp.MinAvailableClients == 0 {
+		smp.MinAvailableClients = c.clients // the demo's clients are the population
 	}
 	if c.kafkaConf != "" {
 		props, err := kafkachan.LoadProperties(c.kafkaConf)
@@ -256,12 +258,15 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		if err != nil {
 			return nil, err
 		}
-		o.Allowed = ids
+		sec.Allowed = ids
 	}
-	*o = o.WithDefaults()
-	if err := o.Validate(); err != nil {
+	r, err := spec.Resolve(c.data)
+	if se := (*job.SpecError)(nil); errors.As(err, &se) {
 		return nil, cli.Usagef("%v", err)
+	} else if err != nil {
+		return nil, err
 	}
+	c.job = r
 	if err := cc.Validate(); err != nil {
 		return nil, cli.Usagef("%v", err)
 	}
@@ -391,13 +396,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		closeLog()
 		os.Exit(cli.ExitOutcomeUnknown)
 	}
-	env := job.Env{Log: log, Data: c.data}
+	env := job.Env{Log: log}
 	if c.metricsAddr != "" {
 		channelName := "kafka"
 		if c.channel.Transport == job.GRPC {
 			channelName = "grpc"
 		}
-		env.Metrics = metrics.New(c.spec.Job, channelName)
+		env.Metrics = metrics.New(c.job.Spec().Job, channelName)
 		addr, err := metrics.Serve(ctx, c.metricsAddr, env.Metrics.Handler(), log)
 		if err != nil {
 			return fmt.Errorf("--metrics-addr: %w", err)
@@ -434,13 +439,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if c.clients > 0 {
 			return cli.Usagef("--role runs no local clients: drop --clients")
 		}
-		err := job.RunRole(ctx, c.spec, c.channel, env, c.role, c.workerName)
+		err := job.RunRole(ctx, c.job, c.channel, env, c.role, c.workerName)
 		if errors.Is(err, channel.ErrOutcomeUnknown) {
 			return &cli.ExitError{Code: cli.ExitOutcomeUnknown, Err: err}
 		}
 		return err
 	}
-	res, err := job.RunOn(ctx, c.spec, c.channel, env, ready)
+	res, err := job.RunOn(ctx, c.job, c.channel, env, ready)
 	if errors.Is(err, channel.ErrOutcomeUnknown) {
 		return &cli.ExitError{Code: cli.ExitOutcomeUnknown, Err: fmt.Errorf("%w; restart to resume from what was committed", err)}
 	}

@@ -54,8 +54,9 @@ func TestFlagErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.channel.Listen != "b:1" || c.channel.Transport != job.GRPC || c.spec.MinClients != 4 || c.spec.NumRounds != 2 || c.spec.Partition.NumPartitions != 4 {
-		t.Errorf("parsed %+v %+v", c.spec, c.channel)
+	spec := c.job.Spec()
+	if c.channel.Listen != "b:1" || c.channel.Transport != job.GRPC || spec.Rounds.MinClients != 4 || spec.Rounds.NumRounds != 2 || spec.Data.Partition.NumPartitions != 4 {
+		t.Errorf("parsed %+v %+v", spec, c.channel)
 	}
 	list := filepath.Join(t.TempDir(), "clients")
 	if err := os.WriteFile(list, []byte("# ids\n0\n 1 \n\nalice\n"), 0o644); err != nil {
@@ -65,8 +66,8 @@ func TestFlagErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.spec.Allowed) != 3 || !c.spec.Allowed["0"] || !c.spec.Allowed["1"] || !c.spec.Allowed["alice"] {
-		t.Errorf("client list parsed as %v", c.spec.Allowed)
+	if allowed := c.job.Spec().Security.Allowed; len(allowed) != 3 || !allowed["0"] || !allowed["1"] || !allowed["alice"] {
+		t.Errorf("client list parsed as %v", allowed)
 	}
 }
 

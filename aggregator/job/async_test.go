@@ -33,8 +33,9 @@ func TestAsyncKafka(t *testing.T) {
 	brokers := kafkatest.Brokers(t)
 	data := dataset.NewCatalog()
 	const clients, k, versions = 6, 3, 5
-	spec := Spec{Job: kafkatest.Job(t), Mode: ModeAsync, MinClients: clients, BufferSize: k, NumRounds: versions,
-		MaxExamples: 300, EvalExamples: 1000, Partition: dataset.PartitionSpec{NumPartitions: clients}, Seed: 11}
+	spec := Spec{Job: kafkatest.Job(t), Seed: 11,
+		Rounds: RoundsSpec{Mode: ModeAsync, MinClients: clients, BufferSize: k, NumRounds: versions},
+		Data:   DataSpec{MaxExamples: 300, EvalExamples: 1000, Partition: dataset.PartitionSpec{NumPartitions: clients}}}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
@@ -48,7 +49,7 @@ func TestAsyncKafka(t *testing.T) {
 				return 0
 			}})
 	}
-	res, err := RunOn(ctx, spec, ChannelConfig{Transport: Kafka, Brokers: brokers}, Env{Data: data}, ready)
+	res, err := RunOn(ctx, resolve(t, spec, data), ChannelConfig{Transport: Kafka, Brokers: brokers}, Env{}, ready)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +113,7 @@ func TestAsyncKafka(t *testing.T) {
 			}
 		}()
 	}
-	rres, err := RunOn(ctx, replay, ChannelConfig{Transport: Kafka, Brokers: brokers}, Env{Data: data}, feed)
+	rres, err := RunOn(ctx, resolve(t, replay, data), ChannelConfig{Transport: Kafka, Brokers: brokers}, Env{}, feed)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,10 +124,7 @@ func TestAsyncKafka(t *testing.T) {
 	if len(rhist) != len(hist) || len(rres.Rounds) != versions {
 		t.Fatalf("replay: %d models, %d versions; want %d, %d", len(rhist), len(rres.Rounds), len(hist), versions)
 	}
-	specs, _, err := spec.Shapes(data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	specs := resolve(t, spec, data).Shapes()
 	for i := range hist {
 		a, err := tensor.Decode(hist[i].GetParams(), specs)
 		if err != nil {

@@ -1,6 +1,7 @@
 package job
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -19,9 +20,10 @@ func TestCompressedUpdates(t *testing.T) {
 	perUpdate := map[string]float64{}
 	acc := map[string]float64{}
 	for _, enc := range []string{"float32", "float16", "int8", "topk:0.05"} {
-		spec := Spec{Job: kafkatest.Job(t), MinClients: 3, NumRounds: 2, Model: "logreg", MaxExamples: 300, EvalExamples: 2000,
-			Partition: dataset.PartitionSpec{NumPartitions: 3}, Seed: 5, UpdateEncoding: enc}
-		res := runFederation(t, spec, ChannelConfig{Transport: Kafka, Brokers: brokers}, Env{Data: data}, 3)
+		spec := Spec{Job: kafkatest.Job(t), Seed: 5, Rounds: RoundsSpec{MinClients: 3, NumRounds: 2},
+			Training: TrainingSpec{Model: "logreg", UpdateEncoding: enc},
+			Data:     DataSpec{MaxExamples: 300, EvalExamples: 2000, Partition: dataset.PartitionSpec{NumPartitions: 3}}}
+		res := runFederation(t, resolve(t, spec, data), ChannelConfig{Transport: Kafka, Brokers: brokers}, Env{}, 3)
 		if len(res.Rounds) != 2 || len(res.Rejected) != 0 {
 			t.Fatalf("%s: %d rounds, rejections %v", enc, len(res.Rounds), res.Rejected)
 		}
@@ -59,12 +61,13 @@ func TestCompressedUpdates(t *testing.T) {
 func TestFloat16Models(t *testing.T) {
 	data := dataset.NewCatalog()
 	brokers := kafkatest.Brokers(t)
-	base := Spec{MinClients: 3, NumRounds: 3, Model: "logreg", MaxExamples: 300, EvalExamples: 2000,
-		Partition: dataset.PartitionSpec{NumPartitions: 3}, Seed: 5, UpdateEncoding: "float16"}
+	base := Spec{Seed: 5, Rounds: RoundsSpec{MinClients: 3, NumRounds: 3},
+		Training: TrainingSpec{Model: "logreg", UpdateEncoding: "float16"},
+		Data:     DataSpec{MaxExamples: 300, EvalExamples: 2000, Partition: dataset.PartitionSpec{NumPartitions: 3}}}
 	run := func(enc string, cc ChannelConfig) *Result {
 		spec := base
-		spec.Job, spec.ModelEncoding = kafkatest.Job(t), enc
-		res := runFederation(t, spec, cc, Env{Data: data}, 3)
+		spec.Job, spec.Training.ModelEncoding = kafkatest.Job(t), enc
+		res := runFederation(t, resolve(t, spec, data), cc, Env{}, 3)
 		if len(res.Rounds) != 3 || len(res.Rejected) != 0 {
 			t.Fatalf("%s: %d rounds, rejections %v", enc, len(res.Rounds), res.Rejected)
 		}
@@ -89,19 +92,19 @@ func TestFloat16Models(t *testing.T) {
 	}
 
 	// The recorded accuracy is that of the published model, decoded.
-	spec := base.WithDefaults()
-	net, err := model.New(spec.Model, 784, 10, spec.Seed)
+	spec := resolve(t, base, data).Spec()
+	net, err := model.New(spec.Training.Model, 784, 10, spec.Seed)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := net.SetTensors(f16.Final.GetParams()); err != nil {
 		t.Fatal(err)
 	}
-	test, err := data.Load(spec.Dataset, dataset.SplitTest)
+	test, err := data.Load(spec.Data.Dataset, dataset.SplitTest)
 	if err != nil {
 		t.Fatal(err)
 	}
-	idx := make([]int, spec.EvalExamples)
+	idx := make([]int, spec.Data.EvalExamples)
 	for i := range idx {
 		idx[i] = i
 	}
@@ -125,14 +128,14 @@ func TestFloat16Models(t *testing.T) {
 // TestEncodingRefused checks the encodings a job refuses.
 func TestEncodingRefused(t *testing.T) {
 	for _, enc := range []string{"topk:0", "topk:1.5", "topk:x", "topk", "int4"} {
-		spec := Spec{Job: "refused", MinClients: 1, NumRounds: 1, UpdateEncoding: enc}.WithDefaults()
-		if err := spec.Validate(); err == nil || !strings.Contains(err.Error(), "update encoding") {
+		_, err := Spec{Job: "refused", Rounds: RoundsSpec{MinClients: 1, NumRounds: 1}, Training: TrainingSpec{UpdateEncoding: enc}}.Resolve(nil)
+		if se := (*SpecError)(nil); !errors.As(err, &se) || se.Field != "Training.UpdateEncoding" || !strings.Contains(err.Error(), "update encoding") {
 			t.Errorf("update encoding %q: got %v, want an update encoding error", enc, err)
 		}
 	}
 	for _, enc := range []string{"int8", "bfloat16"} {
-		spec := Spec{Job: "refused", MinClients: 1, NumRounds: 1, ModelEncoding: enc}.WithDefaults()
-		if err := spec.Validate(); err == nil || !strings.Contains(err.Error(), "model encoding") {
+		_, err := Spec{Job: "refused", Rounds: RoundsSpec{MinClients: 1, NumRounds: 1}, Training: TrainingSpec{ModelEncoding: enc}}.Resolve(nil)
+		if se := (*SpecError)(nil); !errors.As(err, &se) || se.Field != "Training.ModelEncoding" || !strings.Contains(err.Error(), "model encoding") {
 			t.Errorf("model encoding %q: got %v, want a model encoding error", enc, err)
 		}
 	}

@@ -35,8 +35,8 @@ func TestDuplicateDeliveryDropped(t *testing.T) {
 	data := dataset.NewCatalog()
 	// One updates partition: a's copy is consumed before b's update, so
 	// it lands in the open round however the broker schedules fetches.
-	o := Spec{Job: kafkatest.Job(t), MinClients: 2, NumRounds: 1,
-		Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}
+	o := Spec{Job: kafkatest.Job(t), Rounds: RoundsSpec{MinClients: 2, NumRounds: 1},
+		Data: DataSpec{Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}}
 	cc := ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t), UpdatePartitions: 1}
 	part := &participant.Participant{Data: data}
 	errs := make(chan error, 1)
@@ -62,7 +62,7 @@ func TestDuplicateDeliveryDropped(t *testing.T) {
 			}()
 		}()
 	}
-	res, err := RunOn(ctx, o, cc, Env{Data: data}, ready)
+	res, err := RunOn(ctx, resolve(t, o, data), cc, Env{}, ready)
 	if err != nil {
 		t.Fatalf("job: %v", err)
 	}

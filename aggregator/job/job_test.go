@@ -17,16 +17,25 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/dataset"
 )
 
+// resolve resolves spec on data, failing the test if it is refused.
+func resolve(t *testing.T, spec Spec, data *dataset.Catalog) *Resolved {
+	t.Helper()
+	r, err := spec.Resolve(data)
+	if err != nil {
+		t.Fatalf("resolve %+v: %v", spec, err)
+	}
+	return r
+}
+
 // runFederation runs a job and drives its clients through the function's
-// real HTTP handler, each invocation taking part in every round.
-func runFederation(t *testing.T, o Spec, cc ChannelConfig, env Env, clients int) *Result {
+// real HTTP handler, each invocation taking part in every round. The
+// function reads the data set from the job's catalog.
+func runFederation(t *testing.T, resolved *Resolved, cc ChannelConfig, env Env, clients int) *Result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if env.Data == nil {
-		env.Data = dataset.NewCatalog()
-	}
-	fn := httptest.NewServer(function.NewServer(function.Config{Data: env.Data}))
+	o := resolved.Spec()
+	fn := httptest.NewServer(function.NewServer(function.Config{Data: resolved.Data()}))
 	defer fn.Close()
 	channel := "kafka"
 	if cc.Transport == GRPC {
@@ -40,7 +49,7 @@ func runFederation(t *testing.T, o Spec, cc ChannelConfig, env Env, clients int)
 			go func() {
 				defer wg.Done()
 				body := fmt.Sprintf(`{"broker": %q, "client_id": "%d", "channel": %q, "job": %q, "rounds": %d, "timeout_s": 240}`,
-					addr, i, channel, o.Job, o.NumRounds)
+					addr, i, channel, o.Job, o.Rounds.NumRounds)
 				resp, err := http.Post(fn.URL, "application/json", strings.NewReader(body))
 				if err != nil {
 					invokeErrs <- err
@@ -57,13 +66,13 @@ func runFederation(t *testing.T, o Spec, cc ChannelConfig, env Env, clients int)
 					invokeErrs <- fmt.Errorf("client %d: %v in %s", i, err, b)
 					return
 				}
-				if len(r.Rounds) != o.NumRounds || r.BytesReceived == 0 || r.BytesSent == 0 {
-					invokeErrs <- fmt.Errorf("client %d: summary %s: want %d rounds and nonzero bytes", i, b, o.NumRounds)
+				if len(r.Rounds) != o.Rounds.NumRounds || r.BytesReceived == 0 || r.BytesSent == 0 {
+					invokeErrs <- fmt.Errorf("client %d: summary %s: want %d rounds and nonzero bytes", i, b, o.Rounds.NumRounds)
 				}
 			}()
 		}
 	}
-	res, err := RunOn(ctx, o, cc, env, ready)
+	res, err := RunOn(ctx, resolved, cc, env, ready)
 	if err != nil {
 		t.Fatalf("%s job: %v", channel, err)
 	}
@@ -80,10 +89,10 @@ func runFederation(t *testing.T, o Spec, cc ChannelConfig, env Env, clients int)
 // test accuracy and produce the bit-identical final model.
 func TestEndToEndKafkaAndGRPC(t *testing.T) {
 	data := dataset.NewCatalog()
-	spec := Spec{Job: kafkatest.Job(t), MinClients: 10, NumRounds: 3, Model: "logreg",
-		Partition: dataset.PartitionSpec{Scheme: "iid", NumPartitions: 10}, Seed: 7}
-	kres := runFederation(t, spec, ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}, Env{Data: data}, 10)
-	gres := runFederation(t, spec, ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0"}, Env{Data: data}, 10)
+	spec := Spec{Job: kafkatest.Job(t), Seed: 7, Rounds: RoundsSpec{MinClients: 10, NumRounds: 3}, Training: TrainingSpec{Model: "logreg"},
+		Data: DataSpec{Partition: dataset.PartitionSpec{Scheme: "iid", NumPartitions: 10}}}
+	kres := runFederation(t, resolve(t, spec, data), ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}, Env{}, 10)
+	gres := runFederation(t, resolve(t, spec, data), ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0"}, Env{}, 10)
 
 	for _, res := range []*Result{kres, gres} {
 		if len(res.Rounds) != 3 {
@@ -130,9 +139,9 @@ func durations(res *Result) []string {
 // TestTwoNN runs the FedAvg paper's 2NN (199,210 parameters, a 0.8 MB
 // model record) through the Kafka channel end to end.
 func TestTwoNN(t *testing.T) {
-	o := Spec{Job: kafkatest.Job(t), MinClients: 2, NumRounds: 2,
-		Model: "2nn", MaxExamples: 300, EvalExamples: 1000, Partition: dataset.PartitionSpec{NumPartitions: 2}, Seed: 3}
-	res := runFederation(t, o, ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}, Env{}, 2)
+	o := Spec{Job: kafkatest.Job(t), Seed: 3, Rounds: RoundsSpec{MinClients: 2, NumRounds: 2}, Training: TrainingSpec{Model: "2nn"},
+		Data: DataSpec{MaxExamples: 300, EvalExamples: 1000, Partition: dataset.PartitionSpec{NumPartitions: 2}}}
+	res := runFederation(t, resolve(t, o, nil), ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}, Env{}, 2)
 	if len(res.Rounds) != 2 || res.Final.GetRound() != 3 {
 		t.Fatalf("2nn job: %d rounds, final round %d", len(res.Rounds), res.Final.GetRound())
 	}

@@ -74,8 +74,8 @@ func TestMetricsDuringJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	const clients, rounds = 3, 4
-	o := Spec{Job: jobID, MinClients: clients, NumRounds: rounds,
-		Dataset: "synthetic", MaxExamples: 100, EvalExamples: 200, Partition: dataset.PartitionSpec{NumPartitions: clients}}
+	o := Spec{Job: jobID, Rounds: RoundsSpec{MinClients: clients, NumRounds: rounds},
+		Data: DataSpec{Dataset: "synthetic", MaxExamples: 100, EvalExamples: 200, Partition: dataset.PartitionSpec{NumPartitions: clients}}}
 	// Mid-job: wait until a round has closed, then look at what it says.
 	type sample struct {
 		m   map[string]float64
@@ -97,7 +97,7 @@ func TestMetricsDuringJob(t *testing.T) {
 			}
 		}
 	}()
-	res := runFederation(t, o, ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}, Env{Metrics: m}, clients)
+	res := runFederation(t, resolve(t, o, nil), ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}, Env{Metrics: m}, clients)
 	mid := <-midc
 	if mid.err != nil {
 		t.Fatal(mid.err)

@@ -129,10 +129,10 @@ func TestBrokerRestart(t *testing.T) {
 		err error
 	}
 	done := make(chan outcome, 1)
+	r := resolve(t, Spec{Job: jobID, Seed: 5, Rounds: RoundsSpec{MinClients: clients, NumRounds: rounds},
+		Data: DataSpec{Dataset: "synthetic", MaxExamples: 100, EvalExamples: 200}}, data)
 	go func() {
-		res, err := RunOn(ctx, Spec{Job: jobID, MinClients: clients, NumRounds: rounds,
-			Dataset: "synthetic", MaxExamples: 100, EvalExamples: 200, Seed: 5},
-			ChannelConfig{Transport: Kafka, Brokers: b.addr}, Env{Data: data}, nil)
+		res, err := RunOn(ctx, r, ChannelConfig{Transport: Kafka, Brokers: b.addr}, Env{}, nil)
 		done <- outcome{res, err}
 	}()
 	ko := kafkachan.Options{Brokers: b.addr, Job: jobID}

@@ -44,7 +44,9 @@ func waitModel(ctx context.Context, t *testing.T, grpc bool, addr, job string, r
 // outcome.
 func startSmallJob(ctx context.Context, t *testing.T, grpc bool, rounds int, data *dataset.Catalog) (Spec, string, <-chan error) {
 	t.Helper()
-	o := Spec{Job: kafkatest.Job(t), MinClients: 1, NumRounds: rounds, Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}
+	o := Spec{Job: kafkatest.Job(t), Rounds: RoundsSpec{MinClients: 1, NumRounds: rounds},
+		Data: DataSpec{Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}}
+	r := resolve(t, o, data)
 	cc := ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0"}
 	if !grpc {
 		cc = ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}
@@ -52,7 +54,7 @@ func startSmallJob(ctx context.Context, t *testing.T, grpc bool, rounds int, dat
 	addr := make(chan string, 1)
 	done := make(chan error, 1)
 	go func() {
-		_, err := RunOn(ctx, o, cc, Env{Data: data}, func(a string) { addr <- a })
+		_, err := RunOn(ctx, r, cc, Env{}, func(a string) { addr <- a })
 		done <- err
 	}()
 	select {

@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/fdxkafka/fdxkafka/aggregator/round"
 	"github.com/fdxkafka/fdxkafka/aggregator/scaleout"
-	"github.com/fdxkafka/fdxkafka/shared/dataset"
 	"github.com/fdxkafka/fdxkafka/shared/kafkachan"
 	"github.com/fdxkafka/fdxkafka/shared/trust"
 )
@@ -19,59 +17,41 @@ const (
 	RoleLeader = "leader"
 )
 
-// RunRole runs one scale-out process of the job spec describes on the
-// Kafka brokers of cc: a worker named worker, or the leader. Only
-// synchronous FedAvg jobs scale out; anything else is refused with the
-// reason.
-func RunRole(ctx context.Context, spec Spec, cc ChannelConfig, env Env, role, worker string) error {
-	spec = spec.WithDefaults()
-	if err := spec.Validate(); err != nil {
-		return err
-	}
+// RunRole runs one scale-out process of the job r describes on the Kafka
+// brokers of cc: a worker named worker, or the leader. Only synchronous
+// FedAvg jobs scale out; anything else is refused with the reason.
+func RunRole(ctx context.Context, r *Resolved, cc ChannelConfig, env Env, role, worker string) error {
+	spec := r.spec
 	switch {
 	case role != RoleWorker && role != RoleLeader:
 		return fmt.Errorf("--role %q: want %s or %s", role, RoleWorker, RoleLeader)
 	case cc.Transport != Kafka:
 		return errors.New("--role needs an external Kafka broker (--broker): workers and leader are separate processes")
-	case spec.Mode == ModeAsync:
+	case spec.Rounds.Mode == ModeAsync:
 		return errors.New("--role: asynchronous jobs do not scale out (a version is the next K updates in one order)")
 	case role == RoleWorker && worker == "":
 		return errors.New("--role worker needs --worker-name, unique in the job and kept across restarts")
-	case spec.ModelEncoding != "" && spec.ModelEncoding != "float32":
+	case spec.Training.ModelEncoding != "" && spec.Training.ModelEncoding != "float32":
 		return errors.New("--role: the leader publishes float32 models (--model-encoding float16 is a single-aggregator feature)")
 	}
 	if err := scaleout.CheckStrategy(spec.Strategy.Name); err != nil {
 		return err
 	}
-	if spec.FractionFit < 1 || spec.FractionEvaluate > 0 || spec.TargetClients > spec.MinClients || spec.RoundTimeout > 0 || spec.TargetAccuracy > 0 {
+	rd := spec.Rounds
+	if spec.Sampling.FractionFit < 1 || spec.Sampling.FractionEvaluate > 0 || rd.TargetClients > rd.MinClients || rd.RoundTimeout > 0 || rd.TargetAccuracy > 0 {
 		return errors.New("--role: sampling, federated evaluation, --target-clients, --round-timeout and --target-accuracy are single-aggregator features")
+	}
+	// Scale-out folds with exact partial sums, not the strategy; taking
+	// it marks the job as run all the same.
+	if _, err := r.takeStrategy(); err != nil {
+		return err
 	}
 	log := env.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	data := env.Data
-	if data == nil {
-		data = dataset.NewCatalog()
-	}
-	trainSet, err := data.Load(spec.Dataset, dataset.SplitTrain)
-	if err != nil {
-		return err
-	}
-	_, maxBytes, err := spec.Shapes(data)
-	if err != nil {
-		return err
-	}
-	train, err := spec.TrainConfig()
-	if err != nil {
-		return err
-	}
-	cfg := scaleout.Config{Strategy: spec.Strategy.Name, Job: round.Job{
-		ID: spec.Job, NumRounds: spec.NumRounds, MinClients: spec.MinClients,
-		Train: train, InDim: trainSet.Dim, Classes: trainSet.Classes,
-		MaxNorm: spec.MaxNorm, NormFactor: max(spec.NormFactor, 0), MaxExamples: int64(trainSet.Len()),
-		ExamplesOf: shardSizes(data, spec), MaxUpdateBytes: maxBytes, Allowed: spec.Allowed,
-	}}
+	maxBytes := r.maxBytes
+	cfg := r.ScaleoutConfig()
 	parts := cc.UpdatePartitions
 	if parts == 0 {
 		parts = 4

@@ -39,8 +39,8 @@ func kafkaSecured(t *testing.T, sb *kafkatest.Secure, protocol string) {
 			t.Fatalf("%s properties of %s: security.protocol %q, want %s", role, sb.Brokers, p, protocol)
 		}
 	}
-	o := Spec{Job: kafkatest.Job(t), MinClients: 3, NumRounds: 2,
-		Dataset: "synthetic", MaxExamples: 60, EvalExamples: 200, Partition: dataset.PartitionSpec{NumPartitions: 3}, Seed: 5}
+	o := Spec{Job: kafkatest.Job(t), Seed: 5, Rounds: RoundsSpec{MinClients: 3, NumRounds: 2},
+		Data: DataSpec{Dataset: "synthetic", MaxExamples: 60, EvalExamples: 200, Partition: dataset.PartitionSpec{NumPartitions: 3}}}
 	cc := ChannelConfig{Transport: Kafka, Brokers: sb.Brokers, KafkaProperties: sb.Props(t, "aggregator")}
 	sb.Grant(t, o.Job)
 	data := dataset.NewCatalog()
@@ -81,12 +81,12 @@ func kafkaSecured(t *testing.T, sb *kafkatest.Secure, protocol string) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				code, body := post(good.URL, fmt.Sprint(i), o.NumRounds)
+				code, body := post(good.URL, fmt.Sprint(i), o.Rounds.NumRounds)
 				var r function.Response
 				if code != http.StatusOK {
 					errs <- fmt.Errorf("client %d: HTTP %d: %s", i, code, body)
-				} else if err := json.Unmarshal([]byte(body), &r); err != nil || len(r.Rounds) != o.NumRounds {
-					errs <- fmt.Errorf("client %d: summary %s (%v): want %d rounds", i, body, err, o.NumRounds)
+				} else if err := json.Unmarshal([]byte(body), &r); err != nil || len(r.Rounds) != o.Rounds.NumRounds {
+					errs <- fmt.Errorf("client %d: summary %s (%v): want %d rounds", i, body, err, o.Rounds.NumRounds)
 				}
 			}()
 		}
@@ -110,7 +110,7 @@ func kafkaSecured(t *testing.T, sb *kafkatest.Secure, protocol string) {
 			}()
 		}
 	}
-	res, err := RunOn(ctx, o, cc, Env{Data: data}, ready)
+	res, err := RunOn(ctx, resolve(t, o, data), cc, Env{}, ready)
 	if err != nil {
 		t.Fatalf("secure kafka job: %v", err)
 	}
@@ -119,8 +119,8 @@ func kafkaSecured(t *testing.T, sb *kafkatest.Secure, protocol string) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if len(res.Rounds) != o.NumRounds || res.Final.GetRound() != int64(o.NumRounds+1) || !res.Final.GetFinal() {
-		t.Fatalf("%d rounds, final round %d (final %v); want %d rounds and a final round %d", len(res.Rounds), res.Final.GetRound(), res.Final.GetFinal(), o.NumRounds, o.NumRounds+1)
+	if len(res.Rounds) != o.Rounds.NumRounds || res.Final.GetRound() != int64(o.Rounds.NumRounds+1) || !res.Final.GetFinal() {
+		t.Fatalf("%d rounds, final round %d (final %v); want %d rounds and a final round %d", len(res.Rounds), res.Final.GetRound(), res.Final.GetFinal(), o.Rounds.NumRounds, o.Rounds.NumRounds+1)
 	}
 	for _, r := range res.Rounds {
 		if len(r.Contributors) != 3 || strings.Contains(strings.Join(r.Contributors, ","), "intruder") || strings.Contains(strings.Join(r.Contributors, ","), "mistrusted") {

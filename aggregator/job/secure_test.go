@@ -34,8 +34,9 @@ func TestGRPCSecured(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	data := dataset.NewCatalog()
-	o := Spec{Job: kafkatest.Job(t), MinClients: 1, NumRounds: 1,
-		Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}
+	o := Spec{Job: kafkatest.Job(t), Rounds: RoundsSpec{MinClients: 1, NumRounds: 1},
+		Data: DataSpec{Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}}
+	r := resolve(t, o, data)
 	cc := ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0",
 		GRPCTLS: srvTLS, Tokens: map[string]string{"a": "tok-a", "b": "tok-b"}}
 	addr := make(chan string, 1)
@@ -45,7 +46,7 @@ func TestGRPCSecured(t *testing.T) {
 	}
 	done := make(chan outcome, 1)
 	go func() {
-		res, err := RunOn(ctx, o, cc, Env{Data: data}, func(a string) { addr <- a })
+		res, err := RunOn(ctx, r, cc, Env{}, func(a string) { addr <- a })
 		done <- outcome{res, err}
 	}()
 	a := <-addr

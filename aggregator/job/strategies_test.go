@@ -39,16 +39,16 @@ func TestEveryStrategyBothChannels(t *testing.T) {
 			continue // aliases: the same code as fedmedian and fedtrimmedavg
 		}
 		t.Run(name, func(t *testing.T) {
-			spec := Spec{Job: kafkatest.Job(t), MinClients: clients, NumRounds: rounds, Dataset: "synthetic",
-				MaxExamples: 100, EvalExamples: 200, Seed: 11, Strategy: strategy.Config{Name: name, Seed: 5},
-				Partition: dataset.PartitionSpec{NumPartitions: clients}}
+			spec := Spec{Job: kafkatest.Job(t), Seed: 11, Rounds: RoundsSpec{MinClients: clients, NumRounds: rounds},
+				Data:     DataSpec{Dataset: "synthetic", MaxExamples: 100, EvalExamples: 200, Partition: dataset.PartitionSpec{NumPartitions: clients}},
+				Strategy: strategy.Config{Name: name, Seed: 5}}
 			if name == "dpfedavg-adaptive" {
 				// The default σ_b = n/20 needs 11 clients for z = 1.
 				spec.Strategy.ClippedCountStddev = 1
 			}
-			kres := runFederation(t, spec, ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}, Env{Data: data}, clients)
+			kres := runFederation(t, resolve(t, spec, data), ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}, Env{}, clients)
 			spec.Job = kafkatest.Job(t)
-			gres := runFederation(t, spec, ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0"}, Env{Data: data}, clients)
+			gres := runFederation(t, resolve(t, spec, data), ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0"}, Env{}, clients)
 			for _, res := range []*Result{kres, gres} {
 				if len(res.Rounds) != rounds || res.Final.GetRound() != rounds+1 || !res.Final.GetFinal() {
 					t.Fatalf("%s: %d rounds, final model round %d", res.Channel, len(res.Rounds), res.Final.GetRound())
@@ -130,9 +130,9 @@ func TestSamplingAndFederatedEvaluation(t *testing.T) {
 		t.Run(channelName, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
-			spec := Spec{Job: kafkatest.Job(t), MinClients: 2, NumRounds: rounds, Dataset: "synthetic",
-				MaxExamples: 100, EvalExamples: 200, Seed: 21, Partition: dataset.PartitionSpec{NumPartitions: n},
-				MinAvailableClients: n, FractionFit: 0.5, FractionEvaluate: 0.25}
+			spec := Spec{Job: kafkatest.Job(t), Seed: 21, Rounds: RoundsSpec{MinClients: 2, NumRounds: rounds},
+				Data:     DataSpec{Dataset: "synthetic", MaxExamples: 100, EvalExamples: 200, Partition: dataset.PartitionSpec{NumPartitions: n}},
+				Sampling: SamplingSpec{MinAvailableClients: n, FractionFit: 0.5, FractionEvaluate: 0.25}}
 			cc := ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}
 			if channelName == "grpc" {
 				cc = ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0"}
@@ -165,7 +165,7 @@ func TestSamplingAndFederatedEvaluation(t *testing.T) {
 					}
 				})
 			}
-			res, err := RunOn(ctx, spec, cc, Env{Data: data}, ready)
+			res, err := RunOn(ctx, resolve(t, spec, data), cc, Env{}, ready)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -12,13 +12,13 @@ import (
 // with the bit-identical model.
 func TestSyntheticLargeModel(t *testing.T) {
 	data := dataset.NewCatalog()
-	spec := Spec{Job: kafkatest.Job(t), MinClients: 2, NumRounds: 2, Model: "synthetic:6", MaxExamples: 50, EvalExamples: 100,
-		Partition: dataset.PartitionSpec{NumPartitions: 2}, Seed: 11}
-	kres := runFederation(t, spec, ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}, Env{Data: data}, 2)
-	gres := runFederation(t, spec, ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0"}, Env{Data: data}, 2)
+	spec := Spec{Job: kafkatest.Job(t), Seed: 11, Rounds: RoundsSpec{MinClients: 2, NumRounds: 2}, Training: TrainingSpec{Model: "synthetic:6"},
+		Data: DataSpec{MaxExamples: 50, EvalExamples: 100, Partition: dataset.PartitionSpec{NumPartitions: 2}}}
+	kres := runFederation(t, resolve(t, spec, data), ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t)}, Env{}, 2)
+	gres := runFederation(t, resolve(t, spec, data), ChannelConfig{Transport: GRPC, Listen: "127.0.0.1:0"}, Env{}, 2)
 	// The same job with each model's chunks spread over 3 partitions.
 	spec.Job += "-spread"
-	sres := runFederation(t, spec, ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t), ModelPartitions: 3}, Env{Data: data}, 2)
+	sres := runFederation(t, resolve(t, spec, data), ChannelConfig{Transport: Kafka, Brokers: kafkatest.Brokers(t), ModelPartitions: 3}, Env{}, 2)
 	for _, res := range []*Result{kres, gres, sres} {
 		if len(res.Rounds) != 2 || res.Final.GetRound() != 3 || len(res.Rejected) != 0 {
 			t.Fatalf("%s: %d rounds, final round %d, rejections %v; want 2 rounds, final round 3, none rejected", res.Channel, len(res.Rounds), res.Final.GetRound(), res.Rejected)

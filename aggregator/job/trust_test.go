@@ -83,8 +83,8 @@ func TestForgeriesChangeNothing(t *testing.T) {
 	const clients, rounds = 3, 3
 	tokens := map[string]string{"0": "tok-0", "1": "tok-1", "2": "tok-2"}
 	data := dataset.NewCatalog()
-	spec := Spec{Job: kafkatest.Job(t), MinClients: clients, NumRounds: rounds, Dataset: "synthetic",
-		MaxExamples: 60, EvalExamples: 200, Seed: 9}
+	spec := Spec{Job: kafkatest.Job(t), Seed: 9, Rounds: RoundsSpec{MinClients: clients, NumRounds: rounds},
+		Data: DataSpec{Dataset: "synthetic", MaxExamples: 60, EvalExamples: 200}}
 	cc := ChannelConfig{Transport: Kafka, Brokers: brokers, Signer: signer, Tokens: tokens}
 	fleet := fedtest.Options{Data: data, Tokens: tokens,
 		Transport: participant.Transport{ModelVerifier: trust.NewVerifier(signer.Public())}}
@@ -95,7 +95,7 @@ func TestForgeriesChangeNothing(t *testing.T) {
 	ref.Job += "-ref"
 	target.Job = ref.Job
 	wait := fedtest.Clients(ctx, t, target, clients, fleet)
-	want, err := RunOn(ctx, ref, cc, Env{Data: data}, nil)
+	want, err := RunOn(ctx, resolve(t, ref, data), cc, Env{}, nil)
 	if err != nil {
 		t.Fatalf("reference job: %v", err)
 	}
@@ -105,7 +105,8 @@ func TestForgeriesChangeNothing(t *testing.T) {
 	// before any client comes.
 	actx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { _, err := RunOn(actx, spec, cc, Env{Data: data}, nil); done <- err }()
+	attacked := resolve(t, spec, data)
+	go func() { _, err := RunOn(actx, attacked, cc, Env{}, nil); done <- err }()
 	ko := kafkachan.Options{Brokers: brokers, Job: spec.Job}
 	waitRound(ctx, t, ko, 1)
 	stop()
@@ -113,10 +114,7 @@ func TestForgeriesChangeNothing(t *testing.T) {
 		t.Fatal("stopped job returned no error")
 	}
 
-	specs, _, err := spec.Shapes(data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	specs := attacked.Shapes()
 	big := make([][]float32, len(specs))
 	for i, s := range specs {
 		big[i] = make([]float32, s.Size())
@@ -148,7 +146,7 @@ func TestForgeriesChangeNothing(t *testing.T) {
 
 	target.Job = spec.Job
 	wait = fedtest.Clients(ctx, t, target, clients, fleet)
-	got, err := RunOn(ctx, spec, cc, Env{Data: data}, nil)
+	got, err := RunOn(ctx, resolve(t, spec, data), cc, Env{}, nil)
 	if err != nil {
 		t.Fatalf("attacked job: %v", err)
 	}
@@ -183,18 +181,17 @@ func TestRestartWalksPastDamage(t *testing.T) {
 	defer cancel()
 	brokers := kafkatest.Brokers(t)
 	data := dataset.NewCatalog()
-	spec := Spec{Job: kafkatest.Job(t), MinClients: 1, NumRounds: 1, Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}
+	spec := Spec{Job: kafkatest.Job(t), Rounds: RoundsSpec{MinClients: 1, NumRounds: 1},
+		Data: DataSpec{Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}}
 	cc := ChannelConfig{Transport: Kafka, Brokers: brokers}
 	actx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { _, err := RunOn(actx, spec, cc, Env{Data: data}, nil); done <- err }()
+	first := resolve(t, spec, data)
+	go func() { _, err := RunOn(actx, first, cc, Env{}, nil); done <- err }()
 	waitRound(ctx, t, kafkachan.Options{Brokers: brokers, Job: spec.Job}, 1)
 	stop()
 	<-done
-	specs, _, err := spec.Shapes(data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	specs := first.Shapes()
 	wrong := tensor.Encode([][]float32{{1, 2, 3}}, []tensor.Spec{{Name: "fc0.weight", Shape: []int64{3}}})
 	produceRaw(t, brokers, kafkachan.ModelTopic(spec.Job),
 		&kgo.Record{Value: marshal(t, &fdxv1.GlobalModel{Job: spec.Job, Round: 2, NumRounds: 1, Final: true, Params: wrong})},
@@ -207,7 +204,7 @@ func TestRestartWalksPastDamage(t *testing.T) {
 	}
 	update := marshal(t, &fdxv1.Update{Job: spec.Job, ClientId: "0", BaseRound: 1, NumExamples: 10, Params: tensor.Encode(zeros, specs)})
 	produceRaw(t, brokers, kafkachan.UpdatesTopic(spec.Job), &kgo.Record{Key: []byte("0"), Value: update})
-	res, err := RunOn(ctx, spec, cc, Env{Data: data}, nil)
+	res, err := RunOn(ctx, resolve(t, spec, data), cc, Env{}, nil)
 	if err != nil {
 		t.Fatalf("restart over damaged records: %v", err)
 	}

@@ -24,7 +24,8 @@ func TestWarmInvocationAfterFinal(t *testing.T) {
 	defer cancel()
 	data := dataset.NewCatalog()
 	const rounds = 2
-	spec := Spec{Job: kafkatest.Job(t), MinClients: 1, NumRounds: rounds, Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}
+	spec := Spec{Job: kafkatest.Job(t), Rounds: RoundsSpec{MinClients: 1, NumRounds: rounds},
+		Data: DataSpec{Dataset: "synthetic", MaxExamples: 50, EvalExamples: 100}}
 	brokers := kafkatest.Brokers(t)
 	cc := ChannelConfig{Transport: Kafka, Brokers: brokers}
 	fn := httptest.NewServer(function.NewServer(function.Config{Data: data, Cache: dialcache.New(dialcache.Options{MaxIdle: 2})}))
@@ -33,7 +34,7 @@ func TestWarmInvocationAfterFinal(t *testing.T) {
 	ready := func(addr string) {
 		go func() { first <- invoke(fn.URL, addr, "kafka", spec.Job, "0", rounds) }()
 	}
-	res, err := RunOn(ctx, spec, cc, Env{Data: data}, ready)
+	res, err := RunOn(ctx, resolve(t, spec, data), cc, Env{}, ready)
 	if err != nil {
 		t.Fatal(err)
 	}

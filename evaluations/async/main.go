@@ -146,16 +146,21 @@ func runJob(ctx context.Context, c config, mode string, slow int, data *dataset.
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	spec := job.Spec{
-		Job: fmt.Sprintf("async-bench-%s-%d", mode, time.Now().UnixNano()), Mode: mode,
-		MinClients: c.clients, NumRounds: c.maxRounds, TargetAccuracy: c.target,
-		MaxExamples: c.maxExamples, EvalExamples: c.evalExamples, Seed: c.seed,
-		Partition: dataset.PartitionSpec{NumPartitions: c.clients},
+		Job:    fmt.Sprintf("async-bench-%s-%d", mode, time.Now().UnixNano()),
+		Seed:   c.seed,
+		Rounds: job.RoundsSpec{Mode: mode, MinClients: c.clients, NumRounds: c.maxRounds, TargetAccuracy: c.target},
+		Data: job.DataSpec{MaxExamples: c.maxExamples, EvalExamples: c.evalExamples,
+			Partition: dataset.PartitionSpec{NumPartitions: c.clients}},
 	}
 	if mode == job.ModeAsync {
-		spec.BufferSize, spec.StalenessExponent = c.bufferSize, c.exponent
+		spec.Rounds.BufferSize, spec.Rounds.StalenessExponent = c.bufferSize, c.exponent
 		if c.exponent == 0 {
-			spec.StalenessExponent = -1
+			spec.Rounds.StalenessExponent = -1
 		}
+	}
+	r, err := spec.Resolve(data)
+	if err != nil {
+		return outcome{}, err
 	}
 	cc := job.ChannelConfig{Transport: job.Kafka, Brokers: c.brokers}
 	if c.brokers == "" {
@@ -183,7 +188,7 @@ func runJob(ctx context.Context, c config, mode string, slow int, data *dataset.
 			})
 		}
 	}
-	res, err := job.RunOn(ctx, spec, cc, job.Env{Data: data, Log: log}, ready)
+	res, err := job.RunOn(ctx, r, cc, job.Env{Log: log}, ready)
 	stopClients()
 	wg.Wait()
 	if err != nil {

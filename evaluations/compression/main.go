@@ -4,8 +4,8 @@
 // broker, and prints, per encoding, the bytes of one update and of one
 // model record and the test accuracy after rounds 1, 5 and the last.
 // float16 and int8 updates carry the delta from the global model (see
-// job.Spec.UpdateEncoding); "update/model" names also set the model
-// encoding (job.Spec.ModelEncoding, float32 or float16).
+// job.TrainingSpec.UpdateEncoding); "update/model" names also set the
+// model encoding (job.TrainingSpec.ModelEncoding, float32 or float16).
 package main
 
 import (
@@ -48,9 +48,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			mod = "float32"
 		}
 		spec := job.Spec{
-			Job: "compression-" + strings.ReplaceAll(upd, ":", "") + "-" + mod + "-" + strconv.FormatInt(time.Now().UnixNano(), 36), MinClients: *clients, NumRounds: *rounds,
-			Model: *kind, MaxExamples: *maxEx, Partition: dataset.PartitionSpec{Scheme: dataset.SchemeIID, NumPartitions: *clients},
-			Seed: *seed, UpdateEncoding: upd, ModelEncoding: mod, NormFactor: -1,
+			Job:      "compression-" + strings.ReplaceAll(upd, ":", "") + "-" + mod + "-" + strconv.FormatInt(time.Now().UnixNano(), 36),
+			Seed:     *seed,
+			Rounds:   job.RoundsSpec{MinClients: *clients, NumRounds: *rounds},
+			Data:     job.DataSpec{MaxExamples: *maxEx, Partition: dataset.PartitionSpec{Scheme: dataset.SchemeIID, NumPartitions: *clients}},
+			Training: job.TrainingSpec{Model: *kind, UpdateEncoding: upd, ModelEncoding: mod},
+			Security: job.SecuritySpec{NormFactor: -1},
 		}
 		res, err := runJob(ctx, spec, data, *clients)
 		if err != nil {
@@ -97,7 +100,11 @@ func runJob(ctx context.Context, spec job.Spec, data *dataset.Catalog, n int) (*
 			})
 		}
 	}
-	res, err := job.RunOn(ctx, spec, job.ChannelConfig{Transport: job.EmbeddedKafka, Listen: "127.0.0.1:0"}, job.Env{Data: data}, ready)
+	r, err := spec.Resolve(data)
+	if err != nil {
+		return nil, err
+	}
+	res, err := job.RunOn(ctx, r, job.ChannelConfig{Transport: job.EmbeddedKafka, Listen: "127.0.0.1:0"}, job.Env{}, ready)
 	wg.Wait()
 	close(errs)
 	if err != nil {

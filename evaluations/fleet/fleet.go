@@ -295,19 +295,24 @@ func runAggregator(ctx context.Context, cfg Config, ready func(addr string)) (*a
 		// Loopback, any free port: the fleet runs on the same machine.
 		cc = job.ChannelConfig{Transport: job.GRPC, Listen: "127.0.0.1:0"}
 	}
-	res, err := job.RunOn(ctx, job.Spec{
-		Job:           cfg.Job,
-		MinClients:    cfg.Clients,
-		TargetClients: cfg.Clients,
-		NumRounds:     cfg.Rounds,
-		Model:         cfg.Model,
-		// Numeric client ids k take shard k mod N: at most maxShards
-		// shards keep every shard at 10 MNIST examples or more, so that
-		// 100,000 clients claiming -examples 10 stay within their shards.
-		Partition:    dataset.PartitionSpec{Scheme: dataset.SchemeIID, NumPartitions: min(cfg.Clients, maxShards)},
-		Seed:         cfg.Seed,
-		EvalExamples: cfg.EvalExamples,
-	}, cc, job.Env{Log: cfg.Log.With("part", "aggregator")}, ready)
+	r, err := job.Spec{
+		Job:      cfg.Job,
+		Seed:     cfg.Seed,
+		Rounds:   job.RoundsSpec{MinClients: cfg.Clients, TargetClients: cfg.Clients, NumRounds: cfg.Rounds},
+		Training: job.TrainingSpec{Model: cfg.Model},
+		Data: job.DataSpec{
+			// Numeric client ids k take shard k mod N: at most maxShards
+			// shards keep every shard at 10 MNIST examples or more, so
+			// that 100,000 clients claiming -examples 10 stay within
+			// their shards.
+			Partition:    dataset.PartitionSpec{Scheme: dataset.SchemeIID, NumPartitions: min(cfg.Clients, maxShards)},
+			EvalExamples: cfg.EvalExamples,
+		},
+	}.Resolve(nil)
+	if err != nil {
+		return nil, err
+	}
+	res, err := job.RunOn(ctx, r, cc, job.Env{Log: cfg.Log.With("part", "aggregator")}, ready)
 	if err != nil {
 		return nil, err
 	}

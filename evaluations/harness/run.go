@@ -88,16 +88,20 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 	}
 	defer s.http.CloseIdleConnections()
 
-	spec := job.Spec{
-		Job:          s.job,
-		MinClients:   cfg.Clients,
-		NumRounds:    cfg.Rounds,
-		Model:        cfg.Model,
-		Dataset:      cfg.Dataset,
-		Partition:    dataset.PartitionSpec{Scheme: cfg.Partition, NumPartitions: cfg.Clients},
-		MaxExamples:  cfg.MaxExamples,
-		EvalExamples: cfg.EvalExamples,
-		Seed:         cfg.Seed,
+	spec, err := job.Spec{
+		Job:      s.job,
+		Seed:     cfg.Seed,
+		Rounds:   job.RoundsSpec{MinClients: cfg.Clients, NumRounds: cfg.Rounds},
+		Training: job.TrainingSpec{Model: cfg.Model},
+		Data: job.DataSpec{
+			Dataset:      cfg.Dataset,
+			Partition:    dataset.PartitionSpec{Scheme: cfg.Partition, NumPartitions: cfg.Clients},
+			MaxExamples:  cfg.MaxExamples,
+			EvalExamples: cfg.EvalExamples,
+		},
+	}.Resolve(cfg.Data)
+	if err != nil {
+		return nil, fmt.Errorf("job %s: %w", s.job, err)
 	}
 	brokerName := "grpc://127.0.0.1 (in process)"
 	cc := job.ChannelConfig{Transport: job.GRPC, Listen: "127.0.0.1:0"}
@@ -128,7 +132,7 @@ func runChannel(ctx context.Context, cfg Config, ch, fnURL string) (*ChannelRepo
 	// The job's Prometheus metrics are the harness's view of the
 	// aggregator while it runs: they drive per-round invocations and the
 	// progress lines.
-	env := job.Env{Log: quiet(s.log, "aggregator"), Metrics: metrics.New(s.job, ch), Data: cfg.Data}
+	env := job.Env{Log: quiet(s.log, "aggregator"), Metrics: metrics.New(s.job, ch)}
 	gomaxprocs := runtime.GOMAXPROCS(0)
 	threadsBefore := threads()
 	started := make(chan int64, cfg.Rounds+1)

@@ -129,11 +129,15 @@ type env struct {
 func (e *env) runJob(ctx context.Context, spec job.Spec, attackers int) (*job.Result, error) {
 	e.n++
 	spec.Job = fmt.Sprintf("strategies-%d-%d", os.Getpid(), e.n)
-	if spec.MinClients == 0 {
-		spec.MinClients = e.o.clients
+	if spec.Rounds.MinClients == 0 {
+		spec.Rounds.MinClients = e.o.clients
 	}
-	spec.Partition.NumPartitions = e.o.clients
+	spec.Data.Partition.NumPartitions = e.o.clients
 	spec.Seed = e.o.seed
+	r, err := spec.Resolve(e.data)
+	if err != nil {
+		return nil, err
+	}
 	cc := job.ChannelConfig{Transport: job.GRPC, Listen: "127.0.0.1:0"}
 	chName := participant.ChannelGRPC
 	if e.o.channel == "embedded" {
@@ -179,7 +183,7 @@ func (e *env) runJob(ctx context.Context, spec job.Spec, attackers int) (*job.Re
 		}
 	}
 	start := time.Now()
-	res, err := job.RunOn(ctx, spec, cc, job.Env{Data: e.data, Log: slog.New(slog.DiscardHandler)}, ready)
+	res, err := job.RunOn(ctx, r, cc, job.Env{Log: slog.New(slog.DiscardHandler)}, ready)
 	cancel()
 	wg.Wait()
 	close(errs)
@@ -275,7 +279,8 @@ func (e *env) opts() map[string]any {
 
 func (e *env) byzantineTable(ctx context.Context) error {
 	f := e.o.byzantine
-	base := job.Spec{NumRounds: e.o.byzRounds, NormFactor: -1} // the strategies' own defence only
+	// The strategies' own defence only.
+	base := job.Spec{Rounds: job.RoundsSpec{NumRounds: e.o.byzRounds}, Security: job.SecuritySpec{NormFactor: -1}}
 	clean, err := e.runJob(ctx, withStrategy(base, strategy.Config{Name: "fedavg"}), 0)
 	if err != nil {
 		return err
@@ -294,9 +299,9 @@ func (e *env) byzantineTable(ctx context.Context) error {
 	// The aggregator's default norm bound (10× the previous round's median
 	// update norm) in front of plain FedAvg, for comparison.
 	nb := withStrategy(base, strategy.Config{Name: "fedavg"})
-	nb.NormFactor = 0
+	nb.Security.NormFactor = 0
 	// Rejected attackers stop; the rounds close on the honest clients.
-	nb.MinClients = e.o.clients - f
+	nb.Rounds.MinClients = e.o.clients - f
 	res, err := e.runJob(ctx, nb, f)
 	if err != nil {
 		return err
@@ -316,8 +321,8 @@ func (e *env) byzantineTable(ctx context.Context) error {
 }
 
 func (e *env) nonIID(ctx context.Context) error {
-	base := job.Spec{NumRounds: e.o.nonIIDRnds, LocalEpochs: e.o.epochs,
-		Partition: dataset.PartitionSpec{Scheme: dataset.SchemeShards, ShardsPerClient: 2}}
+	base := job.Spec{Rounds: job.RoundsSpec{NumRounds: e.o.nonIIDRnds}, Training: job.TrainingSpec{LocalEpochs: e.o.epochs},
+		Data: job.DataSpec{Partition: dataset.PartitionSpec{Scheme: dataset.SchemeShards, ShardsPerClient: 2}}}
 	var rows []row
 	for _, c := range []struct {
 		name string
@@ -354,7 +359,7 @@ func (e *env) nonIID(ctx context.Context) error {
 }
 
 func (e *env) dp(ctx context.Context) error {
-	base := job.Spec{NumRounds: e.o.dpRounds}
+	base := job.Spec{Rounds: job.RoundsSpec{NumRounds: e.o.dpRounds}}
 	clean, err := e.runJob(ctx, withStrategy(base, strategy.Config{Name: "fedavg"}), 0)
 	if err != nil {
 		return err
