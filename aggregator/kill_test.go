@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fdxkafka/fdxkafka/aggregator/command"
 	"github.com/fdxkafka/fdxkafka/aggregator/job"
 	"github.com/fdxkafka/fdxkafka/client/participant"
 	"github.com/fdxkafka/fdxkafka/internal/cli"
@@ -300,9 +301,9 @@ func killAndResume(t *testing.T, k killJob) []*fdxv1.GlobalModel {
 		// log and folding and answering it.
 		inject := kills < minKills && kills%4 == 3
 		if inject && k.stateFile == "" {
-			env = append(env, envFaultBeforeCommit+"=any")
+			env = append(env, command.EnvFaultBeforeCommit+"=any")
 		} else if inject {
-			env = append(env, envFaultAfterStore+"=any")
+			env = append(env, command.EnvFaultAfterStore+"=any")
 		}
 		r := startAggregator(t, bin, k, env...)
 		if kills >= minKills {
@@ -422,7 +423,7 @@ func TestSIGTERM(t *testing.T) {
 	// the second signal always lands inside it.
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	r = startAggregator(t, bin, k, envFaultStallShutdown+"=1")
+	r = startAggregator(t, bin, k, command.EnvFaultStallShutdown+"=1")
 	select {
 	case <-r.ready:
 	case <-time.After(2 * time.Minute):
@@ -470,7 +471,7 @@ func TestStalledTransactionExits(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	wait := startClients(ctx, t, k)
-	r := startAggregator(t, bin, k, envFaultStallCommit+"=3")
+	r := startAggregator(t, bin, k, command.EnvFaultStallCommit+"=3")
 	start := time.Now()
 	err = r.wait(t, 2*time.Minute)
 	if code := r.cmd.ProcessState.ExitCode(); code != cli.ExitOutcomeUnknown {

@@ -1,7 +1,8 @@
 // Package layers holds the test that keeps FDxKafka's dependencies pointing
 // one way: function → client (participant) → channels → shared, and aggregator →
-// coordinator → round, strategy → validate, accumulator → shared. Neither binary
-// links the other's packages, the shared layer links neither, and the
+// coordinator → round, strategy → validate, accumulator → shared. Neither
+// binary links the other's packages (the aggregator not even the client
+// side: the demo binary adds it), the shared layer links neither, and the
 // round core (coordinator, round, strategy, validate, accumulator) links no
 // concrete transport: it sees a channel only through shared/channel.
 package layers
@@ -37,6 +38,9 @@ var rules = []rule{
 	// The aggregator links no function code. Its job tests do: they
 	// drive the real function handler against a real aggregator.
 	{"aggregator is not function", []string{mod + "aggregator/..."}, []string{mod + "function", mod + "evaluations"}, false},
+	// Nor does it link the client side: the clients the demo runs in its
+	// process are the demo binary's, not the aggregator's.
+	{"aggregator is not client", []string{mod + "aggregator/..."}, []string{mod + "client", mod + "demo"}, false},
 	// The shared layer links neither binary's code. The Kafka channel's
 	// tests fold streamed updates with the real strategies.
 	{"shared is below both binaries", []string{mod + "shared/..."}, []string{mod + "function", mod + "aggregator", mod + "evaluations"}, false},
@@ -132,13 +136,15 @@ func TestRulesCanFail(t *testing.T) {
 }
 
 // The lister must see what is linked: the aggregator's main package links
-// its coordinator, and the Kafka channel's tests link the real strategies.
+// its coordinator, the demo the client side, and the Kafka channel's tests
+// link the real strategies.
 func TestDepsSeesWhatIsLinked(t *testing.T) {
 	for _, tc := range []struct {
 		pattern, want string
 		tests         bool
 	}{
 		{mod + "aggregator", mod + "aggregator/coordinator", false},
+		{mod + "demo", mod + "client/participant", false},
 		{mod + "shared/kafkachan", mod + "aggregator/strategy", true},
 	} {
 		found := false

@@ -17,15 +17,15 @@ import (
 )
 
 // TestQuickStart runs the README's first command (the Quick start's
-// `go run ./aggregator ...` line, read from README.md, on a free port) and
+// `go run ./demo ...` line, read from README.md, on a free port) and
 // checks what a new user sees: the job's summary on stdout and, on
-// stderr, nothing but the aggregator's own log lines. A line the Kafka
-// client, the runtime or a C library writes past the logger fails the
-// test, and so does an error, or a warning from the Kafka client, in a
-// run where nothing went wrong.
+// stderr, nothing but the aggregator's and the clients' own log lines. A
+// line the Kafka client, the runtime or a C library writes past the
+// logger fails the test, and so does an error, or a warning from the
+// Kafka client, in a run where nothing went wrong.
 func TestQuickStart(t *testing.T) {
 	args := quickStartArgs(t)
-	bin, err := buildAggregator()
+	bin, err := buildDemo(t)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,10 +50,10 @@ func TestQuickStart(t *testing.T) {
 			cmd.Process.Kill()
 			<-done
 		}
-		t.Fatalf("aggregator %v still running after 3 minutes; sent SIGQUIT\n--- stderr ---\n%s", args, lastLines(stderr.String(), tailLines))
+		t.Fatalf("demo %v still running after 3 minutes; sent SIGQUIT\n--- stderr ---\n%s", args, lastLines(stderr.String(), tailLines))
 	}
 	if err != nil {
-		t.Fatalf("aggregator %v: %v\n--- stderr ---\n%s", args, err, lastLines(stderr.String(), tailLines))
+		t.Fatalf("demo %v: %v\n--- stderr ---\n%s", args, err, lastLines(stderr.String(), tailLines))
 	}
 
 	out := stdout.String()
@@ -83,7 +83,7 @@ func TestQuickStart(t *testing.T) {
 }
 
 // quickStartArgs are the arguments of the first command in the README's
-// Quick start, which must be `go run ./aggregator ...`.
+// Quick start, which must be `go run ./demo ...`.
 func quickStartArgs(t *testing.T) []string {
 	t.Helper()
 	f, err := os.Open(filepath.Join(kafkatest.RepoRoot(t), "README.md"))
@@ -103,14 +103,27 @@ func quickStartArgs(t *testing.T) []string {
 		case section && block:
 			cmd, _, _ := strings.Cut(line, "#")
 			fields := strings.Fields(cmd)
-			if len(fields) < 3 || fields[0] != "go" || fields[1] != "run" || fields[2] != "./aggregator" {
-				t.Fatalf("README Quick start: first command %q; want go run ./aggregator ...", line)
+			if len(fields) < 3 || fields[0] != "go" || fields[1] != "run" || fields[2] != "./demo" {
+				t.Fatalf("README Quick start: first command %q; want go run ./demo ...", line)
 			}
 			return fields[3:]
 		}
 	}
 	t.Fatalf("README.md has no Quick start command (%v)", sc.Err())
 	return nil
+}
+
+// tailLines is how much of the demo's stderr a failing test prints.
+const tailLines = 200
+
+// buildDemo compiles this command into the test's temporary directory.
+func buildDemo(t *testing.T) (string, error) {
+	bin := filepath.Join(t.TempDir(), "demo")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
 }
 
 // logRecord is what the test needs of one log line.
