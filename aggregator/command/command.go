@@ -36,6 +36,11 @@ import (
 	"github.com/fdxkafka/fdxkafka/shared/rules"
 )
 
+// localClientsGrace is how long the command waits, once the job has
+// ended, for in-process clients to read the final model and return: they
+// need one fetch, which takes milliseconds on a live channel.
+const localClientsGrace = 10 * time.Second
+
 // Options extend the command for a program built on it. The zero value is
 // the aggregator.
 type Options struct {
@@ -190,9 +195,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, o Options
 		return err
 	}
 	if o.LocalClients != nil {
-		if cerr := <-clientsDone; cerr != nil {
-			log.Warn("local clients", "err", cerr)
-		}
+		awaitLocalClients(clientsDone, cancel, log)
 	}
 	printSummary(stdout, res)
 	if c.out != "" {
@@ -248,4 +251,24 @@ func writeResult(path string, res *job.Result) error {
 		return fmt.Errorf("write result: %w", err)
 	}
 	return nil
+}
+
+// awaitLocalClients waits for the in-process clients once the job has
+// ended. A client that missed the final model (over gRPC with a short
+// --final-linger, the server is gone) waits for it as it would across an
+// aggregator restart, until its own timeout: after localClientsGrace such
+// clients are stopped with cancel, which ends their context.
+func awaitLocalClients(done <-chan error, cancel context.CancelFunc, log *slog.Logger) {
+	select {
+	case err := <-done:
+		if err != nil {
+			log.Warn("local clients", "err", err)
+		}
+	case <-time.After(localClientsGrace):
+		log.Info("local clients still waiting after the job ended; stopping them", "grace", localClientsGrace)
+		cancel()
+		if err := <-done; err != nil {
+			log.Debug("local clients stopped", "err", err)
+		}
+	}
 }

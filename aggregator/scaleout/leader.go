@@ -123,46 +123,17 @@ func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundR
 		if err != nil {
 			return nil, rec, err
 		}
-		p, err := openPartial(l.cfg.PartialKey, l.cfg.ID, rp.Worker, rp.Value)
+		p, part, reason, err := l.open(rp, r, seen)
 		switch {
-		case errors.Is(err, errPartialMAC):
-			skip(rp, "bad_mac", err)
-			continue
-		case err != nil:
-			skip(rp, "malformed", err)
-			continue
-		case p.Round < r:
+		case reason == "late":
 			rec.Late++
 			l.warn.Warn(ctx, "late", "late partial ignored", "round", r, "partial_round", p.Round, "worker", rp.Worker, "updates", p.Count)
 			continue
-		case p.Round > r:
-			skip(rp, "future_round", fmt.Errorf("partial for round %d, the open round is %d", p.Round, r))
+		case reason != "":
+			skip(rp, reason, err)
 			continue
-		}
-		var dup string
-		for _, c := range p.Contributors {
-			if seen[c] {
-				dup = c
-				break
-			}
-		}
-		if dup != "" {
-			// Its sum cannot be taken apart: a partial holding a client
-			// already merged is a replay (an update's offset commits
-			// with the one partial that folded it), and merging it
-			// would count that client twice.
-			skip(rp, "duplicate", fmt.Errorf("client %q is already merged in round %d", dup, r))
-			continue
-		}
-		var part *accumulator.Accumulator
-		if p.Count > 0 {
-			if part, err = accumulator.New(l.job.Sizes()); err != nil {
-				return nil, rec, err
-			}
-			if err := part.UnmarshalBinary(p.Acc); err != nil {
-				skip(rp, "malformed", err)
-				continue
-			}
+		case err != nil:
+			return nil, rec, err
 		}
 		if part != nil {
 			if err := acc.Merge(part); err != nil {
@@ -202,4 +173,46 @@ func (l *Leader) round(ctx context.Context, r int64) (*fdxv1.GlobalModel, RoundR
 	rec.Merge = time.Since(start)
 	l.log.Info("round closed", "round", r, "clients", rec.Clients, "partials", rec.Partials, "late", rec.Late, "skipped", rec.Skipped, "merge_ms", rec.Merge.Milliseconds())
 	return nm, rec, nil
+}
+
+// open opens a partial of the open round r and readies it for merging:
+// its sums (nil for a partial without updates). A partial that cannot be
+// merged comes with the reason it is skipped and why: it does not
+// authenticate (bad_mac) or decode (malformed), belongs to a closed round
+// (late: its updates arrived after the close and count nowhere, as stale
+// updates would) or to one not opened yet (future_round), or holds a
+// client already merged (duplicate). Only an error without a reason is
+// the leader's own.
+func (l *Leader) open(rp channel.Partial, r int64, seen map[string]bool) (*partial, *accumulator.Accumulator, string, error) {
+	p, err := openPartial(l.cfg.PartialKey, l.cfg.ID, rp.Worker, rp.Value)
+	switch {
+	case errors.Is(err, errPartialMAC):
+		return nil, nil, "bad_mac", err
+	case err != nil:
+		return nil, nil, "malformed", err
+	case p.Round < r:
+		return p, nil, "late", nil
+	case p.Round > r:
+		return nil, nil, "future_round", fmt.Errorf("partial for round %d, the open round is %d", p.Round, r)
+	}
+	for _, c := range p.Contributors {
+		if seen[c] {
+			// Its sum cannot be taken apart: a partial holding a client
+			// already merged is a replay (an update's offset commits
+			// with the one partial that folded it), and merging it
+			// would count that client twice.
+			return nil, nil, "duplicate", fmt.Errorf("client %q is already merged in round %d", c, r)
+		}
+	}
+	if p.Count == 0 {
+		return p, nil, "", nil
+	}
+	part, err := accumulator.New(l.job.Sizes())
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if err := part.UnmarshalBinary(p.Acc); err != nil {
+		return nil, nil, "malformed", err
+	}
+	return p, part, "", nil
 }

@@ -30,7 +30,7 @@ const (
 	readmePath = "evaluations/netbench/README.md"
 )
 
-const resultsNote = "netbench: Kafka vs gRPC on tc-shaped links between network namespaces; see evaluations/README.md#netbench"
+const resultsNote = "netbench: Kafka vs gRPC on tc-shaped links between network namespaces; see evaluations/README.md#over-a-real-network"
 
 // writeResults merges rs into dir's JSON (a cell run again replaces its
 // earlier runs) and rewrites the plots and the README at readme.
