@@ -148,7 +148,7 @@ func (c *Coordinator) version(ctx context.Context, cur *fdxv1.GlobalModel, param
 			staleMax = max(staleMax, tau)
 			return nil
 		})
-	for st.check.Count() < a.BufferSize {
+	for st.in.Check().Count() < a.BufferSize {
 		d, err := c.ch.Next(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -169,7 +169,7 @@ func (c *Coordinator) version(ctx context.Context, cur *fdxv1.GlobalModel, param
 		// a model with infinities.
 		return nil, nil, st.rec, fmt.Errorf("version %d: aggregate: %w", v, err)
 	}
-	n := float64(st.check.Count())
+	n := float64(st.in.Check().Count())
 	st.rec.Strategy = map[string]float64{
 		"staleness_mean": float64(staleSum) / n,
 		"staleness_max":  float64(staleMax),

@@ -313,7 +313,6 @@ type roundState struct {
 	rec       RoundRecord
 	agg       strategy.Round
 	in        *round.Intake
-	check     *validate.Round // in's
 	published time.Time
 	deadline  time.Time // zero: none
 	// pastDeadline: the deadline passed, so the round closes with
@@ -356,7 +355,7 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 		published: cur.GetPublishedAt().AsTime(),
 		plan:      plan,
 	}
-	c.openIntake(st, validate.NewRound(c.expect(r, params, plan)), c.cfg.NormFactor,
+	c.openIntake(st, validate.NewRound(c.expect(r, params, plan)), c.job.SelfBound(c.medianNorm),
 		func(u *fdxv1.Update, vals *validate.Values) error {
 			return agg.Add(strategy.Update{ClientID: u.GetClientId(), NumExamples: u.GetNumExamples(), Checked: vals})
 		})
@@ -380,14 +379,14 @@ func (c *Coordinator) round(ctx context.Context, cur *fdxv1.GlobalModel, params 
 func (c *Coordinator) collect(ctx context.Context, st *roundState) ([][]float32, error) {
 	for {
 		for {
-			if st.in.Held() > 0 && st.check.Count() >= st.target(c.cfg) {
+			if st.in.Held() > 0 && st.in.Check().Count() >= st.target(c.cfg) {
 				// Decide the held updates now: their evaluations may be
 				// what the round still waits for, and refusals reopen it.
 				if err := st.in.Decide(ctx, true); err != nil {
 					return nil, err
 				}
 			}
-			if st.check.Count() >= st.target(c.cfg) && !c.evaluationsDue(st) {
+			if st.in.Check().Count() >= st.target(c.cfg) && !c.evaluationsDue(st) {
 				break
 			}
 			d, err := c.receive(ctx, st)
@@ -412,8 +411,8 @@ func (c *Coordinator) collect(ctx context.Context, st *roundState) ([][]float32,
 		if errors.Is(err, strategy.ErrTooFewUpdates) {
 			// A robust strategy needs more updates than it has to tolerate
 			// its assumed attackers: keep collecting, past any deadline.
-			st.needMore = st.check.Count() + 1
-			c.log.Warn("strategy needs more updates; round stays open", "round", st.rec.Round, "clients", st.check.Count(), "err", err)
+			st.needMore = st.in.Check().Count() + 1
+			c.log.Warn("strategy needs more updates; round stays open", "round", st.rec.Round, "clients", st.in.Check().Count(), "err", err)
 			continue
 		}
 		if err != nil {
@@ -438,7 +437,7 @@ func (c *Coordinator) receive(ctx context.Context, st *roundState) (channel.Deli
 // with what it has, fail the job, or wait for the minimum.
 func (c *Coordinator) deadlinePassed(st *roundState) error {
 	st.pastDeadline = true
-	n := st.check.Count()
+	n := st.in.Check().Count()
 	switch {
 	case n >= c.cfg.MinClients:
 		c.log.Info("round deadline passed", "round", st.rec.Round, "clients", n)
@@ -459,14 +458,10 @@ func (c *Coordinator) expect(r int64, params [][]float32, plan *roundPlan) valid
 }
 
 // openIntake gives st the intake of its updates, checked by check and
-// folded by fold. A round without a median from the round before bounds
-// norms by its own, times factor (round.Intake).
-func (c *Coordinator) openIntake(st *roundState, check *validate.Round, factor float64, fold func(*fdxv1.Update, *validate.Values) error) {
-	if !c.job.SelfBound(c.medianNorm) {
-		factor = 0
-	}
-	st.check = check
-	st.in = round.NewIntake(check, factor, round.Hooks{
+// folded by fold, the round bounding norms by its own median times
+// selfBound (0: not; round.NewIntake).
+func (c *Coordinator) openIntake(st *roundState, check *validate.Round, selfBound float64, fold func(*fdxv1.Update, *validate.Values) error) {
+	st.in = round.NewIntake(check, selfBound, round.Hooks{
 		Fold: fold,
 		FoldStream: func(ctx context.Context, d channel.Delivery) error {
 			sr, ok := st.agg.(strategy.StreamRound)
@@ -511,12 +506,12 @@ func (c *Coordinator) close(ctx context.Context, st *roundState, next [][]float3
 	rec := &st.rec
 	r := rec.Round
 	rec.AggregateMs = ms(st.finish + st.in.FoldTime())
-	rec.Contributors = st.check.Admitted()
+	rec.Contributors = st.in.Check().Admitted()
 	rec.Clients = len(rec.Contributors)
 	rec.PropagationMs = ms(st.propagation)
 	c.summarize(st)
 	metrics := map[string]float64{}
-	c.medianNorm = st.check.MedianNorm()
+	c.medianNorm = st.in.Check().MedianNorm()
 	if err := c.job.Snap(next); err != nil {
 		return nil, fmt.Errorf("round %d's model: %w", r, err)
 	}
@@ -530,7 +525,7 @@ func (c *Coordinator) close(ctx context.Context, st *roundState, next [][]float3
 	}
 	metrics[round.MetricMedianNorm] = c.medianNorm
 	if c.cfg.Async != nil {
-		c.lastBase = c.prune(st.check.LastBase(), r+1)
+		c.lastBase = c.prune(st.in.Check().LastBase(), r+1)
 	}
 	state, err := c.state()
 	if err != nil {

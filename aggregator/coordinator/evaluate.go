@@ -43,8 +43,8 @@ func (c *Coordinator) noteFit(st *roundState, u *fdxv1.Update) {
 		}
 	}
 	st.metrics.fit = append(st.metrics.fit, strategy.ClientMetrics{ClientID: u.GetClientId(), Examples: u.GetNumExamples(), Metrics: fit})
-	if st.check.WantsEvaluation(u.GetClientId()) {
-		if n, ok := st.check.EvalExamples(u.GetClientId(), u.GetMetrics()[rules.MetricEvalExamples]); ok {
+	if st.in.Check().WantsEvaluation(u.GetClientId()) {
+		if n, ok := st.in.Check().EvalExamples(u.GetClientId(), u.GetMetrics()[rules.MetricEvalExamples]); ok {
 			c.noteEval(st, u.GetClientId(), n, u.GetMetrics())
 		} else {
 			c.log.Warn("evaluation ignored: bad example count", "round", st.rec.Round, "client_id", u.GetClientId(),
@@ -60,7 +60,7 @@ func (c *Coordinator) noteEval(st *roundState, id string, n int64, m map[string]
 			ev[k] = v
 		}
 	}
-	st.check.AdmitEvaluation(id)
+	st.in.Check().AdmitEvaluation(id)
 	st.metrics.eval = append(st.metrics.eval, strategy.ClientMetrics{ClientID: id, Examples: n, Metrics: ev})
 }
 
@@ -75,7 +75,7 @@ func (c *Coordinator) evaluationsDue(st *roundState) bool {
 	if st.pastDeadline {
 		want = min(want, c.cfg.Sampling.MinEvaluate)
 	}
-	return st.check.Evaluations() < want
+	return st.in.Check().Evaluations() < want
 }
 
 // summarize puts the clients' own figures into the round record.

@@ -43,7 +43,7 @@ func (c *Coordinator) streamUpdates(st *roundState) {
 		sc.StreamUpdates(nil)
 		return
 	}
-	check := st.check
+	check := st.in.Check()
 	sc.StreamUpdates(func() updatestream.Sink { return check.NewScan() })
 }
 
@@ -54,7 +54,7 @@ func (c *Coordinator) foldStreamed(ctx context.Context, st *roundState, sr strat
 	if err != nil {
 		return err
 	}
-	sink := &foldSink{fold: f, delta: u.GetIsDelta(), global: st.check.Global()}
+	sink := &foldSink{fold: f, delta: u.GetIsDelta(), global: st.in.Check().Global()}
 	if err := d.Stream.Replay(ctx, sink); err != nil {
 		return f.Abort(err)
 	}

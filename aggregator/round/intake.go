@@ -61,10 +61,10 @@ type Intake struct {
 	check *validate.Round
 	hooks Hooks
 	// factor is the NormFactor of a self-bounded round, else 0.
-	factor float64
-	held   []heldUpdate
-	fold   time.Duration
-	log    *slog.Logger
+	factor   float64
+	held     []heldUpdate
+	foldTime time.Duration
+	log      *slog.Logger
 }
 
 // heldUpdate is an accepted update awaiting the round's median.
@@ -88,7 +88,7 @@ func NewIntake(check *validate.Round, selfBound float64, h Hooks, log *slog.Logg
 func (in *Intake) Check() *validate.Round { return in.check }
 
 // FoldTime is the time spent folding updates into the aggregate so far.
-func (in *Intake) FoldTime() time.Duration { return in.fold }
+func (in *Intake) FoldTime() time.Duration { return in.foldTime }
 
 // Held reports the number of updates awaiting Decide.
 func (in *Intake) Held() int { return len(in.held) }
@@ -105,6 +105,14 @@ func (in *Intake) Take(ctx context.Context, d channel.Delivery) error {
 		return in.takeStreamed(ctx, d)
 	}
 	vals, rej := in.validate(d)
+	return in.settle(ctx, d, vals, rej)
+}
+
+// settle ends Take on either path once validation has spoken (rej nil:
+// valid; vals nil: streamed): it accepts the update, then holds it for the
+// round's median or folds and admits it, and answers its sender, or it
+// rejects the update.
+func (in *Intake) settle(ctx context.Context, d channel.Delivery, vals *validate.Values, rej *rules.Rejection) error {
 	if rej == nil {
 		rej = in.accept(d)
 	}
@@ -115,12 +123,30 @@ func (in *Intake) Take(ctx context.Context, d channel.Delivery) error {
 	if in.hold(d, vals) {
 		return nil
 	}
-	u := d.Update
-	if err := in.timed(func() error { return in.hooks.Fold(u, vals) }); err != nil {
-		return fmt.Errorf("aggregate the validated update of %q: %w", u.GetClientId(), err)
+	if err := in.fold(ctx, d, vals); err != nil {
+		return err
 	}
-	in.check.Admit(u)
+	in.check.Admit(d.Update)
 	in.admitted(d)
+	return nil
+}
+
+// fold adds an accepted update to the aggregate: its checked values, or
+// with vals nil its stream, read again chunk by chunk.
+func (in *Intake) fold(ctx context.Context, d channel.Delivery, vals *validate.Values) error {
+	start := time.Now()
+	defer func() { in.foldTime += time.Since(start) }()
+	u := d.Update
+	if vals != nil {
+		if err := in.hooks.Fold(u, vals); err != nil {
+			return fmt.Errorf("aggregate the validated update of %q: %w", u.GetClientId(), err)
+		}
+		return nil
+	}
+	if err := in.hooks.FoldStream(ctx, d); err != nil {
+		return fmt.Errorf("fold the validated update of %q chunk by chunk (round %d is not published; a restart rebuilds it from the last committed round): %w",
+			u.GetClientId(), in.check.Round(), err)
+	}
 	return nil
 }
 
@@ -153,24 +179,7 @@ func (in *Intake) takeStreamed(ctx context.Context, d channel.Delivery) error {
 		d.Update, d.Stream = u, nil
 		return in.Take(ctx, d)
 	}
-	if rej == nil {
-		rej = in.accept(d)
-	}
-	if rej != nil {
-		in.reject(d, rej)
-		return nil
-	}
-	if in.hold(d, nil) {
-		return nil
-	}
-	u := d.Update
-	if err := in.timed(func() error { return in.hooks.FoldStream(ctx, d) }); err != nil {
-		return fmt.Errorf("fold the validated update of %q chunk by chunk (round %d is not published; a restart rebuilds it from the last committed round): %w",
-			u.GetClientId(), in.check.Round(), err)
-	}
-	in.check.Admit(u)
-	in.admitted(d)
-	return nil
+	return in.settle(ctx, d, nil, rej)
 }
 
 // takeEvaluation takes an evaluate-only update: validate checks it, and
@@ -212,13 +221,6 @@ func (in *Intake) admitted(d channel.Delivery) {
 	d.Reply(nil)
 }
 
-func (in *Intake) timed(f func() error) error {
-	start := time.Now()
-	err := f()
-	in.fold += time.Since(start)
-	return err
-}
-
 // hold decides whether an accepted update with values vals (nil: streamed)
 // waits for the round's median; if so it is held, and hold returns true.
 func (in *Intake) hold(d channel.Delivery, vals *validate.Values) bool {
@@ -239,22 +241,15 @@ func (in *Intake) Decide(ctx context.Context, refuse bool) error {
 	held := in.held
 	in.held = nil
 	for _, h := range held {
-		u := h.d.Update
-		id := u.GetClientId()
+		id := h.d.Update.GetClientId()
 		if refuse {
 			if rej := in.check.RefuseOutlier(id, in.factor, bound); rej != nil {
 				in.reject(h.d, rej)
 				continue
 			}
 		}
-		var err error
-		if h.vals != nil {
-			err = in.timed(func() error { return in.hooks.Fold(u, h.vals) })
-		} else {
-			err = in.timed(func() error { return in.hooks.FoldStream(ctx, h.d) })
-		}
-		if err != nil {
-			return fmt.Errorf("aggregate the held update of %q: %w", id, err)
+		if err := in.fold(ctx, h.d, h.vals); err != nil {
+			return fmt.Errorf("held update: %w", err)
 		}
 		in.check.Release(id)
 		in.admitted(h.d)

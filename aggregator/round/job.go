@@ -221,11 +221,15 @@ func (m *Job) NormBound(median float64) float64 {
 	return b
 }
 
-// SelfBound reports whether a round whose previous round's median norm was
-// median bounds norms by its own median instead (Intake's held updates):
-// the first round, or one restarted from a model without a median.
-func (m *Job) SelfBound(median float64) bool {
-	return m.NormFactor > 0 && median == 0
+// SelfBound is the factor by which a round whose previous round's median
+// norm was median bounds norms by its own median instead (NewIntake's
+// selfBound): NormFactor for the first round, or one restarted from a
+// model without a median; 0 for a round the median before it bounds.
+func (m *Job) SelfBound(median float64) float64 {
+	if median != 0 {
+		return 0
+	}
+	return max(m.NormFactor, 0)
 }
 
 // MedianOf returns the median norm model g carries for the round it opens.

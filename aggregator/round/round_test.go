@@ -300,8 +300,12 @@ func TestNormBound(t *testing.T) {
 		if got := m.NormBound(tc.median); got != tc.want {
 			t.Errorf("max %v factor %v median %v: bound %v, want %v", tc.maxNorm, tc.factor, tc.median, got, tc.want)
 		}
-		if got := m.SelfBound(tc.median); got != tc.self {
-			t.Errorf("max %v factor %v median %v: self-bound %v, want %v", tc.maxNorm, tc.factor, tc.median, got, tc.self)
+		want := 0.0
+		if tc.self {
+			want = tc.factor
+		}
+		if got := m.SelfBound(tc.median); got != want {
+			t.Errorf("max %v factor %v median %v: self-bound factor %v, want %v", tc.maxNorm, tc.factor, tc.median, got, want)
 		}
 	}
 }

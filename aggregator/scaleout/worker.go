@@ -84,11 +84,10 @@ type batch struct {
 	// its own norms at this worker: the updates held for that verdict are
 	// decided at the next flush (see flush).
 	in      *round.Intake
-	check   *validate.Round // in's
 	acc     *accumulator.Accumulator
 	part    partial
 	pending int  // deliveries since the last partial
-	normsAt int  // norms of check already shipped
+	normsAt int  // admitted norms already shipped
 	final   bool // the model ends the job
 }
 
@@ -103,13 +102,8 @@ func (w *Worker) newBatch(m *fdxv1.GlobalModel) (*batch, error) {
 	}
 	median := round.MedianOf(m)
 	b := &batch{model: m, acc: acc, final: m.GetFinal(),
-		part:  partial{Round: m.GetRound(), Rejected: map[string]int64{}},
-		check: validate.NewRound(w.job.Expect(m.GetRound(), global, median))}
-	factor := 0.0
-	if w.job.SelfBound(median) {
-		factor = w.cfg.NormFactor
-	}
-	b.in = round.NewIntake(b.check, factor, round.Hooks{
+		part: partial{Round: m.GetRound(), Rejected: map[string]int64{}}}
+	b.in = round.NewIntake(validate.NewRound(w.job.Expect(m.GetRound(), global, median)), w.job.SelfBound(median), round.Hooks{
 		Fold: func(u *fdxv1.Update, vals *validate.Values) error { return b.acc.AddChecked(u.GetNumExamples(), vals) },
 		Admitted: func(d channel.Delivery) {
 			u := d.Update
@@ -219,10 +213,10 @@ func (w *Worker) flush(ctx context.Context, b *batch) error {
 	// offsets, so with fewer than three norms they go through: the bound
 	// is weaker than the single aggregator's when a worker's batches are
 	// small.
-	if err := b.in.Decide(ctx, len(b.check.Norms()) >= 3); err != nil {
+	if err := b.in.Decide(ctx, len(b.in.Check().Norms()) >= 3); err != nil {
 		return err
 	}
-	norms := b.check.AdmittedNorms()
+	norms := b.in.Check().AdmittedNorms()
 	b.part.Norms = norms[b.normsAt:]
 	b.part.Acc = nil
 	if b.part.Count > 0 {
